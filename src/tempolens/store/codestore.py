@@ -1,0 +1,328 @@
+"""The code store: sparse SAE codes of every prompt token, sharded on disk.
+
+Layout of a store directory::
+
+    meta.json                    run metadata (model, hook, SAE, corpus, seed, versions, shard plan)
+    shards/shard-00000.safetensors
+    shards/shard-00000.json      {"sha256", "n_prompts", "nnz", "prompt_start"} — written last;
+                                 a shard counts as done only when this file exists and matches
+
+Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
+
+- ``tokens``     ``[P, T]`` int32 token ids;
+- ``prompt_ids`` ``[P]`` int64 global prompt indices;
+- ``special``    ``[P, T]`` uint8, 1 at BOS/EOS/pad positions (kept as context, excluded from statistics);
+- ``code_ptr``   ``[N + 1]`` int64 CSR offsets into the code arrays, token-major;
+- ``code_latent`` ``[nnz]`` int32 latent ids; ``code_value`` ``[nnz]`` float32 activations (> 0);
+- ``extra.<name>`` ``[P, T]`` float32 per-token extras (``sq_err``, ``sq_norm``, ``pred_share`` ...);
+- ``code_extra.<name>`` ``[nnz]`` float32 per-code extras aligned with ``code_latent``
+  (Temporal SAE: ``pred`` = the predicted code of the same latent at the same token).
+
+Every file is written atomically (temporary file, fsync, rename), so a killed run leaves
+only complete shards, and a resumed run skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from tempolens.errors import TempolensError
+
+FORMAT_VERSION = 1
+
+
+class StoreError(TempolensError):
+    """A code store is missing, corrupt or does not match the requested run."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (tmp + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == 28:  # ENOSPC
+            raise StoreError(f"disk full while writing {path}; free space and rerun the same command — finished shards are kept") from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@dataclass
+class Shard:
+    """One shard of a code store, as torch tensors on the CPU."""
+
+    index: int
+    tokens: Tensor
+    prompt_ids: Tensor
+    special: Tensor
+    code_ptr: Tensor
+    code_latent: Tensor
+    code_value: Tensor
+    extras: dict[str, Tensor]
+    code_extras: dict[str, Tensor]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.code_latent.numel())
+
+    def code_token(self) -> Tensor:
+        """``[nnz]`` flat token position (``prompt * T + t``, shard-local) of every code."""
+        counts = self.code_ptr[1:] - self.code_ptr[:-1]
+        return torch.repeat_interleave(torch.arange(counts.numel(), dtype=torch.int64), counts)
+
+    def valid_mask(self) -> Tensor:
+        """``[P, T]`` bool: positions that count for statistics (not BOS/EOS/pad)."""
+        return self.special == 0
+
+    def dense(self, width: int) -> Tensor:
+        """Dense ``[P, T, width]`` codes — only for tests and small shards."""
+        out = torch.zeros(self.n_prompts * self.prompt_len, width, dtype=torch.float32)
+        out[self.code_token(), self.code_latent.long()] = self.code_value.float()
+        return out.view(self.n_prompts, self.prompt_len, width)
+
+
+def pack_codes(
+    indices: Tensor, values: Tensor, slot_extras: dict[str, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """Turn padded codes ``[..., K]`` (index -1 / value 0 = empty) into CSR arrays.
+
+    Entries with a non-positive value are dropped, so a TopK SAE that found fewer than
+    ``k`` positive codes stores only the positive ones. Returns ``(ptr, latent, value, code_extras)``.
+    """
+    k = indices.shape[-1]
+    indices = indices.reshape(-1, k)
+    values = values.reshape(-1, k)
+    keep = (indices >= 0) & (values > 0)
+    counts = keep.sum(-1)
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    ptr[1:] = torch.cumsum(counts.cpu(), 0)
+    extras = {name: v.reshape(-1, k)[keep].to(torch.float32).cpu() for name, v in (slot_extras or {}).items()}
+    return ptr, indices[keep].to(torch.int32).cpu(), values[keep].to(torch.float32).cpu(), extras
+
+
+class CodeStore:
+    """Read access to a finished (or partly finished) code store."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise StoreError(f"{self.root} is not a tempolens code store (no meta.json); create one with `tempolens collect --out {self.root}`")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{meta_path} is not valid JSON ({e}); delete the store and collect again") from e
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.root} has store format {self.meta.get('format_version')!r}; this tempolens reads format {FORMAT_VERSION}")
+
+    # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return int(self.meta["sae"]["width"])
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.meta["prompts"]["prompt_len"])
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.meta["prompts"]["n_prompts"])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.meta["n_shards"])
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.root / "shards"
+
+    def shard_path(self, i: int) -> Path:
+        return self.shard_dir / f"shard-{i:05d}.safetensors"
+
+    def done_shards(self, verify: bool = False) -> list[int]:
+        """Indices of complete shards (their manifest exists; with ``verify`` the checksum matches)."""
+        done = []
+        for i in range(self.n_shards):
+            man = self.shard_dir / f"shard-{i:05d}.json"
+            if man.exists() and self.shard_path(i).exists():
+                if verify:
+                    self._check(i)
+                done.append(i)
+        return done
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done_shards()) == self.n_shards
+
+    def _check(self, i: int) -> dict:
+        man_path = self.shard_dir / f"shard-{i:05d}.json"
+        try:
+            man = json.loads(man_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise StoreError(f"shard manifest {man_path} is unreadable ({e}); delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard") from e
+        got = sha256_file(self.shard_path(i))
+        if got != man["sha256"]:
+            raise StoreError(
+                f"shard {self.shard_path(i)} is corrupt (sha256 {got[:12]}… ≠ {man['sha256'][:12]}…); "
+                f"delete it and {man_path.name} and rerun `tempolens collect` with the same arguments to redo that shard"
+            )
+        return man
+
+    # -- data ---------------------------------------------------------------------------------------
+    def load_shard(self, i: int, verify: bool = True) -> Shard:
+        path = self.shard_path(i)
+        if not path.exists():
+            raise StoreError(f"shard {i} of {self.root} is missing; rerun `tempolens collect` with the same arguments to finish the store")
+        if verify:
+            self._check(i)
+        try:
+            t = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise StoreError(f"shard {path} cannot be read ({e}); delete it and its .json and rerun `tempolens collect`") from e
+        extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("extra.")}
+        code_extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("code_extra.")}
+        return Shard(
+            index=i,
+            tokens=t["tokens"],
+            prompt_ids=t["prompt_ids"],
+            special=t["special"],
+            code_ptr=t["code_ptr"],
+            code_latent=t["code_latent"],
+            code_value=t["code_value"],
+            extras=extras,
+            code_extras=code_extras,
+        )
+
+    def iter_shards(self, verify: bool = True) -> Iterator[Shard]:
+        if not self.complete:
+            done = len(self.done_shards())
+            raise StoreError(f"{self.root} is incomplete ({done}/{self.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
+        for i in range(self.n_shards):
+            yield self.load_shard(i, verify=verify)
+
+    def all_tokens(self) -> Tensor:
+        """``[n_prompts, T]`` token ids of every prompt (small: ids only)."""
+        return torch.cat([self.load_shard(i, verify=False).tokens for i in range(self.n_shards)])
+
+    def all_special(self) -> Tensor:
+        return torch.cat([self.load_shard(i, verify=False).special for i in range(self.n_shards)])
+
+
+class StoreWriter:
+    """Writes shards of a store; knows which shards a previous run already finished."""
+
+    def __init__(self, root: Path | str, meta: dict[str, Any], overwrite: bool = False):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "shards").mkdir(exist_ok=True)
+        meta = {**meta, "format_version": FORMAT_VERSION}
+        meta_path = self.root / "meta.json"
+        if meta_path.exists() and not overwrite:
+            old = json.loads(meta_path.read_text())
+            mismatched = [k for k in ("model", "sae", "prompts", "n_shards", "shard_size") if old.get(k) != meta.get(k)]
+            if mismatched:
+                raise StoreError(
+                    f"{self.root} holds a store of a different run (differs in: {', '.join(mismatched)}); "
+                    "use another --out, or pass --overwrite to replace it"
+                )
+        elif meta_path.exists() and overwrite:
+            for p in (self.root / "shards").iterdir():
+                p.unlink()
+        atomic_write_json(meta_path, meta)
+        self.store = CodeStore(self.root)
+
+    def done_shards(self) -> set[int]:
+        return set(self.store.done_shards())
+
+    def write_shard(
+        self,
+        i: int,
+        *,
+        tokens: Tensor,
+        prompt_ids: Tensor,
+        special: Tensor,
+        code_ptr: Tensor,
+        code_latent: Tensor,
+        code_value: Tensor,
+        extras: dict[str, Tensor],
+        code_extras: dict[str, Tensor] | None = None,
+    ) -> None:
+        tensors = {
+            "tokens": tokens.to(torch.int32).contiguous(),
+            "prompt_ids": prompt_ids.to(torch.int64).contiguous(),
+            "special": special.to(torch.uint8).contiguous(),
+            "code_ptr": code_ptr.to(torch.int64).contiguous(),
+            "code_latent": code_latent.to(torch.int32).contiguous(),
+            "code_value": code_value.to(torch.float32).contiguous(),
+        }
+        for k, v in extras.items():
+            tensors[f"extra.{k}"] = v.to(torch.float32).contiguous()
+        for k, v in (code_extras or {}).items():
+            tensors[f"code_extra.{k}"] = v.to(torch.float32).contiguous()
+        path = self.store.shard_path(i)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == 28:
+                raise StoreError(f"disk full while writing {path}; free space and rerun the same command — {len(self.done_shards())} finished shards are kept") from e
+            raise
+        except RuntimeError as e:  # safetensors wraps I/O errors
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept") from e
+        atomic_write_json(
+            self.store.shard_dir / f"shard-{i:05d}.json",
+            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
+        )

@@ -1,0 +1,58 @@
+"""Small, real artefacts that tests build locally: a tiny HF causal LM with its tokenizer.
+
+The tiny model is a genuine ``Gemma3ForCausalLM`` (random weights, 4 layers, hidden 32)
+with a word-level tokenizer, saved in the ordinary HF folder layout, so every code path that
+loads a hub model by folder is exercised without the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = (
+    "the a an of and to in is was it that he she they we you i on for with as at by this from "
+    "be had not are but his her their one all were there been have has when who which will more "
+    "no if out so said what up its about into than them can only other new some could time these "
+    "two may then do first any my now such like our over man me even most made after also did many "
+    "before must through back years where much your way well down should because each just those "
+    "people how too little state good very make world still own see men work long get here between "
+    "both life being under never day same another know while last might us great old year off come "
+    "since against go came right used take three cat dog sat mat ran fast slow red blue green house "
+    "tree river city king queen war peace story night morning ship sea whale captain ahab ishmael "
+    ". , ! ? ; : ' \" ( ) - < > & script alert img src onerror amp"
+).split()
+
+
+def build_tiny_lm(path: Path, n_layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+    """Write a tiny Gemma-3 causal LM and word-level tokenizer to ``path`` and return it."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast.add_bos_token = True
+    fast.save_pretrained(path)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        sliding_window=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(cfg)
+    model.save_pretrained(path)
+    return path
