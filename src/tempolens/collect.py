@@ -1,0 +1,311 @@
+"""One pass over the subject model: corpus → prompts → LM (stopped after block L) → SAE → code store.
+
+This is the only step that runs the language model. Everything downstream (statistics,
+dashboards, autointerp windows, re-exports) reads the sparse code store it writes.
+
+Python API::
+
+    from tempolens.collect import CollectConfig, collect
+    result = collect(CollectConfig(out="runs/demo/store", n_prompts=256))
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tempolens.errors import SourceError, TempolensError
+from tempolens.options import check
+from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
+
+
+@dataclass
+class CollectConfig:
+    """Options of `tempolens collect` (and of the collect stage of `tempolens run`)."""
+
+    out: Path = Path("runs/embedded/store")
+    """Directory of the code store to write (created; rerun the same command to resume)."""
+    model: str = "embedded"
+    """Subject model: `embedded` (Gemma 3 270M, offline), an HF hub id such as `google/gemma-2-2b`, a local HF folder, or a `.gguf` file."""
+    layer: int = 9
+    """Decoder block whose output is captured (`blocks.L.hook_resid_post`); the forward stops after it."""
+    sae: str = "embedded:temporal"
+    """SAE to encode with: `embedded:temporal`, `embedded:topk`, a local folder (Temporal `conf.yaml` + `latest_ckpt.*`, or SAELens `cfg.json` + `sae_weights.safetensors`), `hf://owner/repo/subfolder`, `saelens://release/sae_id`, or `random:temporal?width=2560&k=32&seed=0`."""
+    corpus: str = "embedded"
+    """Text source: `embedded` (Brown + State of the Union), `embedded:brown`, `embedded:sotu`, a .txt/.jsonl/.parquet file or folder, or `hf:NAME[:CONFIG]:SPLIT[:COLUMN]` (streamed with `datasets`)."""
+    n_prompts: int = 256
+    """Number of prompts to encode."""
+    prompt_len: int = 128
+    """Tokens per prompt including BOS (Neuronpedia uses 128; the published Temporal SAE was trained with context 500)."""
+    seed: int = 0
+    """Seed of the document shuffle; the same seed gives the same prompts and the same store."""
+    batch_size: int = 8
+    """Prompts per LM forward."""
+    shard_prompts: int = 64
+    """Prompts per store shard (the unit of resumption)."""
+    device: str = "auto"
+    """Device for the model and SAE: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
+    overwrite: bool = False
+    """Replace an existing store of a different run instead of refusing."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
+        check(self.n_prompts >= 1, f"--n-prompts must be >= 1; got {self.n_prompts}")
+        check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus at least one token); got {self.prompt_len}")
+        check(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
+        check(self.shard_prompts >= 1, f"--shard-prompts must be >= 1; got {self.shard_prompts}")
+        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+
+
+@dataclass
+class CollectResult:
+    """What `collect` did."""
+
+    store: Path
+    n_prompts: int
+    n_tokens: int
+    shards_written: int
+    shards_skipped: int
+    seconds: float
+    lm_seconds: float
+    tokens_per_second: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise TempolensError(f"--device {device!r} is not a device name; use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TempolensError("--device cuda was requested but this torch has no CUDA device; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return dtype
+
+
+def _versions() -> dict[str, str]:
+    from tempolens import __version__
+
+    out = {"tempolens": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import transformers
+
+        out["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def check_activations(acts: torch.Tensor, where: str) -> None:
+    """Refuse NaN/inf activations with a message instead of writing garbage codes."""
+    if not torch.isfinite(acts).all():
+        bad = (~torch.isfinite(acts)).any(-1).nonzero()[:3].tolist()
+        raise TempolensError(
+            f"the subject model produced NaN/inf activations at {where} (first [prompt, position]: {bad}); "
+            "try --dtype float32, or check the model weights"
+        )
+
+
+def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int) -> Any:
+    """Load the SAE and check it fits the model; random-init specs get activation statistics."""
+    from tempolens.saes import loading
+
+    stats_needed = False
+    try:
+        from tempolens.saes.random_init import needs_activation_stats
+
+        stats_needed = needs_activation_stats(spec)
+    except ImportError:  # pragma: no cover
+        pass
+    if stats_needed:
+        from tempolens.saes.random_init import sae_from_spec_with_stats
+
+        sample = prompts_tokens[: max(batch_size, min(32, len(prompts_tokens)))].to(device)
+        acts = torch.cat([model.hidden_at(sample[i : i + batch_size]) for i in range(0, len(sample), batch_size)])
+        acts = acts[:, 1:].reshape(-1, acts.shape[-1]).float()  # drop BOS: its norm dwarfs the rest
+        sae = sae_from_spec_with_stats(spec, acts)
+    else:
+        sae = loading.load_sae(spec, device="cpu")
+    if sae.d_in != model.hidden_size:
+        raise SourceError(
+            f"SAE {spec!r} expects d_in={sae.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
+            "pick the SAE trained for this model and layer"
+        )
+    return sae.to(device).float().eval()
+
+
+class _ShardWriterThread:
+    """Writes shards in a background thread so disk I/O overlaps the next LM forward."""
+
+    def __init__(self, writer: StoreWriter):
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write_shard(item[0], **item[1])
+                except BaseException as e:  # re-raised in the main thread
+                    self.error = e
+
+    def put(self, index: int, payload: dict) -> None:
+        if self.error:
+            raise self.error
+        self.q.put((index, payload))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+
+def collect(cfg: CollectConfig) -> CollectResult:
+    """Run the one pass and write (or finish) the code store at ``cfg.out``."""
+    from tqdm.auto import tqdm
+
+    from tempolens.sources.corpora import build_prompts, iter_documents
+    from tempolens.sources.models import load_subject_model
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
+    t_model = time.perf_counter()
+    prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
+    tokens, special = prompts.tokens, prompts.special
+    t_prompts = time.perf_counter()
+    sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size)
+    t_sae = time.perf_counter()
+
+    n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
+    meta = {
+        "model": {"spec": cfg.model, "model_id": model.model_id, "hook_name": model.hook_name, "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
+        "sae": {"spec": cfg.sae, **sae.describe()},
+        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed, "policy": prompts.policy, "corpus": cfg.corpus},
+        "corpus": {"spec": cfg.corpus},
+        "n_shards": n_shards,
+        "shard_size": cfg.shard_prompts,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    done = writer.done_shards()
+    todo = [i for i in range(n_shards) if i not in done]
+    n_counted = int((~special).sum())
+    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc="collect", disable=not cfg.progress)
+    if done:
+        bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
+    lm_seconds = 0.0
+    sae_seconds = 0.0
+    io = _ShardWriterThread(writer)
+    try:
+        with torch.inference_mode():
+            for si in todo:
+                lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
+                parts: dict[str, list[torch.Tensor]] = {"idx": [], "val": []}
+                extras: dict[str, list[torch.Tensor]] = {}
+                slot_extras: dict[str, list[torch.Tensor]] = {}
+                for b in range(lo, hi, cfg.batch_size):
+                    ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
+                    ta = time.perf_counter()
+                    acts = model.hidden_at(ids)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    tb = time.perf_counter()
+                    lm_seconds += tb - ta
+                    check_activations(acts, f"prompts {b}..{b + len(ids) - 1}")
+                    enc = sae.encode(acts.float())
+                    ptr, lat, val, cx = pack_codes(enc.codes.indices, enc.codes.values, enc.slot_extras)
+                    parts["idx"].append((ptr, lat))
+                    parts["val"].append(val)
+                    for k, v in cx.items():
+                        slot_extras.setdefault(k, []).append(v)
+                    for k, v in enc.extras.items():
+                        extras.setdefault(k, []).append(v.float().cpu())
+                    sae_seconds += time.perf_counter() - tb
+                    bar.update(ids.numel())
+                # merge batch CSR parts into one shard
+                ptrs, lats = zip(*parts["idx"])
+                offsets = torch.tensor([0] + [int(p[-1]) for p in ptrs]).cumsum(0)
+                code_ptr = torch.cat([ptrs[0][:1]] + [p[1:] + off for p, off in zip(ptrs, offsets[:-1])])
+                io.put(
+                    si,
+                    dict(
+                        tokens=tokens[lo:hi],
+                        prompt_ids=torch.arange(lo, hi),
+                        special=special[lo:hi],
+                        code_ptr=code_ptr,
+                        code_latent=torch.cat(lats),
+                        code_value=torch.cat(parts["val"]),
+                        extras={k: torch.cat(v) for k, v in extras.items()},
+                        code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
+                    ),
+                )
+    finally:
+        bar.close()
+        io.close()
+    elapsed = time.perf_counter() - t0
+    n_new = len(todo) * cfg.shard_prompts * cfg.prompt_len
+    result = CollectResult(
+        store=cfg.out,
+        n_prompts=cfg.n_prompts,
+        n_tokens=n_counted,
+        shards_written=len(todo),
+        shards_skipped=len(done),
+        seconds=elapsed,
+        lm_seconds=lm_seconds,
+        tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
+        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts, "lm_forward": lm_seconds, "sae_encode": sae_seconds},
+    )
+    _write_log(cfg, result)
+    if cfg.progress:
+        print(
+            f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {len(todo)} shards written, {len(done)} reused; "
+            f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
+        )
+    return result
+
+
+def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
+    from tempolens.store.codestore import atomic_write_json
+
+    log = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    log["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    atomic_write_json(Path(cfg.out) / "collect_log.json", log)
+
+
+def open_store(path: Path | str) -> CodeStore:
+    """Open a finished code store for reading."""
+    return CodeStore(path)
+
+
+def read_meta(path: Path | str) -> dict:
+    return json.loads((Path(path) / "meta.json").read_text())
