@@ -61,14 +61,32 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, group_title: str | None = None) -> None:
-    """Add one ``--option`` per field of dataclass ``cls`` to ``parser``."""
+def nested_skip(cls: type) -> dict[str, set[str]]:
+    """Fields of nested configs that the parent config sets itself (``NESTED_DERIVED`` on the class)."""
+    return {k: set(v) for k, v in getattr(cls, "NESTED_DERIVED", {}).items()}
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, group_title: str | None = None, skip: set[str] | None = None) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` to ``parser``.
+
+    A field whose type is itself a dataclass contributes its own options (in a group named
+    after it). Options of the same name in several nested configs are one option whose value
+    goes to each of them. ``skip`` names fields that are not options (set by a parent config).
+    """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = parser.add_argument_group(group_title) if group_title else parser
+    seen: set[str] = parser.__dict__.setdefault("_tempolens_dests", set())
+    derived = nested_skip(cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.name.startswith("_") or f.metadata.get("cli") is False:
+        if not f.init or f.name.startswith("_") or f.metadata.get("cli") is False or f.name in (skip or set()):
             continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            add_options(parser, hints[f.name], f"{f.name} options", skip=derived.get(f.name, set()))
+            continue
+        if f.name in seen:
+            continue
+        seen.add(f.name)
         tp, optional = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
@@ -106,10 +124,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, group_title: str | N
 
 def options_from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
     """Build ``cls`` from the parsed arguments that belong to it (others are ignored)."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    kwargs = {k: v for k, v in vars(ns).items() if k in names}
-    kwargs.update(overrides)
     hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    derived = nested_skip(cls)
+    kwargs = {f.name: getattr(ns, f.name) for f in fields if hasattr(ns, f.name) and not dataclasses.is_dataclass(hints[f.name])}
+    for f in fields:
+        if dataclasses.is_dataclass(hints[f.name]) and f.name not in overrides:
+            sub = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in derived.get(f.name, set())})
+            kwargs[f.name] = options_from_args(hints[f.name], sub)
+    kwargs.update(overrides)
     for k, v in list(kwargs.items()):
         tp, _ = _unwrap_optional(hints[k])
         if get_origin(tp) is tuple and isinstance(v, list):
