@@ -194,8 +194,11 @@ def collect(cfg: CollectConfig) -> CollectResult:
     from tempolens.sources.corpora import build_prompts, iter_documents
     from tempolens.sources.models import load_subject_model
 
+    from tempolens import distributed
+
+    dist = distributed.current()
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = resolve_device(dist.device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
     t_model = time.perf_counter()
@@ -216,11 +219,16 @@ def collect(cfg: CollectConfig) -> CollectResult:
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    if dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
+    if not dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=False, write_meta=False)
     done = writer.done_shards()
-    todo = [i for i in range(n_shards) if i not in done]
+    todo = dist.split([i for i in range(n_shards) if i not in done])
     n_counted = int((~special).sum())
-    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc="collect", disable=not cfg.progress)
+    desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
+    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc, disable=not cfg.progress or not (dist.is_main or dist.active))
     if done:
         bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
     lm_seconds = 0.0
@@ -272,6 +280,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
     finally:
         bar.close()
         io.close()
+    dist.barrier()  # every rank's shards are on disk
     elapsed = time.perf_counter() - t0
     n_new = len(todo) * cfg.shard_prompts * cfg.prompt_len
     result = CollectResult(
@@ -285,8 +294,9 @@ def collect(cfg: CollectConfig) -> CollectResult:
         tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
         timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts, "lm_forward": lm_seconds, "sae_encode": sae_seconds},
     )
-    _write_log(cfg, result)
-    if cfg.progress:
+    if dist.is_main:
+        _write_log(cfg, result)
+    if cfg.progress and dist.is_main:
         print(
             f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {len(todo)} shards written, {len(done)} reused; "
             f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"

@@ -259,7 +259,7 @@ class CodeStore:
 class StoreWriter:
     """Writes shards of a store; knows which shards a previous run already finished."""
 
-    def __init__(self, root: Path | str, meta: dict[str, Any], overwrite: bool = False):
+    def __init__(self, root: Path | str, meta: dict[str, Any], overwrite: bool = False, write_meta: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "shards").mkdir(exist_ok=True)
@@ -276,7 +276,8 @@ class StoreWriter:
         elif meta_path.exists() and overwrite:
             for p in (self.root / "shards").iterdir():
                 p.unlink()
-        atomic_write_json(meta_path, meta)
+        if write_meta:
+            atomic_write_json(meta_path, meta)
         self.store = CodeStore(self.root)
 
     def done_shards(self) -> set[int]:
