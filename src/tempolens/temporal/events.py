@@ -1,0 +1,215 @@
+"""Texts with marked event boundaries, and how block-structured a kernel is along them.
+
+Demo texts (``demo_texts/stories.json``, written for tempolens) are short stories whose scenes
+change abruptly; the marker ``||`` separates events and is removed before tokenization
+(:func:`parse_marked`). Token ``t`` belongs to the event that contains its *last* character
+(:func:`event_labels`), so a token such as ``" The"`` that starts with the space before a new
+scene belongs to the new scene.
+
+Two statistics per kernel ``S [L, L]`` (BOS already dropped) and per-token event labels:
+
+- **block contrast** (:func:`block_contrast`): mean ``S[i, j]`` over pairs ``i ≠ j`` in the same
+  event minus the mean over pairs in different events. 0 for a kernel that ignores events; for an
+  ideal block-diagonal kernel (1 within, 0 across) it is 1.
+- **boundary AUROC** (:func:`boundary_auroc`): Foote's novelty (J. Foote, "Automatic audio
+  segmentation using a measure of audio novelty", ICME 2000) — a checkerboard kernel slid
+  along the diagonal of the self-similarity matrix. At position ``t`` with half-width ``w``,
+  ``A = [t−w, t)``, ``B = [t, t+w)``::
+
+      novelty(t) = ½ (mean_{i≠j∈A} S_ij + mean_{i≠j∈B} S_ij) − mean_{i∈A, j∈B} S_ij
+
+  (unit checkerboard weights, diagonal excluded so every window is scored alike). Only positions
+  with full windows on both sides (``w ≤ t ≤ L − w``) are scored. The AUROC (Mann–Whitney, ties
+  count ½) compares novelty at the true boundary tokens (first token of each new event) with all
+  other scored positions; 0.5 is chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from tempolens.errors import TempolensError
+
+MARKER = "||"
+
+
+class EventTextError(TempolensError):
+    """A text with event markers or its boundary labels is malformed."""
+
+
+@dataclass
+class EventText:
+    """A text with its event boundaries (character offsets where events 2, 3, ... start)."""
+
+    name: str
+    text: str
+    boundaries: list[int] = field(default_factory=list)
+    title: str = ""
+
+    @property
+    def n_events(self) -> int:
+        return len(self.boundaries) + 1
+
+
+def parse_marked(marked: str, marker: str = MARKER) -> tuple[str, list[int]]:
+    """Remove ``marker`` from ``marked``; return the clean text and the character offsets of the
+    first non-space character after each marker. Whitespace around a marker collapses to one space."""
+    if not marker:
+        raise EventTextError("the event marker must be a non-empty string")
+    parts = marked.split(marker)
+    clean = parts[0].strip()
+    bounds: list[int] = []
+    for part in parts[1:]:
+        seg = part.strip()
+        if not seg:
+            raise EventTextError(f"an event marker {marker!r} is followed by an empty event; remove the extra marker")
+        if not clean:
+            raise EventTextError(f"the text starts with the event marker {marker!r}; remove it")
+        clean += " "
+        bounds.append(len(clean))
+        clean += seg
+    return clean, bounds
+
+
+def load_demo_texts() -> list[EventText]:
+    """The built-in multi-event stories (8 stories of 4 events, ≈230–270 Gemma tokens each)."""
+    raw = resources.files("tempolens.temporal").joinpath("demo_texts/stories.json").read_text(encoding="utf-8")
+    data = json.loads(raw)
+    out = []
+    for s in data["stories"]:
+        text, bounds = parse_marked(s["text"], data.get("marker", MARKER))
+        out.append(EventText(name=s["name"], text=text, boundaries=bounds, title=s.get("title", "")))
+    return out
+
+
+def event_labels(offsets: Sequence[tuple[int, int]], boundaries: Sequence[int]) -> Tensor:
+    """Event id per token from its character span ``(start, end)`` (``end`` exclusive).
+
+    A token belongs to the event containing its last character: its label is the number of
+    boundaries ``b`` with ``end > b``. Special tokens with the span ``(0, 0)`` (BOS) get event 0.
+    """
+    b = sorted(boundaries)
+    labels = [sum(1 for x in b if end > x) for _, end in offsets]
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def boundary_positions(labels: Tensor) -> Tensor:
+    """Token positions where a new event starts (``labels[t] != labels[t-1]``)."""
+    if labels.numel() < 2:
+        return torch.zeros(0, dtype=torch.long)
+    return (torch.nonzero(labels[1:] != labels[:-1]).flatten() + 1).long()
+
+
+def _check(S: Tensor, labels: Tensor) -> None:
+    if S.dim() != 2 or S.shape[0] != S.shape[1] or S.shape[0] != labels.shape[0]:
+        raise EventTextError(f"kernel {tuple(S.shape)} and labels {tuple(labels.shape)} do not match")
+
+
+def block_contrast(S: Tensor, labels: Tensor) -> float:
+    """Mean within-event similarity minus mean across-event similarity, diagonal excluded.
+
+    NaN if there is only one event or an event has a single token and no other pairs exist.
+    """
+    _check(S, labels)
+    S = S.double()
+    same = labels[:, None] == labels[None, :]
+    offdiag = ~torch.eye(len(labels), dtype=torch.bool)
+    within = same & offdiag
+    across = ~same
+    if not within.any() or not across.any():
+        return math.nan
+    return float(S[within].mean() - S[across].mean())
+
+
+def foote_novelty(S: Tensor, half_width: int) -> Tensor:
+    """Foote novelty per position ``[L]`` (NaN where a full window does not fit); see module doc."""
+    if half_width < 2:
+        raise EventTextError("the novelty half-width must be at least 2 tokens")
+    L = S.shape[0]
+    S = S.double()
+    w = half_width
+    out = torch.full((L,), math.nan, dtype=torch.float64)
+    # prefix sums make every window mean O(1)
+    C = torch.zeros(L + 1, L + 1, dtype=torch.float64)
+    C[1:, 1:] = S.cumsum(0).cumsum(1)
+    diag = torch.zeros(L + 1, dtype=torch.float64)
+    diag[1:] = torch.diagonal(S).cumsum(0)
+
+    def rect(r0: int, r1: int, c0: int, c1: int) -> float:
+        return float(C[r1, c1] - C[r0, c1] - C[r1, c0] + C[r0, c0])
+
+    pairs = w * (w - 1)
+    for t in range(w, L - w + 1):
+        a0, b1 = t - w, t + w
+        within_a = (rect(a0, t, a0, t) - float(diag[t] - diag[a0])) / pairs
+        within_b = (rect(t, b1, t, b1) - float(diag[b1] - diag[t])) / pairs
+        across = rect(a0, t, t, b1) / (w * w)
+        out[t] = 0.5 * (within_a + within_b) - across
+    return out.float()
+
+
+def auroc(pos: Tensor, neg: Tensor) -> float:
+    """Area under the ROC curve = P(score_pos > score_neg) + ½ P(equal) (Mann–Whitney U / (n₊n₋))."""
+    pos, neg = pos.double().flatten(), neg.double().flatten()
+    if pos.numel() == 0 or neg.numel() == 0:
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (pos.numel() * neg.numel()))
+
+
+def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8) -> float:
+    """AUROC of Foote novelty at true boundary tokens vs all other scored positions."""
+    _check(S, labels)
+    nov = foote_novelty(S, half_width)
+    scored = ~torch.isnan(nov)
+    is_b = torch.zeros(len(labels), dtype=torch.bool)
+    is_b[boundary_positions(labels)] = True
+    return auroc(nov[scored & is_b], nov[scored & ~is_b])
+
+
+@dataclass
+class KernelEventScores:
+    """Event statistics of one kernel on one text."""
+
+    block_contrast: float
+    boundary_auroc: float
+    within_mean: float
+    across_mean: float
+
+    def as_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
+
+
+def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8) -> KernelEventScores:
+    """Both statistics plus the within/across means of one kernel."""
+    _check(S, labels)
+    same = labels[:, None] == labels[None, :]
+    offdiag = ~torch.eye(len(labels), dtype=torch.bool)
+    Sd = S.double()
+    w = float(Sd[same & offdiag].mean()) if (same & offdiag).any() else math.nan
+    a = float(Sd[~same].mean()) if (~same).any() else math.nan
+    return KernelEventScores(
+        block_contrast=block_contrast(S, labels),
+        boundary_auroc=boundary_auroc(S, labels, half_width),
+        within_mean=w,
+        across_mean=a,
+    )
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation, standard error and count of the finite values."""
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    n = len(v)
+    if n == 0:
+        return {"mean": None, "std": None, "sem": None, "n": 0}
+    mean = sum(v) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "sem": std / math.sqrt(n) if n > 1 else None, "n": n}

@@ -1,0 +1,104 @@
+"""Event texts, labels and block-structure statistics on synthetic kernels with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tempolens.temporal.events import (
+    EventTextError,
+    auroc,
+    block_contrast,
+    boundary_auroc,
+    boundary_positions,
+    event_labels,
+    foote_novelty,
+    load_demo_texts,
+    parse_marked,
+    score_kernel,
+    summarize,
+)
+
+
+def block_kernel(sizes, within=1.0, across=0.0):
+    labels = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    same = labels[:, None] == labels[None, :]
+    S = torch.where(same, torch.tensor(within), torch.tensor(across))
+    S.fill_diagonal_(1.0)
+    return S, labels
+
+
+def test_parse_marked_and_labels():
+    clean, bounds = parse_marked("Hi there.  ||  The end. ||Bye")
+    assert clean == "Hi there. The end. Bye"
+    assert bounds == [10, 19] and clean[10] == "T" and clean[19] == "B"
+    # BOS, "Hi", " there", ".", " The", " end", ".", " Bye"
+    offsets = [(0, 0), (0, 2), (2, 8), (8, 9), (9, 13), (13, 17), (17, 18), (18, 22)]
+    labels = event_labels(offsets, bounds)
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
+    assert boundary_positions(labels).tolist() == [4, 7]
+    with pytest.raises(EventTextError):
+        parse_marked("a || || b")
+    with pytest.raises(EventTextError):
+        parse_marked("|| a")
+
+
+def test_demo_texts_are_multi_event_stories():
+    texts = load_demo_texts()
+    assert 6 <= len(texts) <= 10
+    for t in texts:
+        assert 3 <= t.n_events <= 5
+        assert "||" not in t.text
+        assert all(t.text[b - 1] == " " and t.text[b].isupper() for b in t.boundaries)
+        assert 130 <= len(t.text.split()) <= 300
+
+
+def test_block_contrast_hand_values():
+    S, labels = block_kernel([4, 4, 4])
+    assert block_contrast(S, labels) == pytest.approx(1.0)
+    S, labels = block_kernel([3, 5], within=0.7, across=0.2)
+    assert block_contrast(S, labels) == pytest.approx(0.5)
+    sc = score_kernel(S, labels, half_width=2)
+    assert sc.within_mean == pytest.approx(0.7) and sc.across_mean == pytest.approx(0.2)
+    # a kernel that ignores the events
+    S = torch.full((8, 8), 0.3)
+    S.fill_diagonal_(1.0)
+    assert block_contrast(S, labels) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(block_contrast(torch.eye(3), torch.zeros(3, dtype=torch.long)))
+
+
+def test_foote_novelty_hand_values_and_perfect_auroc():
+    S, labels = block_kernel([4, 4, 4])
+    nov = foote_novelty(S, 2)
+    assert torch.isnan(nov[:2]).all() and torch.isnan(nov[11:]).all()
+    # at a boundary: both windows pure (1), across 0 -> 1
+    assert nov[4].item() == pytest.approx(1.0) and nov[8].item() == pytest.approx(1.0)
+    # t=3: A=[1,3) pure, B=[3,5) split (its only off-diagonal pair is across: 0), A×B half 1 -> 0.5(1+0)-0.5 = 0
+    assert nov[3].item() == pytest.approx(0.0)
+    # inside an event: 0.5(1+1)-1 = 0
+    assert nov[2].item() == pytest.approx(0.0)
+    # t=5: A=[3,5) split -> 0, B=[5,7) pure -> 1, A×B = {S[3,5],S[3,6],S[4,5],S[4,6]} = {0,0,1,1} -> 0.5 -> 0
+    assert nov[5].item() == pytest.approx(0.0)
+    assert boundary_auroc(S, labels, half_width=2) == pytest.approx(1.0)
+
+
+def test_auroc_formula_and_chance():
+    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([1.0]), torch.tensor([1.0, 2.0])) == pytest.approx(0.25)
+    g = torch.Generator().manual_seed(0)
+    vals = []
+    for _ in range(20):
+        x = torch.randn(120, 16, generator=g)
+        x = x / x.norm(dim=-1, keepdim=True)
+        S = x @ x.T
+        labels = torch.arange(120) // 30
+        vals.append(boundary_auroc(S, labels, half_width=6))
+    assert abs(sum(vals) / len(vals) - 0.5) < 0.15
+
+
+def test_summarize():
+    s = summarize([1.0, 2.0, 3.0, float("nan")])
+    assert s["mean"] == 2.0 and s["std"] == pytest.approx(1.0) and s["n"] == 3
+    assert summarize([])["mean"] is None
