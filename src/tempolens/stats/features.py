@@ -1,0 +1,336 @@
+"""Feature statistics of every latent of a code store, and the example windows of dashboards.
+
+:func:`compute_feature_stats` reads the store in passes (reading is cheap; the LM never runs):
+
+1. counts, sums, max, top-k examples (:class:`CountsAccumulator`, :class:`TopKAccumulator`);
+2. 50-bin histograms and interval samples over ``(0, max]`` (both need the max from pass 1) and
+   the first block of co-activation sums;
+3. one more pass per further block of latent rows when ``width² · 8 bytes`` exceeds ``corr_memory_mb``.
+
+:func:`gather_windows` then reads the store once more for a set of examples and returns their
+token windows with this latent's value (and, for Temporal SAEs, predicted code and predicted share)
+at every token of the window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tempolens.stats.accumulators import (
+    CoactAccumulator,
+    CodeBatch,
+    CountsAccumulator,
+    HistogramAccumulator,
+    IntervalSampler,
+    TopKAccumulator,
+    bin_edges,
+    correlations_from_sums,
+)
+from tempolens.store.codestore import CodeStore, Shard, StoreError, atomic_write_bytes
+
+STATS_VERSION = 1
+
+_TENSOR_FIELDS = (
+    "n_active", "sum", "sum_sq", "max_act",
+    "top_value", "top_gpos", "top_pred", "top_pred_share",
+    "hist_counts",
+    "int_counts", "int_value", "int_gpos", "int_pred", "int_pred_share",
+    "corr_indices", "corr_pearson", "corr_cosine",
+)
+
+
+@dataclass
+class FeatureStats:
+    """Statistics of every latent (index = latent id). Example positions are global (``prompt·T + t``)."""
+
+    width: int
+    prompt_len: int
+    n_tokens: int
+    """Counted tokens (BOS/EOS/pad excluded)."""
+    is_temporal: bool
+    settings: dict[str, Any]
+    n_active: Tensor
+    sum: Tensor
+    sum_sq: Tensor
+    max_act: Tensor
+    top_value: Tensor
+    """``[W, n_top]`` largest activations, descending (0 in empty slots)."""
+    top_gpos: Tensor
+    """``[W, n_top]`` their global positions (−1 in empty slots); ties: lower position first."""
+    top_pred: Tensor
+    top_pred_share: Tensor
+    hist_counts: Tensor
+    """``[W, n_bins]`` counts of nonzero activations in equal-width bins of ``(0, max]``."""
+    int_counts: Tensor
+    """``[W, n_intervals]`` active tokens per interval of ``(0, max]`` (zeros never counted)."""
+    int_value: Tensor
+    int_gpos: Tensor
+    int_pred: Tensor
+    int_pred_share: Tensor
+    corr_indices: Tensor
+    """``[W, n_correlated]`` most Pearson-correlated latents (−1 = none)."""
+    corr_pearson: Tensor
+    corr_cosine: Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def frac_nonzero(self) -> Tensor:
+        """``n_active / n_tokens`` at full (float64) precision."""
+        return self.n_active.to(torch.float64) / max(self.n_tokens, 1)
+
+    @property
+    def mean_act(self) -> Tensor:
+        """Mean activation over the tokens where the latent is active."""
+        return torch.where(self.n_active > 0, self.sum / self.n_active.clamp(min=1), torch.zeros_like(self.sum))
+
+    @property
+    def hist_edges(self) -> Tensor:
+        return bin_edges(self.max_act, self.hist_counts.shape[1])
+
+    @property
+    def int_edges(self) -> Tensor:
+        return bin_edges(self.max_act, self.int_counts.shape[1])
+
+    @property
+    def int_share(self) -> Tensor:
+        """Share of the latent's *active* tokens in each interval."""
+        return self.int_counts.to(torch.float64) / self.n_active.clamp(min=1).to(torch.float64).unsqueeze(1)
+
+    @property
+    def pred_share_top(self) -> Tensor:
+        """Mean predicted share of the tokens of each latent's top examples (NaN if not Temporal or dead)."""
+        v = self.top_pred_share
+        ok = (self.top_gpos >= 0) & torch.isfinite(v)
+        return torch.where(ok.any(1), (v.nan_to_num(0) * ok).sum(1) / ok.sum(1).clamp(min=1), torch.full((self.width,), float("nan")))
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write to one safetensors file atomically (scalars in its metadata)."""
+        path = Path(path)
+        tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
+        meta = {
+            "stats_version": str(STATS_VERSION),
+            "scalars": json.dumps({"width": self.width, "prompt_len": self.prompt_len, "n_tokens": self.n_tokens, "is_temporal": self.is_temporal, "settings": self.settings, "timings": self.timings}, sort_keys=True),
+        }
+        from safetensors.torch import save
+
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureStats":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("stats_version") != str(STATS_VERSION):
+            raise StoreError(f"{path} holds statistics of another version; delete it to recompute")
+        s = json.loads(meta["scalars"])
+        return cls(width=s["width"], prompt_len=s["prompt_len"], n_tokens=s["n_tokens"], is_temporal=s["is_temporal"], settings=s["settings"], timings=s.get("timings", {}), **tensors)
+
+
+def neuron_alignment(W_dec: Tensor, k: int = 3) -> dict[str, Tensor]:
+    """SAEDashboard's neuron-alignment table: the ``k`` largest (signed) decoder weights of each latent,
+    their indices, and each one's share of the row's L1 norm (``|w| / Σ|w|``)."""
+    W = W_dec.detach().to(torch.float32)
+    v, i = torch.topk(W, min(k, W.shape[1]), dim=1)
+    l1 = W.abs().sum(1, keepdim=True).clamp(min=1e-30)
+    return {"indices": i, "values": v, "l1": v.abs() / l1}
+
+
+def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
+    """Row blocks ``[start, stop)`` so that the co-activation block plus the Pearson work space
+    (≈ 4 float64 arrays of ``rows × width``) fits ``memory_mb``."""
+    per_row = 4 * 8 * width
+    rows = max(1, min(width, int(memory_mb * 2**20 // per_row)))
+    return [(s, min(width, s + rows)) for s in range(0, width, rows)]
+
+
+def _iter(store: CodeStore, desc: str, progress: bool) -> Iterator[tuple[Shard, CodeBatch]]:
+    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc=desc, unit="shard", disable=not progress, leave=False):
+        yield shard, CodeBatch.from_shard(shard)
+
+
+def compute_feature_stats(
+    store: CodeStore | str | Path,
+    *,
+    n_top: int = 20,
+    n_bins: int = 50,
+    n_intervals: int = 5,
+    n_per_interval: int = 5,
+    n_correlated: int = 3,
+    seed: int = 0,
+    corr_memory_mb: float = 1024,
+    progress: bool = True,
+    verify: bool = True,
+) -> FeatureStats:
+    """Every latent's statistics from a code store (see the module docstring for the passes)."""
+    if not isinstance(store, CodeStore):
+        store = CodeStore(store)
+    if verify:
+        store.done_shards(verify=True)
+    W, T = store.width, store.prompt_len
+    t0 = time.perf_counter()
+    counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
+    is_temporal = False
+    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress):
+        is_temporal = is_temporal or "pred_share" in shard.extras
+        counts.update(b)
+        topk.update(b)
+    t1 = time.perf_counter()
+    c = counts.result()
+    hist = HistogramAccumulator(counts.max, n_bins)
+    intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
+    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
+    corr_parts: list[dict[str, Tensor]] = []
+    coact = CoactAccumulator(W, *blocks[0]) if blocks else None
+    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress):
+        hist.update(b)
+        intervals.update(b)
+        if coact is not None:
+            coact.update(b)
+    t2 = time.perf_counter()
+    for bi, (start, stop) in enumerate(blocks):
+        if bi > 0:
+            coact = CoactAccumulator(W, start, stop)
+            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress):
+                coact.update(b)
+        assert coact is not None
+        corr_parts.append(correlations_from_sums(coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated))
+        coact = None
+    t3 = time.perf_counter()
+    if corr_parts:
+        corr = {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}
+    else:
+        corr = {"indices": torch.zeros(W, 0, dtype=torch.int64), "pearson": torch.zeros(W, 0), "cosine": torch.zeros(W, 0)}
+    tk, h, iv = topk.result(), hist.result(), intervals.result()
+    return FeatureStats(
+        width=W,
+        prompt_len=T,
+        n_tokens=counts.n_tokens,
+        is_temporal=is_temporal,
+        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval, "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks)},
+        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
+        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
+        hist_counts=h["counts"],
+        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"], int_pred_share=iv["pred_share"],
+        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
+        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
+    )
+
+
+# ------------------------------------------------------------------------------------ windows
+@dataclass
+class Windows:
+    """Token windows of a set of examples ``(latent, global position)``; all windows have length ``L``."""
+
+    latent: Tensor
+    """``[E]`` int64."""
+    prompt: Tensor
+    """``[E]`` int64 global prompt index."""
+    start: Tensor
+    """``[E]`` int64 first position of the window in its prompt."""
+    qualifying: Tensor
+    """``[E]`` int64 index of the example token inside the window."""
+    tokens: Tensor
+    """``[E, L]`` int64 token ids."""
+    special: Tensor
+    """``[E, L]`` bool: BOS/EOS/pad (their values are shown as 0)."""
+    values: Tensor
+    """``[E, L]`` float32 this latent's activation at every window token."""
+    pred: Tensor | None = None
+    """``[E, L]`` float32 this latent's predicted code where the store has it (where the latent is
+    in the novel codes), NaN elsewhere (Temporal SAEs)."""
+    pred_share: Tensor | None = None
+    """``[E, L]`` float32 predicted share of every window token (Temporal SAEs)."""
+
+
+def window_starts(pos: Tensor, prompt_len: int, window: int, after: int) -> Tensor:
+    """First position of each window: the whole prompt when it fits in ``window``; otherwise
+    ``window`` tokens with up to ``after`` tokens after the example token (more before it, since a
+    causal model reads the past), clipped to the prompt."""
+    if prompt_len <= window:
+        return torch.zeros_like(pos)
+    after = max(0, min(after, window - 1))
+    return (pos - (window - 1 - after)).clamp(min=0, max=prompt_len - window)
+
+
+def gather_windows(
+    store: CodeStore,
+    latent: Tensor,
+    gpos: Tensor,
+    *,
+    window: int = 128,
+    after: int | None = None,
+    progress: bool = False,
+) -> Windows:
+    """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
+
+    Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
+    """
+    T = store.prompt_len
+    W = store.width
+    L = min(T, window)
+    after = window // 4 if after is None else after
+    latent = latent.to(torch.int64)
+    gpos = gpos.to(torch.int64)
+    E = latent.numel()
+    prompt, pos = gpos // T, gpos % T
+    start = window_starts(pos, T, window, after)
+    cols = start.unsqueeze(1) + torch.arange(L)
+    out_tokens = torch.zeros(E, L, dtype=torch.int64)
+    out_special = torch.zeros(E, L, dtype=torch.bool)
+    out_values = torch.zeros(E, L, dtype=torch.float32)
+    out_pred: Tensor | None = None
+    out_share: Tensor | None = None
+    seen = torch.zeros(E, dtype=torch.bool)
+    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="example windows", unit="shard", disable=not progress, leave=False):
+        ids = shard.prompt_ids.to(torch.int64)
+        sorted_ids, order = torch.sort(ids)
+        where = torch.searchsorted(sorted_ids, prompt).clamp(max=max(len(ids) - 1, 0))
+        here = sorted_ids[where] == prompt if len(ids) else torch.zeros(E, dtype=torch.bool)
+        if not bool(here.any()):
+            continue
+        ex = torch.nonzero(here).squeeze(1)
+        local = order[where[ex]]
+        keys = local * W + latent[ex]
+        ukeys, inv = torch.unique(keys, return_inverse=True)
+        tok = shard.code_token()
+        ckey = (tok // T) * W + shard.code_latent.to(torch.int64)
+        at = torch.searchsorted(ukeys, ckey).clamp(max=ukeys.numel() - 1)
+        match = ukeys[at] == ckey
+        rows = torch.zeros(ukeys.numel(), T, dtype=torch.float32)
+        rows[at[match], tok[match] % T] = shard.code_value[match].to(torch.float32)
+        c = cols[ex]
+        lp = local.unsqueeze(1)
+        out_values[ex] = rows[inv].gather(1, c)
+        out_tokens[ex] = shard.tokens.to(torch.int64)[lp, c]
+        out_special[ex] = (shard.special != 0)[lp, c]
+        if "pred" in shard.code_extras:
+            if out_pred is None:
+                out_pred = torch.full((E, L), float("nan"))
+            prow = torch.full((ukeys.numel(), T), float("nan"))
+            prow[at[match], tok[match] % T] = shard.code_extras["pred"][match].to(torch.float32)
+            out_pred[ex] = prow[inv].gather(1, c)
+        if "pred_share" in shard.extras:
+            if out_share is None:
+                out_share = torch.full((E, L), float("nan"))
+            out_share[ex] = shard.extras["pred_share"].to(torch.float32)[lp, c]
+        seen[ex] = True
+    if not bool(seen.all()):
+        raise StoreError(f"{int((~seen).sum())} example positions are not in {store.root}; the statistics belong to another store — delete the dashboard output's stats and rerun")
+    out_values = out_values.masked_fill(out_special, 0.0)
+    if out_pred is not None:
+        out_pred = out_pred.masked_fill(out_special, float("nan"))
+    return Windows(latent=latent, prompt=prompt, start=start, qualifying=pos - start, tokens=out_tokens, special=out_special, values=out_values, pred=out_pred, pred_share=out_share)
