@@ -1,0 +1,137 @@
+"""Static figures of the temporal views (matplotlib, Agg backend, PNG).
+
+- :func:`kernel_figure`: the kernels side by side (magma, fixed 0→1 colour scale as on
+  Neuronpedia; negative similarities show as 0), event boundaries as dashed lines, tokens on the
+  axes when the text is short;
+- :func:`attention_figure`: one panel per attention layer and head (query token → context token);
+- :func:`share_figure`: per-token stacked bars of the predicted and novel shares.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+
+from tempolens.store.codestore import atomic_write_bytes  # noqa: E402
+from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis  # noqa: E402
+
+TOKEN_LABEL_LIMIT = 48
+"""Tokens are written along the axes when the text (BOS dropped) has at most this many tokens."""
+
+PRED_COLOR = "#d9480f"
+NOVEL_COLOR = "#1c7ed6"
+
+
+def _label(tok: str, width: int = 12) -> str:
+    t = tok.replace("\n", "⏎").replace("\t", "⇥")
+    t = t if t.strip() else repr(t)[1:-1] or "·"
+    t = t.replace("$", r"\$")  # matplotlib mathtext
+    return t if len(t) <= width else t[: width - 1] + "…"
+
+
+def _save(fig: plt.Figure, path: Path, dpi: int) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _decorate(ax: plt.Axes, tokens: Sequence[str], boundaries: Sequence[int], square: bool = True) -> None:
+    n = len(tokens)
+    for b in boundaries:
+        ax.axhline(b - 0.5, color="white", lw=0.9, ls="--", alpha=0.9)
+        if square:
+            ax.axvline(b - 0.5, color="white", lw=0.9, ls="--", alpha=0.9)
+    if n <= TOKEN_LABEL_LIMIT:
+        labels = [_label(t) for t in tokens]
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(labels, fontsize=6)
+    else:
+        ax.set_xlabel("token position", fontsize=8)
+        ax.set_ylabel("token position", fontsize=8)
+        ax.tick_params(labelsize=7)
+
+
+def kernel_figure(analysis: TextAnalysis, path: Path, kinds: Sequence[str] | None = None, dpi: int = 130) -> Path:
+    """The kernels of ``analysis`` side by side as one PNG at ``path``."""
+    kinds = [k for k in (kinds or KERNEL_LABELS) if k in analysis.kernels]
+    tokens = analysis.shown_tokens
+    n = len(tokens)
+    size = 4.2 if n > TOKEN_LABEL_LIMIT else max(3.6, 0.11 * n + 1.5)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(size * len(kinds) + 0.8, size + 0.6), squeeze=False, layout="constrained")
+    im = None
+    for ax, kind in zip(axes[0], kinds):
+        im = ax.imshow(analysis.kernels[kind].numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(KERNEL_LABELS.get(kind, kind), fontsize=10)
+        _decorate(ax, tokens, analysis.boundaries)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity (mean-centred)")
+    fig.suptitle(_title(analysis, "similarity kernels"), fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path:
+    """Attention weights per layer (rows) and head (columns); square-root colour scale 0→1."""
+    layers = analysis.attention
+    n_layers, n_heads = len(layers), int(layers[0].shape[0]) if layers else 0
+    tokens = analysis.shown_tokens
+    n = len(tokens)
+    size = 3.2 if n > TOKEN_LABEL_LIMIT else max(3.2, 0.1 * n + 1.4)
+    fig, axes = plt.subplots(
+        max(n_layers, 1), max(n_heads, 1), figsize=(size * max(n_heads, 1) + 0.8, size * max(n_layers, 1) + 0.6),
+        squeeze=False, layout="constrained",
+    )
+    im = None
+    for li, maps in enumerate(layers):
+        sink = analysis.attention_sink[li]
+        for h in range(n_heads):
+            ax = axes[li][h]
+            im = ax.imshow(maps[h].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0), interpolation="nearest")
+            ax.set_title(f"layer {li} head {h} · start/BOS {float(sink[h].mean()):.2f}", fontsize=8)
+            _decorate(ax, tokens, analysis.boundaries)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight (query row → context column)")
+    fig.suptitle(_title(analysis, "Temporal SAE attention"), fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def share_figure(analysis: TextAnalysis, path: Path, dpi: int = 130) -> Path:
+    """Per-token stacked bars: predicted share (bottom) and novel share (top)."""
+    tokens = analysis.shown_tokens
+    share = analysis.pred_share.numpy()
+    n = len(tokens)
+    width = min(max(6.0, 0.16 * n + 1.5), 24.0)
+    fig, ax = plt.subplots(figsize=(width, 3.0), layout="constrained")
+    xs = range(n)
+    ax.bar(xs, share, width=1.0, color=PRED_COLOR, label="predicted", linewidth=0)
+    ax.bar(xs, 1 - share, bottom=share, width=1.0, color=NOVEL_COLOR, label="novel", linewidth=0)
+    for b in analysis.boundaries:
+        ax.axvline(b - 0.5, color="black", lw=1.0, ls="--")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of reconstruction")
+    if n <= 2 * TOKEN_LABEL_LIMIT:
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([_label(t) for t in tokens], rotation=90, fontsize=6)
+    else:
+        ax.set_xlabel("token position")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
+    ax.set_title(_title(analysis, f"predicted vs novel share (mean predicted {float(share.mean()):.2f})"), fontsize=10)
+    return _save(fig, path, dpi)
+
+
+def _title(analysis: TextAnalysis, what: str) -> str:
+    m = analysis.meta
+    where = f"{m.get('model_id', '')} {m.get('hook_name', '')}".strip()
+    return f"{analysis.name}: {what}" + (f"  ({where}, {len(analysis.shown_tokens)} tokens)" if where else "")
