@@ -227,7 +227,7 @@ def test_correlations_match_dense(codes, stats):
 
 
 def test_correlations_in_row_blocks_equal_one_block(stores, stats):
-    blocked = compute_feature_stats(stores[5], seed=7, progress=False, corr_memory_mb=3 * 4 * 8 * 24 / 2**20)
+    blocked = compute_feature_stats(stores[5], seed=7, progress=False, corr_memory_mb=3 * 24 * 24 / 2**20)
     assert blocked.settings["correlation_blocks"] == 8
     assert torch.equal(blocked.corr_indices, stats.corr_indices)
     assert torch.allclose(blocked.corr_pearson, stats.corr_pearson, atol=1e-6)

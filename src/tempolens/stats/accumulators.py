@@ -359,7 +359,7 @@ class CoactAccumulator:
     Accumulated per shard with a sparse ``Aᵀ·A`` product (``A`` = the shard's sparse codes), into a
     dense float64 block of ``(stop - start) × width`` — that block is the memory bound
     (8 bytes × rows × width: 16k×16k in one block is 2 GiB, so larger widths go in row blocks,
-    see :func:`tempolens.stats.features.correlation_blocks`).
+    see :func:`tempolens.stats.features.correlation_blocks`). Merge = addition.
     """
 
     def __init__(self, width: int, start: int = 0, stop: int | None = None):
@@ -381,9 +381,11 @@ class CoactAccumulator:
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             left = torch.sparse_coo_tensor(torch.stack([b.latent[rows] - self.start, inv[rows]]), b.value[rows], (R, n_tok), check_invariants=False).coalesce().to_sparse_csr()
             right = torch.sparse_coo_tensor(torch.stack([inv, b.latent]), b.value, (n_tok, self.width), check_invariants=False).coalesce().to_sparse_csr()
-            prod = torch.sparse.mm(left, right).to_sparse_coo().coalesce()
-        i, j = prod.indices()
-        self.sum_xy.view(-1).index_add_(0, i * self.width + j, prod.values().to(torch.float64))
+            prod = torch.sparse.mm(left, right)
+        crow, col = prod.crow_indices(), prod.col_indices()
+        r = torch.repeat_interleave(torch.arange(R, dtype=torch.int64), crow[1:] - crow[:-1])
+        # (row, col) pairs of a CSR product are unique, so index_put_ with accumulate is exact
+        self.sum_xy.view(-1).index_put_((r * self.width + col.to(torch.int64),), prod.values().to(torch.float64), accumulate=True)
 
     def merge(self, other: "CoactAccumulator") -> None:
         if (self.start, self.stop, self.width) != (other.start, other.stop, other.width):
@@ -406,14 +408,17 @@ def correlations_from_sums(sum_xy: Tensor, start: int, n_tokens: int, sum_x: Ten
     sx = sum_x.to(torch.float64)
     sxx = sum_sq.to(torch.float64)
     var = (n * sxx - sx * sx).clamp(min=0)
+    inv_std = torch.where(var > 0, 1.0 / torch.sqrt(var.clamp(min=1e-300)), torch.zeros_like(var))
     rows = torch.arange(start, start + R)
-    cov = n * sum_xy - sx[rows].unsqueeze(1) * sx.unsqueeze(0)
-    denom = torch.sqrt(var[rows].unsqueeze(1) * var.unsqueeze(0))
-    pearson = torch.where(denom > 0, cov / denom.clamp(min=1e-300), torch.zeros_like(cov))
+    # pearson = (n·Sxy − Sx_i·Sx_j) / (std_i·std_j), computed in place in float64, ranked in float32
+    work = torch.mul(sum_xy, n)
+    work.addr_(sx[rows], sx, alpha=-1.0)
+    work.mul_(inv_std[rows].unsqueeze(1)).mul_(inv_std.unsqueeze(0))
+    pearson = work.to(torch.float32)
+    del work
     alive = n_active > 0
-    bad = ~alive.unsqueeze(0).expand(R, W).clone()
-    bad[torch.arange(R), rows] = True
-    pearson = pearson.masked_fill(bad, float("-inf"))
+    pearson[:, ~alive] = float("-inf")
+    pearson[torch.arange(R), rows] = float("-inf")
     kk = min(k, W)
     cand = min(W, kk + 8)
     top_v, top_i = torch.topk(pearson, cand, dim=1)
@@ -424,6 +429,9 @@ def correlations_from_sums(sum_xy: Tensor, start: int, n_tokens: int, sum_x: Ten
     top_v, top_i = top_v.gather(1, o2)[:, :kk], top_i.gather(1, o2)[:, :kk]
     cos_den = torch.sqrt(sxx[rows].unsqueeze(1) * sxx[top_i])
     cosine = torch.where(cos_den > 0, sum_xy.gather(1, top_i) / cos_den.clamp(min=1e-300), torch.zeros_like(cos_den))
+    # exact float64 Pearson of the chosen pairs (the ranking used float32)
+    top_p = (n * sum_xy.gather(1, top_i) - sx[rows].unsqueeze(1) * sx[top_i]) * inv_std[rows].unsqueeze(1) * inv_std[top_i]
+    top_v = torch.where(torch.isfinite(top_v), top_p, top_v)
     valid = torch.isfinite(top_v) & alive[rows].unsqueeze(1)
     return {
         "indices": torch.where(valid, top_i, torch.full_like(top_i, -1)),

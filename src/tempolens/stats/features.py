@@ -150,9 +150,12 @@ def neuron_alignment(W_dec: Tensor, k: int = 3) -> dict[str, Tensor]:
 
 
 def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
-    """Row blocks ``[start, stop)`` so that the co-activation block plus the Pearson work space
-    (≈ 4 float64 arrays of ``rows × width``) fits ``memory_mb``."""
-    per_row = 4 * 8 * width
+    """Row blocks ``[start, stop)`` so that the co-activation sums (float64), the Pearson work space
+    (float64) and its float32 ranking copy — 20 bytes × ``rows × width``, plus slack — fit ``memory_mb``.
+
+    Example: width 16,384 needs 5.4 GiB for one block; with the default 1 GiB it runs in 7 blocks,
+    each one more (cheap) pass over the store."""
+    per_row = 24 * width
     rows = max(1, min(width, int(memory_mb * 2**20 // per_row)))
     return [(s, min(width, s + rows)) for s in range(0, width, rows)]
 
