@@ -1,0 +1,55 @@
+"""Logit effects against a dense matmul reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tempolens.stats.logits import logit_effects
+
+torch.set_num_threads(1)
+
+
+def _setup(seed=0, width=13, d=16, vocab=301):
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(width, d, generator=g)
+    W_U = torch.randn(vocab, d, generator=g)
+    W_U[5] = W_U[3]  # exact ties inside one vocab chunk: the lower id must come first
+    mult = 1 + 0.5 * torch.randn(d, generator=g)
+    return W_dec, W_U, mult
+
+
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("block,chunk", [(4, 64), (100, 1000), (1, 7)])
+def test_matches_dense_reference(fold, block, chunk):
+    W_dec, W_U, mult = _setup()
+    eff = logit_effects(W_dec, W_U, mult if fold else None, k=10, n_bins=50, block=block, vocab_chunk=chunk)
+    ref = ((W_dec * mult) if fold else W_dec).double() @ W_U.double().T
+    assert eff.folded_norm is fold
+    for i in range(W_dec.shape[0]):
+        r = ref[i]
+        order = sorted(range(r.numel()), key=lambda t: (-float(r[t]), t))[:10]
+        assert eff.top_ids[i].tolist() == order
+        assert torch.allclose(eff.top_values[i].double(), r[order], atol=1e-5)
+        order_b = sorted(range(r.numel()), key=lambda t: (float(r[t]), t))[:10]
+        assert eff.bottom_ids[i].tolist() == order_b
+        assert torch.allclose(eff.bottom_values[i].double(), r[order_b], atol=1e-5)
+        h, edges = np.histogram(r.numpy(), bins=50, range=(float(r.min()), float(r.max())))
+        assert eff.hist_counts[i].tolist() == h.tolist()
+        assert np.allclose(eff.hist_centres[i].numpy(), (edges[:-1] + edges[1:]) / 2, atol=1e-4)
+        assert int(eff.hist_counts[i].sum()) == W_U.shape[0]
+
+
+def test_tie_order_is_by_token_id():
+    W_dec, W_U, _ = _setup()
+    eff = logit_effects(W_dec, W_U, k=300, vocab_chunk=64)
+    for i in range(W_dec.shape[0]):
+        ids = eff.top_ids[i].tolist()
+        assert ids.index(3) + 1 == ids.index(5)
+
+
+def test_small_vocab_and_shapes():
+    W_dec, W_U, _ = _setup(vocab=6)
+    eff = logit_effects(W_dec, W_U, k=10)
+    assert eff.top_ids.shape == (13, 6) and eff.hist_counts.shape == (13, 50)
