@@ -69,7 +69,7 @@ def parse_explanation(text: str, max_chars: int = 200) -> str:
     return line
 
 
-_DETECTION = re.compile(r"\d{1,4}(?:\s*(?:,|\band\b|\s)\s*\d{1,4})*")
+_DETECTION = re.compile(r"[0-9]{1,4}(?:[ \t]*(?:,|\band\b|[ \t])[ \t]*[0-9]{1,4})*", re.ASCII)
 
 
 def parse_detection(text: str, n: int) -> list[int]:
@@ -86,7 +86,7 @@ def parse_detection(text: str, n: int) -> list[int]:
         raise ParseFailure("empty_reply")
     if not _DETECTION.fullmatch(t):
         raise ParseFailure("not_a_list", t[:60])
-    nums = [int(x) for x in re.findall(r"\d+", t)]
+    nums = [int(x) for x in re.findall(r"[0-9]+", t)]
     bad = [x for x in nums if not 1 <= x <= n]
     if bad:
         raise ParseFailure("out_of_range", f"{bad[:5]} not in 1..{n}")
@@ -104,7 +104,7 @@ def parse_binary_list(text: str, n: int) -> list[int]:
     t = _strip_fences(_check_size(text)).strip()
     if not t:
         raise ParseFailure("empty_reply")
-    if not re.fullmatch(r"\[[\s\d,]*\]", t):
+    if not re.fullmatch(r"\[[ \t\n0-9,]*\]", t):
         raise ParseFailure("not_a_list", t[:60])
     try:
         val = json.loads(t)
