@@ -124,6 +124,29 @@ class StandardSAE(SAE):
             state_dict[tkey] = state_dict[tkey].reshape(()).expand(self.width).clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @classmethod
+    def from_saelens_weights(
+        cls, weights: dict[str, Tensor], architecture: str, k: int | None = None, **config: object
+    ) -> "StandardSAE":
+        """Build an SAE from SAELens-named weights (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and
+        optionally ``threshold``); sizes come from the weights, other options from ``config``."""
+        missing = [key for key in ("W_enc", "b_enc", "W_dec", "b_dec") if key not in weights]
+        if missing:
+            raise ConfigError(f"SAE weights lack {', '.join(missing)}")
+        d_in, width = (int(n) for n in weights["W_enc"].shape)
+        cfg = StandardConfig(
+            architecture=architecture,  # type: ignore[arg-type]
+            d_in=d_in,
+            width=width,
+            k=k,
+            has_threshold="threshold" in weights,
+            **config,  # type: ignore[arg-type]
+        )
+        with torch.device("meta"):
+            sae = cls(cfg)
+        sae.load_state_dict({key: value.detach().clone() for key, value in weights.items()}, assign=True)
+        return sae
+
     @torch.no_grad()
     def fold_decoder_norm(self) -> "StandardSAE":
         """Turn ``rescale_acts_by_decoder_norm`` into plain weights (as SAELens's ``fold_W_dec_norm``):
