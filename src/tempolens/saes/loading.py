@@ -522,8 +522,9 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
         if not isinstance(v, bool):
             raise fail(f"{key} must be true or false; got {v!r}")
     mode = "auto"
+    has_threshold = arch == "jumprelu"
     if meta_in.get("tempolens_architecture") == "batchtopk":
-        mode = "threshold" if arch == "jumprelu" else "topk"
+        mode = meta_in.get("tempolens_batchtopk_mode", "threshold" if arch == "jumprelu" else "topk")
         arch, k = "batchtopk", meta_in.get("tempolens_k", k)
     if arch in ("topk", "batchtopk") and not _is_int(k):
         raise fail(f"k must be an integer for a {arch} SAE; got {k!r}")
@@ -541,7 +542,7 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
             normalize_activations=norm,
             rescale_acts_by_decoder_norm=rescale if arch in ("topk", "batchtopk") else False,
             batchtopk_mode=mode,  # type: ignore[arg-type]
-            has_threshold=arch == "jumprelu" or (arch == "batchtopk" and mode == "threshold"),
+            has_threshold=has_threshold,
             metadata=metadata,
         )
     except ConfigError as e:
@@ -613,6 +614,7 @@ def save_standard_sae(sae: StandardSAE, folder: str | Path, dtype: torch.dtype |
         arch = "jumprelu" if c.has_threshold else "topk"
         meta["tempolens_architecture"] = "batchtopk"
         meta["tempolens_k"] = c.k
+        meta["tempolens_batchtopk_mode"] = c.batchtopk_mode
     else:
         arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[c.architecture]
     cfg: dict[str, Any] = {
