@@ -1,0 +1,430 @@
+"""`tempolens dashboards`: code store → feature statistics → Neuronpedia exports + static site.
+
+Stages (each timed; the first two are cached in the output folder and reused when the store and
+settings match, so a rerun after a kill resumes cheaply):
+
+1. statistics of every latent (:func:`tempolens.stats.features.compute_feature_stats`) → ``stats.safetensors``;
+2. logit effects of every decoder direction (:func:`tempolens.stats.logits.logit_effects`) → ``logits.safetensors``;
+3. per group of latents: example windows (one read of the store), feature records, then
+   ``neuronpedia/batches/batch-<k>.json``, ``neuronpedia/bulk/<model>/<source>/…`` and
+   ``site/data/features/chunk-<c>.js``; finally ``site/data/index.js``, ``site/data/meta.js``,
+   ``run_settings.json`` and the viewer assets.
+
+The LM is never run: the model is loaded only for its tokenizer and unembedding, the SAE only for
+its decoder directions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from tempolens.errors import ConfigError, SourceError
+from tempolens.options import check
+from tempolens.store.codestore import CodeStore, atomic_write_bytes
+
+
+@dataclass
+class DashboardConfig:
+    """Options of `tempolens dashboards`."""
+
+    store: Path = Path("runs/embedded/store")
+    """Code store to read (written by `tempolens collect`)."""
+    out: Path = Path("runs/embedded/dashboards")
+    """Output folder: `site/` (open `site/index.html`), `neuronpedia/batches/`, `neuronpedia/bulk/`, cached statistics."""
+    model: str | None = None
+    """Subject model for the tokenizer and unembedding (default: the store's `meta.json` model spec)."""
+    sae: str | None = None
+    """SAE for the decoder directions (default: the store's `meta.json` SAE spec)."""
+    fold_norm: bool = True
+    """Fold the final norm's per-dimension multiplier (e.g. Gemma's 1+w) into the decoder directions before the unembedding when computing logit effects; the dashboard meta says which was used."""
+    latents: tuple[int, ...] = ()
+    """Latent ids to export (default: all). Statistics and correlations always cover all latents."""
+    n_top: int = 20
+    """Top activating examples per latent."""
+    n_intervals: int = 5
+    """Equal-width activation intervals over (0, max] (nonzero activations only)."""
+    n_per_interval: int = 5
+    """Random examples per interval (deterministic for --seed, independent of sharding)."""
+    n_bins: int = 50
+    """Bins of the activation histogram (nonzero activations over (0, max])."""
+    n_correlated: int = 3
+    """Correlated latents listed per latent (Pearson over all latents; cosine similarity in `correlated_features_l1`)."""
+    n_logits: int = 10
+    """Top and bottom logit effects listed per latent."""
+    window: int = 128
+    """Tokens per example window: the whole prompt when the prompt has at most this many tokens (Neuronpedia: 128), otherwise this many tokens around the example token. At most 1024 (Neuronpedia's limit)."""
+    window_after: int = 32
+    """When a prompt is longer than --window: tokens shown after the example token (the rest of the window comes before it)."""
+    features_per_batch: int = 128
+    """Features per Neuronpedia batch file (Neuronpedia's upload API takes at most 128 per call)."""
+    chunk_size: int = 64
+    """Latents per site data chunk (`site/data/features/chunk-<latent // chunk_size>.js`)."""
+    latents_per_pass: int = 1024
+    """Latents whose example windows are gathered per read of the store (bounds memory)."""
+    model_id: str | None = None
+    """Neuronpedia model id (default: the store's model id, e.g. `gemma-3-270m`)."""
+    sae_set: str | None = None
+    """Neuronpedia source-set name without the layer (default: `<architecture>-res`, e.g. `temporal-res`); the source id is `<layer>-<sae_set>`."""
+    sae_id_suffix: str | None = None
+    """Optional suffix of the source id (`<layer>-<sae_set>__<suffix>`), as SAEDashboard's `sae_id_suffix`."""
+    dataset: str | None = None
+    """Dataset name written into every feature (default: the store's corpus spec)."""
+    creator_id: str = "tempolens"
+    """Neuronpedia `creatorId` written into the bulk-import files (set it to your Neuronpedia user id)."""
+    creator_name: str = "tempolens"
+    """Creator name written into the bulk-import release and source set."""
+    release_id: str | None = None
+    """Neuronpedia release id for the bulk import (default: the source-set name)."""
+    include_vector: bool = False
+    """Write each latent's decoder direction as `vector` (Neuronpedia steering); large for wide SAEs."""
+    autointerp: Path | None = None
+    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site."""
+    title: str | None = None
+    """Site title (default: model id, source id)."""
+    batches: bool = True
+    """Write SAEDashboard/Neuronpedia batch files."""
+    bulk: bool = True
+    """Write Neuronpedia's bulk-import layout."""
+    site: bool = True
+    """Write the static site."""
+    seed: int = 0
+    """Seed of the interval samples."""
+    corr_memory_mb: float = 1024
+    """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra store read each."""
+    device: str = "auto"
+    """Device for the logit-effect matmuls: `auto` (CUDA if available), `cpu`, `cuda`, ..."""
+    recompute: bool = False
+    """Ignore cached statistics and logit effects in --out."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        self.store, self.out = Path(self.store), Path(self.out)
+        if self.autointerp is not None:
+            self.autointerp = Path(self.autointerp)
+        self.latents = tuple(int(x) for x in self.latents)
+        check(all(x >= 0 for x in self.latents), "--latents must be latent ids >= 0")
+        for name in ("n_top", "n_intervals", "n_per_interval", "n_bins", "n_logits", "features_per_batch", "chunk_size", "latents_per_pass"):
+            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        check(self.n_correlated >= 0, f"--n-correlated must be >= 0; got {self.n_correlated}")
+        check(1 <= self.window <= 1024, f"--window must be 1..1024 tokens (Neuronpedia's limit per activation); got {self.window}")
+        check(0 <= self.window_after < self.window, f"--window-after must be in 0..{self.window - 1}; got {self.window_after}")
+        check(self.features_per_batch <= 128 or not self.bulk, "--features-per-batch must be <= 128 (Neuronpedia's upload limit)")
+        check(self.corr_memory_mb > 0, "--corr-memory-mb must be > 0")
+        for name in ("model_id", "sae_set", "sae_id_suffix", "creator_id", "release_id"):
+            v = getattr(self, name)
+            check(v is None or re.fullmatch(r"[A-Za-z0-9._-]+", v) is not None, f"--{name.replace('_', '-')} may use letters, digits, '.', '_' and '-' only; got {v!r}")
+        check(self.batches or self.bulk or self.site, "nothing to write: enable at least one of --batches, --bulk, --site")
+
+
+@dataclass
+class DashboardResult:
+    """What `build_dashboards` wrote."""
+
+    out: Path
+    site: Path | None
+    batches: list[Path]
+    bulk: Path | None
+    n_latents: int
+    n_examples: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"dashboards of {self.n_latents} latents ({self.n_examples} examples) in {self.out}"]
+        if self.site:
+            lines.append(f"  site: open {self.site / 'index.html'}")
+        if self.batches:
+            lines.append(f"  Neuronpedia batch files: {len(self.batches)} in {self.batches[0].parent}")
+        if self.bulk:
+            lines.append(f"  Neuronpedia bulk import: {self.bulk}")
+        lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _slug(s: str) -> str:
+    s = s.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-").lower() or "model"
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(path: Path, key: str, recompute: bool) -> bool:
+    keyfile = path.with_suffix(".key")
+    return not recompute and path.exists() and keyfile.exists() and keyfile.read_text().strip() == key
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but this torch has no CUDA device; use --device cpu")
+    return dev
+
+
+def build_dashboards(
+    cfg: DashboardConfig,
+    *,
+    model: Any = None,
+    W_dec: torch.Tensor | None = None,
+) -> DashboardResult:
+    """Run every stage (see the module docstring). ``model`` (a ``SubjectModel`` or anything with
+    ``token_strings(ids)`` and ``unembed()``) and ``W_dec [width, d]`` may be passed in to skip loading."""
+    from tempolens.dashboards import neuronpedia as npx
+    from tempolens.dashboards.schema import RecordContext, examples_of, feature_records, index_row
+    from tempolens.dashboards.site import SiteWriter, load_autointerp
+    from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
+    from tempolens.stats.logits import LogitEffects, logit_effects
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    store = CodeStore(cfg.store)
+    meta = store.meta
+    if not store.complete:
+        store.iter_shards(verify=False).__next__()  # raises the store's own "incomplete" message
+    W = store.width
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
+    latents = list(cfg.latents) if cfg.latents else list(range(W))
+    bad = [x for x in latents if x >= W]
+    if bad:
+        raise ConfigError(f"--latents {bad[:5]} are out of range: the SAE has {W} latents (0..{W - 1})")
+    latents = sorted(set(latents))
+
+    # -- 1. statistics ------------------------------------------------------------------------------
+    stats_path = out / "stats.safetensors"
+    stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
+                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed)
+    if _cached(stats_path, stats_key, cfg.recompute):
+        stats = FeatureStats.load(stats_path)
+    else:
+        stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals, n_per_interval=cfg.n_per_interval,
+                                      n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb, progress=cfg.progress)
+        stats.save(stats_path)
+        atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
+    timings["statistics"] = time.perf_counter() - t0
+
+    # -- 2. model, SAE, logit effects ----------------------------------------------------------------
+    t1 = time.perf_counter()
+    model_spec = cfg.model or meta.get("model", {}).get("spec")
+    sae_spec = cfg.sae or meta.get("sae", {}).get("spec")
+    layer = int(meta.get("model", {}).get("layer", 0))
+    if model is None:
+        if not model_spec:
+            raise ConfigError(f"{store.root}/meta.json names no model; pass --model")
+        from tempolens.sources.models import load_subject_model
+
+        model = load_subject_model(model_spec, layer=layer, device="cpu", progress=print if cfg.progress else None)
+    if W_dec is None:
+        if not sae_spec:
+            raise ConfigError(f"{store.root}/meta.json names no SAE; pass --sae")
+        from tempolens.collect import load_sae_for_model
+
+        sae = load_sae_for_model(sae_spec, model, store.all_tokens(), torch.device("cpu"), 8)
+        W_dec = sae.W_dec.detach().float().cpu()
+    W_dec = W_dec.detach().float().cpu()
+    if W_dec.shape[0] != W:
+        raise SourceError(f"the SAE has {W_dec.shape[0]} latents but the store {store.root} has {W}; pass the --sae the store was collected with")
+    timings["load"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    W_U, mult, norm_kind = model.unembed()
+    if W_U.shape[1] != W_dec.shape[1]:
+        raise SourceError(f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the --model the store was collected with")
+    use_mult = mult if (cfg.fold_norm and mult is not None) else None
+    logits_path = out / "logits.safetensors"
+    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits, float(W_dec.double().sum()), float(W_U.double().sum()))
+    if _cached(logits_path, logits_key, cfg.recompute):
+        from safetensors.torch import load_file
+
+        t = load_file(str(logits_path))
+        logits = LogitEffects(top_ids=t["top_ids"], top_values=t["top_values"], bottom_ids=t["bottom_ids"], bottom_values=t["bottom_values"],
+                              hist_counts=t["hist_counts"], hist_centres=t["hist_centres"], folded_norm=use_mult is not None)
+    else:
+        logits = logit_effects(W_dec, W_U, use_mult, k=cfg.n_logits, device=_resolve_device(cfg.device), progress=cfg.progress)
+        from safetensors.torch import save
+
+        atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))
+        atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
+    del W_U
+    timings["logit_effects"] = time.perf_counter() - t2
+
+    # -- 3. records and exports ----------------------------------------------------------------------
+    t3 = time.perf_counter()
+    sae_meta = dict(meta.get("sae", {}))
+    arch = str(sae_meta.get("architecture", "sae"))
+    hook = str(meta.get("model", {}).get("hook_name", ""))
+    sae_set = cfg.sae_set or _slug(f"{arch}-res" if "resid" in hook or not hook else arch)
+    ids = npx.ExportIds(
+        model_id=cfg.model_id or _slug(str(meta.get("model", {}).get("model_id") or model_spec or "model")),
+        layer=layer,
+        sae_set=sae_set,
+        sae_id_suffix=cfg.sae_id_suffix,
+        dataset=cfg.dataset or str(meta.get("corpus", {}).get("spec") or meta.get("prompts", {}).get("corpus") or ""),
+        n_prompts=store.n_prompts,
+        prompt_len=store.prompt_len,
+        creator_id=cfg.creator_id,
+        creator_name=cfg.creator_name,
+        release_id=cfg.release_id or sae_set,
+        hook_name=hook,
+        created_at=str(meta.get("created") or "1970-01-01T00:00:00Z"),
+        d_model=int(W_dec.shape[1]),
+        n_layers=int(getattr(model, "n_layers", 0) or 0),
+        width=W,
+        description=f"{arch} SAE, {W} latents, {hook}; prompts of {store.prompt_len} tokens",
+    )
+    ctx = RecordContext(
+        stats=stats,
+        token_strings=model.token_strings,
+        logits=logits,
+        alignment=neuron_alignment(W_dec, 3),
+        dataset=ids.dataset,
+        n_prompts_total=store.n_prompts,
+        vectors=W_dec if cfg.include_vector else None,
+        autointerp=autointerp,
+    )
+    np_dir = out / "neuronpedia"
+    batch_dir = np_dir / "batches"
+    bulk_root = np_dir / "bulk"
+    site_dir = out / "site"
+    if cfg.batches:
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        for old in batch_dir.glob("batch-*.json"):
+            old.unlink()
+    if cfg.bulk:
+        npx.write_bulk_headers(bulk_root, ids)
+        for sub in ("features", "activations"):
+            for old in (npx.bulk_dir(bulk_root, ids) / sub).glob("batch-*.jsonl.gz"):
+                old.unlink()
+    site = SiteWriter(site_dir, cfg.chunk_size) if cfg.site else None
+    if site is not None:
+        for old in (site_dir / "data" / "features").glob("chunk-*.js"):
+            old.unlink()
+
+    batch_paths: list[Path] = []
+    pending_batch: list[dict[str, Any]] = []
+    pending_chunk: dict[int, dict[str, Any]] = {}
+    chunk_id: int | None = None
+    index_rows: list[list[Any]] = []
+    n_examples = 0
+
+    def flush_batch() -> None:
+        nonlocal pending_batch
+        if not pending_batch:
+            return
+        k = len(batch_paths)
+        if cfg.batches:
+            batch_paths.append(npx.write_batch(batch_dir, k, pending_batch, ids))
+        else:
+            batch_paths.append(Path())
+        if cfg.bulk:
+            npx.write_bulk_batch(bulk_root, k, pending_batch, ids)
+        pending_batch = []
+
+    def flush_chunk() -> None:
+        nonlocal pending_chunk
+        if site is not None and pending_chunk and chunk_id is not None:
+            site.write_chunk(chunk_id, pending_chunk)
+        pending_chunk = {}
+
+    groups = [latents[i : i + cfg.latents_per_pass] for i in range(0, len(latents), cfg.latents_per_pass)]
+    for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
+        lat, gpos, grp, _ = examples_of(stats, group)
+        windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress)
+        records = feature_records(ctx, group, windows, grp)
+        n_examples += int(lat.numel())
+        for rec in records:
+            i = rec["feature_index"]
+            index_rows.append(index_row(rec))
+            pending_batch.append(rec)
+            if len(pending_batch) >= cfg.features_per_batch:
+                flush_batch()
+            if site is not None:
+                c = site.chunk_of(i)
+                if chunk_id is not None and c != chunk_id:
+                    flush_chunk()
+                chunk_id = c
+                pending_chunk[i] = rec
+        del records, windows
+    flush_batch()
+    flush_chunk()
+    timings["exports"] = time.perf_counter() - t3
+
+    settings = {
+        "store": str(store.root),
+        "model": model_spec,
+        "sae": sae_spec,
+        "ids": npx.ids_dict(ids),
+        "fold_norm": use_mult is not None,
+        "final_norm": norm_kind,
+        "logit_effects": ("W_U·(final-norm multiplier ⊙ w_dec)" if use_mult is not None else "W_U·w_dec (final norm not folded)"),
+        "n_top": cfg.n_top, "n_intervals": cfg.n_intervals, "n_per_interval": cfg.n_per_interval, "n_bins": cfg.n_bins,
+        "n_correlated": cfg.n_correlated, "n_logits": cfg.n_logits, "seed": cfg.seed,
+        "window": min(cfg.window, store.prompt_len), "window_after": cfg.window_after if store.prompt_len > cfg.window else None,
+        "prompt_len": store.prompt_len, "n_prompts": store.n_prompts, "n_tokens": stats.n_tokens,
+        "excluded_from_statistics": "BOS/EOS/pad positions (shown as context with value 0)",
+        "intervals": "equal-width over (0, max], nonzero activations only; bin_contains = share of active tokens",
+        "correlated_features": "Pearson over all counted tokens and all latents; correlated_features_l1 = cosine similarity",
+        "correlated_neurons": "not computed (the code store keeps no LM activations)",
+        "features_per_batch": cfg.features_per_batch,
+        "tempolens_version": _version(),
+    }
+    if cfg.batches:
+        npx.write_run_settings(batch_dir, settings)
+    if site is not None:
+        site.copy_assets()
+        site.write_index(index_rows)
+        site.write_meta({
+            "title": cfg.title or f"{ids.model_id} · {ids.source_id}",
+            "model_id": ids.model_id,
+            "hook_name": hook,
+            "layer": layer,
+            "source_id": ids.source_id,
+            "sae": {**{k: v for k, v in sae_meta.items() if isinstance(v, (str, int, float, bool)) or v is None}, "width": W},
+            "is_temporal": bool(stats.is_temporal),
+            "dataset": ids.dataset,
+            "n_prompts": store.n_prompts,
+            "prompt_len": store.prompt_len,
+            "n_tokens": stats.n_tokens,
+            "chunk_size": cfg.chunk_size,
+            "n_latents": len(latents),
+            "created": ids.created_at,
+            "tempolens_version": _version(),
+            "settings": settings,
+        })
+    timings["total"] = time.perf_counter() - t0
+    result = DashboardResult(
+        out=out,
+        site=site_dir if site is not None else None,
+        batches=batch_paths if cfg.batches else [],
+        bulk=npx.bulk_dir(bulk_root, ids) if cfg.bulk else None,
+        n_latents=len(latents),
+        n_examples=n_examples,
+        timings=timings,
+    )
+    if cfg.progress:
+        print(result)
+    return result
+
+
+def _version() -> str:
+    try:
+        from tempolens import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "unknown"

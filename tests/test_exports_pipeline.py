@@ -1,0 +1,253 @@
+"""`tempolens dashboards` end to end on a small random store and the tiny real LM: every export
+validates against the strict schema, output is deterministic, site data cannot break out of scripts."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from schema_validation import validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature
+from test_stats_accumulators import make_codes, write_store
+from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
+from tempolens.dashboards.site import INDEX_COLUMNS, js_literal
+from tempolens.errors import ConfigError
+from tempolens.stats.features import FeatureStats
+from tempolens.stats.logits import logit_effects
+
+torch.set_num_threads(1)
+WIDTH, D = 24, 32
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_dir):
+    from tempolens.sources.models import load_subject_model
+
+    return load_subject_model(tiny_lm_dir, layer=1, progress=None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    codes = make_codes(n_prompts=12, T=16, width=WIDTH)
+    return write_store(tmp_path_factory.mktemp("store") / "s", codes, 5)
+
+
+@pytest.fixture(scope="module")
+def W_dec():
+    return torch.randn(WIDTH, D, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def autointerp_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("ai") / "ai.json"
+    p.write_text(json.dumps({"3": {"explanation": "the word <script> & friends", "scores": {"detection": 0.8}}}))
+    return p
+
+
+@pytest.fixture(scope="module")
+def built(store, lm, W_dec, autointerp_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dash")
+    cfg = DashboardConfig(store=store.root, out=out, features_per_batch=10, chunk_size=5, latents_per_pass=7, autointerp=autointerp_file, progress=False)
+    return build_dashboards(cfg, model=lm, W_dec=W_dec), out
+
+
+def _read_js(path: Path, fn: str):
+    text = path.read_text()
+    m = re.fullmatch(rf"{fn}\((.*)\);\n", text, re.S)
+    assert m, path
+    return text, m.group(1)
+
+
+def test_batches_validate(built, store):
+    res, out = built
+    assert len(res.batches) == 3  # 24 latents, 10 per batch
+    seen = []
+    for k, p in enumerate(res.batches):
+        assert p.name == f"batch-{k}.json"
+        obj = json.loads(p.read_text())
+        validate_batch(obj)
+        assert obj["model_id"] == "tiny-model" and obj["layer"] == 1 and obj["sae_set"] == "temporal-res" and obj["sae_id_suffix"] is None
+        seen += [f["feature_index"] for f in obj["features"]]
+        for f in obj["features"]:
+            assert f["n_prompts_total"] == 12 and f["n_tokens_in_prompt"] == 16 and f["dataset"] == "test-corpus"
+    assert seen == list(range(WIDTH))
+    settings = json.loads((out / "neuronpedia" / "batches" / "run_settings.json").read_text())
+    assert settings["fold_norm"] is True and settings["ids"]["source_id"] == "1-temporal-res"
+
+
+def test_records_match_statistics(built, store, lm, W_dec):
+    res, out = built
+    stats = FeatureStats.load(out / "stats.safetensors")
+    feats = {f["feature_index"]: f for p in res.batches for f in json.loads(p.read_text())["features"]}
+    tokens = store.all_tokens()
+    T = store.prompt_len
+    eff = logit_effects(W_dec, *lm.unembed()[:2], k=10)
+    for i, f in feats.items():
+        assert f["frac_nonzero"] == float(stats.n_active[i]) / stats.n_tokens
+        assert f["freq_hist_data_bar_heights"] == stats.hist_counts[i].tolist()
+        assert f["pos_str"] == lm.token_strings(eff.top_ids[i].tolist())
+        assert f["neg_str"] == lm.token_strings(eff.bottom_ids[i].tolist())
+        tops = [a for a in f["activations"] if a["bin_min"] == -1]
+        n_top = int((stats.top_gpos[i] >= 0).sum())
+        assert len(tops) == n_top
+        for r, a in enumerate(tops):
+            g = int(stats.top_gpos[i, r])
+            p, t = divmod(g, T)
+            assert a["tokens"] == lm.token_strings(tokens[p].tolist())  # whole prompt (16 <= 128)
+            assert a["qualifying_token_index"] == t
+            assert a["values"][t] == pytest.approx(float(stats.top_value[i, r]), abs=1e-4)
+            assert a["bin_max"] == pytest.approx(float(stats.max_act[i]))
+            assert a["values"][0] == 0  # BOS shown as context with value 0
+        ints = [a for a in f["activations"] if a["bin_min"] != -1]
+        assert len(ints) == int((stats.int_gpos[i] >= 0).sum())
+        for a in ints:
+            assert a["bin_contains"] > 0
+        if stats.n_active[i] == 0:
+            assert f["activations"] == [] and f["correlated_features_indices"] == []
+
+
+def test_bulk_import_parses(built):
+    res, _ = built
+    d = res.bulk
+    assert d.parts[-2:] == ("tiny-model", "1-temporal-res")
+    for name in ("release", "model", "sourceset", "source"):
+        rows = [json.loads(x) for x in (d / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == 1
+    src = json.loads((d / "source.jsonl").read_text())
+    assert src["id"] == "1-temporal-res" and src["modelId"] == "tiny-model" and src["num_prompts"] == 12 and src["num_tokens_in_prompt"] == 16
+    n_feat = n_act = 0
+    for p in sorted((d / "features").glob("batch-*.jsonl.gz")):
+        for line in gzip.decompress(p.read_bytes()).decode().splitlines():
+            validate_bulk_feature(p.name, json.loads(line), "1-temporal-res", "tiny-model")
+            n_feat += 1
+    for p in sorted((d / "activations").glob("batch-*.jsonl.gz")):
+        for line in gzip.decompress(p.read_bytes()).decode().splitlines():
+            a = json.loads(line)
+            validate_bulk_activation(p.name, a, "1-temporal-res", "tiny-model")
+            assert a["creatorId"] == "tempolens"
+            n_act += 1
+    assert n_feat == WIDTH and n_act == res.n_examples
+
+
+def test_site_data(built):
+    res, out = built
+    site = res.site
+    assert (site / "index.html").exists() and (site / "assets" / "app.js").exists()
+    text, body = _read_js(site / "data" / "meta.js", "tempolensMeta")
+    meta = json.loads(body)
+    assert meta["is_temporal"] is True and meta["n_latents"] == WIDTH and meta["chunk_size"] == 5 and meta["prompt_len"] == 16
+    assert meta["settings"]["fold_norm"] is True
+    text, body = _read_js(site / "data" / "index.js", "tempolensIndex")
+    idx = json.loads(body)
+    assert idx["columns"] == list(INDEX_COLUMNS) and [r[0] for r in idx["rows"]] == list(range(WIDTH))
+    assert idx["rows"][3][5] == "the word <script> & friends" and idx["rows"][3][6] == 0.8
+    n = 0
+    for c in range(5):
+        text, body = _read_js(site / "data" / "features" / f"chunk-{c}.js", "tempolensFeatures")
+        m = re.match(r"(\d+),(.*)", body, re.S)
+        assert int(m.group(1)) == c
+        recs = json.loads(m.group(2))
+        assert sorted(int(k) for k in recs) == [i for i in range(WIDTH) if i // 5 == c]
+        for k, r in recs.items():
+            validate_feature(f"chunk-{c}[{k}]", r, site=True, temporal=True)
+            n += 1
+        assert "<" not in text and ">" not in text and "&" not in text  # token strings include < > &
+    assert n == WIDTH
+    rec3 = json.loads(re.match(r"tempolensFeatures\(0,(.*)\);\n", (site / "data" / "features" / "chunk-0.js").read_text(), re.S).group(1))["3"]
+    assert rec3["tempolens"]["explanation"] == "the word <script> & friends" and rec3["tempolens"]["scores"] == {"detection": 0.8}
+
+
+def test_output_is_deterministic(built, store, lm, W_dec, autointerp_file, tmp_path):
+    res, out = built
+    cfg = DashboardConfig(store=store.root, out=tmp_path, features_per_batch=10, chunk_size=5, latents_per_pass=24, autointerp=autointerp_file, progress=False)
+    build_dashboards(cfg, model=lm, W_dec=W_dec)
+    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.suffix not in (".safetensors", ".key")]
+    assert len(files) > 20
+    for rel in files:
+        assert (tmp_path / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_cached_stats_are_reused_and_subset_export(built, store, lm, W_dec, tmp_path):
+    import shutil
+
+    res, src = built
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("stats.safetensors", "stats.key"):
+        shutil.copy2(src / name, out / name)
+    before = (out / "stats.safetensors").stat().st_mtime_ns
+    cfg = DashboardConfig(store=store.root, out=out, latents=(7, 2), batches=False, bulk=False, progress=False)
+    r2 = build_dashboards(cfg, model=lm, W_dec=W_dec)
+    assert (out / "stats.safetensors").stat().st_mtime_ns == before
+    assert r2.n_latents == 2 and r2.batches == []
+    _, body = _read_js(r2.site / "data" / "index.js", "tempolensIndex")
+    assert [r[0] for r in json.loads(body)["rows"]] == [2, 7]
+
+
+def test_long_prompts_get_windows(tmp_path, lm):
+    codes = make_codes(n_prompts=4, T=40, width=8, k=3, seed=1, temporal=False)
+    st = write_store(tmp_path / "s", codes, 4)
+    res = build_dashboards(DashboardConfig(store=st.root, out=tmp_path / "o", window=12, window_after=3, n_correlated=2, progress=False), model=lm, W_dec=torch.randn(8, D))
+    obj = json.loads(res.batches[0].read_text())
+    validate_batch(obj)
+    stats = FeatureStats.load(tmp_path / "o" / "stats.safetensors")
+    strs = [lm.token_strings(row) for row in st.all_tokens().tolist()]
+    n = 0
+    for f in obj["features"]:
+        i = f["feature_index"]
+        for a in f["activations"]:
+            assert len(a["tokens"]) == 12
+        for r, a in enumerate(x for x in f["activations"] if x["bin_min"] == -1):
+            p, t = divmod(int(stats.top_gpos[i, r]), 40)
+            start = min(max(t - 8, 0), 40 - 12)  # 3 tokens after the example, 8 before, clipped to the prompt
+            assert a["qualifying_token_index"] == t - start
+            assert a["tokens"] == strs[p][start : start + 12]
+            n += 1
+    assert n > 20
+    _, body = _read_js(res.site / "data" / "meta.js", "tempolensMeta")
+    assert json.loads(body)["is_temporal"] is False
+
+
+def test_bad_options_are_one_line_errors(store, lm, W_dec, tmp_path):
+    with pytest.raises(ConfigError, match="--window"):
+        DashboardConfig(window=0)
+    with pytest.raises(ConfigError, match="--window-after"):
+        DashboardConfig(window=8, window_after=8)
+    with pytest.raises(ConfigError, match="--model-id"):
+        DashboardConfig(model_id="a b/c")
+    with pytest.raises(ConfigError, match="out of range"):
+        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, latents=(99,), progress=False), model=lm, W_dec=W_dec)
+    bad = tmp_path / "ai.json"
+    bad.write_text('{"1": {"explanation": 3}}')
+    with pytest.raises(ConfigError, match="explanation"):
+        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, autointerp=bad, progress=False), model=lm, W_dec=W_dec)
+    from tempolens.errors import SourceError
+
+    with pytest.raises(SourceError, match="latents"):
+        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, progress=False), model=lm, W_dec=torch.randn(5, D))
+
+
+def test_cli_help_lists_options(capsys):
+    from tempolens.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["dashboards", "--help"])
+    text = capsys.readouterr().out
+    assert "--fold-norm" in text and "--n-per-interval" in text and "--creator-id" in text
+
+
+@pytest.mark.parametrize("s", ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>", "&amp; &lt;", "a\u2028b\u2029c", "<!--", "]]>"])
+def test_js_literal_cannot_break_out(s):
+    obj = {"tokens": [s, "ok"], s: 1}
+    lit = js_literal(obj)
+    assert "<" not in lit and ">" not in lit and "&" not in lit and "\u2028" not in lit and "\u2029" not in lit
+    assert json.loads(lit) == obj
+
+
+def test_js_literal_refuses_nan():
+    with pytest.raises(ValueError):
+        js_literal({"x": float("nan")})
