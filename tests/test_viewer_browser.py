@@ -252,13 +252,31 @@ def test_hostile_token_strings_render_as_literal_text_and_run_nothing(v, site):
     # Report and kernel list: hostile strings stay text, a javascript: link is dropped.
     v.go("#/report")
     v.page.wait_for_selector(".report h1")
-    assert v.page.text_content(".report h1") == "Autointerp ballpark " + HOSTILE[1]
-    assert HOSTILE[0] in v.page.text_content(".report table")
+    assert v.page.text_content(".report dd") == "test-judge " + HOSTILE[1] + " (openai)"
+    assert v.page.text_content(".report-scores tbody tr:nth-child(2) td") == HOSTILE[0]
     v.go("#/kernels")
     v.page.wait_for_selector(".kernel-list")
     hrefs = v.page.eval_on_selector_all(".kernel-list a", "els => els.map(e => e.getAttribute('href'))")
     assert hrefs == ["kernels/story-0.html"]
     v.page.wait_for_timeout(100)
+    v.assert_clean()
+
+
+def test_autointerp_report_shows_scores_with_intervals_and_context(v, site):
+    v.open("#/report")
+    v.page.wait_for_selector(".report")
+    assert v.page.get_attribute("#nav a[aria-current=page]", "href") == "#/report"
+    heads = v.page.eval_on_selector_all(".report-scores th", "els => els.map(e => e.textContent)")
+    assert heads == ["SAE", "architecture", "width", "latents (alive)", "saebench", "embedding", "parse failures", "errors", "tokens"]
+    first = v.page.eval_on_selector_all(".report-scores tbody tr:first-child td", "els => els.map(e => e.textContent)")
+    assert first[:4] == ["temporal", "temporal", "250", "30 (200)"]
+    assert first[4] == "0.810 [0.770, 0.850] n=30" and first[6] == "2"
+    # One dot + CI whisker + chance line per (scorer, SAE).
+    assert v.page.locator("svg.ciplot circle.dot").count() == 4
+    assert v.page.locator("svg.ciplot line.ci").count() == 4
+    assert v.page.locator("svg.ciplot line.chance").count() == 4
+    assert "saebench 0.714" in v.page.text_content(".report")
+    assert "Context (not comparable)" in v.page.text_content(".report h2")
     v.assert_clean()
 
 
@@ -319,7 +337,7 @@ def test_missing_chunk_and_missing_data_give_clear_messages(browser, site, tmp_p
 
 
 def test_standard_sae_site_has_no_temporal_panels(browser, tmp_path):  # noqa: F811
-    spec = write_site(tmp_path / "std", n_latents=30, chunk_size=16, temporal=False, autointerp=False, kernels=False)
+    spec = write_site(tmp_path / "std", n_latents=30, chunk_size=16, temporal=False, autointerp=True, kernels=False)
     vis = visit(browser, spec.root)
     vis.open("#/latent/0")
     vis.page.wait_for_selector("article.latent .example")
@@ -329,7 +347,12 @@ def test_standard_sae_site_has_no_temporal_panels(browser, tmp_path):  # noqa: F
     vis.go("#/")
     vis.page.wait_for_selector("table.latents")
     assert vis.page.locator("th[data-col=pred_share]").count() == 0
-    assert vis.page.eval_on_selector_all("#nav a", "els => els.map(e => e.textContent)") == ["Latents"]
+    assert vis.page.eval_on_selector_all("#nav a", "els => els.map(e => e.textContent)") == ["Latents", "Autointerp report"]
+    # A report of another shape is still shown, as text.
+    vis.go("#/report")
+    vis.page.wait_for_selector(".report figure table")
+    assert vis.page.text_content(".report h1") == "Autointerp ballpark " + HOSTILE[1]
+    assert HOSTILE[0] in vis.page.text_content(".report table")
     vis.assert_clean()
     vis.page.context.close()
 

@@ -125,8 +125,12 @@ def _record(rng: random.Random, i: int, frac: float, max_act: float, mean_act: f
 
 
 def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal: bool = True, seed: int = 0,
-               records: bool = True, autointerp: bool = True, kernels: bool = True) -> SiteSpec:
-    """Write a complete site (viewer + data files) to ``root`` and return what it contains."""
+               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True, records_below: int = 128) -> SiteSpec:
+    """Write a complete site (viewer + data files) to ``root`` and return what it contains.
+
+    ``autointerp``: ``"ballpark"`` (the report shape of ``tempolens.autointerp.report``), ``True`` (a
+    generic ``{title, summary, tables, notes}`` report), or ``False`` (none). Feature records are
+    written for the alive latents below ``records_below`` only (keeps the test site small)."""
     rng = random.Random(seed)
     root = Path(root)
     install_viewer(root)
@@ -149,7 +153,7 @@ def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal:
         if dead:
             spec.dead.append(i)
         rows.append([i, frac, max_act, mean_act, top, expl, score, pshare])
-        if records and not dead:
+        if records and not dead and i < records_below:
             spec.records[i] = _record(rng, i, frac, max_act, mean_act, temporal, n_latents, i == spec.hostile_latent,
                                       i == spec.long_latent, expl, score, pshare)
     spec.index_rows = rows
@@ -168,7 +172,27 @@ def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal:
             chunks.setdefault(i // chunk_size, {})[str(i)] = rec
         for c, recs in chunks.items():
             (data / "features" / f"chunk-{c}.js").write_text(f"tempolensFeatures({c}, {js_literal(recs)});\n", encoding="utf-8")
-    if autointerp:
+    if autointerp == "ballpark":
+        # The shape written by tempolens.autointerp.report.build_report (data/autointerp.js).
+        def sc(m, lo, hi, n, chance):
+            return {"mean": m, "ci_low": lo, "ci_high": hi, "n": n, "n_unscored": 0, "chance": chance}
+        report = {
+            "created": "2026-11-29T08:00:00Z", "judge": "test-judge " + HOSTILE[1], "backend": "openai", "scorers": ["saebench", "embedding"],
+            "embedding_model": "all-MiniLM-L6-v2", "seed": 0, "window_len": 21, "budget_tokens": None,
+            "tokens": {"prompt": 120000, "completion": 3000}, "n_runs": 1, "wall_s": 12.5,
+            "saes": [
+                {"label": "temporal", "architecture": "temporal", "width": n_latents, "n_alive": 200, "n_latents": 30,
+                 "scores": {"saebench": sc(0.81, 0.77, 0.85, 30, 10 / 14), "embedding": sc(0.66, 0.6, 0.71, 30, 0.5)},
+                 "pooled": {}, "parse_failures": {"saebench/format": 2}, "n_llm_calls": 60, "transport_errors": 0, "tokens": {"prompt": 60000, "completion": 1500}},
+                {"label": HOSTILE[0], "architecture": "topk", "width": n_latents, "n_alive": 210, "n_latents": 30,
+                 "scores": {"saebench": sc(0.79, 0.75, 0.83, 30, 10 / 14), "embedding": sc(0.64, 0.58, 0.7, 30, 0.5)},
+                 "pooled": {}, "parse_failures": {}, "n_llm_calls": 60, "transport_errors": 1, "tokens": {"prompt": 60000, "completion": 1500}},
+            ],
+            "published_context": {"source": "SAEBench autointerp, Gemma-2-2B layer 12", "caveat": "Different model and judge: context only.",
+                                  "scorer": "saebench", "scores": {"16k TopK": 0.849, "PCA floor": 0.671}},
+        }
+        (data / "autointerp.js").write_text(f"tempolensAutointerp({js_literal(report)});\n", encoding="utf-8")
+    elif autointerp:
         report = {
             "title": "Autointerp ballpark " + HOSTILE[1],
             "summary": ["Detection accuracy of the Temporal SAE against its TopK twin and a random floor."],

@@ -178,7 +178,10 @@
   // Site-wide state derived from meta and index.
   // ------------------------------------------------------------------------------------------
   var site = {
-    nLatents: 0,
+    nLatents: 0,        // latents in this site (rows of the index; may be a subset of the SAE's width)
+    width: 0,           // latents of the SAE
+    latents: [],        // latent ids of the index, ascending
+    posOf: null,        // latent → position in `latents`
     col: {},            // column name → position in an index row
     rowOf: null,        // latent → index row (array)
     hasPred: false, hasScore: false, hasExpl: false,
@@ -196,7 +199,11 @@
     site.rowOf = new Map();
     var ci = site.col.index;
     rows.forEach(function (r, k) { site.rowOf.set(ci === undefined ? k : r[ci], r); });
-    site.nLatents = isNum(meta.n_latents) ? meta.n_latents : rows.length;
+    site.latents = Array.from(site.rowOf.keys()).filter(function (x) { return Number.isInteger(x); }).sort(function (a, b) { return a - b; });
+    site.posOf = new Map();
+    site.latents.forEach(function (x, k) { site.posOf.set(x, k); });
+    site.nLatents = site.latents.length;
+    site.width = meta.sae && isNum(meta.sae.width) ? meta.sae.width : site.nLatents;
     function any(name) {
       var c = site.col[name];
       if (c === undefined) return false;
@@ -600,9 +607,12 @@
     switchView('page');
     markNav(null);
     document.title = 'Latent ' + i + ' — ' + (data.meta && data.meta.title ? String(data.meta.title) : 'tempolens');
-    if (!(i >= 0 && i < site.nLatents)) {
+    if (!site.posOf.has(i)) {
+      var why = i >= 0 && i < site.width
+        ? 'Latent ' + i + ' is not in this site: it was built for ' + fmtInt(site.nLatents) + ' of the SAE\'s ' + fmtInt(site.width) + ' latents (rebuild with `tempolens dashboards --latents ...` to add it).'
+        : 'This SAE has latents 0 to ' + fmtInt(site.width - 1) + '.';
       view.replaceChildren(h('section', { class: 'card' }, h('h1', { tabindex: '-1', text: 'No latent ' + i }),
-        h('p', { text: 'This site has latents 0 to ' + (site.nLatents - 1) + '.' }), h('p', null, h('a', { href: '#/', text: 'Back to the index' }))));
+        h('p', { text: why }), h('p', null, h('a', { href: '#/', text: 'Back to the index' }))));
       focusHeading(view);
       return;
     }
@@ -628,12 +638,24 @@
     if (hd) hd.focus({ preventScroll: true });
   }
 
+  /** The latent before (step -1) or after (step +1) `i` in this site, or null. */
+  function neighbour(i, step) {
+    var k = site.posOf.get(i);
+    if (k === undefined) return null;
+    var j = site.latents[k + step];
+    return j === undefined ? null : j;
+  }
+
   function latentNav(i) {
-    var prev = i > 0 ? h('a', { href: latentHref(i - 1), rel: 'prev', class: 'btn', text: '‹ #' + (i - 1) }) : h('span', { class: 'btn disabled', text: '‹' });
-    var next = i < site.nLatents - 1 ? h('a', { href: latentHref(i + 1), rel: 'next', class: 'btn', text: '#' + (i + 1) + ' ›' }) : h('span', { class: 'btn disabled', text: '›' });
+    var pi = neighbour(i, -1), ni = neighbour(i, 1);
+    var prev = pi !== null ? h('a', { href: latentHref(pi), rel: 'prev', class: 'btn', title: 'previous latent (k)', text: '‹ #' + pi }) : h('span', { class: 'btn disabled', text: '‹' });
+    var next = ni !== null ? h('a', { href: latentHref(ni), rel: 'next', class: 'btn', title: 'next latent (j)', text: '#' + ni + ' ›' }) : h('span', { class: 'btn disabled', text: '›' });
+    var k = site.posOf.get(i);
+    var posText = site.nLatents === site.width ? 'latent ' + i + ' of ' + fmtInt(site.width)
+      : 'latent ' + i + ' · ' + fmtInt(k + 1) + ' of ' + fmtInt(site.nLatents) + ' in this site (SAE width ' + fmtInt(site.width) + ')';
     return h('nav', { class: 'latent-nav', 'aria-label': 'Latents' },
       h('a', { href: indexHash(), class: 'btn', text: '← All latents' }), prev,
-      h('span', { class: 'pos', text: 'latent ' + i + ' of ' + fmtInt(site.nLatents) }), next,
+      h('span', { class: 'pos', text: k === undefined ? '' : posText }), next,
       h('span', { class: 'hint', text: 'j / k' }));
   }
 
@@ -682,10 +704,11 @@
     root.appendChild(h('header', { class: 'card latent-head' },
       h('h1', { tabindex: '-1', text: 'Latent ' + i }), stats, explBlock));
 
+    var deadNote = h('section', { class: 'card dead-note' }, h('p', { text: (isNum(frac) && frac === 0)
+      ? 'This latent never fired on the ' + fmtInt(data.meta && data.meta.n_tokens) + ' counted tokens (a dead latent): there are no examples to show.'
+      : 'No examples recorded for this latent.' }));
     if (!rec) {
-      root.appendChild(h('section', { class: 'card' }, h('p', { text: (isNum(frac) && frac === 0)
-        ? 'This latent never fired on the ' + fmtInt(data.meta && data.meta.n_tokens) + ' counted tokens (dead latent): there are no examples to show.'
-        : 'No record for this latent in the site data.' })));
+      root.appendChild(deadNote);
       return root;
     }
 
@@ -714,8 +737,9 @@
     root.appendChild(layout);
 
     // Examples.
-    if (temporal) mainCol.appendChild(temporalLegend(ctx));
-    mainCol.appendChild(h('section', { class: 'card', 'aria-labelledby': 'top-h' },
+    if (temporal && acts.length) mainCol.appendChild(temporalLegend(ctx));
+    if (!acts.length) mainCol.appendChild(deadNote);
+    else mainCol.appendChild(h('section', { class: 'card', 'aria-labelledby': 'top-h' },
       h('h2', { id: 'top-h', text: 'Top activations' }, h('span', { class: 'muted', text: ' (' + top.length + ')' })),
       top.length ? h('ol', { class: 'examples' }, top.map(function (a, k) { return exampleRow(a, k + 1, ctx); }))
         : h('p', { class: 'muted', text: 'No examples.' })));
@@ -868,7 +892,7 @@
     var x0 = centres[0] - w / 2, x1 = centres[n - 1] + w / 2;
     var yMax = 0;
     heights.forEach(function (v) { if (isNum(v) && v > yMax) yMax = v; });
-    if (!(yMax > 0)) yMax = 1;
+    if (!(yMax > 0)) return h('p', { class: 'muted', text: 'No nonzero values to draw.' });
     function sx(x) { return L + (x - x0) / (x1 - x0) * pw; }
     function sy(y) { return T + ph - y / yMax * ph; }
     var svg = s('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'hist', role: 'img', 'aria-label': opt.label });
@@ -977,6 +1001,117 @@
       t.caption ? h('p', { class: 'hint', text: String(t.caption) }) : null);
   }
 
+  var SCORER_ORDER = ['saebench', 'delphi-detection', 'delphi-fuzzing', 'embedding', 'cluster'];
+
+  function scoreCell(d) {
+    if (!d || !isNum(d.mean)) return h('td', { class: 'num muted', text: '–' });
+    return h('td', { class: 'num', title: 'mean ' + exact(d.mean) + ', 95% CI [' + exact(d.ci_low) + ', ' + exact(d.ci_high) + '], n = ' + d.n +
+        (d.n_unscored ? ', ' + d.n_unscored + ' unscored' : '') },
+      h('b', { text: d.mean.toFixed(3) }), ' ', h('span', { class: 'muted', text: '[' + (isNum(d.ci_low) ? d.ci_low.toFixed(3) : '–') + ', ' +
+        (isNum(d.ci_high) ? d.ci_high.toFixed(3) : '–') + '] n=' + (isNum(d.n) ? d.n : '–') }));
+  }
+
+  /** Dot-and-whisker plot: one row per (scorer, SAE), mean with its 95% CI, the scorer's chance level dashed. */
+  function ciPlot(saes, scorers) {
+    var rows = [];
+    scorers.forEach(function (sc) {
+      saes.forEach(function (sae) {
+        var d = sae.scores && sae.scores[sc];
+        if (d && isNum(d.mean)) rows.push({ sc: sc, label: String(sae.label), d: d });
+      });
+    });
+    if (!rows.length) return null;
+    var lo = 1, hi = 0;
+    rows.forEach(function (r) {
+      [r.d.mean, r.d.ci_low, r.d.ci_high, r.d.chance].forEach(function (v) { if (isNum(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    });
+    lo = Math.max(0, Math.floor((lo - 0.05) * 10) / 10); hi = Math.min(1, Math.ceil((hi + 0.05) * 10) / 10);
+    if (hi <= lo) hi = lo + 0.1;
+    var W = 680, L = 250, R = 20, RH = 20, T = 8, B = 34, H = T + rows.length * RH + B;
+    function sx(v) { return L + (v - lo) / (hi - lo) * (W - L - R); }
+    var svg = s('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'ciplot', role: 'img', 'aria-label': 'mean score per scorer and SAE with 95% confidence intervals' });
+    niceTicks(lo, hi, 5).forEach(function (t) {
+      svg.appendChild(s('line', { x1: sx(t), x2: sx(t), y1: T, y2: H - B, class: 'grid' }));
+      svg.appendChild(s('text', { x: sx(t), y: H - B + 14, 'text-anchor': 'middle', class: 'tick', text: t.toFixed(2) }));
+    });
+    svg.appendChild(s('text', { x: L + (W - L - R) / 2, y: H - 4, 'text-anchor': 'middle', class: 'axis-label', text: 'score (mean over latents, 95% CI); dashed: chance' }));
+    rows.forEach(function (r, k) {
+      var y = T + k * RH + RH / 2;
+      if (k > 0 && rows[k - 1].sc !== r.sc) svg.appendChild(s('line', { x1: 0, x2: W, y1: y - RH / 2, y2: y - RH / 2, class: 'sep' }));
+      svg.appendChild(s('text', { x: L - 8, y: y + 4, 'text-anchor': 'end', class: 'row-label', text: r.sc + ' · ' + r.label }));
+      if (isNum(r.d.chance)) svg.appendChild(s('line', { x1: sx(r.d.chance), x2: sx(r.d.chance), y1: y - RH / 2 + 2, y2: y + RH / 2 - 2, class: 'chance' }));
+      if (isNum(r.d.ci_low) && isNum(r.d.ci_high)) svg.appendChild(s('line', { x1: sx(r.d.ci_low), x2: sx(r.d.ci_high), y1: y, y2: y, class: 'ci' }));
+      svg.appendChild(s('circle', { cx: sx(r.d.mean), cy: y, r: 4.5, class: 'dot' },
+        s('title', { text: r.sc + ' · ' + r.label + ': ' + r.d.mean.toFixed(3) + ' [' + fmt(r.d.ci_low, 3) + ', ' + fmt(r.d.ci_high, 3) + ']' })));
+    });
+    return svg;
+  }
+
+  function ballparkReport(r) {
+    var saes = r.saes.filter(function (x) { return x && typeof x === 'object'; });
+    var present = {};
+    saes.forEach(function (x) { Object.keys(x.scores || {}).forEach(function (k) { present[k] = 1; }); });
+    var scorers = SCORER_ORDER.filter(function (k) { return present[k]; }).concat(Object.keys(present).filter(function (k) { return SCORER_ORDER.indexOf(k) < 0; }).sort());
+    var tokens = r.tokens || {};
+    var sec = h('section', { class: 'card report' }, h('h1', { tabindex: '-1', text: r.title ? String(r.title) : 'Autointerp ballpark' }));
+    var facts = [['Judge / explainer', r.judge ? String(r.judge) + (r.backend ? ' (' + String(r.backend) + ')' : '') : 'none (LLM-free scores only)']];
+    if (r.embedding_model) facts.push(['Embedding model', String(r.embedding_model)]);
+    if (r.window_len != null) facts.push(['Windows', String(r.window_len) + ' tokens']);
+    if (Array.isArray(r.scorers)) facts.push(['Scorers', r.scorers.join(', ')]);
+    facts.push(['Tokens spent', fmtInt(tokens.prompt) + ' prompt + ' + fmtInt(tokens.completion) + ' completion' + (isNum(r.budget_tokens) ? ' (budget ' + fmtInt(r.budget_tokens) + ')' : '')]);
+    if (r.seed != null) facts.push(['Seed', String(r.seed)]);
+    if (isNum(r.wall_s)) facts.push(['Wall time', fmt(r.wall_s, 3) + ' s']);
+    if (r.created) facts.push(['Created', String(r.created)]);
+    var dl = h('dl', { class: 'facts' });
+    facts.forEach(function (f) { dl.appendChild(h('dt', { text: f[0] })); dl.appendChild(h('dd', { text: f[1] })); });
+    sec.appendChild(dl);
+    sec.appendChild(h('p', { class: 'hint', text: 'Mean per latent with a 95% percentile-bootstrap confidence interval over latents; n = latents scored. Compare SAEs only through the same explainer, judge, windows and budget.' }));
+    var plot = ciPlot(saes, scorers);
+    if (plot) sec.appendChild(h('figure', { class: 'ci-figure' }, plot));
+    var head = ['SAE', 'architecture', 'width', 'latents (alive)'].concat(scorers, ['parse failures', 'errors', 'tokens']);
+    var tb = h('tbody');
+    saes.forEach(function (x) {
+      var pf = 0;
+      Object.keys(x.parse_failures || {}).forEach(function (k) { if (isNum(x.parse_failures[k])) pf += x.parse_failures[k]; });
+      var tk = x.tokens || {};
+      tb.appendChild(h('tr', null,
+        h('td', { text: String(x.label) }), h('td', { text: x.architecture ? String(x.architecture) : '?' }),
+        h('td', { class: 'num', text: fmtInt(x.width) }), h('td', { class: 'num', text: fmtInt(x.n_latents) + ' (' + fmtInt(x.n_alive) + ')' }),
+        scorers.map(function (sc) { return scoreCell(x.scores && x.scores[sc]); }),
+        h('td', { class: 'num', title: JSON.stringify(x.parse_failures || {}), text: String(pf) }),
+        h('td', { class: 'num', text: String(x.transport_errors == null ? 0 : x.transport_errors) }),
+        h('td', { class: 'num', text: fmtInt((tk.prompt || 0) + (tk.completion || 0)) })));
+    });
+    sec.appendChild(h('div', { class: 'table-wrap' }, h('table', { class: 'small-table wide report-scores' },
+      h('thead', null, h('tr', null, head.map(function (c) { return h('th', { scope: 'col', text: c }); }))), tb)));
+    var chance = [];
+    scorers.forEach(function (sc) {
+      for (var k = 0; k < saes.length; k++) { var d = saes[k].scores && saes[k].scores[sc]; if (d && isNum(d.chance)) { chance.push(sc + ' ' + d.chance.toFixed(3)); break; } }
+    });
+    if (chance.length) sec.appendChild(h('p', { class: 'hint', text: 'Chance levels: ' + chance.join(', ') + '.' }));
+    var pooled = [];
+    saes.forEach(function (x) {
+      Object.keys(x.pooled || {}).forEach(function (k) {
+        var p = x.pooled[k];
+        if (p && isNum(p.balanced_accuracy)) pooled.push(String(x.label) + ' ' + k + ' ' + p.balanced_accuracy.toFixed(3) + ' (' + fmtInt(p.n_answers) + ' answers)');
+      });
+    });
+    if (pooled.length) sec.appendChild(h('p', { class: 'hint', text: 'Pooled balanced accuracy over all answers: ' + pooled.join('; ') + '.' }));
+    var pc = r.published_context;
+    if (pc && typeof pc === 'object') {
+      var ptb = h('tbody');
+      Object.keys(pc.scores || {}).forEach(function (k) {
+        ptb.appendChild(h('tr', null, h('td', { text: k }), h('td', { class: 'num', text: isNum(pc.scores[k]) ? pc.scores[k].toFixed(3) : String(pc.scores[k]) })));
+      });
+      sec.appendChild(h('h2', { text: 'Context (not comparable)' }));
+      sec.appendChild(h('p', null, pc.source ? String(pc.source) + '. ' : '', pc.caveat ? h('strong', { text: String(pc.caveat) }) : null));
+      sec.appendChild(h('table', { class: 'small-table wide' },
+        h('thead', null, h('tr', null, h('th', { scope: 'col', text: 'SAE' }), h('th', { scope: 'col', class: 'num', text: (pc.scorer ? String(pc.scorer) : 'score') }))), ptb));
+    }
+    sec.appendChild(h('details', null, h('summary', { text: 'Raw report data' }), h('pre', { class: 'json', text: JSON.stringify(r, null, 2) })));
+    return sec;
+  }
+
   function showReport() {
     var view = document.getElementById('view-page');
     page.token++;
@@ -990,6 +1125,11 @@
       return;
     }
     document.title = 'Autointerp report — ' + (data.meta && data.meta.title ? String(data.meta.title) : 'tempolens');
+    if (Array.isArray(r.saes)) {
+      view.replaceChildren(ballparkReport(r));
+      focusHeading(view);
+      return;
+    }
     var sec = h('section', { class: 'card report' }, h('h1', { tabindex: '-1', text: r.title ? String(r.title) : 'Autointerp report' }));
     var summary = Array.isArray(r.summary) ? r.summary : r.summary != null ? [r.summary] : [];
     summary.forEach(function (p) { sec.appendChild(h('p', { text: String(p) })); });
@@ -1061,8 +1201,9 @@
       return;
     }
     var onLatent = document.body.getAttribute('data-view') === 'page' && page.latent !== null && /^#\/latent\//.test(location.hash);
-    if ((e.key === 'j' || e.key === 'ArrowRight') && onLatent && page.latent < site.nLatents - 1) { location.hash = latentHref(page.latent + 1); e.preventDefault(); }
-    else if ((e.key === 'k' || e.key === 'ArrowLeft') && onLatent && page.latent > 0) { location.hash = latentHref(page.latent - 1); e.preventDefault(); }
+    var nb = null;
+    if ((e.key === 'j' || e.key === 'ArrowRight') && onLatent && (nb = neighbour(page.latent, 1)) !== null) { location.hash = latentHref(nb); e.preventDefault(); }
+    else if ((e.key === 'k' || e.key === 'ArrowLeft') && onLatent && (nb = neighbour(page.latent, -1)) !== null) { location.hash = latentHref(nb); e.preventDefault(); }
     else if (e.key === 'i') { location.hash = indexHash(); e.preventDefault(); }
     else if (e.key === '/') {
       e.preventDefault();
