@@ -12,6 +12,7 @@ Python API::
 from __future__ import annotations
 
 import json
+import os
 import platform
 import queue
 import threading
@@ -165,10 +166,13 @@ class _ShardWriterThread:
         self.thread.start()
 
     def _run(self) -> None:
+        slow = float(os.environ.get("TEMPOLENS_TEST_SLOW_SHARDS", "0"))  # tests: widen the kill window
         while True:
             item = self.q.get()
             if item is None:
                 return
+            if slow:
+                time.sleep(slow)
             if self.error is None:
                 try:
                     self.writer.write_shard(item[0], **item[1])
