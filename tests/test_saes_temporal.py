@@ -208,3 +208,15 @@ def test_describe():
     assert d["architecture"] == "temporal" and d["width"] == 16 and d["d_in"] == 8 and d["k"] == 2
     assert d["n_heads"] == 2 and d["n_attn_layers"] == 1 and d["bottleneck_factor"] == 1
     assert d["tied"] is False and d["scaling_factor"] == 0.5
+
+
+def test_half_precision_zero_prediction_is_finite():
+    """With all-zero attention output, (‖d‖+1e-6)² underflows in fp16; the projection is done in fp32."""
+    sae = TemporalSAE(TemporalConfig(d_in=8, width=16, k=2, n_heads=2)).half()
+    with torch.no_grad():
+        for layer in sae.attn_layers:
+            for p in layer.parameters():
+                p.zero_()
+    out = sae.encode(torch.randn(1, 3, 8).half())
+    assert torch.isfinite(out.recon).all()
+    assert torch.equal(out.extras["pred_share"], torch.zeros(1, 3))

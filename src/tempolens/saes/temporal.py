@@ -166,6 +166,15 @@ def predicted_share(r_pred: Tensor, r_novel: Tensor) -> Tensor:
     return torch.where(tot > 0, a / tot.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(tot))
 
 
+def projection_scale(d: Tensor, x: Tensor) -> Tensor:
+    """``<d, x> / (‖d‖ + 1e-6)²`` per token ``[..., 1]``, computed in fp32 (in fp16 the squared
+    epsilon would underflow and turn an all-zero prediction into 0/0), returned in ``x``'s dtype."""
+    d32, x32 = d.float(), x.float()
+    num = (d32 * x32).sum(-1, keepdim=True)
+    den = (d32.norm(dim=-1, keepdim=True) + PROJ_EPS).pow(2)
+    return (num / den).to(x.dtype)
+
+
 def sparse_decode(codes: SparseCodes, weight: Tensor) -> Tensor:
     """``Σ_j values[..., j] · weight[indices[..., j]]`` without building dense codes (empty slots add 0)."""
     shape = codes.indices.shape
@@ -280,7 +289,7 @@ class TemporalSAE(SAE):
             out, w = layer(z_in, return_weights=return_attn)
             z = F.relu(out)
             d = z @ self.D
-            p = (d * x).sum(-1, keepdim=True) / (d.norm(dim=-1, keepdim=True) + PROJ_EPS).pow(2)
+            p = projection_scale(d, x)
             z_pred = z_pred + p * z
             x = x - p * d
             if w is not None:
