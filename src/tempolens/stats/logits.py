@@ -7,7 +7,9 @@ keep the top and bottom ``k`` tokens and a histogram over the whole vocabulary.
 Streaming: latents go in blocks, the vocabulary in chunks, so at most ``block × chunk`` logits exist at
 once (never ``width × vocab``; Gemma's vocabulary has 262k tokens). The top/bottom-k and the min/max are
 merged over vocab chunks in a first sweep; the histogram (whose bins span each latent's min..max)
-needs a second sweep over the same chunks.
+needs a second sweep over the same chunks: when a block's ``block × vocab`` logits fit in
+``memory_mb`` the chunks of the first sweep are kept for it (one matmul per chunk), otherwise they are
+recomputed (two matmuls per chunk, less memory).
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def logit_effects(
     *,
     k: int = 10,
     n_bins: int = 50,
-    block: int = 256,
+    block: int | None = None,
     vocab_chunk: int = 32768,
+    memory_mb: float = 256,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> LogitEffects:
@@ -64,6 +67,8 @@ def logit_effects(
     ``norm_multiplier [d]`` (the final norm's effective multiplier, e.g. Gemma's ``1 + w``) is folded
     into the directions when given. Histogram bins are equal-width over each latent's ``[min, max]``
     logit effect (right-closed, the first bin includes the min); matmuls run in float32 on ``device``.
+    ``block`` latents per block (default: as many as keep ``block × vocab`` float32 logits within
+    ``memory_mb``, between 16 and 1024).
     """
     dev = torch.device(device)
     Wd = W_dec.detach().to(dev, torch.float32)
@@ -72,6 +77,10 @@ def logit_effects(
     U = W_U.detach().to(dev, torch.float32)
     width, V = Wd.shape[0], U.shape[0]
     kk = min(k, V)
+    budget = int(memory_mb * 2**20)
+    if block is None:
+        block = max(16, min(1024, budget // max(1, V * 4)))
+    keep_chunks = block * V * 4 <= budget
     chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
     out = {name: [] for name in ("tv", "ti", "bv", "bi", "hc", "hm")}
     for b0 in tqdm(range(0, width, block), desc="logit effects", unit="block", disable=not progress, leave=False):
@@ -82,21 +91,27 @@ def logit_effects(
         bv, bi = tv.clone(), ti.clone()
         lo = torch.full((B,), float("inf"), device=dev)
         hi = torch.full((B,), float("-inf"), device=dev)
+        kept: list[Tensor] = []
         for s, e in chunks:
             logits = w @ U[s:e].T  # [B, chunk]
+            if keep_chunks:
+                kept.append(logits)
             cv, ci = torch.topk(logits, min(kk, e - s), dim=1, largest=True)
             tv, ti = _merge_topk(tv, ti, cv, ci + s, kk, largest=True)
             cv, ci = torch.topk(logits, min(kk, e - s), dim=1, largest=False)
             bv, bi = _merge_topk(bv, bi, cv, ci + s, kk, largest=False)
-            lo = torch.minimum(lo, logits.min(1).values)
-            hi = torch.maximum(hi, logits.max(1).values)
-        span = (hi - lo).clamp(min=1e-30)
+            cmin, cmax = torch.aminmax(logits, dim=1)
+            lo = torch.minimum(lo, cmin)
+            hi = torch.maximum(hi, cmax)
+        scale = (n_bins / (hi - lo).clamp(min=1e-30)).unsqueeze(1)
         counts = torch.zeros(B * n_bins, dtype=torch.int64, device=dev)
-        row = torch.arange(B, device=dev).unsqueeze(1) * n_bins
-        for s, e in chunks:
-            logits = w @ U[s:e].T
-            j = (torch.ceil((logits - lo.unsqueeze(1)) / span.unsqueeze(1) * n_bins) - 1).clamp(0, n_bins - 1).long()
-            counts += torch.bincount((row + j).reshape(-1), minlength=B * n_bins)
+        row = (torch.arange(B, device=dev, dtype=torch.float32) * n_bins).unsqueeze(1)
+        for ci_, (s, e) in enumerate(chunks):
+            x = kept[ci_] if keep_chunks else w @ U[s:e].T
+            # bin j = ceil((x - lo)·n/(hi - lo)) - 1, clamped (the min goes to bin 0); in place, chunk is ours
+            x.sub_(lo.unsqueeze(1)).mul_(scale).ceil_().sub_(1).clamp_(0, n_bins - 1).add_(row)
+            counts += torch.bincount(x.reshape(-1).to(torch.int64), minlength=B * n_bins)
+        kept = []
         edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * (torch.arange(n_bins + 1, device=dev, dtype=torch.float32) / n_bins)
         out["tv"].append(tv.cpu()), out["ti"].append(ti.cpu()), out["bv"].append(bv.cpu()), out["bi"].append(bi.cpu())
         out["hc"].append(counts.view(B, n_bins).cpu()), out["hm"].append(((edges[:, :-1] + edges[:, 1:]) / 2).cpu())
