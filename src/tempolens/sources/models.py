@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -392,7 +393,8 @@ def convert_gguf(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - an untrusted file can fail in many ways inside the reader
+            shutil.rmtree(tmp, ignore_errors=True)
             raise SourceError(f"transformers cannot load {gguf_path.name} ({_first_line(e)}); check that it is a causal LM of a supported architecture") from None
         t_model = time.perf_counter() - t0 - t_tok
         # save_pretrained refuses a GGUF-loaded model while it still looks quantised (DESIGN §8).
