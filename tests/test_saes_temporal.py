@@ -220,3 +220,22 @@ def test_half_precision_zero_prediction_is_finite():
     out = sae.encode(torch.randn(1, 3, 8).half())
     assert torch.isfinite(out.recon).all()
     assert torch.equal(out.extras["pred_share"], torch.zeros(1, 3))
+
+
+def test_sparse_decode_matches_dense_with_gradients():
+    from tempolens.saes.base import SparseCodes
+    from tempolens.saes.temporal import sparse_decode
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(10, 4, generator=g, requires_grad=True)
+    vals = torch.rand(2, 3, 5, generator=g, requires_grad=True)
+    idx = torch.randint(0, 10, (2, 3, 5), generator=g)
+    idx[0, 0, 2:] = -1  # empty slots contribute nothing
+    out = sparse_decode(SparseCodes(idx, vals), weight)
+    dense = SparseCodes(idx, vals).to_dense(10)
+    ref = dense @ weight
+    torch.testing.assert_close(out, ref)
+    gw, gv = torch.autograd.grad(out.pow(2).sum(), (weight, vals))
+    rw, rv = torch.autograd.grad(ref.pow(2).sum(), (weight, vals))
+    torch.testing.assert_close(gw, rw)
+    torch.testing.assert_close(gv, rv)
