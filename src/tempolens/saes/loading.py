@@ -171,10 +171,12 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
     """
     path = Path(path)
     hint = "convert it to safetensors in a trusted environment (safetensors.torch.save_file(state_dict, ...))"
+    zipped = True
     try:
         unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except ValueError:
-        unsafe = set()  # not a zip checkpoint (legacy format): the weights-only unpickler still guards it
+        zipped = False  # not a zip checkpoint (legacy format): the weights-only unpickler still guards it
+        unsafe = set()
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise SourceError(f"cannot read checkpoint {path} ({_first_line(e)}); is the download complete?") from None
     bad = sorted(unsafe - OMEGACONF_GLOBALS)
@@ -186,7 +188,8 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
     allowed = _config_globals(unsafe, real=allow_pickled_config)
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            # mmap (zip checkpoints only) keeps a multi-GB checkpoint out of RAM until converted
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded as weights only ({_first_line(e)[:200]}); {hint}"
@@ -195,12 +198,18 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
         raise SourceError(f"cannot read checkpoint {path} ({_first_line(e)[:200]}); is the download complete?") from None
 
 
-def read_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """All tensors of a safetensors file (on CPU), with a clear error for a bad file."""
-    from safetensors.torch import load_file
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """All tensors of a safetensors file, converted one at a time to ``device``/``dtype`` (peak
+    memory ≈ the result plus one tensor), with a clear error for a bad file."""
+    from safetensors import safe_open
 
     try:
-        return load_file(str(path), device="cpu")
+        out: dict[str, Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                out[key] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+        return out
     except Exception as e:  # noqa: BLE001 - safetensors raises several types
         raise SourceError(f"cannot read {path} ({_first_line(e)[:200]}); is the download complete?") from None
 
@@ -373,10 +382,11 @@ def _check_weights(weights: Mapping[str, Tensor], expected: Mapping[str, tuple[i
             raise SourceError(f"{where}: {key} has shape {list(got)} but {conf_hint} implies {list(shape)}")
 
 
-def _temporal_weights(folder: Path, allow_pickled_config: bool) -> tuple[dict[str, Tensor], Path]:
+def _temporal_weights(folder: Path, allow_pickled_config: bool, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], Path]:
     st, pt = folder / TEMPORAL_CKPT_ST, folder / TEMPORAL_CKPT_PT
     if st.is_file():
-        return read_safetensors(st), st
+        return read_safetensors(st, device, dtype), st
     obj = read_checkpoint(pt, allow_pickled_config=allow_pickled_config)
     if not isinstance(obj, Mapping):
         raise SourceError(f"{pt}: expected a dict of weights (or one under 'sae'); got {type(obj).__name__}")
@@ -403,7 +413,7 @@ def load_temporal_folder(folder: str | Path, device: str | torch.device = "cpu",
     """Load a Temporal SAE folder: ``conf.yaml`` + ``latest_ckpt.safetensors`` (preferred) or ``latest_ckpt.pt``."""
     folder = Path(folder)
     cfg = read_temporal_conf(folder / TEMPORAL_CONF, strict=strict_config)
-    weights, where = _temporal_weights(folder, allow_pickled_config)
+    weights, where = _temporal_weights(folder, allow_pickled_config, device, dtype)
     return build_temporal_sae(cfg, weights, str(where), device, dtype, conf_hint=str(folder / TEMPORAL_CONF))
 
 
@@ -592,7 +602,7 @@ def load_standard_folder(folder: str | Path, device: str | torch.device = "cpu",
         raise SourceError(f"{path}: a SAELens Temporal SAE folder; use the saelens:// spec or the conf.yaml layout")
     cfg = parse_saelens_cfg(cfg_dict, source=str(path))
     weights_path = folder / SAELENS_WEIGHTS
-    return build_standard_sae(cfg, read_safetensors(weights_path), str(weights_path), device, dtype)
+    return build_standard_sae(cfg, read_safetensors(weights_path, device, dtype), str(weights_path), device, dtype)
 
 
 def save_standard_sae(sae: StandardSAE, folder: str | Path, dtype: torch.dtype | None = None,
