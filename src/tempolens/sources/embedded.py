@@ -17,7 +17,6 @@ idempotent, and every other command also prepares what it needs on first use.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -34,7 +33,6 @@ from typing import Literal
 from tempolens.errors import SourceError
 from tempolens.options import check
 from tempolens.sources.cache import cache_dir, cache_lock, corpora_dir, models_dir
-from tempolens.sources.models import convert_gguf, is_converted
 
 EMBEDDED_MODEL_ID = "gemma-3-270m"
 """Neuronpedia-style id of the embedded subject model."""
@@ -88,6 +86,8 @@ def assemble_embedded_gguf(progress: Progress = print) -> Path:
 
 def ensure_embedded_model(progress: Progress = print, keep_gguf: bool = False) -> Path:
     """The converted embedded model folder, assembling and converting it on first use (minutes, once)."""
+    from tempolens.sources.models import convert_gguf, is_converted
+
     final = embedded_model_dir()
     if is_converted(final):
         return final

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -39,8 +38,6 @@ CONVERTED_MARKER = "tempolens-converted.json"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _QUANT_SUFFIX = re.compile(r"[-_.](?:i?q\d[\w]*|f16|f32|bf16|fp16|fp32|gguf)$", re.IGNORECASE)
-
-log = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
