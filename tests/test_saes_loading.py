@@ -426,3 +426,14 @@ def test_file_inside_folder_and_device_dtype(tmp_path):
     folder = save_temporal_sae(sae, tmp_path / "t")
     loaded = load_sae(str(folder / "conf.yaml"), dtype=torch.float64)
     assert loaded.D.dtype == torch.float64 and not loaded.training
+
+
+def test_scaling_factor_location(tmp_path):
+    conf = reference_conf(random_temporal(scale=0.5))
+    del conf["sae"]["scaling_factor"]
+    with pytest.raises(ConfigError, match=r"missing field sae\.scaling_factor"):
+        load_sae(_folder_with(tmp_path, conf, name="a"))
+    conf["data"]["scaling_factor"] = 0.5
+    assert load_sae(_folder_with(tmp_path, conf, name="b")).cfg.scaling_factor == 0.5
+    conf["data"]["scaling_factor"] = "1e-3"  # PyYAML reads exponents without a dot as strings
+    assert load_sae(_folder_with(tmp_path, conf, name="c")).cfg.scaling_factor == 1e-3

@@ -30,6 +30,7 @@ the right type; unknown keys in the ``sae`` section are refused (they might chan
 pass), apart from the training-only keys in ``SAE_TRAINING_ONLY_KEYS``; other sections (optimizer,
 data paths, logging ...) are training metadata and ignored. ``strict_config=False`` turns unknown
 ``sae`` keys into a warning. The optional ``tempolens`` section carries provenance metadata.
+``sae.scaling_factor`` is looked up in ``data``/``llm`` when the ``sae`` section lacks it.
 """
 
 from __future__ import annotations
@@ -312,7 +313,19 @@ def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, st
     n_heads = get_int("sae", "n_heads")
     n_layers = get_int("sae", "n_attn_layers")
     bottleneck = get_int("sae", "bottleneck_factor")
-    scale = get_pos_float("sae", "scaling_factor")
+    scale_section = "sae"
+    if "scaling_factor" not in sae:  # some training dumps keep it next to the data / model settings
+        for name in ("data", "llm"):
+            sec = conf.get(name)
+            if isinstance(sec, Mapping) and "scaling_factor" in sec:
+                sections[name], scale_section = sec, name
+                break
+        else:
+            raise fail(
+                "missing field sae.scaling_factor (the activation scaling factor s = 1/mean‖x‖, "
+                "e.g. 0.00666666667 for Gemma-2-2B layer 12); add it to the file"
+            )
+    scale = get_pos_float(scale_section, "scaling_factor")
     data = conf.get("data")
     if data is not None:
         if not isinstance(data, Mapping):
