@@ -816,7 +816,7 @@
     var q = isNum(a.qualifying_token_index) ? a.qualifying_token_index : argmax(values);
     var qv = values[q];
     var li = h('li', { class: 'example' });
-    var metaBits = [h('span', { class: 'ex-rank', text: rank + '.' }),
+    var metaBits = [h('span', { class: 'ex-rank', title: isNum(a.prompt_index) ? 'prompt ' + a.prompt_index + ', token ' + q : null, text: rank + '.' }),
       h('span', { class: 'ex-val', title: 'activation at the qualifying token: ' + exact(qv) }, fmt(qv, 3))];
     if (ctx.temporal) {
       var pv = Array.isArray(a.pred_values) ? a.pred_values[q] : undefined;
