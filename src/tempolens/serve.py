@@ -153,7 +153,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=True, allow_nan=False).encode(), "application/json; charset=utf-8")
+        text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # inert even if sniffed as HTML
+        self._send(status, text.encode(), "application/json; charset=utf-8")
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
