@@ -188,6 +188,10 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     v.page.hover(".tok.q >> nth=0")
     tip = v.page.text_content("#tooltip")
     assert f"activation (novel code): {top['values'][q]}" in tip and "predicted by context" in tip
+    v.page.mouse.move(0, 0)
+    v.page.wait_for_selector("#tooltip", state="hidden")
+    v.page.focus(".tok.q >> nth=1")                     # keyboard: qualifying tokens are focusable
+    assert v.page.is_visible("#tooltip") and "qualifying token" in v.page.text_content("#tooltip")
 
     # Correlated latents link to their pages; j / k move between latents.
     v.page.click("a.corr-link >> nth=0")

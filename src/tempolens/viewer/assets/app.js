@@ -873,6 +873,7 @@
       if (Array.isArray(a.pred_share)) { info.share = a.pred_share[t]; title += ' · predicted share ' + fmtPct(info.share); }
     }
     span.setAttribute('title', title);
+    if (t === q) span.setAttribute('tabindex', '0');   // keyboard users reach the qualifying token and its tooltip
     var bg = actColor(v, ctx.colourMax);
     if (bg) span.style.backgroundColor = bg;
     if (ctx.temporal) span.style.borderBottomColor = underline(info, ctx);
@@ -1225,6 +1226,11 @@
       var el = e.target && e.target.closest ? e.target.closest('.tok') : null;
       if (el && tokInfo.has(el)) showTooltip(el); else hideTooltip();
     });
+    document.addEventListener('focusin', function (e) {
+      var el = e.target && e.target.closest ? e.target.closest('.tok') : null;
+      if (el && tokInfo.has(el)) showTooltip(el);
+    });
+    document.addEventListener('focusout', hideTooltip);
     window.addEventListener('scroll', hideTooltip, { passive: true });
     document.addEventListener('keydown', onKey);
     document.getElementById('goto').addEventListener('submit', function (e) {
