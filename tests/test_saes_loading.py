@@ -179,6 +179,7 @@ def test_temporal_round_trip_bit_exact(tmp_path, tied):
     again = load_sae(folder)
     assert_same_sae(again, sae)
     assert again.cfg.metadata["model_id"] == "tiny"
+    json.dumps(again.describe())
     folder2 = save_temporal_sae(again, tmp_path / "t2")
     assert (folder / "latest_ckpt.safetensors").read_bytes() == (folder2 / "latest_ckpt.safetensors").read_bytes()
     # fp16 storage: loads back to exactly the fp16 values
@@ -296,6 +297,7 @@ def test_standard_round_trip_and_saelens_reads_it(tmp_path, arch):
     again = load_sae(folder)
     assert_same_sae(again, sae)
     assert again.cfg.metadata["hook_name"] == "blocks.3.hook_resid_post"
+    json.dumps(again.describe())
     ref = sae_lens.SAE.load_from_disk(str(folder))
     assert ref.cfg.architecture() == {"relu": "standard"}.get(arch, arch)
     with torch.no_grad():
@@ -437,3 +439,32 @@ def test_scaling_factor_location(tmp_path):
     assert load_sae(_folder_with(tmp_path, conf, name="b")).cfg.scaling_factor == 0.5
     conf["data"]["scaling_factor"] = "1e-3"  # PyYAML reads exponents without a dot as strings
     assert load_sae(_folder_with(tmp_path, conf, name="c")).cfg.scaling_factor == 1e-3
+
+
+def test_unlisted_omegaconf_class_is_inert_by_default(tmp_path):
+    """A pickle naming an omegaconf class outside the list loads inertly, but not as a real object."""
+
+    class Fake:  # pickles under a made-up omegaconf name
+        pass
+
+    Fake.__module__, Fake.__qualname__ = "omegaconf.nodes", "EnumNode"
+    import sys
+    import types
+
+    mod = types.ModuleType("omegaconf.nodes")
+    mod.EnumNode = Fake
+    sae = random_temporal()
+    path = tmp_path / "x.pt"
+    saved = sys.modules.get("omegaconf.nodes")
+    sys.modules["omegaconf.nodes"] = mod
+    try:
+        torch.save({"sae": sae.state_dict(), "cfg": Fake()}, path)
+    finally:
+        if saved is not None:
+            sys.modules["omegaconf.nodes"] = saved
+        else:
+            del sys.modules["omegaconf.nodes"]
+    obj = read_checkpoint(path)
+    assert set(obj) == {"sae", "cfg"} and torch.equal(obj["sae"]["D"], sae.D)
+    with pytest.raises(UnsafeCheckpointError, match="omegaconf.nodes.EnumNode"):
+        read_checkpoint(path, allow_pickled_config=True)

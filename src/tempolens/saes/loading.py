@@ -17,8 +17,9 @@
 Trust boundary (DESIGN §9). Weights are read with safetensors or ``torch.load(weights_only=True)``.
 The published ``latest_ckpt.pt`` also pickles an OmegaConf config object. Before unpickling, the
 checkpoint's globals are listed statically (``torch.serialization.get_unsafe_globals_in_checkpoint``):
-if anything beyond the exact OmegaConf globals of ``OMEGACONF_GLOBALS`` appears (``os.system``,
-``builtins.eval`` ...), loading stops with ``UnsafeCheckpointError`` and nothing is executed.
+if anything beyond the OmegaConf globals (``OMEGACONF_GLOBALS``; by default any ``omegaconf.*``
+class) appears (``os.system``, ``builtins.eval`` ...), loading stops with ``UnsafeCheckpointError``
+and nothing is executed.
 Otherwise the weights-only unpickler runs with those names mapped to *inert stand-ins* that accept
 and discard the config's state — no OmegaConf code runs and omegaconf need not be installed (the
 config that counts is ``conf.yaml``). ``allow_pickled_config=True`` maps them to the real OmegaConf
@@ -134,7 +135,7 @@ def _config_globals(names: set[str], real: bool) -> list[tuple[Any, str]]:
     for name in sorted(names):
         if name in _BUILTIN_TYPES:
             out.append((_BUILTIN_TYPES[name], name))
-        elif not real:
+        elif not real:  # every omegaconf.* class → InertPickledObject
             obj: Any = {"typing.Any": _INERT_ANY, "collections.defaultdict": _inert_defaultdict}.get(name, InertPickledObject)
             out.append((obj, name))
         else:
@@ -180,7 +181,9 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
         unsafe = set()
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise SourceError(f"cannot read checkpoint {path} ({_first_line(e)}); is the download complete?") from None
-    bad = sorted(unsafe - OMEGACONF_GLOBALS)
+    # inert stand-ins run no code whatever class they replace, so any omegaconf.* name may be
+    # stood in for; real OmegaConf classes are admitted only from the exact list
+    bad = sorted(g for g in unsafe - OMEGACONF_GLOBALS if allow_pickled_config or not g.startswith("omegaconf."))
     if bad:
         raise UnsafeCheckpointError(
             f"{path} would execute code when loaded (it references {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); "
