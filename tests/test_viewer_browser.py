@@ -51,6 +51,11 @@ def wait_hash(v, part):
 def test_index_lists_every_latent_and_sorts_by_each_numeric_column(v, site):
     v.open()
     assert v.page.text_content(".count") == "Showing 100 of 250 latents"
+    # Overview: log-density histogram of the alive latents, dead ones counted.
+    alive = sum(1 for r in site.index_rows if r[1] > 0)
+    assert f"{alive} alive, {250 - alive} dead" in v.page.text_content(".overview figcaption")
+    heights = v.page.eval_on_selector_all(".overview rect", "els => els.map(e => e.querySelector('title').textContent.split(': ')[1])")
+    assert sum(int(x) for x in heights) == alive
     assert v.rows() == list(range(100))
     v.page.click("button.more")
     v.page.click("button.more")

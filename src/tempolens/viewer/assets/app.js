@@ -477,7 +477,32 @@
       settings = h('details', null, h('summary', { text: 'All settings' }), sdl);
     }
     return h('section', { class: 'card run', 'aria-labelledby': 'run-h' },
-      h('h1', { id: 'run-h', tabindex: '-1', text: meta.title ? String(meta.title) : 'Latents' }), dl, note, settings);
+      h('div', { class: 'run-grid' },
+        h('div', null, h('h1', { id: 'run-h', tabindex: '-1', text: meta.title ? String(meta.title) : 'Latents' }), dl, note, settings),
+        densityOverview()));
+  }
+
+  /** Histogram of log10 firing density over the site's latents, with the number of dead latents. */
+  function densityOverview() {
+    var rows = data.index.rows, cf = site.col.frac_nonzero;
+    if (cf === undefined || !rows.length) return null;
+    var logs = [], dead = 0;
+    for (var k = 0; k < rows.length; k++) {
+      var f = rows[k][cf];
+      if (isNum(f) && f > 0) logs.push(Math.log10(f)); else dead++;
+    }
+    var fig = h('figure', { class: 'overview' },
+      h('figcaption', null, h('b', { text: 'Firing density of all latents' }),
+        h('span', { class: 'muted', text: ' · ' + fmtInt(logs.length) + ' alive, ' + fmtInt(dead) + ' dead (never fired)' })));
+    if (!logs.length) return fig;
+    var lo = Math.min.apply(null, logs), hi = Math.max.apply(null, logs);
+    if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+    var n = 40, width = (hi - lo) / n, heights = new Array(n).fill(0), centres = [];
+    for (var b = 0; b < n; b++) centres.push(lo + (b + 0.5) * width);
+    logs.forEach(function (x) { heights[Math.min(n - 1, Math.floor((x - lo) / width))]++; });
+    fig.appendChild(histogram(centres, heights, { xLabel: 'log10 density (fraction of tokens where active)', yLabel: 'latents', colour: 'act',
+      label: 'histogram of log10 firing density over the alive latents' }));
+    return fig;
   }
 
   function buildIndexView() {
