@@ -468,3 +468,23 @@ def test_unlisted_omegaconf_class_is_inert_by_default(tmp_path):
     assert set(obj) == {"sae", "cfg"} and torch.equal(obj["sae"]["D"], sae.D)
     with pytest.raises(UnsafeCheckpointError, match="omegaconf.nodes.EnumNode"):
         read_checkpoint(path, allow_pickled_config=True)
+
+
+def test_saelens_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # import sae_lens → ImportError
+    with pytest.raises(SourceError, match=r"need sae-lens"):
+        load_sae("saelens://gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82")
+
+
+def test_jumprelu_log_threshold(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = random_standard("jumprelu")
+    folder = save_standard_sae(sae, tmp_path / "j")
+    weights = load_file(folder / "sae_weights.safetensors")
+    weights["log_threshold"] = weights.pop("threshold").log()
+    save_file(weights, folder / "sae_weights.safetensors")
+    loaded = load_sae(folder)
+    torch.testing.assert_close(loaded.threshold, sae.threshold)
