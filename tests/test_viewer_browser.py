@@ -6,12 +6,14 @@ and requested nothing but its own files (``Visit.assert_clean``).
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from viewer_browser import browser, visit  # noqa: F401  (fixture)
-from viewer_site import HOSTILE, write_site
+from tempolens.viewer import install_viewer
+from viewer_browser import browser, copy_site, visit  # noqa: F401  (browser is a fixture)
+from viewer_site import COLUMNS, HOSTILE, write_site
 
 pytestmark = pytest.mark.browser
 
@@ -29,8 +31,6 @@ def v(browser, site):  # noqa: F811
 
 
 def col(spec, name):
-    from viewer_site import COLUMNS
-
     return COLUMNS.index(name)
 
 
@@ -173,10 +173,10 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert "60.0% of active tokens" in heads[-1] and heads[-1].startswith("Interval 1 · (0,")
 
     # Histograms are inline SVG with one rect per bin and axis labels.
-    assert v.page.locator("svg.hist").count() == 2
-    assert v.page.locator("svg.hist >> nth=0 >> rect").count() == 50
-    assert v.page.locator("svg.hist >> nth=1 >> rect").count() == 50
-    assert "activation (active tokens only)" in v.page.text_content("svg.hist >> nth=0")
+    assert v.page.locator("article.latent svg.hist").count() == 2
+    assert v.page.locator("article.latent svg.hist >> nth=0 >> rect").count() == 50
+    assert v.page.locator("article.latent svg.hist >> nth=1 >> rect").count() == 50
+    assert "activation (active tokens only)" in v.page.text_content("article.latent svg.hist >> nth=0")
     # Logit tables list the tokens and values of the record.
     pos = v.page.eval_on_selector_all("table.logits.pos tbody tr td:first-child .tok", "els => els.map(e => e.title)")
     assert pos == [f'"{t}"' for t in rec["pos_str"]]
@@ -236,7 +236,7 @@ def test_hostile_token_strings_render_as_literal_text_and_run_nothing(v, site):
             assert text == "⏎"                                   # visible, and exact on hover
         else:
             assert text == r
-        assert title.startswith(__import__("json").dumps(r, ensure_ascii=False))
+        assert title.startswith(json.dumps(r, ensure_ascii=False))
     for h in HOSTILE[:5]:
         assert h in [t for t, _ in toks]
     # Nothing from the data became markup.
@@ -323,10 +323,8 @@ def test_dead_missing_and_unknown_latents(v, site):
 
 
 def test_missing_chunk_and_missing_data_give_clear_messages(browser, site, tmp_path):  # noqa: F811
-    import shutil
-
     broken = tmp_path / "broken"
-    shutil.copytree(site.root, broken)
+    copy_site(site.root, broken)
     (broken / "data" / "features" / "chunk-1.js").unlink()
     vis = visit(browser, broken)
     vis.open("#/latent/70")
@@ -335,8 +333,6 @@ def test_missing_chunk_and_missing_data_give_clear_messages(browser, site, tmp_p
     vis.page.context.close()
 
     empty = tmp_path / "empty"
-    from tempolens.viewer import install_viewer
-
     install_viewer(empty)
     vis = visit(browser, empty)
     vis.open(ready=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -105,7 +104,7 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
             if r.strip():
                 assert text == r
         assert set(HOSTILE_TOKENS) & {t for t, _ in toks}
-        assert v.page.locator("svg.hist >> nth=0 >> rect").count() == len(rec["freq_hist_data_bar_heights"])
+        assert v.page.locator("article.latent svg.hist >> nth=0 >> rect").count() == len(rec["freq_hist_data_bar_heights"])
         assert v.page.locator(".legend").count() == 1            # Temporal SAE: novel vs predicted legend
         n_active = v.page.locator("ol.examples .tok.on").count()
         assert n_active > 0
