@@ -819,7 +819,9 @@
         h('span', null, h('b', { text: 'predicted by context' }), ' — underline: ', sel, ' (blue positive, red negative)')),
       h('div', { class: 'legend-row' },
         h('span', { class: 'sw sw-q', 'aria-hidden': 'true' }),
-        h('span', { text: 'qualifying token (the example\'s selected activation)' })));
+        h('span', { text: 'qualifying token (the example\'s selected activation)' })),
+      h('p', { class: 'hint', text: 'Predicted share of a token = ‖r_pred‖² / (‖r_pred‖² + ‖r_novel‖²): how much of its SAE reconstruction the context predicted. ' +
+        'Beside each example: this latent\'s predicted code and the token\'s predicted share at the qualifying token. Hover a token for exact values.' }));
   }
 
   function recolourUnderlines(ctx) {
