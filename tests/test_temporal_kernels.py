@@ -129,3 +129,14 @@ def test_top_latents_dense_and_sparse_agree():
     assert v.tolist() == [[3, 1, 0], [0, 0, 0], [5, 2, 0]]
     i2, v2 = top_latents(SparseCodes.from_dense(x[None]), k=3)
     assert i2.tolist() == i.tolist() and torch.equal(v2, v)
+
+
+def test_attention_vmax_is_a_quantile_of_causal_weights():
+    from tempolens.temporal.kernels import attention_vmax
+
+    m = torch.zeros(2, 5, 5)
+    m[:, 1:, :] = torch.tensor(0.25).expand(2, 4, 5).tril(-1)  # every causal weight is 0.25
+    m[0, 4, 0] = 0.25
+    assert attention_vmax([m]) == pytest.approx(0.25)
+    assert attention_vmax([torch.zeros(1, 4, 4)]) == pytest.approx(1e-3)  # floored, never 0
+    assert attention_vmax([]) == 1.0

@@ -21,12 +21,15 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 
 from tempolens.store.codestore import atomic_write_bytes  # noqa: E402
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis  # noqa: E402
+from tempolens.temporal.kernels import attention_vmax  # noqa: E402
 
 TOKEN_LABEL_LIMIT = 48
 """Tokens are written along the axes when the text (BOS dropped) has at most this many tokens."""
 
 PRED_COLOR = "#d9480f"
 NOVEL_COLOR = "#1c7ed6"
+BOUNDARY_COLOR = "#22d3ee"
+"""Event boundaries: cyan stays visible on both ends of magma."""
 
 
 def _label(tok: str, width: int = 12) -> str:
@@ -49,9 +52,9 @@ def _save(fig: plt.Figure, path: Path, dpi: int) -> Path:
 def _decorate(ax: plt.Axes, tokens: Sequence[str], boundaries: Sequence[int], square: bool = True) -> None:
     n = len(tokens)
     for b in boundaries:
-        ax.axhline(b - 0.5, color="white", lw=0.9, ls="--", alpha=0.9)
+        ax.axhline(b - 0.5, color=BOUNDARY_COLOR, lw=0.9, ls="--", alpha=0.9)
         if square:
-            ax.axvline(b - 0.5, color="white", lw=0.9, ls="--", alpha=0.9)
+            ax.axvline(b - 0.5, color=BOUNDARY_COLOR, lw=0.9, ls="--", alpha=0.9)
     if n <= TOKEN_LABEL_LIMIT:
         labels = [_label(t) for t in tokens]
         ax.set_xticks(range(n))
@@ -82,7 +85,8 @@ def kernel_figure(analysis: TextAnalysis, path: Path, kinds: Sequence[str] | Non
 
 
 def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path:
-    """Attention weights per layer (rows) and head (columns); square-root colour scale 0→1."""
+    """Attention weights per layer (rows) and head (columns); square-root colour scale from 0 to the
+    99.5th percentile of the causal weights of all heads (stated on the colour bar)."""
     layers = analysis.attention
     n_layers, n_heads = len(layers), int(layers[0].shape[0]) if layers else 0
     tokens = analysis.shown_tokens
@@ -93,15 +97,16 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
         squeeze=False, layout="constrained",
     )
     im = None
+    vmax = attention_vmax(layers)
     for li, maps in enumerate(layers):
         sink = analysis.attention_sink[li]
         for h in range(n_heads):
             ax = axes[li][h]
-            im = ax.imshow(maps[h].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0), interpolation="nearest")
+            im = ax.imshow(maps[h].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=vmax), interpolation="nearest")
             ax.set_title(f"layer {li} head {h} · start/BOS {float(sink[h].mean()):.2f}", fontsize=8)
             _decorate(ax, tokens, analysis.boundaries)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight (query row → context column)")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"attention weight, query row → context column (√ scale, 0 → {vmax:.3g})")
     fig.suptitle(_title(analysis, "Temporal SAE attention"), fontsize=10)
     return _save(fig, path, dpi)
 

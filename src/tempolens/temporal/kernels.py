@@ -18,7 +18,7 @@ figure/page built from it grow as ``L²``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -164,6 +164,17 @@ def attention_by_token(attn: Tensor) -> AttentionByToken:
     maps = torch.zeros_like(a)
     maps[:, :, :-1] = a[:, :, 1:]
     return AttentionByToken(maps=maps, start=a[:, :, 0].clone())
+
+
+def attention_vmax(layers: Sequence[Tensor], q: float = 0.995) -> float:
+    """Top of the attention colour scale: the ``q`` quantile of all causal (below-diagonal) weights."""
+    vals = [m[:, torch.ones(m.shape[-1], m.shape[-1], dtype=torch.bool).tril(-1)].flatten() for m in layers if m.shape[-1] > 1]
+    if not vals:
+        return 1.0
+    v = torch.cat(vals).float()
+    if v.numel() > 1_000_000:
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    return float(min(1.0, max(1e-3, torch.quantile(v, q).item())))
 
 
 def drop_first_token(maps: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from tempolens.store.codestore import atomic_write_bytes
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis
+from tempolens.temporal.kernels import attention_vmax
 
 
 def js_literal(obj: Any) -> str:
@@ -75,10 +76,11 @@ def analysis_payload(a: TextAnalysis, scores: dict[str, dict] | None = None, fig
     for kind in [k for k in KERNEL_LABELS if k in a.kernels] + [k for k in a.kernels if k not in KERNEL_LABELS]:
         mats.append({"id": kind, "label": KERNEL_LABELS.get(kind, kind), "kind": "kernel", "lo": -1.0, "hi": 1.0,
                      "data": encode_matrix(a.kernels[kind], -1.0, 1.0)})
+    vmax = attention_vmax(a.attention) if a.attention else 1.0
     for li, maps in enumerate(a.attention):
         for h in range(maps.shape[0]):
             mats.append({"id": f"attn-{li}-{h}", "label": f"Attention layer {li} head {h}", "kind": "attention", "lo": 0.0, "hi": 1.0,
-                         "data": encode_matrix(maps[h], 0.0, 1.0), "sink": _round(a.attention_sink[li][h], 3)})
+                         "vmax": round(vmax, 5), "data": encode_matrix(maps[h], 0.0, 1.0), "sink": _round(a.attention_sink[li][h], 3)})
     return {
         "name": a.name,
         "title": title or a.name,
@@ -132,8 +134,8 @@ function decode(m, n){
   for(let i=0;i<n*n;i++)out[i]=m.lo+buf.getUint16(2*i,true)*scale;
   return out;
 }
-function colour(v, kind){
-  let t=Math.max(0,Math.min(1,v));if(kind==="attention")t=Math.sqrt(t);
+function colour(v, kind, vmax){
+  let t=Math.max(0,Math.min(1,kind==="attention"?v/(vmax||1):v));if(kind==="attention")t=Math.sqrt(t);
   return MAGMA[Math.round(t*255)];
 }
 function show(tok){
@@ -177,13 +179,13 @@ function render(root, data){
     const m=data.matrices[current], M=matrix(current);
     off=document.createElement("canvas");off.width=n;off.height=n;
     const octx=off.getContext("2d");const img=octx.createImageData(n,n);
-    for(let i=0;i<n*n;i++){const c=colour(M[i],m.kind);img.data[4*i]=c[0];img.data[4*i+1]=c[1];img.data[4*i+2]=c[2];img.data[4*i+3]=255;}
+    for(let i=0;i<n*n;i++){const c=colour(M[i],m.kind,m.vmax);img.data[4*i]=c[0];img.data[4*i+1]=c[1];img.data[4*i+2]=c[2];img.data[4*i+3]=255;}
     octx.putImageData(img,0,0);
     const ctx=canvas.getContext("2d");
     ctx.fillStyle="#fafafa";ctx.fillRect(0,0,canvas.width,canvas.height);
     ctx.imageSmoothingEnabled=false;ctx.drawImage(off,margin,0,size,size);
     const cell=size/n;
-    ctx.strokeStyle="rgba(255,255,255,0.85)";ctx.setLineDash([4,3]);ctx.lineWidth=1;
+    ctx.strokeStyle="rgba(34,211,238,0.9)";ctx.setLineDash([4,3]);ctx.lineWidth=1;
     (data.boundaries||[]).forEach(function(b){const p=b*cell;ctx.beginPath();ctx.moveTo(margin,p);ctx.lineTo(margin+size,p);ctx.moveTo(margin+p,0);ctx.lineTo(margin+p,size);ctx.stroke();});
     ctx.setLineDash([]);
     if(labels){
@@ -193,7 +195,7 @@ function render(root, data){
         ctx.save();ctx.translate(margin+(i+0.5)*cell,size+3);ctx.rotate(-Math.PI/2);ctx.fillText(t,0,0);ctx.restore();}
     }
     legend.textContent=m.kind==="attention"
-      ? "Attention: row = query token, column = context token it reads (square-root colour scale 0\u21921). Weight on the start slot and BOS is listed per token on hover."
+      ? "Attention: row = query token, column = context token it reads; square-root colour scale 0\u2192"+Number(m.vmax||1).toPrecision(3)+" (99.5th percentile of all heads). Weight on the start slot and BOS is listed per token on hover."
       : "Mean-centred cosine similarity of the codes, BOS dropped after computing; colour 0\u21921 (magma), negative values show as 0.";
     const sc=(data.scores||{})[m.id];
     scoreBox.textContent=sc?("block contrast "+(sc.block_contrast===null?"n/a":sc.block_contrast.toFixed(3))+" \u00b7 boundary AUROC "+(sc.boundary_auroc===null?"n/a":sc.boundary_auroc.toFixed(3))):"";
@@ -205,7 +207,7 @@ function render(root, data){
   }
   function colourRow(r){
     const m=data.matrices[current], M=matrix(current);
-    spans.forEach(function(s,j){const c=colour(M[r*n+j],m.kind);s.style.background="rgb("+c[0]+","+c[1]+","+c[2]+")";
+    spans.forEach(function(s,j){const c=colour(M[r*n+j],m.kind,m.vmax);s.style.background="rgb("+c[0]+","+c[1]+","+c[2]+")";
       const lum=0.299*c[0]+0.587*c[1]+0.114*c[2];s.style.color=lum<110?"#fff":"#000";s.classList.toggle("tk-sel",j===r);});
   }
   function selectRow(r){
