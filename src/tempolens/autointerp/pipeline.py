@@ -67,6 +67,8 @@ class AutointerpConfig:
     """First backoff delay in seconds (doubles per retry, capped at 30 s)."""
     budget_tokens: int = 0
     """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
+    explainer_demos: bool = True
+    """Show example explanations in the SAEBench explainer prompt (SAEBench default); tiny local models tend to copy them, so turn off there."""
     temperature: float = 0.0
     """Sampling temperature of explainer and judge (0 = greedy/deterministic)."""
     embedding_model: str = "all-MiniLM-L6-v2"
@@ -147,28 +149,36 @@ def sae_id_for(label: str, meta: dict[str, Any]) -> str:
 
 
 def resolve_tokenizer(meta: dict[str, Any], override: str | None) -> Any:
-    """A tokenizer for token strings: ``override`` or the store's subject model (meta.model.spec / model_id)."""
+    """A tokenizer for token strings (no model weights are loaded): ``override``, else the store's
+    subject model (``meta.model.spec``): ``embedded``, an HF folder, a ``.gguf`` (its cached
+    conversion when there is one) or a hub id."""
+    from transformers import AutoTokenizer
+
     spec = override or (meta.get("model") or {}).get("spec") or (meta.get("model") or {}).get("model_id")
     if not spec:
         raise SourceError("the store's meta.json names no model; pass --tokenizer PATH_OR_ID")
-    if override is None:
-        try:
-            from tempolens.sources import models as M  # type: ignore
-
-            if hasattr(M, "load_tokenizer"):
-                return M.load_tokenizer(spec)
-            return M.load_subject_model(spec).tokenizer
-        except ImportError:
-            pass
-    from transformers import AutoTokenizer
-
-    p = Path(str(spec))
+    spec = str(spec)
     try:
+        if spec == "embedded":
+            from tempolens.sources.embedded import ensure_embedded_model
+
+            return AutoTokenizer.from_pretrained(str(ensure_embedded_model(progress=lambda *_: None)))
+        p = Path(spec).expanduser()
         if p.suffix == ".gguf":
+            try:
+                from tempolens.sources.models import converted_gguf_dir, is_converted
+
+                d = converted_gguf_dir(p)
+                if is_converted(d):
+                    return AutoTokenizer.from_pretrained(str(d))
+            except ImportError:
+                pass
             return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-        return AutoTokenizer.from_pretrained(str(spec))
+        return AutoTokenizer.from_pretrained(str(p) if p.exists() else spec)
+    except TempolensError:
+        raise
     except Exception as e:
-        raise SourceError(f"cannot load a tokenizer from {spec!r} ({type(e).__name__}); pass --tokenizer PATH_OR_ID") from e
+        raise SourceError(f"cannot load a tokenizer from {spec!r} ({type(e).__name__}: {str(e)[:120]}); pass --tokenizer PATH_OR_ID") from e
 
 
 class BudgetExhausted(TempolensError):
@@ -239,7 +249,7 @@ class _Runner:
         need_dl = any(s in self.scorers for s in ("delphi-detection", "delphi-fuzzing"))
         expl_sb = expl_dl = None
         if need_sb:
-            row = self._llm_step(job, latent, "saebench", "explain", lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, **kw))
+            row = self._llm_step(job, latent, "saebench", "explain", lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=cfg.explainer_demos, **kw))
             expl_sb = row and row["explanation"]
             if row and not row["explanation"] and "saebench" in self.scorers:
                 self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
@@ -313,6 +323,8 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
             label, path = parse_store_arg(arg)
             store = CodeStore(path)
             sid = sae_id_for(label, store.meta)
+            if store.prompt_len < cfg.window_len:
+                raise ConfigError(f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} tokens); pass --window-len {store.prompt_len} or less")
             counts = firing_counts(store, progress=cfg.progress)
             latents = select_latents(counts, cfg.n_latents, cfg.min_firings, cfg.seed, cfg.latents)
             bad = [l for l in latents if l >= store.width]

@@ -74,7 +74,8 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
         for r in scores_rows:
             v = r["value"] if r["value"] is not None else math.nan
             by_scorer.setdefault(r["scorer"], []).append(v)
-            lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})["scores"][r["scorer"]] = _clean(v)
+            if not math.isnan(v):  # the site reader accepts finite numbers only; unscored = absent
+                lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})["scores"][r["scorer"]] = v
         for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' AND explanation IS NOT NULL", (sid,)):
             d = lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})
             d["explanations"][r["protocol"]] = r["explanation"]
@@ -123,9 +124,12 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _score_cell(d: dict[str, Any] | None) -> str:
-    if not d or d.get("mean") is None:
+    if not d:
         return "–"
-    return f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] (n={d['n']})"
+    miss = f"; {d['n_unscored']} unscored" if d.get("n_unscored") else ""
+    if d.get("mean") is None:
+        return f"– (n=0{miss})"
+    return f"{_fmt(d['mean'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] (n={d['n']}{miss})"
 
 
 def to_markdown(rep: dict[str, Any]) -> str:

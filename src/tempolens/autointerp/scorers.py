@@ -63,10 +63,10 @@ def _call(llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, s
 
 
 def explain_saebench(llm: LLM, split: Split, text: TokenText, latent_max: float, *, max_tokens: int = 30,
-                     temperature: float = 0.0, seed: int = 0, max_chars: int = 200) -> StepResult:
+                     temperature: float = 0.0, seed: int = 0, max_chars: int = 200, demos: bool = True) -> StepResult:
     """SAEBench explainer on the split's explanation windows (marks: > 1% of the latent's max)."""
     msgs = P.saebench_explain_messages([text.window(w) for w in split.explain],
-                                       [P.saebench_marks(w.acts, latent_max) for w in split.explain])
+                                       [P.saebench_marks(w.acts, latent_max) for w in split.explain], demos=demos)
     return _explain(llm, msgs, max_tokens, temperature, seed, max_chars)
 
 
@@ -105,6 +105,8 @@ def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, la
         pred_idx = parse_detection(r.text, n)
     except ParseFailure as e:
         res.status, res.failure = "parse_failure", e.reason
+        res.score = math.nan  # counted as unscored, not as 0
+        res.details = {"failure": e.reason}
         return res
     pred = [i + 1 in pred_idx for i in range(n)]
     res.parsed = pred_idx
