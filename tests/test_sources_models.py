@@ -193,3 +193,33 @@ def test_neuronpedia_model_id():
     assert neuronpedia_model_id("gemma-3-270m-q4_k_m.gguf") == "gemma-3-270m"
     assert neuronpedia_model_id("/x/y/Llama-3.1-8B-Instruct-Q8_0.gguf") == "llama-3.1-8b-instruct"
     assert neuronpedia_model_id("gemma-2-2b-it") == "gemma-2-2b-it"
+
+
+def _tiny_arch(kind: str, vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=2, n_positions=64))
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("kind,norm_kind", [("gpt2", "layernorm"), ("llama", "rmsnorm"), ("qwen2", "rmsnorm")])
+def test_other_architectures(tiny, tmp_path, kind, norm_kind):
+    model = _tiny_arch(kind, tiny.vocab_size)
+    model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    sm = load_subject_model(str(tmp_path), layer=1, progress=None)
+    assert sm.n_layers == 3 and sm.hidden_size == 32
+    ids = _ids(sm, L=7)
+    with torch.no_grad():
+        full = sm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(sm.hidden_at(ids), full[2], rtol=0, atol=0)
+    W_U, mult, k = sm.unembed()
+    assert k == norm_kind and W_U.shape == (tiny.vocab_size, 32) and mult.shape == (32,)
+    # Llama-style norms multiply by w itself (1 at init), unlike Gemma's 1 + w
+    torch.testing.assert_close(mult, torch.ones(32))
