@@ -157,6 +157,15 @@ def test_read_texts_txt_and_errors(tmp_path):
         read_texts(bad)
 
 
+def test_demo_selection():
+    from tempolens.temporal.command import texts_from_config
+
+    assert [t.name for t in texts_from_config(KernelConfig())][:2] == ["harbour-day", "expedition"]
+    assert [t.name for t in texts_from_config(KernelConfig(demo=["robot-lab"], text=["a b"]))] == ["text-1", "robot-lab"]
+    with pytest.raises(ConfigError, match="unknown demo story nope; choose from all, harbour-day"):
+        texts_from_config(KernelConfig(demo=["nope"]))
+
+
 def test_cli_errors_are_one_line(capsys, tmp_path):
     assert cli_main(["kernel", "--max-tokens", "2"]) == 2
     assert "--max-tokens must be between 3 and 8192" in capsys.readouterr().err

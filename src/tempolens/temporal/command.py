@@ -74,6 +74,8 @@ class KernelConfig(TemporalSourceOptions):
     """Text(s) to analyse; '||' inside a text marks an event boundary (it is removed before tokenizing)."""
     file: Path | None = None
     """A .txt file (texts separated by blank lines) or .jsonl file ({"text": ..., "name": ...} per line); '||' marks events."""
+    demo: list[str] | None = None
+    """Names of built-in demo stories to analyse ('all' for every one); the default when no --text/--file is given is all."""
     out: Path = Path("tempolens-site")
     """Site directory; pages and figures go to <out>/kernels/ (use your dashboard site to link them from its viewer)."""
     figures: bool = True
@@ -160,8 +162,17 @@ def texts_from_config(cfg: KernelConfig) -> list[EventText]:
         out.append(EventText(name=f"text-{i + 1}", text=clean, boundaries=bounds, title=f"text {i + 1}"))
     if cfg.file is not None:
         out.extend(read_texts(cfg.file))
-    if not out:
-        out = load_demo_texts()
+    if cfg.demo or not out:
+        demos = load_demo_texts()
+        wanted = [d for d in (cfg.demo or ["all"])]
+        if "all" in wanted:
+            out.extend(demos)
+        else:
+            by_name = {d.name: d for d in demos}
+            unknown = [w for w in wanted if w not in by_name]
+            if unknown:
+                raise ConfigError(f"unknown demo stor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; choose from all, {', '.join(by_name)}")
+            out.extend(by_name[w] for w in wanted)
     names: dict[str, int] = {}
     for t in out:  # unique names → unique page files
         k = names.get(t.name, 0)

@@ -112,7 +112,7 @@ h1{font-size:19px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 8px}
 .tk-side{min-width:260px;max-width:420px}
 .tk-info{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:8px;min-height:4.5em}
 .tk-tokens{line-height:1.9;background:#fff;border:1px solid #ddd;padding:8px;margin-top:10px;max-height:340px;overflow:auto}
-.tk-tok{white-space:pre;margin-right:1px;border-radius:2px;padding:1px 0;cursor:pointer;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
+.tk-tok{white-space:pre-wrap;margin-right:1px;border-radius:2px;padding:1px 0;cursor:pointer;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 .tk-tok.tk-sel{outline:2px solid #1c7ed6}.tk-bnd{border-left:2px solid #000;margin-left:3px;padding-left:2px}
 .tk-legend{font-size:12px;color:#57606a;margin-top:6px}
 table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
@@ -157,7 +157,7 @@ function render(root, data){
   const layout=el("div","tk-layout");root.appendChild(layout);
   const labels=n<=80;
   const margin=labels?92:4;
-  const size=Math.max(240,Math.min(640,n*Math.max(1,Math.floor(640/Math.max(n,1)))));
+  const size=n>80?640:Math.max(240,n*Math.max(1,Math.floor(640/Math.max(n,1))));
   const canvas=el("canvas","tk-canvas");canvas.width=size+margin;canvas.height=size+margin;
   canvas.style.width=(size+margin)+"px";canvas.style.height=(size+margin)+"px";
   layout.appendChild(canvas);
@@ -185,7 +185,7 @@ function render(root, data){
     ctx.fillStyle="#fafafa";ctx.fillRect(0,0,canvas.width,canvas.height);
     ctx.imageSmoothingEnabled=false;ctx.drawImage(off,margin,0,size,size);
     const cell=size/n;
-    ctx.strokeStyle="rgba(34,211,238,0.9)";ctx.setLineDash([4,3]);ctx.lineWidth=1;
+    ctx.strokeStyle="rgba(34,211,238,0.9)";ctx.setLineDash([5,3]);ctx.lineWidth=1.5;
     (data.boundaries||[]).forEach(function(b){const p=b*cell;ctx.beginPath();ctx.moveTo(margin,p);ctx.lineTo(margin+size,p);ctx.moveTo(margin+p,0);ctx.lineTo(margin+p,size);ctx.stroke();});
     ctx.setLineDash([]);
     if(labels){
