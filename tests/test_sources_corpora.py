@@ -253,3 +253,14 @@ def test_gzipped_inputs(tmp_path):
     cut.write_bytes(j.read_bytes()[:-12])
     with pytest.raises(SourceError, match="cannot read"):
         list(iter_documents(cut))
+
+
+def test_corpus_name_comes_from_the_stream(tok, tmp_path):
+    f = tmp_path / "small.txt"
+    f.write_text("the cat sat\n\nthe dog ran\n")
+    docs = iter_documents(f)
+    assert docs.name == str(f)
+    with pytest.raises(SourceError, match=r"corpus .*small\.txt gives only 0 prompts of 64 tokens"):
+        build_prompts(tok, docs, 3, 64)
+    p = build_prompts(tok, iter_documents(f), 1, 4)
+    assert p.corpus == str(f)

@@ -223,3 +223,14 @@ def test_other_architectures(tiny, tmp_path, kind, norm_kind):
     assert k == norm_kind and W_U.shape == (tiny.vocab_size, 32) and mult.shape == (32,)
     # Llama-style norms multiply by w itself (1 at init), unlike Gemma's 1 + w
     torch.testing.assert_close(mult, torch.ones(32))
+
+
+def test_load_tokenizer(tiny_lm_dir, tmp_path):
+    from tempolens.sources.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_lm_dir))
+    assert tok.bos_token_id == 2 and tok("the cat", add_special_tokens=False)["input_ids"]
+    with pytest.raises(SourceError, match="hf download"):
+        load_tokenizer("nobody-here/not-a-model-xyz")
+    with pytest.raises(SourceError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "x.gguf"))

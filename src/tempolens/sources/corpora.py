@@ -227,13 +227,32 @@ def iter_hf(spec: str) -> Iterator[str]:
         yield value
 
 
-def iter_documents(spec: str | Path, text_field: str = "text") -> Iterator[str]:
+class DocumentStream(Iterator[str]):
+    """An iterator of documents that knows its corpus ``name`` (used in messages and provenance)."""
+
+    def __init__(self, name: str, documents: Iterator[str]) -> None:
+        self.name = name
+        self._it = documents
+
+    def __iter__(self) -> DocumentStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+
+def iter_documents(spec: str | Path, text_field: str = "text") -> DocumentStream:
     """Documents (one string each) of the corpus ``spec``; see the module docstring for the forms.
 
     ``text_field`` is the JSONL field / parquet column when the spec does not name one.
     Texts are cleaned only as far as tokenizers need (lone surrogates → U+FFFD, NUL dropped).
+    The result is a lazy iterator (nothing is read before the first document is asked for) with
+    a ``name`` attribute, which ``build_prompts`` uses as the corpus name.
     """
-    spec_s = str(spec)
+    return DocumentStream(str(spec), _documents(str(spec), text_field))
+
+
+def _documents(spec_s: str, text_field: str) -> Iterator[str]:
     if spec_s == "embedded" or spec_s.startswith("embedded:"):
         names = EMBEDDED_CORPORA if spec_s == "embedded" else tuple(spec_s.split(":", 1)[1].split("+"))
         bad = [n for n in names if n not in EMBEDDED_CORPORA]
@@ -342,7 +361,7 @@ def build_prompts(
     prompt_len: int,
     seed: int = 0,
     add_bos: bool = True,
-    corpus_name: str = "corpus",
+    corpus_name: str | None = None,
     shuffle_buffer: int = 10_000,
     tokenize_batch: int = 16,
     progress: bool = False,
@@ -350,7 +369,10 @@ def build_prompts(
     """``n_prompts`` prompts of ``prompt_len`` tokens from ``documents`` (policy: module docstring).
 
     Raises ``SourceError`` when the corpus is empty or gives fewer than ``n_prompts`` prompts.
+    ``corpus_name`` defaults to ``documents.name`` (set by ``iter_documents``).
     """
+    if corpus_name is None:
+        corpus_name = str(getattr(documents, "name", None) or "(unnamed)")
     if n_prompts < 1 or prompt_len < 2:
         raise SourceError(f"need n_prompts ≥ 1 and prompt_len ≥ 2; got {n_prompts} and {prompt_len}")
     bos = getattr(tokenizer, "bos_token_id", None)

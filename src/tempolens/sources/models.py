@@ -420,6 +420,43 @@ def convert_gguf(
     return final
 
 
+def load_tokenizer(spec: str | Path, progress: Callable[[str], None] | None = None) -> Any:
+    """The tokenizer of a model spec (same forms as ``load_subject_model``) without loading the weights.
+
+    ``embedded`` prepares the embedded model if needed; a ``.gguf`` file uses its cached conversion
+    when there is one and otherwise reads the tokenizer from the GGUF (slow for large vocabularies).
+    """
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    spec_s = str(spec)
+    path = Path(spec_s).expanduser()
+    try:
+        if spec_s == "embedded":
+            from tempolens.sources.embedded import ensure_embedded_model
+
+            return AutoTokenizer.from_pretrained(str(ensure_embedded_model(progress=progress)))
+        if spec_s.lower().endswith(".gguf"):
+            if not path.is_file():
+                raise SourceError(f"GGUF file {spec_s} does not exist")
+            folder = converted_gguf_dir(path)
+            if is_converted(folder):
+                return AutoTokenizer.from_pretrained(str(folder))
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        if path.exists() or not _HUB_ID.match(spec_s):
+            raise SourceError(f"no tokenizer for {spec_s!r}: give an HF folder, a .gguf file, a hub id or 'embedded'")
+        return AutoTokenizer.from_pretrained(spec_s)
+    except SourceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for missing/offline/broken files
+        raise SourceError(
+            f"cannot load the tokenizer of {spec_s!r} ({_first_line(e)}); if it is a hub id and you are offline, "
+            f"download it once with `hf download {spec_s}`, or pass a local folder"
+        ) from None
+
+
 def load_subject_model(
     spec: str | Path,
     layer: int,
