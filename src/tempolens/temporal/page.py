@@ -66,7 +66,7 @@ def _tops(top: tuple[Tensor, Tensor] | None) -> list[list[list[float]]] | None:
     if top is None:
         return None
     idx, val = top
-    return [[[int(i), round(float(v), 4)] for i, v in zip(ri, rv) if int(i) >= 0] for ri, rv in zip(idx.tolist(), val.tolist())]
+    return [[[int(i), float(f"{float(v):.4g}")] for i, v in zip(ri, rv) if int(i) >= 0] for ri, rv in zip(idx.tolist(), val.tolist())]
 
 
 def analysis_payload(a: TextAnalysis, scores: dict[str, dict] | None = None, figures: dict[str, str] | None = None, title: str = "") -> dict:
@@ -219,7 +219,7 @@ function render(root, data){
     if(!tops||!tops.length){box.appendChild(el("div","note","(none active)"));return box;}
     const ul=el("ul");
     tops.forEach(function(p){const li=el("li");const a=el("a",null,"#"+p[0]);a.href="../index.html#/latent/"+encodeURIComponent(String(p[0]));
-      li.appendChild(a);li.appendChild(document.createTextNode(" "+Number(p[1]).toFixed(3)));ul.appendChild(li);});
+      li.appendChild(a);li.appendChild(document.createTextNode(" "+Number(p[1]).toPrecision(3)));ul.appendChild(li);});
     box.appendChild(ul);return box;
   }
   function describeToken(i){
