@@ -275,11 +275,14 @@ def build_cache(
     shard_prompts: int = 64,
     source: LMSource | None = None,
     progress: bool = True,
+    start_shard: int = 0,
 ) -> ActivationCache:
     """Write (or finish) the activation cache of ``spec`` at ``root`` and return it.
 
     Finished shards are kept, so rerunning after a kill resumes. A cache of a different spec at
     ``root`` is refused (``CacheError``). ``source`` may pass an already loaded ``LMSource``.
+    Several processes may fill one cache at once: each skips shards another has finished, and
+    ``start_shard`` lets them begin at different places (shards are written atomically).
     """
     from safetensors.torch import save
     from tqdm.auto import tqdm
@@ -314,13 +317,16 @@ def build_cache(
     done = set(cache.done_shards())
     # shards holding held-out prompts first: a cache cut short still has its evaluation split
     first_heldout = spec.n_train // shard_prompts
-    todo = sorted((i for i in range(cache.n_shards) if i not in done), key=lambda i: (i < first_heldout, i))
+    todo = sorted((i for i in range(cache.n_shards) if i not in done), key=lambda i: (i < first_heldout, i < start_shard, i))
     bar = tqdm(total=sum(min(shard_prompts, spec.n_prompts - i * shard_prompts) for i in todo) * spec.prompt_len,
                unit="tok", unit_scale=True, desc="cache activations", disable=not progress)
     if done:
         bar.write(f"resuming the activation cache: {len(done)}/{cache.n_shards} shards already in {root}")
     try:
         for i in todo:
+            if cache.done_path(i).exists():  # finished meanwhile by another process
+                bar.update(min(shard_prompts, spec.n_prompts - i * shard_prompts) * spec.prompt_len)
+                continue
             lo, hi = i * shard_prompts, min((i + 1) * shard_prompts, spec.n_prompts)
             ids = torch.arange(lo, hi)
             parts = []

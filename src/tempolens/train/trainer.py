@@ -1,0 +1,813 @@
+"""Training Temporal SAEs and TopK SAEs (`tempolens train`).
+
+Recipe (the paper's, DESIGN §2, unless an option says otherwise): summed-MSE per token on
+*scaled* activations (``x·s`` with ``s = 1/mean‖x‖`` estimated on the first batches, BOS/EOS/pad
+excluded; written into ``conf.yaml`` as ``sae.scaling_factor`` / used to fold the TopK weights),
+AdamW (lr 1e-3, betas 0.9/0.95, weight decay 1e-4), gradient clipping at 1.0, 200 linear
+warm-up steps then a cosine decay to ``min_lr_fraction·lr`` (the paper's code decays to
+``min_lr`` 9e-4 = 0.9·lr). Whole prompts are the batch unit, so the Temporal SAE sees every
+sequence as context; special positions stay in the context and are left out of the loss.
+
+- **Temporal** (``--arch temporal``): ``tempolens.saes.temporal.TemporalSAE``, initialised like
+  the paper's code (``D`` ~ N(0, 1), attention projections with rows rescaled to norm
+  1/√(head size) for q/k, 1/√(width/heads) for v, 1/√width for the output), no auxiliary loss.
+  Deviation (``--init-bias``): ``b`` starts at the mean activation instead of 0; on Gemma 3 the
+  mean vector's norm is ≈ the median token norm (DESIGN §5), and a zero bias would leave that
+  constant direction to be "predicted" by the attention and dominate the predicted share.
+- **TopK** (``--arch topk``): ``z = TopK_k(ReLU((x·s − b_dec)·W_enc + b_enc))``, reconstruction
+  ``z·W_dec + b_dec``; decoder rows unit-norm (renormalised after every step, the gradient
+  component parallel to each row removed before the step, as SAELens does), ``W_enc = W_decᵀ`` at
+  init (Gao et al. 2024), ``b_dec`` = mean activation. Dead latents: the AuxK loss of Gao et al.
+  2024 — the residual ``x − x̂`` is reconstructed from the top ``k_aux`` (default d_in/2) dead
+  latents' pre-activations (dead = not fired in the last ``--dead-window-tokens`` training tokens),
+  summed-MSE per token, weight ``--aux-coef`` (1/32 as in the paper) times ``min(n_dead/k_aux, 1)``
+  (SAELens's scaling).
+
+Outputs in ``--out``: the SAE in its published layout (Temporal: ``conf.yaml`` +
+``latest_ckpt.safetensors``; TopK: SAELens ``cfg.json`` + ``sae_weights.safetensors``),
+``training_state.pt`` (weights, optimizer, step, RNG, dead-latent counters; loaded with
+``weights_only=True``), ``train_config.json``, ``train_log.jsonl`` and ``eval.json`` (held-out
+evaluation, ``evaluate_sae``). Everything is written atomically; ``--resume`` continues from the
+saved step exactly (the batch of step ``j`` is a pure function of the seed and ``j``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.options import check
+from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
+from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
+from tempolens.train.activations_cache import (
+    ActivationCache,
+    ActivationSource,
+    ActivationSpec,
+    batches_per_epoch,
+    build_cache,
+    iter_batches,
+    iter_split,
+    open_lm_source,
+    plan_prompts,
+)
+
+STATE_FILE = "training_state.pt"
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Options of `tempolens train`."""
+
+    arch: Literal["temporal", "topk"] = "temporal"
+    """SAE to train: `temporal` (Temporal SAE, novel codes TopK) or `topk` (standard TopK SAE)."""
+    out: Path = Path("runs/train/temporal")
+    """Output folder: the SAE in its published layout, training state, logs and eval.json."""
+    model: str = "embedded"
+    """Subject model: `embedded` (Gemma 3 270M), an HF hub id, a local HF folder or a `.gguf` file."""
+    layer: int = 9
+    """Decoder block whose output (`blocks.L.hook_resid_post`) is trained on."""
+    corpus: str = "embedded"
+    """Text source (see `tempolens collect --help`): `embedded`, a file/folder, or `hf:NAME:SPLIT`."""
+    n_tokens: int = 1_000_000
+    """Training tokens per epoch (BOS excluded); the held-out prompts come on top."""
+    prompt_len: int = 256
+    """Tokens per prompt including BOS: the Temporal SAE's context length (the paper used 500)."""
+    heldout_fraction: float = 0.05
+    """Fraction of all prompts kept out of training for evaluation (the last prompts of the seeded stream)."""
+    epochs: int = 1
+    """Passes over the training prompts (a fresh seeded permutation per epoch)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in total (0: epochs × batches per epoch)."""
+    batch_prompts: int = 16
+    """Prompts per optimizer step (batch tokens = batch_prompts × prompt_len)."""
+    width: int = 1920
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (TopK; the Temporal SAE's novel codes)."""
+    n_heads: int = 4
+    """Temporal: attention heads."""
+    n_attn_layers: int = 1
+    """Temporal: attention layers."""
+    bottleneck_factor: int = 8
+    """Temporal: query/key projections map width → width / bottleneck_factor."""
+    tied_weights: bool = True
+    """Temporal: encoder = decoderᵀ (as the published checkpoints)."""
+    init_bias: Literal["mean", "zero"] = "mean"
+    """Initial decoder bias: the mean training activation (default) or zero (the paper's Temporal init)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+    warmup_steps: int = 200
+    """Linear learning-rate warm-up steps."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """After warm-up: cosine decay to min_lr_fraction·lr (the paper's code), or constant."""
+    min_lr_fraction: float = 0.9
+    """Final learning rate as a fraction of --lr for the cosine schedule (paper: 9e-4 / 1e-3)."""
+    aux_k: int = 0
+    """TopK: latents in the AuxK dead-latent loss (0: d_in / 2, as SAELens)."""
+    aux_coef: float = 1 / 32
+    """TopK: weight of the AuxK loss (Gao et al. 2024 use 1/32; 0 turns it off)."""
+    dead_window_tokens: int = 200_000
+    """TopK: a latent that has not fired in this many training tokens counts as dead for AuxK."""
+    init_batches: int = 8
+    """Batches used to estimate the scaling factor (1/mean‖x‖) and the mean activation."""
+    seed: int = 0
+    """Seed of the prompts, the batch order and the initialisation."""
+    cache_dir: str = "auto"
+    """Activation cache folder (fp16 safetensors shards, built once and shared by runs of the same data); `auto`: under the tempolens cache; `none`: stream from the model every step."""
+    lm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the subject model: `auto` = bfloat16 on CUDA, float32 on CPU."""
+    lm_batch_size: int = 8
+    """Prompts per subject-model forward."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """SAE training precision: `auto` = bf16 autocast on CUDA, fp32 on CPU (weights and optimizer always fp32)."""
+    device: str = "auto"
+    """Device: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    checkpoint_every: int = 100
+    """Write the training state and the SAE every N steps (and at the end)."""
+    log_every: int = 10
+    """Append a line to train_log.jsonl every N steps."""
+    weights_dtype: Literal["float32", "float16"] = "float32"
+    """Dtype of the saved SAE weights (`float16` halves the files; loaders run them in float32)."""
+    eval_batch_prompts: int = 8
+    """Prompts per batch in the held-out evaluation."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint (same options required)."""
+    overwrite: bool = False
+    """Start over even if --out already holds a run."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)  # type: ignore[assignment]
+        check(self.arch in ("temporal", "topk"), f"--arch must be temporal or topk; got {self.arch!r}")
+        check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
+        check(self.n_tokens >= 1, f"--n-tokens must be >= 1; got {self.n_tokens}")
+        check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus one token); got {self.prompt_len}")
+        check(0 <= self.heldout_fraction < 0.5, f"--heldout-fraction must be in [0, 0.5); got {self.heldout_fraction}")
+        check(self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}")
+        check(self.max_steps >= 0, f"--max-steps must be >= 0; got {self.max_steps}")
+        check(self.batch_prompts >= 1, f"--batch-prompts must be >= 1; got {self.batch_prompts}")
+        check(self.width >= 1, f"--width must be >= 1; got {self.width}")
+        check(1 <= self.k <= self.width, f"--k must be in [1, width={self.width}]; got {self.k}")
+        if self.arch == "temporal":
+            check(self.n_heads >= 1 and self.n_attn_layers >= 1 and self.bottleneck_factor >= 1,
+                  "--n-heads, --n-attn-layers and --bottleneck-factor must be >= 1")
+            check(self.width % (self.n_heads * self.bottleneck_factor) == 0,
+                  f"--width {self.width} must be divisible by n_heads·bottleneck_factor = {self.n_heads * self.bottleneck_factor}")
+        check(self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number; got {self.lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"--betas must be two numbers in [0, 1); got {self.betas}")
+        check(self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}")
+        check(self.grad_clip >= 0, f"--grad-clip must be >= 0; got {self.grad_clip}")
+        check(self.warmup_steps >= 0, f"--warmup-steps must be >= 0; got {self.warmup_steps}")
+        check(0 < self.min_lr_fraction <= 1, f"--min-lr-fraction must be in (0, 1]; got {self.min_lr_fraction}")
+        check(self.aux_k >= 0, f"--aux-k must be >= 0; got {self.aux_k}")
+        check(self.aux_coef >= 0, f"--aux-coef must be >= 0; got {self.aux_coef}")
+        check(self.dead_window_tokens >= 1, f"--dead-window-tokens must be >= 1; got {self.dead_window_tokens}")
+        check(self.init_batches >= 1, f"--init-batches must be >= 1; got {self.init_batches}")
+        check(self.lm_batch_size >= 1 and self.eval_batch_prompts >= 1, "--lm-batch-size and --eval-batch-prompts must be >= 1")
+        check(self.threads >= 0, f"--threads must be >= 0; got {self.threads}")
+        check(self.checkpoint_every >= 1 and self.log_every >= 1, "--checkpoint-every and --log-every must be >= 1")
+        check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one")
+
+    # what must not change between a run and its resumption
+    def identity(self) -> dict:
+        keep = ("arch", "model", "layer", "corpus", "n_tokens", "prompt_len", "heldout_fraction", "batch_prompts", "width", "k",
+                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "init_bias", "seed", "init_batches")
+        d = asdict(self)
+        return {k: d[k] for k in keep}
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` did."""
+
+    out: Path
+    steps: int
+    tokens_seen: int
+    seconds: float
+    final_loss: float
+    eval: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure functions
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate of (0-based) ``step``: linear warm-up, then cosine to ``min_lr_fraction·lr`` or constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(total_steps - cfg.warmup_steps, 1)
+    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    lo = cfg.lr * cfg.min_lr_fraction
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
+
+
+def summed_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean over unmasked tokens of ‖recon − target‖² (summed over the feature dimension)."""
+    err = (recon.float() - target.float()).pow(2).sum(-1)
+    m = mask.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def activation_stats(acts: Tensor, mask: Tensor) -> tuple[float, Tensor]:
+    """``(mean ‖x‖, mean x)`` over the unmasked tokens of ``acts [.., d]`` (float64 sums)."""
+    x = acts[mask].double()
+    if x.shape[0] == 0:
+        raise SourceError("no regular (non-BOS/EOS/pad) tokens in the first batches; use a longer --prompt-len")
+    return float(x.norm(dim=-1).mean()), x.mean(0).float()
+
+
+def remove_parallel_grad(W_dec: nn.Parameter) -> None:
+    """Project out of ``W_dec.grad`` the component parallel to each (unit) decoder row."""
+    if W_dec.grad is None:
+        return
+    w = W_dec.data
+    W_dec.grad -= (W_dec.grad * w).sum(-1, keepdim=True) * w
+
+
+@torch.no_grad()
+def normalize_rows_(W: Tensor, eps: float = 1e-8) -> None:
+    W.div_(W.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
+# ----------------------------------------------------------------------------------------------
+# TopK SAE (training form, in scaled units)
+
+
+class TopKTrainSAE(SAE):
+    """A TopK SAE in *scaled* units (the input is ``x·s``); ``export_saelens`` folds ``s`` away.
+
+    ``encode`` follows the base interface (model units in, model units out), so the same
+    evaluation code reads it and the exported checkpoint.
+    """
+
+    architecture = "topk"
+
+    def __init__(self, d_in: int, width: int, k: int, scaling_factor: float = 1.0):
+        super().__init__()
+        self.d_in, self.width, self.k = d_in, width, k
+        self.scaling_factor = float(scaling_factor)
+        self.W_enc = nn.Parameter(torch.empty(d_in, width))
+        self.b_enc = nn.Parameter(torch.zeros(width))
+        self.W_dec = nn.Parameter(torch.empty(width, d_in))  # type: ignore[assignment]
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator, mean: Tensor | None = None) -> None:
+        """Unit-norm random decoder rows, ``W_enc = W_decᵀ``, ``b_enc = 0``, ``b_dec`` = ``mean`` (scaled)."""
+        w = torch.empty(self.width, self.d_in)
+        bound = 1.0 / math.sqrt(self.d_in)
+        w.uniform_(-bound, bound, generator=generator)
+        normalize_rows_(w)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(mean if mean is not None else torch.zeros(self.d_in))
+
+    @property
+    def W_dec(self) -> Tensor:  # noqa: N802 - SAELens naming; the parameter registered under this name
+        """Unit-norm decoder rows ``[width, d_in]``: with codes in model units (``encode``) these are
+        also the model-unit decoder vectors."""
+        p = self._parameters.get("W_dec")
+        if p is None:
+            raise AttributeError("W_dec")
+        return p
+
+    def pre_acts(self, xs: Tensor) -> Tensor:
+        return (xs - self.b_dec) @ self.W_enc + self.b_enc
+
+    def forward_scaled(self, xs: Tensor) -> tuple[Tensor, SparseCodes, Tensor]:
+        """``(recon_scaled, codes, pre_acts)`` of scaled input ``xs [.., d_in]`` (differentiable)."""
+        from tempolens.saes.temporal import sparse_decode, topk_codes
+
+        pre = self.pre_acts(xs)
+        codes = topk_codes(pre, self.k)
+        recon = sparse_decode(codes, self.W_dec.to(pre.dtype)) + self.b_dec
+        return recon, codes, pre
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> EncodeOutput:
+        s = self.scaling_factor
+        recon_s, codes, _ = self.forward_scaled(x.float() * s)
+        codes = SparseCodes(indices=codes.indices, values=codes.values / s)
+        recon = recon_s / s
+        return EncodeOutput(codes=codes, recon=recon, extras=token_extras(x, recon))
+
+    def describe(self) -> dict:
+        return {"architecture": "topk", "d_in": self.d_in, "width": self.width, "k": self.k, "scaling_factor": self.scaling_factor}
+
+    @torch.no_grad()
+    def export_saelens(self) -> dict[str, Tensor]:
+        """SAELens TopK weights in model units with unit-norm decoder rows (codes in model units).
+
+        With ``z' = z/s``: ``W_enc' = W_enc``, ``b_enc' = b_enc/s``, ``W_dec' = W_dec``,
+        ``b_dec' = b_dec/s`` give ``TopK(ReLU((x − b_dec')·W_enc' + b_enc')) = z/s`` and
+        ``z'·W_dec' + b_dec' = x̂/s`` — the same latents, and the reconstruction in model units.
+        """
+        s = self.scaling_factor
+        return {
+            "W_enc": self.W_enc.detach().clone(),
+            "b_enc": self.b_enc.detach() / s,
+            "W_dec": self.W_dec.detach().clone(),
+            "b_dec": self.b_dec.detach() / s,
+        }
+
+
+def auxk_loss(sae: TopKTrainSAE, pre: Tensor, residual: Tensor, dead: Tensor, mask: Tensor, k_aux: int) -> Tensor:
+    """AuxK loss (Gao et al. 2024): reconstruct ``residual`` from the top ``k_aux`` dead latents.
+
+    ``pre`` are the pre-activations ``[N, width]``, ``residual`` = (x − x̂) detached, ``dead [width]``
+    bool. Summed-MSE per token over unmasked tokens, times ``min(n_dead / k_aux, 1)``.
+    """
+    from tempolens.saes.temporal import sparse_decode, topk_codes
+
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux == 0:
+        return pre.new_zeros(())
+    scale = min(n_dead / k_aux, 1.0)
+    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+    codes = topk_codes(masked, min(k_aux, n_dead))
+    recon = sparse_decode(codes, sae.W_dec.to(pre.dtype))
+    return scale * summed_mse(recon, residual, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Temporal SAE construction
+
+
+def paper_attention_init_(sae: nn.Module) -> None:
+    """Rescale the attention projections' rows as the paper's code does (SAELens ManualAttention).
+
+    q/k rows → norm 1/√(q/k head size); v rows → 1/√(width/heads); output rows → 1/√width.
+    """
+    with torch.no_grad():
+        for layer in sae.attn_layers:  # type: ignore[attr-defined]
+            H = layer.n_heads
+            for lin, size in ((layer.k_ctx, layer.qk_dim // H), (layer.q_target, layer.qk_dim // H),
+                              (layer.v_ctx, layer.width // H), (layer.c_proj, layer.width)):
+                w = lin.weight
+                w.copy_(w / (1e-6 + w.norm(dim=1, keepdim=True)) / math.sqrt(size))
+
+
+def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Tensor | None, generator: torch.Generator | None = None) -> nn.Module:
+    """A freshly initialised SAE of ``cfg.arch`` (``mean_scaled``: the mean activation times ``s``)."""
+    bias = mean_scaled if cfg.init_bias == "mean" else None
+    if cfg.arch == "topk":
+        sae = TopKTrainSAE(d_in, cfg.width, cfg.k, scaling_factor)
+        sae.init_weights(generator or torch.Generator().manual_seed(cfg.seed), bias)
+        return sae
+    from tempolens.saes.temporal import TemporalConfig, TemporalSAE
+
+    tcfg = TemporalConfig(
+        d_in=d_in, width=cfg.width, k=cfg.k, sae_diff_type="topk", n_heads=cfg.n_heads, n_attn_layers=cfg.n_attn_layers,
+        bottleneck_factor=cfg.bottleneck_factor, tied=cfg.tied_weights, scaling_factor=float(scaling_factor),
+    )
+    sae = TemporalSAE(tcfg)
+    paper_attention_init_(sae)
+    if bias is not None:
+        with torch.no_grad():
+            sae.b.copy_(bias.reshape(sae.b.shape))
+    return sae
+
+
+def temporal_forward_scaled(sae: nn.Module, x: Tensor) -> tuple[Tensor, SparseCodes]:
+    """Differentiable ``(recon in scaled units, novel codes)`` of a Temporal SAE for model-unit ``x``."""
+    from tempolens.saes.temporal import sparse_decode
+
+    residual, z_pred, _ = sae._predict(x, return_attn=False)  # type: ignore[attr-defined]
+    codes = sae._novel(residual)  # type: ignore[attr-defined]
+    recon = sparse_decode(codes, sae.D.to(z_pred.dtype)) + z_pred @ sae.D.to(z_pred.dtype) + sae.b.reshape(-1)
+    return recon, codes
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_lm_dtype(lm_dtype: str, device: torch.device) -> str:
+    if lm_dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return lm_dtype
+
+
+def activation_spec(cfg: TrainConfig, lm_dtype: str) -> ActivationSpec:
+    n_prompts, n_heldout = plan_prompts(cfg.n_tokens, cfg.prompt_len, cfg.heldout_fraction)
+    return ActivationSpec(model=cfg.model, layer=cfg.layer, corpus=cfg.corpus, prompt_len=cfg.prompt_len,
+                          n_prompts=n_prompts, n_heldout=n_heldout, seed=cfg.seed, lm_dtype=lm_dtype)
+
+
+def open_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
+    """The activation source of a run: an (auto-built) on-disk cache, or the model itself (`--cache-dir none`)."""
+    spec = activation_spec(cfg, resolve_lm_dtype(cfg.lm_dtype, device))
+    if cfg.cache_dir == "none":
+        return open_lm_source(spec, device=str(device), batch_size=cfg.lm_batch_size)
+    if cfg.cache_dir == "auto":
+        from tempolens.sources.cache import cache_dir
+
+        root = cache_dir() / "activations" / spec.key()
+    else:
+        root = Path(cfg.cache_dir).expanduser()
+    return build_cache(root, spec, device=str(device), batch_size=cfg.lm_batch_size, progress=cfg.progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _state_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_training_state(out: Path) -> dict | None:
+    """The saved training state of a run folder, or None (weights-only unpickling: no code runs)."""
+    path = Path(out) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise TempolensError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); delete it and rerun with --overwrite") from None
+    if state.get("format") != STATE_FORMAT:
+        raise TempolensError(f"{path} has training-state format {state.get('format')}, this tempolens writes {STATE_FORMAT}; rerun with --overwrite")
+    return state
+
+
+def save_sae_files(sae: nn.Module, out: Path, cfg: TrainConfig, meta: dict) -> None:
+    """Write the SAE in its published layout into ``out`` (atomic files)."""
+    from tempolens.saes import loading
+
+    dtype = torch.float16 if cfg.weights_dtype == "float16" else torch.float32
+    if cfg.arch == "temporal":
+        loading.save_temporal_sae(sae, out, dtype=dtype, metadata=meta)
+    else:
+        loading.save_standard_sae(_standard_from_train(sae), out, dtype=dtype, metadata=meta)
+
+
+def _standard_from_train(sae: TopKTrainSAE) -> SAE:
+    """The inference ``StandardSAE`` holding ``sae``'s exported (model-unit) weights."""
+    from tempolens.saes.standard import StandardSAE
+
+    return StandardSAE.from_saelens_weights(sae.export_saelens(), architecture="topk", k=sae.k)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+
+def _rng_state() -> dict:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train the SAE of ``cfg`` (resuming with ``--resume``), save it and evaluate it on the held-out split."""
+    from tqdm.auto import tqdm
+
+    from tempolens.collect import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = cfg.out
+    state = load_training_state(out) if out.exists() else None
+    if state is not None and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"{out} already holds a run at step {state['step']}; pass --resume to continue it or --overwrite to start over")
+    if state is not None and cfg.overwrite:
+        state = None
+    if state is not None:
+        saved = json.loads(state["identity"])
+        diff = {k: (saved.get(k), v) for k, v in cfg.identity().items() if saved.get(k) != v}
+        if diff:
+            k0, (a, b) = next(iter(diff.items()))
+            raise ConfigError(f"--resume with different options: {k0} was {a!r}, now {b!r}; use the original options or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    _truncate_log(out / "train_log.jsonl", int(state["step"]) if state is not None else 0)
+    t0 = time.perf_counter()
+
+    source = open_source(cfg, device)
+    d_in = int(source.d_in)
+    n_train = source.spec.n_train
+    per_epoch = batches_per_epoch(n_train, cfg.batch_prompts)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+    # --- model, optimizer, state -----------------------------------------------------------
+    if state is None:
+        torch.manual_seed(cfg.seed)
+        norms, means, counts = [], [], []
+        for b in iter_batches(source, cfg.batch_prompts, cfg.seed, 0, min(cfg.init_batches, total)):
+            mask = ~b.special
+            nrm, mu = activation_stats(b.acts, mask)
+            n = int(mask.sum())
+            norms.append(nrm * n), means.append(mu * n), counts.append(n)
+        mean_norm = sum(norms) / sum(counts)
+        scale = 1.0 / mean_norm
+        mean = torch.stack(means).sum(0) / sum(counts)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sae = make_sae(cfg, d_in, scale, mean * scale, gen)
+        step = 0
+        since_fired = torch.zeros(cfg.width, dtype=torch.int64)
+    else:
+        scale = float(state["scaling_factor"])
+        sae = make_sae(cfg, d_in, scale, None)
+        sae.load_state_dict(state["sae"])
+        step = int(state["step"])
+        since_fired = state["since_fired"].clone()
+    sae = sae.to(device).float().train()
+    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+    k_aux = cfg.aux_k or d_in // 2
+
+    meta = run_metadata(cfg, source)
+    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()} | {"total_steps": total, "n_train_prompts": n_train, "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale})
+
+    def checkpoint(loss_ema: float) -> None:
+        payload = {
+            "format": STATE_FORMAT,
+            "step": step,
+            "identity": json.dumps(cfg.identity(), sort_keys=True),
+            "scaling_factor": scale,
+            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "rng": _rng_state(),
+            "since_fired": since_fired.clone(),
+            "loss_ema": loss_ema,
+        }
+        atomic_write_bytes(out / STATE_FILE, _state_bytes(payload))
+        save_sae_files(_cpu_copy(sae), out, cfg, meta | {"step": step, "tokens_seen": step * cfg.batch_prompts * cfg.prompt_len})
+
+    log_lines: list[str] = []
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.arch}", unit="step", disable=not cfg.progress)
+    loss_ema = float(state.get("loss_ema", float("nan"))) if state is not None else float("nan")
+    last_loss = float("nan")
+    try:
+        for batch in iter_batches(source, cfg.batch_prompts, cfg.seed, step, max(total - step, 0)):
+            x = batch.acts.to(device, non_blocking=True)
+            mask = (~batch.special).to(device)
+            lr = lr_at(step, cfg, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xs = x * scale
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                if cfg.arch == "topk":
+                    flat_x, flat_m = xs.reshape(-1, d_in), mask.reshape(-1)
+                    recon, codes, pre = sae.forward_scaled(flat_x)
+                    mse = summed_mse(recon, flat_x, flat_m)
+                    dead = since_fired.to(device) >= cfg.dead_window_tokens
+                    aux = auxk_loss(sae, pre, (flat_x - recon.float()).detach(), dead, flat_m, k_aux) if cfg.aux_coef > 0 else mse.new_zeros(())
+                    loss = mse + cfg.aux_coef * aux
+                    idx, m_tok = codes.indices, flat_m
+                else:
+                    recon, codes = temporal_forward_scaled(sae, x)
+                    mse = summed_mse(recon, xs, mask)
+                    aux = mse.new_zeros(())
+                    loss = mse
+                    idx, m_tok = codes.indices.reshape(-1, codes.indices.shape[-1]), mask.reshape(-1)
+            if not torch.isfinite(loss):
+                raise TempolensError(f"the loss became {float(loss)} at step {step}; lower --lr or use --precision fp32 (finished checkpoints are kept)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.arch == "topk":
+                remove_parallel_grad(sae.W_dec)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+            opt.step()
+            if cfg.arch == "topk":
+                normalize_rows_(sae.W_dec.data)
+            # bookkeeping: which latents fired on this batch's regular tokens
+            with torch.no_grad():
+                valid = idx[m_tok]
+                fired = torch.zeros(cfg.width, dtype=torch.bool, device=device)
+                fired[valid[valid >= 0]] = True
+                n_tok = int(m_tok.sum())
+                since_fired += n_tok
+                since_fired[fired.cpu()] = 0
+                xm = xs.reshape(-1, d_in)[m_tok].float()
+                var = (xm - xm.mean(0)).pow(2).sum(-1).mean()
+                nmse = float(mse.detach() / var.clamp_min(1e-12))
+                l0 = float((valid >= 0).sum(-1).float().mean())
+            last_loss = float(loss.detach())
+            loss_ema = last_loss if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * last_loss
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4g}", nmse=f"{nmse:.3f}", L0=f"{l0:.1f}", lr=f"{lr:.2e}", refresh=False)
+            if step % cfg.log_every == 0 or step == total:
+                n_dead = int((since_fired >= cfg.dead_window_tokens).sum())
+                log_lines.append(json.dumps({"step": step, "epoch": batch.epoch, "loss": last_loss, "mse": float(mse.detach()), "aux": float(aux.detach()),
+                                             "nmse_batch_centred": nmse, "l0": l0, "lr": lr, "dead_window": n_dead, "seconds": round(time.perf_counter() - t0, 1)}))
+                _append_log(out / "train_log.jsonl", log_lines)
+                log_lines.clear()
+            if step % cfg.checkpoint_every == 0 or step == total:
+                checkpoint(loss_ema)
+    finally:
+        bar.close()
+    if step == 0 and total == 0:
+        checkpoint(loss_ema)
+
+    train_seconds = time.perf_counter() - t0
+    sae.eval()
+    ev = evaluate_run(cfg, out, source, sae, device)
+    ev["train_seconds"] = round(train_seconds, 1)
+    ev["steps"] = step
+    ev["tokens_seen"] = step * cfg.batch_prompts * cfg.prompt_len
+    atomic_write_json(out / "eval.json", ev)
+    if cfg.progress:
+        print(_summary(cfg, ev))
+    return TrainResult(out=out, steps=step, tokens_seen=ev["tokens_seen"], seconds=time.perf_counter() - t0, final_loss=last_loss, eval=ev)
+
+
+def run_metadata(cfg: TrainConfig, source: ActivationSource) -> dict:
+    """Provenance written into the checkpoint (SAELens ``metadata`` keys where they exist)."""
+    model_id = getattr(source, "meta", {}).get("model_id") or getattr(getattr(source, "model", None), "model_id", None) or cfg.model
+    return {
+        "model_name": model_id,
+        "hook_name": f"blocks.{cfg.layer}.hook_resid_post",
+        "hook_layer": cfg.layer,
+        "context_size": cfg.prompt_len,
+        "prepend_bos": True,
+        "dataset_path": cfg.corpus,
+        "trained_with": "tempolens train",
+        "train_arch": cfg.arch,
+        "train_seed": cfg.seed,
+        "lm_dtype": source.spec.lm_dtype,
+    }
+
+
+def _cpu_copy(sae: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(sae).cpu().float().eval()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only the log lines of steps ≤ ``step`` (lines written after the last checkpoint are redone)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def _append_log(path: Path, lines: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _summary(cfg: TrainConfig, ev: dict) -> str:
+    s = (f"{cfg.arch} SAE → {cfg.out}: held-out NMSE {ev['nmse']:.4f} (mean-centred; FVE {ev['fve']:.4f}), "
+         f"plain NMSE {ev['nmse_plain']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.3f}")
+    if "pred_share" in ev:
+        s += f", predicted share {ev['pred_share']:.3f}, novel-only NMSE {ev['nmse_novel_only']:.4f}, pred-only NMSE {ev['nmse_pred_only']:.4f}"
+    return s
+
+
+def evaluate_run(cfg: TrainConfig, out: Path, source: ActivationSource, sae: nn.Module, device: torch.device) -> dict:
+    """Evaluate the SAE as saved (reloaded through ``load_sae``, so fp16 weights count) on the held-out split."""
+    if source.spec.n_heldout == 0:
+        return {"note": "no held-out split (--heldout-fraction 0)"}
+    try:
+        from tempolens.saes.loading import load_sae
+
+        model = load_sae(str(out), device="cpu")
+        where = "saved checkpoint (reloaded)"
+    except (ImportError, TempolensError):
+        model = _cpu_copy(sae)
+        where = "in-memory model"
+    ev = evaluate_sae(model.to(device).float().eval(), source, split="heldout", batch_prompts=cfg.eval_batch_prompts, progress=cfg.progress)
+    ev["evaluated"] = where
+    return ev
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False) -> dict:
+    """Reconstruction and sparsity of ``sae`` on ``split`` of ``source`` (regular tokens only).
+
+    Returns (all sums in float64, model units):
+
+    - ``nmse`` = Σ‖x − x̂‖² / Σ‖x − μ‖² (μ = mean activation of the split): NMSE against the
+      mean-centred variance; ``fve`` = 1 − ``nmse`` (fraction of variance explained);
+    - ``nmse_plain`` = Σ‖x − x̂‖² / Σ‖x‖² (against the raw second moment; flattering on Gemma 3,
+      whose mean vector is almost as long as a typical token);
+    - ``l0`` mean active codes per token; ``dead_fraction``: latents that never fire on the split;
+    - Temporal SAEs also: ``pred_share`` (Σ‖r_pred‖² / Σ(‖r_pred‖² + ‖r_novel‖²), pooled) and
+      ``pred_share_token_mean``; ``nmse_novel_only`` (reconstruct from ``z_novel·D + b`` alone) and
+      ``nmse_pred_only`` (``z_pred·D + b``), both against the mean-centred variance.
+    """
+    from tqdm.auto import tqdm
+
+    device = sae.device
+    d = sae.d_in
+    n = 0
+    sum_x = torch.zeros(d, dtype=torch.float64)
+    sum_sq = 0.0
+    err = 0.0
+    err_novel = 0.0
+    err_pred = 0.0
+    pred_sq = 0.0
+    novel_sq = 0.0
+    share_sum = 0.0
+    l0_sum = 0.0
+    fired = torch.zeros(sae.width, dtype=torch.bool)
+    temporal = bool(getattr(sae, "is_temporal", False))
+    ids = source.spec.split_ids(split)
+    bar = tqdm(total=len(ids), desc=f"evaluate on {split}", unit="prompt", disable=not progress, leave=False)
+    for acts, special in iter_split(source, split, batch_prompts):
+        x = acts.to(device)
+        m = ~special.to(device)
+        if temporal:
+            det = sae.forward_details(x)  # type: ignore[attr-defined]
+            recon, codes = det.recon, det.codes
+            b = sae.b_dec.to(x.dtype)  # type: ignore[attr-defined]
+            xm = x[m].double()
+            err_novel += float((xm - (det.recon_novel[m] + b).double()).pow(2).sum())
+            err_pred += float((xm - (det.recon_pred[m] + b).double()).pow(2).sum())
+            pred_sq += float(det.recon_pred[m].double().pow(2).sum())
+            novel_sq += float(det.recon_novel[m].double().pow(2).sum())
+            share_sum += float(det.pred_share[m].double().sum())
+        else:
+            enc = sae.encode(x)
+            recon, codes = enc.recon, enc.codes
+        xm = x[m].double()
+        n += xm.shape[0]
+        sum_x += xm.sum(0).cpu()
+        sum_sq += float(xm.pow(2).sum())
+        err += float((xm - recon[m].double()).pow(2).sum())
+        idx = codes.indices[m]
+        l0_sum += float((idx >= 0).sum())
+        fired[idx[idx >= 0].cpu()] = True
+        bar.update(acts.shape[0])
+    bar.close()
+    if n == 0:
+        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
+    mu = sum_x / n
+    centred = sum_sq - n * float(mu.pow(2).sum())
+    out: dict[str, Any] = {
+        "split": split,
+        "n_prompts": len(ids),
+        "n_tokens": n,
+        "nmse": err / centred,
+        "fve": 1.0 - err / centred,
+        "nmse_plain": err / sum_sq,
+        "mse_per_token": err / n,
+        "variance_per_token": centred / n,
+        "mean_sq_norm_per_token": sum_sq / n,
+        "mean_vector_sq_norm": float(mu.pow(2).sum()),
+        "l0": l0_sum / n,
+        "dead_fraction": float((~fired).float().mean()),
+        "n_dead": int((~fired).sum()),
+        "width": sae.width,
+        "architecture": getattr(sae, "architecture", "sae"),
+    }
+    if temporal:
+        out |= {
+            "pred_share": pred_sq / max(pred_sq + novel_sq, 1e-300),
+            "pred_share_token_mean": share_sum / n,
+            "nmse_novel_only": err_novel / centred,
+            "nmse_pred_only": err_pred / centred,
+        }
+    return out
