@@ -1,0 +1,154 @@
+"""Data-parallel collect under ``torchrun`` (Gloo on CPU): a 2-process run writes a store whose
+shards are byte-identical to a 1-process run's, and dashboards on it equal dashboards on the
+1-process store (up to the store's path and creation time, which the exports name)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import WORDS
+from tempolens.distributed import Dist, current
+from tempolens.store import CodeStore
+
+torch.set_num_threads(1)
+
+
+# -- the split itself ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [0, 1, 4, 7, 12])
+def test_split_is_a_disjoint_cover(world, n):
+    items = list(range(n))
+    parts = [Dist(rank=r, world=world).split(items) for r in range(world)]
+    flat = sorted(x for p in parts for x in p)
+    assert flat == items  # every shard exactly once
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1  # round-robin: balanced
+
+
+def test_single_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    d = current()
+    assert d == Dist() and d.is_main and not d.active
+    assert d.gather_objects({"a": 1}) == [{"a": 1}]
+    d.barrier()  # a no-op
+    assert d.device("cpu") == "cpu" and d.device("auto") == "auto"
+
+
+# -- torchrun end to end ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rng = random.Random(1)
+    p = tmp_path_factory.mktemp("dist_corpus") / "docs.txt"
+    p.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(40)))
+    return p
+
+
+@pytest.fixture(scope="module")
+def temporal_dir(tmp_path_factory) -> Path:
+    from tempolens.saes.loading import save_temporal_sae
+    from tempolens.saes.random_init import random_temporal_sae
+
+    sae = random_temporal_sae(32, 96, 8, n_heads=2, seed=3, scaling_factor=0.1)
+    return save_temporal_sae(sae, tmp_path_factory.mktemp("dist_sae") / "temporal")
+
+
+def _collect_args(tiny_lm_dir, corpus, sae, out) -> list[str]:
+    # 13 prompts in 5 shards (the last holds one prompt): rank 0 gets 3 shards, rank 1 gets 2
+    return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(sae), "--corpus", str(corpus),
+            "--n-prompts", "13", "--prompt-len", "16", "--shard-prompts", "3", "--batch-size", "2",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _torchrun() -> list[str]:
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
+    """Every output file's content (gzip members decompressed), with run-specific strings replaced.
+
+    Cached statistics (``*.safetensors``) are compared by their tensors and scalars: their metadata
+    also records how long each pass took."""
+    out: dict[str, bytes] = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix == ".key":  # cache keys hash the store's meta.json (its creation time)
+            continue
+        if p.suffix == ".safetensors":
+            out[p.relative_to(root).as_posix()] = _safetensors_content(p)
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".gz":
+            data = gzip.decompress(data)
+        if p.suffix in (".json", ".js", ".gz", ".jsonl"):
+            text = data.decode("utf-8")
+            for a, b in replace.items():
+                text = text.replace(a, b)
+            data = text.encode()
+        out[p.relative_to(root).as_posix()] = data
+    return out
+
+
+def _safetensors_content(path: Path) -> bytes:
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "scalars" in meta:
+        scalars = json.loads(meta["scalars"])
+        scalars.pop("timings", None)
+        meta["scalars"] = json.dumps(scalars, sort_keys=True)
+    return save(tensors, metadata=meta)
+
+
+@pytest.mark.timeout(600)
+def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    cmd2 = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, two)]
+    r = subprocess.run(cmd2, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, one)],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    s1, s2 = CodeStore(one), CodeStore(two)
+    assert s1.n_shards == s2.n_shards == 5 and s1.complete and s2.complete
+    for i in range(s1.n_shards):
+        assert s1.shard_path(i).read_bytes() == s2.shard_path(i).read_bytes(), f"shard {i} differs"
+        man1 = json.loads((s1.shard_dir / f"shard-{i:05d}.json").read_text())
+        assert man1 == json.loads((s2.shard_dir / f"shard-{i:05d}.json").read_text())
+    s2.done_shards(verify=True)  # checksums hold
+    m1, m2 = dict(s1.meta), dict(s2.meta)
+    assert m1.pop("created") and m2.pop("created")
+    assert m1 == m2  # only rank 0 wrote meta.json, and it is the same run
+    assert not list(two.rglob(".*tmp*"))  # no temporary file left behind by either rank
+
+    # dashboards (statistics over the shards each rank wrote) equal those of the 1-process store
+    from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
+
+    for store in (one, two):
+        build_dashboards(DashboardConfig(store=store, out=tmp_path / f"dash-{store.name}", chunk_size=32, features_per_batch=40, device="cpu", progress=False))
+    created1, created2 = json.loads((one / "meta.json").read_text())["created"], json.loads((two / "meta.json").read_text())["created"]
+    t1 = _tree(tmp_path / "dash-one", {})
+    t2 = _tree(tmp_path / "dash-two", {str(two): str(one), created2: created1})
+    assert sorted(t1) == sorted(t2) and len(t1) > 10
+    for rel in t1:
+        assert t1[rel] == t2[rel], rel
