@@ -139,6 +139,7 @@ def test_run_events_on_a_file(sources, tmp_path):
     for s in res["summary"].values():
         assert s["block_contrast"]["n"] == 2 and math.isfinite(s["block_contrast"]["mean"])
         assert 0.0 <= s["boundary_auroc"]["mean"] <= 1.0
+        assert s["boundary_auroc_sentences"]["n"] == 0  # lower-case test texts have no detectable sentence starts
     kdir = tmp_path / "site" / "kernels"
     saved = json.loads((kdir / "events.json").read_text())
     assert saved["summary"]["predicted"]["block_contrast"]["mean"] == pytest.approx(res["summary"]["predicted"]["block_contrast"]["mean"])

@@ -102,3 +102,25 @@ def test_summarize():
     s = summarize([1.0, 2.0, 3.0, float("nan")])
     assert s["mean"] == 2.0 and s["std"] == pytest.approx(1.0) and s["n"] == 3
     assert summarize([])["mean"] is None
+
+
+def test_sentence_starts_and_matched_auroc():
+    from tempolens.temporal.events import sentence_starts, tokens_at_chars
+
+    text = 'He ran. She sat! "Why?" he asked. 3 cats. ok. Mr. X'
+    starts = sentence_starts(text)
+    assert [text[c] for c in starts] == ["S", '"', "3", "M", "X"]  # "he asked" and "ok" are lower case; "Mr." is a known false start
+    offsets = [(0, 0), (0, 2), (2, 6), (6, 7), (7, 11), (11, 15)]  # BOS, He, " ran", ".", " She", " sat"
+    assert tokens_at_chars(offsets, [8]) == [4]
+    # a kernel with blocks at sentences: boundaries look like any sentence start
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    sent = torch.arange(30) // 5
+    S = (sent[:, None] == sent[None, :]).float()
+    # scored t in [3, 27]: 2 boundaries vs 23 others, 3 of which (5, 15, 25) tie with them
+    assert boundary_auroc(S, labels, half_width=3) == pytest.approx(21.5 / 23)
+    assert boundary_auroc(S, labels, half_width=3, candidates=[5, 15, 25]) == pytest.approx(0.5)
+    # a kernel with blocks at events separates boundaries from other sentence starts
+    E = (labels[:, None] == labels[None, :]).float()
+    assert boundary_auroc(E, labels, half_width=3, candidates=[5, 15, 25]) == pytest.approx(1.0)
+    sc = score_kernel(E, labels, half_width=3, sentence_tokens=[5, 10, 15, 20, 25])
+    assert sc.boundary_auroc_sentences == pytest.approx(1.0)

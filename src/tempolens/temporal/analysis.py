@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.saes.base import SAE, SparseCodes
-from tempolens.temporal.events import boundary_positions, event_labels
+from tempolens.temporal.events import boundary_positions, event_labels, sentence_starts, tokens_at_chars
 from tempolens.temporal.kernels import (
     MAX_KERNEL_TOKENS,
     KernelInputError,
@@ -60,6 +60,8 @@ class TextAnalysis:
     """The same for the standard SAE, if one was given."""
     labels: Tensor | None = None
     """``[L']`` event id per token, when the text has marked events."""
+    sentence_tokens: list[int] = field(default_factory=list)
+    """Indices (BOS dropped) of the first token of each sentence after the first."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +154,7 @@ def analyze_text(
         attention.append(a.maps[:, 1:, 1:].contiguous())
         sink.append((a.start + a.maps[:, :, 0])[:, 1:].contiguous())
     labels = event_labels(offsets, boundaries)[1:] if boundaries else None
+    sentences = [i - 1 for i in tokens_at_chars(offsets, sentence_starts(text)) if i >= 1]
     meta = {
         "model_id": getattr(model, "model_id", ""),
         "hook_name": getattr(model, "hook_name", ""),
@@ -172,5 +175,6 @@ def analyze_text(
         top_novel=_top(nov_codes, top_k, sae.width),
         top_sae=top_sae,
         labels=labels,
+        sentence_tokens=sentences,
         meta=meta,
     )

@@ -234,7 +234,7 @@ def demo_activation_sample(model: Any) -> Any:
 def _scores(a: TextAnalysis, half_width: int) -> dict[str, dict]:
     if a.labels is None or not a.boundaries:
         return {}
-    return {k: score_kernel(S, a.labels, half_width).as_dict() for k, S in a.kernels.items()}
+    return {k: score_kernel(S, a.labels, half_width, a.sentence_tokens).as_dict() for k, S in a.kernels.items()}
 
 
 def _write_text_outputs(cfg: Any, a: TextAnalysis, t: EventText, scores: dict, figures: bool) -> dict:
@@ -317,14 +317,14 @@ def _fmt(x: float | None, nd: int = 3) -> str:
 def events_table(summary: dict) -> str:
     """Markdown table of the per-kernel summaries (mean ± sd over texts)."""
     lines = [
-        "| codes | block contrast (mean ± sd) | within | across | boundary AUROC (mean ± sd) | texts |",
-        "|---|---|---|---|---|---|",
+        "| codes | block contrast (mean ± sd) | within | across | boundary AUROC vs all tokens | vs other sentence starts | texts |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, s in summary.items():
-        bc, au = s["block_contrast"], s["boundary_auroc"]
+        bc, au, aus = s["block_contrast"], s["boundary_auroc"], s["boundary_auroc_sentences"]
         lines.append(
             f"| {KERNEL_LABELS.get(kind, kind)} | {_fmt(bc['mean'])} ± {_fmt(bc['std'])} | {_fmt(s['within_mean']['mean'])} | "
-            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])} | {bc['n']} |"
+            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])} | {_fmt(aus['mean'])} ± {_fmt(aus['std'])} | {bc['n']} |"
         )
     return "\n".join(lines)
 
@@ -348,7 +348,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     kinds = [k for k in KERNEL_LABELS if any(k in p["scores"] for p in per_text)]
     summary = {
         k: {m: summarize([p["scores"][k][m] if p["scores"][k][m] is not None else math.nan for p in per_text if k in p["scores"]])
-            for m in ("block_contrast", "boundary_auroc", "within_mean", "across_mean")}
+            for m in ("block_contrast", "boundary_auroc", "boundary_auroc_sentences", "within_mean", "across_mean")}
         for k in kinds
     }
     result = {
@@ -360,6 +360,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
         "definitions": {
             "block_contrast": "mean S_ij over i≠j in the same event minus mean over i, j in different events (BOS dropped)",
             "boundary_auroc": f"AUROC of Foote novelty (checkerboard half-width {cfg.half_width}) at the first token of each event vs other tokens; 0.5 = chance",
+            "boundary_auroc_sentences": "the same AUROC against the other sentence-start tokens only (every event boundary is also a sentence start); 0.5 = chance",
         },
     }
     kdir = cfg.out / "kernels"
@@ -397,13 +398,15 @@ def _write_events_html(path: Path, header: str, summary: dict, per_text: list[di
     rows = "".join(
         f"<tr><td>{html.escape(KERNEL_LABELS.get(k, k))}</td><td>{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}</td>"
         f"<td>{_fmt(s['within_mean']['mean'])}</td><td>{_fmt(s['across_mean']['mean'])}</td>"
-        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}</td><td>{s['block_contrast']['n']}</td></tr>"
+        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}</td>"
+        f"<td>{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}</td><td>{s['block_contrast']['n']}</td></tr>"
         for k, s in summary.items()
     )
     kinds = list(summary)
     trows = "".join(
         f"<tr><td><a href=\"{html.escape(slugify(p['name']))}.html\">{html.escape(p['name'])}</a></td><td>{p['n_tokens']}</td>"
-        + "".join(f"<td>{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])}</td>" for k in kinds)
+        + "".join(f"<td>{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])} / "
+                  f"{_fmt(p['scores'][k]['boundary_auroc_sentences'])}</td>" for k in kinds)
         + "</tr>"
         for p in per_text
     )
@@ -411,13 +414,14 @@ def _write_events_html(path: Path, header: str, summary: dict, per_text: list[di
         "<header><h1>Event-boundary check</h1><div class=\"meta\"><a href=\"index.html\">kernel pages</a> · "
         "<a href=\"../index.html\">dashboards</a></div></header><main>"
         f"<p>{html.escape(header)}</p>"
-        "<table><thead><tr><th>codes</th><th>block contrast</th><th>within</th><th>across</th><th>boundary AUROC</th><th>texts</th></tr></thead>"
+        "<table><thead><tr><th>codes</th><th>block contrast</th><th>within</th><th>across</th><th>boundary AUROC</th><th>vs sentence starts</th><th>texts</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         "<p class=\"note\">Block contrast: mean within-event minus mean across-event similarity of the mean-centred cosine kernel "
         "(diagonal and BOS excluded). Boundary AUROC: Foote's checkerboard novelty at the first token of each event against every "
-        "other scored token (0.5 = chance). Paper §6 expects the predicted-code kernel to be block-structured by event and the novel "
+        "other scored token (0.5 = chance); the sentence-matched AUROC compares boundaries with the other sentence starts only, since every "
+        "boundary here is also a sentence start. Paper §6 expects the predicted-code kernel to be block-structured by event and the novel "
         "and standard-SAE kernels not to be; the raw-activation kernel is a baseline that needs no SAE.</p>"
-        "<h2>Per text (block contrast / AUROC)</h2>"
+        "<h2>Per text (block contrast / AUROC / sentence-matched AUROC)</h2>"
         f"<table><thead><tr><th>text</th><th>tokens</th>{''.join(f'<th>{html.escape(KERNEL_LABELS.get(k, k))}</th>' for k in kinds)}</tr></thead>"
         f"<tbody>{trows}</tbody></table></main>"
     )

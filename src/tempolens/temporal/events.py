@@ -22,12 +22,18 @@ Two statistics per kernel ``S [L, L]`` (BOS already dropped) and per-token event
   with full windows on both sides (``w ≤ t ≤ L − w``) are scored. The AUROC (Mann–Whitney, ties
   count ½) compares novelty at the true boundary tokens (first token of each new event) with all
   other scored positions; 0.5 is chance.
+- **sentence-matched boundary AUROC** (``boundary_auroc_sentences``): every event boundary in the
+  demo stories is also a sentence start, and sentence starts are distinctive on their own, so the
+  plain AUROC rewards any kernel that marks sentences. This control compares novelty at the
+  boundary tokens with novelty at the *other sentence starts* only (:func:`sentence_starts`): above
+  0.5 means the kernel separates events, not just sentences.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Sequence
@@ -100,6 +106,27 @@ def event_labels(offsets: Sequence[tuple[int, int]], boundaries: Sequence[int]) 
     return torch.tensor(labels, dtype=torch.long)
 
 
+_SENTENCE_START = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets of the first character of each sentence after the first (after ``.``, ``!``
+    or ``?``, optional closing quotes/brackets, whitespace, and an upper-case letter or digit)."""
+    return [m.end() for m in _SENTENCE_START.finditer(text)]
+
+
+def tokens_at_chars(offsets: Sequence[tuple[int, int]], chars: Sequence[int]) -> list[int]:
+    """For each character offset, the index of the token that contains it (first token with
+    ``end > c``, skipping empty special spans); sorted and unique."""
+    out = set()
+    for c in chars:
+        for i, (a, b) in enumerate(offsets):
+            if b > a and b > c:
+                out.add(i)
+                break
+    return sorted(out)
+
+
 def boundary_positions(labels: Tensor) -> Tensor:
     """Token positions where a new event starts (``labels[t] != labels[t-1]``)."""
     if labels.numel() < 2:
@@ -165,14 +192,21 @@ def auroc(pos: Tensor, neg: Tensor) -> float:
     return float((greater + 0.5 * ties) / (pos.numel() * neg.numel()))
 
 
-def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8) -> float:
-    """AUROC of Foote novelty at true boundary tokens vs all other scored positions."""
+def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8, candidates: Sequence[int] | None = None) -> float:
+    """AUROC of Foote novelty at true boundary tokens vs the other scored positions — all of them,
+    or only those in ``candidates`` (e.g. the other sentence starts)."""
     _check(S, labels)
     nov = foote_novelty(S, half_width)
     scored = ~torch.isnan(nov)
     is_b = torch.zeros(len(labels), dtype=torch.bool)
     is_b[boundary_positions(labels)] = True
-    return auroc(nov[scored & is_b], nov[scored & ~is_b])
+    neg = scored & ~is_b
+    if candidates is not None:
+        allowed = torch.zeros(len(labels), dtype=torch.bool)
+        idx = torch.tensor([c for c in candidates if 0 <= c < len(labels)], dtype=torch.long)
+        allowed[idx] = True
+        neg = neg & allowed
+    return auroc(nov[scored & is_b], nov[neg])
 
 
 @dataclass
@@ -183,13 +217,16 @@ class KernelEventScores:
     boundary_auroc: float
     within_mean: float
     across_mean: float
+    boundary_auroc_sentences: float = math.nan
+    """Boundary tokens vs the other sentence-start tokens (NaN without sentence positions)."""
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
 
 
-def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8) -> KernelEventScores:
-    """Both statistics plus the within/across means of one kernel."""
+def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8, sentence_tokens: Sequence[int] | None = None) -> KernelEventScores:
+    """The statistics plus the within/across means of one kernel; ``sentence_tokens`` (indices in
+    the kernel's axes) enable the sentence-matched AUROC."""
     _check(S, labels)
     same = labels[:, None] == labels[None, :]
     offdiag = ~torch.eye(len(labels), dtype=torch.bool)
@@ -201,6 +238,7 @@ def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8) -> KernelEventS
         boundary_auroc=boundary_auroc(S, labels, half_width),
         within_mean=w,
         across_mean=a,
+        boundary_auroc_sentences=boundary_auroc(S, labels, half_width, candidates=sentence_tokens) if sentence_tokens else math.nan,
     )
 
 

@@ -198,7 +198,7 @@ function render(root, data){
       ? "Attention: row = query token, column = context token it reads; square-root colour scale 0\u2192"+Number(m.vmax||1).toPrecision(3)+" (99.5th percentile of all heads). Weight on the start slot and BOS is listed per token on hover."
       : "Mean-centred cosine similarity of the codes, BOS dropped after computing; colour 0\u21921 (magma), negative values show as 0.";
     const sc=(data.scores||{})[m.id];
-    scoreBox.textContent=sc?("block contrast "+(sc.block_contrast===null?"n/a":sc.block_contrast.toFixed(3))+" \u00b7 boundary AUROC "+(sc.boundary_auroc===null?"n/a":sc.boundary_auroc.toFixed(3))):"";
+    scoreBox.textContent=sc?("block contrast "+(sc.block_contrast===null?"n/a":sc.block_contrast.toFixed(3))+" \u00b7 boundary AUROC "+(sc.boundary_auroc===null?"n/a":sc.boundary_auroc.toFixed(3))+(sc.boundary_auroc_sentences===null||sc.boundary_auroc_sentences===undefined?"":" (vs other sentence starts "+sc.boundary_auroc_sentences.toFixed(3)+")")):"";
     if(selected>=0)colourRow(selected);else colourShare();
   }
   function colourShare(){
