@@ -251,3 +251,27 @@ def test_js_literal_cannot_break_out(s):
 def test_js_literal_refuses_nan():
     with pytest.raises(ValueError):
         js_literal({"x": float("nan")})
+
+
+def test_fast_json_matches_stdlib():
+    from tempolens.dashboards.schema import dumps_bytes, rounded
+    from tempolens.dashboards.site import js_literal, js_literal_fast
+
+    obj = {"a": [{"tokens": ["<a>", " é", "\u2028", '"q"'], "values": [0.5, 1.0, 0.0, 1.25], "n": None, "b": True}], "x": [], "y": {"z": [1, 2]}, "s": "ü<"}
+    assert json.loads(dumps_bytes(obj)) == obj
+    assert json.loads(js_literal_fast(obj)) == obj and js_literal_fast(obj) == js_literal(obj)
+    assert rounded(torch.tensor([1.23456, float("nan")]), 2, nullable=True) == [1.23, None]
+    with pytest.raises(ValueError):
+        rounded(torch.tensor([float("nan")]))
+    with pytest.raises(ValueError):
+        rounded(torch.tensor([float("inf")]), nullable=True)
+
+
+def test_stdlib_json_fallback(monkeypatch):
+    from tempolens.dashboards import schema
+
+    obj = {"t": ["<x>", "é"], "v": [0.25, 3e-05], "n": None}
+    fast = schema.dumps_bytes(obj)
+    monkeypatch.setattr(schema, "_orjson", None)
+    slow = schema.dumps_bytes(obj)
+    assert json.loads(fast) == json.loads(slow) == obj

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tempolens.dashboards.schema import neuronpedia_feature
+from tempolens.dashboards.schema import dumps_bytes, neuronpedia_feature
 from tempolens.store.codestore import atomic_write_bytes
 
 
@@ -60,8 +60,8 @@ class ExportIds:
 
 
 def dumps(obj: Any) -> str:
-    """Compact, deterministic JSON; refuses NaN/Infinity (they are not JSON)."""
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """Compact, deterministic JSON text."""
+    return dumps_bytes(obj).decode()
 
 
 def write_batch(out_dir: Path, k: int, records: Iterable[dict[str, Any]], ids: ExportIds) -> Path:
@@ -74,7 +74,7 @@ def write_batch(out_dir: Path, k: int, records: Iterable[dict[str, Any]], ids: E
         "features": [neuronpedia_feature(r) for r in records],
     }
     path = Path(out_dir) / f"batch-{k}.json"
-    atomic_write_bytes(path, dumps(batch).encode())
+    atomic_write_bytes(path, dumps_bytes(batch))
     return path
 
 
@@ -84,8 +84,9 @@ def write_run_settings(out_dir: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-def _gz(lines: list[str]) -> bytes:
-    return gzip.compress(("\n".join(lines) + ("\n" if lines else "")).encode(), compresslevel=5, mtime=0)
+def _gz(lines: list[bytes]) -> bytes:
+    # level 1: several times faster than Neuronpedia's 5 on these large files; any level reads the same
+    return gzip.compress(b"\n".join(lines) + (b"\n" if lines else b""), compresslevel=1, mtime=0)
 
 
 def activation_id(ids: ExportIds, index: int, k: int) -> str:
@@ -126,9 +127,9 @@ def bulk_activation(ids: ExportIds, feature_index: int, k: int, a: dict[str, Any
 
 def bulk_feature(ids: ExportIds, record: dict[str, Any]) -> dict[str, Any]:
     """One feature row of the bulk import (Neuronpedia ``Feature``)."""
-    f = neuronpedia_feature(record)
+    f = neuronpedia_feature(record, activations=False)
     vector = f["vector"]
-    max_act = max((max(a["values"]) for a in f["activations"] if a["values"]), default=0.0)
+    max_act = max((max(a["values"]) for a in record["activations"] if a["values"]), default=0.0)
     out = {
         "modelId": ids.model_id,
         "layer": ids.source_id,
@@ -165,11 +166,11 @@ def write_bulk_batch(root: Path, k: int, records: list[dict[str, Any]], ids: Exp
     d = bulk_dir(root, ids)
     (d / "features").mkdir(parents=True, exist_ok=True)
     (d / "activations").mkdir(parents=True, exist_ok=True)
-    feats = [dumps(bulk_feature(ids, r)) for r in records]
+    feats = [dumps_bytes(bulk_feature(ids, r)) for r in records]
     acts = []
     for r in records:
         for j, a in enumerate(r["activations"]):
-            acts.append(dumps(bulk_activation(ids, r["feature_index"], j, a)))
+            acts.append(dumps_bytes(bulk_activation(ids, r["feature_index"], j, a)))
     fp, ap = d / "features" / f"batch-{k}.jsonl.gz", d / "activations" / f"batch-{k}.jsonl.gz"
     atomic_write_bytes(fp, _gz(feats))
     atomic_write_bytes(ap, _gz(acts))
@@ -213,7 +214,7 @@ def write_bulk_headers(root: Path, ids: ExportIds) -> list[Path]:
     paths = []
     for name, row in rows.items():
         p = d / name
-        atomic_write_bytes(p, (dumps(row) + "\n").encode())
+        atomic_write_bytes(p, dumps_bytes(row) + b"\n")
         paths.append(p)
     return paths
 
