@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tempolens.autointerp import scorers as S
 from tempolens.autointerp.db import ResultsDB
-from tempolens.autointerp.llm import LLM, LLMError, LLMFatalError, make_backend
+from tempolens.autointerp.llm import LLM, LLMError, make_backend
 from tempolens.autointerp.scorers import Embedder
 from tempolens.autointerp.windows import (
     LatentWindows, Split, TokenText, WindowSpec, collect_windows, delphi_split, firing_counts, saebench_split,

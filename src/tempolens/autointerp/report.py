@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tempolens.autointerp.db import ResultsDB
-from tempolens.autointerp.metrics import balanced_accuracy, bootstrap_ci, mean
+from tempolens.autointerp.metrics import bootstrap_ci, mean
 from tempolens.autointerp.scorers import CHANCE, SCORERS, combine_binary
 from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
 
