@@ -68,6 +68,8 @@ class BenchConfig:
     """Temporal SAE for the tempolens-only run (empty to skip); falls back to `random:temporal?width=2560&k=32` if the embedded one is not shipped."""
     saedash_max_features: int = 2560
     """Run SAEDashboard on at most this many latents per width (whole 128-latent batches); wider SAEs are extrapolated from the measured per-batch time, and the report says so. 0 = all."""
+    tempolens_run: bool = True
+    """Also measure `tempolens run` (collect → dashboards in one process) at the first width and --prompts."""
     skip_saedash: bool = False
     """Do not run SAEDashboard (e.g. where its venv does not exist)."""
     saedash_python: Path = Path("/work/saedash-venv/bin/python")
@@ -101,7 +103,7 @@ class BenchConfig:
         self.widths = tuple(int(x) for x in self.widths)
         if self.quick:
             self.prompts, self.scaling_prompts, self.widths, self.temporal_sae = 16, (), (256,), ""
-            self.saedash_max_features = 0
+            self.saedash_max_features, self.tempolens_run = 0, False
         check(self.prompts >= 1, f"--prompts must be >= 1; got {self.prompts}")
         check(all(n >= 1 for n in self.scaling_prompts), "--scaling-prompts must be positive")
         check(len(self.widths) >= 1 and all(w >= self.k for w in self.widths), f"--widths must be >= k={self.k}")
@@ -309,6 +311,27 @@ class Bench:
             f"peak RSS {row['max_rss_gib']:.2f} GiB; {row['disk_bytes'] / 1e6:.0f} MB")
         return row
 
+    def tempolens_run(self, label: str, spec: str, n: int, rep: int) -> dict[str, Any] | None:
+        """``tempolens run`` (one process: collect then dashboards; kernels off)."""
+        cfg = self.cfg
+        run = self.work / f"tempolens-run-{label}-{n}-r{rep}"
+        if run.exists():
+            shutil.rmtree(run)
+        m = run_measured(
+            tempolens_cmd() + ["run", "--out", str(run), "--no-kernels", "--model", cfg.model, "--layer", str(cfg.layer), "--sae", spec,
+                               "--corpus", cfg.corpus, "--n-prompts", str(n), "--prompt-len", str(cfg.prompt_len), "--seed", str(cfg.seed),
+                               "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype],
+            env=child_env(), log_path=self.logs / f"tempolens-run-{label}-{n}-r{rep}.log", timeout_s=cfg.timeout_s,
+        )
+        if m.rc != 0:
+            self.errors.append(f"tempolens run {label} n={n}: {fail_msg(m)}")
+            return None
+        row = {"tool": "tempolens-run", "config": label, "n_prompts": n, "repeat": rep, "wall_s": m.wall_s, "cpu_s": m.cpu_s,
+               "max_rss_gib": m.max_rss_gib, "disk_bytes": dir_bytes(run), "phases": {}, "load": [m.load_before, m.load_after]}
+        self.runs.append(row)
+        say(f"tempolens run {label} n={n}: {m.wall_s:.1f} s wall, {m.cpu_s:.1f} s CPU; peak RSS {m.max_rss_gib:.2f} GiB")
+        return row
+
     def saedash(self, label: str, sae_dir: Path, width: int, n: int, rep: int) -> dict[str, Any] | None:
         cfg = self.cfg
         n_batches = math.ceil(width / 128)
@@ -384,6 +407,8 @@ class Bench:
             for w, label in zip(cfg.widths, labels):
                 entry = self.sae_for[label]
                 self.tempolens(label, entry["tempolens_spec"], n, rep)
+                if cfg.tempolens_run and label == labels[0]:
+                    self.tempolens_run(label, entry["tempolens_spec"], n, rep)
                 if not cfg.skip_saedash:
                     self.saedash(label, Path(entry["saedash_dir"]), w, n, rep)
             if temporal:
@@ -452,7 +477,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["x_floor_wall"] = wall / fw
             row["x_floor_cpu"] = cpu / fc if fc > 0 else float("nan")
         out.append(row)
-    order = {"floor": 0, "tempolens": 1, "saedash": 2}
+    order = {"floor": 0, "tempolens": 1, "tempolens-run": 2, "saedash": 3}
     out.sort(key=lambda r: (r["n_prompts"], r["config"] if r["tool"] != "floor" else "", order[r["tool"]]))
     return out
 
@@ -510,18 +535,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Targets", ""]
     for r in result["summary"]:
-        if r["tool"] != "tempolens" or "x_floor_wall" not in r or not r["config"].startswith("topk-"):
+        if not r["tool"].startswith("tempolens") or "x_floor_wall" not in r or not r["config"].startswith("topk-"):
             continue
         width = int(r["config"].split("-")[1])
         target = 1.2 if width <= 2560 else 1.5
         ok_w, ok_c = r["x_floor_wall"] <= target, r["x_floor_cpu"] <= target
-        lines.append(f"- {r['config']}, {r['n_prompts']} prompts: {r['x_floor_wall']:.2f}× floor (wall), {r['x_floor_cpu']:.2f}× (CPU) — target ≤ {target}×: "
+        lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: {r['x_floor_wall']:.2f}× floor (wall), {r['x_floor_cpu']:.2f}× (CPU) — target ≤ {target}×: "
                      f"{'met' if ok_w and ok_c else 'met on CPU time only' if ok_c else 'NOT met'}")
     sd = {(r["config"], r["n_prompts"]): r for r in result["summary"] if r["tool"] == "saedash"}
     for r in result["summary"]:
         o = sd.get((r["config"], r["n_prompts"]))
-        if r["tool"] == "tempolens" and o:
-            lines.append(f"- {r['config']}, {r['n_prompts']} prompts: peak RSS tempolens {r['max_rss_gib']:.2f} GiB vs SAEDashboard {o['max_rss_gib']:.2f} GiB; "
+        if r["tool"].startswith("tempolens") and o:
+            lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: peak RSS tempolens {r['max_rss_gib']:.2f} GiB vs SAEDashboard {o['max_rss_gib']:.2f} GiB; "
                          f"time {o['wall_s'] / r['wall_s']:.1f}× faster than SAEDashboard (wall)")
     scal = sorted((r for r in result["summary"] if r["tool"] == "tempolens" and r["config"] == f"topk-{cfg['widths'][0]}"), key=lambda r: r["n_prompts"])
     if len(scal) > 1:

@@ -44,9 +44,12 @@ class Measurement:
     def tail(self, n: int = 30) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
 
-    def find(self, prefix: str) -> list[tuple[float, str]]:
-        """Lines starting with ``prefix`` (timestamp, rest of the line)."""
-        return [(t, line[len(prefix):].strip()) for t, line in self.lines if line.startswith(prefix)]
+    def find(self, marker: str) -> list[tuple[float, str]]:
+        """Lines containing ``marker`` (timestamp, the rest of the line after it).
+
+        Substring, not prefix: a child's stdout line can follow a progress bar that stderr left
+        without a newline."""
+        return [(t, line.split(marker, 1)[1].strip()) for t, line in self.lines if marker in line]
 
     def summary(self) -> dict:
         d = asdict(self)
