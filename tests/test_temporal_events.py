@@ -124,3 +124,18 @@ def test_sentence_starts_and_matched_auroc():
     assert boundary_auroc(E, labels, half_width=3, candidates=[5, 15, 25]) == pytest.approx(1.0)
     sc = score_kernel(E, labels, half_width=3, sentence_tokens=[5, 10, 15, 20, 25])
     assert sc.boundary_auroc_sentences == pytest.approx(1.0)
+
+
+def test_pooled_auroc_uses_within_text_z_scores():
+    from tempolens.temporal.events import novelty_samples, pooled_auroc
+
+    S, labels = block_kernel([5, 5, 5])
+    pos, neg = novelty_samples(S, labels, 2)
+    assert pos.numel() == 2 and neg.numel() == 10  # scored t in [2, 13]
+    # a second text whose kernel is the same up to scale: z-scores make it pool identically
+    pos2, neg2 = novelty_samples(0.5 * S, labels, 2)
+    assert torch.allclose(pos, pos2) and torch.allclose(neg, neg2)
+    au, n_pos, n_neg = pooled_auroc([(pos, neg), (pos2, neg2)])
+    assert au == 1.0 and (n_pos, n_neg) == (4, 20)
+    pos3, neg3 = novelty_samples(S, labels, 2, candidates=[5])
+    assert neg3.numel() == 0

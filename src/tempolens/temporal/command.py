@@ -28,7 +28,16 @@ from tempolens.errors import ConfigError, TempolensError
 from tempolens.options import check
 from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_text
-from tempolens.temporal.events import MARKER, EventText, load_demo_texts, parse_marked, score_kernel, summarize
+from tempolens.temporal.events import (
+    MARKER,
+    EventText,
+    load_demo_texts,
+    novelty_samples,
+    parse_marked,
+    pooled_auroc,
+    score_kernel,
+    summarize,
+)
 from tempolens.temporal.kernels import MAX_KERNEL_TOKENS
 
 NO_SAE = ("", "none", "off")
@@ -317,14 +326,17 @@ def _fmt(x: float | None, nd: int = 3) -> str:
 def events_table(summary: dict) -> str:
     """Markdown table of the per-kernel summaries (mean ± sd over texts)."""
     lines = [
-        "| codes | block contrast (mean ± sd) | within | across | boundary AUROC vs all tokens | vs other sentence starts | texts |",
+        "| codes | block contrast (mean ± sd) | within | across | boundary AUROC vs all tokens (mean ± sd; pooled) "
+        "| vs other sentence starts (mean ± sd; pooled) | texts |",
         "|---|---|---|---|---|---|---|",
     ]
     for kind, s in summary.items():
         bc, au, aus = s["block_contrast"], s["boundary_auroc"], s["boundary_auroc_sentences"]
+        po = s.get("pooled", {})
         lines.append(
             f"| {KERNEL_LABELS.get(kind, kind)} | {_fmt(bc['mean'])} ± {_fmt(bc['std'])} | {_fmt(s['within_mean']['mean'])} | "
-            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])} | {_fmt(aus['mean'])} ± {_fmt(aus['std'])} | {bc['n']} |"
+            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])}; {_fmt(po.get('boundary_auroc'))} "
+            f"| {_fmt(aus['mean'])} ± {_fmt(aus['std'])}; {_fmt(po.get('boundary_auroc_sentences'))} | {bc['n']} |"
         )
     return "\n".join(lines)
 
@@ -339,9 +351,15 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     model, sae, contrast = sources or load_sources(cfg)
     per_text: list[dict] = []
     entries = []
+    pooled: dict[str, dict[str, list]] = {}
     for t in tqdm(texts, desc="events", unit="text"):
         a = analyze_text(model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries, max_tokens=cfg.max_tokens)
         scores = _scores(a, cfg.half_width)
+        for k, S in a.kernels.items():
+            acc = pooled.setdefault(k, {"all": [], "sentences": []})
+            acc["all"].append(novelty_samples(S, a.labels, cfg.half_width))
+            if a.sentence_tokens:
+                acc["sentences"].append(novelty_samples(S, a.labels, cfg.half_width, a.sentence_tokens))
         per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events, "boundaries": a.boundaries, "scores": scores})
         if cfg.pages:
             entries.append(_write_text_outputs(cfg, a, t, scores, figures=True))
@@ -351,6 +369,11 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
             for m in ("block_contrast", "boundary_auroc", "boundary_auroc_sentences", "within_mean", "across_mean")}
         for k in kinds
     }
+    for k in kinds:
+        au, n_pos, n_neg = pooled_auroc(pooled[k]["all"])
+        aus, _, n_neg_s = pooled_auroc(pooled[k]["sentences"])
+        summary[k]["pooled"] = {"boundary_auroc": au, "boundary_auroc_sentences": aus, "n_boundaries": n_pos,
+                                "n_negatives": n_neg, "n_sentence_negatives": n_neg_s}
     result = {
         "model": getattr(model, "model_id", cfg.model), "hook_name": getattr(model, "hook_name", ""),
         "sae_spec": cfg.sae, "sae": sae.describe(), "contrast_sae_spec": cfg.contrast,
@@ -361,6 +384,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
             "block_contrast": "mean S_ij over i≠j in the same event minus mean over i, j in different events (BOS dropped)",
             "boundary_auroc": f"AUROC of Foote novelty (checkerboard half-width {cfg.half_width}) at the first token of each event vs other tokens; 0.5 = chance",
             "boundary_auroc_sentences": "the same AUROC against the other sentence-start tokens only (every event boundary is also a sentence start); 0.5 = chance",
+            "pooled": "AUROCs over all texts' tokens pooled, novelty z-scored within each text",
         },
     }
     kdir = cfg.out / "kernels"
@@ -398,8 +422,9 @@ def _write_events_html(path: Path, header: str, summary: dict, per_text: list[di
     rows = "".join(
         f"<tr><td>{html.escape(KERNEL_LABELS.get(k, k))}</td><td>{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}</td>"
         f"<td>{_fmt(s['within_mean']['mean'])}</td><td>{_fmt(s['across_mean']['mean'])}</td>"
-        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}</td>"
-        f"<td>{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}</td><td>{s['block_contrast']['n']}</td></tr>"
+        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; pooled {_fmt(s.get('pooled', {}).get('boundary_auroc'))}</td>"
+        f"<td>{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
+        f"{_fmt(s.get('pooled', {}).get('boundary_auroc_sentences'))}</td><td>{s['block_contrast']['n']}</td></tr>"
         for k, s in summary.items()
     )
     kinds = list(summary)

@@ -209,6 +209,33 @@ def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8, candidates: S
     return auroc(nov[scored & is_b], nov[neg])
 
 
+def novelty_samples(S: Tensor, labels: Tensor, half_width: int = 8, candidates: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    """Foote novelty at boundary tokens and at the negatives (all other scored tokens, or the other
+    ``candidates``), z-scored over all scored tokens of this text so that texts can be pooled."""
+    _check(S, labels)
+    nov = foote_novelty(S, half_width).double()
+    scored = ~torch.isnan(nov)
+    if scored.sum() < 2:
+        return torch.zeros(0), torch.zeros(0)
+    v = nov[scored]
+    z = (nov - v.mean()) / v.std().clamp_min(1e-12)
+    is_b = torch.zeros(len(labels), dtype=torch.bool)
+    is_b[boundary_positions(labels)] = True
+    neg = scored & ~is_b
+    if candidates is not None:
+        allowed = torch.zeros(len(labels), dtype=torch.bool)
+        allowed[torch.tensor([c for c in candidates if 0 <= c < len(labels)], dtype=torch.long)] = True
+        neg = neg & allowed
+    return z[scored & is_b], z[neg]
+
+
+def pooled_auroc(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[float, int, int]:
+    """AUROC of all texts' boundary vs negative samples pooled: ``(auroc, n_pos, n_neg)``."""
+    pos = torch.cat([p for p, _ in samples]) if samples else torch.zeros(0)
+    neg = torch.cat([n for _, n in samples]) if samples else torch.zeros(0)
+    return auroc(pos, neg), int(pos.numel()), int(neg.numel())
+
+
 @dataclass
 class KernelEventScores:
     """Event statistics of one kernel on one text."""
