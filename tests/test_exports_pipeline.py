@@ -260,7 +260,10 @@ def test_fast_json_matches_stdlib():
     obj = {"a": [{"tokens": ["<a>", " é", "\u2028", '"q"'], "values": [0.5, 1.0, 0.0, 1.25], "n": None, "b": True}], "x": [], "y": {"z": [1, 2]}, "s": "ü<"}
     assert json.loads(dumps_bytes(obj)) == obj
     assert json.loads(js_literal_fast(obj)) == obj and js_literal_fast(obj) == js_literal(obj)
-    assert rounded(torch.tensor([1.23456, float("nan")]), 2, nullable=True) == [1.23, None]
+    assert rounded(torch.tensor([1.23456, float("nan")]), 3, nullable=True) == [1.23, None]
+    vals = rounded(torch.tensor([0.0031196109, 12345.678, 1234567.0, 0.0, -0.000123456, 1e-20, 0.5], dtype=torch.float64), 5)
+    assert vals == [0.0031196, 12346.0, 1234600.0, 0.0, -0.00012346, 1e-20, 0.5]
+    assert [repr(v) for v in vals] == ["0.0031196", "12346.0", "1234600.0", "0.0", "-0.00012346", "1e-20", "0.5"]
     with pytest.raises(ValueError):
         rounded(torch.tensor([float("nan")]))
     with pytest.raises(ValueError):

@@ -41,8 +41,9 @@ ACTIVATION_KEYS: tuple[str, ...] = ("bin_min", "bin_max", "bin_contains", "token
 
 SITE_ACTIVATION_EXTRAS: tuple[str, ...] = ("prompt_index", "pred_values", "pred_share")
 
-DECIMALS = 4
-"""Decimals kept for activation values, logit effects and histogram positions (SAEDashboard keeps 3)."""
+SIG_DIGITS = 5
+"""Significant digits kept for activation values, logit effects and histogram positions (relative,
+so latents with tiny activations keep their precision; SAEDashboard keeps 3 decimals)."""
 
 
 def dumps_bytes(obj: Any) -> bytes:
@@ -60,10 +61,22 @@ except ImportError:  # pragma: no cover
     _orjson = None
 
 
-def rounded(x: Tensor, decimals: int = DECIMALS, nullable: bool = False) -> list:
-    """Round and convert to (nested) lists of floats. NaN becomes ``None`` when ``nullable``;
-    otherwise any non-finite value raises ``ValueError`` (JSON has no NaN/Infinity)."""
-    r = torch.round(x.detach().to(torch.float64), decimals=decimals)
+def round_sig(x: Tensor, sig: int = SIG_DIGITS) -> Tensor:
+    """Round to ``sig`` significant digits (float64), so that each value prints as a short decimal."""
+    x = x.detach().to(torch.float64)
+    mag = torch.floor(torch.log10(x.abs().clamp(min=1e-300)))
+    k = (sig - 1 - mag).clamp(-300, 300)
+    up = k >= 0  # divide by an exact power of ten on both branches
+    p_up = torch.pow(10.0, k.clamp(min=0))
+    p_dn = torch.pow(10.0, (-k).clamp(min=0))
+    out = torch.where(up, torch.round(x * p_up) / p_up, torch.round(x / p_dn) * p_dn)
+    return torch.where(x == 0, x, out)
+
+
+def rounded(x: Tensor, sig: int = SIG_DIGITS, nullable: bool = False) -> list:
+    """Round to ``sig`` significant digits and convert to (nested) lists of floats. NaN becomes
+    ``None`` when ``nullable``; otherwise any non-finite value raises ``ValueError`` (JSON has no NaN)."""
+    r = round_sig(x, sig)
     nan = torch.isnan(r)
     if bool(torch.isinf(r).any()) or (bool(nan.any()) and not nullable):
         raise ValueError("non-finite value in an export field")
@@ -72,6 +85,11 @@ def rounded(x: Tensor, decimals: int = DECIMALS, nullable: bool = False) -> list
         arr[nan.numpy()] = None
         return arr.tolist()
     return r.tolist()
+
+
+def _f(x: Any, sig: int = 7) -> float:
+    """One float rounded to ``sig`` significant digits (float32 statistics print short)."""
+    return float(round_sig(torch.as_tensor(float(x)).reshape(1), sig)[0])
 
 
 @dataclass
@@ -139,7 +157,7 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
     by_latent: dict[int, list[int]] = {}
     for e, l in enumerate(lat_list):
         by_latent.setdefault(l, []).append(e)
-    int_edges = s.int_edges
+    int_edges = round_sig(s.int_edges, 7)
     int_share = s.int_share
     hist_centres = (s.hist_edges[:, :-1] + s.hist_edges[:, 1:]) / 2
     mean_act = s.mean_act
@@ -147,7 +165,7 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
     out = []
     for l in latents:
         l = int(l)
-        max_act = float(s.max_act[l])
+        max_act = _f(s.max_act[l])
         acts = []
         for e in by_latent.get(l, []):
             g = grp[e]
@@ -203,11 +221,12 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
         rec["activations"] = acts
         ai = ctx.autointerp.get(l, {})
         p = float(pst[l])
+        p = _f(p, SIG_DIGITS) if p == p else p
         if not all(math.isfinite(v) for v in (max_act, float(mean_act[l]), rec["frac_nonzero"])):
             raise ValueError(f"non-finite statistics for latent {l}")
         rec["tempolens"] = {
             "max_act": max_act,
-            "mean_act": float(mean_act[l]),
+            "mean_act": _f(mean_act[l]),
             "n_active": int(s.n_active[l]),
             "pred_share_top": p if p == p else None,
             "explanation": ai.get("explanation"),
