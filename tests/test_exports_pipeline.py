@@ -278,3 +278,17 @@ def test_stdlib_json_fallback(monkeypatch):
     monkeypatch.setattr(schema, "_orjson", None)
     slow = schema.dumps_bytes(obj)
     assert json.loads(fast) == json.loads(slow) == obj
+
+
+def test_incomplete_store_is_a_one_line_error(store, tmp_path, lm, W_dec):
+    import shutil
+
+    from tempolens.store.codestore import StoreError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(store.root, broken)
+    (broken / "shards" / "shard-00001.json").unlink()
+    with pytest.raises(StoreError, match="incomplete"):
+        build_dashboards(DashboardConfig(store=broken, out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec)
+    with pytest.raises(StoreError, match="meta.json"):
+        build_dashboards(DashboardConfig(store=tmp_path / "nothing", out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
-from tempolens.store.codestore import CodeStore, atomic_write_bytes
+from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes
 
 
 @dataclass
@@ -195,7 +195,7 @@ def build_dashboards(
     store = CodeStore(cfg.store)
     meta = store.meta
     if not store.complete:
-        store.iter_shards(verify=False).__next__()  # raises the store's own "incomplete" message
+        raise StoreError(f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
     W = store.width
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)

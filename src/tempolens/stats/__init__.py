@@ -1,1 +1,13 @@
-"""tempolens.stats"""
+"""tempolens.stats: per-latent statistics of a code store and logit effects of decoder directions.
+
+- :mod:`tempolens.stats.accumulators` — mergeable accumulators (``update(shard)``, ``merge(other)``,
+  ``result()``): counts/sums/max, top-k examples, histograms, seeded interval samples, co-activation sums;
+- :mod:`tempolens.stats.features` — :func:`compute_feature_stats` (the passes over a store),
+  :class:`FeatureStats`, :func:`neuron_alignment`, :func:`gather_windows` (example windows);
+- :mod:`tempolens.stats.logits` — :func:`logit_effects` (streaming top/bottom-k and vocabulary histograms).
+"""
+
+from tempolens.stats.features import FeatureStats, Windows, compute_feature_stats, gather_windows, neuron_alignment
+from tempolens.stats.logits import LogitEffects, logit_effects
+
+__all__ = ["FeatureStats", "Windows", "compute_feature_stats", "gather_windows", "neuron_alignment", "LogitEffects", "logit_effects"]
