@@ -9,9 +9,10 @@ warm-up steps then a cosine decay to ``min_lr_fraction·lr`` (the paper's code d
 sequence as context; special positions stay in the context and are left out of the loss.
 
 - **Temporal** (``--arch temporal``): ``tempolens.saes.temporal.TemporalSAE``, initialised like
-  the paper's code (``D`` ~ N(0, 1), attention projections with rows rescaled to norm
+  the paper's code (``D`` ~ N(0, σ²), attention projections with rows rescaled to norm
   1/√(head size) for q/k, 1/√(width/heads) for v, 1/√width for the output), no auxiliary loss.
-  Deviation (``--init-bias``): ``b`` starts at the mean activation instead of 0; on Gemma 3 the
+  Deviations: σ = 2 (``--temporal-init-std``; unit gain, the paper's σ = 1 starts at gain 1/4 and
+  has 200k steps to grow out of it); ``b`` starts at the mean activation instead of 0; on Gemma 3 the
   mean vector's norm is ≈ the median token norm (DESIGN §5), and a zero bias would leave that
   constant direction to be "predicted" by the attention and dominate the predicted share.
 - **TopK** (``--arch topk``): ``z = TopK_k(ReLU((x·s − b_dec)·W_enc + b_enc))``, reconstruction
@@ -103,6 +104,8 @@ class TrainConfig:
     """Temporal: query/key projections map width → width / bottleneck_factor."""
     tied_weights: bool = True
     """Temporal: encoder = decoderᵀ (as the published checkpoints)."""
+    temporal_init_std: float = 2.0
+    """Temporal: std of the N(0, σ²) init of D. 2 gives unit gain (lam·‖D_j‖² ≈ 1 with lam = 1/(4·d_in)), so a tied code reconstructs its own direction at scale 1 from the start; the paper's code uses 1 (gain 1/4), which its 200k steps have time to grow out of."""
     init_bias: Literal["mean", "zero"] = "mean"
     """Initial decoder bias: the mean training activation (default) or zero (the paper's Temporal init)."""
     lr: float = 1e-3
@@ -184,6 +187,7 @@ class TrainConfig:
         check(self.aux_k >= 0, f"--aux-k must be >= 0; got {self.aux_k}")
         check(self.aux_coef >= 0, f"--aux-coef must be >= 0; got {self.aux_coef}")
         check(self.dead_window_tokens >= 1, f"--dead-window-tokens must be >= 1; got {self.dead_window_tokens}")
+        check(self.temporal_init_std > 0, f"--temporal-init-std must be > 0; got {self.temporal_init_std}")
         check(self.init_batches >= 1, f"--init-batches must be >= 1; got {self.init_batches}")
         check(self.lm_batch_size >= 1 and self.eval_batch_prompts >= 1, "--lm-batch-size and --eval-batch-prompts must be >= 1")
         check(self.threads >= 0, f"--threads must be >= 0; got {self.threads}")
@@ -193,7 +197,7 @@ class TrainConfig:
     # what must not change between a run and its resumption
     def identity(self) -> dict:
         keep = ("arch", "model", "layer", "corpus", "n_tokens", "prompt_len", "heldout_fraction", "batch_prompts", "width", "k",
-                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "init_bias", "seed", "init_batches")
+                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed", "init_batches")
         d = asdict(self)
         return {k: d[k] for k in keep}
 
@@ -387,6 +391,16 @@ def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Te
         bottleneck_factor=cfg.bottleneck_factor, tied=cfg.tied_weights, scaling_factor=float(scaling_factor),
     )
     sae = TemporalSAE(tcfg)
+    with torch.no_grad():
+        g = generator or torch.Generator().manual_seed(cfg.seed)
+        sae.D.copy_(torch.randn(sae.D.shape, generator=g) * cfg.temporal_init_std)
+        if not cfg.tied_weights:
+            sae.E.copy_(torch.randn(sae.E.shape, generator=g) * cfg.temporal_init_std)
+        for layer in sae.attn_layers:
+            for lin in (layer.k_ctx, layer.q_target, layer.v_ctx, layer.c_proj):
+                bound = 1.0 / math.sqrt(lin.in_features)  # nn.Linear's default init, seeded
+                lin.weight.uniform_(-bound, bound, generator=g)
+                lin.bias.uniform_(-bound, bound, generator=g)
     paper_attention_init_(sae)
     if bias is not None:
         with torch.no_grad():
