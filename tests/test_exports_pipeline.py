@@ -184,6 +184,10 @@ def test_cached_stats_are_reused_and_subset_export(built, store, lm, W_dec, tmp_
     r2 = build_dashboards(cfg, model=lm, W_dec=W_dec)
     assert (out / "stats.safetensors").stat().st_mtime_ns == before
     assert r2.n_latents == 2 and r2.batches == []
+    r3 = build_dashboards(DashboardConfig(store=store.root, out=out, latents=(1,), site=False, batches=False, source_id="12-temporal-res", model_id="gemma-2-2b", progress=False), model=lm, W_dec=W_dec)
+    assert r3.bulk.parts[-2:] == ("gemma-2-2b", "12-temporal-res")
+    row = json.loads(gzip.decompress((r3.bulk / "activations" / "batch-0.jsonl.gz").read_bytes()).decode().splitlines()[0])
+    assert row["layer"] == "12-temporal-res" and row["modelId"] == "gemma-2-2b" and row["index"] == "1"
     _, body = _read_js(r2.site / "data" / "index.js", "tempolensIndex")
     assert [r[0] for r in json.loads(body)["rows"]] == [2, 7]
 

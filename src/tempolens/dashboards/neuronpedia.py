@@ -52,10 +52,15 @@ class ExportIds:
     n_layers: int = 0
     width: int = 0
     description: str = ""
+    source: str | None = None
+    """Explicit source id (overrides ``<layer>-<sae_set>``)."""
 
     @property
     def source_id(self) -> str:
-        """Neuronpedia source id: ``<layer>-<sae_set>`` (``__<suffix>`` appended when there is one)."""
+        """Neuronpedia source id: ``<layer>-<sae_set>`` (``__<suffix>`` appended when there is one),
+        unless ``source`` is given."""
+        if self.source:
+            return self.source
         return f"{self.layer}-{self.sae_set}" + (f"__{self.sae_id_suffix}" if self.sae_id_suffix else "")
 
 

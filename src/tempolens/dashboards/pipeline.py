@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
-from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes
+from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries
 
 
 @dataclass
@@ -74,6 +74,8 @@ class DashboardConfig:
     """Neuronpedia model id (default: the store's model id, e.g. `gemma-3-270m`)."""
     sae_set: str | None = None
     """Neuronpedia source-set name without the layer (default: `<architecture>-res`, e.g. `temporal-res`); the source id is `<layer>-<sae_set>`."""
+    source_id: str | None = None
+    """Neuronpedia source id (the `layer` of bulk-import rows; default: `<layer>-<sae_set>`, e.g. `9-temporal-res`)."""
     sae_id_suffix: str | None = None
     """Optional suffix of the source id (`<layer>-<sae_set>__<suffix>`), as SAEDashboard's `sae_id_suffix`."""
     dataset: str | None = None
@@ -120,7 +122,7 @@ class DashboardConfig:
         check(0 <= self.window_after < self.window, f"--window-after must be in 0..{self.window - 1}; got {self.window_after}")
         check(self.features_per_batch <= 128 or not self.bulk, "--features-per-batch must be <= 128 (Neuronpedia's upload limit)")
         check(self.corr_memory_mb > 0, "--corr-memory-mb must be > 0")
-        for name in ("model_id", "sae_set", "sae_id_suffix", "creator_id", "release_id"):
+        for name in ("model_id", "sae_set", "source_id", "sae_id_suffix", "creator_id", "release_id"):
             v = getattr(self, name)
             check(v is None or re.fullmatch(r"[A-Za-z0-9._-]+", v) is not None, f"--{name.replace('_', '-')} may use letters, digits, '.', '_' and '-' only; got {v!r}")
         check(self.batches or self.bulk or self.site, "nothing to write: enable at least one of --batches, --bulk, --site")
@@ -199,6 +201,7 @@ def build_dashboards(
     W = store.width
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed between writing a file and renaming it
     autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
     latents = list(cfg.latents) if cfg.latents else list(range(W))
     bad = [x for x in latents if x >= W]
@@ -286,6 +289,7 @@ def build_dashboards(
         n_layers=int(getattr(model, "n_layers", 0) or 0),
         width=W,
         description=f"{arch} SAE, {W} latents, {hook}; prompts of {store.prompt_len} tokens",
+        source=cfg.source_id,
     )
     ctx = RecordContext(
         stats=stats,
