@@ -438,7 +438,7 @@ def _write_events_html(path: Path, header: str, summary: dict, per_text: list[di
     body = (
         "<header><h1>Event-boundary check</h1><div class=\"meta\"><a href=\"index.html\">kernel pages</a> · "
         "<a href=\"../index.html\">dashboards</a></div></header><main>"
-        f"<p>{html.escape(header)}</p>"
+        f"<p>{html.escape(header.replace('`', ''))}</p>"
         "<table><thead><tr><th>codes</th><th>block contrast</th><th>within</th><th>across</th><th>boundary AUROC</th><th>vs sentence starts</th><th>texts</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         "<p class=\"note\">Block contrast: mean within-event minus mean across-event similarity of the mean-centred cosine kernel "

@@ -111,28 +111,40 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
     return _save(fig, path, dpi)
 
 
-def share_figure(analysis: TextAnalysis, path: Path, dpi: int = 130) -> Path:
-    """Per-token stacked bars: predicted share (bottom) and novel share (top)."""
+SHARE_ROW_TOKENS = 60
+"""Tokens per row of the share figure; longer texts wrap onto more rows."""
+
+
+def share_figure(analysis: TextAnalysis, path: Path, dpi: int = 120) -> Path:
+    """Per-token stacked bars: predicted share (bottom) and novel share (top), wrapped into rows of
+    :data:`SHARE_ROW_TOKENS` tokens with the tokens written under their bars."""
     tokens = analysis.shown_tokens
     share = analysis.pred_share.numpy()
     n = len(tokens)
-    width = min(max(6.0, 0.16 * n + 1.5), 24.0)
-    fig, ax = plt.subplots(figsize=(width, 3.0), layout="constrained")
-    xs = range(n)
-    ax.bar(xs, share, width=1.0, color=PRED_COLOR, label="predicted", linewidth=0)
-    ax.bar(xs, 1 - share, bottom=share, width=1.0, color=NOVEL_COLOR, label="novel", linewidth=0)
-    for b in analysis.boundaries:
-        ax.axvline(b - 0.5, color="black", lw=1.0, ls="--")
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of reconstruction")
-    if n <= 2 * TOKEN_LABEL_LIMIT:
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([_label(t) for t in tokens], rotation=90, fontsize=6)
-    else:
-        ax.set_xlabel("token position")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
-    ax.set_title(_title(analysis, f"predicted vs novel share (mean predicted {float(share.mean()):.2f})"), fontsize=10)
+    n_rows = max(1, -(-n // SHARE_ROW_TOKENS))
+    per_row = min(n, SHARE_ROW_TOKENS) if n else 1
+    width = max(6.0, 0.17 * per_row + 1.6)
+    fig, axes = plt.subplots(n_rows, 1, figsize=(width, 2.3 * n_rows + 0.5), squeeze=False, layout="constrained")
+    bounds = set(analysis.boundaries)
+    for r in range(n_rows):
+        ax = axes[r][0]
+        lo, hi = r * per_row, min(n, (r + 1) * per_row)
+        xs = list(range(hi - lo))
+        ax.bar(xs, share[lo:hi], width=0.92, color=PRED_COLOR, label="predicted", linewidth=0)
+        ax.bar(xs, 1 - share[lo:hi], bottom=share[lo:hi], width=0.92, color=NOVEL_COLOR, label="novel", linewidth=0)
+        for b in bounds:
+            if lo <= b < hi:
+                ax.axvline(b - lo - 0.5, color="black", lw=1.2, ls="--")
+        ax.set_xlim(-0.5, per_row - 0.5)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_label(t) for t in tokens[lo:hi]], rotation=90, fontsize=6.5)
+        ax.set_ylabel(f"{lo}–{hi - 1}", fontsize=7)
+        if r == 0:
+            ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(_title(analysis, f"predicted vs novel share of the reconstruction (mean predicted {float(share.mean()) if n else 0:.2f})"), fontsize=10)
     return _save(fig, path, dpi)
 
 
