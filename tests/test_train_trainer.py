@@ -256,3 +256,12 @@ def test_cli_help_lists_the_options(capsys):
     text = capsys.readouterr().out
     for flag in ("--arch", "--bottleneck-factor", "--aux-coef", "--resume", "--cache-dir", "--betas"):
         assert flag in text
+
+
+def test_streaming_without_cache_trains_on_the_same_prompts(tiny_lm_dir, corpus, tmp_path):
+    cfg = cfg_for("topk", tiny_lm_dir, corpus, tmp_path / "stream", "none", max_steps=3, heldout_fraction=0.0)
+    res = T.train(cfg)
+    assert res.steps == 3 and math.isfinite(res.final_loss)
+    state = torch.load(cfg.out / T.STATE_FILE, weights_only=True)
+    assert state["data_position"] == {"epoch": 0, "batch_in_epoch": 3, "batch_prompts": 4, "seed": 1}
+    assert json.loads((cfg.out / "eval.json").read_text())["note"].startswith("no held-out")

@@ -581,6 +581,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "optimizer": opt.state_dict(),
             "rng": _rng_state(),
             "since_fired": since_fired.clone(),
+            "data_position": {"epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
             "loss_ema": loss_ema,
         }
         atomic_write_bytes(out / STATE_FILE, _state_bytes(payload))
