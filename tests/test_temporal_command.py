@@ -174,3 +174,19 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["events", "--half-width", "1"]) == 2
     assert "--half-width" in capsys.readouterr().err
+
+
+def test_load_sources_with_random_specs(tiny_lm_dir):
+    from tempolens.temporal.command import load_sources
+
+    base = dict(model=str(tiny_lm_dir), layer=1)
+    model, sae, contrast = load_sources(KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="random:topk?width=64&k=8"), progress=None)
+    assert sae.is_temporal and sae.width == 64 and contrast.architecture == "topk" and model.layer == 1
+    # the random Temporal SAE is centred on the demo stories' activations (decoder bias = mean · s)
+    assert float(sae.b.detach().abs().sum()) > 0
+    _, _, none = load_sources(KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="none"), progress=None)
+    assert none is None
+    with pytest.raises(ConfigError, match="not a Temporal SAE"):
+        load_sources(KernelConfig(**base, sae="random:topk?width=64&k=8", contrast_sae="none"), progress=None)
+    with pytest.raises(ConfigError, match="d_in 16"):
+        load_sources(KernelConfig(**base, sae="random:temporal?d_in=16&width=64&k=8&n_heads=4&mean=zero&scale=1", contrast_sae="none"), progress=None)
