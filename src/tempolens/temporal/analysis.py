@@ -122,7 +122,11 @@ def analyze_text(
         raise ConfigError("the text is empty; give some words")
     if max_tokens > MAX_KERNEL_TOKENS:
         raise ConfigError(f"max_tokens is at most {MAX_KERNEL_TOKENS}")
-    ids, offsets = tokenize(model.tokenizer, text, getattr(model, "bos_id", None))
+    bos = getattr(model, "bos_id", None)
+    bos = bos if bos is not None else getattr(model, "eos_id", None)  # GPT-2 style: <|endoftext|> starts a text
+    if bos is None:
+        raise ConfigError(f"{getattr(model, 'model_id', 'the model')}'s tokenizer has no BOS or EOS token to start the text with")
+    ids, offsets = tokenize(model.tokenizer, text, bos)
     if len(ids) > max_tokens:
         raise KernelInputError(f"the text {name!r} has {len(ids)} tokens, above the limit of {max_tokens}; shorten it or raise --max-tokens (≤ {MAX_KERNEL_TOKENS})")
     if len(ids) < 3:
