@@ -8,7 +8,6 @@ no string from the data (token strings are untrusted) can end the script or brea
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 

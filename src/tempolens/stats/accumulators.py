@@ -353,6 +353,14 @@ class IntervalSampler:
 
 
 # ----------------------------------------------------------------------------- correlations
+def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> Tensor:
+    """CSR matrix from unique ``(row, col)`` entries (columns sorted within rows)."""
+    order = torch.argsort(rows * n_cols + cols)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return torch.sparse_csr_tensor(crow, cols[order], vals[order], (n_rows, n_cols), check_invariants=False)
+
+
 class CoactAccumulator:
     """Exact co-activation sums ``S[i, j] = Σ_t x_i(t)·x_j(t)`` for latent rows ``[start, stop)`` × all latents.
 
@@ -371,16 +379,17 @@ class CoactAccumulator:
         b = as_batch(shard)
         if b.latent.numel() == 0:
             return
-        tok, inv = torch.unique(b.gpos, return_inverse=True)
-        n_tok = int(tok.numel())
+        # the codes of one token are contiguous (CSR, token-major), so consecutive ids number the tokens
+        _, inv = torch.unique_consecutive(b.gpos, return_inverse=True)
+        n_tok = int(inv[-1]) + 1
         rows = (b.latent >= self.start) & (b.latent < self.stop)
         if not bool(rows.any()):
             return
         R = self.stop - self.start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            left = torch.sparse_coo_tensor(torch.stack([b.latent[rows] - self.start, inv[rows]]), b.value[rows], (R, n_tok), check_invariants=False).coalesce().to_sparse_csr()
-            right = torch.sparse_coo_tensor(torch.stack([inv, b.latent]), b.value, (n_tok, self.width), check_invariants=False).coalesce().to_sparse_csr()
+            left = _csr(b.latent[rows] - self.start, inv[rows], b.value[rows], R, n_tok)
+            right = _csr(inv, b.latent, b.value, n_tok, self.width)
             prod = torch.sparse.mm(left, right)
         crow, col = prod.crow_indices(), prod.col_indices()
         r = torch.repeat_interleave(torch.arange(R, dtype=torch.int64), crow[1:] - crow[:-1])
