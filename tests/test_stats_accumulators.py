@@ -317,3 +317,26 @@ def test_windows_match_dense(codes, stores, stats):
         assert torch.equal(w.pred_share[e], share[p, s : s + 8])
     whole = gather_windows(st, lat[m][:3], stats.top_gpos[m][:3], window=128)
     assert whole.tokens.shape[1] == T and (whole.start == 0).all()
+
+
+def test_histogram_and_coact_merge_equal_one_pass(stores, stats):
+    from tempolens.stats.accumulators import CoactAccumulator, HistogramAccumulator, correlations_from_sums
+
+    batches = [CodeBatch.from_shard(s) for s in stores[3].iter_shards()]
+    hists, coacts = [], []
+    for b in batches:
+        h, c = HistogramAccumulator(stats.max_act, 50), CoactAccumulator(24, 4, 17)
+        h.update(b), c.update(b)
+        hists.append(h), coacts.append(c)
+    h, c = hists[0], coacts[0]
+    for h2, c2 in zip(hists[1:], coacts[1:]):
+        h.merge(h2), c.merge(c2)
+    assert torch.equal(h.result()["counts"], stats.hist_counts)
+    one = CoactAccumulator(24, 4, 17)
+    for b in batches:
+        one.update(b)
+    assert torch.allclose(c.result(), one.result(), rtol=1e-12)
+    corr = correlations_from_sums(c.result(), 4, stats.n_tokens, stats.sum, stats.sum_sq, stats.n_active, 3)
+    assert torch.equal(corr["indices"], stats.corr_indices[4:17])
+    with pytest.raises(ValueError):
+        c.merge(CoactAccumulator(24, 0, 24))
