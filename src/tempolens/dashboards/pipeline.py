@@ -68,8 +68,8 @@ class DashboardConfig:
     """Features per Neuronpedia batch file (Neuronpedia's upload API takes at most 128 per call)."""
     chunk_size: int = 64
     """Latents per site data chunk (`site/data/features/chunk-<latent // chunk_size>.js`)."""
-    latents_per_pass: int = 1024
-    """Latents whose example windows are gathered per read of the store (bounds memory)."""
+    latents_per_pass: int = 512
+    """Latents whose example windows and records are built per read of the store (bounds memory: about 0.5 GB per 1,000 latents at 45 examples × 128 tokens)."""
     model_id: str | None = None
     """Neuronpedia model id (default: the store's model id, e.g. `gemma-3-270m`)."""
     sae_set: str | None = None
