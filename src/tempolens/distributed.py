@@ -51,6 +51,14 @@ class Dist:
         torch.distributed.gather_object(obj, out, dst=0)
         return out
 
+    def gather_all(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` on every rank, in rank order."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
     def device(self, requested: str) -> str:
         """Under torchrun on GPUs every rank takes ``cuda:LOCAL_RANK``."""
         if self.active and requested in ("auto", "cuda") and torch.cuda.is_available():

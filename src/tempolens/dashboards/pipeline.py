@@ -213,14 +213,25 @@ def build_dashboards(
     stats_path = out / "stats.safetensors"
     stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
                              cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed)
-    if _cached(stats_path, stats_key, cfg.recompute):
+    from tempolens import distributed
+
+    dist = distributed.current()
+    cached = _cached(stats_path, stats_key, cfg.recompute)
+    if dist.active:  # every rank must agree on whether the statistics are recomputed together
+        cached = all(dist.gather_all(cached))
+    if cached:
         stats = FeatureStats.load(stats_path)
     else:
         stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals, n_per_interval=cfg.n_per_interval,
-                                      n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb, progress=cfg.progress)
-        stats.save(stats_path)
-        atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
+                                      n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb,
+                                      progress=cfg.progress and dist.is_main, dist=dist)
+        if dist.is_main:
+            stats.save(stats_path)
+            atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
     timings["statistics"] = time.perf_counter() - t0
+    if not dist.is_main:  # under torchrun: statistics are merged on every rank; rank 0 writes the exports
+        dist.barrier()
+        return DashboardResult(out=out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0, timings=timings)
 
     # -- 2. model, SAE, logit effects ----------------------------------------------------------------
     t1 = time.perf_counter()
@@ -422,6 +433,7 @@ def build_dashboards(
     )
     if cfg.progress:
         print(result)
+    dist.barrier()  # releases the other ranks, which wait for the exports
     return result
 
 

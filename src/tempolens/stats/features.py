@@ -158,9 +158,25 @@ def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
     return [(s, min(width, s + rows)) for s in range(0, width, rows)]
 
 
-def _iter(store: CodeStore, desc: str, progress: bool) -> Iterator[tuple[Shard, CodeBatch]]:
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc=desc, unit="shard", disable=not progress, leave=False):
+def _iter(store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None) -> Iterator[tuple[Shard, CodeBatch]]:
+    ids = list(range(store.n_shards)) if shard_ids is None else shard_ids
+    for i in tqdm(ids, desc=desc, unit="shard", disable=not progress, leave=False):
+        shard = store.load_shard(i, verify=False)
         yield shard, CodeBatch.from_shard(shard)
+
+
+def _merge_ranks(dist: Any, acc: Any) -> Any:
+    """Merge one accumulator across all ranks (in rank order); every rank gets the merged result."""
+    if dist is None or not dist.active:
+        return acc
+    import torch.distributed as tdist
+
+    parts: list[Any] = [None] * dist.world
+    tdist.all_gather_object(parts, acc)
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other)
+    return merged
 
 
 def compute_feature_stats(
@@ -175,20 +191,31 @@ def compute_feature_stats(
     corr_memory_mb: float = 1024,
     progress: bool = True,
     verify: bool = True,
+    dist: Any = None,
 ) -> FeatureStats:
-    """Every latent's statistics from a code store (see the module docstring for the passes)."""
+    """Every latent's statistics from a code store (see the module docstring for the passes).
+
+    ``dist`` (a :class:`tempolens.distributed.Dist`, under ``torchrun``): each rank reads only its
+    shards and the accumulators are merged across ranks after each pass, so every rank returns the
+    same statistics as a single process (counts, maxima, top-k, histograms and samples exactly;
+    float64 sums up to summation order).
+    """
     if not isinstance(store, CodeStore):
         store = CodeStore(store)
     if verify:
         store.done_shards(verify=True)
+    mine = dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None
     W, T = store.width, store.prompt_len
     t0 = time.perf_counter()
     counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
     is_temporal = False
-    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress):
+    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress, mine):
         is_temporal = is_temporal or "pred_share" in shard.extras
         counts.update(b)
         topk.update(b)
+    counts, topk = _merge_ranks(dist, counts), _merge_ranks(dist, topk)
+    if dist is not None and dist.active:
+        is_temporal = any(_merge_flags(dist, is_temporal))
     t1 = time.perf_counter()
     c = counts.result()
     hist = HistogramAccumulator(counts.max, n_bins)
@@ -196,18 +223,23 @@ def compute_feature_stats(
     blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
     corr_parts: list[dict[str, Tensor]] = []
     coact = CoactAccumulator(W, *blocks[0]) if blocks else None
-    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress):
+    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress, mine):
         hist.update(b)
         intervals.update(b)
         if coact is not None:
             coact.update(b)
+    hist, intervals = _merge_ranks(dist, hist), _merge_ranks(dist, intervals)
     t2 = time.perf_counter()
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
             coact = CoactAccumulator(W, start, stop)
-            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress):
+            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress, mine):
                 coact.update(b)
         assert coact is not None
+        if dist is not None and dist.active:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(coact.sum_xy)  # float64 sums of every rank's shards
         corr_parts.append(correlations_from_sums(coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated))
         coact = None
     t3 = time.perf_counter()
@@ -229,6 +261,14 @@ def compute_feature_stats(
         corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
         timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
     )
+
+
+def _merge_flags(dist: Any, flag: bool) -> list[bool]:
+    import torch.distributed as tdist
+
+    flags: list[Any] = [None] * dist.world
+    tdist.all_gather_object(flags, bool(flag))
+    return [bool(f) for f in flags]
 
 
 # ------------------------------------------------------------------------------------ windows
