@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -85,6 +86,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists (another user's) or unknowable: keep its file
+    return True
+
+
+def remove_stale_temporaries(root: Path | str) -> list[Path]:
+    """Delete temporary files (``.<name>.tmp-<pid>``) that a killed writer left under ``root``.
+
+    A process killed between writing a temporary file and renaming it leaves the temporary behind.
+    Files whose writer process is still alive on this machine are kept. Returns the removed paths."""
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for p in root.rglob(".*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if p.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @dataclass
@@ -277,6 +305,7 @@ class StoreWriter:
             for p in (self.root / "shards").iterdir():
                 p.unlink()
         if write_meta:
+            remove_stale_temporaries(self.root)  # rank 0 only, before any rank writes a shard
             atomic_write_json(meta_path, meta)
         self.store = CodeStore(self.root)
 
@@ -320,8 +349,10 @@ class StoreWriter:
             if e.errno == 28:
                 raise StoreError(f"disk full while writing {path}; free space and rerun the same command — {len(self.done_shards())} finished shards are kept") from e
             raise
-        except RuntimeError as e:  # safetensors wraps I/O errors
+        except (RuntimeError, SafetensorError) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
             tmp.unlink(missing_ok=True)
+            if "os error 28" in str(e) or "No space left" in str(e):
+                raise StoreError(f"disk full while writing {path}; free space and rerun the same command — {len(self.done_shards())} finished shards are kept") from e
             raise StoreError(f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept") from e
         atomic_write_json(
             self.store.shard_dir / f"shard-{i:05d}.json",
