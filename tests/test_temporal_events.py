@@ -139,3 +139,15 @@ def test_pooled_auroc_uses_within_text_z_scores():
     assert au == 1.0 and (n_pos, n_neg) == (4, 20)
     pos3, neg3 = novelty_samples(S, labels, 2, candidates=[5])
     assert neg3.numel() == 0
+
+
+def test_bootstrap_ci_brackets_the_pooled_value():
+    from tempolens.temporal.events import bootstrap_auroc_ci, pooled_auroc
+
+    g = torch.Generator().manual_seed(0)
+    samples = [(torch.randn(3, generator=g) + 1.0, torch.randn(20, generator=g)) for _ in range(8)]
+    lo, hi = bootstrap_auroc_ci(samples, n_boot=300)
+    au = pooled_auroc(samples)[0]
+    assert lo <= au <= hi and 0.5 < au
+    assert bootstrap_auroc_ci(samples, n_boot=300) == (lo, hi)  # deterministic for a seed
+    assert all(math.isnan(x) for x in bootstrap_auroc_ci(samples[:1]))

@@ -31,6 +31,7 @@ from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_tex
 from tempolens.temporal.events import (
     MARKER,
     EventText,
+    bootstrap_auroc_ci,
     load_demo_texts,
     novelty_samples,
     parse_marked,
@@ -323,6 +324,12 @@ def _fmt(x: float | None, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _ci(ci: list | None) -> str:
+    if not ci or any(x is None or (isinstance(x, float) and math.isnan(x)) for x in ci):
+        return ""
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def events_table(summary: dict) -> str:
     """Markdown table of the per-kernel summaries (mean ± sd over texts)."""
     lines = [
@@ -335,8 +342,8 @@ def events_table(summary: dict) -> str:
         po = s.get("pooled", {})
         lines.append(
             f"| {KERNEL_LABELS.get(kind, kind)} | {_fmt(bc['mean'])} ± {_fmt(bc['std'])} | {_fmt(s['within_mean']['mean'])} | "
-            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])}; {_fmt(po.get('boundary_auroc'))} "
-            f"| {_fmt(aus['mean'])} ± {_fmt(aus['std'])}; {_fmt(po.get('boundary_auroc_sentences'))} | {bc['n']} |"
+            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])}; {_fmt(po.get('boundary_auroc'))}{_ci(po.get('boundary_auroc_ci95'))} "
+            f"| {_fmt(aus['mean'])} ± {_fmt(aus['std'])}; {_fmt(po.get('boundary_auroc_sentences'))}{_ci(po.get('boundary_auroc_sentences_ci95'))} | {bc['n']} |"
         )
     return "\n".join(lines)
 
@@ -373,7 +380,9 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
         au, n_pos, n_neg = pooled_auroc(pooled[k]["all"])
         aus, _, n_neg_s = pooled_auroc(pooled[k]["sentences"])
         summary[k]["pooled"] = {"boundary_auroc": au, "boundary_auroc_sentences": aus, "n_boundaries": n_pos,
-                                "n_negatives": n_neg, "n_sentence_negatives": n_neg_s}
+                                "n_negatives": n_neg, "n_sentence_negatives": n_neg_s,
+                                "boundary_auroc_ci95": list(bootstrap_auroc_ci(pooled[k]["all"])),
+                                "boundary_auroc_sentences_ci95": list(bootstrap_auroc_ci(pooled[k]["sentences"]))}
     result = {
         "model": getattr(model, "model_id", cfg.model), "hook_name": getattr(model, "hook_name", ""),
         "sae_spec": cfg.sae, "sae": sae.describe(), "contrast_sae_spec": cfg.contrast,
@@ -384,7 +393,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
             "block_contrast": "mean S_ij over i≠j in the same event minus mean over i, j in different events (BOS dropped)",
             "boundary_auroc": f"AUROC of Foote novelty (checkerboard half-width {cfg.half_width}) at the first token of each event vs other tokens; 0.5 = chance",
             "boundary_auroc_sentences": "the same AUROC against the other sentence-start tokens only (every event boundary is also a sentence start); 0.5 = chance",
-            "pooled": "AUROCs over all texts' tokens pooled, novelty z-scored within each text",
+            "pooled": "AUROCs over all texts' tokens pooled, novelty z-scored within each text; ci95 = percentile bootstrap over texts (1000 resamples)",
         },
     }
     kdir = cfg.out / "kernels"
@@ -422,9 +431,11 @@ def _write_events_html(path: Path, header: str, summary: dict, per_text: list[di
     rows = "".join(
         f"<tr><td>{html.escape(KERNEL_LABELS.get(k, k))}</td><td>{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}</td>"
         f"<td>{_fmt(s['within_mean']['mean'])}</td><td>{_fmt(s['across_mean']['mean'])}</td>"
-        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; pooled {_fmt(s.get('pooled', {}).get('boundary_auroc'))}</td>"
+        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; pooled {_fmt(s.get('pooled', {}).get('boundary_auroc'))}"
+        f"{_ci(s.get('pooled', {}).get('boundary_auroc_ci95'))}</td>"
         f"<td>{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
-        f"{_fmt(s.get('pooled', {}).get('boundary_auroc_sentences'))}</td><td>{s['block_contrast']['n']}</td></tr>"
+        f"{_fmt(s.get('pooled', {}).get('boundary_auroc_sentences'))}{_ci(s.get('pooled', {}).get('boundary_auroc_sentences_ci95'))}</td>"
+        f"<td>{s['block_contrast']['n']}</td></tr>"
         for k, s in summary.items()
     )
     kinds = list(summary)

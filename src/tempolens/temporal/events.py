@@ -236,6 +236,26 @@ def pooled_auroc(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[float, int, 
     return auroc(pos, neg), int(pos.numel()), int(neg.numel())
 
 
+def bootstrap_auroc_ci(samples: Sequence[tuple[Tensor, Tensor]], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile confidence interval of :func:`pooled_auroc` resampling *texts* with replacement
+    (texts, not tokens, are the independent units). NaNs where it cannot be computed."""
+    usable = [(p, n) for p, n in samples if p.numel() or n.numel()]
+    if len(usable) < 2:
+        return math.nan, math.nan
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_boot):
+        pick = torch.randint(0, len(usable), (len(usable),), generator=g).tolist()
+        v = pooled_auroc([usable[i] for i in pick])[0]
+        if not math.isnan(v):
+            vals.append(v)
+    if not vals:
+        return math.nan, math.nan
+    t = torch.tensor(vals, dtype=torch.float64)
+    a = (1 - level) / 2
+    return float(torch.quantile(t, a)), float(torch.quantile(t, 1 - a))
+
+
 @dataclass
 class KernelEventScores:
     """Event statistics of one kernel on one text."""
