@@ -152,6 +152,11 @@ def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, devi
             f"SAE {spec!r} expects d_in={sae.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
             "pick the SAE trained for this model and layer"
         )
+    nonfinite = [name for name, t in [*sae.named_parameters(), *sae.named_buffers()] if t.is_floating_point() and not torch.isfinite(t).all()]
+    if nonfinite:
+        raise SourceError(
+            f"SAE {spec!r} has NaN/inf weights in {', '.join(nonfinite[:5])}; the checkpoint is damaged — download or export it again"
+        )
     return sae.to(device).float().eval()
 
 
