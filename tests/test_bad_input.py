@@ -1,0 +1,259 @@
+"""Bad input: NaN/inf activations, an SAE with NaN weights, mismatched shapes, wrong option types,
+odd Unicode and control characters through the whole pipeline, bad corpus files.
+
+Each is a one-line error that says what to do, or a handled case whose handling is asserted.
+Cases tested elsewhere are listed in ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import WORDS
+from tempolens.collect import CollectConfig, collect
+from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.store import CodeStore
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rng = random.Random(3)
+    p = tmp_path_factory.mktemp("bad_corpus") / "docs.txt"
+    p.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(40)))
+    return p
+
+
+@pytest.fixture(scope="module")
+def temporal_dir(tmp_path_factory) -> Path:
+    from tempolens.saes.loading import save_temporal_sae
+    from tempolens.saes.random_init import random_temporal_sae
+
+    sae = random_temporal_sae(32, 96, 8, n_heads=2, seed=5, scaling_factor=0.1)
+    return save_temporal_sae(sae, tmp_path_factory.mktemp("bad_sae") / "temporal")
+
+
+def _cfg(tiny_lm_dir, corpus, sae, out, **kw) -> CollectConfig:
+    base = dict(model=str(tiny_lm_dir), layer=2, sae=str(sae), corpus=str(corpus), n_prompts=8, prompt_len=16,
+                shard_prompts=4, batch_size=4, device="cpu", out=Path(out), progress=False)
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tempolens.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1, r.stderr[-2000:]
+    return lines[0]
+
+
+# -- NaN / inf activations ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_activations_stop_collect_and_keep_finished_shards(tiny_lm_dir, corpus, temporal_dir, tmp_path, monkeypatch, bad):
+    from tempolens.sources.models import SubjectModel
+
+    real = SubjectModel.hidden_at
+    calls = [0]
+
+    def poisoned(self, ids, *a, **k):
+        h = real(self, ids, *a, **k)
+        calls[0] += 1
+        if calls[0] == 2:  # the second batch = prompts 4..7, shard 1
+            h = h.clone()
+            h[1, 5, 3] = bad
+        return h
+
+    monkeypatch.setattr(SubjectModel, "hidden_at", poisoned)
+    out = tmp_path / "store"
+    with pytest.raises(TempolensError, match=r"NaN/inf activations at prompts 4\.\.7 \(first \[prompt, position\]: \[\[1, 5\]\]\); try --dtype float32") as e:
+        collect(_cfg(tiny_lm_dir, corpus, temporal_dir, out))
+    assert "\n" not in str(e.value)
+    assert CodeStore(out).done_shards(verify=True) == [0]  # the finished shard is kept, no garbage shard written
+    assert not (out / "shards" / "shard-00001.safetensors").exists()
+
+
+def test_sae_with_nan_weights_is_refused_by_collect_and_dashboards(tiny_lm_dir, corpus, temporal_dir, tmp_path):
+    from tempolens.saes.loading import load_sae, save_temporal_sae
+
+    sae = load_sae(str(temporal_dir))
+    with torch.no_grad():
+        sae.D[7, 3] = float("nan")
+    nan_dir = save_temporal_sae(sae, tmp_path / "nan_sae")
+    with pytest.raises(SourceError, match=r"has NaN/inf weights in D; the checkpoint is damaged"):
+        collect(_cfg(tiny_lm_dir, corpus, nan_dir, tmp_path / "s"))
+    # a good store, then dashboards told to use the damaged SAE: the same one-line error, not a crash in the statistics
+    collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "good"))
+    line = _one_line_error(_cli("dashboards", "--store", str(tmp_path / "good"), "--out", str(tmp_path / "d"), "--sae", str(nan_dir),
+                                "--device", "cpu", "--no-progress"), "dashboards")
+    assert "NaN/inf weights in D" in line
+
+
+# -- mismatched shapes -------------------------------------------------------------------------------------
+def test_dashboards_with_an_sae_of_another_width_is_a_clear_error(tiny_lm_dir, corpus, temporal_dir, tmp_path):
+    from tempolens.saes.loading import save_temporal_sae
+    from tempolens.saes.random_init import random_temporal_sae
+
+    collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "store"))
+    other = save_temporal_sae(random_temporal_sae(32, 64, 8, n_heads=2, seed=1, scaling_factor=0.1), tmp_path / "other")
+    line = _one_line_error(_cli("dashboards", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "d"), "--sae", str(other),
+                                "--device", "cpu", "--no-progress"), "dashboards")
+    assert "the SAE has 64 latents but the store" in line and "has 96" in line and "--sae" in line
+
+
+# -- wrong option types on the command line ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["collect", "--n-prompts", "many"], "--n-prompts"),
+        (["collect", "--n-prompts", "0"], "--n-prompts must be >= 1"),
+        (["collect", "--prompt-len", "1.5"], "--prompt-len"),
+        (["collect", "--dtype", "float8"], "--dtype"),
+        (["collect", "--layer", "-1"], "--layer must be >= 0"),
+        (["dashboards", "--window", "5000"], "--window must be 1..1024"),
+        (["dashboards", "--latents", "3", "x"], "--latents"),
+        (["dashboards", "--model-id", "a/b<script>"], "--model-id may use letters"),
+        (["autointerp", "--stores", "a=nowhere", "--concurrency", "-2"], "--concurrency"),
+    ],
+)
+def test_wrong_option_types_are_one_line_errors(args, needle, tmp_path):
+    r = _cli(*args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr
+    errs = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errs) == 1 and needle in errs[0], r.stderr[-1500:]
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+# -- odd Unicode and control characters, corpus → tokenizer → store → dashboards → site ---------------------
+ODD_TOKENS = [
+    "\u202eevil\u202c",  # right-to-left override
+    "zw\u200bsp",  # zero-width space
+    "\ufeffbom",  # byte-order mark inside text
+    "cafe\u0301",  # combining accent (not NFC-normalised)
+    "\U0001F469\u200d\U0001F469\u200d\U0001F467",  # ZWJ emoji sequence (astral plane)
+    "ls\u2028ps\u2029",  # JavaScript line terminators
+    "esc\x1b[31m",  # ANSI escape
+    "bell\x07del\x7f",  # C0 control and DEL
+    "\ue000\U0010fffd",  # private use, last plane
+    "<b>\"q'&amp;</b>\\",  # markup, quotes, backslash
+]
+
+
+def _read_js(path: Path, fn: str) -> list:
+    text = path.read_text(encoding="utf-8")
+    for ch in ("<", ">", "\u2028", "\u2029"):
+        assert ch not in text, (path, ch)  # nothing in a data script can end it or break its parsing
+    m = re.fullmatch(rf"{fn}\((.*)\);\n", text, re.S)
+    assert m, path
+    return json.loads(f"[{m.group(1)}]")
+
+
+def test_odd_unicode_and_control_characters_survive_the_pipeline_exactly(tiny_lm_dir, temporal_dir, tmp_path):
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
+
+    lm = tmp_path / "lm"
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    assert tok.add_tokens(ODD_TOKENS) == len(ODD_TOKENS)
+    model = Gemma3ForCausalLM.from_pretrained(tiny_lm_dir)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tok.save_pretrained(lm)
+    model.save_pretrained(lm)
+
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    docs = []
+    for k in range(60):
+        ws = [rng.choice(words) for _ in range(10)]
+        ws.insert(rng.randrange(10), ODD_TOKENS[k % len(ODD_TOKENS)])
+        ws.insert(rng.randrange(10), ODD_TOKENS[(3 * k + 1) % len(ODD_TOKENS)])
+        docs.append(" ".join(ws))
+    corpus = tmp_path / "odd.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+
+    collect(_cfg(lm, corpus, temporal_dir, tmp_path / "store", layer=1, n_prompts=16))
+    toks = CodeStore(tmp_path / "store").all_tokens()
+    ids = {tok.convert_tokens_to_ids(t): t for t in ODD_TOKENS}
+    seen = {ids[int(i)] for i in toks.unique() if int(i) in ids}
+    assert len(seen) >= 8, seen  # the odd tokens reached the store as themselves
+
+    build_dashboards(DashboardConfig(store=tmp_path / "store", out=tmp_path / "dash", chunk_size=32, features_per_batch=48,
+                                     device="cpu", progress=False))
+    site = tmp_path / "dash" / "site" / "data"
+    shown: set[str] = set()
+    for chunk in sorted((site / "features").glob("chunk-*.js")):
+        _, records = _read_js(chunk, "tempolensFeatures")
+        for rec in records.values():
+            for act in rec["activations"]:
+                shown.update(act["tokens"])
+    assert seen <= shown  # every odd token is in the site data, exactly (JSON-decoded string equality)
+    _read_js(site / "index.js", "tempolensIndex")
+    _read_js(site / "meta.js", "tempolensMeta")
+    batch = json.loads((tmp_path / "dash" / "neuronpedia" / "batches" / "batch-0.json").read_text(encoding="utf-8"))
+    assert seen <= {t for f in batch["features"] for a in f["activations"] for t in a["tokens"]}
+    bulk_tokens = set()
+    for gz in (tmp_path / "dash" / "neuronpedia" / "bulk").rglob("activations/batch-*.jsonl.gz"):
+        for line in gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[:-1]:  # JSONL: records end at \n only (U+2028 may be raw)
+            bulk_tokens.update(json.loads(line)["tokens"])
+    assert seen <= bulk_tokens
+    # the viewer renders token strings with textContent only
+    app = (tmp_path / "dash" / "site" / "assets" / "app.js").read_text()
+    assert "innerHTML" not in app and "insertAdjacentHTML" not in app and "document.write" not in app
+
+
+# -- corpus files ------------------------------------------------------------------------------------------
+def test_corpus_edge_cases(tmp_path):
+    from tempolens.sources.corpora import iter_documents
+
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"hello \xff\xfe world\r\n\r\nmore\x00 text\rend")
+    assert list(iter_documents(str(p))) == ["hello \ufffd\ufffd world", "more text\nend"]  # invalid UTF-8 replaced, NUL dropped, CR → LF
+    j = tmp_path / "bad.jsonl"
+    j.write_text('{"text": 5}\n')
+    with pytest.raises(SourceError, match="line 1: field 'text' is int, not text"):
+        list(iter_documents(str(j)))
+    j.write_text('{"body": "x"}\n')
+    with pytest.raises(SourceError, match="has no field 'text'.*choose the field"):
+        list(iter_documents(str(j)))
+
+
+def test_empty_corpus_through_the_cli(tiny_lm_dir, temporal_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    line = _one_line_error(_cli("collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(empty),
+                                "--n-prompts", "4", "--prompt-len", "16", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")), "collect")
+    assert "prompts" in line or "empty" in line or "no text" in line, line
+
+
+def test_kernel_texts_empty_and_enormous(tmp_path):
+    from tempolens.temporal.command import KernelConfig, read_texts
+
+    p = tmp_path / "t.txt"
+    p.write_text("  \n\n")
+    with pytest.raises(ConfigError, match="contains no texts"):
+        read_texts(p)
+    from tempolens.temporal.command import MAX_KERNEL_TOKENS
+
+    for n in (0, MAX_KERNEL_TOKENS + 1):
+        with pytest.raises(ConfigError, match="--max-tokens must be between 3 and"):
+            KernelConfig(text=["x"], max_tokens=n)
+    # an enormous text is refused by token count before the model runs (test_temporal_command.py);
+    # an enormous request body to `tempolens serve` is refused with 413 (test_serve_server.py)
