@@ -56,11 +56,11 @@ def build_dense(tokenizer, n_prompts: int = 24, T: int = 40, width: int = 12, se
     return toks, special, dense
 
 
-def write_store(root: Path, toks, special, dense, shard_size: int = 8, model_spec: str = "tiny") -> Path:
+def write_store(root: Path, toks, special, dense, shard_size: int = 8, model_spec: str = "tiny", sae_spec: str = "test") -> Path:
     P, T, W = dense.shape
     n_shards = (P + shard_size - 1) // shard_size
     meta = {"model": {"spec": model_spec, "model_id": model_spec, "hook_name": "blocks.1.hook_resid_post", "layer": 1},
-            "sae": {"spec": "test", "architecture": "topk", "width": W, "k": 6},
+            "sae": {"spec": sae_spec, "architecture": "topk", "width": W, "k": 6},
             "prompts": {"prompt_len": T, "n_prompts": P}, "n_shards": n_shards, "shard_size": shard_size}
     w = StoreWriter(root, meta)
     d = torch.from_numpy(dense)

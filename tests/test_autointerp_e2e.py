@@ -31,7 +31,7 @@ def stores(tok, tmp_path_factory):
     rng = np.random.default_rng(5)
     floor = (rng.random(dense.shape) < 0.06) * rng.exponential(1.0, dense.shape)  # codes unrelated to the text
     floor[..., 6:] = 0
-    bad = write_store(root / "floor", toks, special, floor.astype(np.float32))
+    bad = write_store(root / "floor", toks, special, floor.astype(np.float32), sae_spec="random-floor")
     return good, bad
 
 
@@ -243,3 +243,17 @@ def test_sigkilled_cli_run_resumes_to_the_same_report(tok, tiny_lm_dir, tmp_path
     ra = json.loads((tmp_path / "killed" / "report.json").read_text())["saes"][0]["scores"]
     rb = json.loads((tmp_path / "ref" / "report.json").read_text())["saes"][0]["scores"]
     assert ra == rb
+
+
+def test_relabelled_store_is_not_redone_and_report_follows_latest_run(stores, tok, tmp_path):
+    kw = dict(n_latents=2, scorers=("saebench",), concurrency=1)
+    with ChatServer(RuleLLM()) as srv:
+        run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"a={stores[0]}",), **kw), tokenizer=spaced(tok))
+        n = len(srv.requests)
+        rep = run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"renamed={stores[0]}",), **kw), tokenizer=spaced(tok))
+        assert len(srv.requests) == n  # same store, new label: nothing redone
+        rep = run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"floor={stores[1]}", f"good={stores[0]}"), **kw),
+                             tokenizer=spaced(tok))
+    assert [s["label"] for s in rep["saes"]] == ["floor", "good"]
+    with pytest.raises(ConfigError, match="same run"):
+        run_autointerp(_cfg(stores, tmp_path / "r", None, stores=(f"x={stores[0]}", f"y={stores[0]}"), **kw), tokenizer=spaced(tok))

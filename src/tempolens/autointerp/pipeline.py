@@ -142,10 +142,11 @@ def parse_store_arg(arg: str) -> tuple[str, Path]:
     return p.name or "store", p
 
 
-def sae_id_for(label: str, meta: dict[str, Any]) -> str:
-    """Stable id of a store in the DB: its label plus a hash of its model/SAE/prompts metadata."""
-    key = json.dumps({k: meta.get(k) for k in ("model", "sae", "prompts")}, sort_keys=True, default=str)
-    return f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+def sae_id_for(meta: dict[str, Any]) -> str:
+    """Stable id of a store in the DB: a hash of its model/SAE/prompts metadata (not its label or
+    path, so relabelling or moving a store never redoes finished work)."""
+    key = json.dumps({k: meta.get(k) for k in ("model", "sae", "prompts", "n_shards")}, sort_keys=True, default=str)
+    return "sae-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def resolve_tokenizer(meta: dict[str, Any], override: str | None) -> Any:
@@ -322,7 +323,9 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         for arg in cfg.stores:
             label, path = parse_store_arg(arg)
             store = CodeStore(path)
-            sid = sae_id_for(label, store.meta)
+            sid = sae_id_for(store.meta)
+            if any(j.sae_id == sid for j in jobs):
+                raise ConfigError(f"store {path} ({label}) holds the same run as {next(j.label for j in jobs if j.sae_id == sid)}; give each store once")
             if store.prompt_len < cfg.window_len:
                 raise ConfigError(f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} tokens); pass --window-len {store.prompt_len} or less")
             counts = firing_counts(store, progress=cfg.progress)
@@ -342,7 +345,7 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
             embedder = _default_embedder(cfg)
         db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                            "resolved_scorers": list(scorers), "llm": getattr(llm, "name", None) if needs_llm else None})
+                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs], "llm": getattr(llm, "name", None) if needs_llm else None})
         budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
         runner = _Runner(cfg, db, llm, embedder, run_id, budget)
         items = [(j, l) for j in jobs for l in sorted(j.windows)]

@@ -61,6 +61,9 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
     runs = db.query("SELECT * FROM runs ORDER BY started")
     last_cfg = json.loads(runs[-1]["config_json"]) if runs else {}
     saes = db.query("SELECT rowid, * FROM saes ORDER BY rowid")
+    if last_cfg.get("sae_ids"):  # the SAEs of the latest run, in its order (older ones stay in the DB)
+        by_id = {s["sae_id"]: s for s in saes}
+        saes = [by_id[i] for i in last_cfg["sae_ids"] if i in by_id]
     out_saes = []
     per_latent: dict[str, dict[str, Any]] = {}
     for s in saes:
