@@ -9,8 +9,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,10 +64,10 @@ def temporal_dir(tmp_path_factory) -> Path:
     return save_temporal_sae(sae, tmp_path_factory.mktemp("dist_sae") / "temporal")
 
 
-def _collect_args(tiny_lm_dir, corpus, sae, out) -> list[str]:
-    # 13 prompts in 5 shards (the last holds one prompt): rank 0 gets 3 shards, rank 1 gets 2
+def _collect_args(tiny_lm_dir, corpus, sae, out, n_prompts: int = 13, shard_prompts: int = 3) -> list[str]:
+    # default: 13 prompts in 5 shards (the last holds one prompt): rank 0 gets 3 shards, rank 1 gets 2
     return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(sae), "--corpus", str(corpus),
-            "--n-prompts", "13", "--prompt-len", "16", "--shard-prompts", "3", "--batch-size", "2",
+            "--n-prompts", str(n_prompts), "--prompt-len", "16", "--shard-prompts", str(shard_prompts), "--batch-size", "2",
             "--device", "cpu", "--no-progress", "--out", str(out)]
 
 
@@ -155,3 +157,61 @@ def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir,
     assert sorted(t1) == sorted(t2) and len(t1) > 10
     for rel in t1:
         assert t1[rel] == t2[rel], rel
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc; Linux)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+def test_torchrun_job_killed_then_rerun_finishes_identical(tiny_lm_dir, corpus, temporal_dir, tmp_path):
+    """The whole job dies (SIGKILL to torchrun and both ranks, as when a node is lost); the same
+    torchrun command then finishes the store, identical to an uninterrupted 1-process run."""
+    part, ref = tmp_path / "part", tmp_path / "ref"
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli",
+           *_collect_args(tiny_lm_dir, corpus, temporal_dir, part, n_prompts=16, shard_prompts=1)]
+    env = {**_env(), "TEMPOLENS_TEST_SLOW_SHARDS": "0.4"}  # widen the window between shards
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and len(list((part / "shards").glob("shard-*.json"))) < 3:
+            time.sleep(0.05)
+    finally:
+        victims = [proc.pid, *_descendants(proc.pid)]  # torchrun's agent and every rank (ranks run in their own sessions)
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert len(victims) >= 3, victims
+    done = CodeStore(part).done_shards()
+    assert 3 <= len(done) < 16, done
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(part.rglob(".*.tmp-*"))  # temporaries of the killed ranks were cleaned up
+    log = json.loads((part / "collect_log.json").read_text())
+    assert log["shards_skipped"] == len(done)  # finished shards were reused, not recomputed
+    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, ref, n_prompts=16, shard_prompts=1)],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s_part, s_ref = CodeStore(part), CodeStore(ref)
+    assert s_part.complete and s_part.n_shards == 16
+    for i in range(16):
+        assert s_part.shard_path(i).read_bytes() == s_ref.shard_path(i).read_bytes(), i
