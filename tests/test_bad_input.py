@@ -117,6 +117,26 @@ def test_dashboards_with_an_sae_of_another_width_is_a_clear_error(tiny_lm_dir, c
     assert "the SAE has 64 latents but the store" in line and "has 96" in line and "--sae" in line
 
 
+# -- wrong types in a SAELens cfg.json ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [("d_in", "32", "d_in must be a positive integer; got '32'"), ("d_in", True, "d_in must be a positive integer; got True"),
+     ("d_sae", 64.5, "d_sae must be a positive integer; got 64.5"), ("k", "four", "k must be an integer for a topk SAE; got 'four'"),
+     ("k", None, "k must be an integer for a topk SAE; got None")],
+)
+def test_cfg_json_with_wrong_types(tmp_path, key, value, needle):
+    from tempolens.saes.loading import load_sae, save_standard_sae
+    from tempolens.saes.random_init import random_topk_sae
+
+    folder = save_standard_sae(random_topk_sae(32, 64, 4), tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg[key] = value
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        load_sae(str(folder))
+    assert needle in str(e.value) and "cfg.json" in str(e.value) and "\n" not in str(e.value)
+
+
 # -- wrong option types on the command line ----------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, needle",

@@ -46,6 +46,35 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert d.device("cpu") == "cpu" and d.device("auto") == "auto"
 
 
+@pytest.mark.parametrize(
+    "local_world, n_gpus, override, want",
+    [(2, 0, None, "gloo"), (2, 1, None, "gloo"), (2, 2, None, "nccl"), (8, 8, None, "nccl"), (1, 4, None, "nccl"),
+     (2, 2, "gloo", "gloo"), (1, 0, "gloo", "gloo")],
+)
+def test_backend_is_chosen_per_machine_not_per_rank(local_world, n_gpus, override, want):
+    from tempolens.distributed import choose_backend
+
+    assert choose_backend(local_world, n_gpus, override) == want
+
+
+def test_backend_override_errors():
+    from tempolens.distributed import choose_backend
+    from tempolens.errors import TempolensError
+
+    with pytest.raises(TempolensError, match="nccl or gloo"):
+        choose_backend(2, 2, "mpi")
+    with pytest.raises(TempolensError, match="one GPU per rank: 4 ranks on this machine, 1 GPUs"):
+        choose_backend(4, 1, "nccl")
+
+
+def test_ranks_share_gpus_round_robin(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [Dist(rank=r, world=3, local_rank=r).device("auto") for r in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert Dist(rank=1, world=2, local_rank=1).device("cpu") == "cpu"
+    assert Dist().device("cuda") == "cuda"  # a single process keeps what was asked
+
+
 # -- torchrun end to end ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:

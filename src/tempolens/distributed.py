@@ -2,10 +2,30 @@
 
 Nothing here is needed for a single process: ``current()`` returns rank 0 of 1 unless the
 ``torchrun`` environment (``WORLD_SIZE`` > 1) is present, in which case it initialises the
-default process group — NCCL when every rank has a GPU, Gloo otherwise.
+default process group — NCCL when every local rank has its own GPU, Gloo otherwise (override with
+``TEMPOLENS_DIST_BACKEND=gloo|nccl``).
 
 Work is split by shard index (``shards[rank::world]``), so every rank writes its own shards of
-the same store and the store is identical to a single-process run's.
+the same store and the store is identical to a single-process run's. ``tempolens dashboards``
+splits the statistics the same way, merges the accumulators across ranks, and rank 0 writes
+the exports. The same command runs in one process, in several on one machine, or on several
+machines::
+
+    # one machine, 8 GPUs (or CPU processes: Gloo)
+    torchrun --standalone --nproc_per_node 8 -m tempolens.cli collect --model google/gemma-2-2b --layer 12 \
+        --sae hf://canrager/temporalSAEs/gemma-2-2B/layer_12/temporal --out /shared/run/store
+    # two machines, 8 GPUs each: run on both, with NODE_RANK 0 and 1 and the address of the first
+    torchrun --nnodes 2 --node_rank $NODE_RANK --nproc_per_node 8 \
+        --rdzv_backend c10d --rdzv_endpoint node0.example:29500 --rdzv_id tempolens-run \
+        -m tempolens.cli collect ... --out /shared/run/store
+    torchrun --nnodes 2 --node_rank $NODE_RANK --nproc_per_node 8 \
+        --rdzv_backend c10d --rdzv_endpoint node0.example:29500 --rdzv_id tempolens-dash \
+        -m tempolens.cli dashboards --store /shared/run/store --out /shared/run/dashboards
+
+Every node needs the same options and must see ``--out`` (and ``--store``) on a shared file
+system; the corpus, model and SAE must resolve to the same files on every node (a hub id with the
+same cache, or a copy at the same path). A job that dies (a node lost, a rank killed) is resumed
+by running the same command again: finished shards are kept and skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 import torch
+
+from tempolens.errors import TempolensError
 
 T = TypeVar("T")
 
@@ -60,9 +82,10 @@ class Dist:
         return out
 
     def device(self, requested: str) -> str:
-        """Under torchrun on GPUs every rank takes ``cuda:LOCAL_RANK``."""
+        """Under torchrun on GPUs every rank takes ``cuda:LOCAL_RANK`` (ranks share GPUs round-robin
+        when a machine runs more ranks than it has GPUs)."""
         if self.active and requested in ("auto", "cuda") and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
+            return f"cuda:{self.local_rank % max(torch.cuda.device_count(), 1)}"
         return requested
 
 
@@ -74,8 +97,25 @@ def current() -> Dist:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > local_rank else "gloo"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1)))
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        backend = choose_backend(local_world, n_gpus, os.environ.get("TEMPOLENS_DIST_BACKEND"))
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group(backend=backend)
     return Dist(rank=rank, world=world, local_rank=local_rank)
+
+
+def choose_backend(local_world: int, n_gpus: int, override: str | None = None) -> str:
+    """``nccl`` when each of the ``local_world`` ranks of this machine has its own GPU, else ``gloo``.
+
+    The choice depends only on the machine, never on the rank, so all ranks of a machine agree
+    (a rank-dependent choice would deadlock the rendezvous). ``override`` (``TEMPOLENS_DIST_BACKEND``)
+    forces one; NCCL without enough GPUs is refused with a message."""
+    if override:
+        if override not in ("nccl", "gloo"):
+            raise TempolensError(f"TEMPOLENS_DIST_BACKEND must be nccl or gloo; got {override!r}")
+        if override == "nccl" and n_gpus < local_world:
+            raise TempolensError(f"TEMPOLENS_DIST_BACKEND=nccl needs one GPU per rank: {local_world} ranks on this machine, {n_gpus} GPUs; use gloo or fewer ranks")
+        return override
+    return "nccl" if n_gpus >= local_world >= 1 else "gloo"
