@@ -106,8 +106,8 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
             ax.set_title(f"layer {li} head {h} · start/BOS {float(sink[h].mean()):.2f}", fontsize=8)
             _decorate(ax, tokens, analysis.boundaries)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"attention weight, query row → context column (√ scale, 0 → {vmax:.3g})")
-    fig.suptitle(_title(analysis, "Temporal SAE attention"), fontsize=10)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"attention (√ scale, 0 → {vmax:.3g})")
+    fig.suptitle(_title(analysis, "Temporal SAE attention: query token (row) → context token (column)"), fontsize=10)
     return _save(fig, path, dpi)
 
 
