@@ -135,6 +135,7 @@ def test_run_events_on_a_file(sources, tmp_path):
     )
     res = run_events(EventsConfig(file=f, out=tmp_path / "site", pages=False, half_width=3), sources=sources)
     assert res["n_texts"] == 2
+    assert 0 < res["diagnostics"]["pred_top_direction_share"]["mean"] <= 1
     assert set(res["summary"]) == {"predicted", "novel", "sae", "activations"}
     for s in res["summary"].values():
         assert s["block_contrast"]["n"] == 2 and math.isfinite(s["block_contrast"]["mean"])
@@ -190,3 +191,14 @@ def test_load_sources_with_random_specs(tiny_lm_dir):
         load_sources(KernelConfig(**base, sae="random:topk?width=64&k=8", contrast_sae="none"), progress=None)
     with pytest.raises(ConfigError, match="d_in 16"):
         load_sources(KernelConfig(**base, sae="random:temporal?d_in=16&width=64&k=8&n_heads=4&mean=zero&scale=1", contrast_sae="none"), progress=None)
+
+
+def test_top_direction_share():
+    from tempolens.temporal.analysis import top_direction_share
+
+    g = torch.Generator().manual_seed(0)
+    v, c = torch.randn(50, generator=g), torch.randn(50, generator=g)
+    s = torch.randn(30, 1, generator=g)
+    assert top_direction_share(c + s * v) == pytest.approx(1.0)  # a constant plus one signed direction
+    iso = torch.eye(30)  # equal variance in every direction after centring
+    assert top_direction_share(iso) == pytest.approx(1 / 29, rel=1e-6)

@@ -97,6 +97,18 @@ def _top(codes: Any, k: int, width: int) -> tuple[Tensor, Tensor]:
     return i[1:].cpu(), v[1:].cpu()
 
 
+def top_direction_share(codes: Tensor) -> float:
+    """Share of the mean-centred codes' variance along their first principal direction
+    (σ₁² / Σσ²; 1.0 = every token's centred code is a multiple of one vector), via the ``L×L`` Gram."""
+    x = codes.double().cpu()
+    if x.shape[0] < 2:
+        return float("nan")
+    p = x - x.mean(0)
+    ev = torch.linalg.eigvalsh(p @ p.T).clamp_min(0)
+    total = float(ev.sum())
+    return float(ev[-1] / total) if total > 0 else float("nan")
+
+
 @torch.no_grad()
 def analyze_text(
     model: Any,
@@ -166,6 +178,8 @@ def analyze_text(
         "sae": sae.describe(),
         "contrast_sae": contrast.describe() if contrast is not None else None,
         "n_tokens": len(ids),
+        "pred_top_direction_share": top_direction_share(det.z_pred[0, 1:]),
+        "novel_top_direction_share": top_direction_share(det.z_novel[0, 1:]),
     }
     return TextAnalysis(
         name=name,

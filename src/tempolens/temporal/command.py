@@ -367,7 +367,9 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
             acc["all"].append(novelty_samples(S, a.labels, cfg.half_width))
             if a.sentence_tokens:
                 acc["sentences"].append(novelty_samples(S, a.labels, cfg.half_width, a.sentence_tokens))
-        per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events, "boundaries": a.boundaries, "scores": scores})
+        per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events, "boundaries": a.boundaries, "scores": scores,
+                         "pred_top_direction_share": a.meta.get("pred_top_direction_share"),
+                         "novel_top_direction_share": a.meta.get("novel_top_direction_share")})
         if cfg.pages:
             entries.append(_write_text_outputs(cfg, a, t, scores, figures=True))
     kinds = [k for k in KERNEL_LABELS if any(k in p["scores"] for p in per_text)]
@@ -383,7 +385,9 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
                                 "n_negatives": n_neg, "n_sentence_negatives": n_neg_s,
                                 "boundary_auroc_ci95": list(bootstrap_auroc_ci(pooled[k]["all"])),
                                 "boundary_auroc_sentences_ci95": list(bootstrap_auroc_ci(pooled[k]["sentences"]))}
+    diag = {k: summarize([p[k] for p in per_text if p.get(k) is not None]) for k in ("pred_top_direction_share", "novel_top_direction_share")}
     result = {
+        "diagnostics": diag,
         "model": getattr(model, "model_id", cfg.model), "hook_name": getattr(model, "hook_name", ""),
         "sae_spec": cfg.sae, "sae": sae.describe(), "contrast_sae_spec": cfg.contrast,
         "contrast_sae": contrast.describe() if contrast is not None else None,
@@ -399,6 +403,9 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     kdir = cfg.out / "kernels"
     kdir.mkdir(parents=True, exist_ok=True)
     table = events_table(summary)
+    d1, d2 = diag["pred_top_direction_share"]["mean"], diag["novel_top_direction_share"]["mean"]
+    diag_line = (f"Variance of the centred codes along their first principal direction (mean over texts): predicted {_fmt(d1)}, novel {_fmt(d2)} "
+                 "(near 1 = the predicted codes are one vector times a per-token scalar, so their kernel is mostly ±1).")
     if sources is None:
         sae_label, con_label = cfg.sae, cfg.contrast or "none"
         result["sae_spec"], result["contrast_sae_spec"] = cfg.sae, cfg.contrast
@@ -408,12 +415,13 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     header = (f"Event-boundary check: {result['model']} {result['hook_name']}, Temporal SAE `{sae_label}`, "
               f"contrast `{con_label}`, {len(per_text)} texts, novelty half-width {cfg.half_width}.")
     atomic_write_json(kdir / "events.json", result)
-    atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n").encode())
-    _write_events_html(kdir / "events.html", header, summary, per_text)
+    atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n\n{diag_line}\n").encode())
+    _write_events_html(kdir / "events.html", header + " " + diag_line, summary, per_text)
     if entries:
         _write_index(cfg.out, _merge_entries(cfg.out, entries))
     print(header)
     print(table)
+    print(diag_line)
     print(f"written: {kdir / 'events.json'}, {kdir / 'events.md'}, {kdir / 'events.html'}")
     return result
 
