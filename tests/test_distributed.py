@@ -244,3 +244,22 @@ def test_torchrun_job_killed_then_rerun_finishes_identical(tiny_lm_dir, corpus, 
     assert s_part.complete and s_part.n_shards == 16
     for i in range(16):
         assert s_part.shard_path(i).read_bytes() == s_ref.shard_path(i).read_bytes(), i
+
+
+@pytest.mark.timeout(600)
+def test_an_error_on_one_rank_is_one_line_on_every_rank(tiny_lm_dir, corpus, temporal_dir, tmp_path):
+    """Rank 0 refuses the store (another run's); rank 1, waiting at the barrier, says in one line that
+    it lost the other rank instead of printing a Gloo traceback."""
+    out = tmp_path / "store"
+    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=4, shard_prompts=2)],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli",
+           *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=6, shard_prompts=2)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    err = r.stderr
+    assert "tempolens collect: error: " in err and "holds a store of a different run" in err
+    assert "[rank1]: Traceback" not in err, err[-3000:]
+    lost = [ln for ln in err.splitlines() if "lost contact with the other ranks" in ln]
+    assert all(ln.startswith("tempolens collect: error: rank 1/2") for ln in lost), lost

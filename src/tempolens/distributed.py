@@ -31,6 +31,7 @@ by running the same command again: finished shards are kept and skipped.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
@@ -63,14 +64,26 @@ class Dist:
 
     def barrier(self) -> None:
         if self.active:
-            torch.distributed.barrier()
+            self.collective(torch.distributed.barrier)
+
+    def collective(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a collective; when another rank has died, say so in one line instead of a traceback."""
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:  # DistBackendError and Gloo/NCCL transport errors
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", text)[:120]  # drop the "[.../pair.cc:553]" source location
+            raise TempolensError(
+                f"rank {self.rank}/{self.world} lost contact with the other ranks ({reason}); another rank probably stopped "
+                "with an error shown above — fix that and rerun the same command (finished work is kept)"
+            ) from e
 
     def gather_objects(self, obj: Any) -> list[Any] | None:
         """All ranks' ``obj`` on rank 0 (``None`` elsewhere); a list of one in a single process."""
         if not self.active:
             return [obj]
         out: list[Any] | None = [None] * self.world if self.is_main else None
-        torch.distributed.gather_object(obj, out, dst=0)
+        self.collective(torch.distributed.gather_object, obj, out, dst=0)
         return out
 
     def gather_all(self, obj: Any) -> list[Any]:
@@ -78,7 +91,7 @@ class Dist:
         if not self.active:
             return [obj]
         out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
+        self.collective(torch.distributed.all_gather_object, out, obj)
         return out
 
     def device(self, requested: str) -> str:
