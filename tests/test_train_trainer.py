@@ -168,6 +168,14 @@ def test_evaluate_sae_matches_brute_force(tiny_lm_dir, corpus, tmp_path):
     var = (x - x.mean(0)).pow(2).sum()
     assert ev["nmse"] == pytest.approx(float(err / var), rel=1e-6)
     assert ev["nmse_plain"] == pytest.approx(float(err / x.pow(2).sum()), rel=1e-6)
+    # trimmed: tokens with norm ≤ the 90% quantile
+    ev90 = T.evaluate_sae(sae, cache, "heldout", batch_prompts=2, trim_quantile=0.9)
+    thr = torch.quantile(acts[m].norm(dim=-1).double(), 0.9)
+    k = x.norm(dim=-1) <= thr
+    xk, rk = x[k], r[k]
+    assert ev90["trimmed_n_tokens"] == int(k.sum()) < int(m.sum())
+    assert ev90["trimmed_nmse"] == pytest.approx(float((xk - rk).pow(2).sum() / (xk - xk.mean(0)).pow(2).sum()), rel=1e-6)
+    assert ev90["nmse"] == pytest.approx(ev["nmse"], rel=1e-12)
     dense = enc.codes.to_dense(64)[m]
     assert ev["l0"] == pytest.approx(float((dense > 0).sum(-1).double().mean()))
     assert ev["dead_fraction"] == pytest.approx(float(((dense > 0).sum(0) == 0).double().mean()))

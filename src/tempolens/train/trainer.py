@@ -712,6 +712,8 @@ def _append_log(path: Path, lines: list[str]) -> None:
 def _summary(cfg: TrainConfig, ev: dict) -> str:
     s = (f"{cfg.arch} SAE → {cfg.out}: held-out NMSE {ev['nmse']:.4f} (mean-centred; FVE {ev['fve']:.4f}), "
          f"plain NMSE {ev['nmse_plain']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.3f}")
+    if "trimmed_nmse" in ev:
+        s += f"; without the top {1 - ev['trim_quantile']:.0%} token norms: NMSE {ev['trimmed_nmse']:.4f}"
     if "pred_share" in ev:
         s += f", predicted share {ev['pred_share']:.3f}, novel-only NMSE {ev['nmse_novel_only']:.4f}, pred-only NMSE {ev['nmse_pred_only']:.4f}"
     return s
@@ -738,8 +740,55 @@ def evaluate_run(cfg: TrainConfig, out: Path, source: ActivationSource, sae: nn.
 # Evaluation
 
 
+class _ReconSums:
+    """Float64 sums over a set of tokens from which the evaluation ratios are read."""
+
+    def __init__(self, d: int) -> None:
+        self.n = 0
+        self.sum_x = torch.zeros(d, dtype=torch.float64)
+        self.sum_sq = 0.0
+        self.err = 0.0
+        self.err_novel = 0.0
+        self.err_pred = 0.0
+        self.pred_sq = 0.0
+        self.novel_sq = 0.0
+        self.share_sum = 0.0
+
+    def update(self, x: Tensor, recon: Tensor, novel: Tensor | None = None, pred: Tensor | None = None,
+               bias: Tensor | None = None, share: Tensor | None = None) -> None:
+        """``x``/``recon`` ``[n, d]`` (model units); Temporal: ``novel``/``pred`` reconstructions without bias."""
+        x = x.double()
+        self.n += x.shape[0]
+        self.sum_x += x.sum(0).cpu()
+        self.sum_sq += float(x.pow(2).sum())
+        self.err += float((x - recon.double()).pow(2).sum())
+        if novel is not None and pred is not None and bias is not None and share is not None:
+            b = bias.double()
+            self.err_novel += float((x - novel.double() - b).pow(2).sum())
+            self.err_pred += float((x - pred.double() - b).pow(2).sum())
+            self.pred_sq += float(pred.double().pow(2).sum())
+            self.novel_sq += float(novel.double().pow(2).sum())
+            self.share_sum += float(share.double().sum())
+
+    def result(self, temporal: bool, prefix: str = "") -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        mu = self.sum_x / self.n
+        centred = self.sum_sq - self.n * float(mu.pow(2).sum())
+        out = {"nmse": self.err / centred, "fve": 1.0 - self.err / centred, "nmse_plain": self.err / self.sum_sq}
+        if temporal:
+            out |= {
+                "pred_share": self.pred_sq / max(self.pred_sq + self.novel_sq, 1e-300),
+                "pred_share_token_mean": self.share_sum / self.n,
+                "nmse_novel_only": self.err_novel / centred,
+                "nmse_pred_only": self.err_pred / centred,
+            }
+        return {prefix + k: v for k, v in out.items()}
+
+
 @torch.no_grad()
-def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False) -> dict:
+def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False,
+                 trim_quantile: float = 0.99) -> dict:
     """Reconstruction and sparsity of ``sae`` on ``split`` of ``source`` (regular tokens only).
 
     Returns (all sums in float64, model units):
@@ -748,6 +797,10 @@ def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", bat
       mean-centred variance; ``fve`` = 1 − ``nmse`` (fraction of variance explained);
     - ``nmse_plain`` = Σ‖x − x̂‖² / Σ‖x‖² (against the raw second moment; flattering on Gemma 3,
       whose mean vector is almost as long as a typical token);
+    - the same ratios with prefix ``trimmed_`` over the tokens whose norm ‖x‖ is at most the
+      ``trim_quantile`` quantile of the split: on Gemma 3 block 9 ≈1% of tokens carry a massive
+      activation (one dimension up to ≈8e4) and hold ≈87% of the centred variance, so the pooled
+      NMSE mostly measures those few tokens; the trimmed NMSE describes the typical token;
     - ``l0`` mean active codes per token; ``dead_fraction``: latents that never fire on the split;
     - Temporal SAEs also: ``pred_share`` (Σ‖r_pred‖² / Σ(‖r_pred‖² + ‖r_novel‖²), pooled) and
       ``pred_share_token_mean``; ``nmse_novel_only`` (reconstruct from ``z_novel·D + b`` alone) and
@@ -756,73 +809,56 @@ def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", bat
     from tqdm.auto import tqdm
 
     device = sae.device
-    d = sae.d_in
-    n = 0
-    sum_x = torch.zeros(d, dtype=torch.float64)
-    sum_sq = 0.0
-    err = 0.0
-    err_novel = 0.0
-    err_pred = 0.0
-    pred_sq = 0.0
-    novel_sq = 0.0
-    share_sum = 0.0
-    l0_sum = 0.0
-    fired = torch.zeros(sae.width, dtype=torch.bool)
     temporal = bool(getattr(sae, "is_temporal", False))
     ids = source.spec.split_ids(split)
+    # pass 1 (activations only): the norm threshold of the trimmed statistics
+    norms = torch.cat([acts[~special].norm(dim=-1) for acts, special in iter_split(source, split, batch_prompts)])
+    if norms.numel() == 0:
+        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
+    threshold = float(torch.quantile(norms.double(), trim_quantile))
+    every, trimmed = _ReconSums(sae.d_in), _ReconSums(sae.d_in)
+    l0_sum = 0.0
+    fired = torch.zeros(sae.width, dtype=torch.bool)
     bar = tqdm(total=len(ids), desc=f"evaluate on {split}", unit="prompt", disable=not progress, leave=False)
     for acts, special in iter_split(source, split, batch_prompts):
         x = acts.to(device)
         m = ~special.to(device)
+        keep = m & (x.norm(dim=-1) <= threshold)
         if temporal:
             det = sae.forward_details(x)  # type: ignore[attr-defined]
-            recon, codes = det.recon, det.codes
+            codes = det.codes
             b = sae.b_dec.to(x.dtype)  # type: ignore[attr-defined]
-            xm = x[m].double()
-            err_novel += float((xm - (det.recon_novel[m] + b).double()).pow(2).sum())
-            err_pred += float((xm - (det.recon_pred[m] + b).double()).pow(2).sum())
-            pred_sq += float(det.recon_pred[m].double().pow(2).sum())
-            novel_sq += float(det.recon_novel[m].double().pow(2).sum())
-            share_sum += float(det.pred_share[m].double().sum())
+            for sums, sel in ((every, m), (trimmed, keep)):
+                sums.update(x[sel], det.recon[sel], det.recon_novel[sel], det.recon_pred[sel], b, det.pred_share[sel])
         else:
             enc = sae.encode(x)
-            recon, codes = enc.recon, enc.codes
-        xm = x[m].double()
-        n += xm.shape[0]
-        sum_x += xm.sum(0).cpu()
-        sum_sq += float(xm.pow(2).sum())
-        err += float((xm - recon[m].double()).pow(2).sum())
+            codes = enc.codes
+            for sums, sel in ((every, m), (trimmed, keep)):
+                sums.update(x[sel], enc.recon[sel])
         idx = codes.indices[m]
         l0_sum += float((idx >= 0).sum())
         fired[idx[idx >= 0].cpu()] = True
         bar.update(acts.shape[0])
     bar.close()
-    if n == 0:
-        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
-    mu = sum_x / n
-    centred = sum_sq - n * float(mu.pow(2).sum())
+    n = every.n
+    mu = every.sum_x / n
     out: dict[str, Any] = {
         "split": split,
         "n_prompts": len(ids),
         "n_tokens": n,
-        "nmse": err / centred,
-        "fve": 1.0 - err / centred,
-        "nmse_plain": err / sum_sq,
-        "mse_per_token": err / n,
-        "variance_per_token": centred / n,
-        "mean_sq_norm_per_token": sum_sq / n,
+        **every.result(temporal),
+        "mse_per_token": every.err / n,
+        "variance_per_token": (every.sum_sq - n * float(mu.pow(2).sum())) / n,
+        "mean_sq_norm_per_token": every.sum_sq / n,
         "mean_vector_sq_norm": float(mu.pow(2).sum()),
+        "trim_quantile": trim_quantile,
+        "trim_norm_threshold": threshold,
+        "trimmed_n_tokens": trimmed.n,
+        **trimmed.result(temporal, prefix="trimmed_"),
         "l0": l0_sum / n,
         "dead_fraction": float((~fired).float().mean()),
         "n_dead": int((~fired).sum()),
         "width": sae.width,
         "architecture": getattr(sae, "architecture", "sae"),
     }
-    if temporal:
-        out |= {
-            "pred_share": pred_sq / max(pred_sq + novel_sq, 1e-300),
-            "pred_share_token_mean": share_sum / n,
-            "nmse_novel_only": err_novel / centred,
-            "nmse_pred_only": err_pred / centred,
-        }
     return out
