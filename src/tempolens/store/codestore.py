@@ -98,6 +98,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def write_sha256sums(root: Path | str, folders: tuple[str, ...]) -> Path:
+    """Write ``root/SHA256SUMS`` (the ``sha256sum -c`` format) for every file under ``folders``.
+
+    Written last and atomically, so its presence also says the outputs it lists are complete."""
+    root = Path(root)
+    lines = []
+    for folder in folders:
+        for p in sorted((root / folder).rglob("*")):
+            if p.is_file() and ".tmp-" not in p.name:
+                lines.append(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n")
+    path = root / "SHA256SUMS"
+    atomic_write_bytes(path, "".join(lines).encode())
+    return path
+
+
 def remove_stale_temporaries(root: Path | str) -> list[Path]:
     """Delete temporary files (``.<name>.tmp-<pid>``) that a killed writer left under ``root``.
 
