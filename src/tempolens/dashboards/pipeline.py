@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
-from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries
+from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries, write_sha256sums
 
 
 @dataclass
@@ -202,6 +202,7 @@ def build_dashboards(
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by a run killed between writing a file and renaming it
+    (out / "SHA256SUMS").unlink(missing_ok=True)  # written again last, when the exports are complete
     autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
     latents = list(cfg.latents) if cfg.latents else list(range(W))
     bad = [x for x in latents if x >= W]
@@ -421,6 +422,7 @@ def build_dashboards(
             "tempolens_version": _version(),
             "settings": settings,
         })
+    write_sha256sums(out, ("neuronpedia", "site"))  # last: `sha256sum -c SHA256SUMS` verifies the exports
     timings["total"] = time.perf_counter() - t0
     result = DashboardResult(
         out=out,
