@@ -245,9 +245,25 @@ def test_dashboards_killed_at_each_stage_then_rerun_is_identical(store, referenc
     assert (out / "site" / "data" / "features" / "chunk-0.js").exists() and not (out / "site" / "data" / "index.js").exists()
     # 4. the last file of the run
     _killed("rename", "meta.js", args)
+    assert not (out / "SHA256SUMS").exists()  # written last: its absence says the exports are incomplete
     r = _cli(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_tree(out, reference_dashboards)
+
+
+def test_exports_carry_checksums(reference_dashboards, tmp_path):
+    sums = (reference_dashboards / "SHA256SUMS").read_text().splitlines()
+    listed = {ln.split("  ", 1)[1] for ln in sums}
+    files = {p.relative_to(reference_dashboards).as_posix() for d in ("neuronpedia", "site") for p in (reference_dashboards / d).rglob("*") if p.is_file()}
+    assert listed == files and len(files) > 10
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_dashboards, copy)
+    if shutil.which("sha256sum"):
+        assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True).returncode == 0
+        victim = copy / "site" / "data" / "index.js"
+        victim.write_bytes(victim.read_bytes().replace(b"[", b"(", 1))
+        r = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True, text=True)
+        assert r.returncode != 0 and "site/data/index.js: FAILED" in r.stdout
 
 
 # -- disk full --------------------------------------------------------------------------------------------
@@ -358,8 +374,8 @@ def test_real_full_disk_collect_then_dashboards(tiny_tmpfs, tiny_lm_dir, corpus,
     a, b = _tree(out), _tree(reference_dashboards)
     assert sorted(a) == sorted(b)
     for rel in a:
-        if rel.endswith(".key"):
-            continue  # cache keys hash the store's meta.json
+        if rel.endswith(".key") or rel == "SHA256SUMS":
+            continue  # hashes of files that name the store (cache keys: its meta.json)
         got = a[rel]
         for x, y in replace.items():
             got = got.replace(x, y)
