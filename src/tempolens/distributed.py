@@ -123,7 +123,7 @@ def choose_backend(local_world: int, n_gpus: int, override: str | None = None) -
     """``nccl`` when each of the ``local_world`` ranks of this machine has its own GPU, else ``gloo``.
 
     The choice depends only on the machine, never on the rank, so all ranks of a machine agree
-    (a rank-dependent choice would deadlock the rendezvous). ``override`` (``TEMPOLENS_DIST_BACKEND``)
+    (ranks that disagree on the backend cannot form a working process group). ``override`` (``TEMPOLENS_DIST_BACKEND``)
     forces one; NCCL without enough GPUs is refused with a message."""
     if override:
         if override not in ("nccl", "gloo"):
