@@ -68,6 +68,8 @@ class BenchConfig:
     """Temporal SAE for the tempolens-only run (empty to skip); falls back to `random:temporal?width=2560&k=32` if the embedded one is not shipped."""
     saedash_max_features: int = 2560
     """Run SAEDashboard on at most this many latents per width (whole 128-latent batches); wider SAEs are extrapolated from the measured per-batch time, and the report says so. 0 = all."""
+    floor: bool = True
+    """Measure the floor (turn off only to add configurations to an earlier run's floor; ratios then come from that run)."""
     tempolens_run: bool = True
     """Also measure `tempolens run` (collect → dashboards in one process) at the first width and --prompts."""
     skip_saedash: bool = False
@@ -98,7 +100,7 @@ class BenchConfig:
     """Kill a child running longer than this."""
 
     def __post_init__(self) -> None:
-        self.out, self.workdir, self.saedash_python = Path(self.out), Path(self.workdir), Path(self.saedash_python)
+        self.out, self.workdir, self.saedash_python = Path(self.out).resolve(), Path(self.workdir).resolve(), Path(self.saedash_python)
         self.scaling_prompts = tuple(int(x) for x in self.scaling_prompts)
         self.widths = tuple(int(x) for x in self.widths)
         if self.quick:
@@ -197,6 +199,7 @@ class Bench:
         self.logs = self.work / "logs"
         self.prep: dict[str, Any] = {}
         self.sae_for: dict[str, dict[str, Any]] = {}
+        self.stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ("-quick" if cfg.quick else "")
 
     # -- setup -------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -379,6 +382,12 @@ class Bench:
             + f"; peak RSS {m.max_rss_gib:.2f} GiB; JSON {json_bytes / 1e6:.0f} MB")
         return row
 
+    def save_partial(self) -> None:
+        """Every measurement so far, so that a stopped benchmark leaves its numbers behind."""
+        self.cfg.out.mkdir(parents=True, exist_ok=True)
+        data = {"partial": True, "runs": self.runs, "summary": summarize(self.runs), "errors": self.errors, "prepare": self.prep}
+        (self.cfg.out / f"bench-{self.stamp}.partial.json").write_text(json.dumps(data, indent=1, default=str))
+
     # -- the plan ------------------------------------------------------------------------------------
     def temporal_spec(self) -> str:
         spec = self.cfg.temporal_sae
@@ -402,20 +411,26 @@ class Bench:
         labels = [f"topk-{w}" for w in cfg.widths]
         temporal = self.temporal_spec() if cfg.temporal_sae else ""
         for rep in range(cfg.repeats):
-            for fn in floor_ns:
+            for fn in floor_ns if cfg.floor else []:
                 self.floor(fn, rep)
+                self.save_partial()
             for w, label in zip(cfg.widths, labels):
                 entry = self.sae_for[label]
                 self.tempolens(label, entry["tempolens_spec"], n, rep)
+                self.save_partial()
                 if cfg.tempolens_run and label == labels[0]:
                     self.tempolens_run(label, entry["tempolens_spec"], n, rep)
+                    self.save_partial()
                 if not cfg.skip_saedash:
                     self.saedash(label, Path(entry["saedash_dir"]), w, n, rep)
+                    self.save_partial()
             if temporal:
                 self.tempolens("temporal", temporal, n, rep)
+                self.save_partial()
             for sn in cfg.scaling_prompts:
                 if sn != n:
                     self.tempolens(labels[0], self.sae_for[labels[0]]["tempolens_spec"], sn, rep)
+                    self.save_partial()
         agreement = {}
         for w, label in zip(cfg.widths, labels):
             tl = next((r for r in reversed(self.runs) if r["tool"] == "tempolens" and r["config"] == label and r["n_prompts"] == n), None)
@@ -569,15 +584,17 @@ def main(argv: list[str] | None = None) -> int:
     except TempolensError as e:
         print(f"bench_dashboards: error: {e}", file=sys.stderr)
         return 2
-    result = Bench(cfg).run()
+    bench = Bench(cfg)
+    result = bench.run()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ("-quick" if cfg.quick else "")
+    stamp = bench.stamp
     from tempolens.store.codestore import atomic_write_bytes
 
     atomic_write_bytes(cfg.out / f"bench-{stamp}.json", (json.dumps(result, indent=1, default=str) + "\n").encode())
     md = markdown(result)
     atomic_write_bytes(cfg.out / f"bench-{stamp}.md", md.encode())
     print(md)
+    (cfg.out / f"bench-{stamp}.partial.json").unlink(missing_ok=True)
     say(f"wrote {cfg.out / f'bench-{stamp}.json'} and .md")
     return 1 if result["errors"] and not result["runs"] else 0
 
