@@ -111,7 +111,8 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
             "n_latents": len(lat_rows), "scores": scores, "pooled": pooled, "parse_failures": fails,
             "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
         })
-    pt, ct = db.tokens_spent()
+    pt = sum(s["tokens"]["prompt"] for s in out_saes)  # the SAEs in this report (the DB may hold others)
+    ct = sum(s["tokens"]["completion"] for s in out_saes)
     return _clean({
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "judge": last_cfg.get("llm"), "backend": last_cfg.get("backend"), "scorers": last_cfg.get("resolved_scorers"),

@@ -110,7 +110,7 @@ def latent_rng(seed: int, *keys: object) -> np.random.Generator:
 def firing_counts(store: CodeStore, progress: bool = True) -> torch.Tensor:
     """``[width]`` int64: how many non-special tokens each latent fires on (one streaming pass)."""
     counts = torch.zeros(store.width, dtype=torch.int64)
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="firing counts", disable=not progress, leave=False):
+    for shard in tqdm(store.iter_shards(verify=True), total=store.n_shards, desc="firing counts", disable=not progress, leave=False):  # first pass: checksums
         tok = shard.code_token()
         keep = shard.special.reshape(-1)[tok] == 0
         counts += torch.bincount(shard.code_latent[keep].long(), minlength=store.width)
