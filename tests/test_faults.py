@@ -440,3 +440,24 @@ def test_stale_temporaries_of_dead_writers_are_removed(tiny_lm_dir, corpus, temp
     stale.write_bytes(b"partial")
     collect(_collect_cfg(tiny_lm_dir, corpus, temporal_dir, root))  # resuming a store cleans it
     assert not stale.exists() and other.exists()
+
+
+def test_autointerp_names_a_corrupt_shard_before_any_llm_call(tiny_lm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
+    from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    toks, special, dense = build_dense(tok)
+    good = write_store(tmp_path / "good", toks, special, dense)
+    victim = CodeStore(good).shard_path(1)
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0x01  # one bit of one code value: the file still parses
+    victim.write_bytes(bytes(data))
+    with ChatServer(RuleLLM()) as srv:
+        cfg = AutointerpConfig(stores=(f"good={good}",), out=tmp_path / "ai", n_latents=2, backend="openai", model="test-judge", base_url=srv.url,
+                               api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", progress=False, backoff_s=0.0, scorers=("saebench",))
+        with pytest.raises(StoreError, match=r"shard-00001\.safetensors is corrupt .*rerun `tempolens collect`"):
+            run_autointerp(cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder())
+        assert srv.requests == []
