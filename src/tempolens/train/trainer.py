@@ -567,6 +567,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
     k_aux = cfg.aux_k or d_in // 2
+    prior_seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0
 
     meta = run_metadata(cfg, source)
     atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()} | {"total_steps": total, "n_train_prompts": n_train, "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale})
@@ -583,6 +584,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             "since_fired": since_fired.clone(),
             "data_position": {"epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
             "loss_ema": loss_ema,
+            "train_seconds": prior_seconds + time.perf_counter() - t0,
         }
         atomic_write_bytes(out / STATE_FILE, _state_bytes(payload))
         save_sae_files(_cpu_copy(sae), out, cfg, meta | {"step": step, "tokens_seen": step * cfg.batch_prompts * cfg.prompt_len})
@@ -655,7 +657,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if step == 0 and total == 0:
         checkpoint(loss_ema)
 
-    train_seconds = time.perf_counter() - t0
+    train_seconds = prior_seconds + time.perf_counter() - t0
     sae.eval()
     ev = evaluate_run(cfg, out, source, sae, device)
     ev["train_seconds"] = round(train_seconds, 1)
