@@ -268,3 +268,30 @@ def summarize_agreement(a: dict[str, Any]) -> list[str]:
     return lines
 
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check one configuration by hand: ``python benchmarks/compare.py --store S --tokens T [--pieces P] [--saedash DIR] [--site DIR]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--store", required=True, help="tempolens code store")
+    p.add_argument("--tokens", required=True, help="tokens.pt of the prompts (from bench_children.py prepare)")
+    p.add_argument("--pieces", help="pieces.json (token pieces per prompt) to locate SAEDashboard examples")
+    p.add_argument("--saedash", help="folder with SAEDashboard's batch-*.json")
+    p.add_argument("--site", help="tempolens site folder (data/features/chunk-*.js)")
+    p.add_argument("--json", help="also write the report here")
+    a = p.parse_args(argv)
+    tokens = torch.load(a.tokens, weights_only=True)
+    pieces = json.loads(Path(a.pieces).read_text()) if a.pieces else None
+    rep = agreement_report(a.store, tokens, pieces, a.saedash, a.site)
+    print("\n".join(summarize_agreement(rep)))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

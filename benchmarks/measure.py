@@ -69,7 +69,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | P
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     lines: list[tuple[float, str]] = []
-    log_fh = open(log_path, "w") if log_path else None
+    log_fh = open(log_path, "w", buffering=1) if log_path else None  # line-buffered: follow a run with tail -f
 
     def reader() -> None:
         assert proc.stdout is not None
