@@ -108,7 +108,9 @@ def latent_rng(seed: int, *keys: object) -> np.random.Generator:
 
 
 def firing_counts(store: CodeStore, progress: bool = True) -> torch.Tensor:
-    """``[width]`` int64: how many non-special tokens each latent fires on (one streaming pass)."""
+    """``[width]`` int64: how many non-special tokens each latent fires on (one streaming pass).
+
+    This first pass verifies every shard's checksum, so a corrupt store is named before any LLM call."""
     counts = torch.zeros(store.width, dtype=torch.int64)
     for shard in tqdm(store.iter_shards(verify=True), total=store.n_shards, desc="firing counts", disable=not progress, leave=False):  # first pass: checksums
         tok = shard.code_token()
