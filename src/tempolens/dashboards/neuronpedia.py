@@ -166,16 +166,22 @@ def bulk_dir(root: Path, ids: ExportIds) -> Path:
     return Path(root) / ids.model_id / ids.source_id
 
 
+def jsonl_line(obj: Any) -> bytes:
+    """One JSON-lines record. U+2028/U+2029 (valid raw inside JSON strings) are escaped too, so
+    readers that split on every Unicode line break (Python's ``str.splitlines``) see one record."""
+    return dumps_bytes(obj).replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+
+
 def write_bulk_batch(root: Path, k: int, records: list[dict[str, Any]], ids: ExportIds) -> tuple[Path, Path]:
     """Write ``features/batch-<k>.jsonl.gz`` and ``activations/batch-<k>.jsonl.gz``."""
     d = bulk_dir(root, ids)
     (d / "features").mkdir(parents=True, exist_ok=True)
     (d / "activations").mkdir(parents=True, exist_ok=True)
-    feats = [dumps_bytes(bulk_feature(ids, r)) for r in records]
+    feats = [jsonl_line(bulk_feature(ids, r)) for r in records]
     acts = []
     for r in records:
         for j, a in enumerate(r["activations"]):
-            acts.append(dumps_bytes(bulk_activation(ids, r["feature_index"], j, a)))
+            acts.append(jsonl_line(bulk_activation(ids, r["feature_index"], j, a)))
     fp, ap = d / "features" / f"batch-{k}.jsonl.gz", d / "activations" / f"batch-{k}.jsonl.gz"
     atomic_write_bytes(fp, _gz(feats))
     atomic_write_bytes(ap, _gz(acts))

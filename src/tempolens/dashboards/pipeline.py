@@ -89,7 +89,7 @@ class DashboardConfig:
     include_vector: bool = False
     """Write each latent's decoder direction as `vector` (Neuronpedia steering); large for wide SAEs."""
     autointerp: Path | None = None
-    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site."""
+    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site — e.g. `<autointerp out>/latents-temporal.json` from `tempolens autointerp`; its `report.json` beside it becomes the site's report page."""
     title: str | None = None
     """Site title (default: model id, source id)."""
     batches: bool = True
@@ -330,6 +330,12 @@ def build_dashboards(
     if site is not None:
         for old in (site_dir / "data" / "features").glob("chunk-*.js"):
             old.unlink()
+        report_json = cfg.autointerp.parent / "report.json" if cfg.autointerp is not None else None
+        if report_json is not None and report_json.is_file():  # the ballpark report beside `latents-<label>.json`
+            try:
+                site.write_autointerp(json.loads(report_json.read_text()))
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{report_json} is not valid JSON ({e}); rerun `tempolens autointerp` to rebuild it") from e
 
     batch_paths: list[Path] = []
     pending_batch: list[dict[str, Any]] = []
