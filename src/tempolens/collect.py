@@ -17,7 +17,7 @@ import platform
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +84,10 @@ class CollectResult:
     lm_seconds: float
     tokens_per_second: float
     timings: dict[str, float] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False, compare=False)
+    """The subject model used (not written to the log)."""
+    sae: Any = field(default=None, repr=False, compare=False)
+    """The SAE used, on the collect device (not written to the log)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -196,8 +200,13 @@ class _ShardWriterThread:
             raise self.error
 
 
-def collect(cfg: CollectConfig) -> CollectResult:
-    """Run the one pass and write (or finish) the code store at ``cfg.out``."""
+def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
+    """Run the one pass and write (or finish) the code store at ``cfg.out``.
+
+    ``model``: an already loaded :class:`~tempolens.sources.models.SubjectModel` for ``cfg.model``
+    at ``cfg.layer`` (skips loading it again, e.g. in ``tempolens run``). The result carries the
+    model and SAE it used (``result.model``, ``result.sae``) for later stages of the same process.
+    """
     from tqdm.auto import tqdm
 
     from tempolens.sources.corpora import build_prompts, iter_documents
@@ -209,7 +218,10 @@ def collect(cfg: CollectConfig) -> CollectResult:
     t0 = time.perf_counter()
     device = resolve_device(dist.device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
-    model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
+    if model is None:
+        model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
+    elif model.layer != cfg.layer:
+        raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
     t_model = time.perf_counter()
     prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
     tokens, special = prompts.tokens, prompts.special
@@ -302,6 +314,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
         lm_seconds=lm_seconds,
         tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
         timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts, "lm_forward": lm_seconds, "sae_encode": sae_seconds},
+        model=model,
+        sae=sae,
     )
     if dist.is_main:
         _write_log(cfg, result)
@@ -316,7 +330,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
 def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
     from tempolens.store.codestore import atomic_write_json
 
-    log = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    log = {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(result) if f.name not in ("model", "sae") for v in [getattr(result, f.name)]}
     log["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     atomic_write_json(Path(cfg.out) / "collect_log.json", log)
 

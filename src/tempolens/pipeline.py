@@ -59,11 +59,15 @@ def run(cfg: RunConfig) -> RunResult:
     t0 = time.perf_counter()
     c = collect(cfg.collect)
     t1 = time.perf_counter()
-    d = build_dashboards(cfg.dashboards)
+    same_sources = cfg.dashboards.model in (None, cfg.collect.model) and cfg.dashboards.sae in (None, cfg.collect.sae)
+    if same_sources:  # reuse the loaded model (tokenizer, unembedding) and the SAE's decoder: no second load
+        d = build_dashboards(cfg.dashboards, model=c.model, W_dec=c.sae.W_dec.detach().float().cpu())
+    else:
+        d = build_dashboards(cfg.dashboards)
     t2 = time.perf_counter()
     kernels_dir = None
     if cfg.kernels and d.site is not None and c is not None:
-        kernels_dir = _kernels(cfg, d.site)
+        kernels_dir = _kernels(cfg, d.site, c)
     t3 = time.perf_counter()
     site_index = d.site / "index.html" if d.site else None
     seconds = {"collect": t1 - t0, "dashboards": t2 - t1, "kernels": t3 - t2, "total": t3 - t0}
@@ -80,9 +84,9 @@ def run(cfg: RunConfig) -> RunResult:
     return RunResult(out=cfg.out, site_index=site_index, collect=c, dashboards=d, kernels=kernels_dir, seconds=seconds)
 
 
-def _kernels(cfg: RunConfig, site: Path) -> Path | None:
-    """Kernels of the demo texts with the run's model and SAE, written into the site; skipped for
-    standard SAEs (no predicted codes) with a note."""
+def _kernels(cfg: RunConfig, site: Path, c: CollectResult) -> Path | None:
+    """Kernels of the demo texts with the run's model and SAE (the very objects collect used),
+    written into the site; skipped for standard SAEs (no predicted codes) with a note."""
     import json
 
     from tempolens.temporal.command import KernelConfig, run_kernel
@@ -97,7 +101,12 @@ def _kernels(cfg: RunConfig, site: Path) -> Path | None:
             model=cfg.collect.model, layer=cfg.collect.layer, sae=cfg.collect.sae, contrast_sae=contrast,
             device=cfg.collect.device if cfg.collect.device != "auto" else "cpu", out=site,
         )
-        run_kernel(kcfg)
+        contrast_sae = None
+        if contrast != "none":
+            from tempolens.saes.loading import load_sae
+
+            contrast_sae = load_sae(contrast, device=c.sae.device).eval()
+        run_kernel(kcfg, sources=(c.model, c.sae, contrast_sae))
     except TempolensError as e:
         print(f"kernels skipped: {e}")
         return None
