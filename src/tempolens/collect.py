@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from tempolens.devices import resolve_device
 from tempolens.errors import SourceError, TempolensError
 from tempolens.options import check
 from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
@@ -88,18 +89,6 @@ class CollectResult:
     """The subject model used (not written to the log)."""
     sae: Any = field(default=None, repr=False, compare=False)
     """The SAE used, on the collect device (not written to the log)."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise TempolensError(f"--device {device!r} is not a device name; use auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TempolensError("--device cuda was requested but this torch has no CUDA device; use --device cpu")
-    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:

@@ -17,3 +17,7 @@ class SourceError(TempolensError):
 
 class UnsafeCheckpointError(SourceError):
     """A checkpoint would need to execute code to load."""
+
+
+class DeviceError(ConfigError, SourceError):
+    """A requested device does not exist here (an option error and a source that cannot be loaded)."""

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
 from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries, write_sha256sums
@@ -166,18 +167,6 @@ def _cached(path: Path, key: str, recompute: bool) -> bool:
     return not recompute and path.exists() and keyfile.exists() and keyfile.read_text().strip() == key
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but this torch has no CUDA device; use --device cpu")
-    return dev
-
-
 def build_dashboards(
     cfg: DashboardConfig,
     *,
@@ -270,7 +259,7 @@ def build_dashboards(
         logits = LogitEffects(top_ids=t["top_ids"], top_values=t["top_values"], bottom_ids=t["bottom_ids"], bottom_values=t["bottom_values"],
                               hist_counts=t["hist_counts"], hist_centres=t["hist_centres"], folded_norm=use_mult is not None)
     else:
-        logits = logit_effects(W_dec, W_U, use_mult, k=cfg.n_logits, device=_resolve_device(cfg.device), progress=cfg.progress)
+        logits = logit_effects(W_dec, W_U, use_mult, k=cfg.n_logits, device=resolve_device(cfg.device), progress=cfg.progress)
         from safetensors.torch import save
 
         atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from tempolens.devices import resolve_device
 from tempolens.errors import SourceError
 from tempolens.sources.cache import cache_lock, fresh_tmp_dir, models_dir, publish_dir
 
@@ -281,20 +282,6 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SourceError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SourceError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise SourceError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise SourceError("device 'mps' asked for but MPS is not available here; use --device cpu")
-    return dev
-
-
 def _quiet_transformers() -> None:
     try:
         from transformers.utils import logging as hf_logging
@@ -474,7 +461,7 @@ def load_subject_model(
     overrides the Neuronpedia-style id derived from the spec.
     """
     torch_dtype = _resolve_dtype(dtype)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     spec_s = str(spec)
     if spec_s == "embedded":
         from tempolens.sources.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
