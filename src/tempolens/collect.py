@@ -220,10 +220,10 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
 
     n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
     meta = {
-        "model": {"spec": cfg.model, "model_id": model.model_id, "hook_name": model.hook_name, "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
-        "sae": {"spec": cfg.sae, **sae.describe()},
+        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name, "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
+        "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
         "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed, "policy": prompts.policy, "corpus": cfg.corpus},
-        "corpus": {"spec": cfg.corpus},
+        "corpus": {"spec": _portable_spec(cfg.corpus)},
         "n_shards": n_shards,
         "shard_size": cfg.shard_prompts,
         "versions": _versions(),
@@ -314,6 +314,13 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
             f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
         )
     return result
+
+
+def _portable_spec(spec: str) -> str:
+    """A spec that names a local file or folder becomes its absolute path, so later stages that read
+    it from ``meta.json`` (dashboards, autointerp) work from any directory; other specs are kept."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
