@@ -56,3 +56,21 @@ def build_tiny_lm(path: Path, n_layers: int = 4, hidden: int = 32, seed: int = 0
     model = Gemma3ForCausalLM(cfg)
     model.save_pretrained(path)
     return path
+
+
+def write_word_corpus(path: Path, seed: int, n_docs: int = 40) -> Path:
+    """A .txt corpus of ``n_docs`` blank-line-separated documents of 20–60 words the tiny tokenizer knows."""
+    import random
+
+    rng = random.Random(seed)
+    path = Path(path)
+    path.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(n_docs)))
+    return path
+
+
+def save_tiny_temporal_sae(folder: Path, seed: int) -> Path:
+    """A random Temporal SAE for the tiny LM (d_in 32, width 96, k 8, 2 heads), saved in the published layout."""
+    from tempolens.saes.loading import save_temporal_sae
+    from tempolens.saes.random_init import random_temporal_sae
+
+    return save_temporal_sae(random_temporal_sae(32, 96, 8, n_heads=2, seed=seed, scaling_factor=0.1), Path(folder))

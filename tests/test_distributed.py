@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import WORDS
+from fixtures import save_tiny_temporal_sae, write_word_corpus
 from tempolens.distributed import Dist, current
 from tempolens.store import CodeStore
 
@@ -78,19 +77,12 @@ def test_ranks_share_gpus_round_robin(monkeypatch):
 # -- torchrun end to end ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    rng = random.Random(1)
-    p = tmp_path_factory.mktemp("dist_corpus") / "docs.txt"
-    p.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(40)))
-    return p
+    return write_word_corpus(tmp_path_factory.mktemp("dist_corpus") / "docs.txt", seed=1)
 
 
 @pytest.fixture(scope="module")
 def temporal_dir(tmp_path_factory) -> Path:
-    from tempolens.saes.loading import save_temporal_sae
-    from tempolens.saes.random_init import random_temporal_sae
-
-    sae = random_temporal_sae(32, 96, 8, n_heads=2, seed=3, scaling_factor=0.1)
-    return save_temporal_sae(sae, tmp_path_factory.mktemp("dist_sae") / "temporal")
+    return save_tiny_temporal_sae(tmp_path_factory.mktemp("dist_sae") / "temporal", seed=3)
 
 
 def _collect_args(tiny_lm_dir, corpus, sae, out, n_prompts: int = 13, shard_prompts: int = 3) -> list[str]:

@@ -13,7 +13,6 @@ import errno
 import gzip
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import WORDS
+from fixtures import save_tiny_temporal_sae, write_word_corpus
 from tempolens.collect import CollectConfig, collect
 from tempolens.store import CodeStore, StoreError
 
@@ -33,19 +32,12 @@ torch.set_num_threads(1)
 # -- shared artefacts ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    rng = random.Random(2)
-    p = tmp_path_factory.mktemp("faults_corpus") / "docs.txt"
-    p.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(40)))
-    return p
+    return write_word_corpus(tmp_path_factory.mktemp("faults_corpus") / "docs.txt", seed=2)
 
 
 @pytest.fixture(scope="module")
 def temporal_dir(tmp_path_factory) -> Path:
-    from tempolens.saes.loading import save_temporal_sae
-    from tempolens.saes.random_init import random_temporal_sae
-
-    sae = random_temporal_sae(32, 96, 8, n_heads=2, seed=4, scaling_factor=0.1)
-    return save_temporal_sae(sae, tmp_path_factory.mktemp("faults_sae") / "temporal")
+    return save_tiny_temporal_sae(tmp_path_factory.mktemp("faults_sae") / "temporal", seed=4)
 
 
 def _collect_cfg(tiny_lm_dir, corpus, sae, out, **kw) -> CollectConfig:

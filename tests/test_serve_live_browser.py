@@ -3,29 +3,15 @@ typing hostile text shows it as text, runs no script, and errors appear as messa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from viewer_browser import browser  # noqa: F401  (the shared system-Chromium fixture)
 
 from tempolens.serve import ServeConfig, make_analyzer, make_server, start_in_thread
 
 pytestmark = pytest.mark.browser
 torch.set_num_threads(1)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-gpu"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("system Chromium missing at /usr/bin/chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

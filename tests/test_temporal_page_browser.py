@@ -3,30 +3,16 @@ views, and hostile token strings shown as text with no script run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from viewer_browser import browser  # noqa: F401  (the shared system-Chromium fixture)
 
 from tempolens.temporal.analysis import TextAnalysis
 from tempolens.temporal.page import analysis_payload, write_kernel_page
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-gpu"]
 HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="window.__pwned=1;alert(2)">', "&amp;", " plain", "a\u2028b</script>"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("system Chromium missing at /usr/bin/chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url):
