@@ -11,7 +11,6 @@ Python API::
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import queue
@@ -26,7 +25,7 @@ import torch
 from tempolens.devices import resolve_device
 from tempolens.errors import SourceError, TempolensError
 from tempolens.options import check
-from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
+from tempolens.store.codestore import StoreWriter, pack_codes
 
 
 @dataclass
@@ -330,11 +329,3 @@ def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
     log["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     atomic_write_json(Path(cfg.out) / "collect_log.json", log)
 
-
-def open_store(path: Path | str) -> CodeStore:
-    """Open a finished code store for reading."""
-    return CodeStore(path)
-
-
-def read_meta(path: Path | str) -> dict:
-    return json.loads((Path(path) / "meta.json").read_text())

@@ -160,7 +160,7 @@ def _model_device(model: Any) -> torch.device:
 
 def open_lm_source(spec: ActivationSpec, device: str = "auto", batch_size: int = 8) -> LMSource:
     """Load the subject model and build the prompts of ``spec``."""
-    from tempolens.collect import resolve_device
+    from tempolens.devices import resolve_device
     from tempolens.sources.corpora import build_prompts, iter_documents
     from tempolens.sources.models import load_subject_model
 

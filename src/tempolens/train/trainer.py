@@ -511,7 +511,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train the SAE of ``cfg`` (resuming with ``--resume``), save it and evaluate it on the held-out split."""
     from tqdm.auto import tqdm
 
-    from tempolens.collect import resolve_device
+    from tempolens.devices import resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
