@@ -111,7 +111,7 @@ def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
     also records how long each pass took."""
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix == ".key" or p.name == "SHA256SUMS":  # hashes of files that name the store's path and creation time
+        if not p.is_file() or p.suffix == ".key" or p.name == "SHA256SUMS" or p.name.endswith("_log.json"):  # logs hold timings;  # hashes of files that name the store's path and creation time
             continue
         if p.suffix == ".safetensors":
             out[p.relative_to(root).as_posix()] = _safetensors_content(p)

@@ -17,7 +17,7 @@ from test_distributed import _collect_args, _env, _torchrun, corpus, temporal_di
 def _exports(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".js", ".gz") and "run_settings" not in p.name:
+        if p.is_file() and p.suffix in (".json", ".js", ".gz") and "run_settings" not in p.name and p.name != "dashboards_log.json":  # logs hold timings
             data = p.read_bytes()
             out[p.relative_to(root).as_posix()] = gzip.decompress(data) if p.suffix == ".gz" else data
     return out

@@ -109,7 +109,7 @@ def _tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path (``.gz`` decompressed, ``.safetensors`` as content)."""
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file():
+        if p.is_file() and not p.name.endswith("_log.json"):  # logs hold timings
             rel = p.relative_to(root).as_posix()
             if p.suffix == ".safetensors":
                 out[rel] = _safetensors_content(p)

@@ -90,8 +90,18 @@ def write_run_settings(out_dir: Path, settings: dict[str, Any]) -> Path:
 
 
 def _gz(lines: list[bytes]) -> bytes:
-    # level 1: several times faster than Neuronpedia's 5 on these large files; any level reads the same
-    return gzip.compress(b"\n".join(lines) + (b"\n" if lines else b""), compresslevel=1, mtime=0)
+    """gzip at level 1 (Neuronpedia uses 5; every level reads the same): with ISA-L (``isal``, ≈6×
+    faster than zlib here, and smaller) when installed, else the standard library."""
+    data = b"\n".join(lines) + (b"\n" if lines else b"")
+    if _igzip is not None:
+        return _igzip.compress(data, compresslevel=1, mtime=0)
+    return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+try:  # optional speed-up (a dependency of the package; absent only on platforms without its wheels)
+    from isal import igzip as _igzip
+except ImportError:  # pragma: no cover
+    _igzip = None
 
 
 def activation_id(ids: ExportIds, index: int, k: int) -> str:
@@ -102,18 +112,16 @@ def activation_id(ids: ExportIds, index: int, k: int) -> str:
 
 def bulk_activation(ids: ExportIds, feature_index: int, k: int, a: dict[str, Any]) -> dict[str, Any]:
     """One activation row of the bulk import (Neuronpedia ``Activation``)."""
-    values = a["values"]
-    mx = max(values) if values else 0.0
     return {
         "id": activation_id(ids, feature_index, k),
         "tokens": a["tokens"],
         "index": str(feature_index),
         "layer": ids.source_id,
         "modelId": ids.model_id,
-        "maxValue": mx,
-        "maxValueTokenIndex": values.index(mx) if values else 0,
-        "minValue": min(values) if values else 0.0,
-        "values": values,
+        "maxValue": a.max_value,
+        "maxValueTokenIndex": a.max_index,
+        "minValue": a.min_value,
+        "values": a["values"],
         "creatorId": ids.creator_id,
         "dataSource": None,
         "dataIndex": None,
@@ -134,7 +142,7 @@ def bulk_feature(ids: ExportIds, record: dict[str, Any]) -> dict[str, Any]:
     """One feature row of the bulk import (Neuronpedia ``Feature``)."""
     f = neuronpedia_feature(record, activations=False)
     vector = f["vector"]
-    max_act = max((max(a["values"]) for a in record["activations"] if a["values"]), default=0.0)
+    max_act = max((a.max_value for a in record["activations"]), default=0.0)
     out = {
         "modelId": ids.model_id,
         "layer": ids.source_id,

@@ -178,6 +178,7 @@ def build_dashboards(
     from tempolens.dashboards import neuronpedia as npx
     from tempolens.dashboards.schema import RecordContext, examples_of, feature_records, index_row
     from tempolens.dashboards.site import SiteWriter, load_autointerp
+    from tempolens.store.background import BackgroundJobs
     from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
     from tempolens.stats.logits import LogitEffects, logit_effects
 
@@ -251,7 +252,7 @@ def build_dashboards(
         raise SourceError(f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the --model the store was collected with")
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
     logits_path = out / "logits.safetensors"
-    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits, float(W_dec.double().sum()), float(W_U.double().sum()))
+    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits, float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)))
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
 
@@ -333,46 +334,52 @@ def build_dashboards(
     index_rows: list[list[Any]] = []
     n_examples = 0
 
+    # encoding, gzip and writes run in a background thread, overlapping the next records' assembly
+    writes = BackgroundJobs(max_pending=4)
+
     def flush_batch() -> None:
         nonlocal pending_batch
         if not pending_batch:
             return
-        k = len(batch_paths)
+        k, recs = len(batch_paths), pending_batch
         if cfg.batches:
-            batch_paths.append(npx.write_batch(batch_dir, k, pending_batch, ids))
+            batch_paths.append(batch_dir / f"batch-{k}.json")
+            writes.submit(lambda: npx.write_batch(batch_dir, k, recs, ids))
         else:
             batch_paths.append(Path())
         if cfg.bulk:
-            npx.write_bulk_batch(bulk_root, k, pending_batch, ids)
+            writes.submit(lambda: npx.write_bulk_batch(bulk_root, k, recs, ids))
         pending_batch = []
 
     def flush_chunk() -> None:
         nonlocal pending_chunk
         if site is not None and pending_chunk and chunk_id is not None:
-            site.write_chunk(chunk_id, pending_chunk)
+            c, recs = chunk_id, pending_chunk
+            writes.submit(lambda: site.write_chunk(c, recs))
         pending_chunk = {}
 
     groups = [latents[i : i + cfg.latents_per_pass] for i in range(0, len(latents), cfg.latents_per_pass)]
-    for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
-        lat, gpos, grp, _ = examples_of(stats, group)
-        windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress)
-        records = feature_records(ctx, group, windows, grp)
-        n_examples += int(lat.numel())
-        for rec in records:
-            i = rec["feature_index"]
-            index_rows.append(index_row(rec))
-            pending_batch.append(rec)
-            if len(pending_batch) >= cfg.features_per_batch:
-                flush_batch()
-            if site is not None:
-                c = site.chunk_of(i)
-                if chunk_id is not None and c != chunk_id:
-                    flush_chunk()
-                chunk_id = c
-                pending_chunk[i] = rec
-        del records, windows
-    flush_batch()
-    flush_chunk()
+    with writes:  # waits for the queued writes; the first failed write is raised here
+        for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
+            lat, gpos, grp, _ = examples_of(stats, group)
+            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress)
+            records = feature_records(ctx, group, windows, grp)
+            n_examples += int(lat.numel())
+            for rec in records:
+                i = rec["feature_index"]
+                index_rows.append(index_row(rec))
+                pending_batch.append(rec)
+                if len(pending_batch) >= cfg.features_per_batch:
+                    flush_batch()
+                if site is not None:
+                    c = site.chunk_of(i)
+                    if chunk_id is not None and c != chunk_id:
+                        flush_chunk()
+                    chunk_id = c
+                    pending_chunk[i] = rec
+            del records, windows
+        flush_batch()
+        flush_chunk()
     timings["exports"] = time.perf_counter() - t3
 
     settings = {
@@ -419,6 +426,10 @@ def build_dashboards(
         })
     write_sha256sums(out, ("neuronpedia", "site"))  # last: `sha256sum -c SHA256SUMS` verifies the exports
     timings["total"] = time.perf_counter() - t0
+    from tempolens.store.codestore import atomic_write_json
+
+    # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
+    atomic_write_json(out / "dashboards_log.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})
     result = DashboardResult(
         out=out,
         site=site_dir if site is not None else None,

@@ -7,14 +7,12 @@ the keys of SAEDashboard's batch files. Everything is JSON-ready (plain lists, f
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
-
-import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import orjson
 import torch
 from torch import Tensor
 
@@ -47,28 +45,26 @@ so latents with tiny activations keep their precision; SAEDashboard keeps 3 deci
 
 
 def dumps_bytes(obj: Any) -> bytes:
-    """Compact UTF-8 JSON. Uses ``orjson`` when installed (several times faster on these large
-    exports), else the standard library; both refuse nothing silently because every float reaching
-    here was checked finite by :func:`rounded` (NaN only where a field is nullable, as ``None``)."""
-    if _orjson is not None:
-        return _orjson.dumps(obj)
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (``orjson``: several times faster than the standard library on these large
+    exports, and it writes the pre-encoded :class:`orjson.Fragment` rows of the records). Every float
+    reaching here was checked finite (NaN only where a field is nullable, written as ``null``)."""
+    return orjson.dumps(obj)
 
 
-try:  # optional speed-up
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
+_POW10 = torch.tensor([float(10**i) for i in range(301)], dtype=torch.float64)
+"""``10**i`` for ``i`` in 0..300, each the float nearest the exact power."""
 
 
 def round_sig(x: Tensor, sig: int = SIG_DIGITS) -> Tensor:
     """Round to ``sig`` significant digits (float64), so that each value prints as a short decimal."""
     x = x.detach().to(torch.float64)
     mag = torch.floor(torch.log10(x.abs().clamp(min=1e-300)))
-    k = (sig - 1 - mag).clamp(-300, 300)
+    k = torch.nan_to_num(sig - 1 - mag, nan=0.0).clamp(-300, 300)  # NaN stays NaN through x * p
     up = k >= 0  # divide by an exact power of ten on both branches
-    p_up = torch.pow(10.0, k.clamp(min=0))
-    p_dn = torch.pow(10.0, (-k).clamp(min=0))
+    # powers of ten from a table: torch.pow's vectorised path is not exact for integer exponents, so
+    # the same value could round differently alone and inside a longer tensor
+    p_up = _POW10[k.clamp(min=0).to(torch.int64)]
+    p_dn = _POW10[(-k).clamp(min=0).to(torch.int64)]
     out = torch.where(up, torch.round(x * p_up) / p_up, torch.round(x / p_dn) * p_dn)
     return torch.where(x == 0, x, out)
 
@@ -92,6 +88,45 @@ def _f(x: Any, sig: int = 7) -> float:
     return float(round_sig(torch.as_tensor(float(x)).reshape(1), sig)[0])
 
 
+class TokenTable:
+    """Token id → display string and its JSON encoding, each decoded and encoded once per export.
+
+    Grows on demand (:meth:`add`) with the ids the examples use; rows of ids become JSON-array
+    fragments by table lookups and one ``join`` per row."""
+
+    def __init__(self, token_strings: Callable[[Sequence[int]], list[str]]):
+        self._decode = token_strings
+        self.strings = np.empty(0, dtype=object)
+        self.encoded = np.empty(0, dtype=object)
+        self._known = torch.zeros(0, dtype=torch.bool)
+
+    def add(self, ids: Tensor) -> None:
+        """Decode the ids of ``ids`` (any shape) not seen before, all in one call."""
+        if ids.numel() == 0:
+            return
+        top = int(ids.max()) + 1
+        if top > self._known.numel():
+            grow = top - self._known.numel()
+            self._known = torch.cat([self._known, torch.zeros(grow, dtype=torch.bool)])
+            self.strings = np.concatenate([self.strings, np.empty(grow, dtype=object)])
+            self.encoded = np.concatenate([self.encoded, np.empty(grow, dtype=object)])
+        present = torch.zeros_like(self._known)
+        present[ids.reshape(-1).to(torch.int64)] = True
+        new = (present & ~self._known).nonzero().squeeze(1)
+        if new.numel():
+            idx = new.numpy()
+            strs = self._decode(new.tolist())
+            self.strings[idx] = strs
+            self.encoded[idx] = [orjson.dumps(t) for t in strs]
+            self._known[new] = True
+
+    def row_fragments(self, ids: Tensor) -> list[Any]:
+        """Each row of ``ids [E, L]`` as a JSON array of its token strings (a fragment)."""
+        self.add(ids)
+        rows = self.encoded[ids.to(torch.int64).numpy()].tolist()
+        return [orjson.Fragment(b"[" + b",".join(r) + b"]") for r in rows]
+
+
 @dataclass
 class RecordContext:
     """What every record of one export shares."""
@@ -109,6 +144,13 @@ class RecordContext:
     """``[W, d]`` decoder directions to include as ``vector`` (``None``: empty lists)."""
     autointerp: dict[int, dict[str, Any]] = field(default_factory=dict)
     """latent → ``{"explanation": str, "scores": {scorer: float}}``."""
+    tokens: TokenTable | None = None
+    """Decoded and JSON-encoded token strings, shared by every group of one export (made on first use)."""
+
+    def token_table(self) -> TokenTable:
+        if self.tokens is None:
+            self.tokens = TokenTable(self.token_strings)
+        return self.tokens
 
 
 def examples_of(stats: FeatureStats, latents: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -135,6 +177,31 @@ def examples_of(stats: FeatureStats, latents: Sequence[int]) -> tuple[Tensor, Te
     return latent[keep], gpos[keep], group[keep], value[keep]
 
 
+class Activation(dict):
+    """One example of a record. A plain JSON object to every writer (orjson writes dict subclasses as
+    objects); its ``tokens``/``values``/``pred_values``/``pred_share`` are pre-encoded
+    :class:`orjson.Fragment` arrays. The attributes carry what the exporters need without parsing them."""
+
+    __slots__ = ("qualifying_token", "max_value", "max_index", "min_value")
+    qualifying_token: str
+    """The token string at ``qualifying_token_index``."""
+    max_value: float
+    """Largest (rounded) value, and the first position holding it."""
+    max_index: int
+    min_value: float
+
+
+def row_fragments(x: Tensor) -> list[Any]:
+    """Each row of a 2-D float tensor as a JSON-array fragment, encoded in one pass (NaN → ``null``).
+
+    Equal to encoding ``x[i].tolist()`` row by row: the rows are split out of the encoding of the whole
+    array (numbers never contain brackets)."""
+    if x.shape[0] == 0:
+        return []
+    body = orjson.dumps(np.ascontiguousarray(x.detach().to(torch.float64).numpy()), option=orjson.OPT_SERIALIZE_NUMPY)
+    return [orjson.Fragment(b"[" + part + b"]") for part in body[2:-2].split(b"],[")]
+
+
 def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows, groups: Tensor) -> list[dict[str, Any]]:
     """Site records (Neuronpedia feature objects + ``tempolens`` block) of ``latents``.
 
@@ -142,15 +209,32 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
     """
     s = ctx.stats
     wl = windows.latent
-    # token strings for every id in these windows, decoded once
-    uniq, inv = torch.unique(windows.tokens, return_inverse=True)
-    strs = np.empty(uniq.numel(), dtype=object)
-    strs[:] = ctx.token_strings(uniq.tolist())
-    tok_strs = strs[inv.numpy()].tolist()
-    values = rounded(windows.values)
-    preds = rounded(windows.pred, nullable=True) if windows.pred is not None else None
-    shares = rounded(windows.pred_share) if windows.pred_share is not None else None
+    # The per-example lists (tokens, values, predicted codes, shares) are most of every export. They are
+    # encoded to JSON once here, as whole arrays, and spliced as fragments into the batch files, the
+    # bulk import and the site (never converted to Python floats or encoded three times).
+    table = ctx.token_table()
+    tok_rows = table.row_fragments(windows.tokens)
+    values_r = round_sig(windows.values)
+    if not bool(torch.isfinite(values_r).all()):
+        raise ValueError("non-finite value in an export field")
+    values = row_fragments(values_r)
+    preds = row_fragments(round_sig(windows.pred)) if windows.pred is not None else None  # NaN → null
+    if windows.pred_share is not None:
+        share_r = round_sig(windows.pred_share)
+        if not bool(torch.isfinite(share_r).all()):
+            raise ValueError("non-finite value in an export field")
+        shares = row_fragments(share_r)
+    else:
+        shares = None
+    E = values_r.shape[0]
+    if E:
+        vmax, vargmax = values_r.max(1)
+        vmin = values_r.amin(1)
+        vmax_l, vargmax_l, vmin_l = vmax.tolist(), vargmax.tolist(), vmin.tolist()
+    else:
+        vmax_l = vargmax_l = vmin_l = []
     qual = windows.qualifying.tolist()
+    q_tok = table.strings[windows.tokens.gather(1, windows.qualifying.to(torch.int64).unsqueeze(1)).squeeze(1).numpy()].tolist() if E else []
     prompts = windows.prompt.tolist()
     grp = groups.tolist()
     lat_list = wl.tolist()
@@ -159,76 +243,94 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
         by_latent.setdefault(l, []).append(e)
     int_edges = round_sig(s.int_edges, 7)
     int_share = s.int_share
-    hist_centres = (s.hist_edges[:, :-1] + s.hist_edges[:, 1:]) / 2
-    mean_act = s.mean_act
-    pst = s.pred_share_top
+    # every per-latent field is rounded and converted for the whole group at once (no per-latent tensor ops)
+    lat = torch.as_tensor([int(x) for x in latents], dtype=torch.int64)
+    G = lat.numel()
+    max_act, mean_act = s.max_act[lat].double(), s.mean_act[lat].double()
+    frac = s.frac_nonzero[lat]
+    bad = ~(torch.isfinite(max_act) & torch.isfinite(mean_act) & torch.isfinite(frac))
+    if bool(bad.any()):
+        raise ValueError(f"non-finite statistics for latent {int(lat[bad.nonzero()[0, 0]])}")
+    max_list, mean_list, frac_list = round_sig(max_act, 7).tolist(), round_sig(mean_act, 7).tolist(), frac.tolist()
+    pst_list = rounded(s.pred_share_top[lat], SIG_DIGITS, nullable=True)
+    n_active = s.n_active[lat].tolist()
+    hist_centres = rounded((s.hist_edges[lat, :-1] + s.hist_edges[lat, 1:]) / 2, 6)
+    hist_counts = s.hist_counts[lat].tolist()
+    int_edges_l = int_edges[lat].tolist()
+    int_share_l = int_share[lat].tolist()
+    ci = s.corr_indices[lat]
+    ok = ci >= 0
+    corr_idx, corr_ok = ci.tolist(), ok.tolist()
+    corr_p = rounded(torch.where(ok, s.corr_pearson[lat], 0.0))
+    corr_c = rounded(torch.where(ok, s.corr_cosine[lat], 0.0))
+    if ctx.alignment is not None:
+        al_idx = ctx.alignment["indices"][lat].tolist()
+        al_val, al_l1 = rounded(ctx.alignment["values"][lat]), rounded(ctx.alignment["l1"][lat])
+    if ctx.logits is not None:
+        lg = ctx.logits
+        nl = lg.top_ids.shape[1]
+        neg_flat = ctx.token_strings(lg.bottom_ids[lat].reshape(-1).tolist())
+        pos_flat = ctx.token_strings(lg.top_ids[lat].reshape(-1).tolist())
+        neg_str = [neg_flat[i * nl : (i + 1) * nl] for i in range(G)]
+        pos_str = [pos_flat[i * nl : (i + 1) * nl] for i in range(G)]
+        neg_val, pos_val = rounded(lg.bottom_values[lat]), rounded(lg.top_values[lat])
+        lhist_c, lhist_h = rounded(lg.hist_centres[lat]), lg.hist_counts[lat].tolist()
+    vectors = rounded(ctx.vectors[lat], 6) if ctx.vectors is not None else None
     out = []
-    for l in latents:
-        l = int(l)
-        max_act = _f(s.max_act[l])
+    for j, l in enumerate(lat.tolist()):
+        mx = max_list[j]
         acts = []
         for e in by_latent.get(l, []):
             g = grp[e]
             if g < 0:
-                bmin, bmax, bcont = -1.0, max_act, -1.0
+                bmin, bmax, bcont = -1.0, mx, -1.0
             else:
-                bmin, bmax, bcont = float(int_edges[l, g]), float(int_edges[l, g + 1]), float(int_share[l, g])
-            a: dict[str, Any] = {
-                "bin_min": bmin, "bin_max": bmax, "bin_contains": bcont,
-                "tokens": tok_strs[e], "values": values[e], "qualifying_token_index": qual[e],
-                "prompt_index": prompts[e],
-            }
+                bmin, bmax, bcont = int_edges_l[j][g], int_edges_l[j][g + 1], int_share_l[j][g]
+            a = Activation(
+                bin_min=bmin, bin_max=bmax, bin_contains=bcont,
+                tokens=tok_rows[e], values=values[e], qualifying_token_index=qual[e],
+                prompt_index=prompts[e],
+            )
             if preds is not None:
                 a["pred_values"] = preds[e]
             if shares is not None:
                 a["pred_share"] = shares[e]
+            a.qualifying_token, a.max_value, a.max_index, a.min_value = q_tok[e], vmax_l[e], vargmax_l[e], vmin_l[e]
             acts.append(a)
         rec: dict[str, Any] = {"feature_index": l}
         if ctx.alignment is not None:
-            rec["neuron_alignment_indices"] = ctx.alignment["indices"][l].tolist()
-            rec["neuron_alignment_values"] = rounded(ctx.alignment["values"][l])
-            rec["neuron_alignment_l1"] = rounded(ctx.alignment["l1"][l])
+            rec["neuron_alignment_indices"], rec["neuron_alignment_values"], rec["neuron_alignment_l1"] = al_idx[j], al_val[j], al_l1[j]
         else:
             rec["neuron_alignment_indices"], rec["neuron_alignment_values"], rec["neuron_alignment_l1"] = [], [], []
         # neuron correlations need the LM's activations, which the code store does not keep
         rec["correlated_neurons_indices"], rec["correlated_neurons_pearson"], rec["correlated_neurons_l1"] = [], [], []
-        ci = s.corr_indices[l]
-        ok = ci >= 0
-        rec["correlated_features_indices"] = ci[ok].tolist()
-        rec["correlated_features_pearson"] = rounded(s.corr_pearson[l][ok])
-        rec["correlated_features_l1"] = rounded(s.corr_cosine[l][ok])  # SAEDashboard writes cosine similarity here
+        keep = corr_ok[j]
+        rec["correlated_features_indices"] = [x for x, k in zip(corr_idx[j], keep) if k]
+        rec["correlated_features_pearson"] = [x for x, k in zip(corr_p[j], keep) if k]
+        rec["correlated_features_l1"] = [x for x, k in zip(corr_c[j], keep) if k]  # SAEDashboard writes cosine similarity here
         if ctx.logits is not None:
-            lg = ctx.logits
-            rec["neg_str"] = ctx.token_strings(lg.bottom_ids[l].tolist())
-            rec["neg_values"] = rounded(lg.bottom_values[l])
-            rec["pos_str"] = ctx.token_strings(lg.top_ids[l].tolist())
-            rec["pos_values"] = rounded(lg.top_values[l])
+            rec["neg_str"], rec["neg_values"], rec["pos_str"], rec["pos_values"] = neg_str[j], neg_val[j], pos_str[j], pos_val[j]
         else:
             rec["neg_str"], rec["neg_values"], rec["pos_str"], rec["pos_values"] = [], [], [], []
-        rec["frac_nonzero"] = float(s.frac_nonzero[l])
-        rec["freq_hist_data_bar_values"] = rounded(hist_centres[l], 6)
-        rec["freq_hist_data_bar_heights"] = s.hist_counts[l].tolist()
+        rec["frac_nonzero"] = frac_list[j]
+        rec["freq_hist_data_bar_values"] = hist_centres[j]
+        rec["freq_hist_data_bar_heights"] = hist_counts[j]
         if ctx.logits is not None:
-            rec["logits_hist_data_bar_values"] = rounded(ctx.logits.hist_centres[l])
-            rec["logits_hist_data_bar_heights"] = ctx.logits.hist_counts[l].tolist()
+            rec["logits_hist_data_bar_values"], rec["logits_hist_data_bar_heights"] = lhist_c[j], lhist_h[j]
         else:
             rec["logits_hist_data_bar_values"], rec["logits_hist_data_bar_heights"] = [], []
         rec["n_prompts_total"] = int(ctx.n_prompts_total)
         rec["n_tokens_in_prompt"] = int(s.prompt_len)
         rec["dataset"] = ctx.dataset
         rec["decoder_weights_dist"] = []
-        rec["vector"] = rounded(ctx.vectors[l], 6) if ctx.vectors is not None else []
+        rec["vector"] = vectors[j] if vectors is not None else []
         rec["activations"] = acts
         ai = ctx.autointerp.get(l, {})
-        p = float(pst[l])
-        p = _f(p, SIG_DIGITS) if p == p else p
-        if not all(math.isfinite(v) for v in (max_act, float(mean_act[l]), rec["frac_nonzero"])):
-            raise ValueError(f"non-finite statistics for latent {l}")
         rec["tempolens"] = {
-            "max_act": max_act,
-            "mean_act": _f(mean_act[l]),
-            "n_active": int(s.n_active[l]),
-            "pred_share_top": p if p == p else None,
+            "max_act": mx,
+            "mean_act": mean_list[j],
+            "n_active": int(n_active[j]),
+            "pred_share_top": pst_list[j],
             "explanation": ai.get("explanation"),
             "scores": dict(ai.get("scores") or {}),
         }
@@ -246,7 +348,7 @@ def neuronpedia_feature(record: dict[str, Any], activations: bool = True) -> dic
 
 def top_tokens(record: dict[str, Any], n: int = 3) -> str:
     """The most frequent tokens at the top examples' qualifying positions, as a short string."""
-    c = Counter(a["tokens"][a["qualifying_token_index"]] for a in record["activations"] if a["bin_min"] == -1)
+    c = Counter(a.qualifying_token for a in record["activations"] if a["bin_min"] == -1)
     return " | ".join((t.strip() or t) for t, _ in c.most_common(n))
 
 
