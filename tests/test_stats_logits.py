@@ -53,3 +53,34 @@ def test_small_vocab_and_shapes():
     W_dec, W_U, _ = _setup(vocab=6)
     eff = logit_effects(W_dec, W_U, k=10)
     assert eff.top_ids.shape == (13, 6) and eff.hist_counts.shape == (13, 50)
+
+
+def test_row_topk_breaks_boundary_ties_by_lowest_id():
+    from tempolens.stats.logits import row_topk
+
+    X = torch.tensor([[1.0, 5.0, 3.0, 3.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0, 2.0, 9.0, -1.0]])
+    v, i = row_topk(X, 3, largest=True)
+    assert i.tolist() == [[1, 2, 3], [5, 0, 1]] and v.tolist() == [[5.0, 3.0, 3.0], [9.0, 2.0, 2.0]]
+    v, i = row_topk(X, 2, largest=False)
+    assert i.tolist() == [[6, 0], [6, 0]]
+
+
+def test_histogram_rows_matches_numpy():
+    from tempolens.stats.logits import histogram_rows
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(5, 10_000, generator=g)
+    X[3] = 0.5  # a constant row: everything in the first bin
+    lo, hi = X.amin(1), X.amax(1)
+    counts = histogram_rows(X.clone(), lo, hi, 50)
+    for r in range(5):
+        if r == 3:
+            assert counts[r, 0] == 10_000 and counts[r, 1:].sum() == 0
+            continue
+        x = X[r].double().numpy()
+        h, _ = np.histogram(x, bins=50, range=(float(lo[r]), float(hi[r])))
+        # float32 arithmetic may put a value lying within rounding of a bin edge on the other side
+        pos = (x - float(lo[r])) * 50 / (float(hi[r]) - float(lo[r]))
+        near_edge = int((np.abs(pos - np.round(pos)) < 1e-4).sum())
+        assert int(counts[r].sum()) == 10_000
+        assert int(np.abs(counts[r].numpy() - h).sum()) <= 2 * near_edge, (counts[r].tolist(), h.tolist())

@@ -6,14 +6,15 @@ keep the top and bottom ``k`` tokens and a histogram over the whole vocabulary.
 
 Streaming: latents go in blocks, the vocabulary in chunks, so at most ``block × chunk`` logits exist at
 once (never ``width × vocab``; Gemma's vocabulary has 262k tokens). The top/bottom-k and the min/max are
-merged over vocab chunks in a first sweep; the histogram (whose bins span each latent's min..max)
-needs a second sweep over the same chunks: when a block's ``block × vocab`` logits fit in
-``memory_mb`` the chunks of the first sweep are kept for it (one matmul per chunk), otherwise they are
-recomputed (two matmuls per chunk, less memory).
+taken in one pass per end and the histogram (whose bins span each latent's min..max) in one more
+when a block's ``block × vocab`` logits fit in ``memory_mb`` (one matmul); otherwise they are merged
+over vocab chunks and a second sweep recomputes the chunks for the histogram (two matmuls, less
+memory). Histogram bins follow numpy's convention (closed on the left, the last also on the right).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,63 @@ def _merge_topk(vals: Tensor, ids: Tensor, new_vals: Tensor, new_ids: Tensor, k:
     return v.gather(1, o), i.gather(1, o)
 
 
+def row_topk(X: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
+    """Top (or bottom) ``k`` of every row of ``X``, ordered by value and, among equal values, by
+    column (the lowest id first; also for ties at the k-th place, which ``torch.topk`` breaks
+    arbitrarily). One ``topk`` pass; rows with a tie at the boundary are redone exactly (rare)."""
+    B, V = X.shape
+    kk = min(k, V)
+    extra = 1 if kk < V else 0
+    v, i = torch.topk(X, kk + extra, dim=1, largest=largest, sorted=True)
+    if extra:
+        tied = (v[:, kk] == v[:, kk - 1]).nonzero().squeeze(1).tolist()
+        v, i = v[:, :kk].clone(), i[:, :kk].clone()
+        for r in tied:
+            thr = v[r, kk - 1]
+            cand = ((X[r] >= thr) if largest else (X[r] <= thr)).nonzero().squeeze(1)
+            cv = X[r, cand]
+            o = torch.argsort(cv, stable=True, descending=largest)[:kk]  # cand is ascending: ties keep id order
+            v[r], i[r] = cv[o], cand[o]
+    # order inside the k: by id, then a stable sort by value
+    o = torch.argsort(i, dim=1, stable=True)
+    v, i = v.gather(1, o), i.gather(1, o)
+    o = torch.argsort(v, dim=1, stable=True, descending=largest)
+    return v.gather(1, o), i.gather(1, o)
+
+
+def _bincount_rows(idx: Tensor, size: int) -> Tensor:
+    """``bincount`` of a ``[B, N]`` int tensor of flat bin ids, its row halves in two threads
+    (``bincount`` itself is single-threaded; the threads release the GIL)."""
+    if torch.get_num_threads() < 2 or idx.shape[0] < 2 or idx.numel() < (1 << 22):
+        return torch.bincount(idx.reshape(-1), minlength=size)
+    h = idx.shape[0] // 2
+    out: list[Tensor | None] = [None, None]
+
+    def job(j: int, part: Tensor) -> None:
+        out[j] = torch.bincount(part.reshape(-1), minlength=size)
+
+    t = threading.Thread(target=job, args=(1, idx[h:]))
+    t.start()
+    job(0, idx[:h])
+    t.join()
+    assert out[0] is not None and out[1] is not None
+    return out[0] + out[1]
+
+
+def histogram_rows(X: Tensor, lo: Tensor, hi: Tensor, n_bins: int, work: Tensor | None = None) -> Tensor:
+    """Per-row counts ``[B, n_bins]`` of ``X [B, N]`` in equal-width bins over ``[lo, hi]`` (numpy's
+    convention: bins closed on the left, the last also on the right). ``X`` is overwritten;
+    ``work`` (int32, shaped like ``X``) is an optional reused buffer for the bin ids."""
+    B = X.shape[0]
+    span = (hi - lo).unsqueeze(1)
+    scale = torch.where(span > 0, n_bins / span.clamp(min=1e-30), torch.zeros_like(span))  # a constant row: all in bin 0
+    torch.addcmul(-lo.unsqueeze(1) * scale, X, scale, out=X)  # (x - lo)·n/(hi - lo), one pass
+    idx = work.copy_(X) if work is not None else X.to(torch.int32)  # truncation = floor (x ≥ 0 up to rounding)
+    idx.clamp_(0, n_bins - 1)
+    idx.add_((torch.arange(B, dtype=torch.int32, device=X.device) * n_bins).unsqueeze(1))
+    return _bincount_rows(idx, B * n_bins).view(B, n_bins)
+
+
 def logit_effects(
     W_dec: Tensor,
     W_U: Tensor,
@@ -66,7 +124,7 @@ def logit_effects(
 
     ``norm_multiplier [d]`` (the final norm's effective multiplier, e.g. Gemma's ``1 + w``) is folded
     into the directions when given. Histogram bins are equal-width over each latent's ``[min, max]``
-    logit effect (right-closed, the first bin includes the min); matmuls run in float32 on ``device``.
+    logit effect (numpy's convention); matmuls run in float32 on ``device``.
     ``block`` latents per block (default: as many as keep ``block × vocab`` float32 logits within
     ``memory_mb``, between 16 and 1024).
     """
@@ -83,38 +141,41 @@ def logit_effects(
     keep_chunks = block * V * 4 <= budget
     chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
     out = {name: [] for name in ("tv", "ti", "bv", "bi", "hc", "hm")}
+    buf: Tensor | None = None
+    ibuf: Tensor | None = None
     for b0 in tqdm(range(0, width, block), desc="logit effects", unit="block", disable=not progress, leave=False):
         w = Wd[b0 : b0 + block]
         B = w.shape[0]
-        tv = torch.full((B, 0), 0.0, device=dev)
-        ti = torch.zeros((B, 0), dtype=torch.int64, device=dev)
-        bv, bi = tv.clone(), ti.clone()
-        lo = torch.full((B,), float("inf"), device=dev)
-        hi = torch.full((B,), float("-inf"), device=dev)
-        kept: list[Tensor] = []
-        for s, e in chunks:
-            logits = w @ U[s:e].T  # [B, chunk]
-            if keep_chunks:
-                kept.append(logits)
-            cv, ci = torch.topk(logits, min(kk, e - s), dim=1, largest=True)
-            tv, ti = _merge_topk(tv, ti, cv, ci + s, kk, largest=True)
-            cv, ci = torch.topk(logits, min(kk, e - s), dim=1, largest=False)
-            bv, bi = _merge_topk(bv, bi, cv, ci + s, kk, largest=False)
-            cmin, cmax = torch.aminmax(logits, dim=1)
-            lo = torch.minimum(lo, cmin)
-            hi = torch.maximum(hi, cmax)
-        scale = (n_bins / (hi - lo).clamp(min=1e-30)).unsqueeze(1)
-        counts = torch.zeros(B * n_bins, dtype=torch.int64, device=dev)
-        row = (torch.arange(B, device=dev, dtype=torch.float32) * n_bins).unsqueeze(1)
-        for ci_, (s, e) in enumerate(chunks):
-            x = kept[ci_] if keep_chunks else w @ U[s:e].T
-            # bin j = ceil((x - lo)·n/(hi - lo)) - 1, clamped (the min goes to bin 0); in place, chunk is ours
-            x.sub_(lo.unsqueeze(1)).mul_(scale).ceil_().sub_(1).clamp_(0, n_bins - 1).add_(row)
-            counts += torch.bincount(x.reshape(-1).to(torch.int64), minlength=B * n_bins)
-        kept = []
+        if keep_chunks:
+            # the block's logits fit in memory: one matmul, one top-k per end, one histogram pass
+            # (into buffers reused by every block: fresh 100 MB allocations cost page faults each time)
+            if buf is None:
+                buf = torch.empty(min(block, width), V, device=dev)
+                ibuf = torch.empty(min(block, width), V, dtype=torch.int32, device=dev)
+            X = torch.mm(w, U.T, out=buf[:B])  # [B, vocab]
+            tv, ti = row_topk(X, kk, largest=True)
+            bv, bi = row_topk(X, kk, largest=False)
+            lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
+            counts = histogram_rows(X, lo, hi, n_bins, work=ibuf[:B])
+        else:
+            # streaming: top/bottom-k and min/max merged over vocab chunks, then a second sweep
+            # recomputes each chunk for the histogram
+            tv = torch.full((B, 0), 0.0, device=dev)
+            ti = torch.zeros((B, 0), dtype=torch.int64, device=dev)
+            bv, bi = tv.clone(), ti.clone()
+            for s, e in chunks:
+                logits = w @ U[s:e].T  # [B, chunk]
+                cv, ci = row_topk(logits, kk, largest=True)
+                tv, ti = _merge_topk(tv, ti, cv, ci + s, kk, largest=True)
+                cv, ci = row_topk(logits, kk, largest=False)
+                bv, bi = _merge_topk(bv, bi, cv, ci + s, kk, largest=False)
+            lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
+            counts = torch.zeros(B, n_bins, dtype=torch.int64, device=dev)
+            for s, e in chunks:
+                counts += histogram_rows(w @ U[s:e].T, lo, hi, n_bins)
         edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * (torch.arange(n_bins + 1, device=dev, dtype=torch.float32) / n_bins)
         out["tv"].append(tv.cpu()), out["ti"].append(ti.cpu()), out["bv"].append(bv.cpu()), out["bi"].append(bi.cpu())
-        out["hc"].append(counts.view(B, n_bins).cpu()), out["hm"].append(((edges[:, :-1] + edges[:, 1:]) / 2).cpu())
+        out["hc"].append(counts.cpu()), out["hm"].append(((edges[:, :-1] + edges[:, 1:]) / 2).cpu())
     cat = {name: torch.cat(v) if v else torch.zeros(0) for name, v in out.items()}
     return LogitEffects(
         top_ids=cat["ti"], top_values=cat["tv"], bottom_ids=cat["bi"], bottom_values=cat["bv"],
