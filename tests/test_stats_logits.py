@@ -84,3 +84,22 @@ def test_histogram_rows_matches_numpy():
         near_edge = int((np.abs(pos - np.round(pos)) < 1e-4).sum())
         assert int(counts[r].sum()) == 10_000
         assert int(np.abs(counts[r].numpy() - h).sum()) <= 2 * near_edge, (counts[r].tolist(), h.tolist())
+
+
+@pytest.mark.parametrize("V,k,group", [(1000, 10, 16), (1037, 10, 16), (4096, 5, 64), (300, 10, 16), (50, 10, 16)])
+def test_row_ends_equal_row_topk_with_ties(V, k, group):
+    from tempolens.stats.logits import row_ends, row_topk
+
+    g = torch.Generator().manual_seed(V + k)
+    X = torch.randn(12, V, generator=g).round(decimals=1)  # many exact ties, also between groups' extremes
+    X[3] = 0.0  # a constant row
+    X[4, ::7] = 10.0  # the top value repeated in many groups
+    X[5, : V // 2] = X[5, V // 2 : 2 * (V // 2)]  # duplicated halves
+    tv, ti, bv, bi = row_ends(X, k, group=group)
+    rv, ri = row_topk(X, k, largest=True)
+    sv, si = row_topk(X, k, largest=False)
+    assert torch.equal(ti, ri) and torch.equal(tv, rv)
+    assert torch.equal(bi, si) and torch.equal(bv, sv)
+    for r in range(X.shape[0]):  # and both agree with a sort by (value, id)
+        order = sorted(range(V), key=lambda t: (-float(X[r, t]), t))[: min(k, V)]
+        assert ti[r].tolist() == order

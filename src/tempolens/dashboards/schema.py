@@ -56,8 +56,21 @@ _POW10 = torch.tensor([float(10**i) for i in range(301)], dtype=torch.float64)
 
 
 def round_sig(x: Tensor, sig: int = SIG_DIGITS) -> Tensor:
-    """Round to ``sig`` significant digits (float64), so that each value prints as a short decimal."""
+    """Round to ``sig`` significant digits (float64), so that each value prints as a short decimal.
+
+    Large mostly-zero tensors (example windows: a latent fires on a few of 128 tokens) are rounded on
+    their nonzero entries only; the result is the same."""
     x = x.detach().to(torch.float64)
+    if x.numel() > (1 << 16):
+        nz = x != 0  # NaN included
+        if int(nz.sum()) < x.numel() // 4:
+            out = x.clone()
+            out[nz] = _round_sig_dense(x[nz], sig)
+            return out
+    return _round_sig_dense(x, sig)
+
+
+def _round_sig_dense(x: Tensor, sig: int) -> Tensor:
     mag = torch.floor(torch.log10(x.abs().clamp(min=1e-300)))
     k = torch.nan_to_num(sig - 1 - mag, nan=0.0).clamp(-300, 300)  # NaN stays NaN through x * p
     up = k >= 0  # divide by an exact power of ten on both branches
@@ -81,11 +94,6 @@ def rounded(x: Tensor, sig: int = SIG_DIGITS, nullable: bool = False) -> list:
         arr[nan.numpy()] = None
         return arr.tolist()
     return r.tolist()
-
-
-def _f(x: Any, sig: int = 7) -> float:
-    """One float rounded to ``sig`` significant digits (float32 statistics print short)."""
-    return float(round_sig(torch.as_tensor(float(x)).reshape(1), sig)[0])
 
 
 class TokenTable:

@@ -74,6 +74,41 @@ def row_topk(X: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
     return v.gather(1, o), i.gather(1, o)
 
 
+def row_ends(X: Tensor, k: int, group: int = 256) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(top values, top ids, bottom values, bottom ids)`` of every row of ``X [B, V]``, exactly as
+    :func:`row_topk` gives them, from one pass over ``X``.
+
+    The columns are cut into groups of ``group``; one ``aminmax`` pass gives every group's extremes.
+    The top ``k`` of a row lie in the ``k`` groups with the largest maxima (if the ``k``-th and the
+    next group maximum differ, every element outside those groups is smaller than the ``k``-th value),
+    so ``row_topk`` runs on those ``k × group`` candidates only; rows where the two group maxima are
+    equal (a possible tie at the boundary) are done on the whole row. Likewise for the bottom."""
+    B, V = X.shape
+    kk = min(k, V)
+    n_groups = V // group
+    if n_groups <= kk + 1 or not X.is_contiguous():
+        tv, ti = row_topk(X, kk, largest=True)
+        bv, bi = row_topk(X, kk, largest=False)
+        return tv, ti, bv, bi
+    main = n_groups * group
+    gmin, gmax = torch.aminmax(X[:, :main].view(B, n_groups, group), dim=2)  # [B, n_groups]
+    tail = torch.arange(main, V, device=X.device).unsqueeze(0).expand(B, -1)  # always candidates
+    offs = torch.arange(group, device=X.device)
+    out: list[Tensor] = []
+    for largest, g in ((True, gmax), (False, gmin)):
+        gv, gi = torch.topk(g, kk + 1, dim=1, largest=largest, sorted=True)
+        cand = torch.cat([(gi[:, :kk].unsqueeze(2) * group + offs).reshape(B, -1), tail], 1)
+        cand, _ = torch.sort(cand, dim=1)  # ascending ids: ties inside the candidates keep id order
+        v, j = row_topk(X.gather(1, cand), kk, largest=largest)
+        i = cand.gather(1, j)
+        ambiguous = (gv[:, kk] == gv[:, kk - 1]).nonzero().squeeze(1)
+        if ambiguous.numel():
+            v, i = v.clone(), i.clone()
+            v[ambiguous], i[ambiguous] = row_topk(X[ambiguous], kk, largest=largest)
+        out += [v, i]
+    return out[0], out[1], out[2], out[3]
+
+
 def _bincount_rows(idx: Tensor, size: int) -> Tensor:
     """``bincount`` of a ``[B, N]`` int tensor of flat bin ids, its row halves in two threads
     (``bincount`` itself is single-threaded; the threads release the GIL)."""
@@ -100,9 +135,9 @@ def histogram_rows(X: Tensor, lo: Tensor, hi: Tensor, n_bins: int, work: Tensor 
     B = X.shape[0]
     span = (hi - lo).unsqueeze(1)
     scale = torch.where(span > 0, n_bins / span.clamp(min=1e-30), torch.zeros_like(span))  # a constant row: all in bin 0
-    torch.addcmul(-lo.unsqueeze(1) * scale, X, scale, out=X)  # (x - lo)·n/(hi - lo), one pass
-    idx = work.copy_(X) if work is not None else X.to(torch.int32)  # truncation = floor (x ≥ 0 up to rounding)
-    idx.clamp_(0, n_bins - 1)
+    X.sub_(lo.unsqueeze(1)).mul_(scale)  # (x - lo)·n/(hi - lo): subtract first (x·s - lo·s cancels badly far from 0)
+    idx = work.copy_(X) if work is not None else X.to(torch.int32)  # truncation toward 0 = floor here
+    idx.clamp_(0, n_bins - 1)  # the max, and rounding near the ends
     idx.add_((torch.arange(B, dtype=torch.int32, device=X.device) * n_bins).unsqueeze(1))
     return _bincount_rows(idx, B * n_bins).view(B, n_bins)
 
@@ -153,8 +188,7 @@ def logit_effects(
                 buf = torch.empty(min(block, width), V, device=dev)
                 ibuf = torch.empty(min(block, width), V, dtype=torch.int32, device=dev)
             X = torch.mm(w, U.T, out=buf[:B])  # [B, vocab]
-            tv, ti = row_topk(X, kk, largest=True)
-            bv, bi = row_topk(X, kk, largest=False)
+            tv, ti, bv, bi = row_ends(X, kk)
             lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
             counts = histogram_rows(X, lo, hi, n_bins, work=ibuf[:B])
         else:
