@@ -67,11 +67,13 @@ class BenchConfig:
     temporal_sae: str = "embedded:temporal"
     """Temporal SAE for the tempolens-only run (empty to skip); falls back to `random:temporal?width=2560&k=32` if the embedded one is not shipped."""
     saedash_max_features: int = 2560
-    """Run SAEDashboard on at most this many latents per width (whole 128-latent batches); wider SAEs are extrapolated from the measured per-batch time, and the report says so. 0 = all."""
+    """Run SAEDashboard on every latent of SAEs up to this width; wider SAEs run `--saedash-sample-batches` batches of 128 and the full run is extrapolated from the measured per-batch time (the report says so). 0 = always all."""
+    saedash_sample_batches: int = 4
+    """Batches of 128 latents SAEDashboard runs on SAEs wider than `--saedash-max-features` (at least 2, to measure the per-batch time)."""
     floor: bool = True
     """Measure the floor (turn off only to add configurations to an earlier run's floor; ratios then come from that run)."""
     tempolens_run: bool = True
-    """Also measure `tempolens run` (collect → dashboards in one process) at the first width and --prompts."""
+    """Also measure `tempolens run --no-kernels` (collect → dashboards in one process, one model load) at every width, and use it for the growth with prompts."""
     skip_saedash: bool = False
     """Do not run SAEDashboard (e.g. where its venv does not exist)."""
     saedash_python: Path = Path("/work/saedash-venv/bin/python")
@@ -112,11 +114,25 @@ class BenchConfig:
         check(self.repeats >= 1, f"--repeats must be >= 1; got {self.repeats}")
         check(self.batch_size >= 1 and self.prompt_len >= 2, "--batch-size must be >= 1 and --prompt-len >= 2")
         check(self.saedash_max_features >= 0, "--saedash-max-features must be >= 0")
+        check(self.saedash_sample_batches >= 2, "--saedash-sample-batches must be >= 2 (the per-batch time needs two)")
         check(self.dtype in ("float32", "bfloat16", "float16"), f"--dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
         check(self.prompt_len <= 128 or self.skip_saedash, "the agreement check assumes whole-prompt example windows: --prompt-len <= 128")
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def stage_timings(store: Path, dash: Path) -> dict[str, float]:
+    """Stage seconds a tempolens run logged: ``collect.*`` from the store's ``collect_log.json``,
+    ``dashboards.*`` from the dashboards' ``dashboards_log.json``."""
+    out: dict[str, float] = {}
+    for prefix, path in (("collect", store / "collect_log.json"), ("dashboards", dash / "dashboards_log.json")):
+        try:
+            t = json.loads(path.read_text()).get("timings", {})
+        except (OSError, ValueError):
+            continue
+        out.update({f"{prefix}.{k}": float(v) for k, v in t.items() if isinstance(v, (int, float))})
+    return out
 
 
 def tempolens_cmd() -> list[str]:
@@ -290,19 +306,7 @@ class Bench:
         if m2.rc != 0:
             self.errors.append(f"tempolens dashboards {label} n={n}: {fail_msg(m2)}")
             return None
-        phases: dict[str, float] = {"collect": m1.wall_s, "dashboards": m2.wall_s}
-        try:
-            log = json.loads((store / "collect_log.json").read_text())
-            phases.update({f"collect.{k}": v for k, v in log.get("timings", {}).items()})
-        except (OSError, ValueError):
-            pass
-        settings = next(iter(sorted(dash.glob("**/run_settings.json"))), None)
-        if settings:
-            try:
-                t = json.loads(settings.read_text()).get("timings", {})
-                phases.update({f"dashboards.{k}": v for k, v in t.items() if isinstance(v, (int, float))})
-            except (OSError, ValueError):
-                pass
+        phases: dict[str, float] = {"collect": m1.wall_s, "dashboards": m2.wall_s, **stage_timings(store, dash)}
         disk = {"store": dir_bytes(store), "dashboards": dir_bytes(dash), "batches_json": dir_bytes(dash / "neuronpedia" / "batches", "*.json"),
                 "bulk": dir_bytes(dash / "neuronpedia" / "bulk"), "site": dir_bytes(dash / "site")}
         row = {"tool": "tempolens", "config": label, "n_prompts": n, "repeat": rep, "wall_s": m1.wall_s + m2.wall_s, "cpu_s": m1.cpu_s + m2.cpu_s,
@@ -330,7 +334,8 @@ class Bench:
             self.errors.append(f"tempolens run {label} n={n}: {fail_msg(m)}")
             return None
         row = {"tool": "tempolens-run", "config": label, "n_prompts": n, "repeat": rep, "wall_s": m.wall_s, "cpu_s": m.cpu_s,
-               "max_rss_gib": m.max_rss_gib, "disk_bytes": dir_bytes(run), "phases": {}, "load": [m.load_before, m.load_after]}
+               "max_rss_gib": m.max_rss_gib, "disk_bytes": dir_bytes(run), "phases": stage_timings(run / "store", run / "dashboards"),
+               "load": [m.load_before, m.load_after], "store": str(run / "store"), "site": str(run / "dashboards" / "site")}
         self.runs.append(row)
         say(f"tempolens run {label} n={n}: {m.wall_s:.1f} s wall, {m.cpu_s:.1f} s CPU; peak RSS {m.max_rss_gib:.2f} GiB")
         return row
@@ -338,9 +343,8 @@ class Bench:
     def saedash(self, label: str, sae_dir: Path, width: int, n: int, rep: int) -> dict[str, Any] | None:
         cfg = self.cfg
         n_batches = math.ceil(width / 128)
-        limit = n_batches if cfg.saedash_max_features == 0 else max(1, min(n_batches, cfg.saedash_max_features // 128))
-        if 1 < n_batches and limit < 2:
-            limit = 2  # at least two batches, to measure the per-batch time
+        full = cfg.saedash_max_features == 0 or width <= cfg.saedash_max_features
+        limit = n_batches if full else min(n_batches, max(2, cfg.saedash_sample_batches))  # two at least: the per-batch time
         run = self.work / f"saedash-{label}-{n}-r{rep}"
         argv, env, sub = sdo.prepare_run(run, self.tokens_path, sae_dir, self.dataset_dir, self.hf_home, n, cfg.prompt_len, cfg.batch_size,
                                          128, end_batch=None if limit >= n_batches else limit - 1)
@@ -418,7 +422,7 @@ class Bench:
                 entry = self.sae_for[label]
                 self.tempolens(label, entry["tempolens_spec"], n, rep)
                 self.save_partial()
-                if cfg.tempolens_run and label == labels[0]:
+                if cfg.tempolens_run:
                     self.tempolens_run(label, entry["tempolens_spec"], n, rep)
                     self.save_partial()
                 if not cfg.skip_saedash:
@@ -429,7 +433,8 @@ class Bench:
                 self.save_partial()
             for sn in cfg.scaling_prompts:
                 if sn != n:
-                    self.tempolens(labels[0], self.sae_for[labels[0]]["tempolens_spec"], sn, rep)
+                    measure = self.tempolens_run if cfg.tempolens_run else self.tempolens
+                    measure(labels[0], self.sae_for[labels[0]]["tempolens_spec"], sn, rep)
                     self.save_partial()
         agreement = {}
         for w, label in zip(cfg.widths, labels):
@@ -519,10 +524,14 @@ def markdown(result: dict[str, Any]) -> str:
         ph = r.get("phases", {})
         if r["tool"] == "floor":
             notes.append(f"{(r['n_prompts'] * cfg['prompt_len']) / r['wall_s']:.0f} tok/s")
-        if r["tool"] == "tempolens":
+        if r["tool"].startswith("tempolens"):
             if "collect.lm_forward" in ph:
-                notes.append(f"collect {ph.get('collect', 0):.1f} s (LM {ph['collect.lm_forward']:.1f}, SAE {ph.get('collect.sae_encode', 0):.1f}, load {ph.get('collect.load_model', 0):.1f})")
-            notes.append(f"dashboards {ph.get('dashboards', 0):.1f} s")
+                notes.append(f"LM {ph['collect.lm_forward']:.1f}, SAE {ph.get('collect.sae_encode', 0):.1f}, model load {ph.get('collect.load_model', 0):.1f}")
+            if r["tool"] == "tempolens":
+                notes.append(f"collect {ph.get('collect', 0):.1f} s + dashboards {ph.get('dashboards', 0):.1f} s")
+            d = {k.split(".", 1)[1]: v for k, v in ph.items() if k.startswith("dashboards.") and k != "dashboards.total"}
+            if d:
+                notes.append("dashboards: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in d.items()))
         if r["tool"] == "saedash":
             if "startup" in ph:
                 notes.append(f"start-up {ph['startup']:.0f} s")
@@ -563,10 +572,20 @@ def markdown(result: dict[str, Any]) -> str:
         if r["tool"].startswith("tempolens") and o:
             lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: peak RSS tempolens {r['max_rss_gib']:.2f} GiB vs SAEDashboard {o['max_rss_gib']:.2f} GiB; "
                          f"time {o['wall_s'] / r['wall_s']:.1f}× faster than SAEDashboard (wall)")
-    scal = sorted((r for r in result["summary"] if r["tool"] == "tempolens" and r["config"] == f"topk-{cfg['widths'][0]}"), key=lambda r: r["n_prompts"])
+    tool = "tempolens-run" if cfg.get("tempolens_run") else "tempolens"
+    scal = sorted((r for r in result["summary"] if r["tool"] == tool and r["config"] == f"topk-{cfg['widths'][0]}"), key=lambda r: r["n_prompts"])
+    floors = sorted((r for r in result["summary"] if r["tool"] == "floor"), key=lambda r: r["n_prompts"])
     if len(scal) > 1:
-        lines.append("- growth with prompts (tempolens, " + scal[0]["config"] + "): " + ", ".join(
+        lines.append(f"- growth with prompts ({tool}, " + scal[0]["config"] + "): " + ", ".join(
             f"{r['n_prompts']}: {r['wall_s']:.0f} s / {r['max_rss_gib']:.2f} GiB" for r in scal))
+        fl = {r["n_prompts"]: r for r in floors}
+        a, b = scal[0], scal[-1]
+        if a["n_prompts"] in fl and b["n_prompts"] in fl and b["n_prompts"] > a["n_prompts"]:
+            dt = b["wall_s"] - a["wall_s"]
+            df = fl[b["n_prompts"]]["wall_s"] - fl[a["n_prompts"]]["wall_s"]
+            fixed = a["wall_s"] - a["n_prompts"] * dt / (b["n_prompts"] - a["n_prompts"])
+            lines.append(f"- marginal cost ({a['n_prompts']} → {b['n_prompts']} prompts): {dt:.0f} s of {tool} per {df:.0f} s of floor = "
+                         f"**{dt / df:.2f}× the floor per extra prompt**; fixed cost (start-up, model load, logit effects, per-latent work) ≈ {fixed:.0f} s")
     if result["errors"]:
         lines += ["", "## Problems", ""] + [f"- {e.splitlines()[0]}" for e in result["errors"]]
     return "\n".join(lines) + "\n"
