@@ -2,7 +2,9 @@
 
 :func:`feature_records` builds, for a group of latents, the full *site* records (Neuronpedia keys plus
 a ``tempolens`` block and per-activation extras); :func:`neuronpedia_feature` strips them to exactly
-the keys of SAEDashboard's batch files. Everything is JSON-ready (plain lists, finite floats).
+the keys of SAEDashboard's batch files. Everything is ready for :func:`dumps_bytes` (orjson): plain
+lists and finite floats, except each example's ``tokens``/``values``/``pred_values``/``pred_share``,
+which are pre-encoded JSON arrays (:class:`orjson.Fragment`) written as they are into every export.
 """
 
 from __future__ import annotations
