@@ -74,3 +74,25 @@ def save_tiny_temporal_sae(folder: Path, seed: int) -> Path:
     from tempolens.saes.random_init import random_temporal_sae
 
     return save_temporal_sae(random_temporal_sae(32, 96, 8, n_heads=2, seed=seed, scaling_factor=0.1), Path(folder))
+
+
+def safetensors_content(path: Path) -> bytes:
+    """Tensors and scalars of a cached statistics file as comparable bytes (its metadata also
+    records pass timings, which differ run to run and are left out)."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "scalars" in meta:
+        scalars = json.loads(meta["scalars"])
+        scalars.pop("timings", None)
+        meta["scalars"] = json.dumps(scalars, sort_keys=True)
+    parts = [json.dumps(meta, sort_keys=True).encode()]
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        parts += [k.encode(), str(t.dtype).encode(), str(tuple(t.shape)).encode(), t.view(-1).view(torch.uint8).numpy().tobytes()]
+    return b"\0".join(parts)

@@ -153,7 +153,7 @@ def test_prepare_run_places_tokens_where_the_runner_reads_them(tmp_path):
 def test_saedash_copy_gives_identical_topk_codes(tmp_path):
     """A trained TopK SAE without decoder-norm rescaling and with non-unit decoder rows: the copy
     for SAEDashboard (rescale flag + normalised rows) encodes to the same codes in SAELens."""
-    sae_lens = pytest.importorskip("sae_lens")
+    pytest.importorskip("sae_lens")
     from sae_lens import SAE, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 

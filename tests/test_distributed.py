@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import save_tiny_temporal_sae, write_word_corpus
+from fixtures import safetensors_content, save_tiny_temporal_sae, write_word_corpus
 from tempolens.distributed import Dist, current
 from tempolens.store import CodeStore
 
@@ -114,7 +114,7 @@ def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
         if not p.is_file() or p.suffix == ".key" or p.name == "SHA256SUMS" or p.name.endswith("_log.json"):  # logs hold timings;  # hashes of files that name the store's path and creation time
             continue
         if p.suffix == ".safetensors":
-            out[p.relative_to(root).as_posix()] = _safetensors_content(p)
+            out[p.relative_to(root).as_posix()] = safetensors_content(p)
             continue
         data = p.read_bytes()
         if p.suffix == ".gz":
@@ -126,23 +126,6 @@ def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
             data = text.encode()
         out[p.relative_to(root).as_posix()] = data
     return out
-
-
-def _safetensors_content(path: Path) -> bytes:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "scalars" in meta:
-        scalars = json.loads(meta["scalars"])
-        scalars.pop("timings", None)
-        meta["scalars"] = json.dumps(scalars, sort_keys=True)
-    parts = [json.dumps(meta, sort_keys=True).encode()]
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        parts += [k.encode(), str(t.dtype).encode(), str(tuple(t.shape)).encode(), t.view(-1).view(torch.uint8).numpy().tobytes()]
-    return b"\0".join(parts)
 
 
 @pytest.mark.timeout(600)

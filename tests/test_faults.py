@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import save_tiny_temporal_sae, write_word_corpus
+from fixtures import safetensors_content, save_tiny_temporal_sae, write_word_corpus
 from tempolens.collect import CollectConfig, collect
 from tempolens.store import CodeStore, StoreError
 
@@ -87,24 +87,6 @@ def _dash_cfg(store: Path, out: Path):
     return DashboardConfig(store=store, out=out, chunk_size=32, features_per_batch=40, latents_per_pass=48, device="cpu", progress=False)
 
 
-def _safetensors_content(path: Path) -> bytes:
-    """Tensors and scalars of a cached statistics file (its metadata also records pass timings)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "scalars" in meta:
-        scalars = json.loads(meta["scalars"])
-        scalars.pop("timings", None)
-        meta["scalars"] = json.dumps(scalars, sort_keys=True)
-    parts = [json.dumps(meta, sort_keys=True).encode()]
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        parts += [k.encode(), str(t.dtype).encode(), str(tuple(t.shape)).encode(), t.view(-1).view(torch.uint8).numpy().tobytes()]
-    return b"\0".join(parts)
-
-
 def _tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path (``.gz`` decompressed, ``.safetensors`` as content)."""
     out: dict[str, bytes] = {}
@@ -112,7 +94,7 @@ def _tree(root: Path) -> dict[str, bytes]:
         if p.is_file() and not p.name.endswith("_log.json"):  # logs hold timings
             rel = p.relative_to(root).as_posix()
             if p.suffix == ".safetensors":
-                out[rel] = _safetensors_content(p)
+                out[rel] = safetensors_content(p)
             else:
                 out[rel] = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
     return out

@@ -10,7 +10,6 @@ import torch
 
 from test_train_cache import write_corpus
 from tempolens.errors import ConfigError
-from tempolens.saes.base import SparseCodes
 from tempolens.train import trainer as T
 from tempolens.train.activations_cache import ActivationCache
 
