@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tempolens.dashboards.schema import dumps_bytes, neuronpedia_feature
+from tempolens.dashboards.schema import Activation, dumps_bytes, neuronpedia_feature
 from tempolens.store.codestore import atomic_write_bytes
 
 
@@ -110,8 +110,9 @@ def activation_id(ids: ExportIds, index: int, k: int) -> str:
     return "tl" + h[:23]
 
 
-def bulk_activation(ids: ExportIds, feature_index: int, k: int, a: dict[str, Any]) -> dict[str, Any]:
-    """One activation row of the bulk import (Neuronpedia ``Activation``)."""
+def bulk_activation(ids: ExportIds, feature_index: int, k: int, a: Activation) -> dict[str, Any]:
+    """One activation row of the bulk import (Neuronpedia ``Activation``) from a record's example
+    (its extremes come from the :class:`~tempolens.dashboards.schema.Activation` attributes)."""
     return {
         "id": activation_id(ids, feature_index, k),
         "tokens": a["tokens"],
