@@ -96,3 +96,17 @@ def safetensors_content(path: Path) -> bytes:
         t = tensors[k].contiguous()
         parts += [k.encode(), str(t.dtype).encode(), str(tuple(t.shape)).encode(), t.view(-1).view(torch.uint8).numpy().tobytes()]
     return b"\0".join(parts)
+
+
+def tiny_lm_with_tokens(src: Path, dest: Path, tokens: list[str] | tuple[str, ...]):
+    """Copy the tiny LM at ``src`` to ``dest`` with ``tokens`` added to its vocabulary as whole tokens
+    (embeddings resized, new rows left random); returns the new tokenizer."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(src)
+    assert tok.add_tokens(list(tokens)) == len(tokens)
+    model = Gemma3ForCausalLM.from_pretrained(src)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    tok.save_pretrained(dest)
+    model.save_pretrained(dest)
+    return tok

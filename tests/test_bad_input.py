@@ -179,17 +179,11 @@ def _read_js(path: Path, fn: str) -> list:
 
 
 def test_odd_unicode_and_control_characters_survive_the_pipeline_exactly(tiny_lm_dir, temporal_dir, tmp_path):
-    from transformers import AutoTokenizer, Gemma3ForCausalLM
-
+    from fixtures import tiny_lm_with_tokens
     from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 
     lm = tmp_path / "lm"
-    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    assert tok.add_tokens(ODD_TOKENS) == len(ODD_TOKENS)
-    model = Gemma3ForCausalLM.from_pretrained(tiny_lm_dir)
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
-    tok.save_pretrained(lm)
-    model.save_pretrained(lm)
+    tok = tiny_lm_with_tokens(tiny_lm_dir, lm, ODD_TOKENS)
 
     rng = random.Random(0)
     words = [w for w in WORDS if w.isalpha()]

@@ -35,21 +35,15 @@ def pipeline_site(tiny_lm_dir, tmp_path_factory) -> Path:
     pytest.importorskip("tempolens.dashboards.pipeline")
     pytest.importorskip("tempolens.collect")
     import torch
-    from transformers import AutoTokenizer, Gemma3ForCausalLM
 
-    from fixtures import WORDS
+    from fixtures import WORDS, tiny_lm_with_tokens
     from tempolens.collect import CollectConfig, collect
     from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("viewer_pipeline")
     lm = root / "lm"
-    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    assert tok.add_tokens(HOSTILE_TOKENS) == len(HOSTILE_TOKENS)
-    model = Gemma3ForCausalLM.from_pretrained(tiny_lm_dir)
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
-    tok.save_pretrained(lm)
-    model.save_pretrained(lm)
+    tok = tiny_lm_with_tokens(tiny_lm_dir, lm, HOSTILE_TOKENS)
     assert tok.tokenize("a <script>alert(1)</script> &amp; the") == ["a", HOSTILE_TOKENS[0], "&amp;", "the"]
 
     rng = random.Random(0)
