@@ -110,3 +110,21 @@ def tiny_lm_with_tokens(src: Path, dest: Path, tokens: list[str] | tuple[str, ..
     tok.save_pretrained(dest)
     model.save_pretrained(dest)
     return tok
+
+
+def assert_close_scaled(actual, expected, rel: float = 1e-5, what: str = "") -> None:
+    """``max|a − b| ≤ rel · max|b|``: agreement of two float32 computations at the tensor's own scale.
+
+    Two float32 paths that sum in different orders (another BLAS, thread count or batching) differ by a few ulps of
+    the largest terms, so an absolute tolerance is right on one machine and wrong on the next. Measuring the error
+    against the tensor's largest magnitude makes the bound hold whatever the scale; ``rel = 1e-5`` is ≈ 80 float32
+    ulps. Shapes must match exactly.
+    """
+    import torch
+
+    a = torch.as_tensor(actual).detach().double()
+    b = torch.as_tensor(expected).detach().double()
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    err = float((a - b).abs().max()) if b.numel() else 0.0
+    assert err <= rel * max(scale, 1e-30), f"{what}: max|a-b| = {err:.3g} > {rel:g} x max|b| = {rel * scale:.3g}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import save_tiny_temporal_sae, write_word_corpus
+from fixtures import save_tiny_temporal_sae, write_word_corpus, assert_close_scaled
 from tempolens.collect import CollectConfig, collect
 from tempolens.errors import ConfigError, SourceError
 from tempolens.store import CodeStore, StoreError
@@ -56,18 +56,18 @@ def test_store_equals_direct_forward(tiny_lm_dir, corpus, temporal_dir, tmp_path
         details = sae.forward_details(model.hidden_at(prompts.tokens).float())
         enc = sae.encode(model.hidden_at(prompts.tokens).float())
     dense = torch.cat([sh.dense(sae.width) for sh in store.iter_shards()])
-    torch.testing.assert_close(dense, details.z_novel, rtol=1e-5, atol=1e-6)
+    assert_close_scaled(dense, details.z_novel, what="z_novel")
     tokens = torch.cat([sh.tokens for sh in store.iter_shards()])
     assert torch.equal(tokens.long(), prompts.tokens)
     special = torch.cat([sh.special for sh in store.iter_shards()]).bool()
     assert torch.equal(special, prompts.special)
     pred_share = torch.cat([sh.extras["pred_share"] for sh in store.iter_shards()])
-    torch.testing.assert_close(pred_share, enc.extras["pred_share"].float(), rtol=1e-5, atol=1e-6)
+    assert_close_scaled(pred_share, enc.extras["pred_share"].float(), what="pred_share")
     # per-code predicted values equal z_pred at the same (token, latent)
     sh = store.load_shard(0)
     tok = sh.code_token()
     zp = details.z_pred[:4].reshape(-1, sae.width)
-    torch.testing.assert_close(sh.code_extras["pred"], zp[tok, sh.code_latent.long()], rtol=1e-5, atol=1e-6)
+    assert_close_scaled(sh.code_extras["pred"], zp[tok, sh.code_latent.long()], what="pred")
 
 
 def test_killed_collect_resumes_to_identical_store(tiny_lm_dir, corpus, temporal_dir, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from tempolens.saes import (
     save_standard_sae,
     save_temporal_sae,
 )
+from fixtures import assert_close_scaled
 
 torch.set_num_threads(1)
 
@@ -167,9 +168,9 @@ def test_safetensors_layout_matches_saelens_loader(tmp_path, monkeypatch):
         z_novel, z_pred = ref.encode_with_predictions(x)
         recon = ref(x)
     det = loaded.forward_details(x)
-    torch.testing.assert_close(det.z_novel, z_novel, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(det.z_pred, z_pred, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(det.recon, recon, rtol=1e-5, atol=1e-4)
+    assert_close_scaled(det.z_novel, z_novel, what="z_novel")
+    assert_close_scaled(det.z_pred, z_pred, what="z_pred")
+    assert_close_scaled(det.recon, recon, what="recon")
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -304,8 +305,8 @@ def test_standard_round_trip_and_saelens_reads_it(tmp_path, arch):
         acts = ref.encode(X)
         recon = ref(X)
     out = again.encode(X)
-    torch.testing.assert_close(out.codes.to_dense(40), acts, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.recon, recon, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(out.codes.to_dense(40), acts, what="codes")
+    assert_close_scaled(out.recon, recon, what="recon")
 
 
 def test_batchtopk_round_trip(tmp_path):
@@ -327,7 +328,7 @@ def test_saelens_rescaled_decoder_is_folded(tmp_path):
     assert not loaded.cfg.rescale_acts_by_decoder_norm
     torch.testing.assert_close(loaded.W_dec.norm(dim=-1), torch.ones(40))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(X).codes.to_dense(40), ref.encode(X), rtol=1e-5, atol=1e-5)
+        assert_close_scaled(loaded.encode(X).codes.to_dense(40), ref.encode(X), what="codes")
 
 
 def test_saelens_cfg_errors(tmp_path):
@@ -361,8 +362,8 @@ def test_from_saelens_objects():
     assert isinstance(ours, TemporalSAE) and ours.cfg.scaling_factor == 0.5 and ours.cfg.bottleneck_factor == 2
     with torch.no_grad():
         z_novel, _ = ref.encode_with_predictions(X)
-        torch.testing.assert_close(ours.encode(X).codes.to_dense(48), z_novel, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(ours.encode(X).recon, ref(X), rtol=1e-5, atol=1e-4)
+        assert_close_scaled(ours.encode(X).codes.to_dense(48), z_novel, what="codes")
+        assert_close_scaled(ours.encode(X).recon, ref(X), what="recon")
     topk = sae_lens.SAE.from_dict({"architecture": "topk", "d_in": 12, "d_sae": 40, "k": 4, "dtype": "float32", "device": "cpu"})
     conv = from_saelens(topk)
     assert isinstance(conv, StandardSAE) and conv.k == 4

@@ -7,6 +7,7 @@ import torch
 
 from tempolens.errors import ConfigError
 from tempolens.saes.standard import StandardConfig, StandardSAE
+from fixtures import assert_close_scaled
 
 torch.set_num_threads(1)
 
@@ -88,8 +89,8 @@ def test_fold_decoder_norm_keeps_codes():
     sae.fold_decoder_norm()
     after = sae.encode(x)
     assert not sae.cfg.rescale_acts_by_decoder_norm
-    torch.testing.assert_close(after.codes.to_dense(40), before.codes.to_dense(40), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(after.recon, before.recon, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(after.codes.to_dense(40), before.codes.to_dense(40), what="codes")
+    assert_close_scaled(after.recon, before.recon, what="recon")
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(40))
 
 
