@@ -128,3 +128,168 @@ def assert_close_scaled(actual, expected, rel: float = 1e-5, what: str = "") -> 
     scale = float(b.abs().max()) if b.numel() else 0.0
     err = float((a - b).abs().max()) if b.numel() else 0.0
     assert err <= rel * max(scale, 1e-30), f"{what}: max|a-b| = {err:.3g} > {rel:g} x max|b| = {rel * scale:.3g}"
+# -- published Temporal SAE layouts: the authors' research configs and a hub-layout cache -------------------
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_snapshot(cache: Path, repo_id: str, commit: str = HUB_COMMIT) -> Path:
+    """The snapshot folder of ``repo_id`` in a hub-layout cache (``models--owner--name/refs/main`` →
+    ``snapshots/<commit>``), created empty; write files under it to "cache" them."""
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+def research_temporal_sae(d_in: int = 32, width: int = 96, k: int = 8, n_heads: int = 2, tied: bool = True,
+                          n_attn_layers: int = 1, scaling_factor: float = 0.1, seed: int = 0):
+    """A random Temporal SAE whose weights are exactly representable in bfloat16 (so a bf16 copy,
+    as the published safetensors are, loads bit-identical to the float32 one)."""
+    import math
+
+    import torch
+
+    from tempolens.saes.temporal import TemporalConfig, TemporalSAE
+
+    sae = TemporalSAE(TemporalConfig(d_in=d_in, width=width, k=k, n_heads=n_heads, n_attn_layers=n_attn_layers,
+                                     tied=tied, scaling_factor=scaling_factor))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(sae.named_parameters()):
+            scale = 3.0 / math.sqrt(p.shape[-1]) if p.dim() == 2 else 0.3
+            p.copy_((torch.randn(p.shape, generator=g) * scale).bfloat16().float())
+    return sae.eval()
+
+
+RESEARCH_CONF = """\
+deploy: True
+tag: scratch
+seed: 42
+
+device_id: 'cuda:0'
+
+data:
+  epochs: 1
+  num_total_steps: 200_000
+  context_length: 500
+  batch_size: 100
+  dtype: "bfloat16"
+  hf_name: "monology/pile-uncopyrighted"
+  num_workers: 2
+  cache_dir: "../../activations/precomputed_activations/precomputed_activations_tiny/"
+
+llm:
+  model_hf_name: "tiny/gemma-3"
+  tokenizer_hf_name: "tiny/gemma-3"
+  dimin: {d_in}
+
+sae:
+  sae_type: '{sae_type}'
+  sae_diff_type: '{diff}' # Options: 'relu', 'topk', 'nullify'
+  tied_weights: {tied}
+  block_id: 1
+  exp_factor: {exp_factor}
+  kval_topk: {k}
+  n_heads: {n_heads}
+  n_attn_layers: {n_layers}
+  bottleneck_factor: {bottleneck}
+  gamma_reg: 10
+  encoder_reg: True
+  scaling_factor: {scale!r} # 1 / mean norm on the training data
+{extra_sae}
+optimizer:
+  learning_rate: 1e-3
+  weight_decay: 1e-4
+  beta1: 0.9
+  beta2: 0.95
+  grad_clip: 1.0
+  decay_lr: True
+  warmup_iters: 200
+  min_lr: 9e-4
+
+eval:
+  save_tables: False
+
+log:
+  save_multiple: False
+  log_interval: 10
+  save_interval: 20000
+  wandb_project_name: "TemporalSAE_test"
+
+
+# Nested configs. Disable hydra logging
+defaults:
+  - _self_
+  - override hydra/job_logging: disabled
+  - override hydra/hydra_logging: disabled
+
+# Disable hydra directory structure
+hydra:
+  output_subdir: Null
+  job:
+    chdir: False
+  run:
+    dir: .
+
+  sweep:
+    dir: .
+    subdir: .
+"""
+"""A conf.yaml as the authors' training code writes it (their temporal_conf.yaml, tiny dimensions)."""
+
+
+def research_conf_text(sae, sae_type: str = "temporal", extra_sae: dict | None = None) -> str:
+    c = sae.cfg
+    extra = "".join(f"  {k}: {v}\n" for k, v in (extra_sae or {}).items())
+    return RESEARCH_CONF.format(
+        d_in=c.d_in, sae_type=sae_type, diff=c.sae_diff_type, tied=c.tied, exp_factor=c.width // c.d_in, k=c.k,
+        n_heads=c.n_heads, n_layers=c.n_attn_layers, bottleneck=c.bottleneck_factor, scale=c.scaling_factor,
+        extra_sae=extra,
+    )
+
+
+def write_research_folder(folder: Path, sae, layout: str, sae_type: str = "temporal",
+                          extra_sae: dict | None = None) -> Path:
+    """``sae`` in one of the published layouts, with the authors' full training conf.yaml:
+
+    * ``safetensors``: ``latest_ckpt.safetensors`` in bfloat16, ``b`` as ``[d_in]`` (canrager/temporalSAEs);
+    * ``pt``: ``latest_ckpt.pt`` = ``{"sae": state_dict, "optimizer": AdamW state, "iter", "config":
+      pickled OmegaConf}``, ``b`` as ``[1, d_in]`` (what the authors' ``save_sae`` writes);
+    * ``flat_pt``: ``latest_ckpt.pt`` holding the state dict itself, ``b`` as ``[1, d_in]``.
+    """
+    import copy
+
+    import torch
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = research_conf_text(sae, sae_type, extra_sae)
+    (folder / "conf.yaml").write_text(text)
+    sd = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        bf16 = {k: v.bfloat16().contiguous() for k, v in sd.items()}
+        bf16["b"] = bf16["b"].reshape(-1)
+        save_file(bf16, folder / "latest_ckpt.safetensors")
+        return folder
+    sd["b"] = sd["b"].reshape(1, -1)
+    if layout == "flat_pt":
+        torch.save(sd, folder / "latest_ckpt.pt")
+        return folder
+    assert layout == "pt", layout
+    from omegaconf import OmegaConf
+
+    twin = copy.deepcopy(sae).train()
+    opt = torch.optim.AdamW(twin.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=1e-4)
+    for p in twin.parameters():
+        p.grad = torch.ones_like(p) * 1e-3
+    opt.step()
+    config = OmegaConf.create(yaml.safe_load(text))
+    payload = {"sae": sd, "optimizer": opt.state_dict(), "iter": 200000, "config": config}
+    torch.save(payload, folder / "latest_ckpt.pt")
+    return folder

@@ -213,13 +213,36 @@ def test_conf_missing_field(tmp_path):
         load_sae(_folder_with(tmp_path, conf))
 
 
-def test_conf_unknown_field(tmp_path):
+def test_conf_unknown_field(tmp_path, capsys):
     conf = reference_conf(random_temporal(), mystery_knob=3)
+    conf["sae"]["sae_type"] = "temporal"
     folder = _folder_with(tmp_path, conf)
-    with pytest.raises(ConfigError, match=r"unknown field sae\.mystery_knob"):
-        load_sae(folder)
-    with pytest.warns(UserWarning, match="mystery_knob"):
-        assert isinstance(load_sae(folder, strict_config=False), TemporalSAE)
+    with pytest.raises(ConfigError, match=r"unknown field sae\.mystery_knob; strict mode refuses"):
+        load_sae(folder, strict_config=True)
+    loaded = load_sae(folder)  # the default: ignored, recorded, noted once on stderr
+    assert isinstance(loaded, TemporalSAE)
+    assert loaded.cfg.metadata["conf_ignored"]["sae.mystery_knob"] == 3
+    assert loaded.cfg.metadata["conf_ignored"]["sae.gamma_reg"] == 8
+    assert loaded.cfg.metadata["conf_ignored"]["optimizer"]["beta2"] == 0.95
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and "sae.mystery_knob" in err and "gamma_reg" not in err
+    load_sae(folder)
+    assert capsys.readouterr().err == ""  # once per file and process
+    # the research configs' own keys are known: strict mode loads them
+    assert isinstance(load_sae(_folder_with(tmp_path, reference_conf(random_temporal()), name="d"), strict_config=True),
+                      TemporalSAE)
+
+
+@pytest.mark.parametrize("value", ["temporal", "Temporal", "TEMPORAL", "temporal_sae", "TemporalSAE", " temporal "])
+def test_sae_type_names_the_temporal_architecture(tmp_path, value):
+    loaded = load_sae(_folder_with(tmp_path, reference_conf(random_temporal(), sae_type=value)), strict_config=True)
+    assert loaded.cfg.metadata["sae_type"] == value
+
+
+@pytest.mark.parametrize("value", ["topk", "relu", "standard", "temporalx", 1, None])
+def test_other_sae_type_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"sae\.sae_type is .*not a Temporal SAE"):
+        load_sae(_folder_with(tmp_path, reference_conf(random_temporal(), sae_type=value)))
 
 
 @pytest.mark.parametrize(
@@ -375,20 +398,20 @@ def test_from_saelens_objects():
 
 
 def test_hf_spec_offline(tmp_path, monkeypatch):
+    from fixtures import hub_snapshot
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(SourceError, match="not in the local Hugging Face cache"):
         load_sae("hf://someone/temporalSAEs/gemma/layer_12/temporal")
     # a cached snapshot loads without the network
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--temporalSAEs"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
     sae = random_temporal()
-    save_temporal_sae(sae, repo / "snapshots" / commit / "gemma" / "layer_12" / "temporal")
+    save_temporal_sae(sae, hub_snapshot(tmp_path / "hub", "someone/temporalSAEs") / "gemma" / "layer_12" / "temporal")
     loaded = load_sae("hf://someone/temporalSAEs/gemma/layer_12/temporal")
     assert_same_sae(loaded, sae)
-    with pytest.raises(SourceError, match="no folder"):
+    # offline, a folder the cache lacks is not downloaded — not absent from the repository
+    with pytest.raises(SourceError, match=r"nothing/here/conf\.yaml of the repo someone/temporalSAEs is missing") as e:
         load_sae("hf://someone/temporalSAEs/nothing/here")
+    assert "no folder" not in str(e.value)
     with pytest.raises(ConfigError, match="bad hub spec"):
         load_sae("hf://justone")
 

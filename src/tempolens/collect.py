@@ -25,11 +25,12 @@ import torch
 from tempolens.devices import resolve_device
 from tempolens.errors import SourceError, TempolensError
 from tempolens.options import check
+from tempolens.saes.options import SAELoadOptions
 from tempolens.store.codestore import StoreWriter, pack_codes
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(SAELoadOptions):
     """Options of `tempolens collect` (and of the collect stage of `tempolens run`)."""
 
     out: Path = Path("runs/embedded/store")
@@ -62,6 +63,7 @@ class CollectConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.out = Path(self.out)
         check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
         check(self.n_prompts >= 1, f"--n-prompts must be >= 1; got {self.n_prompts}")
@@ -119,8 +121,10 @@ def check_activations(acts: torch.Tensor, where: str) -> None:
         )
 
 
-def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int) -> Any:
-    """Load the SAE and check it fits the model; random-init specs get activation statistics."""
+def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int,
+                       strict_config: bool = False) -> Any:
+    """Load the SAE and check it fits the model; random-init specs get activation statistics.
+    ``strict_config``: refuse unknown conf.yaml keys (``--sae-strict``)."""
     from tempolens.saes import loading
 
     stats_needed = False
@@ -138,7 +142,7 @@ def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, devi
         acts = acts[:, 1:].reshape(-1, acts.shape[-1]).float()  # drop BOS: its norm dwarfs the rest
         sae = sae_from_spec_with_stats(spec, acts)
     else:
-        sae = loading.load_sae(spec, device="cpu")
+        sae = loading.load_sae(spec, device="cpu", strict_config=strict_config)
     if sae.d_in != model.hidden_size:
         raise SourceError(
             f"SAE {spec!r} expects d_in={sae.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
@@ -214,7 +218,7 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
     tokens, special = prompts.tokens, prompts.special
     t_prompts = time.perf_counter()
-    sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size)
+    sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size, strict_config=cfg.sae_strict)
     t_sae = time.perf_counter()
 
     n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts

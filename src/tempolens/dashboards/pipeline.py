@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
+from tempolens.saes.options import SAELoadOptions
 from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries, write_sha256sums
 
 
 @dataclass
-class DashboardConfig:
+class DashboardConfig(SAELoadOptions):
     """Options of `tempolens dashboards`."""
 
     store: Path = Path("runs/embedded/store")
@@ -111,6 +112,7 @@ class DashboardConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.store, self.out = Path(self.store), Path(self.out)
         if self.autointerp is not None:
             self.autointerp = Path(self.autointerp)
@@ -240,7 +242,8 @@ def build_dashboards(
             raise ConfigError(f"{store.root}/meta.json names no SAE; pass --sae")
         from tempolens.collect import load_sae_for_model
 
-        sae = load_sae_for_model(sae_spec, model, store.all_tokens(), torch.device("cpu"), 8)
+        sae = load_sae_for_model(sae_spec, model, store.all_tokens(), torch.device("cpu"), 8,
+                                 strict_config=cfg.sae_strict)
         W_dec = sae.W_dec.detach().float().cpu()
     W_dec = W_dec.detach().float().cpu()
     if W_dec.shape[0] != W:

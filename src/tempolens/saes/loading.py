@@ -26,12 +26,15 @@ config that counts is ``conf.yaml``). ``allow_pickled_config=True`` maps them to
 classes instead (``read_checkpoint`` then returns the real config object; omegaconf must be
 installed) — still inside the weights-only unpickler, which can build nothing else.
 
-``conf.yaml`` is validated strictly: the fields that shape the forward pass must be present and of
-the right type; unknown keys in the ``sae`` section are refused (they might change the forward
-pass), apart from the training-only keys in ``SAE_TRAINING_ONLY_KEYS``; other sections (optimizer,
-data paths, logging ...) are training metadata and ignored. ``strict_config=False`` turns unknown
-``sae`` keys into a warning. The optional ``tempolens`` section carries provenance metadata.
+``conf.yaml`` is read as SAELens reads it — the fields that shape the forward pass, validated — and
+everything else is sorted by ``tempolens.saes.temporal_conf``: ``sae.sae_type`` must name the
+temporal architecture and keys that would change inference (``use_pos_encoding: true``) are refused;
+every other key is recorded in the SAE's metadata (``conf_ignored``), and keys tempolens does not
+know are also noted once on stderr, or refused with ``strict_config=True`` (``--sae-strict``).
 ``sae.scaling_factor`` is looked up in ``data``/``llm`` when the ``sae`` section lacks it.
+
+``hf://`` specs answer offline from the local cache; a folder the cache lacks is reported as not
+downloaded, with the ``huggingface-cli download`` command that fetches it (``tempolens.sources.hub``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ import math
 import os
 import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,8 +56,14 @@ from tempolens.errors import ConfigError, SourceError, UnsafeCheckpointError
 from tempolens.saes.base import SAE
 from tempolens.saes.standard import NORMALIZATIONS, StandardConfig, StandardSAE
 from tempolens.saes.temporal import TemporalConfig, TemporalSAE
+from tempolens.saes.temporal_conf import (  # noqa: F401 - re-exported: the conf.yaml parser lives there
+    IGNORED_METADATA_KEY,
+    TEMPORAL_CONF,
+    _is_int,
+    parse_temporal_conf,
+    read_temporal_conf,
+)
 
-TEMPORAL_CONF = "conf.yaml"
 TEMPORAL_CKPT_ST = "latest_ckpt.safetensors"
 TEMPORAL_CKPT_PT = "latest_ckpt.pt"
 SAELENS_CFG = "cfg.json"
@@ -88,12 +96,6 @@ OMEGACONF_GLOBALS: frozenset[str] = frozenset(
 )
 """Every global a pickled OmegaConf ``DictConfig`` references (omegaconf 2.x): its container,
 node and metadata classes, ``typing.Any`` and the builtin types used as ``ref_type``/``object_type``."""
-
-SAE_TRAINING_ONLY_KEYS: frozenset[str] = frozenset(
-    {"gamma_reg", "inference_mode_batchtopk", "min_act_regularizer_batchtopk", "use_pos_encoding", "max_seq_len"}
-)
-"""Keys of the ``sae`` section of the reference code's configs that do not change inference of a
-topk/relu Temporal SAE (``use_pos_encoding`` must be false)."""
 
 _BUILTIN_TYPES = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int, "builtins.float": float,
                   "builtins.str": str, "builtins.bool": bool}
@@ -219,150 +221,7 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu", dtype
 
 
 # ------------------------------------------------------------------------------------------------
-# conf.yaml (Temporal SAEs)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _as_float(v: Any) -> float | None:
-    """A YAML number as float (PyYAML reads ``1e-3`` without a dot as a string: accept that too)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            f = float(v)
-        except ValueError:
-            return None
-        return f if math.isfinite(f) else None
-    return None
-
-
-def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, strict: bool = True) -> TemporalConfig:
-    """Validate a Temporal SAE ``conf.yaml`` mapping and return its ``TemporalConfig``.
-
-    Missing, wrongly typed or unknown (``sae`` section) fields raise ``ConfigError`` naming the
-    field and ``source``.
-    """
-
-    def fail(msg: str) -> ConfigError:
-        return ConfigError(f"{source}: {msg}")
-
-    if not isinstance(conf, Mapping):
-        raise fail("must be a YAML mapping with sections llm and sae")
-    sections = {}
-    for name in ("llm", "sae"):
-        sec = conf.get(name)
-        if sec is None:
-            raise fail(f"missing section '{name}'")
-        if not isinstance(sec, Mapping):
-            raise fail(f"section '{name}' must be a mapping; got {type(sec).__name__}")
-        sections[name] = sec
-    llm, sae = sections["llm"], sections["sae"]
-
-    def get(sec_name: str, key: str) -> Any:
-        sec = sections[sec_name]
-        if key not in sec:
-            raise fail(f"missing field {sec_name}.{key}")
-        return sec[key]
-
-    def get_int(sec_name: str, key: str, minimum: int = 1) -> int:
-        v = get(sec_name, key)
-        if not _is_int(v) or v < minimum:
-            raise fail(f"{sec_name}.{key} must be an integer ≥ {minimum}; got {v!r}")
-        return int(v)
-
-    def get_pos_float(sec_name: str, key: str) -> float:
-        v = get(sec_name, key)
-        f = _as_float(v)
-        if f is None or f <= 0:
-            raise fail(f"{sec_name}.{key} must be a positive number; got {v!r}")
-        return f
-
-    known = {"exp_factor", "n_heads", "sae_diff_type", "kval_topk", "tied_weights", "n_attn_layers",
-             "bottleneck_factor", "scaling_factor"}
-    unknown = sorted(str(k) for k in sae if k not in known and k not in SAE_TRAINING_ONLY_KEYS)
-    if unknown:
-        if strict:
-            raise fail(
-                f"unknown field sae.{unknown[0]}{' (and ' + ', '.join(unknown[1:]) + ')' if len(unknown) > 1 else ''}; "
-                "it may change the forward pass — remove it if it is training-only, or load with strict_config=False"
-            )
-        warnings.warn(f"{source}: ignoring unknown fields {', '.join('sae.' + u for u in unknown)}", stacklevel=2)
-    if sae.get("use_pos_encoding"):
-        raise fail("sae.use_pos_encoding is true; Temporal SAEs with positional encodings are not supported")
-
-    d_in = get_int("llm", "dimin")
-    exp = get_pos_float("sae", "exp_factor")
-    width = int(d_in * exp)
-    diff = get("sae", "sae_diff_type")
-    if diff not in ("topk", "relu"):
-        raise fail(f"sae.sae_diff_type must be topk or relu (the types tempolens reads); got {diff!r}")
-    k_raw = get("sae", "kval_topk")
-    if diff == "topk":
-        if not _is_int(k_raw) or not 1 <= k_raw <= width:
-            raise fail(f"sae.kval_topk must be an integer in [1, {width}] for sae_diff_type topk; got {k_raw!r}")
-        k: int | None = int(k_raw)
-    else:
-        if k_raw is not None and not _is_int(k_raw):
-            raise fail(f"sae.kval_topk must be an integer or null; got {k_raw!r}")
-        k = None
-    tied = get("sae", "tied_weights")
-    if not isinstance(tied, bool):
-        raise fail(f"sae.tied_weights must be true or false; got {tied!r}")
-    n_heads = get_int("sae", "n_heads")
-    n_layers = get_int("sae", "n_attn_layers")
-    bottleneck = get_int("sae", "bottleneck_factor")
-    scale_section = "sae"
-    if "scaling_factor" not in sae:  # some training dumps keep it next to the data / model settings
-        for name in ("data", "llm"):
-            sec = conf.get(name)
-            if isinstance(sec, Mapping) and "scaling_factor" in sec:
-                sections[name], scale_section = sec, name
-                break
-        else:
-            raise fail(
-                "missing field sae.scaling_factor (the activation scaling factor s = 1/mean‖x‖, "
-                "e.g. 0.00666666667 for Gemma-2-2B layer 12); add it to the file"
-            )
-    scale = get_pos_float(scale_section, "scaling_factor")
-    data = conf.get("data")
-    if data is not None:
-        if not isinstance(data, Mapping):
-            raise fail("section 'data' must be a mapping")
-        if "dtype" in data and not isinstance(data["dtype"], str):
-            raise fail(f"data.dtype must be a string such as float32 or bfloat16; got {data['dtype']!r}")
-    metadata: dict[str, Any] = {}
-    extra = conf.get("tempolens")
-    if isinstance(extra, Mapping):
-        metadata.update({str(k): v for k, v in extra.items()})
-    llm_info = {str(k): v for k, v in llm.items() if k != "dimin" and isinstance(v, (str, int, float, bool))}
-    if llm_info:
-        metadata.setdefault("llm", llm_info)
-    if isinstance(data, Mapping) and isinstance(data.get("dtype"), str):
-        metadata.setdefault("trained_dtype", data["dtype"])
-    try:
-        return TemporalConfig(
-            d_in=d_in, width=width, k=k, sae_diff_type=diff, n_heads=n_heads, n_attn_layers=n_layers,
-            bottleneck_factor=bottleneck, tied=tied, scaling_factor=scale, metadata=metadata,
-        )
-    except ConfigError as e:
-        raise fail(str(e)) from None
-
-
-def read_temporal_conf(path: str | Path, strict: bool = True) -> TemporalConfig:
-    """Read and validate ``conf.yaml`` (``yaml.safe_load``: no Python tags)."""
-    path = Path(path)
-    try:
-        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
-    except OSError as e:
-        raise SourceError(f"cannot read {path} ({e.strerror})") from None
-    return parse_temporal_conf(conf, source=str(path), strict=strict)
+# Temporal SAEs (conf.yaml itself: tempolens.saes.temporal_conf)
 
 
 def temporal_expected_shapes(cfg: TemporalConfig) -> dict[str, tuple[int, ...]]:
@@ -425,7 +284,7 @@ def build_temporal_sae(cfg: TemporalConfig, weights: Mapping[str, Tensor], where
 
 
 def load_temporal_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                         allow_pickled_config: bool = False, strict_config: bool = True) -> TemporalSAE:
+                         allow_pickled_config: bool = False, strict_config: bool = False) -> TemporalSAE:
     """Load a Temporal SAE folder: ``conf.yaml`` + ``latest_ckpt.safetensors`` (preferred) or ``latest_ckpt.pt``."""
     folder = Path(folder)
     cfg = read_temporal_conf(folder / TEMPORAL_CONF, strict=strict_config)
@@ -477,7 +336,8 @@ def save_temporal_sae(sae: TemporalSAE, folder: str | Path, dtype: torch.dtype |
     weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sae.state_dict().items()}
     weights["b"] = weights["b"].reshape(-1)
     meta = dict(c.metadata)
-    meta.pop("trained_dtype", None)
+    for own in ("trained_dtype", "sae_type", IGNORED_METADATA_KEY):  # described the file it was read from
+        meta.pop(own, None)
     meta.update(metadata or {})
     conf: dict[str, Any] = {
         "llm": {"dimin": c.d_in},
@@ -704,31 +564,75 @@ def from_saelens(sl_sae: Any, device: str | torch.device = "cpu", dtype: torch.d
 _HF_RE = re.compile(r"^hf://(?P<owner>[\w.\-]+)/(?P<repo>[\w.\-]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+?))?/?$")
 
 
+def _sae_file_missing(folder: Path) -> str | None:
+    """The first file an SAE folder still lacks (None: a complete SAE folder, or one SAE sub-folder)."""
+    if _holds_sae(folder) or len(_sae_subfolders(folder)) == 1:
+        return None
+    if (folder / TEMPORAL_CONF).is_file():
+        return f"{TEMPORAL_CKPT_ST} (or {TEMPORAL_CKPT_PT})"
+    if (folder / SAELENS_CFG).is_file():
+        return SAELENS_WEIGHTS
+    return f"{TEMPORAL_CONF} and its checkpoint"
+
+
 def _download_hf(spec: str) -> Path:
+    """The local folder of ``hf://owner/repo[@rev][/sub]``: downloaded, or from the local cache
+    offline. A folder the cache lacks is reported as not downloaded (with the command that fetches
+    it); "no such folder" is said only when the hub itself answered so."""
     m = _HF_RE.match(spec)
     if not m:
         raise ConfigError(f"bad hub spec {spec!r}; write hf://owner/repo[@revision][/sub/folder]")
     repo_id = f"{m['owner']}/{m['repo']}"
-    sub = m["sub"] or ""
+    sub, rev = m["sub"] or "", m["rev"]
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
     except ImportError:  # pragma: no cover - a core dependency
         raise SourceError("hf:// specs need huggingface_hub: pip install huggingface_hub") from None
-    cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    from tempolens.sources.hub import hub_cache_dir, hub_offline, is_connection_error, not_cached_message
+
+    include = f"{sub}/*" if sub else None
+    where = f"the folder {sub}" if sub else "the repository"
+
+    def not_cached(missing: str) -> SourceError:
+        return SourceError(f"{spec}: " + not_cached_message(where, repo_id, missing, include, rev))
+
     try:
-        local = snapshot_download(repo_id, revision=m["rev"], allow_patterns=[f"{sub}/*"] if sub else None, cache_dir=cache_dir)
-    except LocalEntryNotFoundError:
+        local = snapshot_download(repo_id, revision=rev, allow_patterns=[include] if include else None,
+                                  cache_dir=hub_cache_dir())
+    except LocalEntryNotFoundError:  # offline or unreachable, and not (completely) cached
+        raise not_cached(f"{sub + '/' if sub else ''}{TEMPORAL_CONF}") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise SourceError(
-            f"{spec} is not in the local Hugging Face cache and the hub cannot be reached; "
-            "download it once with network access (or set HF_HUB_CACHE to a cache that has it)"
+            f"{spec}: the hub has no repository {repo_id}{'@' + rev if rev else ''} you can read "
+            f"({type(e).__name__}); check the name, or run `hf auth login` for a private or gated one"
         ) from None
-    except Exception as e:  # noqa: BLE001 - hub errors: not found, gated, HTTP
+    except Exception as e:  # noqa: BLE001 - hub errors: gated, HTTP
+        if is_connection_error(e):
+            raise not_cached(f"{sub + '/' if sub else ''}{TEMPORAL_CONF}") from None
         raise SourceError(f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}: {_first_line(e)[:200]})") from None
     folder = Path(local) / sub
+    missing = _sae_file_missing(folder) if folder.is_dir() else f"{sub}/{TEMPORAL_CONF}"
+    if missing is None:
+        return folder
+    if hub_offline() or not folder.is_dir() and _hub_has_folder(repo_id, sub, rev) is not False:
+        raise not_cached(missing if folder.is_dir() else f"{sub}/{TEMPORAL_CONF}")
     if not folder.is_dir():
-        raise SourceError(f"{spec}: the repository has no folder {sub!r}")
-    return folder
+        raise SourceError(f"{spec}: the hub says the repository {repo_id} has no folder {sub!r}")
+    return folder  # downloaded, but no SAE in it: load_folder says what it found
+
+
+def _hub_has_folder(repo_id: str, sub: str, rev: str | None) -> bool | None:
+    """Ask the hub whether ``sub`` exists in the repo: True/False, or None when it cannot be reached."""
+    from huggingface_hub import HfApi
+
+    from tempolens.sources.hub import is_connection_error
+
+    try:
+        next(iter(HfApi().list_repo_tree(repo_id, path_in_repo=sub, revision=rev)), None)
+    except Exception as e:  # noqa: BLE001 - not found, or no connection
+        return None if is_connection_error(e) else False
+    return True
 
 
 def _load_saelens_release(spec: str, device: str | torch.device, dtype: torch.dtype) -> SAE:
@@ -747,9 +651,27 @@ def _load_saelens_release(spec: str, device: str | torch.device, dtype: torch.dt
     return from_saelens(sl, device=device, dtype=dtype)
 
 
+def _holds_sae(path: Path) -> bool:
+    ckpt = (path / TEMPORAL_CKPT_ST).is_file() or (path / TEMPORAL_CKPT_PT).is_file()
+    temporal = (path / TEMPORAL_CONF).is_file() and ckpt
+    return temporal or ((path / SAELENS_CFG).is_file() and (path / SAELENS_WEIGHTS).is_file())
+
+
+def _sae_subfolders(path: Path) -> list[Path]:
+    """Immediate sub-folders of ``path`` that hold an SAE (a repo folder with one run folder inside)."""
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and _holds_sae(p))
+    except OSError:
+        return []
+
+
 def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                allow_pickled_config: bool = False, strict_config: bool = True) -> SAE:
-    """Load an SAE folder of either layout (a file inside the folder works too)."""
+                allow_pickled_config: bool = False, strict_config: bool = False) -> SAE:
+    """Load an SAE folder of either layout (a file inside the folder works too).
+
+    A folder without SAE files but with exactly one sub-folder that holds an SAE (the authors'
+    training code writes one folder per run) loads that sub-folder; with several, the error lists them.
+    """
     path = Path(folder).expanduser()
     if path.is_file():
         path = path.parent
@@ -758,6 +680,13 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: t
             f"no SAE at {folder!s}: not a folder. Give a folder with conf.yaml + latest_ckpt.(safetensors|pt) or "
             "cfg.json + sae_weights.safetensors, or a spec hf://owner/repo/folder, saelens://release/id, random:temporal, embedded"
         )
+    if not _holds_sae(path):
+        subs = _sae_subfolders(path)
+        if len(subs) == 1:
+            path = subs[0]
+        elif subs:
+            names = ", ".join(p.name for p in subs[:6]) + (" ..." if len(subs) > 6 else "")
+            raise SourceError(f"{path} holds several SAEs in sub-folders ({names}); name one of them")
     if (path / TEMPORAL_CONF).is_file() and ((path / TEMPORAL_CKPT_ST).is_file() or (path / TEMPORAL_CKPT_PT).is_file()):
         return load_temporal_folder(path, device, dtype, allow_pickled_config, strict_config)
     if (path / SAELENS_CFG).is_file() and (path / SAELENS_WEIGHTS).is_file():
@@ -771,7 +700,7 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: t
 
 def load_sae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              allow_pickled_config: bool = False, *, activation_sample: Tensor | None = None,
-             strict_config: bool = True) -> SAE:
+             strict_config: bool = False) -> SAE:
     """Load the SAE named by ``spec`` (see the module docstring) onto ``device`` in ``dtype``, in eval mode.
 
     ``activation_sample`` ``[N, d_in]`` (model units, BOS excluded) feeds random-init specs that

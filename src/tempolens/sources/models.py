@@ -30,6 +30,7 @@ from torch import nn
 from tempolens.devices import resolve_device
 from tempolens.errors import SourceError
 from tempolens.sources.cache import cache_lock, fresh_tmp_dir, models_dir, publish_dir
+from tempolens.sources.hub import first_uncached, hub_offline, is_connection_error, not_cached_message
 
 DType = Literal["float32", "bfloat16", "float16"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -300,12 +301,16 @@ def _load_hf_folder_or_hub(name: str, torch_dtype: torch.dtype, device: torch.de
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
+    if is_hub and hub_offline():
+        _raise_if_not_cached(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
     except (OSError, ValueError, KeyError, EnvironmentError) as e:
+        if is_hub and (hub_offline() or is_connection_error(e)):
+            _raise_if_not_cached(name, fallback="its weights")
         if is_hub:
             raise SourceError(
                 f"cannot load {name!r} from the HF hub ({_first_line(e)}); if you are offline, download it once "
@@ -313,6 +318,13 @@ def _load_hf_folder_or_hub(name: str, torch_dtype: torch.dtype, device: torch.de
             ) from None
         raise SourceError(f"cannot load the model folder {name} ({_first_line(e)}); it needs config.json, weights and a tokenizer") from None
     return model.to(device), tokenizer
+
+
+def _raise_if_not_cached(repo_id: str, fallback: str | None = None) -> None:
+    """Offline or unreachable hub: say which file of ``repo_id`` is not cached and how to fetch it."""
+    missing = first_uncached(repo_id, ["config.json", "tokenizer_config.json"]) or fallback
+    if missing:
+        raise SourceError(not_cached_message(f"the model {repo_id}", repo_id, missing))
 
 
 def _gguf_key(path: Path) -> str:
@@ -434,10 +446,14 @@ def load_tokenizer(spec: str | Path, progress: Callable[[str], None] | None = No
             return AutoTokenizer.from_pretrained(str(path))
         if path.exists() or not _HUB_ID.match(spec_s):
             raise SourceError(f"no tokenizer for {spec_s!r}: give an HF folder, a .gguf file, a hub id or 'embedded'")
+        if hub_offline():
+            _raise_if_not_cached(spec_s)
         return AutoTokenizer.from_pretrained(spec_s)
     except SourceError:
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises many types for missing/offline/broken files
+        if _HUB_ID.match(spec_s) and not path.exists() and (hub_offline() or is_connection_error(e)):
+            _raise_if_not_cached(spec_s, fallback="its tokenizer files")
         raise SourceError(
             f"cannot load the tokenizer of {spec_s!r} ({_first_line(e)}); if it is a hub id and you are offline, "
             f"download it once with `hf download {spec_s}`, or pass a local folder"

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from tempolens.errors import ConfigError, TempolensError
 from tempolens.options import check
+from tempolens.saes.options import SAELoadOptions
 from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_text
 from tempolens.temporal.events import (
@@ -45,7 +46,7 @@ NO_SAE = ("", "none", "off")
 
 
 @dataclass
-class TemporalSourceOptions:
+class TemporalSourceOptions(SAELoadOptions):
     """Model and SAEs shared by ``kernel``, ``events`` and ``serve``."""
 
     model: str = "embedded"
@@ -64,6 +65,7 @@ class TemporalSourceOptions:
     """Longest text accepted, in tokens including BOS (kernels and pages grow as tokens²; hard cap 8192)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(isinstance(self.layer, int) and self.layer >= 0, f"--layer must be a non-negative integer; got {self.layer!r}")
         check(bool(str(self.sae).strip()), "--sae must name a Temporal SAE (e.g. embedded:temporal or random:temporal)")
         check(
@@ -210,10 +212,11 @@ def load_sources(opts: TemporalSourceOptions, progress: Any = print) -> tuple[An
     model = load_subject_model(opts.model, opts.layer, device=opts.device, dtype=opts.dtype, progress=progress)
     specs = [opts.sae] + ([opts.contrast] if opts.contrast else [])
     sample = demo_activation_sample(model) if any(needs_activation_stats(s) for s in specs) else None
-    sae = load_sae(opts.sae, device=opts.device, activation_sample=sample)
+    sae = load_sae(opts.sae, device=opts.device, activation_sample=sample, strict_config=opts.sae_strict)
     if not getattr(sae, "is_temporal", False):
         raise ConfigError(f"--sae {opts.sae} is a {getattr(sae, 'architecture', '?')} SAE, not a Temporal SAE; pass it as --contrast-sae")
-    contrast = load_sae(opts.contrast, device=opts.device, activation_sample=sample) if opts.contrast else None
+    contrast = (load_sae(opts.contrast, device=opts.device, activation_sample=sample, strict_config=opts.sae_strict)
+                if opts.contrast else None)
     for name, s in (("--sae", sae), ("--contrast-sae", contrast)):
         if s is not None and s.d_in != model.hidden_size:
             raise ConfigError(
