@@ -128,6 +128,8 @@ def assert_close_scaled(actual, expected, rel: float = 1e-5, what: str = "") -> 
     scale = float(b.abs().max()) if b.numel() else 0.0
     err = float((a - b).abs().max()) if b.numel() else 0.0
     assert err <= rel * max(scale, 1e-30), f"{what}: max|a-b| = {err:.3g} > {rel:g} x max|b| = {rel * scale:.3g}"
+
+
 # -- published Temporal SAE layouts: the authors' research configs and a hub-layout cache -------------------
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
