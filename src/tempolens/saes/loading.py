@@ -169,6 +169,7 @@ def pickle_globals(data: bytes, max_pickles: int = 8) -> list[str]:
     """``module.name`` of every global that the pickle(s) at the start of ``data`` import, in order,
     found by reading the opcodes (nothing is executed). A legacy torch file is several pickles in a
     row followed by raw storage bytes: reading stops at the first byte that is no pickle."""
+    import _compat_pickle
     import io
     import pickletools
 
@@ -183,7 +184,9 @@ def pickle_globals(data: bytes, max_pickles: int = 8) -> list[str]:
             for op, arg, _pos in pickletools.genops(stream):
                 pushed: str | None = None
                 if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                    found.append(".".join(arg.split(" ", 1)))
+                    module, _, name = arg.partition(" ")
+                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+                    found.append(f"{module}.{name}")  # Python 2 names (protocols 0-2) as Python 3 loads them
                 elif op.name in text_ops:
                     pushed = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
                 elif op.name == "MEMOIZE":

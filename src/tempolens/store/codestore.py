@@ -155,9 +155,9 @@ def ensure_out_dir(path: Path | str, option: str = "--out") -> Path:
         with open(probe, "wb") as f:
             f.write(b"")
         probe.unlink()
-    except FileExistsError:
-        raise StoreError(f"{option} {path}: a parent of it is a file, not a folder; pass a folder path") from None
     except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno == errno.ENOTDIR:
+            raise StoreError(f"{option} {path}: a parent of it is a file, not a folder; pass a folder path") from None
         why = "the filesystem is read-only" if e.errno == errno.EROFS else (e.strerror or str(e))
         raise StoreError(f"{option} {path} cannot be written ({why}); pass a folder on a writable disk") from None
     return path
