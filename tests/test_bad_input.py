@@ -276,7 +276,8 @@ def small_store(tiny_lm_dir, corpus, temporal_dir, tmp_path_factory) -> Path:
 
 def _collect_args(tiny_lm_dir, corpus, temporal_dir, out, *extra: str) -> list[str]:
     return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(corpus),
-            "--n-prompts", "8", "--prompt-len", "16", "--shard-prompts", "4", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+            "--n-prompts", "8", "--prompt-len", "16", "--shard-prompts", "4", "--device", "cpu", "--no-progress",
+            "--out", str(out), *extra]
 
 
 def _main_error(capsys, args: list[str]) -> str:
@@ -293,7 +294,10 @@ def _main_error(capsys, args: list[str]) -> str:
 def no_model_load(monkeypatch):
     import tempolens.sources.models as models
 
-    monkeypatch.setattr(models, "load_subject_model", lambda *a, **k: pytest.fail("checked too late: the model was loaded"))
+    def refuse(*a, **k):
+        pytest.fail("checked too late: the model was loaded")
+
+    monkeypatch.setattr(models, "load_subject_model", refuse)
 
 
 @pytest.fixture
@@ -314,7 +318,8 @@ def read_only_dir(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys, no_model_load):
+def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys,
+                                            no_model_load):
     for out in (read_only_dir / "store", read_only_dir):  # to create, and existing
         err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, out))
         assert f"--out {out} cannot be written (the filesystem is read-only)" in err and "writable disk" in err
@@ -322,7 +327,8 @@ def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_
         assert f"--out {out} cannot be written (the filesystem is read-only)" in err
 
 
-def test_out_on_a_read_only_filesystem_simulated(small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys, monkeypatch, no_model_load):
+def test_out_on_a_read_only_filesystem_simulated(small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys,
+                                                 monkeypatch, no_model_load):
     """EROFS raised by the OS (as when running as root makes chmod useless), for a folder to create."""
     import errno
 
@@ -356,15 +362,18 @@ def test_out_naming_an_existing_file(small_store, tiny_lm_dir, corpus, temporal_
     assert f.read_text() == "not a folder" and not (tmp_path / "d").exists()
 
 
-def test_prompt_len_beyond_the_model_context_is_refused_before_loading(tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys, no_model_load):
+def test_prompt_len_beyond_the_model_context_is_refused_before_loading(tiny_lm_dir, corpus, temporal_dir, tmp_path,
+                                                                       capsys, no_model_load):
     args = _collect_args(tiny_lm_dir, corpus, temporal_dir, tmp_path / "s")
     args[args.index("--prompt-len") + 1] = "1025"  # the tiny LM's max_position_embeddings is 1024
     err = _main_error(capsys, args)
-    assert f"--prompt-len 1025 is longer than the context of {tiny_lm_dir} (1024 tokens" in err and "--prompt-len 1024 or less" in err
+    assert f"--prompt-len 1025 is longer than the context of {tiny_lm_dir} (1024 tokens" in err
+    assert "--prompt-len 1024 or less" in err
 
 
 def test_prompt_len_is_checked_against_the_loaded_model_too(tiny_lm_dir):
-    """Where config.json is not on disk before loading (a hub id not cached, a .gguf), the loaded model's config is checked."""
+    """Where config.json is not on disk before loading (a hub id not cached, a .gguf), the loaded model's config
+    is checked."""
     from types import SimpleNamespace
 
     from tempolens.collect import _context_of, check_prompt_len, configured_context

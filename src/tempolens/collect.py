@@ -154,7 +154,8 @@ def _context_of(cfg: Any) -> int | None:
     get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
     text = get("text_config")
     for src in ((text, cfg) if text is not None else (cfg,)):
-        v = src.get("max_position_embeddings") if isinstance(src, dict) else getattr(src, "max_position_embeddings", None)
+        key = "max_position_embeddings"
+        v = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             return v
     return None
@@ -164,8 +165,8 @@ def check_prompt_len(prompt_len: int, context: int | None, spec: str) -> None:
     """Refuse prompts longer than the model's context (its ``max_position_embeddings``)."""
     if context is not None and prompt_len > context:
         raise ConfigError(
-            f"--prompt-len {prompt_len} is longer than the context of {spec} ({context} tokens, max_position_embeddings "
-            f"in its config.json); pass --prompt-len {context} or less"
+            f"--prompt-len {prompt_len} is longer than the context of {spec} ({context} tokens, "
+            f"max_position_embeddings in its config.json); pass --prompt-len {context} or less"
         )
 
 

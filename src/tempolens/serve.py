@@ -78,7 +78,8 @@ def html_csp(page: bytes) -> str:
                 hashes = _HASH_SOURCE.findall(value)
     return (
         f"default-src 'self'; script-src 'self'{''.join(' ' + h for h in hashes)}; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     )
 
 
@@ -127,8 +128,8 @@ def unencodable_text(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         return (
-            f"the text has U+{ord(text[e.start]):04X} at character {e.start}, a lone surrogate that is no Unicode character "
-            "(half of a pair); remove it or send the whole character"
+            f"the text has U+{ord(text[e.start]):04X} at character {e.start}, a lone surrogate that is no Unicode "
+            "character (half of a pair); remove it or send the whole character"
         )
     return None
 
@@ -161,7 +162,8 @@ class ServeConfig(TemporalSourceOptions):
             check(self.site.is_dir(), f"--site {self.site} is not a directory; give the folder that contains index.html")
         check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"--port must be in 0..65535; got {self.port!r}")
         check(isinstance(self.max_chars, int) and 1 <= self.max_chars <= 200_000, "--max-chars must be between 1 and 200000")
-        check(isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool) and 0.1 <= self.timeout <= 3600,
+        number = isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
+        check(number and 0.1 <= self.timeout <= 3600,
               f"--timeout must be between 0.1 and 3600 seconds; got {self.timeout!r}")
         check(self.live or self.site is not None, "nothing to serve: give --site, or keep --live")
         check(
@@ -213,8 +215,9 @@ def safe_path(root: Path, url_path: str) -> Path | None:
 def _raw_answer(status: HTTPStatus, message: str) -> bytes:
     """A complete JSON error response, for answers sent outside a request handler."""
     body = json.dumps({"error": message}).encode()
-    head = [f"HTTP/1.0 {status.value} {status.phrase}", "Content-Type: application/json; charset=utf-8", "Connection: close",
-            f"Content-Security-Policy: {DATA_CSP}", *(f"{k}: {v}" for k, v in FRAME_HEADERS.items()), f"Content-Length: {len(body)}"]
+    head = [f"HTTP/1.0 {status.value} {status.phrase}", "Content-Type: application/json; charset=utf-8",
+            "Connection: close", f"Content-Security-Policy: {DATA_CSP}",
+            *(f"{k}: {v}" for k, v in FRAME_HEADERS.items()), f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -226,8 +229,8 @@ class TempolensServer(ThreadingHTTPServer):
     """The HTTP server: static ``site`` plus ``/live`` and ``/api/analyze`` backed by ``analyzer``.
 
     One thread per connection, at most :data:`MAX_CONNECTIONS`; a connection that has not delivered
-    its request line and headers ``timeout`` seconds after it was accepted is answered 408 and closed
-    by a watchdog thread (each read also times out after ``timeout`` seconds)."""
+    its request (line, headers and, for POST, body) ``timeout`` seconds after it was accepted is answered
+    408 and closed by a watchdog thread; each socket operation also times out (after ``timeout + 1`` s)."""
 
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
@@ -254,7 +257,7 @@ class TempolensServer(ThreadingHTTPServer):
                 request.sendall(_BUSY)
             except OSError:
                 pass
-            _close_gently(request)
+            threading.Thread(target=_close_gently, args=(request,), daemon=True).start()  # keeps accepting meanwhile
             return
         self.headers_pending(request)  # the request deadline starts at accept
         try:
@@ -419,7 +422,8 @@ class Handler(BaseHTTPRequestHandler):
             if self.server.analyzer is None:
                 self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
                 return
-            self._send(HTTPStatus.OK, _live_html(self.server.max_chars, self.server.site is not None), "text/html; charset=utf-8")
+            page = _live_html(self.server.max_chars, self.server.site is not None)
+            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
             return
         if path == "/api/health":
             self._json(HTTPStatus.OK, {"ok": True, "live": self.server.analyzer is not None, "site": self.server.site is not None})
@@ -475,7 +479,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, "unknown endpoint; POST /api/analyze with {\"text\": ...}")
             return
         if not self._origin_ok():
-            self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused (Origin must be absent or this server's origin)")
+            self._error(HTTPStatus.FORBIDDEN,
+                        "cross-origin requests are refused (Origin must be absent or this server's origin)")
             return
         if self.server.analyzer is None:
             self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
@@ -494,7 +499,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             raw = body.decode("utf-8")
             if json_depth(raw) > MAX_JSON_DEPTH:
-                self._error(HTTPStatus.BAD_REQUEST, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
+                self._error(HTTPStatus.BAD_REQUEST,
+                            f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
                 return
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
-from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
+from tempolens.store.codestore import (
+    CodeStore,
+    StoreError,
+    atomic_write_bytes,
+    ensure_out_dir,
+    remove_stale_temporaries,
+    write_sha256sums,
+)
 
 
 @dataclass

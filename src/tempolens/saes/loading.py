@@ -185,7 +185,8 @@ def pickle_globals(data: bytes, max_pickles: int = 8) -> list[str]:
                 pushed: str | None = None
                 if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
                     module, _, name = arg.partition(" ")
-                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+                    py3 = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), py3)
                     found.append(f"{module}.{name}")  # Python 2 names (protocols 0-2) as Python 3 loads them
                 elif op.name in text_ops:
                     pushed = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
@@ -214,8 +215,9 @@ def refused_globals(path: Path, message: str = "") -> list[str]:
     try:
         from torch._weights_only_unpickler import _get_allowed_globals
 
-        allowed = set(_get_allowed_globals()) | {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
-                                                 if hasattr(g, "__qualname__")}
+        safe = torch.serialization.get_safe_globals()
+        allowed = set(_get_allowed_globals())
+        allowed |= {f"{g.__module__}.{g.__qualname__}" for g in safe if hasattr(g, "__qualname__")}
     except Exception:  # noqa: BLE001 - private torch API: fall back to torch's message
         allowed = None
     names: list[str] = []
@@ -266,8 +268,8 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
         names = refused_globals(path, str(e))
         if names:
             raise UnsafeCheckpointError(
-                f"{path} would execute code when loaded (it references {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); "
-                f"tempolens loads weights only — {hint}"
+                f"{path} would execute code when loaded (it references {', '.join(names[:4])}"
+                f"{' ...' if len(names) > 4 else ''}); tempolens loads weights only — {hint}"
             ) from None
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded as weights only ({_first_line(e)[:200]}); {hint}"

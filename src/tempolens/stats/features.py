@@ -371,9 +371,9 @@ def gather_windows(
         seen[ex] = True
     if not bool(seen.all()):
         raise StoreError(
-            f"{int((~seen).sum())} example positions of the statistics are not in the shards of {store.root}: the shards "
-            "changed after the statistics were computed, or its meta.json disagrees with them; rerun with --recompute, "
-            "or collect the store again with --overwrite"
+            f"{int((~seen).sum())} example positions of the statistics are not in the shards of {store.root}: the "
+            "shards changed after the statistics were computed, or its meta.json disagrees with them; rerun with "
+            "--recompute, or collect the store again with --overwrite"
         )
     out_values = out_values.masked_fill(out_special, 0.0)
     if out_pred is not None:

@@ -102,7 +102,11 @@ _SHARD_FILE = re.compile(r"shard-(\d{5,})\.(safetensors|json)")
 def meta_checksum(meta: dict[str, Any]) -> str:
     """SHA-256 of ``meta`` without its own checksum field, as canonical JSON (sorted keys, no spaces)."""
     body = {k: v for k, v in meta.items() if k != META_CHECKSUM_KEY}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+REDO_META = "restore it, or collect the store again with --overwrite"
 
 
 def read_meta(root: Path | str) -> dict[str, Any]:
@@ -113,31 +117,34 @@ def read_meta(root: Path | str) -> dict[str, Any]:
     root = Path(root)
     meta_path = root / "meta.json"
     if root.exists() and not root.is_dir():
-        raise StoreError(f"{root} is a file, not a code store folder; pass the folder that `tempolens collect --out` wrote")
+        raise StoreError(f"{root} is a file, not a code store folder; pass the folder `tempolens collect --out` wrote")
     if not meta_path.is_file():
-        raise StoreError(f"{root} is not a tempolens code store (no meta.json); create one with `tempolens collect --out {root}`")
+        raise StoreError(
+            f"{root} is not a tempolens code store (no meta.json); create one with `tempolens collect --out {root}`"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{meta_path} is not valid JSON ({e}); restore it, or collect the store again with --overwrite") from None
+        raise StoreError(f"{meta_path} is not valid JSON ({e}); {REDO_META}") from None
     if not isinstance(meta, dict):
-        raise StoreError(
-            f"{meta_path} holds a JSON {type(meta).__name__}, not an object; restore it, or collect the store again with --overwrite"
-        )
+        raise StoreError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object; {REDO_META}")
     want = meta.get(META_CHECKSUM_KEY)  # first: an edited format_version is an edit, not another format
     if want is not None and want != meta_checksum(meta):
         raise StoreError(
-            f"{meta_path} was changed after `tempolens collect` wrote it (its {META_CHECKSUM_KEY} does not match its content); "
-            "the shards are what collect wrote: restore the original meta.json, or collect the store again with --overwrite"
+            f"{meta_path} was changed after `tempolens collect` wrote it (its {META_CHECKSUM_KEY} does not match "
+            "its content); the shards are what collect wrote: restore the original meta.json, or collect the "
+            "store again with --overwrite"
         )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{root} has store format {meta.get('format_version')!r}; this tempolens reads format {FORMAT_VERSION}")
+        raise StoreError(
+            f"{root} has store format {meta.get('format_version')!r}; this tempolens reads format {FORMAT_VERSION}"
+        )
     for path in ("n_shards", "shard_size", "prompts.n_prompts", "prompts.prompt_len", "sae.width"):
         v: Any = meta
         for part in path.split("."):
             v = v.get(part) if isinstance(v, dict) else None
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise StoreError(f"{meta_path}: {path} is {v!r}, not a positive integer; restore it, or collect the store again with --overwrite")
+            raise StoreError(f"{meta_path}: {path} is {v!r}, not a positive integer; {REDO_META}")
     return meta
 
 
@@ -305,12 +312,13 @@ class CodeStore:
 
     def _manifest(self, i: int) -> dict[str, Any]:
         man_path = self.shard_dir / f"shard-{i:05d}.json"
+        redo = "delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard"
         try:
             man = json.loads(man_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StoreError(f"shard manifest {man_path} is unreadable ({e}); delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard") from e
+            raise StoreError(f"shard manifest {man_path} is unreadable ({e}); {redo}") from e
         if not isinstance(man, dict) or not isinstance(man.get("sha256"), str):
-            raise StoreError(f"shard manifest {man_path} is not a shard manifest; delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard")
+            raise StoreError(f"shard manifest {man_path} is not a shard manifest; {redo}")
         return man
 
     def verify_shard_set(self) -> None:
@@ -320,17 +328,22 @@ class CodeStore:
         unfinished store), extra or inconsistent ones are not. Raises ``StoreError`` naming the first
         disagreement."""
         n, size, P, T = self.n_shards, int(self.meta["shard_size"]), self.n_prompts, self.prompt_len
-        fix = "meta.json or shards/ was changed after collect; restore them, or collect the store again with --overwrite"
+        fix = "meta.json or shards/ was changed after collect; restore them, or collect the store again (--overwrite)"
         if n != -(-P // size):
-            raise StoreError(f"{self.root}/meta.json says n_shards={n}, but prompts.n_prompts={P} in shards of shard_size={size} "
-                             f"make {-(-P // size)}; {fix}")
+            raise StoreError(
+                f"{self.root}/meta.json says n_shards={n}, but prompts.n_prompts={P} in shards of shard_size={size} "
+                f"make {-(-P // size)}; {fix}"
+            )
         if not self.shard_dir.is_dir():
             return
-        extra = sorted({m.group(0) for p in self.shard_dir.iterdir() if (m := _SHARD_FILE.fullmatch(p.name)) and int(m.group(1)) >= n})
+        names = (_SHARD_FILE.fullmatch(p.name) for p in self.shard_dir.iterdir())
+        extra = sorted({m.group(0) for m in names if m and int(m.group(1)) >= n})
         if extra:
-            raise StoreError(f"{self.shard_dir} holds {extra[0]}{f' and {len(extra) - 1} more files' if len(extra) > 1 else ''} "
-                             f"beyond the {n} shards (shard-00000..shard-{n - 1:05d}) that meta.json lists; {fix}")
-        total = 0
+            more = f" and {len(extra) - 1} more files" if len(extra) > 1 else ""
+            raise StoreError(
+                f"{self.shard_dir} holds {extra[0]}{more} beyond the {n} shards (shard-00000..shard-{n - 1:05d}) "
+                f"that meta.json lists; {fix}"
+            )
         for i in range(n):
             if not (self.shard_dir / f"shard-{i:05d}.json").exists():
                 continue
@@ -338,13 +351,14 @@ class CodeStore:
             want_p = self.shard_prompts(i)
             got_p, got_t, start = man.get("n_prompts"), man.get("prompt_len", T), man.get("prompt_start", i * size)
             if got_p != want_p or got_t != T:
-                raise StoreError(f"shard-{i:05d} holds {got_p} prompts × {got_t} tokens, but meta.json (prompts.n_prompts={P}, "
-                                 f"prompts.prompt_len={T}, shard_size={size}) says {want_p} × {T}; {fix}")
+                raise StoreError(
+                    f"shard-{i:05d} holds {got_p} prompts × {got_t} tokens, but meta.json (prompts.n_prompts={P}, "
+                    f"prompts.prompt_len={T}, shard_size={size}) says {want_p} × {T}; {fix}"
+                )
             if start != i * size:
-                raise StoreError(f"shard-{i:05d} starts at prompt {start}, but meta.json (shard_size={size}) says {i * size}; {fix}")
-            total += int(got_p) * int(got_t)
-        if self.complete and total != P * T:  # pragma: no cover - implied by the per-shard checks
-            raise StoreError(f"the shards of {self.root} hold {total} tokens, but meta.json says {P} × {T} = {P * T}; {fix}")
+                raise StoreError(
+                    f"shard-{i:05d} starts at prompt {start}, but meta.json (shard_size={size}) says {i * size}; {fix}"
+                )
 
     def done_shards(self, verify: bool = False) -> list[int]:
         """Indices of complete shards (their manifest exists; with ``verify`` the checksum matches)."""
@@ -400,25 +414,34 @@ class CodeStore:
 
     def _check_shape(self, i: int, t: dict[str, Tensor]) -> None:
         """The tensors of shard ``i`` must have the shape ``meta.json`` promises."""
-        fix = "meta.json or the shard was changed after collect; restore them, or collect the store again with --overwrite"
+        fix = "meta.json or the shard was changed after collect; restore them, or collect the store again (--overwrite)"
+        redo = "delete it and its .json and rerun `tempolens collect`"
         need = ("tokens", "prompt_ids", "special", "code_ptr", "code_latent", "code_value")
         if any(k not in t for k in need):
-            raise StoreError(f"shard {self.shard_path(i)} lacks {[k for k in need if k not in t]}; delete it and its .json and rerun `tempolens collect`")
+            raise StoreError(f"shard {self.shard_path(i)} lacks {[k for k in need if k not in t]}; {redo}")
         want = (self.shard_prompts(i), self.prompt_len)
-        got = tuple(t["tokens"].shape)
-        if got != want:
-            raise StoreError(f"shard-{i:05d} holds {got[0] if got else '?'} prompts × {got[1] if len(got) > 1 else '?'} tokens, but meta.json "
-                             f"(prompts.n_prompts={self.n_prompts}, prompts.prompt_len={self.prompt_len}) says {want[0]} × {want[1]}; {fix}")
-        ids = t["prompt_ids"]
-        if ids.numel() and int(ids[0]) != i * int(self.meta["shard_size"]):
-            raise StoreError(f"shard-{i:05d} starts at prompt {int(ids[0])}, but meta.json (shard_size={self.meta['shard_size']}) says "
-                             f"{i * int(self.meta['shard_size'])}; {fix}")
+        got = tuple(t["tokens"].shape) + ("?", "?")
+        if got[:2] != want:
+            raise StoreError(
+                f"shard-{i:05d} holds {got[0]} prompts × {got[1]} tokens, but meta.json (prompts.n_prompts="
+                f"{self.n_prompts}, prompts.prompt_len={self.prompt_len}) says {want[0]} × {want[1]}; {fix}"
+            )
+        ids, size = t["prompt_ids"], int(self.meta["shard_size"])
+        if ids.numel() and int(ids[0]) != i * size:
+            raise StoreError(
+                f"shard-{i:05d} starts at prompt {int(ids[0])}, but meta.json (shard_size={size}) says "
+                f"{i * size}; {fix}"
+            )
         if t["code_ptr"].numel() != want[0] * want[1] + 1:
-            raise StoreError(f"shard {self.shard_path(i)} has {t['code_ptr'].numel() - 1} token offsets for {want[0] * want[1]} tokens; "
-                             "delete it and its .json and rerun `tempolens collect`")
+            raise StoreError(
+                f"shard {self.shard_path(i)} has {t['code_ptr'].numel() - 1} token offsets for "
+                f"{want[0] * want[1]} tokens; {redo}"
+            )
         lat = t["code_latent"]
         if lat.numel() and (int(lat.max()) >= self.width or int(lat.min()) < 0):
-            raise StoreError(f"shard-{i:05d} holds latent {int(lat.max())}, but meta.json says sae.width={self.width}; {fix}")
+            raise StoreError(
+                f"shard-{i:05d} holds latent {int(lat.max())}, but meta.json says sae.width={self.width}; {fix}"
+            )
 
     def iter_shards(self, verify: bool = True) -> Iterator[Shard]:
         if not self.complete:
@@ -511,5 +534,6 @@ class StoreWriter:
             raise StoreError(f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept") from e
         atomic_write_json(
             self.store.shard_dir / f"shard-{i:05d}.json",
-            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "prompt_len": int(tokens.shape[1]), "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
+            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "prompt_len": int(tokens.shape[1]),
+             "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
         )
