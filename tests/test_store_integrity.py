@@ -248,3 +248,24 @@ def test_dashboards_publish_whole_trees_and_keep_kernel_pages(store, tmp_path, m
     assert (out / "site" / "data" / "kernels.js").exists()
     assert sorted(p.name for p in out.iterdir() if ".partial" in p.name or ".old-" in p.name) == []
     assert "site/kernels/story.html" in (out / "SHA256SUMS").read_text()
+
+
+def test_autointerp_checks_the_store_before_writing_or_calling_anything(tiny_lm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
+    from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    toks, special, dense = build_dense(tok)
+    good = write_store(tmp_path / "good", toks, special, dense)
+    meta = json.loads((good / "meta.json").read_text())
+    meta["n_shards"] -= 1
+    (good / "meta.json").write_text(json.dumps(meta))
+    with ChatServer(RuleLLM()) as srv:
+        cfg = AutointerpConfig(stores=(f"good={good}",), out=tmp_path / "ai", n_latents=2, backend="openai",
+                               model="test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+                               progress=False, backoff_s=0.0, scorers=("saebench",))
+        with pytest.raises(StoreError, match=r"meta\.json was changed after `tempolens collect` wrote it"):
+            run_autointerp(cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder())
+        assert srv.requests == [] and not (tmp_path / "ai").exists()
