@@ -103,7 +103,7 @@ def meta_checksum(meta: dict[str, Any]) -> str:
     """SHA-256 of ``meta`` without its own checksum field, as canonical JSON (sorted keys, no spaces)."""
     body = {k: v for k, v in meta.items() if k != META_CHECKSUM_KEY}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 REDO_META = "restore it, or collect the store again with --overwrite"
