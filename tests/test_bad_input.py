@@ -264,3 +264,125 @@ def test_kernel_texts_empty_and_enormous(tmp_path):
             KernelConfig(text=["x"], max_tokens=n)
     # an enormous text is refused by token count before the model runs (test_temporal_command.py);
     # an enormous request body to `tempolens serve` is refused with 413 (test_serve_server.py)
+
+
+# -- --out that cannot be written, --prompt-len over the context (issue: adversarial pass) -------------------
+@pytest.fixture(scope="module")
+def small_store(tiny_lm_dir, corpus, temporal_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad_out") / "store"
+    collect(_cfg(tiny_lm_dir, corpus, temporal_dir, out))
+    return out
+
+
+def _collect_args(tiny_lm_dir, corpus, temporal_dir, out, *extra: str) -> list[str]:
+    return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(corpus),
+            "--n-prompts", "8", "--prompt-len", "16", "--shard-prompts", "4", "--device", "cpu", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def _main_error(capsys, args: list[str]) -> str:
+    """Run the CLI in this process; it must exit 2 with one line on stderr and no traceback."""
+    from tempolens.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    import tempolens.sources.models as models
+
+    def refuse(*a, **k):
+        pytest.fail("checked too late: the model was loaded")
+
+    monkeypatch.setattr(models, "load_subject_model", refuse)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real read-only filesystem (a tmpfs mounted ro; needs root), else skipped."""
+    import shutil
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys,
+                                            no_model_load):
+    for out in (read_only_dir / "store", read_only_dir):  # to create, and existing
+        err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, out))
+        assert f"--out {out} cannot be written (the filesystem is read-only)" in err and "writable disk" in err
+        err = _main_error(capsys, ["dashboards", "--store", str(small_store), "--out", str(out), "--no-progress"])
+        assert f"--out {out} cannot be written (the filesystem is read-only)" in err
+
+
+def test_out_on_a_read_only_filesystem_simulated(small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys,
+                                                 monkeypatch, no_model_load):
+    """EROFS raised by the OS (as when running as root makes chmod useless), for a folder to create."""
+    import errno
+
+    real_mkdir = Path.mkdir
+    ro = tmp_path / "ro"
+
+    def mkdir(self, *a, **k):
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, ro / "store"))
+    assert "cannot be written (the filesystem is read-only)" in err
+    err = _main_error(capsys, ["dashboards", "--store", str(small_store), "--out", str(ro / "d"), "--no-progress"])
+    assert "cannot be written (the filesystem is read-only)" in err
+
+
+def test_out_naming_an_existing_file(small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys, no_model_load):
+    f = tmp_path / "file.txt"
+    f.write_text("not a folder")
+    err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, f))
+    assert f"--out {f} is a file, not a folder" in err
+    err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, f / "store"))
+    assert "a parent of it is a file" in err
+    err = _main_error(capsys, ["dashboards", "--store", str(small_store), "--out", str(f), "--no-progress"])
+    assert f"--out {f} is a file, not a folder" in err and "tempolens collect" not in err
+    # a --store that is a file: named as such, without suggesting `collect --out <that file>`
+    err = _main_error(capsys, ["dashboards", "--store", str(f), "--out", str(tmp_path / "d"), "--no-progress"])
+    assert "is a file, not a code store folder" in err and "--out " + str(f) not in err
+    assert f.read_text() == "not a folder" and not (tmp_path / "d").exists()
+
+
+def test_prompt_len_beyond_the_model_context_is_refused_before_loading(tiny_lm_dir, corpus, temporal_dir, tmp_path,
+                                                                       capsys, no_model_load):
+    args = _collect_args(tiny_lm_dir, corpus, temporal_dir, tmp_path / "s")
+    args[args.index("--prompt-len") + 1] = "1025"  # the tiny LM's max_position_embeddings is 1024
+    err = _main_error(capsys, args)
+    assert f"--prompt-len 1025 is longer than the context of {tiny_lm_dir} (1024 tokens" in err
+    assert "--prompt-len 1024 or less" in err
+
+
+def test_prompt_len_is_checked_against_the_loaded_model_too(tiny_lm_dir):
+    """Where config.json is not on disk before loading (a hub id not cached, a .gguf), the loaded model's config
+    is checked."""
+    from types import SimpleNamespace
+
+    from tempolens.collect import _context_of, check_prompt_len, configured_context
+
+    assert configured_context(str(tiny_lm_dir)) == 1024
+    assert configured_context("no-such-owner/no-such-model") is None
+    assert _context_of({"text_config": {"max_position_embeddings": 8192}, "max_position_embeddings": 5}) == 8192
+    assert _context_of(SimpleNamespace(max_position_embeddings=512)) == 512 and _context_of(None) is None
+    with pytest.raises(ConfigError, match="--prompt-len 600 is longer than the context of m.gguf .512 tokens"):
+        check_prompt_len(600, 512, "m.gguf")
+    check_prompt_len(512, 512, "m.gguf")
+    check_prompt_len(10**6, None, "m.gguf")

@@ -147,6 +147,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir,
     s2.done_shards(verify=True)  # checksums hold
     m1, m2 = dict(s1.meta), dict(s2.meta)
     assert m1.pop("created") and m2.pop("created")
+    assert m1.pop("meta_sha256") and m2.pop("meta_sha256")  # covers `created`
     assert m1 == m2  # only rank 0 wrote meta.json, and it is the same run
     assert not list(two.rglob(".*tmp*"))  # no temporary file left behind by either rank
 

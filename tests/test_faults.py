@@ -216,7 +216,8 @@ def test_dashboards_killed_at_each_stage_then_rerun_is_identical(store, referenc
     # 3. during the exports: the second site chunk is complete in its temporary file, not yet renamed
     _killed("rename", "chunk-1.js", args)
     assert (out / "stats.key").exists() and (out / "logits.key").exists()
-    assert (out / "site" / "data" / "features" / "chunk-0.js").exists() and not (out / "site" / "data" / "index.js").exists()
+    # the site is built in site.partial/ and published whole: no partial site/ tree
+    assert (out / "site.partial" / "data" / "features" / "chunk-0.js").exists() and not (out / "site").exists()
     # 4. the last file of the run
     _killed("rename", "meta.js", args)
     assert not (out / "SHA256SUMS").exists()  # written last: its absence says the exports are incomplete

@@ -512,3 +512,35 @@ def test_jumprelu_log_threshold(tmp_path):
     save_file(weights, folder / "sae_weights.safetensors")
     loaded = load_sae(folder)
     torch.testing.assert_close(loaded.threshold, sae.threshold)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "raw"])
+def test_pickle_refusal_names_the_refused_global_in_every_format(tmp_path, fmt):
+    """zip (torch.save), legacy (_use_new_zipfile_serialization=False) and a raw pickle: each refusal names
+    the dangerous call in one line, and nothing runs."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    obj = {"w": torch.zeros(2), "x": _Evil(f"touch {marker}")}
+    if fmt == "raw":
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=fmt == "zip")
+    with pytest.raises(UnsafeCheckpointError) as e:
+        read_checkpoint(path)
+    msg = str(e.value)
+    name = f"{os.system.__module__}.system"  # posix.system on Linux
+    assert name in msg and "would execute code" in msg and "\n" not in msg, msg
+    assert not marker.exists()
+
+
+def test_pickle_globals_reads_opcodes_without_running_anything():
+    import pickle
+
+    from tempolens.saes.loading import pickle_globals
+
+    for proto in (0, 2, 4):
+        assert f"{os.system.__module__}.system" in pickle_globals(pickle.dumps(_Evil("true"), protocol=proto)), proto
+        assert f"builtins.eval" in pickle_globals(pickle.dumps(_EvalEvil("1"), protocol=proto)), proto
+    assert pickle_globals(b"\x00\x01 not a pickle") == []

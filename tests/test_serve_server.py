@@ -147,3 +147,172 @@ def test_static_only_server_and_port_in_use(site):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# -- hardening (issue: adversarial pass) -----------------------------------------------------------------
+def raw_exchange(srv, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, read until the server closes; the answer (b'' when it closed without one)."""
+    import socket
+
+    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "ctype,ok",
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON;charset=UTF-8", True),
+        ("text/plain;charset=application/json", False),  # CORS-safelisted: no preflight, so it must be refused
+        ("application/json; charset=latin-1", False),
+        ("application/json; boundary=x", False),
+        ("application/jsonp", False),
+        ("multipart/form-data; application/json", False),
+        ("", False),
+    ],
+)
+def test_content_type_must_be_exactly_json(server, ctype, ok):
+    headers = {"Content-Type": ctype} if ctype else {}
+    st, _, data = request(server, "POST", "/api/analyze", json.dumps({"text": "the cat"}).encode(), headers)
+    if ok:
+        assert st == 200, data
+    else:
+        assert st == 415 and "application/json" in json.loads(data)["error"]
+
+
+def test_origin_must_be_absent_or_the_served_origin(server):
+    port = server.server_address[1]
+    assert post(server, {"text": "the cat"})[0] == 200  # no Origin: curl, same-origin navigations
+    assert post(server, {"text": "the cat"}, Origin=f"http://127.0.0.1:{port}")[0] == 200
+    for origin in ("null", "http://127.0.0.1:1", f"https://127.0.0.1:{port}", f"http://localhost:{port}", "file://",
+                   f"http://127.0.0.1:{port}/x"):
+        st, _, data = post(server, {"text": "the cat"}, Origin=origin)
+        assert st == 403 and "cross-origin" in json.loads(data)["error"], origin
+
+
+def test_deeply_nested_json_is_a_400_not_a_dropped_connection(server):
+    for depth in (33, 100_000):
+        body = ("[" * depth + "]" * depth).encode()
+        st, _, data = request(server, "POST", "/api/analyze", body, {"Content-Type": "application/json"})
+        assert st == 400 and "nested deeper than 32" in json.loads(data)["error"], depth
+    # brackets inside strings do not count
+    st, _, _ = post(server, {"text": "the cat " + "[" * 100})
+    assert st in (200, 400)
+    st, _, data = post(server, {"text": "the cat " + "[" * 100})
+    assert "nested" not in json.loads(data).get("error", "")
+
+
+def test_long_paths_are_answered_414_or_404(server):
+    st, _, data = request(server, "GET", "/" + "a" * 300)  # one segment over 255 characters (was: dropped, traceback)
+    assert st == 404 and json.loads(data)["error"] == "not found"
+    st, _, _ = request(server, "GET", "/kernels/" + "b" * 256 + "/index.html")
+    assert st == 404
+    st, _, data = request(server, "GET", "/" + "a/" * 1500)
+    assert st == 414 and "longer than 2048" in json.loads(data)["error"]
+    # a request line over the stdlib's 65,536 limit: its own 414, as JSON with the security headers
+    answer = raw_exchange(server, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 414") and b"X-Frame-Options: DENY" in answer
+
+
+def _headers(srv, method, path, body=None, headers=None):
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.request(method, path, body=body, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+
+def test_security_headers_on_every_response(server, site):
+    from tempolens.temporal.page import html_page, script_hash
+
+    (site / "kernels" / "page.html").write_text(html_page("t", "<div id=app></div>", "console.log(1)"))
+    cases = [("GET", "/", None, 200), ("GET", "/live", None, 200), ("GET", "/data.js", None, 200),
+             ("GET", "/nope", None, 404),
+             ("GET", "/kernels/page.html", None, 200), ("GET", "/api/health", None, 200), ("HEAD", "/live", None, 200),
+             ("POST", "/api/analyze", b"{}", 415), ("PUT", "/", None, 501), ("GET", "/" + "a/" * 1500, None, 414)]
+    for method, path, body, status in cases:
+        st, h, data = _headers(server, method, path, body)
+        assert st == status, (method, path, st)
+        assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "no-referrer"
+        assert h["x-content-type-options"] == "nosniff"
+        csp = h["content-security-policy"]
+        script_src = csp.split("script-src", 1)[-1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in script_src, (path, csp)
+    # /live and the kernel pages: their inline scripts are allowed by hash, nothing else inline
+    for path in ("/live", "/kernels/page.html"):
+        st, h, data = _headers(server, "GET", path)
+        script_src = next(d for d in h["content-security-policy"].split(";") if d.strip().startswith("script-src"))
+        import re
+
+        inline = re.findall(r"<script>(.*?)</script>", data.decode(), re.S)
+        assert len(inline) == 2 and all(script_hash(s) in script_src for s in inline), path
+        assert "unsafe-inline" not in script_src and "'self'" in script_src
+
+
+def test_no_page_of_the_site_or_of_serve_allows_inline_script(site):
+    import re
+    from pathlib import Path
+
+    import tempolens
+
+    src = Path(tempolens.__file__).parent
+    offenders = [p for p in src.rglob("*") if p.is_file() and p.suffix in (".py", ".html", ".js")
+                 and re.search(r"script-src[^;\"]*unsafe-inline", p.read_text(errors="replace"))]
+    assert offenders == []
+
+
+def test_surrogates_get_a_message_about_the_text(server):
+    body = b'{"text": "the cat \\ud800 sat"}'
+    st, _, data = request(server, "POST", "/api/analyze", body, {"Content-Type": "application/json"})
+    err = json.loads(data)["error"]
+    assert st == 400 and "U+D800 at character 8" in err and "surrogate" in err and "offset" not in err
+
+
+def test_idle_and_slow_connections_are_ended(site):
+    import socket
+    import time
+
+    srv = make_server(ServeConfig(site=site, port=0, live=False, timeout=1.0))
+    start_in_thread(srv)
+    try:
+        t0 = time.monotonic()
+        idle = raw_exchange(srv, b"")  # connects, sends nothing
+        assert idle.startswith(b"HTTP/1.0 408") and time.monotonic() - t0 < 5
+        with socket.create_connection(srv.server_address[:2], timeout=10) as s:  # drips a header byte every 0.3 s
+            t0 = time.monotonic()
+            answer = b""
+            for ch in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+                try:
+                    s.sendall(bytes([ch]))
+                except OSError:
+                    break
+                time.sleep(0.3)
+                if time.monotonic() - t0 > 6:
+                    break
+            try:
+                answer = s.recv(65536)
+            except OSError:
+                pass
+            assert time.monotonic() - t0 < 6 and answer.startswith(b"HTTP/1.0 408")
+        assert request(srv, "GET", "/index.html")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_serve_timeout_option_is_validated(site):
+    with pytest.raises(ConfigError, match="--timeout"):
+        ServeConfig(site=site, timeout=0)

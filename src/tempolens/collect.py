@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 
 from tempolens.devices import resolve_device
-from tempolens.errors import SourceError, TempolensError
+from tempolens.errors import ConfigError, SourceError, TempolensError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import StoreWriter, pack_codes
+from tempolens.store.codestore import CodeStore, StoreWriter, ensure_out_dir, pack_codes
 
 
 @dataclass
@@ -121,6 +121,57 @@ def check_activations(acts: torch.Tensor, where: str) -> None:
         )
 
 
+def configured_context(spec: str) -> int | None:
+    """``max_position_embeddings`` from the model's ``config.json`` when it is on disk (local folder,
+    converted embedded model, HF cache) — read without loading the model; None when unknown."""
+    import json
+
+    candidates: list[Path] = []
+    if spec == "embedded":
+        from tempolens.sources.embedded import embedded_model_dir
+
+        candidates.append(embedded_model_dir() / "config.json")
+    elif Path(spec).expanduser().is_dir():
+        candidates.append(Path(spec).expanduser() / "config.json")
+    elif "/" in spec and not spec.lower().endswith(".gguf"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(spec, "config.json")
+            if isinstance(hit, str):
+                candidates.append(Path(hit))
+        except Exception:  # noqa: BLE001 - no cache, odd id: the model's own config is checked after loading
+            pass
+    for path in candidates:
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict):
+            return _context_of(cfg)
+    return None
+
+
+def _context_of(cfg: Any) -> int | None:
+    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
+    text = get("text_config")
+    for src in ((text, cfg) if text is not None else (cfg,)):
+        key = "max_position_embeddings"
+        v = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_prompt_len(prompt_len: int, context: int | None, spec: str) -> None:
+    """Refuse prompts longer than the model's context (its ``max_position_embeddings``)."""
+    if context is not None and prompt_len > context:
+        raise ConfigError(
+            f"--prompt-len {prompt_len} is longer than the context of {spec} ({context} tokens, "
+            f"max_position_embeddings in its config.json); pass --prompt-len {context} or less"
+        )
+
+
 def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int,
                        strict_config: bool = False) -> Any:
     """Load the SAE and check it fits the model; random-init specs get activation statistics.
@@ -210,10 +261,18 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     t0 = time.perf_counter()
     device = resolve_device(dist.device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
+    # before the model loads: the output folder must be writable, an existing store must be intact,
+    # and the prompts must fit the model's context
+    if dist.is_main:
+        ensure_out_dir(cfg.out)
+        if (cfg.out / "meta.json").exists() and not cfg.overwrite:
+            CodeStore(cfg.out)
     if model is None:
+        check_prompt_len(cfg.prompt_len, configured_context(cfg.model), cfg.model)
         model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
     elif model.layer != cfg.layer:
         raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
+    check_prompt_len(cfg.prompt_len, _context_of(getattr(getattr(model, "model", None), "config", None)), cfg.model)
     t_model = time.perf_counter()
     prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
     tokens, special = prompts.tokens, prompts.special

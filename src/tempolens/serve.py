@@ -8,7 +8,18 @@ The subject model and SAEs are loaded once at start; requests are answered one a
 
 The server binds to 127.0.0.1 by default and refuses non-loopback addresses unless
 ``--allow-remote`` is given; on loopback it also refuses requests whose ``Host`` header is not a
-loopback name (DNS rebinding) and cross-origin POSTs.
+loopback name (DNS rebinding). ``POST /api/analyze`` needs ``Content-Type: application/json``
+exactly (parameter ``charset=utf-8`` only) and an ``Origin`` that is absent or the served origin
+(``null`` is refused), so a page of another origin, a sandboxed frame or a ``file://`` page cannot
+make it run the model. Bodies are limited in size and JSON nesting depth, URL paths in length.
+
+Every response carries a ``Content-Security-Policy`` header (``frame-ancestors 'none'``; HTML
+pages may run only ``'self'`` scripts and the inline scripts their own CSP lists by hash),
+``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and ``X-Content-Type-Options: nosniff``.
+
+Each connection gets its own thread, at most ``MAX_CONNECTIONS`` at once (more are answered 503);
+the listen backlog is ``LISTEN_BACKLOG``. A connection must deliver its request within
+``--timeout`` seconds (idle and slowly dripping connections are closed, with a 408 where possible).
 
 For tests and notebooks: ``server = make_server(cfg, analyzer)``, ``start_in_thread(server)``,
 ``server.shutdown()``.
@@ -19,7 +30,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import mimetypes
+import re
+import socket
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -36,7 +50,88 @@ Analyzer = Callable[[str], dict]
 """Text → the viewer payload (:func:`tempolens.temporal.page.analysis_payload`)."""
 
 MAX_BODY_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays/objects accepted in a request body (the API needs 1)."""
+MAX_PATH_CHARS = 2048
+"""Longest URL path answered (414 beyond); a single path segment over 255 characters is a 404."""
+MAX_CONNECTIONS = 512
+"""Connections served at once, one thread each; more are answered 503 at once."""
+LISTEN_BACKLOG = 128
+"""Connections the kernel queues before the server accepts them."""
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+FRAME_HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+DATA_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
+"""CSP of every response that is not an HTML page (JSON, scripts, data, errors)."""
+_HASH_SOURCE = re.compile(r"'sha256-[A-Za-z0-9+/]+={0,2}'")
+_META_CSP = re.compile(rb"<meta\s+http-equiv=[\"']Content-Security-Policy[\"']\s+content=\"([^\"]*)\"", re.IGNORECASE)
+
+
+def html_csp(page: bytes) -> str:
+    """The CSP header for an HTML page: scripts from ``'self'`` plus the inline scripts the page's own
+    ``<meta>`` CSP allows by SHA-256 hash (never ``'unsafe-inline'``); no framing."""
+    m = _META_CSP.search(page[:8192])
+    hashes: list[str] = []
+    if m:
+        for directive in m.group(1).decode("utf-8", "replace").split(";"):
+            name, _, value = directive.strip().partition(" ")
+            if name == "script-src":
+                hashes = _HASH_SOURCE.findall(value)
+    return (
+        f"default-src 'self'; script-src 'self'{''.join(' ' + h for h in hashes)}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """True for ``application/json``, optionally with ``charset=utf-8`` — nothing else (not a substring match)."""
+    if not value:
+        return False
+    media, *params = (part.strip() for part in value.split(";"))
+    if media.lower() != "application/json":
+        return False
+    for param in params:
+        key, eq, val = param.partition("=")
+        if not eq or key.strip().lower() != "charset" or val.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
+
+
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of arrays/objects in JSON ``text`` (strings skipped); stops counting past ``limit``."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best = depth
+                if best > limit:
+                    return best
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def unencodable_text(text: str) -> str | None:
+    """A one-line message when ``text`` cannot be encoded as UTF-8 (lone surrogates), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"the text has U+{ord(text[e.start]):04X} at character {e.start}, a lone surrogate that is no Unicode "
+            "character (half of a pair); remove it or send the whole character"
+        )
+    return None
 
 
 @dataclass
@@ -57,6 +152,8 @@ class ServeConfig(TemporalSourceOptions):
     """Longest text /api/analyze accepts, in characters."""
     max_tokens: int = 512
     """Longest text /api/analyze accepts, in tokens including BOS (hard cap 8192)."""
+    timeout: float = 10.0
+    """Seconds a connection may take to send its whole request; idle and slow connections are closed after it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +162,9 @@ class ServeConfig(TemporalSourceOptions):
             check(self.site.is_dir(), f"--site {self.site} is not a directory; give the folder that contains index.html")
         check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"--port must be in 0..65535; got {self.port!r}")
         check(isinstance(self.max_chars, int) and 1 <= self.max_chars <= 200_000, "--max-chars must be between 1 and 200000")
+        number = isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
+        check(number and 0.1 <= self.timeout <= 3600,
+              f"--timeout must be between 0.1 and 3600 seconds; got {self.timeout!r}")
         check(self.live or self.site is not None, "nothing to serve: give --site, or keep --live")
         check(
             self.allow_remote or is_loopback(self.host),
@@ -91,10 +191,10 @@ def safe_path(root: Path, url_path: str) -> Path | None:
     resolving, and the resolved path (symlinks followed) must still be inside ``root``.
     """
     path = unquote(urlsplit(url_path).path)
-    if "\x00" in path or "\\" in path:
+    if "\x00" in path or "\\" in path or len(path) > MAX_PATH_CHARS:
         return None
     parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
+    if any(p == ".." or len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         return None
     root_r = root.resolve()
     target = root_r.joinpath(*parts) if parts else root_r
@@ -104,24 +204,104 @@ def safe_path(root: Path, url_path: str) -> Path | None:
         return None
     if resolved != root_r and root_r not in resolved.parents:
         return None
-    if resolved.is_dir():
-        resolved = resolved / "index.html"
-    return resolved if resolved.is_file() else None
+    try:
+        if resolved.is_dir():
+            resolved = resolved / "index.html"
+        return resolved if resolved.is_file() else None
+    except OSError:  # name too long, permissions ...: not servable
+        return None
+
+
+def _raw_answer(status: HTTPStatus, message: str) -> bytes:
+    """A complete JSON error response, for answers sent outside a request handler."""
+    body = json.dumps({"error": message}).encode()
+    head = [f"HTTP/1.0 {status.value} {status.phrase}", "Content-Type: application/json; charset=utf-8",
+            "Connection: close", f"Content-Security-Policy: {DATA_CSP}",
+            *(f"{k}: {v}" for k, v in FRAME_HEADERS.items()), f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+_BUSY = _raw_answer(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy; retry in a moment")
+_TIMEOUT = _raw_answer(HTTPStatus.REQUEST_TIMEOUT, "the request took too long to arrive; send it at once")
 
 
 class TempolensServer(ThreadingHTTPServer):
-    """The HTTP server: static ``site`` plus ``/live`` and ``/api/analyze`` backed by ``analyzer``."""
+    """The HTTP server: static ``site`` plus ``/live`` and ``/api/analyze`` backed by ``analyzer``.
+
+    One thread per connection, at most :data:`MAX_CONNECTIONS`; a connection that has not delivered
+    its request (line, headers and, for POST, body) ``timeout`` seconds after it was accepted is answered
+    408 and closed by a watchdog thread; each socket operation also times out (after ``timeout + 1`` s)."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], site: Path | None, analyzer: Analyzer | None,
-                 max_chars: int = 4000, check_host: bool = True) -> None:
+                 max_chars: int = 4000, check_host: bool = True, timeout: float = 10.0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.site = Path(site).resolve() if site is not None else None
         self.analyzer = analyzer
         self.max_chars = max_chars
         self.check_host = check_host
+        self.conn_timeout = float(timeout)
         self.lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._pending: dict[socket.socket, float] = {}
+        self._pending_lock = threading.Lock()
+        self._closed = threading.Event()
         super().__init__(address, Handler)
+        threading.Thread(target=self._watchdog, name="tempolens-serve-watchdog", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            threading.Thread(target=_close_gently, args=(request,), daemon=True).start()  # keeps accepting meanwhile
+            return
+        self.headers_pending(request)  # the request deadline starts at accept
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.headers_done(request)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.headers_done(request)
+            self._slots.release()
+
+    def headers_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock:
+            self._pending[conn] = time.monotonic() + self.conn_timeout
+
+    def headers_done(self, conn: socket.socket) -> bool:
+        """Stop watching ``conn``; False when the watchdog already timed it out."""
+        with self._pending_lock:
+            return self._pending.pop(conn, None) is not None
+
+    def _watchdog(self) -> None:
+        while not self._closed.wait(min(0.25, self.conn_timeout / 4)):
+            now = time.monotonic()
+            with self._pending_lock:
+                late = [c for c, deadline in self._pending.items() if deadline <= now]
+                for conn in late:
+                    del self._pending[conn]
+                    try:
+                        conn.sendall(_TIMEOUT)
+                        conn.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def shutdown_request(self, request: Any) -> None:
+        _close_gently(request)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     @property
     def url(self) -> str:
@@ -130,21 +310,75 @@ class TempolensServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
+def _close_gently(sock: Any) -> None:
+    """Close after the answer: stop sending, read what the client still sends (at most about a
+    second), then close, so that unread request bytes do not turn the close into a reset that
+    destroys the answer before the client has read it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.2)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end and sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 class Handler(BaseHTTPRequestHandler):
     server: TempolensServer
     server_version = "tempolens"
     sys_version = ""
+    _csp: str | None = None
+
+    # -- connection ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.timeout = self.server.conn_timeout + 1.0  # every read times out; the watchdog (408) comes first
+        super().setup()
+
+    def _arrived(self) -> bool:
+        """Stop the request deadline (the request has arrived); False when the watchdog already answered 408."""
+        if not getattr(self, "_deadline_stopped", False):
+            self._deadline_stopped = True
+            self._timed_out = not self.server.headers_done(self.connection)
+        if self._timed_out:
+            self.close_connection = True
+        return not self._timed_out
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.command == "POST":
+            return True  # do_POST stops the deadline once the body is read
+        return self._arrived() and ok
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own errors (bad request line, 414, 501 ...) as JSON with the usual headers."""
+        self.close_connection = True
+        if not self._arrived():
+            return  # the watchdog has answered this connection (408)
+        try:
+            self._error(code, message or HTTPStatus(code).phrase)
+        except OSError:
+            pass
+
+    def end_headers(self) -> None:
+        self.send_header("Content-Security-Policy", self._csp or DATA_CSP)
+        for k, v in FRAME_HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
 
     # -- helpers ---------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet; errors are answered to the client
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self._csp = html_csp(body) if ctype.startswith("text/html") else None
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "no-store")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
@@ -171,24 +405,32 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()
 
+    def _path_ok(self) -> bool:
+        if len(self.path) > MAX_PATH_CHARS:
+            self._error(HTTPStatus.REQUEST_URI_TOO_LONG, f"the URL is longer than {MAX_PATH_CHARS} characters")
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
         if not self._host_ok():
             self._error(HTTPStatus.FORBIDDEN, "this server only answers requests addressed to localhost")
+            return
+        if not self._path_ok():
             return
         path = urlsplit(self.path).path
         if path in ("/live", "/live/"):
             if self.server.analyzer is None:
                 self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
                 return
-            from tempolens.temporal.live import live_page
-
-            self._send(HTTPStatus.OK, live_page(self.server.max_chars, has_site=self.server.site is not None).encode(), "text/html; charset=utf-8")
+            page = _live_html(self.server.max_chars, self.server.site is not None)
+            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
             return
         if path == "/api/health":
             self._json(HTTPStatus.OK, {"ok": True, "live": self.server.analyzer is not None, "site": self.server.site is not None})
             return
         if self.server.site is None:
             if path == "/":
+                self._csp = None
                 self.send_response(HTTPStatus.FOUND)
                 self.send_header("Location", "/live")
                 self.send_header("Content-Length", "0")
@@ -211,34 +453,57 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, ctype)
 
     # -- POST ------------------------------------------------------------------------------------
+    def _origin_ok(self) -> bool:
+        """No Origin (a same-origin form or a non-browser client), or exactly the origin that was served."""
+        origins = self.headers.get_all("Origin") or []
+        if not origins:
+            return True
+        return len(origins) == 1 and origins[0].strip() == "http://" + (self.headers.get("Host") or "").strip()
+
     def do_POST(self) -> None:  # noqa: N802
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        body: bytes | None = None
+        if 0 <= length <= MAX_BODY_BYTES:
+            body = self.rfile.read(length)  # read first: an answer before the body is read may be lost in a reset
+        if not self._arrived():  # the watchdog answered 408 meanwhile
+            return
         if not self._host_ok():
             self._error(HTTPStatus.FORBIDDEN, "this server only answers requests addressed to localhost")
+            return
+        if not self._path_ok():
             return
         if urlsplit(self.path).path != "/api/analyze":
             self._error(HTTPStatus.NOT_FOUND, "unknown endpoint; POST /api/analyze with {\"text\": ...}")
             return
-        origin = self.headers.get("Origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != (self.headers.get("Host") or ""):
-            self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+        if not self._origin_ok():
+            self._error(HTTPStatus.FORBIDDEN,
+                        "cross-origin requests are refused (Origin must be absent or this server's origin)")
             return
         if self.server.analyzer is None:
             self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
             return
-        if "application/json" not in (self.headers.get("Content-Type") or ""):
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send JSON: Content-Type: application/json with {\"text\": ...}")
+        if not is_json_content_type(self.headers.get("Content-Type")):
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                        "send JSON: Content-Type: application/json (optionally ; charset=utf-8) with {\"text\": ...}")
             return
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
+        if length == -1:
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
             return
-        if length < 0 or length > MAX_BODY_BYTES:
+        if body is None:
+            self.close_connection = True
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {MAX_BODY_BYTES} bytes; send a shorter text")
             return
         try:
-            obj = json.loads(self.rfile.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            raw = body.decode("utf-8")
+            if json_depth(raw) > MAX_JSON_DEPTH:
+                self._error(HTTPStatus.BAD_REQUEST,
+                            f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
+                return
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             self._error(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON; send {\"text\": \"...\"}")
             return
         text = obj.get("text") if isinstance(obj, dict) else None
@@ -251,6 +516,10 @@ class Handler(BaseHTTPRequestHandler):
         if len(text) > self.server.max_chars:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the text has {len(text)} characters; the limit is {self.server.max_chars}")
             return
+        bad_text = unencodable_text(text)
+        if bad_text:
+            self._error(HTTPStatus.BAD_REQUEST, bad_text)
+            return
         try:
             with self.server.lock:
                 payload = self.server.analyzer(text)
@@ -262,6 +531,18 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__}); see the server log")
             return
         self._json(HTTPStatus.OK, payload)
+
+
+_LIVE_HTML: dict[tuple[int, bool], bytes] = {}
+
+
+def _live_html(max_chars: int, has_site: bool) -> bytes:
+    key = (int(max_chars), bool(has_site))
+    if key not in _LIVE_HTML:
+        from tempolens.temporal.live import live_page
+
+        _LIVE_HTML[key] = live_page(max_chars, has_site=has_site).encode()
+    return _LIVE_HTML[key]
 
 
 def make_analyzer(model: Any, sae: Any, contrast: Any, max_tokens: int, top_k: int = 5) -> Analyzer:
@@ -284,7 +565,7 @@ def make_server(cfg: ServeConfig, analyzer: Analyzer | None = None) -> Tempolens
     """Bind the server (no model loading here: pass ``analyzer``, or None for a static-only server)."""
     try:
         return TempolensServer((cfg.host, cfg.port), cfg.site, analyzer if cfg.live else None,
-                               max_chars=cfg.max_chars, check_host=is_loopback(cfg.host))
+                               max_chars=cfg.max_chars, check_host=is_loopback(cfg.host), timeout=cfg.timeout)
     except OSError as e:
         raise TempolensError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}; pick another --port") from None
 

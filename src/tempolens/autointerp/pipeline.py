@@ -311,6 +311,8 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
     """
     from tempolens.autointerp.report import build_report
 
+    for arg in cfg.stores:  # every store is checked against its meta.json before anything is written
+        CodeStore(parse_store_arg(arg)[1])
     cfg.out.mkdir(parents=True, exist_ok=True)
     db = ResultsDB(cfg.out / "results.sqlite")
     scorers = cfg.resolved_scorers()

@@ -10,6 +10,11 @@ settings match, so a rerun after a kill resumes cheaply):
    ``site/data/features/chunk-<c>.js``; finally ``site/data/index.js``, ``site/data/meta.js``,
    ``run_settings.json`` and the viewer assets.
 
+``neuronpedia/`` and ``site/`` are built in ``neuronpedia.partial/`` and ``site.partial/`` and
+each replaces the previous tree by a rename when it is complete, so a failed or killed run never
+leaves a partial tree behind (the kernel pages that `tempolens kernel`/`run` added to the old site
+are carried over). The store is checked against its ``meta.json`` before anything is written.
+
 The LM is never run: the model is loaded only for its tokenizer and unembedding, the SAE only for
 its decoder directions.
 """
@@ -31,7 +36,14 @@ from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import CodeStore, StoreError, atomic_write_bytes, remove_stale_temporaries, write_sha256sums
+from tempolens.store.codestore import (
+    CodeStore,
+    StoreError,
+    atomic_write_bytes,
+    ensure_out_dir,
+    remove_stale_temporaries,
+    write_sha256sums,
+)
 
 
 @dataclass
@@ -191,8 +203,7 @@ def build_dashboards(
     if not store.complete:
         raise StoreError(f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
     W = store.width
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(cfg.out)
     remove_stale_temporaries(out)  # left by a run killed between writing a file and renaming it
     (out / "SHA256SUMS").unlink(missing_ok=True)  # written again last, when the exports are complete
     autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
@@ -306,23 +317,19 @@ def build_dashboards(
         vectors=W_dec if cfg.include_vector else None,
         autointerp=autointerp,
     )
-    np_dir = out / "neuronpedia"
+    from tempolens.sources.cache import fresh_tmp_dir
+
+    np_final, site_final = out / "neuronpedia", out / "site"
+    np_dir = fresh_tmp_dir(np_final) if (cfg.batches or cfg.bulk) else np_final  # published below when complete
+    site_dir = fresh_tmp_dir(site_final) if cfg.site else site_final
     batch_dir = np_dir / "batches"
     bulk_root = np_dir / "bulk"
-    site_dir = out / "site"
     if cfg.batches:
         batch_dir.mkdir(parents=True, exist_ok=True)
-        for old in batch_dir.glob("batch-*.json"):
-            old.unlink()
     if cfg.bulk:
         npx.write_bulk_headers(bulk_root, ids)
-        for sub in ("features", "activations"):
-            for old in (npx.bulk_dir(bulk_root, ids) / sub).glob("batch-*.jsonl.gz"):
-                old.unlink()
     site = SiteWriter(site_dir, cfg.chunk_size) if cfg.site else None
     if site is not None:
-        for old in (site_dir / "data" / "features").glob("chunk-*.js"):
-            old.unlink()
         report_json = cfg.autointerp.parent / "report.json" if cfg.autointerp is not None else None
         if report_json is not None and report_json.is_file():  # the ballpark report beside `latents-<label>.json`
             try:
@@ -346,7 +353,7 @@ def build_dashboards(
             return
         k, recs = len(batch_paths), pending_batch
         if cfg.batches:
-            batch_paths.append(batch_dir / f"batch-{k}.json")
+            batch_paths.append(np_final / "batches" / f"batch-{k}.json")
             writes.submit(lambda: npx.write_batch(batch_dir, k, recs, ids))
         else:
             batch_paths.append(Path())
@@ -427,6 +434,13 @@ def build_dashboards(
             "tempolens_version": _version(),
             "settings": settings,
         })
+        _carry_over_foreign(site_final, site_dir)
+    from tempolens.sources.cache import publish_dir
+
+    if cfg.batches or cfg.bulk:
+        publish_dir(np_dir, np_final)
+    if site is not None:
+        publish_dir(site_dir, site_final)
     write_sha256sums(out, ("neuronpedia", "site"))  # last: `sha256sum -c SHA256SUMS` verifies the exports
     timings["total"] = time.perf_counter() - t0
     from tempolens.store.codestore import atomic_write_json
@@ -435,9 +449,9 @@ def build_dashboards(
     atomic_write_json(out / "dashboards_log.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})
     result = DashboardResult(
         out=out,
-        site=site_dir if site is not None else None,
+        site=site_final if site is not None else None,
         batches=batch_paths if cfg.batches else [],
-        bulk=npx.bulk_dir(bulk_root, ids) if cfg.bulk else None,
+        bulk=npx.bulk_dir(np_final / "bulk", ids) if cfg.bulk else None,
         n_latents=len(latents),
         n_examples=n_examples,
         timings=timings,
@@ -446,6 +460,25 @@ def build_dashboards(
         print(result)
     dist.barrier()  # releases the other ranks, which wait for the exports
     return result
+
+
+FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js")
+"""Parts of a site that other commands write (`tempolens kernel`, `run`): kept when dashboards rebuild the site."""
+
+
+def _carry_over_foreign(old_site: Path, new_site: Path) -> None:
+    """Copy the parts of ``old_site`` that dashboards do not write into ``new_site`` before it replaces it."""
+    import shutil
+
+    for rel in FOREIGN_SITE_PATHS:
+        src, dest = old_site / rel, new_site / rel
+        if src.is_symlink() or dest.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=False, ignore=shutil.ignore_patterns(".*.tmp-*"))
+        elif src.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
 
 
 def _version() -> str:

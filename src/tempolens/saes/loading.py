@@ -167,6 +167,76 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def pickle_globals(data: bytes, max_pickles: int = 8) -> list[str]:
+    """``module.name`` of every global that the pickle(s) at the start of ``data`` import, in order,
+    found by reading the opcodes (nothing is executed). A legacy torch file is several pickles in a
+    row followed by raw storage bytes: reading stops at the first byte that is no pickle."""
+    import _compat_pickle
+    import io
+    import pickletools
+
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    text_ops = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+    for _ in range(max_pickles):
+        strings: list[str] = []  # recent string pushes: STACK_GLOBAL takes the last two (module, name)
+        memo: dict[int, str | None] = {}
+        last_str: str | None = None
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                pushed: str | None = None
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    module, _, name = arg.partition(" ")
+                    py3 = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), py3)
+                    found.append(f"{module}.{name}")  # Python 2 names (protocols 0-2) as Python 3 loads them
+                elif op.name in text_ops:
+                    pushed = arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last_str
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = last_str
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed = memo.get(int(arg))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if pushed is not None:
+                    strings.append(pushed)
+                if op.name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    last_str = pushed
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: the storage bytes
+            break
+        if stream.tell() >= len(data):
+            break
+    return list(dict.fromkeys(found))
+
+
+def refused_globals(path: Path, message: str = "") -> list[str]:
+    """The globals of a non-zip checkpoint that torch's weights-only unpickler does not allow (it
+    names only the first, deep inside a long message); read from the opcodes, torch's message as fallback."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        safe = torch.serialization.get_safe_globals()
+        allowed = set(_get_allowed_globals())
+        allowed |= {f"{g.__module__}.{g.__qualname__}" for g in safe if hasattr(g, "__qualname__")}
+    except Exception:  # noqa: BLE001 - private torch API: fall back to torch's message
+        allowed = None
+    names: list[str] = []
+    if allowed is not None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(64 << 20)
+            names = [g for g in pickle_globals(data) if g not in allowed]
+        except OSError:
+            names = []
+    if not names:
+        import re
+
+        names = re.findall(r"GLOBAL ([A-Za-z_][\w.]*)", message)
+    return list(dict.fromkeys(names))
+
+
 def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any:
     """Read a torch checkpoint without executing code (see the module docstring).
 
@@ -197,6 +267,12 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
             # mmap (zip checkpoints only) keeps a multi-GB checkpoint out of RAM until converted
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
+        names = refused_globals(path, str(e))
+        if names:
+            raise UnsafeCheckpointError(
+                f"{path} would execute code when loaded (it references {', '.join(names[:4])}"
+                f"{' ...' if len(names) > 4 else ''}); tempolens loads weights only — {hint}"
+            ) from None
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded as weights only ({_first_line(e)[:200]}); {hint}"
         ) from None

@@ -370,7 +370,11 @@ def gather_windows(
             out_share[ex] = shard.extras["pred_share"].to(torch.float32)[lp, c]
         seen[ex] = True
     if not bool(seen.all()):
-        raise StoreError(f"{int((~seen).sum())} example positions are not in {store.root}; the statistics belong to another store — delete the dashboard output's stats and rerun")
+        raise StoreError(
+            f"{int((~seen).sum())} example positions of the statistics are not in the shards of {store.root}: the "
+            "shards changed after the statistics were computed, or its meta.json disagrees with them; rerun with "
+            "--recompute, or collect the store again with --overwrite"
+        )
     out_values = out_values.masked_fill(out_special, 0.0)
     if out_pred is not None:
         out_pred = out_pred.masked_fill(out_special, float("nan"))

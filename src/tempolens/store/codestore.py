@@ -2,9 +2,10 @@
 
 Layout of a store directory::
 
-    meta.json                    run metadata (model, hook, SAE, corpus, seed, versions, shard plan)
+    meta.json                    run metadata (model, hook, SAE, corpus, seed, versions, shard plan),
+                                 with ``meta_sha256``: the SHA-256 of the rest of the object (canonical JSON)
     shards/shard-00000.safetensors
-    shards/shard-00000.json      {"sha256", "n_prompts", "nnz", "prompt_start"} — written last;
+    shards/shard-00000.json      {"sha256", "n_prompts", "prompt_len", "nnz", "prompt_start"} — written last;
                                  a shard counts as done only when this file exists and matches
 
 Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
@@ -20,13 +21,19 @@ Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
 
 Every file is written atomically (temporary file, fsync, rename), so a killed run leaves
 only complete shards, and a resumed run skips them.
+
+A store cannot lie about itself: every reader (:class:`CodeStore`) checks ``meta.json`` against its
+own checksum and the shard files on disk against ``meta.json`` (shard count and names, prompts and
+tokens per shard) before it returns, and names the first disagreement.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,6 +93,81 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+META_CHECKSUM_KEY = "meta_sha256"
+_SHARD_FILE = re.compile(r"shard-(\d{5,})\.(safetensors|json)")
+
+
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``meta`` without its own checksum field, as canonical JSON (sorted keys, no spaces)."""
+    body = {k: v for k, v in meta.items() if k != META_CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+REDO_META = "restore it, or collect the store again with --overwrite"
+
+
+def read_meta(root: Path | str) -> dict[str, Any]:
+    """The verified ``meta.json`` of the store at ``root``: a JSON object whose checksum matches.
+
+    Raises ``StoreError`` (one line) when the folder is no store, the file is not JSON, not an
+    object, was edited after `tempolens collect` wrote it, or lacks a field that readers need."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a code store folder; pass the folder `tempolens collect --out` wrote")
+    if not meta_path.is_file():
+        raise StoreError(
+            f"{root} is not a tempolens code store (no meta.json); create one with `tempolens collect --out {root}`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{meta_path} is not valid JSON ({e}); {REDO_META}") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object; {REDO_META}")
+    want = meta.get(META_CHECKSUM_KEY)  # first: an edited format_version is an edit, not another format
+    if want is not None and want != meta_checksum(meta):
+        raise StoreError(
+            f"{meta_path} was changed after `tempolens collect` wrote it (its {META_CHECKSUM_KEY} does not match "
+            "its content); the shards are what collect wrote: restore the original meta.json, or collect the "
+            "store again with --overwrite"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{root} has store format {meta.get('format_version')!r}; this tempolens reads format {FORMAT_VERSION}"
+        )
+    for path in ("n_shards", "shard_size", "prompts.n_prompts", "prompts.prompt_len", "sae.width"):
+        v: Any = meta
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise StoreError(f"{meta_path}: {path} is {v!r}, not a positive integer; {REDO_META}")
+    return meta
+
+
+def ensure_out_dir(path: Path | str, option: str = "--out") -> Path:
+    """Create the output folder ``path`` (and parents) and check that files can be written in it.
+
+    Raises ``StoreError`` (one line) when ``path`` is a file, is on a read-only filesystem, or is
+    not writable — before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{option} {path} is a file, not a folder; pass a folder path (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe.tmp-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"")
+        probe.unlink()
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno == errno.ENOTDIR:
+            raise StoreError(f"{option} {path}: a parent of it is a file, not a folder; pass a folder path") from None
+        why = "the filesystem is read-only" if e.errno == errno.EROFS else (e.strerror or str(e))
+        raise StoreError(f"{option} {path} cannot be written ({why}); pass a folder on a writable disk") from None
+    return path
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,15 +278,8 @@ class CodeStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        meta_path = self.root / "meta.json"
-        if not meta_path.exists():
-            raise StoreError(f"{self.root} is not a tempolens code store (no meta.json); create one with `tempolens collect --out {self.root}`")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{meta_path} is not valid JSON ({e}); delete the store and collect again") from e
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{self.root} has store format {self.meta.get('format_version')!r}; this tempolens reads format {FORMAT_VERSION}")
+        self.meta: dict[str, Any] = read_meta(self.root)
+        self.verify_shard_set()
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -230,6 +305,61 @@ class CodeStore:
     def shard_path(self, i: int) -> Path:
         return self.shard_dir / f"shard-{i:05d}.safetensors"
 
+    def shard_prompts(self, i: int) -> int:
+        """Prompts that shard ``i`` must hold according to ``meta.json``."""
+        size = int(self.meta["shard_size"])
+        return max(0, min(size, self.n_prompts - i * size))
+
+    def _manifest(self, i: int) -> dict[str, Any]:
+        man_path = self.shard_dir / f"shard-{i:05d}.json"
+        redo = "delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard"
+        try:
+            man = json.loads(man_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"shard manifest {man_path} is unreadable ({e}); {redo}") from e
+        if not isinstance(man, dict) or not isinstance(man.get("sha256"), str):
+            raise StoreError(f"shard manifest {man_path} is not a shard manifest; {redo}")
+        return man
+
+    def verify_shard_set(self) -> None:
+        """Check the shard files on disk against ``meta.json`` (names, count, prompts and tokens per shard).
+
+        Cheap (reads the small manifests, not the shards); missing shards are allowed here (an
+        unfinished store), extra or inconsistent ones are not. Raises ``StoreError`` naming the first
+        disagreement."""
+        n, size, P, T = self.n_shards, int(self.meta["shard_size"]), self.n_prompts, self.prompt_len
+        fix = "meta.json or shards/ was changed after collect; restore them, or collect the store again (--overwrite)"
+        if n != -(-P // size):
+            raise StoreError(
+                f"{self.root}/meta.json says n_shards={n}, but prompts.n_prompts={P} in shards of shard_size={size} "
+                f"make {-(-P // size)}; {fix}"
+            )
+        if not self.shard_dir.is_dir():
+            return
+        names = (_SHARD_FILE.fullmatch(p.name) for p in self.shard_dir.iterdir())
+        extra = sorted({m.group(0) for m in names if m and int(m.group(1)) >= n})
+        if extra:
+            more = f" and {len(extra) - 1} more files" if len(extra) > 1 else ""
+            raise StoreError(
+                f"{self.shard_dir} holds {extra[0]}{more} beyond the {n} shards (shard-00000..shard-{n - 1:05d}) "
+                f"that meta.json lists; {fix}"
+            )
+        for i in range(n):
+            if not (self.shard_dir / f"shard-{i:05d}.json").exists():
+                continue
+            man = self._manifest(i)
+            want_p = self.shard_prompts(i)
+            got_p, got_t, start = man.get("n_prompts"), man.get("prompt_len", T), man.get("prompt_start", i * size)
+            if got_p != want_p or got_t != T:
+                raise StoreError(
+                    f"shard-{i:05d} holds {got_p} prompts × {got_t} tokens, but meta.json (prompts.n_prompts={P}, "
+                    f"prompts.prompt_len={T}, shard_size={size}) says {want_p} × {T}; {fix}"
+                )
+            if start != i * size:
+                raise StoreError(
+                    f"shard-{i:05d} starts at prompt {start}, but meta.json (shard_size={size}) says {i * size}; {fix}"
+                )
+
     def done_shards(self, verify: bool = False) -> list[int]:
         """Indices of complete shards (their manifest exists; with ``verify`` the checksum matches)."""
         done = []
@@ -247,10 +377,7 @@ class CodeStore:
 
     def _check(self, i: int) -> dict:
         man_path = self.shard_dir / f"shard-{i:05d}.json"
-        try:
-            man = json.loads(man_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"shard manifest {man_path} is unreadable ({e}); delete it and its .safetensors and rerun `tempolens collect` with the same arguments to redo that shard") from e
+        man = self._manifest(i)
         got = sha256_file(self.shard_path(i))
         if got != man["sha256"]:
             raise StoreError(
@@ -270,6 +397,7 @@ class CodeStore:
             t = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise StoreError(f"shard {path} cannot be read ({e}); delete it and its .json and rerun `tempolens collect`") from e
+        self._check_shape(i, t)
         extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("extra.")}
         code_extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("code_extra.")}
         return Shard(
@@ -283,6 +411,37 @@ class CodeStore:
             extras=extras,
             code_extras=code_extras,
         )
+
+    def _check_shape(self, i: int, t: dict[str, Tensor]) -> None:
+        """The tensors of shard ``i`` must have the shape ``meta.json`` promises."""
+        fix = "meta.json or the shard was changed after collect; restore them, or collect the store again (--overwrite)"
+        redo = "delete it and its .json and rerun `tempolens collect`"
+        need = ("tokens", "prompt_ids", "special", "code_ptr", "code_latent", "code_value")
+        if any(k not in t for k in need):
+            raise StoreError(f"shard {self.shard_path(i)} lacks {[k for k in need if k not in t]}; {redo}")
+        want = (self.shard_prompts(i), self.prompt_len)
+        got = tuple(t["tokens"].shape) + ("?", "?")
+        if got[:2] != want:
+            raise StoreError(
+                f"shard-{i:05d} holds {got[0]} prompts × {got[1]} tokens, but meta.json (prompts.n_prompts="
+                f"{self.n_prompts}, prompts.prompt_len={self.prompt_len}) says {want[0]} × {want[1]}; {fix}"
+            )
+        ids, size = t["prompt_ids"], int(self.meta["shard_size"])
+        if ids.numel() and int(ids[0]) != i * size:
+            raise StoreError(
+                f"shard-{i:05d} starts at prompt {int(ids[0])}, but meta.json (shard_size={size}) says "
+                f"{i * size}; {fix}"
+            )
+        if t["code_ptr"].numel() != want[0] * want[1] + 1:
+            raise StoreError(
+                f"shard {self.shard_path(i)} has {t['code_ptr'].numel() - 1} token offsets for "
+                f"{want[0] * want[1]} tokens; {redo}"
+            )
+        lat = t["code_latent"]
+        if lat.numel() and (int(lat.max()) >= self.width or int(lat.min()) < 0):
+            raise StoreError(
+                f"shard-{i:05d} holds latent {int(lat.max())}, but meta.json says sae.width={self.width}; {fix}"
+            )
 
     def iter_shards(self, verify: bool = True) -> Iterator[Shard]:
         if not self.complete:
@@ -304,12 +463,15 @@ class StoreWriter:
 
     def __init__(self, root: Path | str, meta: dict[str, Any], overwrite: bool = False, write_meta: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if write_meta:
+            ensure_out_dir(self.root)
         (self.root / "shards").mkdir(exist_ok=True)
         meta = {**meta, "format_version": FORMAT_VERSION}
+        meta.pop(META_CHECKSUM_KEY, None)
+        meta[META_CHECKSUM_KEY] = meta_checksum(meta)
         meta_path = self.root / "meta.json"
         if meta_path.exists() and not overwrite:
-            old = json.loads(meta_path.read_text())
+            old = CodeStore(self.root).meta  # verified: checksum, and the shards on disk against it
             mismatched = [k for k in ("model", "sae", "prompts", "n_shards", "shard_size") if old.get(k) != meta.get(k)]
             if mismatched:
                 raise StoreError(
@@ -318,7 +480,8 @@ class StoreWriter:
                 )
         elif meta_path.exists() and overwrite:
             for p in (self.root / "shards").iterdir():
-                p.unlink()
+                if p.is_file():
+                    p.unlink()
         if write_meta:
             remove_stale_temporaries(self.root)  # rank 0 only, before any rank writes a shard
             atomic_write_json(meta_path, meta)
@@ -371,5 +534,6 @@ class StoreWriter:
             raise StoreError(f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept") from e
         atomic_write_json(
             self.store.shard_dir / f"shard-{i:05d}.json",
-            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
+            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "prompt_len": int(tokens.shape[1]),
+             "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
         )

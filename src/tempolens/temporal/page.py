@@ -14,6 +14,7 @@ draws the static pages and the live page of :mod:`tempolens.serve`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import re
@@ -249,21 +250,32 @@ window.TempolensKernels={render:render};
 })();
 """
 
-_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data: file:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'"
-)
+def script_hash(script: str) -> str:
+    """The CSP source expression (``'sha256-…'``) that allows exactly this inline script."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def page_csp(scripts: list[str]) -> str:
+    """The Content-Security-Policy of a self-contained page: only the given inline scripts run
+    (by hash; no ``'unsafe-inline'`` for scripts), nothing is loaded from elsewhere."""
+    return (
+        f"default-src 'none'; script-src {' '.join(script_hash(s) for s in scripts)}; style-src 'unsafe-inline'; "
+        "img-src 'self' data: file:; connect-src 'self'; base-uri 'none'; form-action 'none'"
+    )
 
 
 def html_page(title: str, body: str, script: str = "") -> str:
-    """A complete HTML document with the viewer CSS/JS inlined; ``body`` is trusted markup."""
+    """A complete HTML document with the viewer CSS/JS inlined; ``body`` is trusted markup.
+
+    Its CSP allows the two inline scripts by their SHA-256 (see :func:`page_csp`)."""
+    scripts = [VIEWER_JS.replace("__MAGMA__", _magma_hex()), script]
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{page_csp(scripts)}\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{html.escape(title)}</title><style>{VIEWER_CSS}</style></head><body>\n{body}\n"
-        f"<script>{VIEWER_JS.replace('__MAGMA__', _magma_hex())}</script>\n"
-        f"<script>{script}</script>\n</body></html>\n"
+        + "".join(f"<script>{s}</script>\n" for s in scripts)
+        + "</body></html>\n"
     )
 
 
