@@ -197,6 +197,15 @@ def topk_codes(pre: Tensor, k: int) -> SparseCodes:
     )
 
 
+def top_abs_codes(z: Tensor, k: int) -> SparseCodes:
+    """The ``k`` entries of largest ``|z|`` of every token of dense signed codes ``z [B, L, width]``
+    (ties: ``torch.topk``'s choice); exact zeros are left out (index −1, value 0)."""
+    vals, idx = z.abs().topk(min(int(k), z.shape[-1]), dim=-1, sorted=True)
+    signed = z.gather(-1, idx)
+    keep = vals > 0
+    return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)), values=torch.where(keep, signed, torch.zeros_like(signed)))
+
+
 class TemporalSAE(SAE):
     """A Temporal SAE: attention over past codes predicts part of each activation; the novel
     remainder goes through a TopK (or ReLU) SAE. ``encode`` returns the novel codes."""
@@ -220,6 +229,8 @@ class TemporalSAE(SAE):
         nn.init.normal_(self.D)
         if not cfg.tied:
             nn.init.normal_(self.E)
+        self.pred_slots = 0
+        """``encode`` also returns ``pred_codes``: the top ``pred_slots`` latents by ``|z_pred|`` per token (0: not computed)."""
 
     # -- state dict compatibility: the original .pt stores b as [1, d_in] -----------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
@@ -328,7 +339,8 @@ class TemporalSAE(SAE):
         valid = codes.indices >= 0
         pred = z_pred.gather(-1, codes.indices.clamp(min=0))
         slot_extras = {"pred": torch.where(valid, pred, torch.zeros_like(pred))}
-        return EncodeOutput(codes=codes, recon=recon, extras=extras, slot_extras=slot_extras)
+        pred_codes = top_abs_codes(z_pred, self.pred_slots) if self.pred_slots > 0 else None
+        return EncodeOutput(codes=codes, recon=recon, extras=extras, slot_extras=slot_extras, pred_codes=pred_codes)
 
     @torch.no_grad()
     def forward_details(self, x: Tensor) -> TemporalDetails:
