@@ -966,7 +966,7 @@
     if (!Array.isArray(centres) || !Array.isArray(heights) || !centres.length || centres.length !== heights.length) {
       return h('p', { class: 'muted', text: 'No histogram data.' });
     }
-    var W = 340, H = 170, L = 46, R = 10, T = 10, B = 40;
+    var W = 340, H = 170, L = 46, R = 22, T = 10, B = 40;
     var pw = W - L - R, ph = H - T - B;
     var n = centres.length;
     var w = n > 1 ? (centres[n - 1] - centres[0]) / (n - 1) : (Math.abs(centres[0]) || 1);
