@@ -120,7 +120,7 @@ h1{font-size:19px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 8px}
 .tk-tok{white-space:pre-wrap;margin-right:1px;border-radius:2px;padding:1px 0;cursor:pointer;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 .tk-tok.tk-sel{outline:2px solid #1c7ed6}.tk-bnd{border-left:2px solid #000;margin-left:3px;padding-left:2px}
 .tk-legend{font-size:12px;color:#57606a;margin-top:6px}
-.tk-cbar{margin-top:8px;width:256px;font-size:11px;color:#57606a}.tk-cbar canvas{display:block;width:256px;height:12px;border:1px solid #ccc}
+.tk-cbar{margin-top:8px;width:256px;font-size:11px;color:#57606a}.tk-cbar-ramp{width:256px;height:12px;border:1px solid #ccc}
 .tk-cbar-ticks{display:flex;justify-content:space-between}.tk-cbar-label{text-align:center}
 table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}
@@ -149,10 +149,10 @@ function colour(v, kind, vmax){
   return MAGMA[Math.round(t*255)];
 }
 function colourBar(kind, vmax){
-  const box=el("div","tk-cbar");const c=el("canvas");c.width=256;c.height=12;
-  const ctx=c.getContext("2d");
-  for(let i=0;i<256;i++){const col=kind==="attention"?MAGMA[i]:DIVERGING[i];ctx.fillStyle="rgb("+col[0]+","+col[1]+","+col[2]+")";ctx.fillRect(i,0,1,12);}
-  box.appendChild(c);
+  const box=el("div","tk-cbar");const bar=el("div","tk-cbar-ramp");const lutc=kind==="attention"?MAGMA:DIVERGING;const stops=[];
+  for(let i=0;i<=16;i++){const col=lutc[Math.min(255,i*16)];stops.push("rgb("+col[0]+","+col[1]+","+col[2]+") "+(i*100/16).toFixed(2)+"%");}
+  bar.style.background="linear-gradient(90deg,"+stops.join(",")+")";
+  box.appendChild(bar);
   const ticks=el("div","tk-cbar-ticks");
   (kind==="attention"?["0",Number(vmax||1).toPrecision(3)+" (\u221a scale)"]:["\u22121","0","+1"]).forEach(function(t){ticks.appendChild(el("span",null,t));});
   box.appendChild(ticks);
