@@ -14,6 +14,7 @@ import torch
 
 from fixtures import save_tiny_temporal_sae, write_word_corpus
 from schema_validation import validate_batch, validate_feature
+from viewer_browser import browser  # noqa: F401  (a fixture)
 from tempolens.collect import CollectConfig, collect
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 from tempolens.saes.temporal import top_abs_codes
@@ -155,3 +156,30 @@ def test_codes_pred_needs_a_store_with_pred_codes(tiny_lm_dir, tmp_path, run):
     assert not CodeStore(tmp_path / "s0").load_shard(0).has_pred_codes
     with pytest.raises(StoreError, match="--pred-k"):
         build_dashboards(DashboardConfig(store=tmp_path / "s0", out=tmp_path / "d0", codes="pred", progress=False), model=plain.model, W_dec=W_dec)
+
+
+@pytest.mark.browser
+def test_latent_pages_link_novel_and_predicted_views_both_ways(run, browser):  # noqa: F811
+    from viewer_browser import visit
+
+    _, _, dash, _ = run
+    site = dash / "site"
+    recs = _records(site / "pred")
+    i = next(k for k, r in sorted(recs.items()) if r["activations"])
+    v = visit(browser, site, width=1280)
+    try:
+        v.open(f"#/latent/{i}")
+        v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i}')")
+        assert "novel codes" in v.page.text_content(".view-switch [aria-current=page]")
+        v.page.click(".view-switch a:text-is('predicted codes')")
+        v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i} · predicted codes')")
+        assert v.page.url.endswith(f"/site/pred/index.html#/latent/{i}")
+        assert "predicted code z_pred > 0" in v.page.text_content(".legend")
+        negs = v.page.eval_on_selector_all(".ex-tokens .tok.neg", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        assert all(c.startswith("rgba(37, 99, 235") for c in negs)
+        v.page.click(".view-switch a:text-is('novel codes')")
+        v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i}')")
+        assert v.page.url.endswith(f"/site/index.html#/latent/{i}")
+        v.assert_clean()
+    finally:
+        v.page.context.close()
