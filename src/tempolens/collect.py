@@ -57,7 +57,8 @@ class CollectConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
     pred_k: int = 32
-    """Temporal SAEs: also keep each token's predicted codes z_pred sparsely, its `pred_k` largest |z_pred| (signed), for `tempolens dashboards --codes pred`; 0 keeps none."""
+    """Temporal SAEs: also keep each token's predicted codes z_pred sparsely, its `pred_k` largest
+    |z_pred| (signed), for `tempolens dashboards --codes pred`; 0 keeps none."""
     overwrite: bool = False
     """Replace an existing store of a different run instead of refusing."""
     progress: bool = True
@@ -235,7 +236,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if pred_k > 0:
-        meta["pred_codes"] = {"k": min(pred_k, int(sae.width)), "rule": "per token, the k latents of largest |z_pred| (signed values, zeros dropped)"}
+        meta["pred_codes"] = {"k": min(pred_k, int(sae.width)),
+                              "rule": "per token, the k latents of largest |z_pred| (signed values, zeros dropped)"}
     if dist.is_main:
         writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
     dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
@@ -286,7 +288,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
                 code_ptr = _concat_ptrs(list(ptrs))
                 pred_csr = None
                 if pred_parts:
-                    pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]), torch.cat([p[2] for p in pred_parts]))
+                    pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
+                                torch.cat([p[2] for p in pred_parts]))
                 io.put(
                     si,
                     dict(

@@ -35,7 +35,8 @@ class RunConfig:
     kernels: bool = True
     """Also draw the similarity kernels of the built-in demo texts into the site (Temporal SAEs only)."""
     pred_dashboards: bool = True
-    """Also build the dashboards of the predicted codes (`dashboards/site/pred/`, linked from every latent page) when the store keeps them (Temporal SAEs, `--collect.pred-k` > 0)."""
+    """Also build the dashboards of the predicted codes (`dashboards/site/pred/`, linked from every latent
+    page) when the store keeps them (Temporal SAEs, `--collect.pred-k` > 0)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     dashboards: DashboardConfig = field(default_factory=DashboardConfig)
 

@@ -116,9 +116,17 @@ class DashboardConfig:
     device: str = "auto"
     """Device for the logit-effect matmuls: `auto` (CUDA if available), `cpu`, `cuda`, ..."""
     codes: Literal["novel", "pred"] = "novel"
-    """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred` (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/` (linked both ways with `site/`), the Neuronpedia files to `neuronpedia-pred/`. Predicted codes are ranked by value: top examples, intervals, density and histogram count z_pred > 0; negative predictions show in the example windows and on hover."""
+    """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
+    (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`
+    (linked both ways with `site/`), the Neuronpedia files to `neuronpedia-pred/`. Predicted codes are
+    ranked by value: top examples, intervals, density and histogram count z_pred > 0; negative
+    predictions show in the example windows and on hover."""
     act_units: Literal["norm", "code"] = "norm"
-    """Units of every activation shown and exported: `norm` (default) = the contribution norm, code × the latent's decoder row norm in model units (equals the code for unit-norm decoders, so TopK and Temporal dashboards compare); `code` = the SAE's raw code. Site records keep the row norm (`tempolens.decoder_norm`), so either is recoverable."""
+    """Units of every activation shown and exported: `norm` (default) = the contribution norm, code × the
+    latent's decoder row norm in model units (equals the code for unit-norm decoders, so TopK and Temporal
+    dashboards compare); `code` = the SAE's raw code. Site records keep the row norm
+    (`tempolens.decoder_norm`), so either is recoverable. Logit effects are always those of the unit-norm
+    decoder direction."""
     recompute: bool = False
     """Ignore cached statistics and logit effects in --out."""
     progress: bool = True
@@ -225,7 +233,8 @@ def build_dashboards(
     # -- 1. statistics ------------------------------------------------------------------------------
     stats_path = out / f"stats{suffix}.safetensors"
     stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
-                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed, cfg.codes)
+                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed,
+                             cfg.codes)
     from tempolens import distributed
 
     dist = distributed.current()
@@ -275,8 +284,8 @@ def build_dashboards(
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
     row_norm = decoder_row_norms(W_dec)
     logits_path = out / "logits.safetensors"
-    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits, float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)),
-                              LOGIT_DIRECTION)
+    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits,
+                              float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)), LOGIT_DIRECTION)
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
 
@@ -284,7 +293,8 @@ def build_dashboards(
         logits = LogitEffects(top_ids=t["top_ids"], top_values=t["top_values"], bottom_ids=t["bottom_ids"], bottom_values=t["bottom_values"],
                               hist_counts=t["hist_counts"], hist_centres=t["hist_centres"], folded_norm=use_mult is not None)
     else:
-        logits = logit_effects(unit_directions(W_dec, row_norm), W_U, use_mult, k=cfg.n_logits, device=resolve_device(cfg.device), progress=cfg.progress)
+        logits = logit_effects(unit_directions(W_dec, row_norm), W_U, use_mult, k=cfg.n_logits,
+                               device=resolve_device(cfg.device), progress=cfg.progress)
         from safetensors.torch import save
 
         atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))
@@ -297,7 +307,8 @@ def build_dashboards(
     sae_meta = dict(meta.get("sae", {}))
     arch = str(sae_meta.get("architecture", "sae"))
     hook = str(meta.get("model", {}).get("hook_name", ""))
-    sae_set = cfg.sae_set or _slug((f"{arch}-res" if "resid" in hook or not hook else arch).replace(arch, arch + suffix, 1))
+    set_arch = arch + suffix  # e.g. temporal-pred: predicted-code dashboards are a source of their own
+    sae_set = cfg.sae_set or _slug(f"{set_arch}-res" if "resid" in hook or not hook else set_arch)
     ids = npx.ExportIds(
         model_id=cfg.model_id or _slug(str(meta.get("model", {}).get("model_id") or model_spec or "model")),
         layer=layer,
@@ -314,8 +325,9 @@ def build_dashboards(
         d_model=int(W_dec.shape[1]),
         n_layers=int(getattr(model, "n_layers", 0) or 0),
         width=W,
-        description=(f"{arch} SAE{' predicted codes z_pred' if pred else ''}, {W} latents, {hook}; prompts of {store.prompt_len} tokens; "
-                     f"activations: {ACT_UNITS[cfg.act_units]}; logit effects: {LOGIT_DIRECTION}"),
+        description=(f"{arch} SAE{' predicted codes z_pred' if pred else ''}, {W} latents, {hook}; "
+                     f"prompts of {store.prompt_len} tokens; activations: {ACT_UNITS[cfg.act_units]}; "
+                     f"logit effects: {LOGIT_DIRECTION}"),
         source=cfg.source_id,
     )
     act_scale = row_norm if cfg.act_units == "norm" else torch.ones_like(row_norm)
@@ -390,7 +402,8 @@ def build_dashboards(
     with writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             lat, gpos, grp, _ = examples_of(stats, group)
-            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress, codes=cfg.codes).scaled(act_scale)
+            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress,
+                                     codes=cfg.codes).scaled(act_scale)
             records = feature_records(ctx, group, windows, grp)
             n_examples += int(lat.numel())
             for rec in records:
@@ -417,11 +430,14 @@ def build_dashboards(
         "ids": npx.ids_dict(ids),
         "fold_norm": use_mult is not None,
         "final_norm": norm_kind,
-        "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if use_mult is not None else "W_U·u (final norm not folded), ") + f"u = {LOGIT_DIRECTION}",
+        "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if use_mult is not None else "W_U·u (final norm not folded), ")
+        + f"u = {LOGIT_DIRECTION}",
         "codes": cfg.codes,
         "pred_codes": meta.get("pred_codes"),
         "act_units": cfg.act_units,
-        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if pred else "") + ACT_UNITS[cfg.act_units] + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
+        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if pred else "")
+        + ACT_UNITS[cfg.act_units]
+        + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
         "n_top": cfg.n_top, "n_intervals": cfg.n_intervals, "n_per_interval": cfg.n_per_interval, "n_bins": cfg.n_bins,
         "n_correlated": cfg.n_correlated, "n_logits": cfg.n_logits, "seed": cfg.seed,
         "window": min(cfg.window, store.prompt_len), "window_after": cfg.window_after if store.prompt_len > cfg.window else None,
@@ -497,7 +513,8 @@ def decoder_row_norms(W_dec: torch.Tensor) -> torch.Tensor:
 
 def unit_directions(W_dec: torch.Tensor, row_norm: torch.Tensor) -> torch.Tensor:
     """Decoder rows divided by their norms (all-zero rows stay zero)."""
-    return (W_dec.detach().to(torch.float64) / row_norm.to(torch.float64).clamp(min=1e-30).unsqueeze(1)).to(torch.float32)
+    rows = W_dec.detach().to(torch.float64)
+    return (rows / row_norm.to(torch.float64).clamp(min=1e-30).unsqueeze(1)).to(torch.float32)
 
 
 def _version() -> str:

@@ -203,7 +203,8 @@ def top_abs_codes(z: Tensor, k: int) -> SparseCodes:
     vals, idx = z.abs().topk(min(int(k), z.shape[-1]), dim=-1, sorted=True)
     signed = z.gather(-1, idx)
     keep = vals > 0
-    return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)), values=torch.where(keep, signed, torch.zeros_like(signed)))
+    return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)),
+                       values=torch.where(keep, signed, torch.zeros_like(signed)))
 
 
 class TemporalSAE(SAE):
@@ -230,7 +231,8 @@ class TemporalSAE(SAE):
         if not cfg.tied:
             nn.init.normal_(self.E)
         self.pred_slots = 0
-        """``encode`` also returns ``pred_codes``: the top ``pred_slots`` latents by ``|z_pred|`` per token (0: not computed)."""
+        """``encode`` also returns ``pred_codes``: the top ``pred_slots`` latents by ``|z_pred|`` per token
+        (0: not computed; `collect --pred-k` sets it)."""
 
     # -- state dict compatibility: the original .pt stores b as [1, d_in] -----------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]

@@ -180,7 +180,9 @@ def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
     return [(s, min(width, s + rows)) for s in range(0, width, rows)]
 
 
-def _iter(store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None, codes: str = "novel") -> Iterator[tuple[Shard, CodeBatch]]:
+def _iter(
+    store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None, codes: str = "novel"
+) -> Iterator[tuple[Shard, CodeBatch]]:
     ids = list(range(store.n_shards)) if shard_ids is None else shard_ids
     for i in tqdm(ids, desc=desc, unit="shard", disable=not progress, leave=False):
         shard = store.load_shard(i, verify=False)
@@ -190,8 +192,8 @@ def _iter(store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | No
 def check_pred_codes(store: CodeStore) -> None:
     """Raise a :class:`StoreError` that says how to fix it when ``store`` keeps no predicted codes."""
     if not store.meta.get("pred_codes"):
-        raise StoreError(f"{store.root} keeps no predicted codes (collected with a standard SAE, --pred-k 0 or an older tempolens); "
-                         "collect again with a Temporal SAE and --pred-k > 0 for --codes pred")
+        raise StoreError(f"{store.root} keeps no predicted codes (collected with a standard SAE, --pred-k 0 or an "
+                         "older tempolens); collect again with a Temporal SAE and --pred-k > 0 for --codes pred")
 
 
 def _merge_ranks(dist: Any, acc: Any) -> Any:
