@@ -37,6 +37,16 @@ def test_top_abs_codes_match_brute_force():
             want = {j: float(row[j]) for j in order if row[j] != 0}
             got = {int(i): float(v) for i, v in zip(c.indices[b, t], c.values[b, t]) if int(i) >= 0}
             assert got == want
+    # with a per-latent centre and scale: ranked by |z - centre| / scale, raw values kept
+    center, scale = torch.randn(40, generator=g), torch.rand(40, generator=g) + 0.1
+    c = top_abs_codes(z, K, center, scale)
+    for b in range(2):
+        for t in range(5):
+            row = z[b, t]
+            order = sorted(range(40), key=lambda j: -abs(float((row[j] - center[j]) / scale[j])))[:K]
+            want = {j: float(row[j]) for j in order if row[j] != 0}
+            got = {int(i): float(v) for i, v in zip(c.indices[b, t], c.values[b, t]) if int(i) >= 0}
+            assert got == want
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +95,26 @@ def test_store_keeps_top_k_abs_pred_per_token(run):
     by_tok: dict[int, dict[int, float]] = {}
     for t, lat, v in got:
         by_tok.setdefault(t, {})[lat] = v
+    center = torch.tensor(store.meta["pred_codes"]["center"])
+    scale = torch.tensor(store.meta["pred_codes"]["scale"])
+    # the calibration: mean and std of z_pred over the counted tokens of the first batch (3 prompts)
+    prompts, _ = _details(res, cfg)
+    first = det.z_pred[:3][~prompts.special[:3].bool()].double()
+    torch.testing.assert_close(center, first.mean(0).float(), rtol=1e-4, atol=1e-6)
+    sd = first.std(0, correction=0).float()
+    torch.testing.assert_close(scale[sd > 0], sd[sd > 0], rtol=1e-4, atol=1e-6)
     for t in range(z.shape[0]):
         row = z[t]
-        want = torch.topk(row.abs(), K).indices.tolist()
-        assert set(by_tok.get(t, {})) == {j for j in want if row[j] != 0}
-        for j, v in by_tok.get(t, {}).items():
-            assert v == pytest.approx(float(row[j]), rel=1e-5, abs=1e-6)
+        score = ((row - center) / scale).abs()
+        kth = float(torch.sort(score, descending=True).values[K - 1])
+        kept = by_tok.get(t, {})
+        assert len(kept) == min(K, int((row != 0).sum()))
+        for j in range(row.numel()):  # the K best scores are kept (up to float noise at the K-th place)
+            if j in kept:
+                assert float(score[j]) >= kth * (1 - 1e-4) - 1e-6
+                assert kept[j] == pytest.approx(float(row[j]), rel=1e-4, abs=1e-5)
+            else:
+                assert float(score[j]) <= kth * (1 + 1e-4) + 1e-6
 
 
 def test_pred_dashboards_rank_positive_predictions(run):

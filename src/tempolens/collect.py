@@ -220,9 +220,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     t_prompts = time.perf_counter()
     sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size)
     t_sae = time.perf_counter()
-    pred_k = cfg.pred_k if getattr(sae, "is_temporal", False) else 0
-    if hasattr(sae, "pred_slots"):
-        sae.pred_slots = min(pred_k, int(sae.width))
+    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
+    pred_meta = _pred_calibration(cfg, sae, model, tokens, special, device, pred_k) if pred_k > 0 else None
 
     n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
     meta = {
@@ -235,9 +234,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if pred_k > 0:
-        meta["pred_codes"] = {"k": min(pred_k, int(sae.width)),
-                              "rule": "per token, the k latents of largest |z_pred| (signed values, zeros dropped)"}
+    if pred_meta is not None:
+        meta["pred_codes"] = pred_meta
     if dist.is_main:
         writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
     dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
@@ -331,6 +329,36 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
             f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
         )
     return result
+
+
+PRED_RULE = ("per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
+             "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred")
+
+
+def _pred_calibration(cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Tensor, special: torch.Tensor,
+                      device: torch.device, k: int) -> dict[str, Any]:
+    """Set the SAE's predicted-code rule (``pred_slots``, ``pred_center``, ``pred_scale``) and return its
+    ``meta.json`` entry. The calibration comes from the first batch of prompts, or from the store's
+    ``meta.json`` when resuming (so every shard of a store uses the same rule)."""
+    import json
+
+    old = Path(cfg.out) / "meta.json"
+    prev = None
+    if old.exists() and not cfg.overwrite:
+        try:
+            prev = json.loads(old.read_text()).get("pred_codes")
+        except (OSError, json.JSONDecodeError):
+            prev = None
+    if prev and prev.get("k") == k and len(prev.get("center", [])) == sae.width:
+        center, scale = torch.tensor(prev["center"]), torch.tensor(prev["scale"])
+    else:
+        ids = tokens[: cfg.batch_size].to(device)
+        with torch.inference_mode():
+            acts = model.hidden_at(ids).float()
+            center, scale = sae.pred_calibration(acts, (special[: cfg.batch_size] == 0).to(acts.device))
+    sae.pred_slots, sae.pred_center, sae.pred_scale = k, center.to(device), scale.to(device)
+    return {"k": k, "rule": PRED_RULE, "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
+            "center": [float(x) for x in center.tolist()], "scale": [float(x) for x in scale.tolist()]}
 
 
 def _concat_ptrs(ptrs: list[torch.Tensor]) -> torch.Tensor:
