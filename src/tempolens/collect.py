@@ -57,8 +57,9 @@ class CollectConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
     pred_k: int = 32
-    """Temporal SAEs: also keep each token's predicted codes z_pred sparsely, its `pred_k` largest
-    |z_pred| (signed), for `tempolens dashboards --codes pred`; 0 keeps none."""
+    """Temporal SAEs: also keep `pred_k` predicted codes z_pred per token (signed), for `tempolens
+    dashboards --codes pred`: the largest |z_pred − mean| / std, each latent's mean and std of z_pred
+    taken from the first batch; 0 keeps none."""
     overwrite: bool = False
     """Replace an existing store of a different run instead of refusing."""
     progress: bool = True

@@ -19,7 +19,8 @@ Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
   (Temporal SAE: ``pred`` = the predicted code of the same latent at the same token);
 - optional (Temporal SAE, ``collect --pred-k K``): the predicted codes as a second CSR,
   ``pred_ptr [N + 1]`` int64, ``pred_latent [npnz]`` int32, ``pred_value [npnz]`` float32 (signed,
-  nonzero): each token's ``K`` largest ``|z_pred|``; ``meta.json`` ``pred_codes`` states the rule.
+  nonzero): each token's ``K`` largest ``|z_pred − center| / scale`` (per-latent calibration);
+  ``meta.json`` ``pred_codes`` states the rule and holds the calibration.
 
 Every file is written atomically (temporary file, fsync, rename), so a killed run leaves
 only complete shards, and a resumed run skips them.

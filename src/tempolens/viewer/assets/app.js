@@ -852,7 +852,8 @@
       h('div', { class: 'legend-row' },
         h('span', { class: 'sw sw-neg', 'aria-hidden': 'true' }),
         h('span', null, h('b', { text: 'z_pred < 0' }), ' — the context predicts against this latent (shown in context and hover; never ranked)')),
-      h('p', { class: 'hint', text: 'Examples are ranked by the positive predicted code; the store keeps each token\'s largest |z_pred| only, so other tokens show 0. ' +
+      h('p', { class: 'hint', text: 'Examples are ranked by the positive predicted code. The store keeps a few predicted codes per token ' +
+        '(those most unusual for their latent), so other tokens show 0. ' +
         'Hover a token for exact values.' }));
   }
 
