@@ -25,7 +25,7 @@ FEATURE_KEYS = {
 }
 ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index"}
 SITE_ACTIVATION_EXTRAS = {"prompt_index", "pred_values", "pred_share"}
-TEMPOLENS_KEYS = {"max_act", "mean_act", "n_active", "pred_share_top", "explanation", "scores"}
+TEMPOLENS_KEYS = {"max_act", "mean_act", "n_active", "pred_share_top", "explanation", "scores", "act_units", "decoder_norm"}
 
 
 class SchemaError(AssertionError):
@@ -173,6 +173,10 @@ def validate_feature(path: str, f: Any, *, n_bins: int = 50, n_logits: int = 10,
         for k in ("max_act", "mean_act"):
             if not is_num(t[k]) or t[k] < 0:
                 _fail(f"{path}.tempolens.{k}", "expected a finite number >= 0")
+        if t["act_units"] not in ("norm", "code"):
+            _fail(f"{path}.tempolens.act_units", "expected 'norm' or 'code'")
+        if t["decoder_norm"] is not None and not (is_num(t["decoder_norm"]) and t["decoder_norm"] >= 0):
+            _fail(f"{path}.tempolens.decoder_norm", "expected null or a finite number >= 0")
         if not is_int(t["n_active"]) or t["n_active"] < 0:
             _fail(f"{path}.tempolens.n_active", "expected an int >= 0")
         if t["pred_share_top"] is not None and not (is_num(t["pred_share_top"]) and 0 <= t["pred_share_top"] <= 1):

@@ -85,7 +85,8 @@ def test_records_match_statistics(built, store, lm, W_dec):
     feats = {f["feature_index"]: f for p in res.batches for f in json.loads(p.read_text())["features"]}
     tokens = store.all_tokens()
     T = store.prompt_len
-    eff = logit_effects(W_dec, *lm.unembed()[:2], k=10)
+    norm = W_dec.double().norm(dim=1)  # default --act-units norm: activations are code × row norm
+    eff = logit_effects(W_dec / norm.float().unsqueeze(1), *lm.unembed()[:2], k=10)  # of the unit directions
     for i, f in feats.items():
         assert f["frac_nonzero"] == float(stats.n_active[i]) / stats.n_tokens
         assert f["freq_hist_data_bar_heights"] == stats.hist_counts[i].tolist()
@@ -99,8 +100,8 @@ def test_records_match_statistics(built, store, lm, W_dec):
             p, t = divmod(g, T)
             assert a["tokens"] == lm.token_strings(tokens[p].tolist())  # whole prompt (16 <= 128)
             assert a["qualifying_token_index"] == t
-            assert a["values"][t] == pytest.approx(float(stats.top_value[i, r]), abs=1e-4)
-            assert a["bin_max"] == pytest.approx(float(stats.max_act[i]))
+            assert a["values"][t] == pytest.approx(float(stats.top_value[i, r] * norm[i]), rel=1e-4)
+            assert a["bin_max"] == pytest.approx(float(stats.max_act[i] * norm[i]), rel=1e-6)
             assert a["values"][0] == 0  # BOS shown as context with value 0
         ints = [a for a in f["activations"] if a["bin_min"] != -1]
         assert len(ints) == int((stats.int_gpos[i] >= 0).sum())

@@ -149,7 +149,9 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     v.page.wait_for_selector("article.latent")
     assert v.page.text_content("article.latent h1") == f"Latent {i}"
     stats = v.page.text_content(".stats")
-    assert repr(rec["frac_nonzero"]) in stats                      # full precision
+    f = rec["frac_nonzero"]
+    assert f"Density{float(f'{f:.3g}')}" in stats                   # 3 significant digits on the card ...
+    assert repr(f) in v.page.get_attribute(".stat >> nth=0", "title")  # ... full precision on hover
     assert f"1 in {round(1 / rec['frac_nonzero']):,} tokens" in stats or "1 in" in stats
 
     # 20 top examples + 5 intervals × 3; every active token has a background, the qualifying one is marked.
@@ -160,7 +162,7 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     top = rec["activations"][0]
     q = top["qualifying_token_index"]
     first_tokens = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => e.title)")
-    assert first_tokens[q].split(" · ")[1] == f"activation {top['values'][q]}"
+    assert first_tokens[q].split(" · ")[1] == f"novel code {top['values'][q]}"
     # Intensity grows with the value: the qualifying (max) token is the most opaque.
     alphas = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => getComputedStyle(e).backgroundColor)")
     def alpha(c):
@@ -176,7 +178,7 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert v.page.locator("article.latent svg.hist").count() == 2
     assert v.page.locator("article.latent svg.hist >> nth=0 >> rect").count() == 50
     assert v.page.locator("article.latent svg.hist >> nth=1 >> rect").count() == 50
-    assert "activation (active tokens only)" in v.page.text_content("article.latent svg.hist >> nth=0")
+    assert "novel code (active tokens only)" in v.page.text_content("article.latent svg.hist >> nth=0")
     # Logit tables list the tokens and values of the record.
     pos = v.page.eval_on_selector_all("table.logits.pos tbody tr td:first-child .tok", "els => els.map(e => e.title)")
     assert pos == [f'"{t}"' for t in rec["pos_str"]]
@@ -192,7 +194,8 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     # Tooltip with exact values on hover.
     v.page.hover(".tok.q >> nth=0")
     tip = v.page.text_content("#tooltip")
-    assert f"activation (novel code): {top['values'][q]}" in tip and "predicted by context" in tip
+    qv = top["values"][q]
+    assert f"novel code: {float(f'{qv:.3g}')} ({qv})" in tip and "predicted by context" in tip
     v.page.mouse.move(0, 0)
     v.page.wait_for_selector("#tooltip", state="hidden")
     v.page.focus(".tok.q >> nth=1")                     # keyboard: qualifying tokens are focusable

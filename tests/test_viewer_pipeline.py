@@ -94,7 +94,7 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
         raw = rec["activations"][0]["tokens"]
         assert len(toks) == len(raw)
         for (text, title), r in zip(toks, raw):
-            assert title.startswith(json.dumps(r, ensure_ascii=False) + " · activation ")
+            assert title.startswith(json.dumps(r, ensure_ascii=False) + " · novel code ")
             if r.strip():
                 assert text == r
         assert set(HOSTILE_TOKENS) & {t for t, _ in toks}

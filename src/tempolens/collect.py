@@ -57,6 +57,10 @@ class CollectConfig(SAELoadOptions):
     """Device for the model and SAE: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
+    pred_k: int = 32
+    """Temporal SAEs: also keep `pred_k` predicted codes z_pred per token (signed), for `tempolens
+    dashboards --codes pred`: the largest |z_pred − mean| / std, each latent's mean and std of z_pred
+    taken from the first batch; 0 keeps none."""
     overwrite: bool = False
     """Replace an existing store of a different run instead of refusing."""
     progress: bool = True
@@ -70,6 +74,7 @@ class CollectConfig(SAELoadOptions):
         check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus at least one token); got {self.prompt_len}")
         check(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
         check(self.shard_prompts >= 1, f"--shard-prompts must be >= 1; got {self.shard_prompts}")
+        check(self.pred_k >= 0, f"--pred-k must be >= 0; got {self.pred_k}")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
 
 
@@ -279,6 +284,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     t_prompts = time.perf_counter()
     sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size, strict_config=cfg.sae_strict)
     t_sae = time.perf_counter()
+    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
+    pred_meta = _pred_calibration(cfg, sae, model, tokens, special, device, pred_k) if pred_k > 0 else None
 
     n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
     meta = {
@@ -291,6 +298,8 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if pred_meta is not None:
+        meta["pred_codes"] = pred_meta
     if dist.is_main:
         writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
     dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
@@ -313,6 +322,7 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
                 parts: dict[str, list[torch.Tensor]] = {"idx": [], "val": []}
                 extras: dict[str, list[torch.Tensor]] = {}
                 slot_extras: dict[str, list[torch.Tensor]] = {}
+                pred_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
                 for b in range(lo, hi, cfg.batch_size):
                     ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
                     ta = time.perf_counter()
@@ -328,14 +338,20 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
                     parts["val"].append(val)
                     for k, v in cx.items():
                         slot_extras.setdefault(k, []).append(v)
+                    if enc.pred_codes is not None:
+                        pp, pl, pv, _ = pack_codes(enc.pred_codes.indices, enc.pred_codes.values, signed=True)
+                        pred_parts.append((pp, pl, pv))
                     for k, v in enc.extras.items():
                         extras.setdefault(k, []).append(v.float().cpu())
                     sae_seconds += time.perf_counter() - tb
                     bar.update(ids.numel())
                 # merge batch CSR parts into one shard
                 ptrs, lats = zip(*parts["idx"])
-                offsets = torch.tensor([0] + [int(p[-1]) for p in ptrs]).cumsum(0)
-                code_ptr = torch.cat([ptrs[0][:1]] + [p[1:] + off for p, off in zip(ptrs, offsets[:-1])])
+                code_ptr = _concat_ptrs(list(ptrs))
+                pred_csr = None
+                if pred_parts:
+                    pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
+                                torch.cat([p[2] for p in pred_parts]))
                 io.put(
                     si,
                     dict(
@@ -347,6 +363,7 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
                         code_value=torch.cat(parts["val"]),
                         extras={k: torch.cat(v) for k, v in extras.items()},
                         code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
+                        pred_codes=pred_csr,
                     ),
                 )
     finally:
@@ -376,6 +393,42 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
             f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
         )
     return result
+
+
+PRED_RULE = ("per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
+             "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred")
+
+
+def _pred_calibration(cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Tensor, special: torch.Tensor,
+                      device: torch.device, k: int) -> dict[str, Any]:
+    """Set the SAE's predicted-code rule (``pred_slots``, ``pred_center``, ``pred_scale``) and return its
+    ``meta.json`` entry. The calibration comes from the first batch of prompts, or from the store's
+    ``meta.json`` when resuming (so every shard of a store uses the same rule)."""
+    import json
+
+    old = Path(cfg.out) / "meta.json"
+    prev = None
+    if old.exists() and not cfg.overwrite:
+        try:
+            prev = json.loads(old.read_text()).get("pred_codes")
+        except (OSError, json.JSONDecodeError):
+            prev = None
+    if prev and prev.get("k") == k and len(prev.get("center", [])) == sae.width:
+        center, scale = torch.tensor(prev["center"]), torch.tensor(prev["scale"])
+    else:
+        ids = tokens[: cfg.batch_size].to(device)
+        with torch.inference_mode():
+            acts = model.hidden_at(ids).float()
+            center, scale = sae.pred_calibration(acts, (special[: cfg.batch_size] == 0).to(acts.device))
+    sae.pred_slots, sae.pred_center, sae.pred_scale = k, center.to(device), scale.to(device)
+    return {"k": k, "rule": PRED_RULE, "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
+            "center": [float(x) for x in center.tolist()], "scale": [float(x) for x in scale.tolist()]}
+
+
+def _concat_ptrs(ptrs: list[torch.Tensor]) -> torch.Tensor:
+    """One CSR offset array from the offset arrays of consecutive batches."""
+    offsets = torch.tensor([0] + [int(p[-1]) for p in ptrs]).cumsum(0)
+    return torch.cat([ptrs[0][:1]] + [p[1:] + off for p, off in zip(ptrs, offsets[:-1])])
 
 
 def _portable_spec(spec: str) -> str:

@@ -13,6 +13,8 @@ Python API::
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ class RunConfig:
     """Run folder: `store/` (sparse codes), `dashboards/site/index.html` (open this), `dashboards/neuronpedia/` (exports)."""
     kernels: bool = True
     """Also draw the similarity kernels of the built-in demo texts into the site (Temporal SAEs only)."""
+    pred_dashboards: bool = True
+    """Also build the dashboards of the predicted codes (`dashboards/site/pred/`, linked from every latent
+    page) when the store keeps them (Temporal SAEs, `--collect.pred-k` > 0)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     dashboards: DashboardConfig = field(default_factory=DashboardConfig)
 
@@ -60,10 +65,12 @@ def run(cfg: RunConfig) -> RunResult:
     c = collect(cfg.collect)
     t1 = time.perf_counter()
     same_sources = cfg.dashboards.model in (None, cfg.collect.model) and cfg.dashboards.sae in (None, cfg.collect.sae)
-    if same_sources:  # reuse the loaded model (tokenizer, unembedding) and the SAE's decoder: no second load
-        d = build_dashboards(cfg.dashboards, model=c.model, W_dec=c.sae.W_dec.detach().float().cpu())
-    else:
-        d = build_dashboards(cfg.dashboards)
+    preloaded = {"model": c.model, "W_dec": c.sae.W_dec.detach().float().cpu()} if same_sources else {}
+    # same_sources: reuse the loaded model (tokenizer, unembedding) and the SAE's decoder: no second load
+    d = build_dashboards(cfg.dashboards, **preloaded)
+    has_pred = bool(json.loads((cfg.collect.out / "meta.json").read_text()).get("pred_codes"))
+    if cfg.pred_dashboards and has_pred and cfg.dashboards.codes == "novel" and d.site is not None:
+        build_dashboards(dataclasses.replace(cfg.dashboards, codes="pred"), **preloaded)
     t2 = time.perf_counter()
     kernels_dir = None
     if cfg.kernels and d.site is not None and c is not None:
@@ -87,8 +94,6 @@ def run(cfg: RunConfig) -> RunResult:
 def _kernels(cfg: RunConfig, site: Path, c: CollectResult) -> Path | None:
     """Kernels of the demo texts with the run's model and SAE (the very objects collect used),
     written into the site; skipped for standard SAEs (no predicted codes) with a note."""
-    import json
-
     from tempolens.temporal.command import KernelConfig, run_kernel
 
     meta = json.loads((cfg.collect.out / "meta.json").read_text())

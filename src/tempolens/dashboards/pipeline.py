@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -44,6 +44,16 @@ from tempolens.store.codestore import (
     remove_stale_temporaries,
     write_sha256sums,
 )
+
+
+ACT_UNITS: dict[str, str] = {
+    "norm": "contribution norm: code × ‖decoder row‖ (model units)",
+    "code": "raw SAE code",
+}
+"""The activation unit conventions of `--act-units`, each with the sentence the exports state."""
+
+LOGIT_DIRECTION = "unit-norm decoder direction w_dec/‖w_dec‖"
+"""What the logit effects are computed from (whatever --act-units is)."""
 
 
 @dataclass
@@ -118,6 +128,18 @@ class DashboardConfig(SAELoadOptions):
     """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra store read each."""
     device: str = "auto"
     """Device for the logit-effect matmuls: `auto` (CUDA if available), `cpu`, `cuda`, ..."""
+    codes: Literal["novel", "pred"] = "novel"
+    """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
+    (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`
+    (linked both ways with `site/`), the Neuronpedia files to `neuronpedia-pred/`. Predicted codes are
+    ranked by value: top examples, intervals, density and histogram count z_pred > 0; negative
+    predictions show in the example windows and on hover."""
+    act_units: Literal["norm", "code"] = "norm"
+    """Units of every activation shown and exported: `norm` (default) = the contribution norm, code × the
+    latent's decoder row norm in model units (equals the code for unit-norm decoders, so TopK and Temporal
+    dashboards compare); `code` = the SAE's raw code. Site records keep the row norm
+    (`tempolens.decoder_norm`), so either is recoverable. Logit effects are always those of the unit-norm
+    decoder direction."""
     recompute: bool = False
     """Ignore cached statistics and logit effects in --out."""
     progress: bool = True
@@ -137,6 +159,8 @@ class DashboardConfig(SAELoadOptions):
         check(0 <= self.window_after < self.window, f"--window-after must be in 0..{self.window - 1}; got {self.window_after}")
         check(self.features_per_batch <= 128 or not self.bulk, "--features-per-batch must be <= 128 (Neuronpedia's upload limit)")
         check(self.corr_memory_mb > 0, "--corr-memory-mb must be > 0")
+        check(self.codes in ("novel", "pred"), f"--codes must be novel or pred; got {self.codes!r}")
+        check(self.act_units in ACT_UNITS, f"--act-units must be one of {', '.join(ACT_UNITS)}; got {self.act_units!r}")
         for name in ("model_id", "sae_set", "source_id", "sae_id_suffix", "creator_id", "release_id"):
             v = getattr(self, name)
             check(v is None or re.fullmatch(r"[A-Za-z0-9._-]+", v) is not None, f"--{name.replace('_', '-')} may use letters, digits, '.', '_' and '-' only; got {v!r}")
@@ -204,6 +228,12 @@ def build_dashboards(
         raise StoreError(f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
     W = store.width
     out = ensure_out_dir(cfg.out)
+    pred = cfg.codes == "pred"
+    if pred:
+        from tempolens.stats.features import check_pred_codes
+
+        check_pred_codes(store)
+    suffix = "-pred" if pred else ""
     remove_stale_temporaries(out)  # left by a run killed between writing a file and renaming it
     (out / "SHA256SUMS").unlink(missing_ok=True)  # written again last, when the exports are complete
     autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
@@ -214,9 +244,10 @@ def build_dashboards(
     latents = sorted(set(latents))
 
     # -- 1. statistics ------------------------------------------------------------------------------
-    stats_path = out / "stats.safetensors"
+    stats_path = out / f"stats{suffix}.safetensors"
     stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
-                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed)
+                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed,
+                             cfg.codes)
     from tempolens import distributed
 
     dist = distributed.current()
@@ -228,7 +259,7 @@ def build_dashboards(
     else:
         stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals, n_per_interval=cfg.n_per_interval,
                                       n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb,
-                                      progress=cfg.progress and dist.is_main, dist=dist)
+                                      progress=cfg.progress and dist.is_main, dist=dist, codes=cfg.codes)
         if dist.is_main:
             stats.save(stats_path)
             atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
@@ -265,8 +296,10 @@ def build_dashboards(
     if W_U.shape[1] != W_dec.shape[1]:
         raise SourceError(f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the --model the store was collected with")
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
+    row_norm = decoder_row_norms(W_dec)
     logits_path = out / "logits.safetensors"
-    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits, float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)))
+    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits,
+                              float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)), LOGIT_DIRECTION)
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
 
@@ -274,7 +307,8 @@ def build_dashboards(
         logits = LogitEffects(top_ids=t["top_ids"], top_values=t["top_values"], bottom_ids=t["bottom_ids"], bottom_values=t["bottom_values"],
                               hist_counts=t["hist_counts"], hist_centres=t["hist_centres"], folded_norm=use_mult is not None)
     else:
-        logits = logit_effects(W_dec, W_U, use_mult, k=cfg.n_logits, device=resolve_device(cfg.device), progress=cfg.progress)
+        logits = logit_effects(unit_directions(W_dec, row_norm), W_U, use_mult, k=cfg.n_logits,
+                               device=resolve_device(cfg.device), progress=cfg.progress)
         from safetensors.torch import save
 
         atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))
@@ -287,7 +321,8 @@ def build_dashboards(
     sae_meta = dict(meta.get("sae", {}))
     arch = str(sae_meta.get("architecture", "sae"))
     hook = str(meta.get("model", {}).get("hook_name", ""))
-    sae_set = cfg.sae_set or _slug(f"{arch}-res" if "resid" in hook or not hook else arch)
+    set_arch = arch + suffix  # e.g. temporal-pred: predicted-code dashboards are a source of their own
+    sae_set = cfg.sae_set or _slug(f"{set_arch}-res" if "resid" in hook or not hook else set_arch)
     ids = npx.ExportIds(
         model_id=cfg.model_id or _slug(str(meta.get("model", {}).get("model_id") or model_spec or "model")),
         layer=layer,
@@ -304,11 +339,14 @@ def build_dashboards(
         d_model=int(W_dec.shape[1]),
         n_layers=int(getattr(model, "n_layers", 0) or 0),
         width=W,
-        description=f"{arch} SAE, {W} latents, {hook}; prompts of {store.prompt_len} tokens",
+        description=(f"{arch} SAE{' predicted codes z_pred' if pred else ''}, {W} latents, {hook}; "
+                     f"prompts of {store.prompt_len} tokens; activations: {ACT_UNITS[cfg.act_units]}; "
+                     f"logit effects: {LOGIT_DIRECTION}"),
         source=cfg.source_id,
     )
+    act_scale = row_norm if cfg.act_units == "norm" else torch.ones_like(row_norm)
     ctx = RecordContext(
-        stats=stats,
+        stats=stats.scaled(act_scale),
         token_strings=model.token_strings,
         logits=logits,
         alignment=neuron_alignment(W_dec, 3),
@@ -316,10 +354,13 @@ def build_dashboards(
         n_prompts_total=store.n_prompts,
         vectors=W_dec if cfg.include_vector else None,
         autointerp=autointerp,
+        decoder_norm=row_norm,
+        act_units=cfg.act_units,
     )
     from tempolens.sources.cache import fresh_tmp_dir
 
-    np_final, site_final = out / "neuronpedia", out / "site"
+    np_final = out / f"neuronpedia{suffix}"
+    site_final = out / "site" / "pred" if pred else out / "site"
     np_dir = fresh_tmp_dir(np_final) if (cfg.batches or cfg.bulk) else np_final  # published below when complete
     site_dir = fresh_tmp_dir(site_final) if cfg.site else site_final
     batch_dir = np_dir / "batches"
@@ -372,7 +413,8 @@ def build_dashboards(
     with writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             lat, gpos, grp, _ = examples_of(stats, group)
-            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress)
+            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress,
+                                     codes=cfg.codes).scaled(act_scale)
             records = feature_records(ctx, group, windows, grp)
             n_examples += int(lat.numel())
             for rec in records:
@@ -399,7 +441,14 @@ def build_dashboards(
         "ids": npx.ids_dict(ids),
         "fold_norm": use_mult is not None,
         "final_norm": norm_kind,
-        "logit_effects": ("W_U·(final-norm multiplier ⊙ w_dec)" if use_mult is not None else "W_U·w_dec (final norm not folded)"),
+        "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if use_mult is not None else "W_U·u (final norm not folded), ")
+        + f"u = {LOGIT_DIRECTION}",
+        "codes": cfg.codes,
+        "pred_codes": meta.get("pred_codes"),
+        "act_units": cfg.act_units,
+        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if pred else "")
+        + ACT_UNITS[cfg.act_units]
+        + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
         "n_top": cfg.n_top, "n_intervals": cfg.n_intervals, "n_per_interval": cfg.n_per_interval, "n_bins": cfg.n_bins,
         "n_correlated": cfg.n_correlated, "n_logits": cfg.n_logits, "seed": cfg.seed,
         "window": min(cfg.window, store.prompt_len), "window_after": cfg.window_after if store.prompt_len > cfg.window else None,
@@ -417,13 +466,16 @@ def build_dashboards(
         site.copy_assets()
         site.write_index(index_rows)
         site.write_meta({
-            "title": cfg.title or f"{ids.model_id} · {ids.source_id}",
+            "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if pred else ""),
+            "codes": cfg.codes,
             "model_id": ids.model_id,
             "hook_name": hook,
             "layer": layer,
             "source_id": ids.source_id,
             "sae": {**{k: v for k, v in sae_meta.items() if isinstance(v, (str, int, float, bool)) or v is None}, "width": W},
             "is_temporal": bool(stats.is_temporal),
+            "act_units": cfg.act_units,
+            "act_units_label": ACT_UNITS[cfg.act_units],
             "dataset": ids.dataset,
             "n_prompts": store.n_prompts,
             "prompt_len": store.prompt_len,
@@ -434,19 +486,21 @@ def build_dashboards(
             "tempolens_version": _version(),
             "settings": settings,
         })
-        _carry_over_foreign(site_final, site_dir)
+        if not pred:
+            _carry_over_foreign(site_final, site_dir)
     from tempolens.sources.cache import publish_dir
 
     if cfg.batches or cfg.bulk:
         publish_dir(np_dir, np_final)
     if site is not None:
         publish_dir(site_dir, site_final)
-    write_sha256sums(out, ("neuronpedia", "site"))  # last: `sha256sum -c SHA256SUMS` verifies the exports
+        _link_views(out / "site")
+    write_sha256sums(out, ("neuronpedia", "neuronpedia-pred", "site"))  # last: `sha256sum -c` verifies the exports
     timings["total"] = time.perf_counter() - t0
     from tempolens.store.codestore import atomic_write_json
 
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
-    atomic_write_json(out / "dashboards_log.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})
+    atomic_write_json(out / f"dashboards_log{suffix}.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})
     result = DashboardResult(
         out=out,
         site=site_final if site is not None else None,
@@ -462,8 +516,8 @@ def build_dashboards(
     return result
 
 
-FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js")
-"""Parts of a site that other commands write (`tempolens kernel`, `run`): kept when dashboards rebuild the site."""
+FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js", "pred")
+"""Parts of a site that other commands write (`tempolens kernel`, `run`, `dashboards --codes pred`): kept when dashboards rebuild the site."""
 
 
 def _carry_over_foreign(old_site: Path, new_site: Path) -> None:
@@ -479,6 +533,25 @@ def _carry_over_foreign(old_site: Path, new_site: Path) -> None:
         elif src.is_file():
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest)
+
+
+def _link_views(site_root: Path) -> None:
+    """Tell the novel site (``site/``) that the predicted-code site (``site/pred/``) exists, so each
+    latent page links to its other view (``data/views.js``; the pred site always links back)."""
+    views = site_root / "data" / "views.js"
+    if (site_root / "pred" / "data" / "meta.js").is_file() and (site_root / "data").is_dir():
+        atomic_write_bytes(views, b'tempolensViews({"novel": "index.html", "pred": "pred/index.html"});\n')
+
+
+def decoder_row_norms(W_dec: torch.Tensor) -> torch.Tensor:
+    """``[width]`` L2 norm of every decoder row, in model units (float32, computed in float64)."""
+    return W_dec.detach().to(torch.float64).norm(dim=1).to(torch.float32)
+
+
+def unit_directions(W_dec: torch.Tensor, row_norm: torch.Tensor) -> torch.Tensor:
+    """Decoder rows divided by their norms (all-zero rows stay zero)."""
+    rows = W_dec.detach().to(torch.float64)
+    return (rows / row_norm.to(torch.float64).clamp(min=1e-30).unsqueeze(1)).to(torch.float32)
 
 
 def _version() -> str:

@@ -154,6 +154,10 @@ class RecordContext:
     """``[W, d]`` decoder directions to include as ``vector`` (``None``: empty lists)."""
     autointerp: dict[int, dict[str, Any]] = field(default_factory=dict)
     """latent → ``{"explanation": str, "scores": {scorer: float}}``."""
+    decoder_norm: Tensor | None = None
+    """``[W]`` decoder row norms in model units, written as ``tempolens.decoder_norm`` (``None``: omitted)."""
+    act_units: str = "code"
+    """Units of the statistics and windows passed in (``norm``: contribution norms; ``code``: raw codes)."""
     tokens: TokenTable | None = None
     """Decoded and JSON-encoded token strings, shared by every group of one export (made on first use)."""
 
@@ -286,6 +290,7 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
         neg_val, pos_val = rounded(lg.bottom_values[lat]), rounded(lg.top_values[lat])
         lhist_c, lhist_h = rounded(lg.hist_centres[lat]), lg.hist_counts[lat].tolist()
     vectors = rounded(ctx.vectors[lat], 6) if ctx.vectors is not None else None
+    dec_norm = ctx.decoder_norm[lat].double().tolist() if ctx.decoder_norm is not None else None
     out = []
     for j, l in enumerate(lat.tolist()):
         mx = max_list[j]
@@ -341,6 +346,8 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
             "mean_act": mean_list[j],
             "n_active": int(n_active[j]),
             "pred_share_top": pst_list[j],
+            "act_units": ctx.act_units,
+            "decoder_norm": dec_norm[j] if dec_norm is not None else None,
             "explanation": ai.get("explanation"),
             "scores": dict(ai.get("scores") or {}),
         }

@@ -71,6 +71,9 @@ class EncodeOutput:
     slot_extras: dict[str, Tensor] = field(default_factory=dict)
     """Per-code ``[B, L, K]`` extras aligned with ``codes``; for a Temporal SAE ``pred`` is the
     predicted code ``z_pred`` of the same latent at the same token."""
+    pred_codes: SparseCodes | None = None
+    """Temporal SAE with ``pred_slots > 0``: the predicted codes ``z_pred`` kept sparsely, the
+    ``pred_slots`` largest ``|z_pred|`` of each token (signed values; index −1 / value 0 = empty)."""
 
 
 class SAE(nn.Module):

@@ -197,6 +197,22 @@ def topk_codes(pre: Tensor, k: int) -> SparseCodes:
     )
 
 
+def top_abs_codes(z: Tensor, k: int, center: Tensor | None = None, scale: Tensor | None = None) -> SparseCodes:
+    """The ``k`` entries of largest ``|z − center| / scale`` (per-latent ``[width]``; default 0 and 1)
+    of every token of dense signed codes ``z [B, L, width]`` (ties: ``torch.topk``'s choice), with
+    their raw values ``z``; exact zeros are left out (index −1, value 0)."""
+    score = z
+    if center is not None:
+        score = score - center.to(z)
+    if scale is not None:
+        score = score / scale.to(z)
+    vals, idx = score.abs().topk(min(int(k), z.shape[-1]), dim=-1, sorted=True)
+    signed = z.gather(-1, idx)
+    keep = signed != 0
+    return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)),
+                       values=torch.where(keep, signed, torch.zeros_like(signed)))
+
+
 class TemporalSAE(SAE):
     """A Temporal SAE: attention over past codes predicts part of each activation; the novel
     remainder goes through a TopK (or ReLU) SAE. ``encode`` returns the novel codes."""
@@ -220,6 +236,13 @@ class TemporalSAE(SAE):
         nn.init.normal_(self.D)
         if not cfg.tied:
             nn.init.normal_(self.E)
+        self.pred_slots = 0
+        """``encode`` also returns ``pred_codes``: the top ``pred_slots`` latents per token by
+        ``|z_pred − pred_center| / pred_scale`` (0: not computed; `collect --pred-k` sets it)."""
+        self.pred_center: Tensor | None = None
+        """``[width]`` per-latent centre of the ranking (see :meth:`pred_calibration`)."""
+        self.pred_scale: Tensor | None = None
+        """``[width]`` per-latent scale of the ranking."""
 
     # -- state dict compatibility: the original .pt stores b as [1, d_in] -----------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
@@ -310,6 +333,23 @@ class TemporalSAE(SAE):
         return recon / self.cfg.scaling_factor
 
     @torch.no_grad()
+    def pred_calibration(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-latent mean and standard deviation of ``z_pred`` over the tokens of ``x [B, L, d_in]``
+        (``mask [B, L]``: the tokens to count). A latent that the context predicts at every token has a
+        large mean: ranking by ``|z_pred − mean| / std`` keeps, per token, the latents whose prediction is
+        unusual for them, rather than the same few always-predicted latents. Zero or undefined standard
+        deviations are raised to the median positive one."""
+        _, z, _ = self._predict(x, return_attn=False)
+        z = z.reshape(-1, self.width).double()
+        if mask is not None:
+            z = z[mask.reshape(-1).to(z.device)]
+        mean = z.mean(0) if z.shape[0] else torch.zeros(self.width, dtype=torch.float64, device=z.device)
+        std = z.std(0, correction=0) if z.shape[0] > 1 else torch.zeros_like(mean)
+        pos = std[std > 0]
+        floor = pos.median() if pos.numel() else torch.ones((), dtype=std.dtype, device=std.device)
+        return mean.float().cpu(), torch.where(std > 0, std, floor).float().cpu()
+
+    @torch.no_grad()
     def encode(self, x: Tensor) -> EncodeOutput:
         """Novel codes of ``x [B, L, d_in]`` (model units) plus reconstruction and extras.
 
@@ -328,7 +368,8 @@ class TemporalSAE(SAE):
         valid = codes.indices >= 0
         pred = z_pred.gather(-1, codes.indices.clamp(min=0))
         slot_extras = {"pred": torch.where(valid, pred, torch.zeros_like(pred))}
-        return EncodeOutput(codes=codes, recon=recon, extras=extras, slot_extras=slot_extras)
+        pred_codes = top_abs_codes(z_pred, self.pred_slots, self.pred_center, self.pred_scale) if self.pred_slots > 0 else None
+        return EncodeOutput(codes=codes, recon=recon, extras=extras, slot_extras=slot_extras, pred_codes=pred_codes)
 
     @torch.no_grad()
     def forward_details(self, x: Tensor) -> TemporalDetails:

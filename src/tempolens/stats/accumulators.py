@@ -50,15 +50,33 @@ class CodeBatch:
     """``[n]`` float32 predicted share of the code's token (Temporal SAEs)."""
 
     @classmethod
-    def from_shard(cls, shard: Shard) -> "CodeBatch":
+    def from_shard(cls, shard: Shard, codes: str = "novel") -> "CodeBatch":
+        """``codes="novel"``: the shard's codes (a Temporal SAE's novel codes). ``codes="pred"``: its
+        stored predicted codes, positive values only (``z_pred > 0``: the latent is predicted to
+        fire; negative predictions are never ranked or counted), with ``pred = None``."""
         T = shard.prompt_len
-        tok = shard.code_token()
         valid_tok = shard.valid_mask().reshape(-1)
+        gtok = shard.prompt_ids.to(torch.int64).repeat_interleave(T) * T + torch.arange(T, dtype=torch.int64).repeat(shard.n_prompts)
+        share = shard.extras.get("pred_share")
+        if codes == "pred":
+            tok = shard.pred_token()
+            assert shard.pred_latent is not None and shard.pred_value is not None
+            keep = valid_tok[tok] & (shard.pred_value > 0)
+            tok = tok[keep]
+            return cls(
+                latent=shard.pred_latent[keep].to(torch.int64),
+                value=shard.pred_value[keep].to(torch.float32),
+                gpos=gtok[tok],
+                n_tokens=int(valid_tok.sum()),
+                pred=None,
+                pred_share=share.reshape(-1).to(torch.float32)[tok] if share is not None else None,
+            )
+        if codes != "novel":
+            raise ValueError(f"codes must be 'novel' or 'pred'; got {codes!r}")
+        tok = shard.code_token()
         keep = valid_tok[tok]
         tok = tok[keep]
-        gtok = shard.prompt_ids.to(torch.int64).repeat_interleave(T) * T + torch.arange(T, dtype=torch.int64).repeat(shard.n_prompts)
         pred = shard.code_extras.get("pred")
-        share = shard.extras.get("pred_share")
         return cls(
             latent=shard.code_latent[keep].to(torch.int64),
             value=shard.code_value[keep].to(torch.float32),

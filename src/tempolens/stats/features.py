@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,6 +112,28 @@ class FeatureStats:
         ok = (self.top_gpos >= 0) & torch.isfinite(v)
         return torch.where(ok.any(1), (v.nan_to_num(0) * ok).sum(1) / ok.sum(1).clamp(min=1), torch.full((self.width,), float("nan")))
 
+    def scaled(self, scale: Tensor) -> "FeatureStats":
+        """These statistics with every latent's activations multiplied by ``scale[latent]`` (> 0), e.g. the
+        decoder row norms, turning codes into contribution norms in model units.
+
+        Everything scales exactly: sums by ``s``, squared sums by ``s²``, maxima, examples and predicted
+        codes by ``s``; counts, histogram and interval counts (bins of ``(0, max]`` scale with the max),
+        positions, shares and correlations (Pearson and cosine are invariant to a positive scale per
+        latent) are unchanged. The cached statistics stay in code units; this is applied as they are read."""
+        s = scale.detach().to(torch.float64).reshape(-1)
+        if s.numel() != self.width:
+            raise ValueError(f"scale has {s.numel()} entries but the statistics have {self.width} latents")
+        if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+            raise ValueError("scale must be finite and >= 0")
+        s32 = s.to(torch.float32)
+        col = s32.unsqueeze(1)
+        return replace(
+            self,
+            sum=self.sum * s, sum_sq=self.sum_sq * s * s, max_act=self.max_act * s32,
+            top_value=self.top_value * col, top_pred=self.top_pred * col,
+            int_value=self.int_value * col.unsqueeze(2), int_pred=self.int_pred * col.unsqueeze(2),
+        )
+
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write to one safetensors file atomically (scalars in its metadata)."""
@@ -158,11 +180,20 @@ def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
     return [(s, min(width, s + rows)) for s in range(0, width, rows)]
 
 
-def _iter(store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None) -> Iterator[tuple[Shard, CodeBatch]]:
+def _iter(
+    store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None, codes: str = "novel"
+) -> Iterator[tuple[Shard, CodeBatch]]:
     ids = list(range(store.n_shards)) if shard_ids is None else shard_ids
     for i in tqdm(ids, desc=desc, unit="shard", disable=not progress, leave=False):
         shard = store.load_shard(i, verify=False)
-        yield shard, CodeBatch.from_shard(shard)
+        yield shard, CodeBatch.from_shard(shard, codes)
+
+
+def check_pred_codes(store: CodeStore) -> None:
+    """Raise a :class:`StoreError` that says how to fix it when ``store`` keeps no predicted codes."""
+    if not store.meta.get("pred_codes"):
+        raise StoreError(f"{store.root} keeps no predicted codes (collected with a standard SAE, --pred-k 0 or an "
+                         "older tempolens); collect again with a Temporal SAE and --pred-k > 0 for --codes pred")
 
 
 def _merge_ranks(dist: Any, acc: Any) -> Any:
@@ -192,6 +223,7 @@ def compute_feature_stats(
     progress: bool = True,
     verify: bool = True,
     dist: Any = None,
+    codes: str = "novel",
 ) -> FeatureStats:
     """Every latent's statistics from a code store (see the module docstring for the passes).
 
@@ -199,9 +231,14 @@ def compute_feature_stats(
     shards and the accumulators are merged across ranks after each pass, so every rank returns the
     same statistics as a single process (counts, maxima, top-k, histograms and samples exactly;
     float64 sums up to summation order).
+
+    ``codes="pred"``: the statistics of the stored predicted codes ``z_pred > 0`` instead (see
+    :meth:`CodeBatch.from_shard`).
     """
     if not isinstance(store, CodeStore):
         store = CodeStore(store)
+    if codes == "pred":
+        check_pred_codes(store)
     if verify:
         store.done_shards(verify=True)
     mine = dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None
@@ -209,7 +246,7 @@ def compute_feature_stats(
     t0 = time.perf_counter()
     counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
     is_temporal = False
-    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress, mine):
+    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress, mine, codes):
         is_temporal = is_temporal or "pred_share" in shard.extras
         counts.update(b)
         topk.update(b)
@@ -223,7 +260,7 @@ def compute_feature_stats(
     blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
     corr_parts: list[dict[str, Tensor]] = []
     coact = CoactAccumulator(W, *blocks[0]) if blocks else None
-    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress, mine):
+    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress, mine, codes):
         hist.update(b)
         intervals.update(b)
         if coact is not None:
@@ -233,7 +270,7 @@ def compute_feature_stats(
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
             coact = CoactAccumulator(W, start, stop)
-            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress, mine):
+            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress, mine, codes):
                 coact.update(b)
         assert coact is not None
         if dist is not None and dist.active:
@@ -253,7 +290,8 @@ def compute_feature_stats(
         prompt_len=T,
         n_tokens=counts.n_tokens,
         is_temporal=is_temporal,
-        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval, "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks)},
+        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval, "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks),
+                  "codes": codes},
         n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
         top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
         hist_counts=h["counts"],
@@ -292,9 +330,16 @@ class Windows:
     """``[E, L]`` float32 this latent's activation at every window token."""
     pred: Tensor | None = None
     """``[E, L]`` float32 this latent's predicted code where the store has it (where the latent is
-    in the novel codes), NaN elsewhere (Temporal SAEs)."""
+    in the novel codes), NaN elsewhere (Temporal SAEs). Windows of the predicted codes
+    (``codes="pred"``): the signed stored predicted code at every token."""
     pred_share: Tensor | None = None
     """``[E, L]`` float32 predicted share of every window token (Temporal SAEs)."""
+
+    def scaled(self, scale: Tensor) -> "Windows":
+        """These windows with each example's values and predicted codes multiplied by ``scale[latent]``
+        (see :meth:`FeatureStats.scaled`); tokens, positions and shares are unchanged."""
+        col = scale.detach().to(torch.float32).reshape(-1)[self.latent].unsqueeze(1)
+        return replace(self, values=self.values * col, pred=self.pred * col if self.pred is not None else None)
 
 
 def window_starts(pos: Tensor, prompt_len: int, window: int, after: int) -> Tensor:
@@ -315,8 +360,13 @@ def gather_windows(
     window: int = 128,
     after: int | None = None,
     progress: bool = False,
+    codes: str = "novel",
 ) -> Windows:
     """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
+
+    ``codes="pred"``: ``values`` are the latent's stored predicted codes clipped at 0 (what is ranked;
+    0 where the token did not keep this latent among its largest ``|z_pred|``) and ``pred`` the same
+    codes signed (negative predictions included; NaN at BOS/EOS/pad).
 
     Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
     """
@@ -347,18 +397,24 @@ def gather_windows(
         local = order[where[ex]]
         keys = local * W + latent[ex]
         ukeys, inv = torch.unique(keys, return_inverse=True)
-        tok = shard.code_token()
-        ckey = (tok // T) * W + shard.code_latent.to(torch.int64)
+        if codes == "pred":
+            tok = shard.pred_token()
+            assert shard.pred_latent is not None and shard.pred_value is not None
+            c_latent, c_value = shard.pred_latent, shard.pred_value
+        else:
+            tok = shard.code_token()
+            c_latent, c_value = shard.code_latent, shard.code_value
+        ckey = (tok // T) * W + c_latent.to(torch.int64)
         at = torch.searchsorted(ukeys, ckey).clamp(max=ukeys.numel() - 1)
         match = ukeys[at] == ckey
         rows = torch.zeros(ukeys.numel(), T, dtype=torch.float32)
-        rows[at[match], tok[match] % T] = shard.code_value[match].to(torch.float32)
+        rows[at[match], tok[match] % T] = c_value[match].to(torch.float32)
         c = cols[ex]
         lp = local.unsqueeze(1)
         out_values[ex] = rows[inv].gather(1, c)
         out_tokens[ex] = shard.tokens.to(torch.int64)[lp, c]
         out_special[ex] = (shard.special != 0)[lp, c]
-        if "pred" in shard.code_extras:
+        if "pred" in shard.code_extras and codes != "pred":
             if out_pred is None:
                 out_pred = torch.full((E, L), float("nan"))
             prow = torch.full((ukeys.numel(), T), float("nan"))
@@ -376,6 +432,9 @@ def gather_windows(
             "--recompute, or collect the store again with --overwrite"
         )
     out_values = out_values.masked_fill(out_special, 0.0)
+    if codes == "pred":
+        out_pred = out_values.clone()
+        out_values = out_values.clamp(min=0.0)
     if out_pred is not None:
         out_pred = out_pred.masked_fill(out_special, float("nan"))
     return Windows(latent=latent, prompt=prompt, start=start, qualifying=pos - start, tokens=out_tokens, special=out_special, values=out_values, pred=out_pred, pred_share=out_share)

@@ -17,7 +17,11 @@ Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
 - ``code_latent`` ``[nnz]`` int32 latent ids; ``code_value`` ``[nnz]`` float32 activations (> 0);
 - ``extra.<name>`` ``[P, T]`` float32 per-token extras (``sq_err``, ``sq_norm``, ``pred_share`` ...);
 - ``code_extra.<name>`` ``[nnz]`` float32 per-code extras aligned with ``code_latent``
-  (Temporal SAE: ``pred`` = the predicted code of the same latent at the same token).
+  (Temporal SAE: ``pred`` = the predicted code of the same latent at the same token);
+- optional (Temporal SAE, ``collect --pred-k K``): the predicted codes as a second CSR,
+  ``pred_ptr [N + 1]`` int64, ``pred_latent [npnz]`` int32, ``pred_value [npnz]`` float32 (signed,
+  nonzero): each token's ``K`` largest ``|z_pred − center| / scale`` (per-latent calibration);
+  ``meta.json`` ``pred_codes`` states the rule and holds the calibration.
 
 Every file is written atomically (temporary file, fsync, rename), so a killed run leaves
 only complete shards, and a resumed run skips them.
@@ -225,6 +229,21 @@ class Shard:
     code_value: Tensor
     extras: dict[str, Tensor]
     code_extras: dict[str, Tensor]
+    pred_ptr: Tensor | None = None
+    """CSR offsets of the stored predicted codes (``None``: the store has none)."""
+    pred_latent: Tensor | None = None
+    pred_value: Tensor | None = None
+
+    @property
+    def has_pred_codes(self) -> bool:
+        return self.pred_ptr is not None
+
+    def pred_token(self) -> Tensor:
+        """``[npnz]`` flat token position (shard-local) of every stored predicted code."""
+        if self.pred_ptr is None:
+            raise StoreError("this store keeps no predicted codes; collect again with a Temporal SAE and --pred-k > 0")
+        counts = self.pred_ptr[1:] - self.pred_ptr[:-1]
+        return torch.repeat_interleave(torch.arange(counts.numel(), dtype=torch.int64), counts)
 
     @property
     def n_prompts(self) -> int:
@@ -255,17 +274,18 @@ class Shard:
 
 
 def pack_codes(
-    indices: Tensor, values: Tensor, slot_extras: dict[str, Tensor] | None = None
+    indices: Tensor, values: Tensor, slot_extras: dict[str, Tensor] | None = None, signed: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """Turn padded codes ``[..., K]`` (index -1 / value 0 = empty) into CSR arrays.
 
     Entries with a non-positive value are dropped, so a TopK SAE that found fewer than
-    ``k`` positive codes stores only the positive ones. Returns ``(ptr, latent, value, code_extras)``.
+    ``k`` positive codes stores only the positive ones (``signed``: only zeros are dropped, for the
+    predicted codes). Returns ``(ptr, latent, value, code_extras)``.
     """
     k = indices.shape[-1]
     indices = indices.reshape(-1, k)
     values = values.reshape(-1, k)
-    keep = (indices >= 0) & (values > 0)
+    keep = (indices >= 0) & ((values != 0) if signed else (values > 0))
     counts = keep.sum(-1)
     ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
     ptr[1:] = torch.cumsum(counts.cpu(), 0)
@@ -401,6 +421,7 @@ class CodeStore:
         extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("extra.")}
         code_extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("code_extra.")}
         return Shard(
+            pred_ptr=t.get("pred_ptr"), pred_latent=t.get("pred_latent"), pred_value=t.get("pred_value"),
             index=i,
             tokens=t["tokens"],
             prompt_ids=t["prompt_ids"],
@@ -472,7 +493,7 @@ class StoreWriter:
         meta_path = self.root / "meta.json"
         if meta_path.exists() and not overwrite:
             old = CodeStore(self.root).meta  # verified: checksum, and the shards on disk against it
-            mismatched = [k for k in ("model", "sae", "prompts", "n_shards", "shard_size") if old.get(k) != meta.get(k)]
+            mismatched = [k for k in ("model", "sae", "prompts", "n_shards", "shard_size", "pred_codes") if old.get(k) != meta.get(k)]
             if mismatched:
                 raise StoreError(
                     f"{self.root} holds a store of a different run (differs in: {', '.join(mismatched)}); "
@@ -502,7 +523,10 @@ class StoreWriter:
         code_value: Tensor,
         extras: dict[str, Tensor],
         code_extras: dict[str, Tensor] | None = None,
+        pred_codes: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> None:
+        """Write shard ``i`` atomically, then its manifest. ``pred_codes``: optional ``(ptr, latent,
+        value)`` CSR of the predicted codes (see the module docstring)."""
         tensors = {
             "tokens": tokens.to(torch.int32).contiguous(),
             "prompt_ids": prompt_ids.to(torch.int64).contiguous(),
@@ -515,6 +539,10 @@ class StoreWriter:
             tensors[f"extra.{k}"] = v.to(torch.float32).contiguous()
         for k, v in (code_extras or {}).items():
             tensors[f"code_extra.{k}"] = v.to(torch.float32).contiguous()
+        if pred_codes is not None:
+            tensors["pred_ptr"] = pred_codes[0].to(torch.int64).contiguous()
+            tensors["pred_latent"] = pred_codes[1].to(torch.int32).contiguous()
+            tensors["pred_value"] = pred_codes[2].to(torch.float32).contiguous()
         path = self.store.shard_path(i)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:

@@ -1,8 +1,8 @@
 """Static figures of the temporal views (matplotlib, Agg backend, PNG).
 
-- :func:`kernel_figure`: the kernels side by side (magma, fixed 0→1 colour scale as on
-  Neuronpedia; negative similarities show as 0), event boundaries as dashed lines, tokens on the
-  axes when the text is short;
+- :func:`kernel_figure`: the kernels side by side on a diverging colour map centred at 0
+  (:data:`KERNEL_CMAP`, fixed symmetric limits −1…+1: a mean-centred cosine is signed), event
+  boundaries as dashed lines, tokens on the axes when the text is short;
 - :func:`attention_figure`: one panel per attention layer and head (query token → context token);
 - :func:`share_figure`: per-token stacked bars of the predicted and novel shares.
 """
@@ -29,7 +29,11 @@ TOKEN_LABEL_LIMIT = 48
 PRED_COLOR = "#d9480f"
 NOVEL_COLOR = "#1c7ed6"
 BOUNDARY_COLOR = "#22d3ee"
-"""Event boundaries: cyan stays visible on both ends of magma."""
+"""Event boundaries: cyan stays visible on magma and on both ends of the diverging kernel map."""
+KERNEL_CMAP = "RdBu_r"
+"""Colour map of the similarity kernels: diverging, white at 0, red positive, blue negative."""
+KERNEL_LIMITS = (-1.0, 1.0)
+"""Symmetric colour limits of the kernels (cosine similarity), so 0 is the map's centre."""
 
 
 def _label(tok: str, width: int = 12) -> str:
@@ -76,10 +80,10 @@ def kernel_figure(analysis: TextAnalysis, path: Path, kinds: Sequence[str] | Non
     fig, axes = plt.subplots(1, len(kinds), figsize=(size * len(kinds) + 0.8, size + 0.6), squeeze=False, layout="constrained")
     im = None
     for ax, kind in zip(axes[0], kinds):
-        im = ax.imshow(analysis.kernels[kind].numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+        im = ax.imshow(analysis.kernels[kind].numpy(), cmap=KERNEL_CMAP, vmin=KERNEL_LIMITS[0], vmax=KERNEL_LIMITS[1], interpolation="nearest")
         ax.set_title(KERNEL_LABELS.get(kind, kind), fontsize=10)
         _decorate(ax, tokens, analysis.boundaries)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity (mean-centred)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity of mean-centred codes (−1 … 0 … +1)")
     fig.suptitle(_title(analysis, "similarity kernels"), fontsize=10)
     return _save(fig, path, dpi)
 

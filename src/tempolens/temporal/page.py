@@ -52,11 +52,16 @@ def decode_matrix(data: str, n: int, lo: float, hi: float) -> np.ndarray:
     return (lo + q * (hi - lo) / 65535.0).reshape(n, n)
 
 
-def _magma_hex() -> str:
+def _cmap_hex(name: str = "magma") -> str:
+    """256 colours of a matplotlib colour map as one hex string (the page's lookup table)."""
     from matplotlib import colormaps
 
-    rgb = (colormaps["magma"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(int)
+    rgb = (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(int)
     return "".join(f"{r:02x}{g:02x}{b:02x}" for r, g, b in rgb)
+
+
+def _magma_hex() -> str:
+    return _cmap_hex("magma")
 
 
 def _round(xs: Tensor | Sequence[float], nd: int = 4) -> list[float]:
@@ -116,6 +121,8 @@ h1{font-size:19px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 8px}
 .tk-tok{white-space:pre-wrap;margin-right:1px;border-radius:2px;padding:1px 0;cursor:pointer;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 .tk-tok.tk-sel{outline:2px solid #1c7ed6}.tk-bnd{border-left:2px solid #000;margin-left:3px;padding-left:2px}
 .tk-legend{font-size:12px;color:#57606a;margin-top:6px}
+.tk-cbar{margin-top:8px;width:256px;font-size:11px;color:#57606a}.tk-cbar-ramp{width:256px;height:12px;border:1px solid #ccc}
+.tk-cbar-ticks{display:flex;justify-content:space-between}.tk-cbar-label{text-align:center}
 table{border-collapse:collapse;font-size:13px;background:#fff}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}
 .tk-latents a{color:#0969da}.tk-err{color:#b42318;font-weight:600}
@@ -126,7 +133,9 @@ textarea{width:100%;max-width:900px;font:13px/1.4 ui-monospace,Menlo,Consolas,mo
 VIEWER_JS = r"""
 (function(){
 "use strict";
-const MAGMA = (function(hex){const out=[];for(let i=0;i<256;i++){out.push([parseInt(hex.substr(i*6,2),16),parseInt(hex.substr(i*6+2,2),16),parseInt(hex.substr(i*6+4,2),16)]);}return out;})("__MAGMA__");
+function lut(hex){const out=[];for(let i=0;i<256;i++){out.push([parseInt(hex.substr(i*6,2),16),parseInt(hex.substr(i*6+2,2),16),parseInt(hex.substr(i*6+4,2),16)]);}return out;}
+const MAGMA = lut("__MAGMA__");
+const DIVERGING = lut("__DIVERGING__");
 function el(tag, cls, text){const e=document.createElement(tag);if(cls)e.className=cls;if(text!==undefined&&text!==null)e.textContent=String(text);return e;}
 function decode(m, n){
   const bin=atob(m.data);const buf=new DataView(new ArrayBuffer(bin.length));
@@ -136,8 +145,20 @@ function decode(m, n){
   return out;
 }
 function colour(v, kind, vmax){
-  let t=Math.max(0,Math.min(1,kind==="attention"?v/(vmax||1):v));if(kind==="attention")t=Math.sqrt(t);
+  if(kind!=="attention"){const t=Math.max(0,Math.min(1,(v+1)/2));return DIVERGING[Math.round(t*255)];}
+  const t=Math.sqrt(Math.max(0,Math.min(1,v/(vmax||1))));
   return MAGMA[Math.round(t*255)];
+}
+function colourBar(kind, vmax){
+  const box=el("div","tk-cbar");const bar=el("div","tk-cbar-ramp");const lutc=kind==="attention"?MAGMA:DIVERGING;const stops=[];
+  for(let i=0;i<=16;i++){const col=lutc[Math.min(255,i*16)];stops.push("rgb("+col[0]+","+col[1]+","+col[2]+") "+(i*100/16).toFixed(2)+"%");}
+  bar.style.background="linear-gradient(90deg,"+stops.join(",")+")";
+  box.appendChild(bar);
+  const ticks=el("div","tk-cbar-ticks");
+  (kind==="attention"?["0",Number(vmax||1).toPrecision(3)+" (\u221a scale)"]:["\u22121","0","+1"]).forEach(function(t){ticks.appendChild(el("span",null,t));});
+  box.appendChild(ticks);
+  box.appendChild(el("div","tk-cbar-label",kind==="attention"?"attention weight":"cosine similarity of mean-centred codes"));
+  return box;
 }
 function show(tok){
   if(tok===undefined||tok===null)return "";
@@ -165,6 +186,7 @@ function render(root, data){
   const side=el("div","tk-side");layout.appendChild(side);
   const info=el("div","tk-info","Hover over the matrix: the two tokens and the value. Click a cell or a token to colour the text by that row.");
   info.setAttribute("data-testid","info");side.appendChild(info);
+  const cbarBox=el("div");side.appendChild(cbarBox);
   const legend=el("div","tk-legend");side.appendChild(legend);
   const lat=el("div","tk-latents");side.appendChild(lat);
   const strip=el("div","tk-tokens");strip.setAttribute("data-testid","tokens");root.appendChild(strip);
@@ -195,9 +217,10 @@ function render(root, data){
       for(let i=0;i<n;i++){const t=show(tokens[i]).slice(0,12);ctx.fillText(t,margin-3,(i+0.5)*cell);
         ctx.save();ctx.translate(margin+(i+0.5)*cell,size+3);ctx.rotate(-Math.PI/2);ctx.fillText(t,0,0);ctx.restore();}
     }
+    while(cbarBox.firstChild)cbarBox.removeChild(cbarBox.firstChild);cbarBox.appendChild(colourBar(m.kind,m.vmax));
     legend.textContent=m.kind==="attention"
       ? "Attention: row = query token, column = context token it reads; square-root colour scale 0\u2192"+Number(m.vmax||1).toPrecision(3)+" (99.5th percentile of all heads). Weight on the start slot and BOS is listed per token on hover."
-      : "Mean-centred cosine similarity of the codes, BOS dropped after computing; colour 0\u21921 (magma), negative values show as 0.";
+      : "Mean-centred cosine similarity of the codes, BOS dropped after computing; diverging colours centred at 0 (blue negative, white 0, red positive), limits \u22121\u2026+1.";
     const sc=(data.scores||{})[m.id];
     scoreBox.textContent=sc?("block contrast "+(sc.block_contrast===null?"n/a":sc.block_contrast.toFixed(3))+" \u00b7 boundary AUROC "+(sc.boundary_auroc===null?"n/a":sc.boundary_auroc.toFixed(3))+(sc.boundary_auroc_sentences===null||sc.boundary_auroc_sentences===undefined?"":" (vs other sentence starts "+sc.boundary_auroc_sentences.toFixed(3)+")")):"";
     if(selected>=0)colourRow(selected);else colourShare();
@@ -268,7 +291,7 @@ def html_page(title: str, body: str, script: str = "") -> str:
     """A complete HTML document with the viewer CSS/JS inlined; ``body`` is trusted markup.
 
     Its CSP allows the two inline scripts by their SHA-256 (see :func:`page_csp`)."""
-    scripts = [VIEWER_JS.replace("__MAGMA__", _magma_hex()), script]
+    scripts = [VIEWER_JS.replace("__MAGMA__", _magma_hex()).replace("__DIVERGING__", _cmap_hex("RdBu_r")), script]
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{page_csp(scripts)}\">"

@@ -19,12 +19,13 @@
   // ------------------------------------------------------------------------------------------
   // Data registry: data/*.js files call these globals.
   // ------------------------------------------------------------------------------------------
-  var data = { meta: null, index: null, autointerp: null, kernels: null, chunks: new Map() };
+  var data = { meta: null, index: null, autointerp: null, kernels: null, views: null, chunks: new Map() };
   window.tempolensMeta = function (m) { data.meta = m || {}; };
   window.tempolensIndex = function (d) { data.index = d || { columns: [], rows: [] }; };
   window.tempolensFeatures = function (c, recs) { data.chunks.set(Number(c), recs || {}); };
   window.tempolensAutointerp = function (d) { data.autointerp = d; };
   window.tempolensKernels = function (d) { data.kernels = d; };
+  window.tempolensViews = function (d) { data.views = d && typeof d === 'object' ? d : null; };
 
   var scriptPromises = new Map();
   function loadScript(src) {
@@ -102,6 +103,13 @@
     if (!isNum(v) || v <= 0 || !isNum(max) || max <= 0) return '';
     var a = Math.min(1, v / max);
     return 'rgba(234, 88, 12, ' + (0.1 + 0.75 * a).toFixed(3) + ')';
+  }
+
+  /** Background of a negative predicted code (pred view): blue, alpha ∝ |v|/max. */
+  function negColor(v, max) {
+    if (!isNum(v) || v >= 0 || !isNum(max) || max <= 0) return '';
+    var a = Math.min(1, -v / max);
+    return 'rgba(37, 99, 235, ' + (0.1 + 0.6 * a).toFixed(3) + ')';
   }
 
   /** Underline colour of a predicted value (blue positive, red negative), alpha ∝ |v|/max. */
@@ -190,6 +198,19 @@
 
   function latentHref(i) { return '#/latent/' + i; }
   function metaTemporal() { return !!(data.meta && data.meta.is_temporal); }
+  /** Which codes this site shows: 'novel' (the SAE's codes; a Temporal SAE's novel codes) or 'pred'. */
+  function metaCodes() { return data.meta && data.meta.codes === 'pred' ? 'pred' : 'novel'; }
+  /** True when activations are contribution norms (code × decoder row norm), false for raw codes. */
+  function metaNorm() { return !!(data.meta && data.meta.act_units === 'norm'); }
+  function actWord() { return metaCodes() === 'pred' ? 'predicted code' : (metaTemporal() ? 'novel code' : 'activation'); }
+  function unitsText() {
+    return metaNorm() ? 'contribution norm: code × ‖decoder row‖, model units' : 'raw SAE code';
+  }
+  /** The other view of the same latent (novel ↔ predicted), or null when this site has none. */
+  function otherViewHref(i) {
+    if (metaCodes() === 'pred') return '../index.html' + latentHref(i);
+    return data.views && data.views.pred ? 'pred/index.html' + latentHref(i) : null;
+  }
 
   function initSite() {
     var meta = data.meta || {};
@@ -240,6 +261,7 @@
         (isNum(meta.n_tokens) ? ' (' + fmtInt(meta.n_tokens) + ' counted, without BOS/EOS/pad)' : '')]);
     }
     if (isNum(meta.prompt_len)) facts.push(['Prompt length', fmtInt(meta.prompt_len) + ' tokens']);
+    if (meta.act_units) facts.push(['Activations', (meta.codes === 'pred' ? 'predicted codes z_pred, ' : '') + unitsText()]);
     return facts;
   }
 
@@ -288,8 +310,15 @@
     var info = tokInfo.get(el);
     if (!info) return;
     var lines = [h('div', { class: 'tt-tok' }, h('code', { text: JSON.stringify(info.raw) }))];
-    lines.push(h('div', null, 'activation (novel code): ', h('b', { text: isNum(info.v) ? exact(info.v) : '0' })));
-    if (info.pred !== undefined) lines.push(h('div', null, 'predicted by context: ', h('b', { text: exact(info.pred) })));
+    lines.push(h('div', null, actWord() + ': ', h('b', { text: isNum(info.v) ? fmt(info.v) : '0' }),
+      h('span', { class: 'tt-exact', text: ' (' + (isNum(info.v) ? exact(info.v) : '0') + ')' })));
+    if (info.norm && isNum(info.v)) {
+      lines.push(h('div', null, 'raw code: ', h('b', { text: fmt(info.v / info.norm) }),
+        h('span', { class: 'tt-exact', text: ' (' + exact(info.v / info.norm) + ' = value / ‖decoder row‖ ' + exact(info.norm) + ')' })));
+    }
+    if (info.pred !== undefined) {
+      lines.push(h('div', null, 'predicted by context: ', h('b', { text: fmt(info.pred) }), h('span', { class: 'tt-exact', text: ' (' + exact(info.pred) + ')' })));
+    }
     if (info.share !== undefined) lines.push(h('div', null, 'predicted share of the token: ', h('b', { text: fmtPct(info.share) })));
     lines.push(h('div', { class: 'tt-pos', text: 'position ' + info.pos + (info.q ? ' · qualifying token' : '') }));
     tooltip.replaceChildren.apply(tooltip, lines);
@@ -707,12 +736,15 @@
     var maxAct = isNum(tl.max_act) ? tl.max_act : cell(row, 'max_act');
     var meanAct = isNum(tl.mean_act) ? tl.mean_act : cell(row, 'mean_act');
     var temporal = metaTemporal();
+    var pred = metaCodes() === 'pred';
+    var norm = metaNorm() && isNum(tl.decoder_norm) && tl.decoder_norm > 0 ? tl.decoder_norm : 0;
+    var unitsShort = metaNorm() ? 'code × ‖decoder row‖' + (norm ? ' (' + fmt(norm) + ')' : '') : 'raw code';
     var root = h('article', { class: 'latent' });
 
     var stats = h('div', { class: 'stats' },
-      stat('Density', exact(frac), oneIn(frac), 'fraction of counted tokens on which the latent is nonzero (full precision)'),
-      stat('Max activation', fmt(maxAct, 4), null, exact(maxAct)),
-      stat('Mean activation', fmt(meanAct, 4), 'over active tokens', exact(meanAct)),
+      stat('Density', fmt(frac), oneIn(frac), 'fraction of counted tokens on which the latent is ' + (pred ? 'predicted > 0' : 'nonzero') + ': ' + exact(frac)),
+      stat('Max ' + actWord(), fmt(maxAct), unitsShort, exact(maxAct) + (norm ? ' (raw code ' + exact(maxAct / norm) + ')' : '')),
+      stat('Mean ' + actWord(), fmt(meanAct), 'over active tokens', exact(meanAct) + (norm ? ' (raw code ' + exact(meanAct / norm) + ')' : '')),
       isNum(tl.n_active) ? stat('Active tokens', fmtInt(tl.n_active)) : null,
       temporal ? stat('Predicted share at top activations', isNum(tl.pred_share_top) ? fmtPct(tl.pred_share_top) : '–',
         'mean over the top examples', 'mean predicted share of the token at the qualifying tokens of the top examples: ' + exact(tl.pred_share_top)) : null);
@@ -726,8 +758,13 @@
       scoreKeys.length ? h('span', { class: 'scores' }, scoreKeys.map(function (k) {
         return h('span', { class: 'score-chip', title: k + ': ' + exact(scores[k]) }, h('span', { text: k + ' ' }), h('b', { text: fmt(scores[k]) }));
       })) : null);
+    var other = otherViewHref(i);
+    var viewSwitch = other ? h('nav', { class: 'view-switch', 'aria-label': 'Codes shown' },
+      h('span', { class: 'muted', text: 'View: ' }),
+      pred ? h('a', { href: other, class: 'btn', text: 'novel codes' }) : h('span', { class: 'btn current', 'aria-current': 'page', text: 'novel codes' }),
+      pred ? h('span', { class: 'btn current', 'aria-current': 'page', text: 'predicted codes' }) : h('a', { href: other, class: 'btn', text: 'predicted codes' })) : null;
     root.appendChild(h('header', { class: 'card latent-head' },
-      h('h1', { tabindex: '-1', text: 'Latent ' + i }), stats, explBlock));
+      h('h1', { tabindex: '-1', text: 'Latent ' + i + (pred ? ' · predicted codes' : '') }), viewSwitch, stats, explBlock));
 
     var deadNote = h('section', { class: 'card dead-note' }, h('p', { text: (isNum(frac) && frac === 0)
       ? 'This latent never fired on the ' + fmtInt(data.meta && data.meta.n_tokens) + ' counted tokens (a dead latent): there are no examples to show.'
@@ -754,7 +791,7 @@
       if (!colourMax) (a.values || []).forEach(function (v) { if (isNum(v) && v > colourMax) colourMax = v; });
       (a.pred_values || []).forEach(function (v) { if (isNum(v) && Math.abs(v) > predMax) predMax = Math.abs(v); });
     });
-    var ctx = { colourMax: colourMax, predMax: predMax, temporal: temporal, nActive: tl.n_active };
+    var ctx = { colourMax: colourMax, predMax: predMax, temporal: temporal, nActive: tl.n_active, norm: norm, pred: pred };
 
     var side = h('aside', { class: 'side' });
     var mainCol = h('div', { class: 'main-col' });
@@ -762,7 +799,8 @@
     root.appendChild(layout);
 
     // Examples.
-    if (temporal && acts.length) mainCol.appendChild(temporalLegend(ctx));
+    if (pred && acts.length) mainCol.appendChild(predLegend());
+    else if (temporal && acts.length) mainCol.appendChild(temporalLegend(ctx));
     if (!acts.length) mainCol.appendChild(deadNote);
     else mainCol.appendChild(h('section', { class: 'card', 'aria-labelledby': 'top-h' },
       h('h2', { id: 'top-h', text: 'Top activations' }, h('span', { class: 'muted', text: ' (' + top.length + ')' })),
@@ -775,7 +813,7 @@
       groups.forEach(function (g, k) {
         var share = g.contains;
         if (isNum(share) && share > 1 && isNum(tl.n_active) && tl.n_active > 0) share = share / tl.n_active;
-        sec.appendChild(h('h3', { class: 'interval-h' }, 'Interval ' + (groups.length - k) + ' · (' + fmt(g.min, 4) + ', ' + fmt(g.max, 4) + ']',
+        sec.appendChild(h('h3', { class: 'interval-h', title: '(' + exact(g.min) + ', ' + exact(g.max) + ']' }, 'Interval ' + (groups.length - k) + ' · (' + fmt(g.min) + ', ' + fmt(g.max) + ']',
           h('span', { class: 'muted', text: ' · ' + (isNum(share) ? fmtPct(share, share < 0.01 ? 2 : 1) + ' of active tokens' : 'share unknown') + ' · ' + g.items.length + ' shown' })));
         sec.appendChild(h('ol', { class: 'examples' }, g.items.map(function (a, j) { return exampleRow(a, j + 1, ctx); })));
       });
@@ -786,11 +824,13 @@
     side.appendChild(h('section', { class: 'card', 'aria-labelledby': 'hist-h' },
       h('h2', { id: 'hist-h', text: 'Activation density' }),
       histogram(rec.freq_hist_data_bar_values, rec.freq_hist_data_bar_heights, {
-        xLabel: 'activation (active tokens only)', yLabel: 'tokens', colour: 'act', label: 'histogram of nonzero activations' })));
+        xLabel: actWord() + (pred ? ' (> 0 only)' : ' (active tokens only)') + (metaNorm() ? ' × ‖row‖' : ''), yLabel: 'tokens', colour: 'act',
+        label: 'histogram of ' + (pred ? 'positive predicted codes' : 'nonzero activations') })));
     side.appendChild(h('section', { class: 'card', 'aria-labelledby': 'logit-h' },
       h('h2', { id: 'logit-h', text: 'Logit effects' }),
+      h('p', { class: 'hint', text: 'Of the unit-norm decoder direction through the final norm and the unembedding.' }),
       histogram(rec.logits_hist_data_bar_values, rec.logits_hist_data_bar_heights, {
-        xLabel: 'logit effect of the decoder direction', yLabel: 'vocab tokens', colour: 'sign', label: 'histogram of logit effects over the vocabulary' }),
+        xLabel: 'logit effect of the unit decoder direction', yLabel: 'vocab tokens', colour: 'sign', label: 'histogram of logit effects over the vocabulary' }),
       h('div', { class: 'logit-tables' },
         logitTable('Negative', rec.neg_str, rec.neg_values, 'neg'),
         logitTable('Positive', rec.pos_str, rec.pos_values, 'pos'))));
@@ -802,6 +842,19 @@
         ' tokens' + (rec.dataset ? ' of ' + String(rec.dataset) : '') + '.' }));
     }
     return root;
+  }
+
+  function predLegend() {
+    return h('section', { class: 'card legend', 'aria-label': 'Legend' },
+      h('div', { class: 'legend-row' },
+        h('span', { class: 'sw sw-act', 'aria-hidden': 'true' }),
+        h('span', null, h('b', { text: 'predicted code z_pred > 0' }), ' — what the context predicts for this latent at the token (background, ∝ value / max)')),
+      h('div', { class: 'legend-row' },
+        h('span', { class: 'sw sw-neg', 'aria-hidden': 'true' }),
+        h('span', null, h('b', { text: 'z_pred < 0' }), ' — the context predicts against this latent (shown in context and hover; never ranked)')),
+      h('p', { class: 'hint', text: 'Examples are ranked by the positive predicted code. The store keeps a few predicted codes per token ' +
+        '(those most unusual for their latent), so other tokens show 0. ' +
+        'Hover a token for exact values.' }));
   }
 
   function temporalLegend(ctx) {
@@ -845,11 +898,11 @@
     var li = h('li', { class: 'example' });
     var metaBits = [h('span', { class: 'ex-rank', title: isNum(a.prompt_index) ? 'prompt ' + a.prompt_index + ', token ' + q : null, text: rank + '.' }),
       h('span', { class: 'ex-val', title: 'activation at the qualifying token: ' + exact(qv) }, fmt(qv, 3))];
-    if (ctx.temporal) {
+    if (ctx.temporal && !ctx.pred) {
       var pv = Array.isArray(a.pred_values) ? a.pred_values[q] : undefined;
       var ps = Array.isArray(a.pred_share) ? a.pred_share[q] : undefined;
       metaBits.push(h('span', { class: 'ex-pred', title: 'at the qualifying token: predicted code of this latent ' + exact(pv) + '; predicted share of the token ' + exact(ps) },
-        'pred ' + fmt(pv, 2), h('br'), 'share ' + (isNum(ps) ? fmtPct(ps, 0) : '–')));
+        'pred ' + fmt(pv), h('br'), 'share ' + (isNum(ps) ? fmtPct(ps, 0) : '–')));
     }
     var body = h('div', { class: 'ex-tokens' });
     var long = tokens.length > WINDOW_MIN;
@@ -890,20 +943,22 @@
   function tokenSpan(a, t, q, ctx) {
     var raw = a.tokens[t] == null ? '' : String(a.tokens[t]);
     var v = Array.isArray(a.values) ? a.values[t] : 0;
+    // predicted-code view: `values` is z_pred clipped at 0 (what is ranked), `pred_values` the signed z_pred
+    if (ctx.pred && Array.isArray(a.pred_values) && isNum(a.pred_values[t])) v = a.pred_values[t];
     var shown = showToken(raw);
-    var span = h('span', { class: 'tok' + (shown.ws ? ' ws' : '') + (t === q ? ' q' : '') + (isNum(v) && v > 0 ? ' on' : '') });
+    var span = h('span', { class: 'tok' + (shown.ws ? ' ws' : '') + (t === q ? ' q' : '') + (isNum(v) && v > 0 ? ' on' : '') + (isNum(v) && v < 0 ? ' neg' : '') });
     span.textContent = shown.text;
-    var info = { raw: raw, v: v, pos: t, q: t === q };
-    var title = JSON.stringify(raw) + ' · activation ' + (isNum(v) ? exact(v) : '0');
-    if (ctx.temporal) {
+    var info = { raw: raw, v: v, pos: t, q: t === q, norm: ctx.norm };
+    var title = JSON.stringify(raw) + ' · ' + actWord() + ' ' + (isNum(v) ? exact(v) : '0') + (ctx.norm && isNum(v) && v !== 0 ? ' · raw code ' + exact(v / ctx.norm) : '');
+    if (ctx.temporal && !ctx.pred) {
       if (Array.isArray(a.pred_values)) { info.pred = a.pred_values[t]; title += ' · predicted ' + exact(info.pred); }
       if (Array.isArray(a.pred_share)) { info.share = a.pred_share[t]; title += ' · predicted share ' + fmtPct(info.share); }
     }
     span.setAttribute('title', title);
     if (t === q) span.setAttribute('tabindex', '0');   // keyboard users reach the qualifying token and its tooltip
-    var bg = actColor(v, ctx.colourMax);
+    var bg = isNum(v) && v < 0 ? negColor(v, ctx.colourMax) : actColor(v, ctx.colourMax);
     if (bg) span.style.backgroundColor = bg;
-    if (ctx.temporal) span.style.borderBottomColor = underline(info, ctx);
+    if (ctx.temporal && !ctx.pred) span.style.borderBottomColor = underline(info, ctx);
     tokInfo.set(span, info);
     return span;
   }
@@ -912,7 +967,7 @@
     if (!Array.isArray(centres) || !Array.isArray(heights) || !centres.length || centres.length !== heights.length) {
       return h('p', { class: 'muted', text: 'No histogram data.' });
     }
-    var W = 340, H = 170, L = 46, R = 10, T = 10, B = 40;
+    var W = 340, H = 170, L = 46, R = 22, T = 10, B = 40;
     var pw = W - L - R, ph = H - T - B;
     var n = centres.length;
     var w = n > 1 ? (centres[n - 1] - centres[0]) / (n - 1) : (Math.abs(centres[0]) || 1);
@@ -1011,7 +1066,7 @@
   // ------------------------------------------------------------------------------------------
   function valueText(v) {
     if (v === null || v === undefined) return '–';
-    if (isNum(v)) return fmt(v, 4);
+    if (isNum(v)) return fmt(v);
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
@@ -1271,6 +1326,7 @@
     var optional = Promise.all([
       loadScript('data/autointerp.js').catch(function () { return null; }),
       loadScript('data/kernels.js').catch(function () { return null; }),
+      loadScript('data/views.js').catch(function () { return null; }),
     ]);
     required.then(function () { return optional; }).then(function () {
       if (!data.meta || !data.index) throw new Error('data/meta.js or data/index.js did not load its data');
