@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import threading
@@ -286,6 +287,18 @@ def resolve_local_model(model: str) -> tuple[Path, str | None]:
     raise ConfigError(f"--model {model!r}: for the local backend give 'smollm2', a .gguf file or an HF model folder")
 
 
+def _kv_cache(out: Any) -> Any:
+    """The key/value cache of a forward's output (``cache`` in newer transformers, else ``past_key_values``)."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
+def converted_folder(gguf: Path) -> Path:
+    """Where the HF conversion of ``gguf`` is cached (keyed by its path, size and mtime)."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _cache_root() / "explainers" / f"{gguf.stem}-{key}"
+
+
 class LocalBackend:
     """An in-process chat model through transformers (greedy by default; one generation at a time)."""
 
@@ -298,9 +311,7 @@ class LocalBackend:
         load_from, kw = folder, {"gguf_file": gguf} if gguf else {}
         cached = None
         if gguf and cache:
-            g = folder / gguf
-            key = hashlib.sha256(f"{g.resolve()}:{g.stat().st_size}:{g.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-            cached = _cache_root() / "explainers" / f"{Path(gguf).stem}-{key}"
+            cached = converted_folder(folder / gguf)
             if (cached / "config.json").exists():
                 load_from, kw = cached, {}
         try:
@@ -319,7 +330,11 @@ class LocalBackend:
                 os.replace(tmp, cached)
             except OSError:
                 pass  # caching is an optimisation only
+        self.folder = cached if (cached is not None and (cached / "config.json").exists()) else folder
+        """The HF folder of the model (for a GGUF: its cached conversion, which any server can load)."""
         self.model.eval().to(device)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in newer transformers
         self.device = device
         self._lock = threading.Lock()
         self._torch = torch
@@ -368,7 +383,7 @@ class LocalBackend:
             ids = self._prompt_ids(messages).to(self.device)
             seq = torch.cat([ids, torch.tensor([open_], dtype=ids.dtype, device=self.device)], dim=1)
             out = self.model(seq, use_cache=True)
-            past, fed = out.past_key_values, len(open_)
+            past, fed = _kv_cache(out), len(open_)
             p_one: list[float] = []
             mass: list[float] = []
             for i in range(n):
@@ -380,9 +395,9 @@ class LocalBackend:
                     break
                 nxt = [one if p_one[-1] > 0.5 else zero] + comma
                 fed += len(nxt)
-                out = self.model(torch.tensor([nxt], dtype=ids.dtype, device=self.device), past_key_values=past,
-                                 use_cache=True)
-                past = out.past_key_values
+                out = self.model(torch.tensor([nxt], dtype=ids.dtype, device=self.device), use_cache=True,
+                                 **{self._cache_kw: past})
+                past = _kv_cache(out)
             fed += 1 + len(close)
             text = "[" + ", ".join("1" if p > 0.5 else "0" for p in p_one) + "]"
             return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=fed, mode="logprob",
@@ -441,6 +456,16 @@ class LocalBackend:
             new = out[0, ids.shape[1]:]
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(new.numel()))
+
+
+def local_model_folder(model: str = "smollm2") -> Path:
+    """The HF folder of a local model (a GGUF is converted once and cached), e.g. to serve it with
+    ``transformers serve FOLDER``; ``python -m tempolens.autointerp.llm [MODEL]`` prints it."""
+    folder, gguf = resolve_local_model(model)
+    if gguf is None:
+        return folder
+    cached = converted_folder(folder / gguf)
+    return cached if (cached / "config.json").exists() else LocalBackend(model).folder
 
 
 def index_list_state(text: str, n: int) -> tuple[bool, bool]:
@@ -513,3 +538,9 @@ def make_backend(backend: str, model: str, base_url: str | None = None, api_key_
 def call_all(llm: LLM, jobs: Sequence[tuple[Messages, int]], temperature: float, seed: int) -> list[Reply]:
     """Sequential helper: complete each ``(messages, max_tokens)``."""
     return [llm.complete(m, n, temperature, seed) for m, n in jobs]
+
+
+if __name__ == "__main__":  # python -m tempolens.autointerp.llm [MODEL]: print the (converted) model folder
+    import sys
+
+    print(local_model_folder(sys.argv[1] if len(sys.argv) > 1 else "smollm2"))

@@ -87,8 +87,8 @@ class AutointerpConfig:
     """Windows drawn per quantile (one explains, the others are scored)."""
     n_random: int = 10
     """Random non-activating windows per latent (negatives)."""
-    delphi_batch: int = 5
-    """Examples per delphi detection/fuzzing prompt."""
+    delphi_batch: int = 10
+    """Examples per delphi detection/fuzzing prompt (fewer prompts repeat the instructions less often: 10 halves delphi's 5-per-prompt token cost at the same windows)."""
     tokenizer: str | None = None
     """Tokenizer (HF folder, hub id or .gguf) for token strings; default: the store's subject model."""
     seed: int = 0
