@@ -53,7 +53,8 @@ for f in "$HERE"/README.md "$HERE"/ARCHITECTURE.md "$HERE"/docs/*.md; do
 done
 timeout 900 tempolens collect --out "$WORK/store" --model "$MODEL" --layer 6 \
   --sae "random:topk?width=512&k=16&seed=0" --corpus "$WORK/corpus" --n-prompts 64 --prompt-len 64 \
-  --device cpu --no-progress > "$WORK/collect.log" 2>&1 || { tail -20 "$WORK/collect.log"; log "FAIL: collect"; exit 1; }
+  --device cpu --no-progress > "$WORK/collect.log" 2>&1 \
+  || { tail -20 "$WORK/collect.log"; log "FAIL: collect"; exit 1; }
 
 log "starting transformers serve on 127.0.0.1:$PORT"
 timeout 3000 transformers serve "$MODEL" --host 127.0.0.1 --port "$PORT" --device cpu --dtype float32 \
@@ -123,7 +124,7 @@ print(f"[ci_judge_server] OK: {n_posts} requests, all HTTP 200; {calls} recorded
       f"(schema_ok={bool(rep['probes'][0]['schema_ok'])}); {repeated} in-flight request redone after the kill; "
       f"parse failures {s['parse_failures'] or 0}; scores " +
       ", ".join(f"{k} n={v['n']} unscored={v['n_unscored']} mean={v['mean']}" for k, v in s["scores"].items()) +
-      f"; tokens/latent {s['tokens_per_latent']['total']['prompt'] + s['tokens_per_latent']['total']['completion']:.0f}")
+      f"; tokens/latent {sum(s['tokens_per_latent']['total'][k] for k in ('prompt', 'completion')):.0f}")
 EOF
 sed -n '/Judge answers/,/Context/p' "$WORK/ai/report.md" | head -n -1
 log "PASS"

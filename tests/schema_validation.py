@@ -277,7 +277,8 @@ def validate_bulk_explanation(path: str, e: Any, source_id: str, model_id: str) 
         _fail(f"{path}.notes", "expected null or a string")
 
 
-def validate_explanations_file(path: Any, source_id: str, model_id: str, feature_indices: set[int] | None = None) -> int:
+def validate_explanations_file(path: Any, source_id: str, model_id: str,
+                               feature_indices: set[int] | None = None) -> int:
     """A whole ``explanations/batch-<k>.jsonl.gz`` file: at least one row (Neuronpedia's importer reads
     the first line for the columns), every row valid, ids unique; returns the number of rows."""
     import gzip

@@ -25,14 +25,16 @@ def _reply(server: str, content: str, pt: int = 30, ct: int = 8) -> dict:
     usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     msg = {"role": "assistant", "content": content}
     if server == "vllm":
-        return {"id": "chatcmpl-5d1f", "object": "chat.completion", "created": 1733000000, "model": "Qwen/Qwen2.5-7B-Instruct",
-                "choices": [{"index": 0, "message": {**msg, "reasoning_content": None, "tool_calls": []}, "logprobs": None,
-                             "finish_reason": "stop", "stop_reason": None}],
+        return {"id": "chatcmpl-5d1f", "object": "chat.completion", "created": 1733000000,
+                "model": "Qwen/Qwen2.5-7B-Instruct",
+                "choices": [{"index": 0, "message": {**msg, "reasoning_content": None, "tool_calls": []},
+                             "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
                 "usage": {**usage, "prompt_tokens_details": None}, "prompt_logprobs": None}
     if server == "llama.cpp":
         return {"choices": [{"finish_reason": "stop", "index": 0, "message": msg}], "created": 1733000000,
-                "model": "gpt-3.5-turbo", "system_fingerprint": "b4200-abc", "object": "chat.completion", "usage": usage,
-                "id": "chatcmpl-Xk2", "timings": {"prompt_n": pt, "prompt_ms": 12.5, "predicted_n": ct, "predicted_ms": 40.1}}
+                "model": "gpt-3.5-turbo", "system_fingerprint": "b4200-abc", "object": "chat.completion",
+                "usage": usage, "id": "chatcmpl-Xk2",
+                "timings": {"prompt_n": pt, "prompt_ms": 12.5, "predicted_n": ct, "predicted_ms": 40.1}}
     if server == "ollama":
         return {"id": "chatcmpl-812", "object": "chat.completion", "created": 1733000000, "model": "llama3.1:8b",
                 "system_fingerprint": "fp_ollama", "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
@@ -88,7 +90,8 @@ def test_schema_request_shapes_against_servers_that_honour_them(server):
 
 
 def test_probe_falls_back_to_text_when_the_schema_is_ignored_or_refused():
-    rec = Recorded([(200, _reply("transformers", "Hello! Welcome to the team.")), (200, _reply("transformers", "1, 3"))])
+    rec = Recorded([(200, _reply("transformers", "Hello! Welcome to the team.")),
+                    (200, _reply("transformers", "1, 3"))])
     be = rec.backend()
     p = be.probe()
     assert not p.schema_ok and p.reply.startswith("Hello")
@@ -104,12 +107,13 @@ def test_probe_falls_back_to_text_when_the_schema_is_ignored_or_refused():
 
 def test_parse_answer_object_is_strict():
     assert parse_answer_object('```json\n{"indices": []}\n```', "indices", 3) == []
-    for bad, kind in [('{"indices": [1, 1]}', "indices"), ('{"indices": [0]}', "indices"), ('{"labels": [1, 2]}', "binary"),
-                      ('{"labels": [1]}', "binary"), ('{"labels": [1.0, 0]}', "binary"), ('{"labels": [true, 0]}', "binary"),
-                      ('{"labels": [1, 0], "why": "x"}', "binary"), ("[1, 0]", "binary"), ('{"labels": [NaN, 0]}', "binary"),
-                      ("x" * 5000, "binary"), ('{"labels": [1, 0]', "binary")]:
+    for bad in ('{"indices": [1, 1]}', '{"indices": [0]}', '{"indices": "1"}'):
         with pytest.raises(ParseFailure):
-            parse_answer_object(bad, kind, 2)
+            parse_answer_object(bad, "indices", 2)
+    for bad in ('{"labels": [1, 2]}', '{"labels": [1]}', '{"labels": [1.0, 0]}', '{"labels": [true, 0]}',
+                '{"labels": [1, 0], "why": "x"}', "[1, 0]", '{"labels": [NaN, 0]}', "x" * 5000, '{"labels": [1, 0]'):
+        with pytest.raises(ParseFailure):
+            parse_answer_object(bad, "binary", 2)
 
 
 def test_index_list_grammar():
@@ -117,7 +121,8 @@ def test_index_list_grammar():
     bad = ["0", "01", "15", "1,2", "2, 2, ", "14, ", "x", "None, 1", "1 ,2", "3, 2, "]
     assert all(index_list_state(t, 14)[0] for t in ok)
     assert not any(index_list_state(t, 14)[0] for t in bad)
-    assert [index_list_state(t, 14)[1] for t in ("None", "1", "3, 14", "1, ", "Non", "")] == [True, True, True, False, False, False]
+    done = [index_list_state(t, 14)[1] for t in ("None", "1", "3, 14", "1, ", "Non", "")]
+    assert done == [True, True, True, False, False, False]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +176,8 @@ def test_pipeline_uses_the_schema_where_the_endpoint_honours_it_and_probes_once(
 def test_structured_off_never_sends_a_schema(store, tok, tmp_path):
     words = lambda i: " " + tok.convert_ids_to_tokens(int(i))  # noqa: E731
     with ChatServer(RuleLLM(), schema=True) as srv:
-        rep = run_autointerp(_cfg(store, tmp_path / "o", srv.url, structured="off", scorers=("saebench",)), tokenizer=words)
+        cfg = _cfg(store, tmp_path / "o", srv.url, structured="off", scorers=("saebench",))
+        rep = run_autointerp(cfg, tokenizer=words)
         assert all("response_format" not in r for r in srv.requests) and len(srv.requests) == 8
     assert rep["probes"] == [] and rep["saes"][0]["answer_modes"] == {"saebench": {"text": 4}}
 
@@ -206,13 +212,14 @@ def test_local_backend_reads_labels_and_constrains_index_lists():
     assert be.answer_mode() == "logprob"
     msgs = [{"role": "system", "content": "For each example answer 1 if it mentions an animal, else 0. Reply with a "
                                           "JSON list of exactly 3 integers."},
-            {"role": "user", "content": "Example 1: the cat sat\nExample 2: stock prices rose\nExample 3: a dog barked"}]
+            {"role": "user", "content": "Example 1: the cat sat\nExample 2: stock prices rose\n"
+                                        "Example 3: a dog barked"}]
     r = be.complete(msgs, 20, answer=AnswerFormat("binary", 3))
     assert r.mode == "logprob" and len(r.details["p_one"]) == 3 and all(0 <= p <= 1 for p in r.details["p_one"])
     assert json.loads(r.text) == [int(p > 0.5) for p in r.details["p_one"]]
     assert all(m > 0 for m in r.details["label_mass"])
-    msgs = [{"role": "system", "content": "Return a comma-separated list of the numbers of the documents about animals, "
-                                          "or None."},
+    msgs = [{"role": "system", "content": "Return a comma-separated list of the numbers of the documents about "
+                                          "animals, or None."},
             {"role": "user", "content": "1. the cat sat\n2. stock prices rose\n3. a dog barked\n4. rain fell"}]
     r = be.complete(msgs, 20, answer=AnswerFormat("indices", 4))
     assert r.mode == "constrained" and index_list_state(r.text, 4) == (True, True)

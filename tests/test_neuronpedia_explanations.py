@@ -40,14 +40,16 @@ def test_rows_validate_and_carry_scores_in_notes(tmp_path):
     ex = npx.load_autointerp_export(tmp_path / "latents-x.json")
     assert ex.model_name == "gpt-4o-mini" and sorted(ex.latents) == [3, 5]
     p = npx.write_bulk_explanations(tmp_path / "bulk", 0, [3, 4, 5, 6], ex, IDS)
-    assert p is not None and p.parts[-4:] == ("1-topk-res", "explanations", "batch-0.jsonl.gz") or p.name == "batch-0.jsonl.gz"
+    assert p is not None and p.parts[-3:] == ("1-topk-res", "explanations", "batch-0.jsonl.gz")
     assert validate_explanations_file(p, "1-topk-res", "tiny-model", {3, 4, 5, 6}) == 3
     rows = [json.loads(x) for x in gzip.decompress(p.read_bytes()).decode().splitlines()]
     by = {(r["index"], r["typeName"]): r for r in rows}
     assert by["3", "tempolens-saebench"]["notes"] == "tempolens autointerp scores: saebench 0.9 (schema)"
     assert by["3", "tempolens-delphi"]["notes"] == "tempolens autointerp scores: delphi-detection 0.75"
-    assert by["5", "tempolens-saebench"]["notes"] == "tempolens autointerp scores: delphi-fuzzing 0.5"  # shared explanation
-    assert {r["explanationModelName"] for r in rows} == {"gpt-4o-mini"} and {r["authorId"] for r in rows} == {"tempolens"}
+    shared = by["5", "tempolens-saebench"]["notes"]  # no delphi explanation: the shared one was judged
+    assert shared == "tempolens autointerp scores: delphi-fuzzing 0.5"
+    assert {r["explanationModelName"] for r in rows} == {"gpt-4o-mini"}
+    assert {r["authorId"] for r in rows} == {"tempolens"}
     assert npx.write_bulk_explanations(tmp_path / "bulk", 1, [4, 6], ex, IDS) is None  # never an empty batch file
     (tmp_path / "bad.json").write_text(json.dumps({"x": {"explanation": "y"}}))
     with pytest.raises(ConfigError):
@@ -72,10 +74,10 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
     toks, special, dense = build_dense(tok)
     store = write_store(tmp_path / "store", toks, special, dense)
     with ChatServer(RuleLLM()) as srv:
-        run_autointerp(AutointerpConfig(stores=(f"good={store}",), out=tmp_path / "ai", latents=(0, 1, 5), backend="openai",
-                                        model="test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
-                                        scorers=("saebench", "delphi-detection"), progress=False, concurrency=1),
-                       tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)))
+        ai = AutointerpConfig(stores=(f"good={store}",), out=tmp_path / "ai", latents=(0, 1, 5), backend="openai",
+                              model="test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+                              scorers=("saebench", "delphi-detection"), progress=False, concurrency=1)
+        run_autointerp(ai, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)))
     lm = load_subject_model(tiny_lm_dir, layer=1, progress=None)
     W_dec = torch.randn(dense.shape[-1], 32, generator=torch.Generator().manual_seed(0))
     cfg = DashboardConfig(store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model",
@@ -83,22 +85,27 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
     res = build_dashboards(cfg, model=lm, W_dec=W_dec)
     files = sorted((res.bulk / "explanations").glob("batch-*.jsonl.gz"))
     assert [f.name for f in files] == ["batch-0.jsonl.gz", "batch-1.jsonl.gz"]  # latents 0, 1 | 5 (4 per batch)
-    feats = {k: {int(json.loads(x)["index"]) for x in gzip.decompress((res.bulk / "features" / f"batch-{k}.jsonl.gz")
-                                                                    .read_bytes()).decode().splitlines()} for k in (0, 1)}
+    def lines(path):
+        return gzip.decompress(path.read_bytes()).decode().splitlines()
+
+    feats = {k: {int(json.loads(x)["index"]) for x in lines(res.bulk / "features" / f"batch-{k}.jsonl.gz")}
+             for k in (0, 1)}
     rows = []
     for k, f in enumerate(files):
         assert validate_explanations_file(f, res.bulk.name, "tiny-model", feats[k]) >= 1
-        rows += [json.loads(x) for x in gzip.decompress(f.read_bytes()).decode().splitlines()]
+        rows += [json.loads(x) for x in lines(f)]
     by = {int(r["index"]): r for r in rows}
     assert by[0]["description"] == "the word cat" and by[1]["description"] == "the word dog"
-    assert {r["explanationModelName"] for r in rows} == {"test-judge"} and {r["typeName"] for r in rows} == {"tempolens-saebench"}
+    assert {r["explanationModelName"] for r in rows} == {"test-judge"}
+    assert {r["typeName"] for r in rows} == {"tempolens-saebench"}
     assert by[0]["notes"] == "tempolens autointerp scores: delphi-detection 1 (text); saebench 1 (text)"
     sums = dict(reversed(line.split("  ", 1)) for line in (tmp_path / "dash" / "SHA256SUMS").read_text().splitlines())
     for f in files:
         rel = f.relative_to(tmp_path / "dash").as_posix()
         assert sums[rel] == hashlib.sha256(f.read_bytes()).hexdigest()
     # rerun without --autointerp: stale explanation batches are removed
-    cfg2 = DashboardConfig(store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model", progress=False)
+    cfg2 = DashboardConfig(store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model",
+                           progress=False)
     build_dashboards(cfg2, model=lm, W_dec=W_dec)
     assert not list((res.bulk / "explanations").glob("batch-*.jsonl.gz"))
     assert "explanations/" not in (tmp_path / "dash" / "SHA256SUMS").read_text()

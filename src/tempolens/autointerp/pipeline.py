@@ -238,7 +238,8 @@ class _Runner:
             self.db.record(job.sae_id, latent, protocol, step, status="error", run_id=self.run_id, failure=str(e)[:300])
             return None
         self.budget.add(r.prompt_tokens + r.completion_tokens)
-        score = (protocol, r.score, {**r.details, "mode": r.mode}) if (r.score is not None and protocol == "saebench") else None
+        with_score = r.score is not None and protocol == "saebench"
+        score = (protocol, r.score, {**r.details, "mode": r.mode}) if with_score else None
         self.db.record(job.sae_id, latent, protocol, step, status=r.status, run_id=self.run_id, prompt=r.prompt, reply=r.reply,
                        parsed={"value": r.parsed, **r.details},
                        failure=r.failure, explanation=r.explanation, prompt_tokens=r.prompt_tokens,
@@ -307,8 +308,8 @@ class _Runner:
         value, pred, truth = S.combine_binary(rows)
         modes = sorted({m["mode"] or "text" for m in self.db.query(
             "SELECT mode FROM steps WHERE sae_id=? AND latent=? AND protocol=?", (job.sae_id, latent, scorer))})
-        self.db.set_score(job.sae_id, latent, scorer, value, {"n": len(pred), "n_batches": len(rows), "mode": "+".join(modes)},
-                          self.run_id)
+        details = {"n": len(pred), "n_batches": len(rows), "mode": "+".join(modes)}
+        self.db.set_score(job.sae_id, latent, scorer, value, details, self.run_id)
 
 
 class _TextOnly:
@@ -384,7 +385,8 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
             embedder = _default_embedder(cfg)
         db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs], "llm": getattr(llm, "name", None) if needs_llm else None,
+                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs],
+                            "llm": getattr(llm, "name", None) if needs_llm else None,
                             "answer_mode": answer_mode(llm) if needs_llm else None})
         budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
         runner = _Runner(cfg, db, llm, embedder, run_id, budget)

@@ -146,11 +146,13 @@ def delphi_explain_messages(windows: Sequence[Sequence[str]], acts: Sequence[Seq
 
 def _binary_reply(n: int, json_answer: bool) -> str:
     if json_answer:
-        return f"Reply with a JSON object whose \"labels\" list holds exactly {n} integers, e.g. {{\"labels\": [1, 0]}}."
+        return (f"Reply with a JSON object whose \"labels\" list holds exactly {n} integers, "
+                "e.g. {\"labels\": [1, 0]}.")
     return f"Reply with a JSON list of exactly {n} integers, e.g. [1, 0, 0, 1, 0], and nothing else."
 
 
-def delphi_detection_messages(explanation: str, windows: Sequence[Sequence[str]], json_answer: bool = False) -> Messages:
+def delphi_detection_messages(explanation: str, windows: Sequence[Sequence[str]],
+                              json_answer: bool = False) -> Messages:
     """delphi detection: does each example contain text that activates the latent? JSON list of 0/1
     (``json_answer``: a JSON object ``{"labels": [...]}``)."""
     n = len(windows)

@@ -120,7 +120,8 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
         })
     pt = sum(s["tokens"]["prompt"] for s in out_saes)  # the SAEs in this report (the DB may hold others)
     ct = sum(s["tokens"]["completion"] for s in out_saes)
-    probes = db.query("SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints ORDER BY checked")
+    probes = db.query("SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints "
+                      "ORDER BY checked")
     return _clean({
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "answer_mode": last_cfg.get("answer_mode"),
@@ -213,8 +214,9 @@ def _cost_lines(rep: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for pr in rep.get("probes") or []:
         verdict = "honours JSON-schema response_format" if pr["schema_ok"] else "ignores or refuses response_format"
-        out += ["", f"Endpoint probe: `{pr['endpoint']}` {verdict} (probe reply: {json.dumps((pr.get('reply') or '')[:80])}"
-                f"{'; error: ' + str(pr['error'])[:80] if pr.get('error') else ''})."]
+        reply = json.dumps((pr.get("reply") or "")[:80])
+        err = f"; error: {str(pr['error'])[:80]}" if pr.get("error") else ""
+        out += ["", f"Endpoint probe: `{pr['endpoint']}` {verdict} (probe reply: {reply}{err})."]
     if not any(s.get("tokens_per_latent") for s in rep["saes"]):
         return out
     out += ["", "## Judge answers and tokens per latent", "",
@@ -227,7 +229,8 @@ def _cost_lines(rep: dict[str, Any]) -> list[str]:
     for s in rep["saes"]:
         for g, d in (s.get("tokens_per_latent") or {}).items():
             modes = s.get("answer_modes", {}).get(g, {})
-            m = ", ".join(f"{k} ({v})" for k, v in sorted(modes.items())) or ("text" if g.startswith("explain") else "–")
+            m = ", ".join(f"{k} ({v})" for k, v in sorted(modes.items()))
+            m = m or ("text" if g.startswith("explain") else "–")
             proto = "saebench" if g == "explain" else g.removeprefix("explain (").rstrip(")")
             pf = sum(v for k, v in s["parse_failures"].items() if k.split("/")[0] == proto
                      and (g.startswith("explain") == k.endswith("empty_explanation")))

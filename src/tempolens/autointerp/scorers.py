@@ -68,8 +68,8 @@ class StepResult:
 def _call(llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, seed: int,
           answer: AnswerFormat | None = None) -> Reply:
     if answer is not None and answer_mode(llm) != "text":
-        return llm.complete(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,  # type: ignore[call-arg]
-                            answer=answer)
+        return llm.complete(messages, max_tokens=max_tokens, temperature=temperature,  # type: ignore[call-arg]
+                            seed=seed, answer=answer)
     r = llm.complete(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
     r.mode = "text"
     return r
@@ -126,7 +126,8 @@ def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, la
     example = sorted((rng.choice(np.arange(1, n + 1), size=min(max(n_pos, 1), n), replace=False) + 0).tolist())
     fmt = AnswerFormat("indices", n)
     schema = answer_mode(llm) == "schema"
-    msgs = P.saebench_detection_messages(explanation, [text.window(w) for w in split.score], example, json_answer=schema)
+    msgs = P.saebench_detection_messages(explanation, [text.window(w) for w in split.score], example,
+                                         json_answer=schema)
     r = _call(llm, msgs, (4 * n + 16) if schema else (2 * n + 5), temperature, seed, answer=fmt)
     res = StepResult(status="ok", mode=r.mode, prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
                      completion_tokens=r.completion_tokens)
