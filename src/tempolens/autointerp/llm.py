@@ -79,7 +79,7 @@ class AnswerFormat:
         """The JSON schema of the reply object (``{"indices": [...]}`` or ``{"labels": [...]}``)."""
         if self.kind == "indices":
             items = {"type": "integer", "minimum": 1, "maximum": self.n}
-            prop = {"indices": {"type": "array", "items": items, "maxItems": self.n, "uniqueItems": True}}
+            prop = {"indices": {"type": "array", "items": items, "maxItems": self.n}}  # duplicates: a parse failure
         else:
             items = {"type": "integer", "enum": [0, 1]}
             prop = {"labels": {"type": "array", "items": items, "minItems": self.n, "maxItems": self.n}}

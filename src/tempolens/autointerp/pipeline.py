@@ -378,8 +378,8 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         needs_llm = any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
         if needs_llm and llm is None:
             llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, cfg.backoff_s)
-            if cfg.structured == "off":
-                llm = _TextOnly(llm)
+        if needs_llm and cfg.structured == "off" and llm is not None:
+            llm = _TextOnly(llm)
         if needs_llm and cfg.structured == "auto" and callable(getattr(llm, "probe", None)):
             _probe_once(db, llm)
         if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
