@@ -241,3 +241,21 @@ def test_local_smollm2_judge_has_no_parse_failures(store, tok, tmp_path):
     for sc in ("saebench", "delphi-detection", "delphi-fuzzing"):
         assert s["scores"][sc]["n"] + s["scores"][sc]["n_unscored"] == 2
     assert np.isfinite(s["tokens_per_latent"]["total"]["prompt"])
+
+
+class _SilentExplainer(RuleLLM):
+    """A judge whose explainer replies are empty (they fail to parse)."""
+
+    @staticmethod
+    def answer(sys_: str, user: str) -> str:
+        return "" if ("activating documents" in user or "Explanation:" in user) else RuleLLM.answer(sys_, user)
+
+
+def test_failed_shared_explanation_leaves_every_scorer_unscored_and_counted(store, tok, tmp_path):
+    words = lambda i: " " + tok.convert_ids_to_tokens(int(i))  # noqa: E731
+    llm = _SilentExplainer()
+    rep = run_autointerp(_cfg(store, tmp_path / "o", None, latents=(0, 1)), llm=llm, tokenizer=words)
+    s = rep["saes"][0]
+    assert llm.calls == 2 and s["parse_failures"] == {"saebench/empty_explanation": 2}
+    for sc in ("saebench", "delphi-detection", "delphi-fuzzing"):
+        assert (s["scores"][sc]["n"], s["scores"][sc]["n_unscored"]) == (0, 2)

@@ -265,11 +265,17 @@ class _Runner:
                 self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
         if "saebench" in self.scorers and expl_sb:
             self._llm_step(job, latent, "saebench", "detection", lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw))
+        expl_row = row if need_sb else None
         if need_dl:
-            row = self._llm_step(job, latent, "delphi", "explain", lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
+            row = expl_row = self._llm_step(job, latent, "delphi", "explain",
+                                            lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
             expl_dl = row and row["explanation"]
         elif shared:
             expl_dl = expl_sb
+        if delphi and expl_row and not expl_row["explanation"]:  # the explanation did not parse: unscored, counted
+            for sc in ("delphi-detection", "delphi-fuzzing"):
+                if sc in self.scorers:
+                    self.db.set_score(job.sae_id, latent, sc, float("nan"), {"failure": "no_explanation"}, self.run_id)
         if "delphi-detection" in self.scorers and expl_dl:
             self._binary_scorer(job, latent, "delphi-detection", dl, expl_dl)
         if "delphi-fuzzing" in self.scorers and expl_dl:
