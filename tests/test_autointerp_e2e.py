@@ -66,7 +66,7 @@ def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
         assert lo <= good["scores"][sc]["mean"] <= hi
     assert 60 <= good["pooled"]["delphi-detection"]["n_answers"] <= 6 * 20
     assert rep["judge"].startswith("openai:test-judge@http://127.0.0.1")
-    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] >= 6 * (2 + 1 + 2 + 2)
+    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] == 6 * (1 + 1 + 2 + 2)  # shared explanation, 10 per delphi prompt
     # every step went over HTTP exactly once, plus the one structured-output probe (this server ignores it)
     assert good["n_llm_calls"] + floor["n_llm_calls"] + 1 == len(srv.requests)
     assert [p["schema_ok"] for p in rep["probes"]] == [False] and "response_format" in srv.requests[0]
