@@ -123,10 +123,15 @@ class RuleLLM:
 
 class ChatServer:
     """``POST /v1/chat/completions`` on 127.0.0.1 around ``backend.complete``; ``faults`` is a list
-    consumed one per request: ``"429"``, ``"500"``, ``"503"``, ``"sleep:S"``, ``"garbage"``, ``"401"``."""
+    consumed one per request: ``"429"``, ``"500"``, ``"503"``, ``"sleep:S"``, ``"garbage"``, ``"401"``.
 
-    def __init__(self, backend, faults: list[str] | None = None):
+    ``schema=True`` makes it a server that enforces ``response_format`` JSON schemas (as vLLM, llama.cpp's
+    server and Ollama do): the backend's answer is turned into the schema's object, and where it does not
+    fit, a schema-valid object is returned instead (constrained decoding always yields one)."""
+
+    def __init__(self, backend, faults: list[str] | None = None, schema: bool = False):
         self.backend = backend
+        self.schema = schema
         self.faults = list(faults or [])
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -165,6 +170,8 @@ class ChatServer:
                 else:
                     r = outer.backend.complete(req["messages"], req.get("max_tokens") or 32, req.get("temperature") or 0.0, req.get("seed") or 0)
                     text, pt, ct = r.text, r.prompt_tokens, r.completion_tokens
+                    if outer.schema and req.get("response_format"):
+                        text = schema_object(text, req["response_format"]["json_schema"]["schema"])
                 body = {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": req.get("model", "m"),
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
@@ -185,6 +192,24 @@ class ChatServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def schema_object(text: str, schema: dict[str, Any]) -> str:
+    """The JSON object a schema-enforcing server returns for a judge whose free answer is ``text``
+    (an index list / ``None`` or a JSON 0/1 list); a schema-valid default when ``text`` does not fit."""
+    (key, prop), = schema["properties"].items()
+    if key == "indices":
+        nums = [int(x) for x in re.findall(r"[0-9]+", text)]
+        hi = prop["items"]["maximum"]
+        vals = sorted({x for x in nums if 1 <= x <= hi})
+    else:
+        n = prop["minItems"]
+        try:
+            vals = [int(x) for x in json.loads(text)]
+        except (ValueError, TypeError):
+            vals = []
+        vals = vals if len(vals) == n and set(vals) <= {0, 1} else [0] * n
+    return json.dumps({key: vals})
 
 
 def hashing_embedder(dim: int = 256) -> Callable:

@@ -252,3 +252,52 @@ def validate_bulk_feature(path: str, f: Any, source_id: str, model_id: str, *, n
     dash = {k: v for k, v in f.items() if k in FEATURE_KEYS}
     dash.update({"feature_index": int(f["index"]), "n_prompts_total": 1, "n_tokens_in_prompt": 1, "dataset": "", "activations": []})
     validate_feature(path, dash, n_bins=n_bins, n_logits=n_logits)
+
+
+BULK_EXPLANATION_TYPES = {"id": str, "modelId": str, "layer": str, "index": str, "description": str, "authorId": str,
+                          "typeName": str, "explanationModelName": str, "createdAt": str, "updatedAt": str}
+BULK_EXPLANATION_KEYS = set(BULK_EXPLANATION_TYPES) | {"notes"}
+"""Neuronpedia ``Explanation`` columns of an explanations export row (``notes`` may be null)."""
+
+
+def validate_bulk_explanation(path: str, e: Any, source_id: str, model_id: str) -> None:
+    """One row of ``explanations/batch-<k>.jsonl.gz`` (a Neuronpedia ``Explanation``)."""
+    _typed(path, e, BULK_EXPLANATION_TYPES)
+    if e.keys() != BULK_EXPLANATION_KEYS:
+        _fail(path, f"keys differ: missing {sorted(BULK_EXPLANATION_KEYS - e.keys())}, "
+                    f"unexpected {sorted(e.keys() - BULK_EXPLANATION_KEYS)}")
+    if e["layer"] != source_id or e["modelId"] != model_id:
+        _fail(path, f"layer/modelId must be {source_id}/{model_id}")
+    if not e["index"].isdigit():
+        _fail(f"{path}.index", "expected a decimal feature index")
+    if len(e["id"]) != 25:
+        _fail(f"{path}.id", "expected a 25-character id")
+    if not e["description"].strip() or "\n" in e["description"]:
+        _fail(f"{path}.description", "expected a non-empty, one-line description")
+    for k in ("typeName", "explanationModelName", "authorId"):
+        if not e[k]:
+            _fail(f"{path}.{k}", "expected a non-empty string")
+    if e["notes"] is not None and not isinstance(e["notes"], str):
+        _fail(f"{path}.notes", "expected null or a string")
+
+
+def validate_explanations_file(path: Any, source_id: str, model_id: str,
+                               feature_indices: set[int] | None = None) -> int:
+    """A whole ``explanations/batch-<k>.jsonl.gz`` file: at least one row (Neuronpedia's importer reads
+    the first line for the columns), every row valid, ids unique; returns the number of rows."""
+    import gzip
+    import json
+
+    lines = gzip.decompress(open(path, "rb").read()).decode().splitlines()
+    if not lines:
+        _fail(str(path), "an explanations batch must hold at least one row")
+    ids = set()
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        validate_bulk_explanation(f"{path}:{i + 1}", row, source_id, model_id)
+        if row["id"] in ids:
+            _fail(f"{path}:{i + 1}", "duplicate explanation id")
+        ids.add(row["id"])
+        if feature_indices is not None and int(row["index"]) not in feature_indices:
+            _fail(f"{path}:{i + 1}", f"explanation of latent {row['index']} has no feature in this export")
+    return len(lines)

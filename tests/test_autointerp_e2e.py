@@ -66,9 +66,12 @@ def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
         assert lo <= good["scores"][sc]["mean"] <= hi
     assert 60 <= good["pooled"]["delphi-detection"]["n_answers"] <= 6 * 20
     assert rep["judge"].startswith("openai:test-judge@http://127.0.0.1")
-    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] >= 6 * (2 + 1 + 2 + 2)
-    # every step went over HTTP exactly once
-    assert good["n_llm_calls"] + floor["n_llm_calls"] == len(srv.requests)
+    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] == 6 * (1 + 1 + 2 + 2)  # shared explanation, 10 per delphi prompt
+    # every step went over HTTP exactly once, plus the one structured-output probe (this server ignores it)
+    assert good["n_llm_calls"] + floor["n_llm_calls"] + 1 == len(srv.requests)
+    assert [p["schema_ok"] for p in rep["probes"]] == [False] and "response_format" in srv.requests[0]
+    assert all("response_format" not in r for r in srv.requests[1:])
+    assert good["answer_modes"]["saebench"] == {"text": 6} and rep["answer_mode"] == "text"
     assert len({json.dumps(r["messages"]) for r in srv.requests}) == len(srv.requests)
     # report files: escaped HTML/JS, and the DB alone rebuilds the same numbers
     out = tmp_path / "out"
@@ -95,9 +98,9 @@ def test_hostile_token_text_is_escaped_in_outputs(stores, tmp_path):
 def test_faults_are_retried_recorded_and_resumed(stores, tok, tmp_path):
     out = tmp_path / "f"
     cfg = _cfg(stores, out, None, stores=(f"good={stores[0]}",), n_latents=3, scorers=("saebench", "delphi-detection"),
-               concurrency=1, max_retries=1)
+               concurrency=1, max_retries=1, structured="off")  # no probe: the faults hit the steps
     # first calls: 429 then OK (retried); later a garbage reply (parse failure, final) and 500 twice (transport error)
-    faults = ["429", "ok", "garbage", "500", "500"]  # explain: 429→ok; detection: garbage; delphi explain: 500, 500
+    faults = ["429", "ok", "garbage", "500", "500"]  # explain: 429→ok; detection: garbage; delphi batch 0: 500, 500
     with ChatServer(RuleLLM(), faults=faults) as srv:
         cfg.base_url = srv.url
         rep = run_autointerp(cfg, tokenizer=spaced(tok), embedder=hashing_embedder())

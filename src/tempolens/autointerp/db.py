@@ -6,10 +6,13 @@ Tables:
 - ``saes(sae_id, label, store, meta_json, n_alive, width)`` — one row per code store;
 - ``latents(sae_id, latent, n_firings, max_act)`` — the latents chosen for each SAE;
 - ``steps(sae_id, latent, protocol, step, status, prompt_json, reply, parsed_json, failure,
-  explanation, prompt_tokens, completion_tokens, run_id, created)`` — one row per LLM call or
+  explanation, prompt_tokens, completion_tokens, run_id, created, mode)`` — one row per LLM call or
   LLM-free computation; primary key ``(sae_id, latent, protocol, step)``. ``status`` is ``ok``,
   ``parse_failure`` (a final answer: counted, not retried) or ``error`` (transport failure: retried
-  by the next run);
+  by the next run); ``mode`` is how the judge answered (``text``, ``schema``, ``logprob``,
+  ``constrained``; see ``scorers``);
+- ``endpoints(endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error, checked)`` — the
+  one structured-output probe of each OpenAI-compatible endpoint (a rerun reuses it);
 - ``scores(sae_id, latent, scorer, value, details_json, run_id)`` — primary key ``(sae_id, latent, scorer)``.
 
 Each step is written in one transaction (``record``); a finished step is never redone, so a
@@ -36,7 +39,11 @@ CREATE TABLE IF NOT EXISTS steps (sae_id TEXT, latent INTEGER, protocol TEXT, st
     PRIMARY KEY (sae_id, latent, protocol, step));
 CREATE TABLE IF NOT EXISTS scores (sae_id TEXT, latent INTEGER, scorer TEXT, value REAL, details_json TEXT, run_id TEXT,
     PRIMARY KEY (sae_id, latent, scorer));
+CREATE TABLE IF NOT EXISTS endpoints (endpoint TEXT PRIMARY KEY, schema_ok INTEGER, reply TEXT,
+    prompt_tokens INTEGER DEFAULT 0, completion_tokens INTEGER DEFAULT 0, error TEXT, checked REAL);
 """
+STEP_COLUMNS = ("sae_id", "latent", "protocol", "step", "status", "prompt_json", "reply", "parsed_json", "failure",
+                "explanation", "prompt_tokens", "completion_tokens", "run_id", "created", "mode")
 
 
 class ResultsDB:
@@ -49,6 +56,9 @@ class ResultsDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(steps)")}
+        if "mode" not in cols:  # a DB written before answer modes were recorded
+            self.conn.execute("ALTER TABLE steps ADD COLUMN mode TEXT")
         self.conn.commit()
         self.lock = threading.RLock()
 
@@ -73,7 +83,7 @@ class ResultsDB:
     def record(self, sae_id: str, latent: int, protocol: str, step: str, *, status: str, run_id: str,
                prompt: Any = None, reply: str | None = None, parsed: Any = None, failure: str | None = None,
                explanation: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
-               score: tuple[str, float, dict[str, Any]] | None = None) -> None:
+               score: tuple[str, float, dict[str, Any]] | None = None, mode: str | None = None) -> None:
         """Write one step (and optionally its score) in one transaction. A step already ``ok`` or
         ``parse_failure`` is kept as is; an ``error`` row is replaced by the retry."""
         with self.lock, self.conn:
@@ -82,10 +92,10 @@ class ResultsDB:
             if cur is not None and cur[0] != "error":
                 return
             self.conn.execute(
-                "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO steps ({','.join(STEP_COLUMNS)}) VALUES ({','.join('?' * len(STEP_COLUMNS))})",
                 (sae_id, latent, protocol, step, status, None if prompt is None else json.dumps(prompt),
                  reply, None if parsed is None else json.dumps(parsed), failure, explanation,
-                 int(prompt_tokens), int(completion_tokens), run_id, time.time()),
+                 int(prompt_tokens), int(completion_tokens), run_id, time.time(), mode),
             )
             if score is not None:
                 scorer, value, details = score
@@ -97,7 +107,20 @@ class ResultsDB:
             self.conn.execute("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
                               (sae_id, latent, scorer, value, json.dumps(details, default=str), run_id))
 
+    def set_probe(self, endpoint: str, schema_ok: bool, reply: str, prompt_tokens: int, completion_tokens: int,
+                  error: str | None) -> None:
+        """Record the structured-output probe of ``endpoint``."""
+        with self.lock, self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?,?)",
+                              (endpoint, int(schema_ok), reply, int(prompt_tokens), int(completion_tokens), error,
+                               time.time()))
+
     # ------------------------------------------------------------------------------------- reads
+    def probe(self, endpoint: str) -> dict[str, Any] | None:
+        """The recorded probe of ``endpoint`` (None: never probed)."""
+        rows = self.query("SELECT * FROM endpoints WHERE endpoint=?", (endpoint,))
+        return rows[0] if rows else None
+
     def step(self, sae_id: str, latent: int, protocol: str, step: str) -> dict[str, Any] | None:
         """The finished (``ok``/``parse_failure``) step, or None when it must (still) be done."""
         with self.lock:

@@ -1,5 +1,20 @@
 """LLM backends behind one small interface: ``complete(messages, max_tokens, temperature, seed) -> Reply``.
 
+Judges' answers can be *structured*: ``complete(..., answer=AnswerFormat(kind, n))`` asks for an
+index list (SAEBench) or ``n`` 0/1 labels (delphi). How a backend honours it is its ``answer_mode()``:
+
+- ``schema`` (OpenAI-compatible endpoints that passed the probe): the request carries
+  ``response_format = {"type": "json_schema", ...}`` and the reply is a JSON object
+  (``{"indices": [...]}`` / ``{"labels": [...]}``). ``probe()`` sends one tiny request whose prompt
+  never mentions JSON: only a server that constrains decoding to the schema answers with a matching
+  object; anything else (prose, an HTTP 4xx) means the endpoint ignores or refuses ``response_format``
+  and the backend falls back to ``text`` (strictly parsed free text);
+- ``logprob`` / ``constrained`` (the in-process local backend, which sees the logits): 0/1 labels are
+  read from the next-token probabilities of the label tokens ``0`` and ``1``, one example at a time,
+  inside the answer list; SAEBench index lists are generated under a logits processor that only
+  admits ``None`` or strictly increasing indices in ``1..n`` separated by ``, ``;
+- ``text``: the prompt's own free-text format, parsed strictly.
+
 - ``OpenAIBackend``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp
   server, Ollama) through the ``openai`` client. The client's own retries are switched off
   (``max_retries=0``) and retrying is done here, explicitly: on HTTP 429, 408, 409, 5xx, timeouts and
@@ -18,12 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
+import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 from tempolens.errors import ConfigError, SourceError, TempolensError
 
@@ -35,6 +52,60 @@ class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    mode: str = "text"
+    """How the answer was obtained: ``text``, ``schema``, ``logprob`` or ``constrained``."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Backend extras (e.g. the label probabilities of a ``logprob`` answer)."""
+
+
+AnswerKind = Literal["indices", "binary"]
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """The shape of a judge's answer: ``indices`` (a set of 1-based indices in ``1..n``) or
+    ``binary`` (exactly ``n`` labels, each 0 or 1)."""
+
+    kind: AnswerKind
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("indices", "binary"):
+            raise ValueError(f"unknown answer kind {self.kind!r}")
+        if not 1 <= self.n <= 1000:
+            raise ValueError(f"answer size must be in 1..1000; got {self.n}")
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of the reply object (``{"indices": [...]}`` or ``{"labels": [...]}``)."""
+        if self.kind == "indices":
+            items = {"type": "integer", "minimum": 1, "maximum": self.n}
+            prop = {"indices": {"type": "array", "items": items, "maxItems": self.n}}  # duplicates: a parse failure
+        else:
+            items = {"type": "integer", "enum": [0, 1]}
+            prop = {"labels": {"type": "array", "items": items, "minItems": self.n, "maxItems": self.n}}
+        return {"type": "object", "properties": prop, "required": list(prop), "additionalProperties": False}
+
+    def response_format(self) -> dict[str, Any]:
+        """The OpenAI ``response_format`` carrying :meth:`json_schema`."""
+        return {"type": "json_schema",
+                "json_schema": {"name": f"tempolens_{self.kind}", "schema": self.json_schema(), "strict": True}}
+
+
+PROBE_FORMAT = AnswerFormat("binary", 2)
+PROBE_MESSAGES: Messages = [{"role": "user", "content": "Say hello to a new colleague in one short sentence."}]
+"""The probe's prompt never mentions JSON: only a server that enforces the schema replies with
+``{"labels": [a, b]}``."""
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of the one structured-output probe of an endpoint."""
+
+    schema_ok: bool
+    reply: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
 
 
 class LLMError(TempolensError):
@@ -51,6 +122,12 @@ class LLM(Protocol):
     def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Reply: ...
 
 
+def answer_mode(llm: Any) -> str:
+    """How ``llm`` answers a structured question (``text`` for backends without ``answer_mode``)."""
+    fn = getattr(llm, "answer_mode", None)
+    return str(fn()) if callable(fn) else "text"
+
+
 def _is_local_url(url: str | None) -> bool:
     return bool(url) and any(h in url for h in ("://127.0.0.1", "://localhost", "://[::1]", "://0.0.0.0"))
 
@@ -62,7 +139,7 @@ class OpenAIBackend:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_base: float = 1.0, backoff_max: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, http_client: Any = None):
         try:
             import openai
         except ImportError as e:  # pragma: no cover
@@ -74,8 +151,12 @@ class OpenAIBackend:
             else:
                 raise ConfigError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env NAME), or use --backend local")
         self._openai = openai
-        self.client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s, max_retries=0)
+        kw: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
+        self.client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s, max_retries=0, **kw)
         self.model = model
+        self.endpoint = f"{base_url or 'https://api.openai.com/v1'}#{model}"
+        self.schema_ok: bool | None = None
+        """Whether the endpoint enforces ``response_format`` JSON schemas (None: not probed; treated as no)."""
         self.name = f"openai:{model}@{base_url or 'api.openai.com'}"
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -104,12 +185,43 @@ class OpenAIBackend:
             return (e.status_code in self.RETRY_STATUS or e.status_code >= 500), ra
         return False, None
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Reply:
+    def answer_mode(self) -> str:
+        return "schema" if self.schema_ok else "text"
+
+    def probe(self) -> ProbeResult:
+        """One tiny request with a JSON-schema ``response_format``; ``schema_ok`` when the reply matches
+        the schema. A refusal (HTTP 4xx) or a transport failure after retries means "no" (plain text)."""
+        try:
+            r = self._create(PROBE_MESSAGES, 24, 0.0, 0, PROBE_FORMAT)
+        except LLMFatalError as e:
+            return ProbeResult(schema_ok=False, reply="", error=str(e)[:300])
+        from tempolens.autointerp.parsing import ParseFailure, parse_answer_object
+
+        try:
+            parse_answer_object(r.text, PROBE_FORMAT.kind, PROBE_FORMAT.n)
+            ok = True
+        except ParseFailure:
+            ok = False
+        return ProbeResult(schema_ok=ok, reply=r.text[:500], prompt_tokens=r.prompt_tokens,
+                           completion_tokens=r.completion_tokens)
+
+    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0,
+                 answer: AnswerFormat | None = None) -> Reply:
+        """One chat completion; with ``answer`` and a probed endpoint, a JSON-schema constrained one."""
+        fmt = answer if (answer is not None and self.schema_ok) else None
+        r = self._create(messages, max_tokens, temperature, seed, fmt)
+        r.mode = "schema" if fmt is not None else "text"
+        return r
+
+    def _create(self, messages: Messages, max_tokens: int, temperature: float, seed: int,
+                fmt: AnswerFormat | None) -> Reply:
         last: Exception | None = None
+        extra: dict[str, Any] = {"response_format": fmt.response_format()} if fmt is not None else {}
         for attempt in range(self.max_retries + 1):
             try:
                 resp = self.client.chat.completions.create(
                     model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                    **extra,
                 )
             except self._openai.APIError as e:
                 retry, ra = self._retryable(e)
@@ -175,6 +287,18 @@ def resolve_local_model(model: str) -> tuple[Path, str | None]:
     raise ConfigError(f"--model {model!r}: for the local backend give 'smollm2', a .gguf file or an HF model folder")
 
 
+def _kv_cache(out: Any) -> Any:
+    """The key/value cache of a forward's output (``cache`` in newer transformers, else ``past_key_values``)."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
+def converted_folder(gguf: Path) -> Path:
+    """Where the HF conversion of ``gguf`` is cached (keyed by its path, size and mtime)."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _cache_root() / "explainers" / f"{gguf.stem}-{key}"
+
+
 class LocalBackend:
     """An in-process chat model through transformers (greedy by default; one generation at a time)."""
 
@@ -187,9 +311,7 @@ class LocalBackend:
         load_from, kw = folder, {"gguf_file": gguf} if gguf else {}
         cached = None
         if gguf and cache:
-            g = folder / gguf
-            key = hashlib.sha256(f"{g.resolve()}:{g.stat().st_size}:{g.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-            cached = _cache_root() / "explainers" / f"{Path(gguf).stem}-{key}"
+            cached = converted_folder(folder / gguf)
             if (cached / "config.json").exists():
                 load_from, kw = cached, {}
         try:
@@ -208,7 +330,11 @@ class LocalBackend:
                 os.replace(tmp, cached)
             except OSError:
                 pass  # caching is an optimisation only
+        self.folder = cached if (cached is not None and (cached / "config.json").exists()) else folder
+        """The HF folder of the model (for a GGUF: its cached conversion, which any server can load)."""
         self.model.eval().to(device)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in newer transformers
         self.device = device
         self._lock = threading.Lock()
         self._torch = torch
@@ -224,7 +350,99 @@ class LocalBackend:
         text = "\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in messages) + "\n\nASSISTANT:"
         return tok(text, return_tensors="pt")["input_ids"]
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Reply:
+    def answer_mode(self) -> str:
+        return "logprob" if self._label_ids() is not None else "text"
+
+    def _label_ids(self) -> tuple[int, int, list[int], list[int], list[int]] | None:
+        """Token ids of ``0``, ``1``, ``[``, ``,``, ``]`` (None when a label is not one token)."""
+        if not hasattr(self, "_labels"):
+            enc = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+            zero, one = enc("0"), enc("1")
+            ok = len(zero) == 1 and len(one) == 1 and zero != one
+            self._labels = (zero[0], one[0], enc("["), enc(","), enc("]")) if ok else None
+        return self._labels
+
+    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0,
+                 answer: AnswerFormat | None = None) -> Reply:
+        """Free generation, or a structured answer (``binary``: label probabilities; ``indices``:
+        constrained generation) when ``answer`` is given."""
+        if answer is not None and self._label_ids() is not None:
+            if answer.kind == "binary":
+                return self._binary_labels(messages, answer.n)
+            return self._index_list(messages, answer.n, max(max_tokens, 4 * answer.n + 8))
+        return self._generate(messages, max_tokens, temperature, seed)
+
+    def _binary_labels(self, messages: Messages, n: int) -> Reply:
+        """``n`` labels, each from P(``1``) vs P(``0``) as the next token inside the answer list
+        ``[a,b,...]`` (the chosen label is fed back before the next one is read)."""
+        torch = self._torch
+        labels = self._label_ids()
+        assert labels is not None
+        zero, one, open_, comma, close = labels
+        with self._lock, torch.no_grad():
+            ids = self._prompt_ids(messages).to(self.device)
+            seq = torch.cat([ids, torch.tensor([open_], dtype=ids.dtype, device=self.device)], dim=1)
+            out = self.model(seq, use_cache=True)
+            past, fed = _kv_cache(out), len(open_)
+            p_one: list[float] = []
+            mass: list[float] = []
+            for i in range(n):
+                lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                a, b = float(lp[zero].exp()), float(lp[one].exp())
+                p_one.append(b / (a + b) if a + b > 0 else 0.5)
+                mass.append(a + b)
+                if i == n - 1:
+                    break
+                nxt = [one if p_one[-1] > 0.5 else zero] + comma
+                fed += len(nxt)
+                out = self.model(torch.tensor([nxt], dtype=ids.dtype, device=self.device), use_cache=True,
+                                 **{self._cache_kw: past})
+                past = _kv_cache(out)
+            fed += 1 + len(close)
+            text = "[" + ", ".join("1" if p > 0.5 else "0" for p in p_one) + "]"
+            return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=fed, mode="logprob",
+                         details={"p_one": [round(p, 6) for p in p_one], "label_mass": [round(m, 6) for m in mass]})
+
+    def _candidates(self) -> dict[int, str]:
+        """Vocabulary entries that can appear in an index list (digits, ``,``, space, pieces of ``None``)."""
+        if not hasattr(self, "_cands"):
+            tok = self.tokenizer
+            out: dict[int, str] = {}
+            for piece, tid in tok.get_vocab().items():
+                if tid in getattr(tok, "all_special_ids", []):
+                    continue
+                text = tok.convert_tokens_to_string([piece])
+                if text and (set(text) <= set("0123456789, ") or "None".startswith(text)):
+                    out[int(tid)] = text
+            self._cands = out
+        return self._cands
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(x) for x in src)
+        return ids
+
+    def _index_list(self, messages: Messages, n: int, max_tokens: int) -> Reply:
+        """Greedy generation restricted to ``None`` or strictly increasing indices ``1..n`` joined by ``, ``."""
+        torch = self._torch
+        cands, eos = self._candidates(), self._eos_ids()
+        processor = index_list_processor(cands, eos, n)
+        with self._lock, torch.no_grad():
+            ids = self._prompt_ids(messages).to(self.device)
+            processor.start = int(ids.shape[1])
+            pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                      do_sample=False, pad_token_id=pad, logits_processor=[processor])
+            new = [int(t) for t in out[0, ids.shape[1]:] if int(t) not in eos]
+            text = "".join(cands.get(t, "") for t in new)
+            return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(out.shape[1] - ids.shape[1]),
+                         mode="constrained")
+
+    def _generate(self, messages: Messages, max_tokens: int, temperature: float, seed: int) -> Reply:
         torch = self._torch
         with self._lock, torch.no_grad():
             ids = self._prompt_ids(messages).to(self.device)
@@ -238,6 +456,72 @@ class LocalBackend:
             new = out[0, ids.shape[1]:]
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(new.numel()))
+
+
+def local_model_folder(model: str = "smollm2") -> Path:
+    """The HF folder of a local model (a GGUF is converted once and cached), e.g. to serve it with
+    ``transformers serve FOLDER``; ``python -m tempolens.autointerp.llm [MODEL]`` prints it."""
+    folder, gguf = resolve_local_model(model)
+    if gguf is None:
+        return folder
+    cached = converted_folder(folder / gguf)
+    return cached if (cached / "config.json").exists() else LocalBackend(model).folder
+
+
+def index_list_state(text: str, n: int) -> tuple[bool, bool]:
+    """``(is a valid prefix, is complete)`` of the SAEBench answer grammar: ``None`` or strictly
+    increasing integers in ``1..n`` without leading zeros, joined by ``", "``."""
+    if text and "None".startswith(text):
+        return True, text == "None"
+    prev, pos, size = 0, 0, len(text)
+    while True:
+        j = pos
+        while j < size and text[j].isdigit():
+            j += 1
+        num = text[pos:j]
+        if not num:
+            return j == size, False  # nothing after the separator yet (or an empty answer so far)
+        if num[0] == "0":
+            return False, False
+        v = int(num)
+        if j == size:  # the number may still grow
+            grow = any(str(m).startswith(num) for m in range(prev + 1, n + 1))
+            return grow, prev < v <= n
+        if not prev < v < n:  # a separator follows, so a larger index must still fit
+            return False, False
+        rest = text[j:]
+        if rest == ",":
+            return True, False
+        if not rest.startswith(", "):
+            return False, False
+        prev, pos = v, j + 2
+
+
+def index_list_processor(candidates: dict[int, str], eos_ids: set[int], n: int) -> Any:
+    """A transformers ``LogitsProcessor`` that keeps only the tokens of ``candidates`` that extend the
+    generated text to a valid :func:`index_list_state` prefix (and EOS once the answer is complete).
+    Set ``.start`` to the prompt length before generating."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class IndexListProcessor(LogitsProcessor):
+        def __init__(self) -> None:
+            self.start = 0
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            mask = torch.full_like(scores, float("-inf"))
+            for row in range(input_ids.shape[0]):
+                text = "".join(candidates.get(int(t), "") for t in input_ids[row, self.start:])
+                allowed = [t for t, piece in candidates.items() if index_list_state(text + piece, n)[0]]
+                if index_list_state(text, n)[1]:
+                    allowed += sorted(eos_ids)
+                if allowed:
+                    mask[row, allowed] = 0.0
+                else:  # cannot happen for a valid prefix; end the answer rather than emit garbage
+                    mask[row, sorted(eos_ids)] = 0.0
+            return scores + mask
+
+    return IndexListProcessor()
 
 
 def make_backend(backend: str, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -254,3 +538,9 @@ def make_backend(backend: str, model: str, base_url: str | None = None, api_key_
 def call_all(llm: LLM, jobs: Sequence[tuple[Messages, int]], temperature: float, seed: int) -> list[Reply]:
     """Sequential helper: complete each ``(messages, max_tokens)``."""
     return [llm.complete(m, n, temperature, seed) for m, n in jobs]
+
+
+if __name__ == "__main__":  # python -m tempolens.autointerp.llm [MODEL]: print the (converted) model folder
+    import sys
+
+    print(local_model_folder(sys.argv[1] if len(sys.argv) > 1 else "smollm2"))

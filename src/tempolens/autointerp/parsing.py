@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from typing import Any
 
 from tempolens.errors import TempolensError
 
@@ -117,3 +118,42 @@ def parse_binary_list(text: str, n: int) -> list[int]:
     if any(type(x) is not int or x not in (0, 1) for x in val):
         raise ParseFailure("not_binary")
     return [int(x) for x in val]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def parse_answer_object(text: str, kind: str, n: int) -> list[int]:
+    """A JSON-schema answer (``response_format``): ``{"indices": [...]}`` (kind ``indices``: distinct
+    integers in ``1..n``, returned sorted) or ``{"labels": [...]}`` (kind ``binary``: exactly ``n``
+    integers, each 0 or 1). Exactly that one key; code fences allowed; nothing is evaluated."""
+    key = {"indices": "indices", "binary": "labels"}.get(kind)
+    if key is None:
+        raise ValueError(f"unknown answer kind {kind!r}")
+    t = _strip_fences(_check_size(text)).strip()
+    if not t:
+        raise ParseFailure("empty_reply")
+    if not t.startswith("{"):
+        raise ParseFailure("not_an_object", t[:60])
+    try:
+        val = json.loads(t, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise ParseFailure("bad_json", str(e)[:60]) from None
+    if not isinstance(val, dict) or set(val) != {key}:
+        raise ParseFailure("wrong_keys", str(sorted(val))[:60] if isinstance(val, dict) else type(val).__name__)
+    items = val[key]
+    if not isinstance(items, list) or any(type(x) is not int for x in items):
+        raise ParseFailure("not_an_int_list")
+    if kind == "binary":
+        if len(items) != n:
+            raise ParseFailure("wrong_length", f"{len(items)} != {n}")
+        if any(x not in (0, 1) for x in items):
+            raise ParseFailure("not_binary")
+        return list(items)
+    bad = [x for x in items if not 1 <= x <= n]
+    if bad:
+        raise ParseFailure("out_of_range", f"{bad[:5]} not in 1..{n}")
+    if len(set(items)) != len(items):
+        raise ParseFailure("duplicate_index")
+    return sorted(items)

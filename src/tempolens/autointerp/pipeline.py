@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tempolens.autointerp import scorers as S
 from tempolens.autointerp.db import ResultsDB
-from tempolens.autointerp.llm import LLM, LLMError, make_backend
+from tempolens.autointerp.llm import LLM, LLMError, answer_mode, make_backend
 from tempolens.autointerp.scorers import Embedder
 from tempolens.autointerp.windows import (
     LatentWindows, Split, TokenText, WindowSpec, collect_windows, delphi_split, firing_counts, saebench_split,
@@ -67,6 +67,10 @@ class AutointerpConfig:
     """First backoff delay in seconds (doubles per retry, capped at 30 s)."""
     budget_tokens: int = 0
     """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
+    structured: Literal["auto", "off"] = "auto"
+    """Judges' answers: auto (openai: probe the endpoint once for JSON-schema response_format support, recorded in the DB, else strict text; local: label-token probabilities and constrained index lists) or off (free text, parsed strictly)."""
+    explanation: Literal["shared", "per-protocol"] = "shared"
+    """shared: one SAEBench-style explanation per latent serves every scorer (one explainer call, as SAEBench); per-protocol: the delphi scorers get their own delphi-style explanation."""
     explainer_demos: bool = True
     """Show example explanations in the SAEBench explainer prompt (SAEBench default); tiny local models tend to copy them, so turn off there."""
     temperature: float = 0.0
@@ -83,8 +87,8 @@ class AutointerpConfig:
     """Windows drawn per quantile (one explains, the others are scored)."""
     n_random: int = 10
     """Random non-activating windows per latent (negatives)."""
-    delphi_batch: int = 5
-    """Examples per delphi detection/fuzzing prompt."""
+    delphi_batch: int = 10
+    """Examples per delphi detection/fuzzing prompt (fewer prompts repeat the instructions less often: 10 halves delphi's 5-per-prompt token cost at the same windows)."""
     tokenizer: str | None = None
     """Tokenizer (HF folder, hub id or .gguf) for token strings; default: the store's subject model."""
     seed: int = 0
@@ -105,6 +109,8 @@ class AutointerpConfig:
         check(self.min_firings >= 0, "--min-firings must be >= 0")
         check_choice("backend", self.backend, ("local", "openai", "none"))
         check_choice("align", self.align, ("centred", "ending"))
+        check_choice("structured", self.structured, ("auto", "off"))
+        check_choice("explanation", self.explanation, ("shared", "per-protocol"))
         for s in self.scorers:
             check_choice("scorers", s, ("auto",) + S.SCORERS)
         check(self.concurrency >= 1, "--concurrency must be >= 1")
@@ -232,11 +238,12 @@ class _Runner:
             self.db.record(job.sae_id, latent, protocol, step, status="error", run_id=self.run_id, failure=str(e)[:300])
             return None
         self.budget.add(r.prompt_tokens + r.completion_tokens)
-        score = (protocol, r.score, r.details) if (r.score is not None and protocol == "saebench") else None
+        with_score = r.score is not None and protocol == "saebench"
+        score = (protocol, r.score, {**r.details, "mode": r.mode}) if with_score else None
         self.db.record(job.sae_id, latent, protocol, step, status=r.status, run_id=self.run_id, prompt=r.prompt, reply=r.reply,
                        parsed={"value": r.parsed, **r.details},
                        failure=r.failure, explanation=r.explanation, prompt_tokens=r.prompt_tokens,
-                       completion_tokens=r.completion_tokens, score=score)
+                       completion_tokens=r.completion_tokens, score=score, mode=r.mode)
         return self.db.step(job.sae_id, latent, protocol, step)
 
     def run_latent(self, job: _SaeJob, latent: int) -> None:
@@ -246,8 +253,10 @@ class _Runner:
         sb = saebench_split(lw, cfg.seed)
         dl = delphi_split(lw, cfg.seed)
         kw = dict(temperature=cfg.temperature, seed=cfg.seed)
-        need_sb = any(s in self.scorers for s in ("saebench", "embedding"))
-        need_dl = any(s in self.scorers for s in ("delphi-detection", "delphi-fuzzing"))
+        shared = cfg.explanation == "shared"
+        delphi = any(s in self.scorers for s in ("delphi-detection", "delphi-fuzzing"))
+        need_sb = any(s in self.scorers for s in ("saebench", "embedding")) or (shared and delphi)
+        need_dl = delphi and not shared
         expl_sb = expl_dl = None
         if need_sb:
             row = self._llm_step(job, latent, "saebench", "explain", lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=cfg.explainer_demos, **kw))
@@ -256,9 +265,17 @@ class _Runner:
                 self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
         if "saebench" in self.scorers and expl_sb:
             self._llm_step(job, latent, "saebench", "detection", lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw))
+        expl_row = row if need_sb else None
         if need_dl:
-            row = self._llm_step(job, latent, "delphi", "explain", lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
+            row = expl_row = self._llm_step(job, latent, "delphi", "explain",
+                                            lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
             expl_dl = row and row["explanation"]
+        elif shared:
+            expl_dl = expl_sb
+        if delphi and expl_row and not expl_row["explanation"]:  # the explanation did not parse: unscored, counted
+            for sc in ("delphi-detection", "delphi-fuzzing"):
+                if sc in self.scorers:
+                    self.db.set_score(job.sae_id, latent, sc, float("nan"), {"failure": "no_explanation"}, self.run_id)
         if "delphi-detection" in self.scorers and expl_dl:
             self._binary_scorer(job, latent, "delphi-detection", dl, expl_dl)
         if "delphi-fuzzing" in self.scorers and expl_dl:
@@ -295,7 +312,32 @@ class _Runner:
                 return  # transport error: no score now, retried next run
             rows.append(json.loads(row["parsed_json"]) if row["parsed_json"] else {})
         value, pred, truth = S.combine_binary(rows)
-        self.db.set_score(job.sae_id, latent, scorer, value, {"n": len(pred), "n_batches": len(rows)}, self.run_id)
+        modes = sorted({m["mode"] or "text" for m in self.db.query(
+            "SELECT mode FROM steps WHERE sae_id=? AND latent=? AND protocol=?", (job.sae_id, latent, scorer))})
+        details = {"n": len(pred), "n_batches": len(rows), "mode": "+".join(modes)}
+        self.db.set_score(job.sae_id, latent, scorer, value, details, self.run_id)
+
+
+class _TextOnly:
+    """A backend seen without its structured-answer support (``--structured off``)."""
+
+    def __init__(self, inner: LLM):
+        self.inner, self.name = inner, inner.name
+
+    def complete(self, messages, max_tokens, temperature=0.0, seed=0):  # noqa: ANN001, ANN201
+        return self.inner.complete(messages, max_tokens, temperature, seed)
+
+
+def _probe_once(db: ResultsDB, llm: Any) -> None:
+    """Set ``llm.schema_ok`` from the DB's record of its endpoint, probing (once, recorded) if there is none."""
+    endpoint = str(getattr(llm, "endpoint", llm.name))
+    row = db.probe(endpoint)
+    if row is None:
+        r = llm.probe()
+        db.set_probe(endpoint, r.schema_ok, r.reply, r.prompt_tokens, r.completion_tokens, r.error)
+        row = db.probe(endpoint)
+        assert row is not None
+    llm.schema_ok = bool(row["schema_ok"])
 
 
 def _default_embedder(cfg: AutointerpConfig) -> Embedder:
@@ -344,10 +386,16 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         needs_llm = any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
         if needs_llm and llm is None:
             llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, cfg.backoff_s)
+        if needs_llm and cfg.structured == "off" and llm is not None:
+            llm = _TextOnly(llm)
+        if needs_llm and cfg.structured == "auto" and callable(getattr(llm, "probe", None)):
+            _probe_once(db, llm)
         if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
             embedder = _default_embedder(cfg)
         db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs], "llm": getattr(llm, "name", None) if needs_llm else None})
+                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs],
+                            "llm": getattr(llm, "name", None) if needs_llm else None,
+                            "answer_mode": answer_mode(llm) if needs_llm else None})
         budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
         runner = _Runner(cfg, db, llm, embedder, run_id, budget)
         items = [(j, l) for j in jobs for l in sorted(j.windows)]

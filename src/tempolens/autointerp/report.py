@@ -71,16 +71,21 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
         meta = json.loads(s["meta_json"] or "{}")
         sae_meta, model_meta = meta.get("sae") or {}, meta.get("model") or {}
         lat_rows = db.query("SELECT latent FROM latents WHERE sae_id=? ORDER BY latent", (sid,))
-        scores_rows = db.query("SELECT latent, scorer, value FROM scores WHERE sae_id=?", (sid,))
+        scores_rows = db.query("SELECT latent, scorer, value, details_json FROM scores WHERE sae_id=?", (sid,))
         by_scorer: dict[str, list[float]] = {}
-        lat: dict[str, Any] = {str(r["latent"]): {"explanation": None, "explanations": {}, "scores": {}} for r in lat_rows}
+        empty = lambda: {"explanation": None, "explanations": {}, "scores": {}, "modes": {}}  # noqa: E731
+        lat: dict[str, Any] = {str(r["latent"]): empty() for r in lat_rows}
         for r in scores_rows:
             v = r["value"] if r["value"] is not None else math.nan
             by_scorer.setdefault(r["scorer"], []).append(v)
             if not math.isnan(v):  # the site reader accepts finite numbers only; unscored = absent
-                lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})["scores"][r["scorer"]] = v
+                d = lat.setdefault(str(r["latent"]), empty())
+                d["scores"][r["scorer"]] = v
+                mode = (json.loads(r["details_json"] or "{}") or {}).get("mode")
+                if isinstance(mode, str):
+                    d["modes"][r["scorer"]] = mode
         for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' AND explanation IS NOT NULL", (sid,)):
-            d = lat.setdefault(str(r["latent"]), {"explanation": None, "explanations": {}, "scores": {}})
+            d = lat.setdefault(str(r["latent"]), empty())
             d["explanations"][r["protocol"]] = r["explanation"]
             if r["protocol"] == "saebench" or d["explanation"] is None:
                 d["explanation"] = r["explanation"]
@@ -104,23 +109,60 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
         n_calls = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)", (sid,))[0]["n"]
         errors = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status='error'", (sid,))[0]["n"]
         pt, ct = db.tokens_spent(sid)
+        costs = _costs(db, sid)
         out_saes.append({
             "label": s["label"], "sae_id": sid, "store": s["store"], "width": s["width"], "n_alive": s["n_alive"],
             "architecture": sae_meta.get("architecture"), "k": sae_meta.get("k"), "sae_spec": sae_meta.get("spec"),
             "model_id": model_meta.get("model_id") or model_meta.get("spec"), "hook_name": model_meta.get("hook_name"),
             "n_latents": len(lat_rows), "scores": scores, "pooled": pooled, "parse_failures": fails,
             "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
+            **costs,
         })
     pt = sum(s["tokens"]["prompt"] for s in out_saes)  # the SAEs in this report (the DB may hold others)
     ct = sum(s["tokens"]["completion"] for s in out_saes)
+    probes = db.query("SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints "
+                      "ORDER BY checked")
     return _clean({
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "answer_mode": last_cfg.get("answer_mode"),
+        "probes": [{**r, "schema_ok": bool(r["schema_ok"])} for r in probes],
         "judge": last_cfg.get("llm"), "backend": last_cfg.get("backend"), "scorers": last_cfg.get("resolved_scorers"),
         "embedding_model": last_cfg.get("embedding_model"), "seed": seed, "window_len": last_cfg.get("window_len"),
         "budget_tokens": last_cfg.get("budget_tokens"), "tokens": {"prompt": pt, "completion": ct},
         "n_runs": len(runs), "wall_s": wall_s, "saes": out_saes, "published_context": PUBLISHED_CONTEXT,
         "_per_latent": per_latent,
     })
+
+
+def _step_group(protocol: str, step: str) -> str:
+    """The cost line a step belongs to: the explainer call(s) or the scorer that made the call."""
+    if step == "explain":
+        return "explain" if protocol == "saebench" else f"explain ({protocol})"
+    return protocol
+
+
+def _costs(db: ResultsDB, sid: str) -> dict[str, Any]:
+    """Tokens per latent per scorer (mean over the latents with at least one LLM call; the explanation
+    is its own line because one explanation can serve several scorers) and how the judges answered."""
+    rows = db.query("SELECT latent, protocol, step, status, mode, prompt_tokens, completion_tokens FROM steps "
+                    "WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)",
+                    (sid,))
+    n = len({r["latent"] for r in rows})
+    per: dict[str, dict[str, float]] = {}
+    modes: dict[str, dict[str, int]] = {}
+    for r in rows:
+        g = _step_group(r["protocol"], r["step"])
+        d = per.setdefault(g, {"prompt": 0.0, "completion": 0.0, "calls": 0.0})
+        d["prompt"] += r["prompt_tokens"]
+        d["completion"] += r["completion_tokens"]
+        d["calls"] += 1
+        if r["step"] != "explain":
+            m = modes.setdefault(r["protocol"], {})
+            m[r["mode"] or "text"] = m.get(r["mode"] or "text", 0) + 1
+    tpl = {g: {k: v / n for k, v in d.items()} for g, d in per.items()} if n else {}
+    if tpl:
+        tpl["total"] = {k: sum(d[k] for d in tpl.values()) for k in ("prompt", "completion", "calls")}
+    return {"tokens_per_latent": tpl, "n_latents_with_llm_calls": n, "answer_modes": modes}
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -155,6 +197,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
     if pooled:
         lines += ["", "Pooled balanced accuracy (all answers of all latents): "
                   + "; ".join(f"{l} {k} {_fmt(v['balanced_accuracy'])} ({v['n_answers']} answers)" for l, k, v in pooled) + "."]
+    lines += _cost_lines(rep)
     pc = rep["published_context"]
     lines += ["", "## Context (not comparable)", "", f"{pc['source']}. **{pc['caveat']}**", "",
               "| SAE | SAEBench autointerp |", "|---|---|"]
@@ -163,6 +206,40 @@ def to_markdown(rep: dict[str, Any]) -> str:
               "the `cluster` score needs no LLM and `embedding` needs no judge. Real ballpark numbers need a ≥7B "
               "instruct judge behind an OpenAI-compatible endpoint (`--backend openai`)."]
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(rep: dict[str, Any]) -> list[str]:
+    """Markdown: the structured-output probe, and per SAE and scorer the answer modes, parse failures and
+    judge tokens per latent."""
+    out: list[str] = []
+    for pr in rep.get("probes") or []:
+        verdict = "honours JSON-schema response_format" if pr["schema_ok"] else "ignores or refuses response_format"
+        reply = json.dumps((pr.get("reply") or "")[:80])
+        err = f"; error: {str(pr['error'])[:80]}" if pr.get("error") else ""
+        out += ["", f"Endpoint probe: `{pr['endpoint']}` {verdict} (probe reply: {reply}{err})."]
+    if not any(s.get("tokens_per_latent") for s in rep["saes"]):
+        return out
+    out += ["", "## Judge answers and tokens per latent", "",
+            "Mean over the latents with LLM calls; `explain` is the explainer call (shared by the scorers unless "
+            "`--explanation per-protocol`). Answer modes: `schema` (JSON-schema response_format), `logprob` "
+            "(label-token probabilities), `constrained` (grammar-constrained index list), `text` (free text, strict "
+            "parsing).", "",
+            "| SAE | step | answer modes (calls) | parse failures | calls / latent | prompt / latent | "
+            "completion / latent | tokens / latent |", "|---|---|---|---|---|---|---|---|"]
+    for s in rep["saes"]:
+        for g, d in (s.get("tokens_per_latent") or {}).items():
+            modes = s.get("answer_modes", {}).get(g, {})
+            m = ", ".join(f"{k} ({v})" for k, v in sorted(modes.items()))
+            m = m or ("text" if g.startswith("explain") else "–")
+            proto = "saebench" if g == "explain" else g.removeprefix("explain (").rstrip(")")
+            pf = sum(v for k, v in s["parse_failures"].items() if k.split("/")[0] == proto
+                     and (g.startswith("explain") == k.endswith("empty_explanation")))
+            pf_cell = "–" if g == "total" else str(pf)
+            if g == "total":
+                pf_cell = str(sum(s["parse_failures"].values()))
+            out.append(f"| {s['label']} | {g} | {m if g != 'total' else '–'} | {pf_cell} | {d['calls']:.2f} | "
+                       f"{d['prompt']:.0f} | {d['completion']:.0f} | {d['prompt'] + d['completion']:.0f} |")
+    return out
 
 
 def to_html(rep: dict[str, Any]) -> str:

@@ -1,5 +1,11 @@
 """Explainers and scorers: each turns windows (+ an LLM or an embedder) into one recorded step.
 
+Judges answer in the mode their backend supports (``llm.answer_mode``, recorded per step): ``schema``
+(a JSON object under an enforced ``response_format``), ``logprob`` (0/1 labels from the label tokens'
+next-token probabilities; the local backend), ``constrained`` (SAEBench index lists generated under a
+grammar; the local backend) or ``text`` (the prompt's free-text format). Every reply is parsed strictly;
+a reply that does not parse is a counted parse failure, never a score.
+
 Scorers and what their score means (per latent; the report averages over latents):
 
 - ``saebench``: SAEBench detection accuracy over one prompt of 14 shuffled windows (2 top + 2 iw
@@ -27,9 +33,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tempolens.autointerp import prompts as P
-from tempolens.autointerp.llm import LLM, Reply
+from tempolens.autointerp.llm import LLM, AnswerFormat, Reply, answer_mode
 from tempolens.autointerp.metrics import accuracy, auroc, balanced_accuracy
-from tempolens.autointerp.parsing import ParseFailure, parse_binary_list, parse_detection, parse_explanation
+from tempolens.autointerp.parsing import (
+    ParseFailure, parse_answer_object, parse_binary_list, parse_detection, parse_explanation,
+)
 from tempolens.autointerp.windows import Split, TokenText, Window, latent_rng
 
 SCORERS = ("saebench", "delphi-detection", "delphi-fuzzing", "embedding", "cluster")
@@ -44,6 +52,8 @@ class StepResult:
     """What one step produced, ready for ``ResultsDB.record``."""
 
     status: str  # ok | parse_failure
+    mode: str = "text"
+    """How the judge answered: text, schema, logprob or constrained (explanations: text)."""
     prompt: Any = None
     reply: str | None = None
     parsed: Any = None
@@ -55,8 +65,23 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _call(llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, seed: int) -> Reply:
-    return llm.complete(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
+def _call(llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, seed: int,
+          answer: AnswerFormat | None = None) -> Reply:
+    if answer is not None and answer_mode(llm) != "text":
+        return llm.complete(messages, max_tokens=max_tokens, temperature=temperature,  # type: ignore[call-arg]
+                            seed=seed, answer=answer)
+    r = llm.complete(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    r.mode = "text"
+    return r
+
+
+def _parse_answer(r: Reply, fmt: AnswerFormat) -> list[int]:
+    """Strict parse of a judge's reply in the mode it was produced in."""
+    if r.mode == "schema":
+        return parse_answer_object(r.text, fmt.kind, fmt.n)
+    if fmt.kind == "indices":
+        return parse_detection(r.text, fmt.n)
+    return parse_binary_list(r.text, fmt.n)
 
 
 # ------------------------------------------------------------------------------------- explainers
@@ -79,7 +104,8 @@ def explain_delphi(llm: LLM, split: Split, text: TokenText, latent_max: float, *
 
 def _explain(llm: LLM, msgs: P.Messages, max_tokens: int, temperature: float, seed: int, max_chars: int) -> StepResult:
     r = _call(llm, msgs, max_tokens, temperature, seed)
-    res = StepResult(status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
+    res = StepResult(status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
+                     completion_tokens=r.completion_tokens)
     try:
         res.explanation = parse_explanation(r.text, max_chars=max_chars)
         res.parsed = res.explanation
@@ -98,11 +124,15 @@ def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, la
     n_pos = sum(split.labels)
     rng = latent_rng(seed, "saebench-example", latent)
     example = sorted((rng.choice(np.arange(1, n + 1), size=min(max(n_pos, 1), n), replace=False) + 0).tolist())
-    msgs = P.saebench_detection_messages(explanation, [text.window(w) for w in split.score], example)
-    r = _call(llm, msgs, 2 * n + 5, temperature, seed)
-    res = StepResult(status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
+    fmt = AnswerFormat("indices", n)
+    schema = answer_mode(llm) == "schema"
+    msgs = P.saebench_detection_messages(explanation, [text.window(w) for w in split.score], example,
+                                         json_answer=schema)
+    r = _call(llm, msgs, (4 * n + 16) if schema else (2 * n + 5), temperature, seed, answer=fmt)
+    res = StepResult(status="ok", mode=r.mode, prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
+                     completion_tokens=r.completion_tokens)
     try:
-        pred_idx = parse_detection(r.text, n)
+        pred_idx = _parse_answer(r, fmt)
     except ParseFailure as e:
         res.status, res.failure = "parse_failure", e.reason
         res.score = math.nan  # counted as unscored, not as 0
@@ -122,7 +152,8 @@ def batches(items: Sequence[Any], size: int) -> list[list[Any]]:
 def score_delphi_detection_batch(llm: LLM, explanation: str, windows: Sequence[Window], labels: Sequence[bool],
                                  text: TokenText, *, seed: int = 0, temperature: float = 0.0) -> StepResult:
     """One delphi detection prompt (a few windows): the judge's 0/1 per window."""
-    msgs = P.delphi_detection_messages(explanation, [text.window(w) for w in windows])
+    msgs = P.delphi_detection_messages(explanation, [text.window(w) for w in windows],
+                                       json_answer=answer_mode(llm) == "schema")
     return _binary_step(llm, msgs, labels, seed, temperature)
 
 
@@ -154,22 +185,27 @@ def fuzz_marks(windows: Sequence[Window], latent: int, seed: int) -> tuple[list[
 def score_delphi_fuzzing_batch(llm: LLM, explanation: str, windows: Sequence[Window], marks: Sequence[Sequence[bool]],
                                labels: Sequence[bool], text: TokenText, *, seed: int = 0, temperature: float = 0.0) -> StepResult:
     """One delphi fuzzing prompt: the judge's 0/1 per example (1 = correctly marked)."""
-    msgs = P.delphi_fuzzing_messages(explanation, [text.window(w) for w in windows], marks)
+    msgs = P.delphi_fuzzing_messages(explanation, [text.window(w) for w in windows], marks,
+                                     json_answer=answer_mode(llm) == "schema")
     return _binary_step(llm, msgs, labels, seed, temperature)
 
 
 def _binary_step(llm: LLM, msgs: P.Messages, labels: Sequence[bool], seed: int, temperature: float) -> StepResult:
     n = len(labels)
-    r = _call(llm, msgs, 4 * n + 8, temperature, seed)
-    res = StepResult(status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens)
+    fmt = AnswerFormat("binary", n)
+    r = _call(llm, msgs, (4 * n + 16) if answer_mode(llm) == "schema" else (4 * n + 8), temperature, seed, answer=fmt)
+    res = StepResult(status="ok", mode=r.mode, prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
+                     completion_tokens=r.completion_tokens)
     try:
-        pred = parse_binary_list(r.text, n)
+        pred = _parse_answer(r, fmt)
     except ParseFailure as e:
         res.status, res.failure = "parse_failure", e.reason
         res.details = {"truth": list(map(bool, labels))}
         return res
     res.parsed = pred
     res.details = {"pred": [bool(x) for x in pred], "truth": list(map(bool, labels))}
+    if "p_one" in r.details:
+        res.details["p_one"] = r.details["p_one"]
     return res
 
 

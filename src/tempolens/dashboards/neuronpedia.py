@@ -8,8 +8,18 @@
         <model_id>/<source_id>/release.jsonl  model.jsonl  sourceset.jsonl  source.jsonl
         <model_id>/<source_id>/features/batch-<k>.jsonl.gz
         <model_id>/<source_id>/activations/batch-<k>.jsonl.gz
+        <model_id>/<source_id>/explanations/batch-<k>.jsonl.gz   (with ``dashboards --autointerp``)
 
-    with ``source_id = <layer>-<sae_set>`` (e.g. ``9-temporal-res``).
+    with ``source_id = <layer>-<sae_set>`` (e.g. ``9-temporal-res``). Explanation rows are
+    Neuronpedia ``Explanation`` rows (``id, modelId, layer, index, description, authorId, typeName,
+    explanationModelName, notes, createdAt, updatedAt``); batch ``k`` holds the explanations of the
+    features of ``features/batch-<k>`` (a batch without explanations is not written: Neuronpedia's
+    importer reads every file's first line). Neuronpedia keeps detection/fuzzing/embedding scores in
+    ``ExplanationScore`` rows, which its dataset import does not read, and the ``Explanation`` row's own
+    ``scoreV1``/``scoreV2`` are its simulation scores; so tempolens's scores (and the answer mode each
+    came from) go into ``notes`` as text, and ``scoreV1``/``scoreV2`` are left to Neuronpedia's
+    defaults. On import, ``typeName`` and ``explanationModelName`` must name ``ExplanationType`` and
+    ``ExplanationModelType`` rows, and ``authorId`` a user (the ``--creator-id``).
 
 Every file is written atomically and the output is deterministic: timestamps come from the store
 (``meta.json``'s ``created``), activation ids are hashes of their content's position, gzip headers
@@ -21,9 +31,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from tempolens.dashboards.schema import Activation, dumps_bytes, neuronpedia_feature
 from tempolens.store.codestore import atomic_write_bytes
@@ -241,3 +253,131 @@ def write_bulk_headers(root: Path, ids: ExportIds) -> list[Path]:
 
 def ids_dict(ids: ExportIds) -> dict[str, Any]:
     return {**asdict(ids), "source_id": ids.source_id}
+
+
+# ------------------------------------------------------------------------------------- explanations
+
+EXPLANATION_TYPES = {"saebench": "tempolens-saebench", "delphi": "tempolens-delphi"}
+"""Neuronpedia ``typeName`` per explainer protocol of ``tempolens autointerp``."""
+SCORER_PROTOCOL = {"saebench": "saebench", "embedding": "saebench", "delphi-detection": "delphi",
+                   "delphi-fuzzing": "delphi"}
+"""Which protocol's explanation a scorer judged (with a shared explanation, the SAEBench one)."""
+
+
+@dataclass
+class LatentExplanations:
+    """One latent's explanations (per explainer protocol), scores and the answer mode of each score."""
+
+    explanations: dict[str, str]
+    scores: dict[str, float] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AutointerpExport:
+    """What ``tempolens autointerp`` wrote for one SAE, as the explanations export needs it."""
+
+    model_name: str
+    """Name of the explainer model (Neuronpedia ``explanationModelName``), e.g. ``gpt-4o-mini``."""
+    latents: dict[int, LatentExplanations]
+
+
+_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def explainer_model_name(judge: str | None) -> str:
+    """``openai:MODEL@URL`` / ``local:FILE`` (the report's judge) → a Neuronpedia model-type name."""
+    if not judge:
+        return "unknown"
+    name = judge.split(":", 1)[1] if judge.startswith(("openai:", "local:")) else judge
+    name = name.split("@", 1)[0].removesuffix(".gguf")
+    return (_NAME.sub("-", name.rsplit("/", 1)[-1]).strip("-") or "unknown")[:128]
+
+
+def load_autointerp_export(path: Path) -> AutointerpExport:
+    """Read ``latents-<label>.json`` (and ``report.json`` beside it for the explainer's name), strictly:
+    untrusted files stay data; entries without a string explanation are skipped, scores must be finite."""
+    from tempolens.errors import ConfigError
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--autointerp {path} is not a readable JSON file ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--autointerp {path} must hold a JSON object mapping latent ids to entries")
+    judge = None
+    rep = path.parent / "report.json"
+    if rep.is_file():
+        try:
+            j = json.loads(rep.read_text()).get("judge")
+            judge = j if isinstance(j, str) else None
+        except (OSError, json.JSONDecodeError, AttributeError):
+            judge = None
+    out: dict[int, LatentExplanations] = {}
+    for key, val in raw.items():
+        if not (isinstance(key, str) and key.isdigit()) or not isinstance(val, dict):
+            raise ConfigError(f"--autointerp {path}: entry {key!r} is not latent id → object")
+        expl = val.get("explanations") if isinstance(val.get("explanations"), dict) else {}
+        expl = {k: v for k, v in expl.items() if k in EXPLANATION_TYPES and isinstance(v, str) and v.strip()}
+        if not expl and isinstance(val.get("explanation"), str) and val["explanation"].strip():
+            expl = {"saebench": val["explanation"]}
+        if not expl:
+            continue
+        scores_in = val.get("scores") if isinstance(val.get("scores"), dict) else {}
+        scores = {k: float(v) for k, v in scores_in.items() if isinstance(k, str) and isinstance(v, (int, float))
+                  and not isinstance(v, bool) and math.isfinite(v)}
+        modes_in = val.get("modes") if isinstance(val.get("modes"), dict) else {}
+        modes = {k: v for k, v in modes_in.items() if isinstance(k, str) and isinstance(v, str)}
+        out[int(key)] = LatentExplanations(explanations=expl, scores=scores, modes=modes)
+    return AutointerpExport(model_name=explainer_model_name(judge), latents=out)
+
+
+def explanation_id(ids: ExportIds, index: int, type_name: str) -> str:
+    """A deterministic 25-character id for one explanation row."""
+    h = hashlib.sha256(f"{ids.model_id}/{ids.source_id}/{index}/explanation/{type_name}".encode()).hexdigest()
+    return "tx" + h[:23]
+
+
+def _judged(scorer: str, entry: LatentExplanations) -> str:
+    """The protocol whose explanation ``scorer`` judged: its own, else the shared SAEBench one."""
+    own = SCORER_PROTOCOL[scorer]
+    return own if own in entry.explanations else "saebench"
+
+
+def bulk_explanations(ids: ExportIds, index: int, entry: LatentExplanations, model_name: str) -> list[dict[str, Any]]:
+    """Neuronpedia ``Explanation`` rows of one latent (one per explainer protocol)."""
+    rows = []
+    for protocol, description in sorted(entry.explanations.items()):
+        type_name = EXPLANATION_TYPES[protocol]
+        judged = [s for s in entry.scores if s in SCORER_PROTOCOL and _judged(s, entry) == protocol]
+        notes = "; ".join(f"{s} {entry.scores[s]:.4g}" + (f" ({entry.modes[s]})" if s in entry.modes else "")
+                          for s in sorted(judged))
+        rows.append({
+            "id": explanation_id(ids, index, type_name),
+            "modelId": ids.model_id,
+            "layer": ids.source_id,
+            "index": str(index),
+            "description": description,
+            "authorId": ids.creator_id,
+            "typeName": type_name,
+            "explanationModelName": model_name,
+            "notes": f"tempolens autointerp scores: {notes}" if notes else None,
+            "createdAt": ids.created_at,
+            "updatedAt": ids.created_at,
+        })
+    return rows
+
+
+def write_bulk_explanations(root: Path, k: int, indices: Sequence[int], export: AutointerpExport,
+                            ids: ExportIds) -> Path | None:
+    """Write ``explanations/batch-<k>.jsonl.gz`` for the latents ``indices`` (None when none has one)."""
+    rows = [jsonl_line(r) for i in indices if i in export.latents
+            for r in bulk_explanations(ids, i, export.latents[i], export.model_name)]
+    if not rows:
+        return None
+    d = bulk_dir(root, ids) / "explanations"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"batch-{k}.jsonl.gz"
+    atomic_write_bytes(path, _gz(rows))
+    return path

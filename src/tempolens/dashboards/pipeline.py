@@ -113,7 +113,7 @@ class DashboardConfig(SAELoadOptions):
     include_vector: bool = False
     """Write each latent's decoder direction as `vector` (Neuronpedia steering); large for wide SAEs."""
     autointerp: Path | None = None
-    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site — e.g. `<autointerp out>/latents-temporal.json` from `tempolens autointerp`; its `report.json` beside it becomes the site's report page."""
+    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site — e.g. `<autointerp out>/latents-temporal.json` from `tempolens autointerp`; its `report.json` beside it becomes the site's report page; with --bulk the explanations are also exported as Neuronpedia `explanations/batch-<k>.jsonl.gz`."""
     title: str | None = None
     """Site title (default: model id, source id)."""
     batches: bool = True
@@ -367,6 +367,7 @@ def build_dashboards(
     bulk_root = np_dir / "bulk"
     if cfg.batches:
         batch_dir.mkdir(parents=True, exist_ok=True)
+    explanations = npx.load_autointerp_export(cfg.autointerp) if (cfg.bulk and cfg.autointerp is not None) else None
     if cfg.bulk:
         npx.write_bulk_headers(bulk_root, ids)
     site = SiteWriter(site_dir, cfg.chunk_size) if cfg.site else None
@@ -400,6 +401,9 @@ def build_dashboards(
             batch_paths.append(Path())
         if cfg.bulk:
             writes.submit(lambda: npx.write_bulk_batch(bulk_root, k, recs, ids))
+            if explanations is not None:
+                idx = [r["feature_index"] for r in recs]
+                writes.submit(lambda: npx.write_bulk_explanations(bulk_root, k, idx, explanations, ids))
         pending_batch = []
 
     def flush_chunk() -> None:
