@@ -21,23 +21,30 @@ from schema_validation import validate_batch, validate_bulk_activation, validate
 
 def check(run: Path) -> list[str]:
     dash = run / "dashboards"
-    lines: list[str] = []
     index = dash / "site" / "index.html"
     if not index.is_file():
         raise SystemExit(f"check_run: missing {index}")
-    lines.append(f"site: {index} ({len(list((dash / 'site').rglob('*')))} files)")
-    batches = sorted((dash / "neuronpedia" / "batches").glob("batch-*.json"))
+    lines = [f"site: {index} ({len(list((dash / 'site').rglob('*')))} files)"]
+    for name in ("neuronpedia", "neuronpedia-pred"):  # novel codes always; predicted codes for Temporal SAEs
+        if name == "neuronpedia" or (dash / name).is_dir():
+            lines += check_exports(dash / name)
+    return lines + check_sums(dash)
+
+
+def check_exports(np_dir: Path) -> list[str]:
+    lines: list[str] = []
+    batches = sorted((np_dir / "batches").glob("batch-*.json"))
     if not batches:
-        raise SystemExit(f"check_run: no batch files under {dash / 'neuronpedia' / 'batches'}")
+        raise SystemExit(f"check_run: no batch files under {np_dir / 'batches'}")
     n_features = 0
     for p in batches:
         obj = json.loads(p.read_text())
         validate_batch(obj)
         n_features += len(obj["features"])
-    lines.append(f"batch files: {len(batches)} valid, {n_features} features")
-    sources = sorted((dash / "neuronpedia" / "bulk").glob("*/*/source.jsonl"))
+    lines.append(f"{np_dir.name} batch files: {len(batches)} valid, {n_features} features")
+    sources = sorted((np_dir / "bulk").glob("*/*/source.jsonl"))
     if len(sources) != 1:
-        raise SystemExit(f"check_run: expected one bulk source.jsonl under {dash / 'neuronpedia' / 'bulk'}, found {len(sources)}")
+        raise SystemExit(f"check_run: expected one bulk source.jsonl under {np_dir / 'bulk'}, found {len(sources)}")
     bulk = sources[0].parent
     src = json.loads(sources[0].read_text())
     n_feat = n_act = 0
@@ -51,7 +58,11 @@ def check(run: Path) -> list[str]:
             n_act += 1
     if n_feat != n_features:
         raise SystemExit(f"check_run: bulk has {n_feat} features, batch files {n_features}")
-    lines.append(f"bulk import: {bulk} valid, {n_feat} features, {n_act} activations")
+    lines.append(f"{np_dir.name} bulk import: {bulk} valid, {n_feat} features, {n_act} activations")
+    return lines
+
+
+def check_sums(dash: Path) -> list[str]:
     sums = dash / "SHA256SUMS"
     if not sums.is_file():
         raise SystemExit(f"check_run: missing {sums} (a finished run writes it last)")
@@ -61,8 +72,7 @@ def check(run: Path) -> list[str]:
         if hashlib.sha256((dash / name).read_bytes()).hexdigest() != digest:
             raise SystemExit(f"check_run: {name} does not match SHA256SUMS")
         n += 1
-    lines.append(f"SHA256SUMS: {n} files match")
-    return lines
+    return [f"SHA256SUMS: {n} files match"]
 
 
 if __name__ == "__main__":
