@@ -45,7 +45,8 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, level: float 
 
 
 def _pair_samples(S: Tensor, labels: Tensor, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Up to ``n`` within-event and ``n`` across-event kernel entries (upper triangle, seeded draw)."""
+    """Up to ``n`` within-event and ``n`` across-event kernel entries (upper triangle, seeded draw).
+    (Pooled over sequences, the entries are subsampled again to ``n`` each: ``auroc`` is O(n²).)"""
     iu = torch.triu_indices(len(labels), len(labels), 1)
     vals = S[iu[0], iu[1]]
     same = labels[iu[0]] == labels[iu[1]]
@@ -69,7 +70,7 @@ def sequence_codes(sae: SAE, twin: SAE | None, acts: Tensor) -> tuple[dict[str, 
 
 
 def event_check(sae: SAE, twin: SAE | None, seqs: Sequence[EventSequence], half_width: int = 8,
-                pair_samples: int = 2000, seed: int = 0) -> dict:
+                pair_samples: int = 3000, seed: int = 0) -> dict:
     """Event statistics of the predicted, novel, twin and raw kernels over ``seqs`` (see module doc)."""
     from tempolens.train.trainer import zpred_top1_share
 
@@ -100,7 +101,10 @@ def event_check(sae: SAE, twin: SAE | None, seqs: Sequence[EventSequence], half_
         if not p["contrast"]:
             continue
         vals = [v for v in p["contrast"] if not math.isnan(v)]
-        wa = auroc(torch.cat(p["within"]), torch.cat(p["across"]))
+        w_all, a_all = torch.cat(p["within"]), torch.cat(p["across"])
+        w_all = w_all[torch.randperm(w_all.numel(), generator=g)[:pair_samples]]
+        a_all = a_all[torch.randperm(a_all.numel(), generator=g)[:pair_samples]]
+        wa = auroc(w_all, a_all)
         b_au, n_pos, n_neg = pooled_auroc(p["novelty"])
         out[kind] = {
             "block_contrast": sum(vals) / len(vals) if vals else math.nan,
