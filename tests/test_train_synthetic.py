@@ -98,7 +98,7 @@ def test_temporal_sae_on_synthetic_events_shows_the_papers_split(trained):
     assert [c["step"] for c in curves][:2] == [0, 50] and curves[-1]["step"] == 300
     last = curves[-1]["curve"]
     assert last["d_cos_init_median"] < 0.9 and last["zpred_top1_share"] < 0.5
-    assert last["attn_entropy"] < 0.8 * last["attn_entropy_uniform"]
+    assert last["attn_entropy"] < 0.9 * last["attn_entropy_uniform"]  # sharper than uniform causal attention
 
 
 def test_checkpoint_records_the_loss_mask_and_the_recipe(trained):
