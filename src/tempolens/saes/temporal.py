@@ -298,7 +298,8 @@ class TemporalSAE(SAE):
                 "(check that the hook layer/model matches the SAE)"
             )
 
-    def _predict(self, x: Tensor, return_attn: bool, trace: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def _predict(self, x: Tensor, return_attn: bool, trace: dict[str,
+        list[Tensor]] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Steps 1–2: returns the final residual (scaled units), dense ``z_pred`` and attention maps.
 
         ``trace`` (optional) collects per layer ``z_in``, the direction ``d`` before ``p`` and ``p``.

@@ -294,9 +294,11 @@ def predictor_note(meta: dict) -> str:
     share = meta.get("pred_top_direction_share")
     if not isinstance(share, (int, float)) or share != share:
         return ""
-    text = f"The predicted codes of this text put {share:.1%} of their variance on one direction (z_pred top-1 share {share:.3f}). "
+    text = (f"The predicted codes of this text put {share:.1%} of their variance on one direction "
+            f"(z_pred top-1 share {share:.3f}). ")
     if share >= COLLAPSE_SHARE:
-        text += ("This predictor has collapsed to one direction: after removing their mean, every token's predicted code is that vector times a scalar, "
+        text += ("This predictor has collapsed to one direction: after removing their mean, every token's predicted "
+                 "code is that vector times a scalar, "
                  "so the predicted-code kernel is mostly ±1 (a checkerboard of signs), not event blocks, and it says "
                  "nothing about events in this text.")
     else:
@@ -319,7 +321,8 @@ def write_kernel_page(site: Path, payload: dict) -> Path:
         "<p class=\"note\">Similarity kernels of the Temporal SAE's predicted and novel codes, a standard SAE's codes and the raw "
         "activations (paper §6: on texts with event boundaries the predicted-code kernel should be block-structured by event). "
         "Dashed lines mark the event boundaries; the text below is coloured by the predicted share of each token.</p>"
-        + (f"<p class=\"note\" id=\"predictor-note\"><b>{html.escape(note)}</b></p>" if (note := predictor_note(payload.get("meta", {}))) else "")
+        + (f"<p class=\"note\" id=\"predictor-note\"><b>{html.escape(note)}</b></p>"
+           if (note := predictor_note(payload.get("meta", {}))) else "")
         + "<div id=\"app\"></div>" + figs + "</main>"
     )
     script = f"const DATA={js_literal(payload)};TempolensKernels.render(document.getElementById('app'),DATA);"

@@ -33,7 +33,8 @@ class EventSequence:
     labels: Tensor
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, level: float = 0.95,
+    seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the mean of ``values`` resampled with replacement (NaNs dropped)."""
     v = torch.tensor([x for x in values if not math.isnan(x)], dtype=torch.float64)
     if v.numel() < 2:
@@ -136,7 +137,8 @@ def kernel_images(sae: SAE, twin: SAE | None, seq: EventSequence, png, title: st
 
     codes, _ = sequence_codes(sae, twin, seq.acts)
     lab = seq.labels[1:]
-    names = {"pred": "predicted codes (z_pred)", "novel": "novel codes (z_novel)", "twin": "TopK twin codes", "raw": "raw activations"}
+    names = {"pred": "predicted codes (z_pred)", "novel": "novel codes (z_novel)", "twin": "TopK twin codes",
+        "raw": "raw activations"}
     kinds = [k for k in KINDS if k in codes]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.3 * len(kinds), 3.5))
     for ax, k in zip(axes, kinds):

@@ -83,7 +83,8 @@ class SyntheticSource:
         c = self.cfg
         if spec.prompt_len < 1 + c.events[1] * c.min_event_len:
             raise ConfigError(
-                f"--prompt-len {spec.prompt_len} is too short for {c.events[1]} events of at least {c.min_event_len} tokens; "
+                f"--prompt-len {spec.prompt_len} is too short for {c.events[1]} events of at least "
+                f"{c.min_event_len} tokens; "
                 f"use --prompt-len {1 + c.events[1] * c.min_event_len} or more"
             )
         self.d_in = c.d_in
@@ -117,7 +118,8 @@ class SyntheticSource:
         n_tok = T - 1
         slack = n_tok - n_ev * c.min_event_len
         cuts = torch.sort(torch.randint(0, slack + 1, (n_ev - 1,), generator=g)).values
-        lengths = torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.tensor([slack])])) + c.min_event_len
+        lengths = torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), cuts,
+            torch.tensor([slack])])) + c.min_event_len
         labels = torch.full((T,), -1, dtype=torch.long)
         acts = torch.zeros(T, c.d_in)
         acts[0] = self.bos

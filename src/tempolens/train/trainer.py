@@ -75,7 +75,10 @@ class TrainConfig:
     out: Path = Path("runs/train/temporal")
     """Output folder: the SAE in its published layout, training state, logs and eval.json."""
     model: str = "embedded"
-    """Subject model: `embedded` (Gemma 3 270M), an HF hub id, a local HF folder, a `.gguf` file, or `synthetic` / `synthetic:dominant` (generated event sequences with a known ground truth, d 64; --layer, --corpus and --cache-dir are then ignored)."""
+    """Subject model: `embedded` (Gemma 3 270M), an HF hub id, a local HF folder, a `.gguf` file, or `synthetic` /
+    `synthetic:dominant` (generated event sequences with a known ground truth, d 64; --layer, --corpus and --cache-dir
+    are then ignored).
+    """
     layer: int = 9
     """Decoder block whose output (`blocks.L.hook_resid_post`) is trained on."""
     corpus: str = "embedded"
@@ -105,25 +108,44 @@ class TrainConfig:
     tied_weights: bool = True
     """Temporal: encoder = decoderᵀ (as the published checkpoints)."""
     temporal_init_std: float = 2.0
-    """Temporal: std of the N(0, σ²) init of D. 2 gives unit gain (lam·‖D_j‖² ≈ 1 with lam = 1/(4·d_in)), so a tied code reconstructs its own direction at scale 1 from the start; the paper's code uses 1 (gain 1/4), which its 200k steps have time to grow out of."""
+    """Temporal: std of the N(0, σ²) init of D. 2 gives unit gain (lam·‖D_j‖² ≈ 1 with lam = 1/(4·d_in)), so a tied code
+    reconstructs its own direction at scale 1 from the start; the paper's code uses 1 (gain 1/4), which its 200k steps
+    have time to grow out of.
+    """
     init_bias: Literal["mean", "zero"] = "mean"
     """Initial decoder bias: the mean training activation (default) or zero (the paper's Temporal init)."""
     lr: float = 1e-3
     """Peak learning rate (AdamW); with --lr-rule rms the base of every Temporal tensor's rate."""
     lr_rule: Literal["rms", "single"] = "rms"
-    """Temporal: `rms` gives each tensor t its own AdamW rate lr·gain·max(RMS(t) at init, floor), because Adam moves every weight by about its rate per step whatever the weight's scale (D's entries are ≈2, attention weights ≈0.01); `single` uses --lr for every tensor (the paper's code). TopK always uses --lr (its unit-norm rows move at the rate they need)."""
+    """Temporal: `rms` gives each tensor t its own AdamW rate lr·gain·max(RMS(t) at init, floor), because Adam moves
+    every weight by about its rate per step whatever the weight's scale (D's entries are ≈2, attention weights ≈0.01);
+    `single` uses --lr for every tensor (the paper's code). TopK always uses --lr (its unit-norm rows move at the rate
+    they need).
+    """
     lr_rms_gain: float = 10.0
     """Temporal, --lr-rule rms: the gain in lr·gain·max(RMS_init, floor) (10 with --lr 1e-3: 1e-2 per unit of RMS)."""
     lr_rms_floor: float = 1e-2
     """Temporal, --lr-rule rms: the RMS floor (zero-initialised biases and tiny tensors still move)."""
     attn_init: Literal["data", "paper"] = "data"
-    """Temporal: `data` (on the first batch, zero the q/k/v/output biases and rescale each projection so that its weight-only output has unit RMS: q from the codes, k/v from the shifted context, the output from the actual attention output) or `paper` (rows rescaled to fixed norms, as the paper's code). At init the codes are ≈1e-3, so with `paper` the biases dominate q/k/v, the value path outputs a constant and the predictor collapses to it."""
+    """Temporal: `data` (on the first batch, zero the q/k/v/output biases and rescale each projection so that its
+    weight-only output has unit RMS: q from the codes, k/v from the shifted context, the output from the actual
+    attention output) or `paper` (rows rescaled to fixed norms, as the paper's code). At init the codes are
+    ≈1e-3, so with `paper` the biases dominate q/k/v, the value path outputs a constant and the predictor
+    collapses to it.
+    """
     loss_norm_cap: float = 0.0
-    """Leave tokens whose norm exceeds this many times the median token norm (of the first batches) out of the loss; they stay in the context (0: keep all). BOS/EOS/pad are always out of the loss."""
+    """Leave tokens whose norm exceeds this many times the median token norm (of the first batches) out of the
+    loss; they stay in the context (0: keep all). BOS/EOS/pad are always out of the loss.
+    """
     direction_penalty: float = 0.0
-    """Temporal: weight λ of λ·mean cos²(d_t, v₁), d_t = ReLU(attention output)·D the predicted direction before its scale and v₁ the top principal direction of the first batch (in-loss tokens); keeps the predictor off a dominant direction (0: off)."""
+    """Temporal: weight λ of λ·mean cos²(d_t, v₁), d_t = ReLU(attention output)·D the predicted direction before its
+    scale and v₁ the top principal direction of the first batch (in-loss tokens); keeps the predictor off a dominant
+    direction (0: off).
+    """
     curve_every: int = 50
-    """Every N steps (and at the end), log held-out learning-curve metrics (loss, D's median cosine to init, attention entropy, z_pred top-1 variance share) into train_log.jsonl."""
+    """Every N steps (and at the end), log held-out learning-curve metrics (loss, D's median cosine to init, attention
+    entropy, z_pred top-1 variance share) into train_log.jsonl.
+    """
     curve_prompts: int = 4
     """Held-out prompts in the learning-curve batch (the first prompts of the held-out split)."""
     betas: tuple[float, float] = (0.9, 0.95)
@@ -149,7 +171,9 @@ class TrainConfig:
     seed: int = 0
     """Seed of the prompts, the batch order and the initialisation."""
     cache_dir: str = "auto"
-    """Activation cache folder (fp16 safetensors shards, built once and shared by runs of the same data); `auto`: under the tempolens cache; `none`: stream from the model every step."""
+    """Activation cache folder (fp16 safetensors shards, built once and shared by runs of the same data); `auto`: under
+    the tempolens cache; `none`: stream from the model every step.
+    """
     lm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Dtype of the subject model: `auto` = bfloat16 on CUDA, float32 on CPU."""
     lm_batch_size: int = 8
@@ -220,7 +244,8 @@ class TrainConfig:
     # what must not change between a run and its resumption
     def identity(self) -> dict:
         keep = ("arch", "model", "layer", "corpus", "n_tokens", "prompt_len", "heldout_fraction", "batch_prompts", "width", "k",
-                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed", "init_batches",
+                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed",
+                "init_batches",
                 "lr_rule", "lr_rms_gain", "lr_rms_floor", "attn_init", "loss_norm_cap", "direction_penalty")
         d = asdict(self)
         return {k: d[k] for k in keep}
@@ -459,7 +484,8 @@ def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
             lin.bias.zero_()
         z_in = sae.forward_train(x).z_in[i]  # type: ignore[attr-defined]
         ctx = F.pad(z_in[:, :-1, :], (0, 0, 1, 0))
-        for name, lin, inp in (("q_target", layer.q_target, z_in), ("k_ctx", layer.k_ctx, ctx), ("v_ctx", layer.v_ctx, ctx)):
+        for name, lin, inp in (("q_target", layer.q_target, z_in), ("k_ctx", layer.k_ctx, ctx), ("v_ctx",
+            layer.v_ctx, ctx)):
             r = rms(inp @ lin.weight.T)
             f = 1.0 / r if r > 0 else 1.0
             lin.weight.mul_(f)
@@ -495,7 +521,8 @@ def lr_multipliers(sae: nn.Module, cfg: TrainConfig) -> dict[str, float]:
 def make_optimizer(sae: nn.Module, cfg: TrainConfig, mults: dict[str, float]) -> torch.optim.Optimizer:
     """AdamW with one parameter group per tensor (group order = ``named_parameters`` order); each
     group carries its ``lr_mult``."""
-    groups = [{"params": [p], "lr": cfg.lr * mults[n], "lr_mult": mults[n], "name": n} for n, p in sae.named_parameters()]
+    groups = [{"params": [p], "lr": cfg.lr * mults[n], "lr_mult": mults[n], "name": n} for n,
+        p in sae.named_parameters()]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
@@ -736,12 +763,16 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     meta = run_metadata(cfg, source) | {
         "loss_norm_cap": cfg.loss_norm_cap, "loss_norm_threshold": norm_threshold, "median_token_norm": median_norm,
-        "lr_rule": cfg.lr_rule if cfg.arch == "temporal" else "single", "attn_init": cfg.attn_init if cfg.arch == "temporal" else None,
+        "lr_rule": cfg.lr_rule if cfg.arch == "temporal" else "single",
+        "attn_init": cfg.attn_init if cfg.arch == "temporal" else None,
         "direction_penalty": cfg.direction_penalty if cfg.arch == "temporal" else 0.0,
     }
-    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-                      | {"total_steps": total, "n_train_prompts": n_train, "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale,
-                         "median_token_norm": median_norm, "loss_norm_threshold": norm_threshold, "lr_multipliers": mults})
+    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k,
+        v in asdict(cfg).items()}
+                      | {"total_steps": total, "n_train_prompts": n_train,
+                          "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale,
+                         "median_token_norm": median_norm, "loss_norm_threshold": norm_threshold,
+                         "lr_multipliers": mults})
 
     def checkpoint(loss_ema: float) -> None:
         payload = {
@@ -849,7 +880,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_seconds = prior_seconds + time.perf_counter() - t0
     sae.eval()
     try:
-        plot_learning_curves(out / "train_log.jsonl", out / "learning_curves.png", title=f"{cfg.arch} SAE, {cfg.out.name}")
+        plot_learning_curves(out / "train_log.jsonl", out / "learning_curves.png",
+            title=f"{cfg.arch} SAE, {cfg.out.name}")
     except (OSError, ValueError) as e:  # a figure must never lose a finished run
         print(f"warning: learning-curve figure not written ({e})")
     ev = evaluate_run(cfg, out, source, sae, device)
@@ -923,7 +955,8 @@ def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
     steps, curves = read_log(log_path)
     panels = [("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
               ("D rows: median cos to init", [(curves, "d_cos_init_median", "")], False),
-              ("attention entropy (nats)", [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform", "uniform")], False),
+              ("attention entropy (nats)", [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform",
+                  "uniform")], False),
               ("z_pred top-1 variance share", [(curves, "zpred_top1_share", "")], False)]
     panels = [p for p in panels if any(any(k in (r.get("curve", r)) for r in rows) for rows, k, _ in p[1])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
