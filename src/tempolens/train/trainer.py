@@ -8,6 +8,10 @@ warm-up steps then a cosine decay to ``min_lr_fraction·lr`` (the paper's code d
 ``min_lr`` 9e-4 = 0.9·lr). Whole prompts are the batch unit, so the Temporal SAE sees every
 sequence as context; special positions stay in the context and are left out of the loss.
 
+Temporal SAEs by default also get per-tensor learning rates (``--lr-rule rms``) and a data-dependent
+attention init (``--attn-init data``); ``--loss-norm-cap`` and ``--direction-penalty`` are opt-in.
+docs/training.md explains each choice and the synthetic ground-truth check (``--model synthetic``).
+
 - **Temporal** (``--arch temporal``): ``tempolens.saes.temporal.TemporalSAE``, initialised like
   the paper's code (``D`` ~ N(0, σ²), attention projections with rows rescaled to norm
   1/√(head size) for q/k, 1/√(width/heads) for v, 1/√width for the output), no auxiliary loss.
