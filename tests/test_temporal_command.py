@@ -117,6 +117,9 @@ def test_run_kernel_writes_pages_figures_and_escapes(sources, tmp_path):
     a = analyze_text(sources[0], sources[1], parse_marked(HOSTILE)[0], contrast=sources[2])
     assert abs(got - a.kernels["predicted"].numpy()).max() < 2e-5
     assert data["boundaries"] and set(data["scores"]) == {"predicted", "novel", "sae", "activations"}
+    # the page prints the predicted codes' top-1 variance share of this text
+    share = a.meta["pred_top_direction_share"]
+    assert f"z_pred top-1 share {share:.3f}" in page and 'id="predictor-note"' in page
     index = (out / "kernels" / "index.html").read_text()
     assert 'href="text-1.html"' in index
     js = (out / "data" / "kernels.js").read_text()
@@ -202,3 +205,13 @@ def test_top_direction_share():
     assert top_direction_share(c + s * v) == pytest.approx(1.0)  # a constant plus one signed direction
     iso = torch.eye(30)  # equal variance in every direction after centring
     assert top_direction_share(iso) == pytest.approx(1 / 29, rel=1e-6)
+
+
+def test_predictor_note_says_plainly_when_the_predictor_collapsed():
+    from tempolens.temporal.page import predictor_note
+
+    collapsed = predictor_note({"pred_top_direction_share": 0.997})
+    assert "99.7%" in collapsed and "collapsed to one direction" in collapsed and "not event blocks" in collapsed
+    healthy = predictor_note({"pred_top_direction_share": 0.2})
+    assert "0.200" in healthy and "collapsed" not in healthy
+    assert predictor_note({}) == "" and predictor_note({"pred_top_direction_share": float("nan")}) == ""

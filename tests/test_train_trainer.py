@@ -33,7 +33,12 @@ def cfg_for(arch, tiny_lm_dir, corpus, out, cache, **kw):
 
 
 def log(out):
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    """The per-step lines of a run's log (the held-out learning-curve lines are read with ``curves``)."""
+    return T.read_log(out / "train_log.jsonl")[0]
+
+
+def curves(out):
+    return T.read_log(out / "train_log.jsonl")[1]
 
 
 @pytest.mark.parametrize("arch", ["topk", "temporal"])
@@ -147,6 +152,11 @@ def test_resume_continues_exactly(tiny_lm_dir, corpus, tmp_path, monkeypatch):
         la = [x["loss"] for x in log(full.out)]
         lb = [x["loss"] for x in log(part.out)]
         assert la == lb and len(lb) == 10 and [x["step"] for x in log(part.out)] == list(range(1, 11))
+        # the held-out learning curves are resumed exactly too (no duplicate lines after the kill)
+        assert curves(full.out) == curves(part.out) and [c["step"] for c in curves(part.out)] == [0, 10]
+        if arch == "temporal":
+            assert b["v1"] is None or torch.equal(a.get("v1"), b.get("v1"))
+            assert a["lr_mult"] == b["lr_mult"] and torch.equal(a["decoder_init"], b["decoder_init"])
         with pytest.raises(ConfigError, match="width"):
             T.train(cfg_for(arch, tiny_lm_dir, corpus, part.out, tmp_path / "cache", width=32, resume=True))
 

@@ -158,6 +158,26 @@ class TemporalDetails:
     """The novel codes in the sparse layout ``encode`` returns."""
 
 
+@dataclass
+class TemporalTrainOutput:
+    """What :meth:`TemporalSAE.forward_train` returns (all differentiable, scaled units)."""
+
+    recon: Tensor
+    """``[B, L, d_in]`` reconstruction ``(z_novel + z_pred)·D + b`` in scaled units (``x·s``)."""
+    codes: SparseCodes
+    """The novel codes (TopK/ReLU of the residual after prediction)."""
+    z_pred: Tensor
+    """``[B, L, width]`` dense predicted codes, summed over the attention layers."""
+    z_in: list[Tensor]
+    """Per attention layer, the codes ``ReLU(lam·x·E)`` its queries (and shifted keys/values) read."""
+    directions: list[Tensor]
+    """Per attention layer, the predicted direction ``d = ReLU(attention output)·D`` before the scale ``p``."""
+    p: list[Tensor]
+    """Per attention layer, the projection scale ``p = <d, x>/(‖d‖ + 1e-6)²`` ``[B, L, 1]``."""
+    attn: list[Tensor]
+    """Attention weights ``[B, H, L, L]`` per layer when asked for (else empty)."""
+
+
 def predicted_share(r_pred: Tensor, r_novel: Tensor) -> Tensor:
     """Per-token ‖r_pred‖² / (‖r_pred‖² + ‖r_novel‖²) in fp32, defined as 0 where both norms are 0."""
     a = r_pred.float().pow(2).sum(-1)
@@ -301,8 +321,12 @@ class TemporalSAE(SAE):
                 "(check that the hook layer/model matches the SAE)"
             )
 
-    def _predict(self, x: Tensor, return_attn: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Steps 1–2: returns the final residual (scaled units), dense ``z_pred`` and attention maps."""
+    def _predict(self, x: Tensor, return_attn: bool, trace: dict[str,
+        list[Tensor]] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Steps 1–2: returns the final residual (scaled units), dense ``z_pred`` and attention maps.
+
+        ``trace`` (optional) collects per layer ``z_in``, the direction ``d`` before ``p`` and ``p``.
+        """
         E = self.encoder
         x = x.to(self.D.dtype) * self.cfg.scaling_factor - self.b.reshape(-1)
         z_pred = torch.zeros(*x.shape[:-1], self.width, dtype=x.dtype, device=x.device)
@@ -317,6 +341,10 @@ class TemporalSAE(SAE):
             x = x - p * d
             if w is not None:
                 maps.append(w)
+            if trace is not None:
+                trace.setdefault("z_in", []).append(z_in)
+                trace.setdefault("d", []).append(d)
+                trace.setdefault("p", []).append(p)
         return x, z_pred, maps
 
     def _novel(self, residual: Tensor) -> SparseCodes:
@@ -324,6 +352,18 @@ class TemporalSAE(SAE):
         if self.cfg.sae_diff_type == "topk":
             return topk_codes(pre, int(self.cfg.k))  # type: ignore[arg-type]
         return SparseCodes.from_dense(F.relu(pre))
+
+    def forward_train(self, x: Tensor, return_attn: bool = False) -> TemporalTrainOutput:
+        """The differentiable forward pass for training: the same computation as :meth:`forward`,
+        with the reconstruction left in *scaled* units and the intermediate tensors a loss needs."""
+        self._check_input(x)
+        trace: dict[str, list[Tensor]] = {}
+        residual, z_pred, maps = self._predict(x, return_attn=return_attn, trace=trace)
+        codes = self._novel(residual)
+        D = self.D.to(z_pred.dtype)
+        recon = sparse_decode(codes, D) + z_pred @ D + self.b.reshape(-1)
+        return TemporalTrainOutput(recon=recon, codes=codes, z_pred=z_pred, z_in=trace["z_in"], directions=trace["d"],
+                                   p=trace["p"], attn=maps)
 
     def forward(self, x: Tensor) -> Tensor:
         """Differentiable reconstruction ``[B, L, d_in]`` in model units (for training and tests)."""

@@ -319,6 +319,28 @@ def _meta_line(meta: dict) -> str:
     return " · ".join(p for p in parts if p)
 
 
+COLLAPSE_SHARE = 0.9
+"""At or above this top-1 variance share of the predicted codes, a kernel page says the predictor collapsed."""
+
+
+def predictor_note(meta: dict) -> str:
+    """One sentence on the predicted codes' top-1 variance share (empty when it is unknown): what the
+    reader sees in the predicted-code kernel, said plainly when the predictor collapsed to one direction."""
+    share = meta.get("pred_top_direction_share")
+    if not isinstance(share, (int, float)) or share != share:
+        return ""
+    text = (f"The predicted codes of this text put {share:.1%} of their variance on one direction "
+            f"(z_pred top-1 share {share:.3f}). ")
+    if share >= COLLAPSE_SHARE:
+        text += ("This predictor has collapsed to one direction: after removing their mean, every token's predicted "
+                 "code is that vector times a scalar, "
+                 "so the predicted-code kernel is mostly ±1 (a checkerboard of signs), not event blocks, and it says "
+                 "nothing about events in this text.")
+    else:
+        text += "Below 0.9 the predicted codes use several directions, so their kernel can show event blocks."
+    return text
+
+
 def write_kernel_page(site: Path, payload: dict) -> Path:
     """Write ``<site>/kernels/<slug>.html`` for one analysed text; return its path."""
     out = Path(site) / "kernels"
@@ -334,7 +356,9 @@ def write_kernel_page(site: Path, payload: dict) -> Path:
         "<p class=\"note\">Similarity kernels of the Temporal SAE's predicted and novel codes, a standard SAE's codes and the raw "
         "activations (paper §6: on texts with event boundaries the predicted-code kernel should be block-structured by event). "
         "Dashed lines mark the event boundaries; the text below is coloured by the predicted share of each token.</p>"
-        "<div id=\"app\"></div>" + figs + "</main>"
+        + (f"<p class=\"note\" id=\"predictor-note\"><b>{html.escape(note)}</b></p>"
+           if (note := predictor_note(payload.get("meta", {}))) else "")
+        + "<div id=\"app\"></div>" + figs + "</main>"
     )
     script = f"const DATA={js_literal(payload)};TempolensKernels.render(document.getElementById('app'),DATA);"
     atomic_write_bytes(path, html_page(payload["title"], body, script).encode("utf-8"))

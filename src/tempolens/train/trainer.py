@@ -8,6 +8,10 @@ warm-up steps then a cosine decay to ``min_lr_fraction·lr`` (the paper's code d
 ``min_lr`` 9e-4 = 0.9·lr). Whole prompts are the batch unit, so the Temporal SAE sees every
 sequence as context; special positions stay in the context and are left out of the loss.
 
+Temporal SAEs by default also get per-tensor learning rates (``--lr-rule rms``) and a data-dependent
+attention init (``--attn-init data``); ``--loss-norm-cap`` and ``--direction-penalty`` are opt-in.
+docs/training.md explains each choice and the synthetic ground-truth check (``--model synthetic``).
+
 - **Temporal** (``--arch temporal``): ``tempolens.saes.temporal.TemporalSAE``, initialised like
   the paper's code (``D`` ~ N(0, σ²), attention projections with rows rescaled to norm
   1/√(head size) for q/k, 1/√(width/heads) for v, 1/√width for the output), no auxiliary loss.
@@ -75,7 +79,10 @@ class TrainConfig:
     out: Path = Path("runs/train/temporal")
     """Output folder: the SAE in its published layout, training state, logs and eval.json."""
     model: str = "embedded"
-    """Subject model: `embedded` (Gemma 3 270M), an HF hub id, a local HF folder or a `.gguf` file."""
+    """Subject model: `embedded` (Gemma 3 270M), an HF hub id, a local HF folder, a `.gguf` file, or `synthetic` /
+    `synthetic:dominant` (generated event sequences with a known ground truth, d 64; --layer, --corpus and --cache-dir
+    are then ignored).
+    """
     layer: int = 9
     """Decoder block whose output (`blocks.L.hook_resid_post`) is trained on."""
     corpus: str = "embedded"
@@ -105,11 +112,46 @@ class TrainConfig:
     tied_weights: bool = True
     """Temporal: encoder = decoderᵀ (as the published checkpoints)."""
     temporal_init_std: float = 2.0
-    """Temporal: std of the N(0, σ²) init of D. 2 gives unit gain (lam·‖D_j‖² ≈ 1 with lam = 1/(4·d_in)), so a tied code reconstructs its own direction at scale 1 from the start; the paper's code uses 1 (gain 1/4), which its 200k steps have time to grow out of."""
+    """Temporal: std of the N(0, σ²) init of D. 2 gives unit gain (lam·‖D_j‖² ≈ 1 with lam = 1/(4·d_in)), so a tied code
+    reconstructs its own direction at scale 1 from the start; the paper's code uses 1 (gain 1/4), which its 200k steps
+    have time to grow out of.
+    """
     init_bias: Literal["mean", "zero"] = "mean"
     """Initial decoder bias: the mean training activation (default) or zero (the paper's Temporal init)."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate (AdamW); with --lr-rule rms the base of every Temporal tensor's rate."""
+    lr_rule: Literal["rms", "single"] = "rms"
+    """Temporal: `rms` gives each tensor t its own AdamW rate lr·gain·max(RMS(t) at init, floor), because Adam moves
+    every weight by about its rate per step whatever the weight's scale (D's entries are ≈2, attention weights ≈0.01);
+    `single` uses --lr for every tensor (the paper's code). TopK always uses --lr (its unit-norm rows move at the rate
+    they need).
+    """
+    lr_rms_gain: float = 10.0
+    """Temporal, --lr-rule rms: the gain in lr·gain·max(RMS_init, floor) (10 with --lr 1e-3: 1e-2 per unit of RMS)."""
+    lr_rms_floor: float = 1e-2
+    """Temporal, --lr-rule rms: the RMS floor (zero-initialised biases and tiny tensors still move)."""
+    attn_init: Literal["data", "paper"] = "data"
+    """Temporal: `data` (on the first batch, zero the q/k/v/output biases and rescale each projection so that its
+    weight-only output has unit RMS: q from the codes, k/v from the shifted context, the output from the actual
+    attention output) or `paper` (rows rescaled to fixed norms, as the paper's code). At init the codes are
+    ≈1e-3, so with `paper` the biases dominate q/k/v, the value path outputs a constant and the predictor
+    collapses to it.
+    """
+    loss_norm_cap: float = 0.0
+    """Leave tokens whose norm exceeds this many times the median token norm (of the first batches) out of the
+    loss; they stay in the context (0: keep all). BOS/EOS/pad are always out of the loss.
+    """
+    direction_penalty: float = 0.0
+    """Temporal: weight λ of λ·mean cos²(d_t, v₁), d_t = ReLU(attention output)·D the predicted direction before its
+    scale and v₁ the top principal direction of the first batch (in-loss tokens); keeps the predictor off a dominant
+    direction (0: off).
+    """
+    curve_every: int = 50
+    """Every N steps (and at the end), log held-out learning-curve metrics (loss, D's median cosine to init, attention
+    entropy, z_pred top-1 variance share) into train_log.jsonl.
+    """
+    curve_prompts: int = 4
+    """Held-out prompts in the learning-curve batch (the first prompts of the held-out split)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     weight_decay: float = 1e-4
@@ -133,7 +175,9 @@ class TrainConfig:
     seed: int = 0
     """Seed of the prompts, the batch order and the initialisation."""
     cache_dir: str = "auto"
-    """Activation cache folder (fp16 safetensors shards, built once and shared by runs of the same data); `auto`: under the tempolens cache; `none`: stream from the model every step."""
+    """Activation cache folder (fp16 safetensors shards, built once and shared by runs of the same data); `auto`: under
+    the tempolens cache; `none`: stream from the model every step.
+    """
     lm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Dtype of the subject model: `auto` = bfloat16 on CUDA, float32 on CPU."""
     lm_batch_size: int = 8
@@ -179,6 +223,13 @@ class TrainConfig:
             check(self.width % (self.n_heads * self.bottleneck_factor) == 0,
                   f"--width {self.width} must be divisible by n_heads·bottleneck_factor = {self.n_heads * self.bottleneck_factor}")
         check(self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number; got {self.lr}")
+        check(self.lr_rule in ("rms", "single"), f"--lr-rule must be rms or single; got {self.lr_rule!r}")
+        check(self.lr_rms_gain > 0 and self.lr_rms_floor > 0, "--lr-rms-gain and --lr-rms-floor must be > 0")
+        check(self.attn_init in ("data", "paper"), f"--attn-init must be data or paper; got {self.attn_init!r}")
+        check(self.loss_norm_cap == 0 or self.loss_norm_cap > 1,
+              f"--loss-norm-cap must be 0 (off) or a factor above 1 (e.g. 3); got {self.loss_norm_cap}")
+        check(self.direction_penalty >= 0, f"--direction-penalty must be >= 0; got {self.direction_penalty}")
+        check(self.curve_every >= 1 and self.curve_prompts >= 1, "--curve-every and --curve-prompts must be >= 1")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"--betas must be two numbers in [0, 1); got {self.betas}")
         check(self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}")
         check(self.grad_clip >= 0, f"--grad-clip must be >= 0; got {self.grad_clip}")
@@ -197,7 +248,9 @@ class TrainConfig:
     # what must not change between a run and its resumption
     def identity(self) -> dict:
         keep = ("arch", "model", "layer", "corpus", "n_tokens", "prompt_len", "heldout_fraction", "batch_prompts", "width", "k",
-                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed", "init_batches")
+                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed",
+                "init_batches",
+                "lr_rule", "lr_rms_gain", "lr_rms_floor", "attn_init", "loss_norm_cap", "direction_penalty")
         d = asdict(self)
         return {k: d[k] for k in keep}
 
@@ -410,12 +463,128 @@ def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Te
 
 def temporal_forward_scaled(sae: nn.Module, x: Tensor) -> tuple[Tensor, SparseCodes]:
     """Differentiable ``(recon in scaled units, novel codes)`` of a Temporal SAE for model-unit ``x``."""
-    from tempolens.saes.temporal import sparse_decode
+    out = sae.forward_train(x)  # type: ignore[attr-defined]
+    return out.recon, out.codes
 
-    residual, z_pred, _ = sae._predict(x, return_attn=False)  # type: ignore[attr-defined]
-    codes = sae._novel(residual)  # type: ignore[attr-defined]
-    recon = sparse_decode(codes, sae.D.to(z_pred.dtype)) + z_pred @ sae.D.to(z_pred.dtype) + sae.b.reshape(-1)
-    return recon, codes
+
+@torch.no_grad()
+def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
+    """Data-dependent attention init on one batch ``x [B, L, d_in]`` (model units), layer by layer.
+
+    Zero the q/k/v/output biases, then rescale each projection's weight so that its weight-only
+    output has RMS 1 over the batch: ``q_target`` on the layer's codes ``z_in``, ``k_ctx`` and
+    ``v_ctx`` on the context (``z_in`` shifted right by one), ``c_proj`` on the attention output it
+    actually receives after the q/k/v rescaling. Returns the scale applied to each weight.
+    Why: at init the codes ``z_in`` are tiny (≈1e-3 per entry), so the biases dominate q/k/v; the
+    value path then outputs a constant and ``p·d`` turns that constant into a free dense code.
+    """
+    scales: dict[str, float] = {}
+
+    def rms(t: Tensor) -> float:
+        return float(t.float().pow(2).mean().sqrt())
+
+    for i, layer in enumerate(sae.attn_layers):  # type: ignore[attr-defined]
+        for lin in (layer.q_target, layer.k_ctx, layer.v_ctx, layer.c_proj):
+            lin.bias.zero_()
+        z_in = sae.forward_train(x).z_in[i]  # type: ignore[attr-defined]
+        ctx = F.pad(z_in[:, :-1, :], (0, 0, 1, 0))
+        for name, lin, inp in (("q_target", layer.q_target, z_in), ("k_ctx", layer.k_ctx, ctx), ("v_ctx",
+            layer.v_ctx, ctx)):
+            r = rms(inp @ lin.weight.T)
+            f = 1.0 / r if r > 0 else 1.0
+            lin.weight.mul_(f)
+            scales[f"attn_layers.{i}.{name}"] = f
+        seen: list[Tensor] = []
+        hook = layer.c_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        try:
+            sae.forward_train(x)  # type: ignore[attr-defined]
+        finally:
+            hook.remove()
+        r = rms(seen[0] @ layer.c_proj.weight.T)
+        f = 1.0 / r if r > 0 else 1.0
+        layer.c_proj.weight.mul_(f)
+        scales[f"attn_layers.{i}.c_proj"] = f
+    return scales
+
+
+def lr_multipliers(sae: nn.Module, cfg: TrainConfig) -> dict[str, float]:
+    """Per-parameter learning-rate multipliers (of the scheduled --lr) at the current weights.
+
+    ``rms``: ``gain · max(RMS(t), floor)`` — AdamW's update is ≈ lr per weight per step whatever the
+    weight's scale, so a rate proportional to the tensor's own scale moves every tensor by about the
+    same *relative* amount per step (D, with entries ≈2, would otherwise move ≈50× slower than the
+    TopK twin's unit-norm rows). ``single`` (and TopK): 1 for every tensor.
+    """
+    names = [n for n, _ in sae.named_parameters()]
+    if cfg.arch != "temporal" or cfg.lr_rule == "single":
+        return {n: 1.0 for n in names}
+    return {n: cfg.lr_rms_gain * max(float(p.detach().float().pow(2).mean().sqrt()), cfg.lr_rms_floor)
+            for n, p in sae.named_parameters()}
+
+
+def make_optimizer(sae: nn.Module, cfg: TrainConfig, mults: dict[str, float]) -> torch.optim.Optimizer:
+    """AdamW with one parameter group per tensor (group order = ``named_parameters`` order); each
+    group carries its ``lr_mult``."""
+    groups = [{"params": [p], "lr": cfg.lr * mults[n], "lr_mult": mults[n], "name": n} for n,
+        p in sae.named_parameters()]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def top_direction(xs: Tensor) -> Tensor:
+    """Unit top principal direction ``[d]`` of the rows of ``xs [n, d]`` (mean-centred, float64 SVD)."""
+    x = xs.double()
+    x = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return vh[0].float()
+
+
+def direction_penalty(directions: list[Tensor], v1: Tensor, mask: Tensor) -> Tensor:
+    """Mean over layers and in-loss tokens of cos²(d_t, v₁) (``directions`` ``[B, L, d]`` per layer)."""
+    m = mask.to(directions[0].dtype)
+    total = directions[0].new_zeros(())
+    for d in directions:
+        d32 = d.float()
+        cos = (d32 @ v1.to(d32.device)) / d32.norm(dim=-1).clamp_min(1e-12)
+        total = total + (cos.pow(2) * m).sum() / m.sum().clamp_min(1.0)
+    return total / len(directions)
+
+
+def zpred_top1_share(z_pred: Tensor) -> float:
+    """Share of the mean-centred variance of ``z_pred [n, width]`` on its first principal direction."""
+    x = z_pred.double()
+    if x.shape[0] < 2:
+        return math.nan
+    x = x - x.mean(0)
+    sv = torch.linalg.svdvals(x).pow(2)
+    tot = float(sv.sum())
+    return float(sv[0] / tot) if tot > 0 else math.nan
+
+
+def attention_entropy(maps: list[Tensor], mask: Tensor) -> tuple[float, float]:
+    """``(mean entropy in nats, mean entropy of uniform causal attention)`` over heads, layers and the
+    query tokens in ``mask [B, L]`` (a query at position t sees t + 1 keys)."""
+    ents, unif = [], []
+    L = mask.shape[1]
+    log_n = torch.log(torch.arange(1, L + 1, dtype=torch.float64, device=mask.device))
+    for w in maps:
+        e = -(w.double().clamp_min(1e-30).log() * w.double()).sum(-1).mean(1)  # [B, L]
+        ents.append(float(e[mask].mean()))
+        unif.append(float(log_n.expand_as(e)[mask].mean()))
+    return sum(ents) / len(ents), sum(unif) / len(unif)
+
+
+def median_row_cosine(W: Tensor, W0: Tensor) -> float:
+    """Median over rows of cos(W_j, W0_j)."""
+    c = F.cosine_similarity(W.float(), W0.float().to(W.device), dim=-1)
+    return float(c.median())
+
+
+def loss_mask(x: Tensor, special: Tensor, norm_cap: float | None) -> Tensor:
+    """Tokens in the loss: regular (not BOS/EOS/pad) and, with a cap, ``‖x‖ ≤ norm_cap``."""
+    m = ~special
+    if norm_cap is not None:
+        m = m & (x.norm(dim=-1) <= norm_cap)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,6 +605,11 @@ def activation_spec(cfg: TrainConfig, lm_dtype: str) -> ActivationSpec:
 
 def open_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
     """The activation source of a run: an (auto-built) on-disk cache, or the model itself (`--cache-dir none`)."""
+    from tempolens.train.synthetic import SyntheticSource, parse_synthetic
+
+    synthetic = parse_synthetic(cfg.model)
+    if synthetic is not None:
+        return SyntheticSource(activation_spec(cfg, "float32"), synthetic)
     spec = activation_spec(cfg, resolve_lm_dtype(cfg.lm_dtype, device))
     if cfg.cache_dir == "none":
         return open_lm_source(spec, device=str(device), batch_size=cfg.lm_batch_size)
@@ -529,7 +703,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             k0, (a, b) = next(iter(diff.items()))
             raise ConfigError(f"--resume with different options: {k0} was {a!r}, now {b!r}; use the original options or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    _truncate_log(out / "train_log.jsonl", int(state["step"]) if state is not None else 0)
+    _truncate_log(out / "train_log.jsonl", int(state["step"]) if state is not None else -1)
     t0 = time.perf_counter()
 
     source = open_source(cfg, device)
@@ -542,35 +716,67 @@ def train(cfg: TrainConfig) -> TrainResult:
     # --- model, optimizer, state -----------------------------------------------------------
     if state is None:
         torch.manual_seed(cfg.seed)
-        norms, means, counts = [], [], []
+        norms, means, counts, tok_norms = [], [], [], []
+        first = None
         for b in iter_batches(source, cfg.batch_prompts, cfg.seed, 0, min(cfg.init_batches, total)):
             mask = ~b.special
             nrm, mu = activation_stats(b.acts, mask)
             n = int(mask.sum())
             norms.append(nrm * n), means.append(mu * n), counts.append(n)
+            tok_norms.append(b.acts[mask].norm(dim=-1))
+            first = first if first is not None else b
         mean_norm = sum(norms) / sum(counts)
         scale = 1.0 / mean_norm
         mean = torch.stack(means).sum(0) / sum(counts)
+        median_norm = float(torch.cat(tok_norms).double().median())
+        norm_threshold = cfg.loss_norm_cap * median_norm if cfg.loss_norm_cap > 0 else None
         gen = torch.Generator().manual_seed(cfg.seed)
         sae = make_sae(cfg, d_in, scale, mean * scale, gen)
+        v1 = None
+        if first is not None and cfg.arch == "temporal":
+            fm = loss_mask(first.acts, first.special, norm_threshold)
+            if cfg.attn_init == "data":
+                data_attention_init_(sae, first.acts)
+            v1 = top_direction(first.acts[fm] * scale)
         step = 0
         since_fired = torch.zeros(cfg.width, dtype=torch.int64)
+        mults = lr_multipliers(sae, cfg)
+        dec_init = _decoder(sae).detach().clone()
     else:
         scale = float(state["scaling_factor"])
         sae = make_sae(cfg, d_in, scale, None)
         sae.load_state_dict(state["sae"])
         step = int(state["step"])
         since_fired = state["since_fired"].clone()
+        norm_threshold = state.get("norm_threshold")
+        norm_threshold = float(norm_threshold) if norm_threshold is not None else None
+        median_norm = float(state.get("median_norm", math.nan))
+        v1 = state.get("v1")
+        mults = dict(json.loads(state["lr_mult"])) if "lr_mult" in state else lr_multipliers(sae, cfg)
+        dec_init = state["decoder_init"] if "decoder_init" in state else _decoder(sae).detach().clone()
     sae = sae.to(device).float().train()
-    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(sae, cfg, mults)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
     k_aux = cfg.aux_k or d_in // 2
     prior_seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0
+    v1_dev = v1.to(device) if v1 is not None else None
+    use_penalty = cfg.arch == "temporal" and cfg.direction_penalty > 0 and v1_dev is not None
+    curve_batch = _curve_batch(source, cfg)
 
-    meta = run_metadata(cfg, source)
-    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()} | {"total_steps": total, "n_train_prompts": n_train, "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale})
+    meta = run_metadata(cfg, source) | {
+        "loss_norm_cap": cfg.loss_norm_cap, "loss_norm_threshold": norm_threshold, "median_token_norm": median_norm,
+        "lr_rule": cfg.lr_rule if cfg.arch == "temporal" else "single",
+        "attn_init": cfg.attn_init if cfg.arch == "temporal" else None,
+        "direction_penalty": cfg.direction_penalty if cfg.arch == "temporal" else 0.0,
+    }
+    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k,
+        v in asdict(cfg).items()}
+                      | {"total_steps": total, "n_train_prompts": n_train,
+                          "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale,
+                         "median_token_norm": median_norm, "loss_norm_threshold": norm_threshold,
+                         "lr_multipliers": mults})
 
     def checkpoint(loss_ema: float) -> None:
         payload = {
@@ -585,21 +791,37 @@ def train(cfg: TrainConfig) -> TrainResult:
             "data_position": {"epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
             "loss_ema": loss_ema,
             "train_seconds": prior_seconds + time.perf_counter() - t0,
+            "norm_threshold": norm_threshold,
+            "median_norm": median_norm,
+            "lr_mult": json.dumps(sorted(mults.items())),
+            "decoder_init": dec_init.cpu(),
         }
+        if v1 is not None:
+            payload["v1"] = v1.cpu()
         atomic_write_bytes(out / STATE_FILE, _state_bytes(payload))
         save_sae_files(_cpu_copy(sae), out, cfg, meta | {"step": step, "tokens_seen": step * cfg.batch_prompts * cfg.prompt_len})
+
+    def log_curve() -> None:
+        if curve_batch is None:
+            return
+        sae.eval()
+        c = curve_metrics(sae, curve_batch, scale, norm_threshold, dec_init, device)
+        sae.train()
+        _append_log(out / "train_log.jsonl", [json.dumps({"step": step, "curve": c})])
 
     log_lines: list[str] = []
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.arch}", unit="step", disable=not cfg.progress)
     loss_ema = float(state.get("loss_ema", float("nan"))) if state is not None else float("nan")
     last_loss = float("nan")
+    if step == 0:
+        log_curve()
     try:
         for batch in iter_batches(source, cfg.batch_prompts, cfg.seed, step, max(total - step, 0)):
             x = batch.acts.to(device, non_blocking=True)
-            mask = (~batch.special).to(device)
+            mask = loss_mask(x, batch.special.to(device), norm_threshold)
             lr = lr_at(step, cfg, total)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_mult", 1.0)
             xs = x * scale
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if cfg.arch == "topk":
@@ -611,11 +833,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                     loss = mse + cfg.aux_coef * aux
                     idx, m_tok = codes.indices, flat_m
                 else:
-                    recon, codes = temporal_forward_scaled(sae, x)
-                    mse = summed_mse(recon, xs, mask)
-                    aux = mse.new_zeros(())
-                    loss = mse
-                    idx, m_tok = codes.indices.reshape(-1, codes.indices.shape[-1]), mask.reshape(-1)
+                    fo = sae.forward_train(x)
+                    mse = summed_mse(fo.recon, xs, mask)
+                    aux = direction_penalty(fo.directions, v1_dev, mask) if use_penalty else mse.new_zeros(())
+                    loss = mse + cfg.direction_penalty * aux
+                    idx, m_tok = fo.codes.indices.reshape(-1, fo.codes.indices.shape[-1]), mask.reshape(-1)
             if not torch.isfinite(loss):
                 raise TempolensError(f"the loss became {float(loss)} at step {step}; lower --lr or use --precision fp32 (finished checkpoints are kept)")
             opt.zero_grad(set_to_none=True)
@@ -627,7 +849,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             opt.step()
             if cfg.arch == "topk":
                 normalize_rows_(sae.W_dec.data)
-            # bookkeeping: which latents fired on this batch's regular tokens
+            # bookkeeping: which latents fired on this batch's in-loss tokens
             with torch.no_grad():
                 valid = idx[m_tok]
                 fired = torch.zeros(cfg.width, dtype=torch.bool, device=device)
@@ -636,9 +858,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 since_fired += n_tok
                 since_fired[fired.cpu()] = 0
                 xm = xs.reshape(-1, d_in)[m_tok].float()
-                var = (xm - xm.mean(0)).pow(2).sum(-1).mean()
+                var = (xm - xm.mean(0)).pow(2).sum(-1).mean() if xm.shape[0] else xm.new_ones(())
                 nmse = float(mse.detach() / var.clamp_min(1e-12))
-                l0 = float((valid >= 0).sum(-1).float().mean())
+                l0 = float((valid >= 0).sum(-1).float().mean()) if valid.shape[0] else 0.0
             last_loss = float(loss.detach())
             loss_ema = last_loss if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * last_loss
             step += 1
@@ -650,6 +872,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                                              "nmse_batch_centred": nmse, "l0": l0, "lr": lr, "dead_window": n_dead, "seconds": round(time.perf_counter() - t0, 1)}))
                 _append_log(out / "train_log.jsonl", log_lines)
                 log_lines.clear()
+            if step % cfg.curve_every == 0 or step == total:
+                log_curve()
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoint(loss_ema)
     finally:
@@ -659,6 +883,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     train_seconds = prior_seconds + time.perf_counter() - t0
     sae.eval()
+    try:
+        plot_learning_curves(out / "train_log.jsonl", out / "learning_curves.png",
+            title=f"{cfg.arch} SAE, {cfg.out.name}")
+    except (OSError, ValueError) as e:  # a figure must never lose a finished run
+        print(f"warning: learning-curve figure not written ({e})")
     ev = evaluate_run(cfg, out, source, sae, device)
     ev["train_seconds"] = round(train_seconds, 1)
     ev["steps"] = step
@@ -667,6 +896,94 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.progress:
         print(_summary(cfg, ev))
     return TrainResult(out=out, steps=step, tokens_seen=ev["tokens_seen"], seconds=time.perf_counter() - t0, final_loss=last_loss, eval=ev)
+
+
+def _decoder(sae: nn.Module) -> Tensor:
+    """The decoder matrix ``[width, d_in]`` whose rows are the latents' directions (D or W_dec)."""
+    return sae.D if getattr(sae, "is_temporal", False) else sae.W_dec  # type: ignore[return-value]
+
+
+def _curve_batch(source: ActivationSource, cfg: TrainConfig) -> tuple[Tensor, Tensor] | None:
+    """The fixed held-out batch of the learning curves (None without a held-out split)."""
+    ids = source.spec.split_ids("heldout")[: cfg.curve_prompts]
+    return source.fetch(ids) if len(ids) else None
+
+
+@torch.no_grad()
+def curve_metrics(sae: nn.Module, batch: tuple[Tensor, Tensor], scale: float, norm_threshold: float | None,
+                  dec_init: Tensor, device: torch.device) -> dict[str, float]:
+    """Learning-curve numbers on a fixed held-out batch: summed-MSE loss (scaled units, in-loss tokens),
+    the median cosine of the decoder rows to their init, and for a Temporal SAE the mean attention
+    entropy (and its uniform reference) and the z_pred top-1 variance share."""
+    acts, special = batch
+    x = acts.to(device)
+    mask = loss_mask(x, special.to(device), norm_threshold)
+    out: dict[str, float] = {"d_cos_init_median": median_row_cosine(_decoder(sae), dec_init)}
+    if getattr(sae, "is_temporal", False):
+        fo = sae.forward_train(x, return_attn=True)  # type: ignore[operator]
+        out["loss"] = float(summed_mse(fo.recon, x * scale, mask))
+        out["attn_entropy"], out["attn_entropy_uniform"] = attention_entropy(fo.attn, mask)
+        out["zpred_top1_share"] = zpred_top1_share(fo.z_pred[mask])
+        r_pred = fo.z_pred @ sae.D  # type: ignore[operator]
+        r_nov = fo.recon - r_pred - sae.b.reshape(-1)  # type: ignore[operator]
+        from tempolens.saes.temporal import predicted_share
+
+        out["pred_share_token_mean"] = float(predicted_share(r_pred, r_nov)[mask].mean())
+    else:
+        xs = x * scale
+        recon, _, _ = sae.forward_scaled(xs.reshape(-1, xs.shape[-1]))  # type: ignore[operator]
+        out["loss"] = float(summed_mse(recon, xs.reshape(-1, xs.shape[-1]), mask.reshape(-1)))
+    return out
+
+
+def read_log(path: Path) -> tuple[list[dict], list[dict]]:
+    """``(step lines, curve lines)`` of a ``train_log.jsonl``."""
+    steps, curves = [], []
+    if Path(path).exists():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            (curves if "curve" in rec else steps).append(rec)
+    return steps, curves
+
+
+def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
+    """A PNG of the training loss and the held-out curve metrics of ``log_path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, curves = read_log(log_path)
+    panels = [("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
+              ("D rows: median cos to init", [(curves, "d_cos_init_median", "")], False),
+              ("attention entropy (nats)", [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform",
+                  "uniform")], False),
+              ("z_pred top-1 variance share", [(curves, "zpred_top1_share", "")], False)]
+    panels = [p for p in panels if any(any(k in (r.get("curve", r)) for r in rows) for rows, k, _ in p[1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (name, series, logy) in zip(axes, panels):
+        for rows, key, label in series:
+            pts = [(r["step"], r.get("curve", r)[key]) for r in rows if r.get("curve", r).get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=label or None, marker="." if rows is curves else None)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        if any(lbl for _, _, lbl in series):
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(Path(png), buf.getvalue())
+    return Path(png)
 
 
 def run_metadata(cfg: TrainConfig, source: ActivationSource) -> dict:
