@@ -1,6 +1,6 @@
 """Strict validators of the exported formats (a test utility).
 
-- SAEDashboard/Neuronpedia batch files (DESIGN §4): exact keys, types, lengths (50 histogram bins,
+- SAEDashboard/Neuronpedia batch files: exact keys, types, lengths (50 histogram bins,
   10 top/bottom logits), activation records, ``bin_min = -1`` only (and first) for the top group,
   every number finite;
 - Neuronpedia bulk-import rows (features, activations, release/model/sourceset/source).

@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 
 def dominated_acts(n=400, d=32, mean_norm=100.0, noise=5.0, seed=0):
-    """Activations whose mean direction dominates (as Gemma 3's residual, DESIGN §5)."""
+    """Activations whose mean direction dominates (as Gemma 3's residual)."""
     g = torch.Generator().manual_seed(seed)
     direction = torch.randn(d, generator=g)
     mean = direction / direction.norm() * mean_norm

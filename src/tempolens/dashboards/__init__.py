@@ -2,7 +2,7 @@
 
 - :mod:`tempolens.dashboards.pipeline` — :class:`DashboardConfig` and :func:`build_dashboards`
   (`tempolens dashboards`): statistics → logit effects → exports + site;
-- :mod:`tempolens.dashboards.schema` — the Neuronpedia feature record (DESIGN §4) built from statistics;
+- :mod:`tempolens.dashboards.schema` — the Neuronpedia feature record (docs/site-data.md) built from statistics;
 - :mod:`tempolens.dashboards.neuronpedia` — SAEDashboard batch files and Neuronpedia's bulk-import layout;
 - :mod:`tempolens.dashboards.site` — the static site's data files (``docs/site-data.md``), ``js_literal``.
 """

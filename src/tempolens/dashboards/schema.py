@@ -1,4 +1,4 @@
-"""Feature records: the Neuronpedia/SAEDashboard feature object (DESIGN §4) built from statistics.
+"""Feature records: the Neuronpedia/SAEDashboard feature object (docs/site-data.md) built from statistics.
 
 :func:`feature_records` builds, for a group of latents, the full *site* records (Neuronpedia keys plus
 a ``tempolens`` block and per-activation extras); :func:`neuronpedia_feature` strips them to exactly

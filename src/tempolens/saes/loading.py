@@ -14,7 +14,7 @@
   ``tempolens.saes.random_init``; pass ``activation_sample`` when ``needs_activation_stats(spec)``);
 * ``embedded``, ``embedded:temporal``, ``embedded:topk``: the SAEs shipped with the package.
 
-Trust boundary (DESIGN §9). Weights are read with safetensors or ``torch.load(weights_only=True)``.
+Trust boundary (docs/temporal-sae.md). Weights are read with safetensors or ``torch.load(weights_only=True)``.
 The published ``latest_ckpt.pt`` also pickles an OmegaConf config object. Before unpickling, the
 checkpoint's globals are listed statically (``torch.serialization.get_unsafe_globals_in_checkpoint``):
 if anything beyond the OmegaConf globals (``OMEGACONF_GLOBALS``; by default any ``omegaconf.*``

@@ -2,7 +2,7 @@
 
 A random SAE is only a fair floor when it is centred on the data: on Gemma 3 270M block 9 the mean
 residual has norm ≈6.2e3 against a median token norm ≈6.3e3, so a random TopK SAE with a small
-bias lets only ≈180 of 2,560 latents ever fire (DESIGN §5). Both constructors therefore take the
+bias lets only ≈180 of 2,560 latents ever fire (measured on Gemma 3 270M block 9). Both constructors therefore take the
 mean activation (model units) as the decoder bias, and the Temporal one a scaling factor
 ``s = 1/mean‖x‖`` ("unit expected norm", as the published checkpoints use).
 

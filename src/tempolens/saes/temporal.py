@@ -1,4 +1,4 @@
-"""The Temporal SAE (Lubana, Rager et al., arXiv 2511.01836), exactly as DESIGN §2 describes it.
+"""The Temporal SAE (Lubana, Rager et al., arXiv 2511.01836), as docs/temporal-sae.md states it.
 
 For a sequence of activations ``x [B, L, d_in]`` (model units) and weights ``D [width, d_in]``,
 ``b [d_in]``, ``lam = 1/(4·d_in)``, encoder ``E = Dᵀ`` (tied) or ``E [d_in, width]`` (untied):

@@ -4,7 +4,7 @@
 ``blocks.L.hook_resid_post``) from a forward pass that *stops* after block ``L``: a forward hook on
 ``layers[L]`` stores the block's output and raises a private exception, so later blocks, the final
 norm and the unembedding are never computed. That is the cost floor of collecting activations
-(DESIGN §3, §8: on Gemma 3 270M, 8×128 tokens, stopping after block 6 is ≈8× faster than the full
+(on Gemma 3 270M, 8×128 tokens, stopping after block 6 is ≈8× faster than the full
 causal-LM forward).
 
 GGUF files are dequantised by transformers once and cached as an ordinary HF folder (model and
@@ -393,7 +393,7 @@ def convert_gguf(
             shutil.rmtree(tmp, ignore_errors=True)
             raise SourceError(f"transformers cannot load {gguf_path.name} ({_first_line(e)}); check that it is a causal LM of a supported architecture") from None
         t_model = time.perf_counter() - t0 - t_tok
-        # save_pretrained refuses a GGUF-loaded model while it still looks quantised (DESIGN §8).
+        # save_pretrained refuses a GGUF-loaded model while it still looks quantised.
         model.hf_quantizer = None
         for cfg in (model.config, getattr(model.config, "text_config", None)):
             if cfg is not None and hasattr(cfg, "quantization_config"):

@@ -1,6 +1,6 @@
 """Similarity kernels, attention maps and the predicted/novel split: pure functions on tensors.
 
-The similarity kernel of one sequence of codes ``X [L, W]`` (DESIGN §6, as Neuronpedia's
+The similarity kernel of one sequence of codes ``X [L, W]`` (docs/temporal-sae.md, as Neuronpedia's
 ``/util/similarity-matrix-pred`` computes it for a Temporal SAE's predicted codes):
 
 1. subtract the mean over positions: ``P = X − mean_t X_t`` (the mean includes the BOS row);

@@ -1,6 +1,6 @@
 """Training Temporal SAEs and TopK SAEs (`tempolens train`).
 
-Recipe (the paper's, DESIGN §2, unless an option says otherwise): summed-MSE per token on
+Recipe (the paper's, docs/training.md, unless an option says otherwise): summed-MSE per token on
 *scaled* activations (``x·s`` with ``s = 1/mean‖x‖`` estimated on the first batches, BOS/EOS/pad
 excluded; written into ``conf.yaml`` as ``sae.scaling_factor`` / used to fold the TopK weights),
 AdamW (lr 1e-3, betas 0.9/0.95, weight decay 1e-4), gradient clipping at 1.0, 200 linear
@@ -17,7 +17,7 @@ docs/training.md explains each choice and the synthetic ground-truth check (``--
   1/√(head size) for q/k, 1/√(width/heads) for v, 1/√width for the output), no auxiliary loss.
   Deviations: σ = 2 (``--temporal-init-std``; unit gain, the paper's σ = 1 starts at gain 1/4 and
   has 200k steps to grow out of it); ``b`` starts at the mean activation instead of 0; on Gemma 3 the
-  mean vector's norm is ≈ the median token norm (DESIGN §5), and a zero bias would leave that
+  mean vector's norm is ≈ the median token norm on Gemma 3 270M, and a zero bias would leave that
   constant direction to be "predicted" by the attention and dominate the predicted share.
 - **TopK** (``--arch topk``): ``z = TopK_k(ReLU((x·s − b_dec)·W_enc + b_enc))``, reconstruction
   ``z·W_dec + b_dec``; decoder rows unit-norm (renormalised after every step, the gradient
