@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, started REAL, config_json TEXT);
@@ -148,6 +148,3 @@ class ResultsDB:
         with self.lock:
             row = self.conn.execute(q + (" WHERE sae_id=?" if sae_id else ""), (sae_id,) if sae_id else ()).fetchone()
         return int(row[0]), int(row[1])
-
-    def iter_steps(self, sae_id: str) -> Iterator[dict[str, Any]]:
-        yield from self.query("SELECT * FROM steps WHERE sae_id=? ORDER BY latent, protocol, step", (sae_id,))

@@ -34,13 +34,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
-import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol
 
 from tempolens.errors import ConfigError, SourceError, TempolensError
 
@@ -339,9 +338,6 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._torch = torch
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _prompt_ids(self, messages: Messages):
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
@@ -533,11 +529,6 @@ def make_backend(backend: str, model: str, base_url: str | None = None, api_key_
     if backend == "local":
         return LocalBackend(model=model or "smollm2")
     raise ConfigError(f"unknown backend {backend!r}; use openai or local")
-
-
-def call_all(llm: LLM, jobs: Sequence[tuple[Messages, int]], temperature: float, seed: int) -> list[Reply]:
-    """Sequential helper: complete each ``(messages, max_tokens)``."""
-    return [llm.complete(m, n, temperature, seed) for m, n in jobs]
 
 
 if __name__ == "__main__":  # python -m tempolens.autointerp.llm [MODEL]: print the (converted) model folder

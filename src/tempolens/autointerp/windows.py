@@ -59,11 +59,6 @@ class Window:
     def is_active(self) -> bool:
         return self.max_act > 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "start": self.start, "center": self.center, "kind": self.kind,
-                "quantile": self.quantile, "tokens": self.tokens, "acts": [round(a, 6) for a in self.acts]}
-
-
 @dataclass
 class LatentWindows:
     """All windows drawn for one latent."""

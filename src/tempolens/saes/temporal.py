@@ -26,7 +26,7 @@ available for callers that want the raw checkpoint weights.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -433,7 +433,3 @@ class TemporalSAE(SAE):
             codes=codes,
         )
 
-
-def temporal_config_dict(cfg: TemporalConfig) -> dict:
-    """The config as a plain dict (metadata included)."""
-    return asdict(cfg)

@@ -475,10 +475,6 @@ class CodeStore:
         """``[n_prompts, T]`` token ids of every prompt (small: ids only)."""
         return torch.cat([self.load_shard(i, verify=False).tokens for i in range(self.n_shards)])
 
-    def all_special(self) -> Tensor:
-        return torch.cat([self.load_shard(i, verify=False).special for i in range(self.n_shards)])
-
-
 class StoreWriter:
     """Writes shards of a store; knows which shards a previous run already finished."""
 

@@ -177,11 +177,6 @@ def attention_vmax(layers: Sequence[Tensor], q: float = 0.995) -> float:
     return float(min(1.0, max(1e-3, torch.quantile(v, q).item())))
 
 
-def drop_first_token(maps: Tensor) -> Tensor:
-    """Drop the BOS query row and BOS context column of ``[..., L, L]`` maps (after computing)."""
-    return maps[..., 1:, 1:].contiguous()
-
-
 def top_latents(codes: Codes, k: int = 5, *, width: int | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` largest codes per token: ``(indices [L, k], values [L, k])``; unused slots are −1/0."""
     if isinstance(codes, SparseCodes):
