@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 from collections.abc import Mapping

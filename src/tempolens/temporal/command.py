@@ -18,13 +18,13 @@ import html
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from tqdm import tqdm
 
-from tempolens.errors import ConfigError, TempolensError
+from tempolens.errors import ConfigError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
 from tempolens.store.codestore import atomic_write_bytes, atomic_write_json

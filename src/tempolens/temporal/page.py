@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from tempolens.store.codestore import atomic_write_bytes

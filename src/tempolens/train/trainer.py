@@ -55,7 +55,6 @@ from tempolens.options import check
 from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
 from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
 from tempolens.train.activations_cache import (
-    ActivationCache,
     ActivationSource,
     ActivationSpec,
     batches_per_epoch,
