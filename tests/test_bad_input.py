@@ -63,12 +63,13 @@ def test_nonfinite_activations_stop_collect_and_keep_finished_shards(tiny_lm_dir
     from tempolens.sources.models import SubjectModel
 
     real = SubjectModel.hidden_at
-    calls = [0]
+    batches: list[torch.Tensor] = []  # distinct batches seen (collect may run the first batch twice to calibrate)
 
     def poisoned(self, ids, *a, **k):
         h = real(self, ids, *a, **k)
-        calls[0] += 1
-        if calls[0] == 2:  # the second batch = prompts 4..7, shard 1
+        if not any(b.shape == ids.shape and bool((b == ids).all()) for b in batches):
+            batches.append(ids.clone())
+        if len(batches) == 2 and bool((batches[1] == ids).all()):  # the second batch = prompts 4..7, shard 1
             h = h.clone()
             h[1, 5, 3] = bad
         return h
