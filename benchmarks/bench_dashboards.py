@@ -80,6 +80,8 @@ class BenchConfig:
     """Python of the venv with sae-dashboard 0.8.0 (torch 2.13 CPU, no torchvision/torchaudio, pyarrow<26)."""
     repeats: int = 1
     """Measure every configuration this many times (medians are reported)."""
+    temporal_only_run: bool = False
+    """Measure the Temporal SAE with `tempolens run` only (skip the two-command collect + dashboards run of it)."""
     quick: bool = False
     """Smoke run: 16 prompts, one 256-latent SAE, no scaling or Temporal run (about two minutes on an idle 2-core CPU)."""
     model: str = "embedded"
@@ -429,8 +431,12 @@ class Bench:
                     self.saedash(label, Path(entry["saedash_dir"]), w, n, rep)
                     self.save_partial()
             if temporal:
-                self.tempolens("temporal", temporal, n, rep)
-                self.save_partial()
+                if not (cfg.temporal_only_run and cfg.tempolens_run):
+                    self.tempolens("temporal", temporal, n, rep)
+                    self.save_partial()
+                if cfg.tempolens_run:
+                    self.tempolens_run("temporal", temporal, n, rep)
+                    self.save_partial()
             for sn in cfg.scaling_prompts:
                 if sn != n:
                     measure = self.tempolens_run if cfg.tempolens_run else self.tempolens
@@ -472,6 +478,15 @@ def host_info() -> dict[str, Any]:
 
         info["tempolens"] = version("tempolens")
         info["transformers"] = version("transformers")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import subprocess
+
+        git = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                             timeout=30, check=False)
+        info["commit"] = git.stdout.strip() or None
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001
         pass
     return info
@@ -562,7 +577,7 @@ def markdown(result: dict[str, Any]) -> str:
         if not r["tool"].startswith("tempolens") or "x_floor_wall" not in r or not r["config"].startswith("topk-"):
             continue
         width = int(r["config"].split("-")[1])
-        target = 1.2 if width <= 2560 else 1.5
+        target = 1.6 if width <= 2560 else 2.5  # at 256 prompts (the current targets)
         ok_w, ok_c = r["x_floor_wall"] <= target, r["x_floor_cpu"] <= target
         lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: {r['x_floor_wall']:.2f}× floor (wall), {r['x_floor_cpu']:.2f}× (CPU) — target ≤ {target}×: "
                      f"{'met' if ok_w and ok_c else 'met on CPU time only' if ok_c else 'NOT met'}")

@@ -111,6 +111,15 @@ def test_records_match_statistics(built, store, lm, W_dec):
             assert f["activations"] == [] and f["correlated_features_indices"] == []
 
 
+def test_export_cpu_seconds_per_part_are_logged(built):
+    """The exports' CPU seconds per part (records, batch files, bulk import, site) are in dashboards_log.json."""
+    _, out = built
+    timings = json.loads((out / "dashboards_log.json").read_text())["timings"]
+    parts = {k: v for k, v in timings.items() if k.startswith("exports_cpu_")}
+    assert set(parts) == {"exports_cpu_records", "exports_cpu_batches", "exports_cpu_bulk", "exports_cpu_site"}
+    assert all(v >= 0 for v in parts.values()) and parts["exports_cpu_records"] > 0
+
+
 def test_bulk_import_parses(built):
     res, _ = built
     d = res.bulk

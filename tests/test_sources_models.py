@@ -111,6 +111,22 @@ def test_bad_inputs(tiny, tiny_lm_dir, tmp_path):
             load_subject_model(str(tiny_lm_dir), layer=0, device="cuda", progress=None)
 
 
+def test_folder_missing_weights_is_one_error(tiny_lm_dir, tmp_path):
+    """The tokenizer loads in a thread beside the weights; missing weights are still one SourceError
+    (and the tokenizer thread is joined, not left behind)."""
+    import shutil
+    import threading
+
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_lm_dir, folder)
+    for f in folder.iterdir():
+        if f.suffix in (".safetensors", ".bin") or f.name.endswith(".index.json"):
+            f.unlink()
+    with pytest.raises(SourceError, match="cannot load the model folder"):
+        load_subject_model(str(folder), layer=0, progress=None)
+    assert not [t for t in threading.enumerate() if t.name.startswith("tempolens-tokenizer")]
+
+
 def test_offline_hub_id_is_a_clear_error():
     with pytest.raises(SourceError, match="hf download"):
         load_subject_model("nobody-here/not-a-model-xyz", layer=0, progress=None)

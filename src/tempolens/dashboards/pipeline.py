@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -388,6 +389,16 @@ def build_dashboards(
 
     # encoding, gzip and writes run in a background thread, overlapping the next records' assembly
     writes = BackgroundJobs(max_pending=4)
+    # CPU seconds per part of the exports (thread time: the writer thread's jobs, the records in this thread)
+    export_cpu = {"records": 0.0, "batches": 0.0, "bulk": 0.0, "site": 0.0}
+
+    def timed(part: str, job: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            c0 = time.thread_time()
+            job()
+            export_cpu[part] += time.thread_time() - c0
+
+        return run
 
     def flush_batch() -> None:
         nonlocal pending_batch
@@ -396,30 +407,32 @@ def build_dashboards(
         k, recs = len(batch_paths), pending_batch
         if cfg.batches:
             batch_paths.append(np_final / "batches" / f"batch-{k}.json")
-            writes.submit(lambda: npx.write_batch(batch_dir, k, recs, ids))
+            writes.submit(timed("batches", lambda: npx.write_batch(batch_dir, k, recs, ids)))
         else:
             batch_paths.append(Path())
         if cfg.bulk:
-            writes.submit(lambda: npx.write_bulk_batch(bulk_root, k, recs, ids))
+            writes.submit(timed("bulk", lambda: npx.write_bulk_batch(bulk_root, k, recs, ids)))
             if explanations is not None:
                 idx = [r["feature_index"] for r in recs]
-                writes.submit(lambda: npx.write_bulk_explanations(bulk_root, k, idx, explanations, ids))
+                writes.submit(timed("bulk", lambda: npx.write_bulk_explanations(bulk_root, k, idx, explanations, ids)))
         pending_batch = []
 
     def flush_chunk() -> None:
         nonlocal pending_chunk
         if site is not None and pending_chunk and chunk_id is not None:
             c, recs = chunk_id, pending_chunk
-            writes.submit(lambda: site.write_chunk(c, recs))
+            writes.submit(timed("site", lambda: site.write_chunk(c, recs)))
         pending_chunk = {}
 
     groups = [latents[i : i + cfg.latents_per_pass] for i in range(0, len(latents), cfg.latents_per_pass)]
     with writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
+            c0 = time.thread_time()
             lat, gpos, grp, _ = examples_of(stats, group)
             windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress,
                                      codes=cfg.codes).scaled(act_scale)
             records = feature_records(ctx, group, windows, grp)
+            export_cpu["records"] += time.thread_time() - c0
             n_examples += int(lat.numel())
             for rec in records:
                 i = rec["feature_index"]
@@ -437,6 +450,7 @@ def build_dashboards(
         flush_batch()
         flush_chunk()
     timings["exports"] = time.perf_counter() - t3
+    timings.update({f"exports_cpu_{part}": v for part, v in export_cpu.items()})
 
     settings = {
         "store": str(store.root),

@@ -21,6 +21,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,10 +305,16 @@ def _load_hf_folder_or_hub(name: str, torch_dtype: torch.dtype, device: torch.de
     if is_hub and hub_offline():
         _raise_if_not_cached(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        # the tokenizer (a large tokenizer.json parsed in Rust) loads in a second thread while the weights load
+        # (memory-mapped from safetensors by from_pretrained): on Gemma 3 each takes seconds of CPU
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempolens-tokenizer") as pool:
+            tok_future = pool.submit(AutoTokenizer.from_pretrained, name)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+            finally:
+                tokenizer = tok_future.result()  # the tokenizer's error first: it names the folder's problem plainly
     except (OSError, ValueError, KeyError, EnvironmentError) as e:
         if is_hub and (hub_offline() or is_connection_error(e)):
             _raise_if_not_cached(name, fallback="its weights")
