@@ -333,7 +333,11 @@ def _probe_once(db: ResultsDB, llm: Any) -> None:
     endpoint = str(getattr(llm, "endpoint", llm.name))
     row = db.probe(endpoint)
     if row is None:
-        r = llm.probe()
+        try:
+            r = llm.probe()
+        except LLMError:  # unreachable right now: plain text for this run, probed again (and recorded) next run
+            llm.schema_ok = False
+            return
         db.set_probe(endpoint, r.schema_ok, r.reply, r.prompt_tokens, r.completion_tokens, r.error)
         row = db.probe(endpoint)
         assert row is not None
