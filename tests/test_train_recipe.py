@@ -70,7 +70,7 @@ def test_data_attention_init_gives_unit_rms_outputs_and_zero_biases():
     ctx = torch.nn.functional.pad(z_in[:, :-1, :], (0, 0, 1, 0))
 
     def rms(t):
-        return float(t.pow(2).mean().sqrt())
+        return float(t.detach().pow(2).mean().sqrt())
 
     assert rms(layer.q_target(z_in)) == pytest.approx(1.0, rel=1e-4)
     assert rms(layer.k_ctx(ctx)) == pytest.approx(1.0, rel=1e-4)
