@@ -404,15 +404,11 @@ def _pred_calibration(cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Te
     """Set the SAE's predicted-code rule (``pred_slots``, ``pred_center``, ``pred_scale``) and return its
     ``meta.json`` entry. The calibration comes from the first batch of prompts, or from the store's
     ``meta.json`` when resuming (so every shard of a store uses the same rule)."""
-    import json
+    from tempolens.store.codestore import read_meta
 
-    old = Path(cfg.out) / "meta.json"
     prev = None
-    if old.exists() and not cfg.overwrite:
-        try:
-            prev = json.loads(old.read_text()).get("pred_codes")
-        except (OSError, json.JSONDecodeError):
-            prev = None
+    if (Path(cfg.out) / "meta.json").exists() and not cfg.overwrite:
+        prev = read_meta(cfg.out).get("pred_codes")  # the verified meta (a broken one is a one-line StoreError)
     if prev and prev.get("k") == k and len(prev.get("center", [])) == sae.width:
         center, scale = torch.tensor(prev["center"]), torch.tensor(prev["scale"])
     else:
