@@ -139,14 +139,11 @@ def configured_context(spec: str) -> int | None:
     elif Path(spec).expanduser().is_dir():
         candidates.append(Path(spec).expanduser() / "config.json")
     elif "/" in spec and not spec.lower().endswith(".gguf"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        from tempolens.sources.hub import cached_file
 
-            hit = try_to_load_from_cache(spec, "config.json")
-            if isinstance(hit, str):
-                candidates.append(Path(hit))
-        except Exception:  # noqa: BLE001 - no cache, odd id: the model's own config is checked after loading
-            pass
+        hit = cached_file(spec, "config.json")  # None (not cached, odd id): checked after loading instead
+        if hit is not None:
+            candidates.append(hit)
     for path in candidates:
         try:
             cfg = json.loads(path.read_text())

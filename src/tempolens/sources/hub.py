@@ -82,17 +82,19 @@ def not_cached_message(what: str, repo_id: str, missing: str, include: str | Non
     )
 
 
-def first_uncached(repo_id: str, filenames: list[str], revision: str | None = None) -> str | None:
-    """The first of ``filenames`` that is not in the local cache for ``repo_id`` (None: all are)."""
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """``filename`` of ``repo_id`` in the local hub cache (:func:`hub_cache_dir`), or None when it is not there."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
-        return filenames[0] if filenames else None
-    for name in filenames:
-        try:
-            hit = try_to_load_from_cache(repo_id, name, cache_dir=hub_cache_dir(), revision=revision)
-        except Exception:  # noqa: BLE001 - a malformed cache counts as missing
-            hit = None
-        if not isinstance(hit, str):
-            return name
-    return None
+        return None
+    try:
+        hit = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
+    except Exception:  # noqa: BLE001 - a malformed cache or an odd id counts as missing
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def first_uncached(repo_id: str, filenames: list[str], revision: str | None = None) -> str | None:
+    """The first of ``filenames`` that is not in the local cache for ``repo_id`` (None: all are)."""
+    return next((name for name in filenames if cached_file(repo_id, name, revision) is None), None)
