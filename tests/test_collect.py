@@ -101,9 +101,9 @@ def test_sigkill_then_resume(tiny_lm_dir, corpus, temporal_dir, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     args = ["--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(corpus),
             "--n-prompts", "24", "--prompt-len", "16", "--shard-prompts", "2", "--batch-size", "1", "--no-progress"]
-    env = {**os.environ, "TEMPOLENS_TEST_SLOW_SHARDS": "0.3"}
     cmd = [sys.executable, "-m", "tempolens.cli", "collect", *args]
-    proc = subprocess.Popen([*cmd, "--out", str(part)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    slow = [sys.executable, str(Path(__file__).with_name("slow_shards_cli.py")), "0.3", "collect", *args]
+    proc = subprocess.Popen([*slow, "--out", str(part)], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (part / "shards" / "shard-00001.json").exists():
         time.sleep(0.05)

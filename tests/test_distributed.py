@@ -189,10 +189,11 @@ def test_torchrun_job_killed_then_rerun_finishes_identical(tiny_lm_dir, corpus, 
     """The whole job dies (SIGKILL to torchrun and both ranks, as when a node is lost); the same
     torchrun command then finishes the store, identical to an uninterrupted 1-process run."""
     part, ref = tmp_path / "part", tmp_path / "ref"
-    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli",
-           *_collect_args(tiny_lm_dir, corpus, temporal_dir, part, n_prompts=16, shard_prompts=1)]
-    env = {**_env(), "TEMPOLENS_TEST_SLOW_SHARDS": "0.4"}  # widen the window between shards
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = _collect_args(tiny_lm_dir, corpus, temporal_dir, part, n_prompts=16, shard_prompts=1)
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli", *args]
+    slow_cli = str(Path(__file__).with_name("slow_shards_cli.py"))  # widens the window between shards
+    slow = [*_torchrun(), "--standalone", "--nproc_per_node", "2", slow_cli, "0.4", *args]
+    proc = subprocess.Popen(slow, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and len(list((part / "shards").glob("shard-*.json"))) < 3:

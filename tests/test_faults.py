@@ -24,6 +24,7 @@ import torch
 
 from fixtures import safetensors_content, save_tiny_temporal_sae, write_word_corpus
 from tempolens.collect import CollectConfig, collect
+from tempolens.errors import WriteError
 from tempolens.store import CodeStore, StoreError
 
 torch.set_num_threads(1)
@@ -284,7 +285,7 @@ def test_disk_full_in_dashboards_output_keeps_statistics(store, reference_dashbo
         return real_replace(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(StoreError, match=r"disk full while writing .*chunk-1\.js; free space and rerun") as e:
+    with pytest.raises(WriteError, match=r"disk full while writing .*chunk-1\.js; free space and rerun") as e:
         build_dashboards(_dash_cfg(store, out))
     assert "\n" not in str(e.value)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # the failed write left no temporary
@@ -398,7 +399,7 @@ def test_endpoint_down_records_failures_then_resume_matches(tiny_lm_dir, tmp_pat
 
 # -- temporaries left by a kill between write and rename ------------------------------------------------
 def test_stale_temporaries_of_dead_writers_are_removed(tiny_lm_dir, corpus, temporal_dir, store, tmp_path):
-    from tempolens.store.codestore import remove_stale_temporaries
+    from tempolens.fsutil import remove_stale_temporaries
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tempolens.errors import ConfigError, SourceError
+from tempolens import fsutil
 from tempolens.sources import cache, embedded
 from tempolens.sources.embedded import (
     SetupConfig,
@@ -104,14 +105,14 @@ def test_cache_dir_default_is_platformdirs(monkeypatch, tmp_path):
 
 def test_publish_dir_is_atomic(tmp_path):
     final = tmp_path / "model"
-    tmp = cache.fresh_tmp_dir(final)
+    tmp = fsutil.fresh_tmp_dir(final)
     (tmp / "a").write_text("1")
     assert not final.exists()  # a killed writer leaves only model.partial, which nobody reads
-    cache.publish_dir(tmp, final)
+    fsutil.publish_dir(tmp, final)
     assert (final / "a").read_text() == "1" and not tmp.exists()
-    tmp2 = cache.fresh_tmp_dir(final)
+    tmp2 = fsutil.fresh_tmp_dir(final)
     (tmp2 / "b").write_text("2")
-    cache.publish_dir(tmp2, final)
+    fsutil.publish_dir(tmp2, final)
     assert sorted(p.name for p in final.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 

@@ -11,12 +11,10 @@ Python API::
 
 from __future__ import annotations
 
-import os
 import platform
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +24,8 @@ from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError, TempolensError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import CodeStore, StoreWriter, ensure_out_dir, pack_codes
+from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
+from tempolens.fsutil import BackgroundWriter, ensure_out_dir
 
 
 @dataclass
@@ -209,42 +208,6 @@ def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, devi
     return sae.to(device).float().eval()
 
 
-class _ShardWriterThread:
-    """Writes shards in a background thread so disk I/O overlaps the next LM forward."""
-
-    def __init__(self, writer: StoreWriter):
-        self.writer = writer
-        self.q: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        slow = float(os.environ.get("TEMPOLENS_TEST_SLOW_SHARDS", "0"))  # tests: widen the kill window
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if slow:
-                time.sleep(slow)
-            if self.error is None:
-                try:
-                    self.writer.write_shard(item[0], **item[1])
-                except BaseException as e:  # re-raised in the main thread
-                    self.error = e
-
-    def put(self, index: int, payload: dict) -> None:
-        if self.error:
-            raise self.error
-        self.q.put((index, payload))
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error:
-            raise self.error
-
-
 def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     """Run the one pass and write (or finish) the code store at ``cfg.out``.
 
@@ -311,7 +274,7 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
     lm_seconds = 0.0
     sae_seconds = 0.0
-    io = _ShardWriterThread(writer)
+    io = BackgroundWriter(max_pending=2, name="tempolens-shards")  # shard writes overlap the next LM forward
     try:
         with torch.inference_mode():
             for si in todo:
@@ -349,9 +312,10 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
                 if pred_parts:
                     pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
                                 torch.cat([p[2] for p in pred_parts]))
-                io.put(
-                    si,
-                    dict(
+                io.submit(
+                    partial(
+                        writer.write_shard,
+                        si,
                         tokens=tokens[lo:hi],
                         prompt_ids=torch.arange(lo, hi),
                         special=special[lo:hi],
@@ -432,7 +396,7 @@ def _portable_spec(spec: str) -> str:
 
 
 def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
-    from tempolens.store.codestore import atomic_write_json
+    from tempolens.fsutil import atomic_write_json
 
     log = {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(result) if f.name not in ("model", "sae") for v in [getattr(result, f.name)]}
     log["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

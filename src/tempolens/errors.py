@@ -21,3 +21,7 @@ class UnsafeCheckpointError(SourceError):
 
 class DeviceError(ConfigError, SourceError):
     """A requested device does not exist here (an option error and a source that cannot be loaded)."""
+
+
+class WriteError(TempolensError, OSError):
+    """An output file or folder cannot be written: disk full, read-only filesystem, a file in the way."""

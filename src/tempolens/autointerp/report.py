@@ -23,7 +23,7 @@ from typing import Any
 from tempolens.autointerp.db import ResultsDB
 from tempolens.autointerp.metrics import bootstrap_ci, mean
 from tempolens.autointerp.scorers import CHANCE, SCORERS, combine_binary
-from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
+from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 
 PUBLISHED_CONTEXT = {
     "source": "SAEBench autointerp (Karvonen et al. 2025), Gemma-2-2B layer 12, gpt-4o-mini judge, 1000 latents, "

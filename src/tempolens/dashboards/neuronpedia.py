@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tempolens.dashboards.schema import Activation, dumps_bytes, neuronpedia_feature
-from tempolens.store.codestore import atomic_write_bytes
+from tempolens.fsutil import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,8 @@ from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import (
-    CodeStore,
-    StoreError,
-    atomic_write_bytes,
-    ensure_out_dir,
-    remove_stale_temporaries,
-    write_sha256sums,
-)
+from tempolens.store.codestore import CodeStore, StoreError
+from tempolens.fsutil import atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
 
 
 ACT_UNITS: dict[str, str] = {
@@ -217,7 +211,7 @@ def build_dashboards(
     from tempolens.dashboards import neuronpedia as npx
     from tempolens.dashboards.schema import RecordContext, examples_of, feature_records, index_row
     from tempolens.dashboards.site import SiteWriter, load_autointerp
-    from tempolens.store.background import BackgroundJobs
+    from tempolens.fsutil import BackgroundWriter
     from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
     from tempolens.stats.logits import LogitEffects, logit_effects
 
@@ -358,7 +352,7 @@ def build_dashboards(
         decoder_norm=row_norm,
         act_units=cfg.act_units,
     )
-    from tempolens.sources.cache import fresh_tmp_dir
+    from tempolens.fsutil import fresh_tmp_dir
 
     np_final = out / f"neuronpedia{suffix}"
     site_final = out / "site" / "pred" if pred else out / "site"
@@ -388,7 +382,7 @@ def build_dashboards(
     n_examples = 0
 
     # encoding, gzip and writes run in a background thread, overlapping the next records' assembly
-    writes = BackgroundJobs(max_pending=4)
+    writes = BackgroundWriter(max_pending=4)
     # CPU seconds per part of the exports (thread time: the writer thread's jobs, the records in this thread)
     export_cpu = {"records": 0.0, "batches": 0.0, "bulk": 0.0, "site": 0.0}
 
@@ -506,7 +500,7 @@ def build_dashboards(
         })
         if not pred:
             _carry_over_foreign(site_final, site_dir)
-    from tempolens.sources.cache import publish_dir
+    from tempolens.fsutil import publish_dir
 
     if cfg.batches or cfg.bulk:
         publish_dir(np_dir, np_final)
@@ -515,7 +509,7 @@ def build_dashboards(
         _link_views(out / "site")
     write_sha256sums(out, ("neuronpedia", "neuronpedia-pred", "site"))  # last: `sha256sum -c` verifies the exports
     timings["total"] = time.perf_counter() - t0
-    from tempolens.store.codestore import atomic_write_json
+    from tempolens.fsutil import atomic_write_json
 
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
     atomic_write_json(out / f"dashboards_log{suffix}.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tempolens.store.codestore import atomic_write_bytes
+from tempolens.fsutil import atomic_write_bytes
 
 INDEX_COLUMNS: tuple[str, ...] = ("index", "frac_nonzero", "max_act", "mean_act", "top_tokens", "explanation", "score", "pred_share")
 

@@ -402,7 +402,7 @@ def save_temporal_sae(sae: TemporalSAE, folder: str | Path, dtype: torch.dtype |
     """
     from safetensors.torch import save as st_save
 
-    from tempolens.store.codestore import atomic_write_bytes
+    from tempolens.fsutil import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -563,7 +563,7 @@ def save_standard_sae(sae: StandardSAE, folder: str | Path, dtype: torch.dtype |
     or ``topk``, restored as batchtopk by ``load_sae``. Atomic files; returns the folder."""
     from safetensors.torch import save as st_save
 
-    from tempolens.store.codestore import atomic_write_bytes
+    from tempolens.fsutil import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

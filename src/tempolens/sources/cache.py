@@ -9,14 +9,11 @@ of writing a second copy next to it).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tempolens.errors import SourceError
+from tempolens.fsutil import file_lock
 
 ENV_VAR = "TEMPOLENS_CACHE"
 
@@ -53,54 +50,7 @@ def corpora_dir() -> Path:
     return _sub("corpora")
 
 
-@contextlib.contextmanager
-def cache_lock(target: Path, timeout_s: float = 3600.0) -> Iterator[None]:
-    """Hold an exclusive lock on ``<target>.lock`` (a POSIX advisory lock) while writing ``target``.
-
-    The lock is released by the kernel if the process dies, so a killed writer never blocks
-    the next one. Waits up to ``timeout_s`` for another writer to finish.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.with_name(target.name + ".lock")
-    with open(lock_path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SourceError(f"another tempolens process has held {lock_path} for over {timeout_s:.0f} s; wait for it or delete the lock file") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Atomically move a fully written folder ``tmp`` to ``final`` (replacing an older copy).
-
-    Readers trust ``final`` only when it exists, so a writer killed before this call leaves
-    at most a ``tmp`` folder that is never read and is removed on the next attempt.
-    """
-    tmp, final = Path(tmp), Path(final)
-    if final.exists():
-        old = final.with_name(final.name + f".old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
-
-
-def fresh_tmp_dir(final: Path) -> Path:
-    """An empty scratch folder next to ``final`` (same filesystem, so ``publish_dir`` is a rename)."""
-    final = Path(final)
-    tmp = final.with_name(final.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+def cache_lock(target: Path, timeout_s: float = 3600.0) -> contextlib.AbstractContextManager[None]:
+    """Hold the cross-process lock of a cache entry ``target`` while writing it
+    (:func:`tempolens.fsutil.file_lock`: another process waits instead of writing a second copy)."""
+    return file_lock(target, timeout_s)

@@ -30,7 +30,8 @@ from torch import nn
 
 from tempolens.devices import resolve_device
 from tempolens.errors import SourceError
-from tempolens.sources.cache import cache_lock, fresh_tmp_dir, models_dir, publish_dir
+from tempolens.fsutil import fresh_tmp_dir, publish_dir
+from tempolens.sources.cache import cache_lock, models_dir
 from tempolens.sources.hub import first_uncached, hub_offline, is_connection_error, not_cached_message
 
 DType = Literal["float32", "bfloat16", "float16"]

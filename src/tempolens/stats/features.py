@@ -34,7 +34,8 @@ from tempolens.stats.accumulators import (
     bin_edges,
     correlations_from_sums,
 )
-from tempolens.store.codestore import CodeStore, Shard, StoreError, atomic_write_bytes
+from tempolens.store.codestore import CodeStore, Shard, StoreError
+from tempolens.fsutil import atomic_write_bytes
 
 STATS_VERSION = 1
 

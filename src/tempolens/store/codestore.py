@@ -33,7 +33,6 @@ tokens per shard) before it returns, and names the first disagreement.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -48,55 +47,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tempolens.errors import TempolensError
+from tempolens.fsutil import (  # noqa: F401  (re-exported: older import paths)
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_out_dir,
+    remove_stale_temporaries,
+    sha256_file,
+    write_sha256sums,
+)
 
 FORMAT_VERSION = 1
 
 
 class StoreError(TempolensError):
     """A code store is missing, corrupt or does not match the requested run."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp + fsync + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == 28:  # ENOSPC
-            raise StoreError(f"disk full while writing {path}; free space and rerun the same command — finished shards are kept") from e
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 META_CHECKSUM_KEY = "meta_sha256"
@@ -150,70 +114,6 @@ def read_meta(root: Path | str) -> dict[str, Any]:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise StoreError(f"{meta_path}: {path} is {v!r}, not a positive integer; {REDO_META}")
     return meta
-
-
-def ensure_out_dir(path: Path | str, option: str = "--out") -> Path:
-    """Create the output folder ``path`` (and parents) and check that files can be written in it.
-
-    Raises ``StoreError`` (one line) when ``path`` is a file, is on a read-only filesystem, or is
-    not writable — before any work is done."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{option} {path} is a file, not a folder; pass a folder path (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe.tmp-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"")
-        probe.unlink()
-    except OSError as e:
-        if isinstance(e, FileExistsError) or e.errno == errno.ENOTDIR:
-            raise StoreError(f"{option} {path}: a parent of it is a file, not a folder; pass a folder path") from None
-        why = "the filesystem is read-only" if e.errno == errno.EROFS else (e.strerror or str(e))
-        raise StoreError(f"{option} {path} cannot be written ({why}); pass a folder on a writable disk") from None
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # exists (another user's) or unknowable: keep its file
-    return True
-
-
-def write_sha256sums(root: Path | str, folders: tuple[str, ...]) -> Path:
-    """Write ``root/SHA256SUMS`` (the ``sha256sum -c`` format) for every file under ``folders``.
-
-    Written last and atomically, so its presence also says the outputs it lists are complete."""
-    root = Path(root)
-    lines = []
-    for folder in folders:
-        for p in sorted((root / folder).rglob("*")):
-            if p.is_file() and ".tmp-" not in p.name:
-                lines.append(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n")
-    path = root / "SHA256SUMS"
-    atomic_write_bytes(path, "".join(lines).encode())
-    return path
-
-
-def remove_stale_temporaries(root: Path | str) -> list[Path]:
-    """Delete temporary files (``.<name>.tmp-<pid>``) that a killed writer left under ``root``.
-
-    A process killed between writing a temporary file and renaming it leaves the temporary behind.
-    Files whose writer process is still alive on this machine are kept. Returns the removed paths."""
-    removed: list[Path] = []
-    root = Path(root)
-    if not root.is_dir():
-        return removed
-    for p in root.rglob(".*.tmp-*"):
-        pid = p.name.rsplit(".tmp-", 1)[1]
-        if p.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 @dataclass
@@ -402,7 +302,8 @@ class CodeStore:
         if got != man["sha256"]:
             raise StoreError(
                 f"shard {self.shard_path(i)} is corrupt (sha256 {got[:12]}… ≠ {man['sha256'][:12]}…); "
-                f"delete it and {man_path.name} and rerun `tempolens collect` with the same arguments to redo that shard"
+                f"delete it and {man_path.name} and rerun `tempolens collect` with the same arguments to redo that "
+                "shard"
             )
         return man
 
@@ -410,18 +311,25 @@ class CodeStore:
     def load_shard(self, i: int, verify: bool = True) -> Shard:
         path = self.shard_path(i)
         if not path.exists():
-            raise StoreError(f"shard {i} of {self.root} is missing; rerun `tempolens collect` with the same arguments to finish the store")
+            raise StoreError(
+                f"shard {i} of {self.root} is missing; rerun `tempolens collect` with the same arguments to finish "
+                "the store"
+            )
         if verify:
             self._check(i)
         try:
             t = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise StoreError(f"shard {path} cannot be read ({e}); delete it and its .json and rerun `tempolens collect`") from e
+            raise StoreError(
+                f"shard {path} cannot be read ({e}); delete it and its .json and rerun `tempolens collect`"
+            ) from e
         self._check_shape(i, t)
         extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("extra.")}
         code_extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("code_extra.")}
         return Shard(
-            pred_ptr=t.get("pred_ptr"), pred_latent=t.get("pred_latent"), pred_value=t.get("pred_value"),
+            pred_ptr=t.get("pred_ptr"),
+            pred_latent=t.get("pred_latent"),
+            pred_value=t.get("pred_value"),
             index=i,
             tokens=t["tokens"],
             prompt_ids=t["prompt_ids"],
@@ -467,13 +375,17 @@ class CodeStore:
     def iter_shards(self, verify: bool = True) -> Iterator[Shard]:
         if not self.complete:
             done = len(self.done_shards())
-            raise StoreError(f"{self.root} is incomplete ({done}/{self.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
+            raise StoreError(
+                f"{self.root} is incomplete ({done}/{self.n_shards} shards); rerun `tempolens collect` with the same "
+                "arguments to finish it"
+            )
         for i in range(self.n_shards):
             yield self.load_shard(i, verify=verify)
 
     def all_tokens(self) -> Tensor:
         """``[n_prompts, T]`` token ids of every prompt (small: ids only)."""
         return torch.cat([self.load_shard(i, verify=False).tokens for i in range(self.n_shards)])
+
 
 class StoreWriter:
     """Writes shards of a store; knows which shards a previous run already finished."""
@@ -489,7 +401,11 @@ class StoreWriter:
         meta_path = self.root / "meta.json"
         if meta_path.exists() and not overwrite:
             old = CodeStore(self.root).meta  # verified: checksum, and the shards on disk against it
-            mismatched = [k for k in ("model", "sae", "prompts", "n_shards", "shard_size", "pred_codes") if old.get(k) != meta.get(k)]
+            mismatched = [
+                k
+                for k in ("model", "sae", "prompts", "n_shards", "shard_size", "pred_codes")
+                if old.get(k) != meta.get(k)
+            ]
             if mismatched:
                 raise StoreError(
                     f"{self.root} holds a store of a different run (differs in: {', '.join(mismatched)}); "
@@ -549,15 +465,31 @@ class StoreWriter:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno == 28:
-                raise StoreError(f"disk full while writing {path}; free space and rerun the same command — {len(self.done_shards())} finished shards are kept") from e
+                raise StoreError(
+                    f"disk full while writing {path}; free space and rerun the same command — "
+                    f"{len(self.done_shards())} finished shards are kept"
+                ) from e
             raise
-        except (RuntimeError, SafetensorError) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
+        except (
+            RuntimeError,
+            SafetensorError,
+        ) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
             tmp.unlink(missing_ok=True)
             if "os error 28" in str(e) or "No space left" in str(e):
-                raise StoreError(f"disk full while writing {path}; free space and rerun the same command — {len(self.done_shards())} finished shards are kept") from e
-            raise StoreError(f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept") from e
+                raise StoreError(
+                    f"disk full while writing {path}; free space and rerun the same command — "
+                    f"{len(self.done_shards())} finished shards are kept"
+                ) from e
+            raise StoreError(
+                f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept"
+            ) from e
         atomic_write_json(
             self.store.shard_dir / f"shard-{i:05d}.json",
-            {"sha256": sha256_file(path), "n_prompts": int(tokens.shape[0]), "prompt_len": int(tokens.shape[1]),
-             "nnz": int(code_latent.numel()), "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0},
+            {
+                "sha256": sha256_file(path),
+                "n_prompts": int(tokens.shape[0]),
+                "prompt_len": int(tokens.shape[1]),
+                "nnz": int(code_latent.numel()),
+                "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0,
+            },
         )

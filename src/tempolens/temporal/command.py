@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tempolens.errors import ConfigError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
+from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_text
 from tempolens.temporal.events import (
     MARKER,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import Tensor
 
-from tempolens.store.codestore import atomic_write_bytes
+from tempolens.fsutil import atomic_write_bytes
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis
 from tempolens.temporal.kernels import attention_vmax
 

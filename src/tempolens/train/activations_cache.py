@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from tempolens.errors import SourceError
-from tempolens.store.codestore import atomic_write_bytes, atomic_write_json, sha256_file
+from tempolens.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 
 CACHE_FORMAT = 1
 FP16_SAFE_MAX = 32768.0

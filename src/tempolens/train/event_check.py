@@ -132,7 +132,7 @@ def kernel_images(sae: SAE, twin: SAE | None, seq: EventSequence, png, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tempolens.store.codestore import atomic_write_bytes
+    from tempolens.fsutil import atomic_write_bytes
     from tempolens.temporal.events import boundary_positions
 
     codes, _ = sequence_codes(sae, twin, seq.acts)

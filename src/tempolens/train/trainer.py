@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from tempolens.errors import ConfigError, SourceError, TempolensError
 from tempolens.options import check
 from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
-from tempolens.store.codestore import atomic_write_bytes, atomic_write_json
+from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 from tempolens.train.activations_cache import (
     ActivationSource,
     ActivationSpec,

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from tempolens.store.background import BackgroundJobs
+from tempolens.fsutil import BackgroundWriter
 
 
 def test_jobs_run_in_order_and_close_waits():
     done: list[int] = []
-    with BackgroundJobs(max_pending=1) as jobs:
+    with BackgroundWriter(max_pending=1) as jobs:
         for i in range(20):
             jobs.submit(lambda i=i: (time.sleep(0.001), done.append(i)))
     assert done == list(range(20))
@@ -19,7 +19,7 @@ def test_jobs_run_in_order_and_close_waits():
 
 def test_first_error_is_raised_and_later_jobs_are_skipped():
     done: list[int] = []
-    jobs = BackgroundJobs(max_pending=4)
+    jobs = BackgroundWriter(max_pending=4)
 
     def fail() -> None:
         raise OSError(28, "No space left on device")
@@ -36,7 +36,7 @@ def test_first_error_is_raised_and_later_jobs_are_skipped():
 
 def test_an_error_in_the_caller_is_kept_over_a_write_error():
     with pytest.raises(KeyError):
-        with BackgroundJobs() as jobs:
+        with BackgroundWriter() as jobs:
             jobs.submit(lambda: 1 / 0)
             time.sleep(0.05)
             raise KeyError("caller")
