@@ -18,7 +18,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"--device {str(device)!r} was requested but CUDA is not available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+        raise DeviceError(
+            f"--device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("--device mps was requested but MPS is not available here; use --device cpu")
     return dev

@@ -74,7 +74,8 @@ class Dist:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             reason = re.sub(r"^\[[^\]]*\]\s*", "", text)[:120]  # drop the "[.../pair.cc:553]" source location
             raise TempolensError(
-                f"rank {self.rank}/{self.world} lost contact with the other ranks ({reason}); another rank probably stopped "
+                f"rank {self.rank}/{self.world} lost contact with the other ranks ({reason}); another rank probably "
+                "stopped "
                 "with an error shown above — fix that and rerun the same command (finished work is kept)"
             ) from e
 
@@ -129,6 +130,9 @@ def choose_backend(local_world: int, n_gpus: int, override: str | None = None) -
         if override not in ("nccl", "gloo"):
             raise TempolensError(f"TEMPOLENS_DIST_BACKEND must be nccl or gloo; got {override!r}")
         if override == "nccl" and n_gpus < local_world:
-            raise TempolensError(f"TEMPOLENS_DIST_BACKEND=nccl needs one GPU per rank: {local_world} ranks on this machine, {n_gpus} GPUs; use gloo or fewer ranks")
+            raise TempolensError(
+                f"TEMPOLENS_DIST_BACKEND=nccl needs one GPU per rank: {local_world} ranks on this machine, {n_gpus} "
+                "GPUs; use gloo or fewer ranks"
+            )
         return override
     return "nccl" if n_gpus >= local_world >= 1 else "gloo"

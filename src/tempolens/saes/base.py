@@ -54,7 +54,10 @@ class SparseCodes:
         slots = max(slots, 1)
         vals, idx = dense.topk(min(slots, dense.shape[-1]), dim=-1, sorted=True)
         keep = vals > 0
-        return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)), values=torch.where(keep, vals, torch.zeros_like(vals)))
+        return SparseCodes(
+            indices=torch.where(keep, idx, torch.full_like(idx, -1)),
+            values=torch.where(keep, vals, torch.zeros_like(vals)),
+        )
 
 
 @dataclass

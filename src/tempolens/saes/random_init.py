@@ -72,7 +72,12 @@ def _init_attention(sae: TemporalSAE, g: torch.Generator) -> None:
     qk_head, v_head = c.qk_dim // c.n_heads, c.width // c.n_heads
     bound = 1.0 / math.sqrt(c.width)
     for layer in sae.attn_layers:
-        for lin, scale in ((layer.k_ctx, qk_head), (layer.q_target, qk_head), (layer.v_ctx, v_head), (layer.c_proj, c.width)):
+        for lin, scale in (
+            (layer.k_ctx, qk_head),
+            (layer.q_target, qk_head),
+            (layer.v_ctx, v_head),
+            (layer.c_proj, c.width),
+        ):
             lin.weight.copy_(_unit_rows(tuple(lin.weight.shape), g) / math.sqrt(scale))  # type: ignore[arg-type]
             lin.bias.copy_((torch.rand(lin.bias.shape, generator=g) * 2 - 1) * bound)
 
@@ -92,8 +97,15 @@ def random_temporal_sae(
     """A random tied TopK Temporal SAE: unit-norm decoder rows ``D``, encoder ``Dᵀ``, reference-style
     attention init; ``b = mean · s`` (``mean`` in model units) so the SAE sees centred activations."""
     cfg = TemporalConfig(
-        d_in=d_in, width=width, k=k, sae_diff_type="topk", n_heads=n_heads, n_attn_layers=n_attn_layers,
-        bottleneck_factor=bottleneck_factor, tied=True, scaling_factor=float(scaling_factor),
+        d_in=d_in,
+        width=width,
+        k=k,
+        sae_diff_type="topk",
+        n_heads=n_heads,
+        n_attn_layers=n_attn_layers,
+        bottleneck_factor=bottleneck_factor,
+        tied=True,
+        scaling_factor=float(scaling_factor),
         metadata={"init": "random", "seed": seed},
     )
     g = torch.Generator().manual_seed(seed)
@@ -166,7 +178,10 @@ class RandomSpec:
     def __post_init__(self) -> None:
         check(self.kind in ("temporal", "topk"), f"random SAE kind must be temporal or topk; got {self.kind!r}")
         check(self.mean in ("auto", "zero"), f"random SAE mean must be auto or zero; got {self.mean!r}")
-        check(self.scale is None or (math.isfinite(self.scale) and self.scale > 0), f"random SAE scale must be positive; got {self.scale!r}")
+        check(
+            self.scale is None or (math.isfinite(self.scale) and self.scale > 0),
+            f"random SAE scale must be positive; got {self.scale!r}",
+        )
 
     @property
     def needs_stats(self) -> bool:
@@ -177,7 +192,7 @@ def parse_random_spec(spec: str) -> RandomSpec:
     """Parse ``random:temporal?width=...&k=...`` (see the module docstring) with strict checking."""
     if not spec.startswith("random:"):
         raise ConfigError(f"not a random-init spec: {spec!r}")
-    kind, _, query = spec[len("random:"):].partition("?")
+    kind, _, query = spec[len("random:") :].partition("?")
     kind = kind or "temporal"
     if kind not in ("temporal", "topk"):
         raise ConfigError(f"random SAE kind must be temporal or topk; got {kind!r} in {spec!r}")
@@ -243,8 +258,15 @@ def sae_from_spec_with_stats(spec: str, acts: Tensor | None = None) -> SAE:
         return random_topk_sae(d_in, width, k, seed=rs.seed, mean=mean)
     scale = rs.scale if rs.scale is not None else estimate_scaling(acts)  # type: ignore[arg-type]
     return random_temporal_sae(
-        d_in, width, k, n_heads=rs.n_heads, n_attn_layers=rs.n_attn_layers, bottleneck_factor=rs.bottleneck_factor,
-        seed=rs.seed, mean=mean, scaling_factor=scale,
+        d_in,
+        width,
+        k,
+        n_heads=rs.n_heads,
+        n_attn_layers=rs.n_attn_layers,
+        bottleneck_factor=rs.bottleneck_factor,
+        seed=rs.seed,
+        mean=mean,
+        scaling_factor=scale,
     )
 
 

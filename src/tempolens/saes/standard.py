@@ -57,7 +57,8 @@ class StandardConfig:
     rescale_acts_by_decoder_norm: bool = False
     """TopK only: rank pre-activations times ‖W_dec‖ and divide codes by ‖W_dec‖ when decoding (SAELens)."""
     batchtopk_mode: Literal["auto", "topk", "threshold"] = "auto"
-    """BatchTopK inference: per-token TopK with k, or the learned threshold; auto = threshold when the checkpoint has one."""
+    """BatchTopK inference: per-token TopK with k, or the learned threshold; auto = threshold when the checkpoint has
+    one."""
     has_threshold: bool = False
     """Whether the weights include a ``threshold`` (set by the loader; required for jumprelu)."""
     metadata: dict = field(default_factory=dict, compare=False)

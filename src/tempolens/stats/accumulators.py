@@ -56,7 +56,9 @@ class CodeBatch:
         fire; negative predictions are never ranked or counted), with ``pred = None``."""
         T = shard.prompt_len
         valid_tok = shard.valid_mask().reshape(-1)
-        gtok = shard.prompt_ids.to(torch.int64).repeat_interleave(T) * T + torch.arange(T, dtype=torch.int64).repeat(shard.n_prompts)
+        gtok = shard.prompt_ids.to(torch.int64).repeat_interleave(T) * T + torch.arange(T, dtype=torch.int64).repeat(
+            shard.n_prompts
+        )
         share = shard.extras.get("pred_share")
         if codes == "pred":
             tok = shard.pred_token()
@@ -128,7 +130,9 @@ def sample_keys(seed: int, gpos: Tensor, latent: Tensor, width: int) -> Tensor:
     return mix64(gpos.to(torch.int64) * int(width) + latent.to(torch.int64) + s)
 
 
-def select_per_group(group: Tensor, primary: Tensor, secondary: Tensor, k: int, n_groups: int, descending: bool) -> tuple[Tensor, Tensor, Tensor]:
+def select_per_group(
+    group: Tensor, primary: Tensor, secondary: Tensor, k: int, n_groups: int, descending: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` best entries of every group, deterministic under ties.
 
     Order within a group: ``primary`` (descending or ascending), then ``secondary`` ascending.
@@ -209,7 +213,9 @@ class CountsAccumulator:
             "sum_sq": self.sum_sq.clone(),
             "max": self.max.clone(),
             "frac_nonzero": self.n_active.to(torch.float64) / n,
-            "mean_active": torch.where(self.n_active > 0, self.sum / self.n_active.clamp(min=1), torch.zeros_like(self.sum)),
+            "mean_active": torch.where(
+                self.n_active > 0, self.sum / self.n_active.clamp(min=1), torch.zeros_like(self.sum)
+            ),
         }
 
 
@@ -254,7 +260,9 @@ class TopKAccumulator:
         keep = b.value >= self._threshold()[b.latent]  # candidates only: ties kept for the position tiebreak
         nan = torch.full((int(keep.sum()),), float("nan"))
         self._absorb(
-            b.latent[keep], b.value[keep], b.gpos[keep],
+            b.latent[keep],
+            b.value[keep],
+            b.gpos[keep],
             b.pred[keep] if b.pred is not None else nan,
             b.pred_share[keep] if b.pred_share is not None else nan,
         )
@@ -265,7 +273,12 @@ class TopKAccumulator:
         self._absorb(rows, other.value[m], other.gpos[m], other.pred[m], other.pred_share[m])
 
     def result(self) -> dict[str, Tensor]:
-        return {"value": self.value.clone(), "gpos": self.gpos.clone(), "pred": self.pred.clone(), "pred_share": self.pred_share.clone()}
+        return {
+            "value": self.value.clone(),
+            "gpos": self.gpos.clone(),
+            "pred": self.pred.clone(),
+            "pred_share": self.pred_share.clone(),
+        }
 
 
 # ------------------------------------------------------------------------------------ pass 2
@@ -289,7 +302,11 @@ class HistogramAccumulator:
 
     def result(self) -> dict[str, Tensor]:
         edges = bin_edges(self.max_act, self.n_bins)
-        return {"counts": self.counts.view(self.width, self.n_bins).clone(), "edges": edges, "centres": (edges[:, :-1] + edges[:, 1:]) / 2}
+        return {
+            "counts": self.counts.view(self.width, self.n_bins).clone(),
+            "edges": edges,
+            "centres": (edges[:, :-1] + edges[:, 1:]) / 2,
+        }
 
 
 class IntervalSampler:
@@ -344,7 +361,10 @@ class IntervalSampler:
         n = int(keep.sum())
         nan = torch.full((n,), float("nan"))
         self._absorb(
-            group[keep], key[keep], b.value[keep], b.gpos[keep],
+            group[keep],
+            key[keep],
+            b.value[keep],
+            b.gpos[keep],
             b.pred[keep] if b.pred is not None else nan,
             b.pred_share[keep] if b.pred_share is not None else nan,
         )
@@ -412,7 +432,9 @@ class CoactAccumulator:
         crow, col = prod.crow_indices(), prod.col_indices()
         r = torch.repeat_interleave(torch.arange(R, dtype=torch.int64), crow[1:] - crow[:-1])
         # (row, col) pairs of a CSR product are unique, so index_put_ with accumulate is exact
-        self.sum_xy.view(-1).index_put_((r * self.width + col.to(torch.int64),), prod.values().to(torch.float64), accumulate=True)
+        self.sum_xy.view(-1).index_put_(
+            (r * self.width + col.to(torch.int64),), prod.values().to(torch.float64), accumulate=True
+        )
 
     def merge(self, other: "CoactAccumulator") -> None:
         if (self.start, self.stop, self.width) != (other.start, other.stop, other.width):
@@ -423,7 +445,9 @@ class CoactAccumulator:
         return self.sum_xy.clone()
 
 
-def correlations_from_sums(sum_xy: Tensor, start: int, n_tokens: int, sum_x: Tensor, sum_sq: Tensor, n_active: Tensor, k: int) -> dict[str, Tensor]:
+def correlations_from_sums(
+    sum_xy: Tensor, start: int, n_tokens: int, sum_x: Tensor, sum_sq: Tensor, n_active: Tensor, k: int
+) -> dict[str, Tensor]:
     """Top-``k`` correlated latents of rows ``[start, start + R)`` by Pearson, with cosine similarity.
 
     Over all counted tokens (zeros included): ``pearson = (n·Sxy − Sx·Sy) / sqrt((n·Sxx − Sx²)(n·Syy − Sy²))``,
@@ -457,7 +481,9 @@ def correlations_from_sums(sum_xy: Tensor, start: int, n_tokens: int, sum_x: Ten
     cos_den = torch.sqrt(sxx[rows].unsqueeze(1) * sxx[top_i])
     cosine = torch.where(cos_den > 0, sum_xy.gather(1, top_i) / cos_den.clamp(min=1e-300), torch.zeros_like(cos_den))
     # exact float64 Pearson of the chosen pairs (the ranking used float32)
-    top_p = (n * sum_xy.gather(1, top_i) - sx[rows].unsqueeze(1) * sx[top_i]) * inv_std[rows].unsqueeze(1) * inv_std[top_i]
+    top_p = (
+        (n * sum_xy.gather(1, top_i) - sx[rows].unsqueeze(1) * sx[top_i]) * inv_std[rows].unsqueeze(1) * inv_std[top_i]
+    )
     top_v = torch.where(torch.isfinite(top_v), top_p, top_v)
     valid = torch.isfinite(top_v) & alive[rows].unsqueeze(1)
     return {

@@ -40,7 +40,9 @@ class LogitEffects:
     """Whether the final norm's multiplier was folded into the directions."""
 
 
-def _merge_topk(vals: Tensor, ids: Tensor, new_vals: Tensor, new_ids: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
+def _merge_topk(
+    vals: Tensor, ids: Tensor, new_vals: Tensor, new_ids: Tensor, k: int, largest: bool
+) -> tuple[Tensor, Tensor]:
     v = torch.cat([vals, new_vals], 1)
     i = torch.cat([ids, new_ids], 1)
     # deterministic under ties: order by token id first, then a stable sort by value
@@ -134,7 +136,9 @@ def histogram_rows(X: Tensor, lo: Tensor, hi: Tensor, n_bins: int, work: Tensor 
     ``work`` (int32, shaped like ``X``) is an optional reused buffer for the bin ids."""
     B = X.shape[0]
     span = (hi - lo).unsqueeze(1)
-    scale = torch.where(span > 0, n_bins / span.clamp(min=1e-30), torch.zeros_like(span))  # a constant row: all in bin 0
+    scale = torch.where(
+        span > 0, n_bins / span.clamp(min=1e-30), torch.zeros_like(span)
+    )  # a constant row: all in bin 0
     X.sub_(lo.unsqueeze(1)).mul_(scale)  # (x - lo)·n/(hi - lo): subtract first (x·s - lo·s cancels badly far from 0)
     idx = work.copy_(X) if work is not None else X.to(torch.int32)  # truncation toward 0 = floor here
     idx.clamp_(0, n_bins - 1)  # the max, and rounding near the ends
@@ -207,11 +211,18 @@ def logit_effects(
             counts = torch.zeros(B, n_bins, dtype=torch.int64, device=dev)
             for s, e in chunks:
                 counts += histogram_rows(w @ U[s:e].T, lo, hi, n_bins)
-        edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * (torch.arange(n_bins + 1, device=dev, dtype=torch.float32) / n_bins)
+        edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * (
+            torch.arange(n_bins + 1, device=dev, dtype=torch.float32) / n_bins
+        )
         out["tv"].append(tv.cpu()), out["ti"].append(ti.cpu()), out["bv"].append(bv.cpu()), out["bi"].append(bi.cpu())
         out["hc"].append(counts.cpu()), out["hm"].append(((edges[:, :-1] + edges[:, 1:]) / 2).cpu())
     cat = {name: torch.cat(v) if v else torch.zeros(0) for name, v in out.items()}
     return LogitEffects(
-        top_ids=cat["ti"], top_values=cat["tv"], bottom_ids=cat["bi"], bottom_values=cat["bv"],
-        hist_counts=cat["hc"], hist_centres=cat["hm"], folded_norm=norm_multiplier is not None,
+        top_ids=cat["ti"],
+        top_values=cat["tv"],
+        bottom_ids=cat["bi"],
+        bottom_values=cat["bv"],
+        hist_counts=cat["hc"],
+        hist_centres=cat["hm"],
+        folded_norm=norm_multiplier is not None,
     )

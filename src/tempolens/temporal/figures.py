@@ -77,10 +77,18 @@ def kernel_figure(analysis: TextAnalysis, path: Path, kinds: Sequence[str] | Non
     tokens = analysis.shown_tokens
     n = len(tokens)
     size = 4.2 if n > TOKEN_LABEL_LIMIT else max(3.6, 0.11 * n + 1.5)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(size * len(kinds) + 0.8, size + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(size * len(kinds) + 0.8, size + 0.6), squeeze=False, layout="constrained"
+    )
     im = None
     for ax, kind in zip(axes[0], kinds):
-        im = ax.imshow(analysis.kernels[kind].numpy(), cmap=KERNEL_CMAP, vmin=KERNEL_LIMITS[0], vmax=KERNEL_LIMITS[1], interpolation="nearest")
+        im = ax.imshow(
+            analysis.kernels[kind].numpy(),
+            cmap=KERNEL_CMAP,
+            vmin=KERNEL_LIMITS[0],
+            vmax=KERNEL_LIMITS[1],
+            interpolation="nearest",
+        )
         ax.set_title(KERNEL_LABELS.get(kind, kind), fontsize=10)
         _decorate(ax, tokens, analysis.boundaries)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity of mean-centred codes (−1 … 0 … +1)")
@@ -97,8 +105,11 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
     n = len(tokens)
     size = 3.2 if n > TOKEN_LABEL_LIMIT else max(3.2, 0.1 * n + 1.4)
     fig, axes = plt.subplots(
-        max(n_layers, 1), max(n_heads, 1), figsize=(size * max(n_heads, 1) + 0.8, size * max(n_layers, 1) + 0.6),
-        squeeze=False, layout="constrained",
+        max(n_layers, 1),
+        max(n_heads, 1),
+        figsize=(size * max(n_heads, 1) + 0.8, size * max(n_layers, 1) + 0.6),
+        squeeze=False,
+        layout="constrained",
     )
     im = None
     vmax = attention_vmax(layers)
@@ -106,7 +117,9 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
         sink = analysis.attention_sink[li]
         for h in range(n_heads):
             ax = axes[li][h]
-            im = ax.imshow(maps[h].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=vmax), interpolation="nearest")
+            im = ax.imshow(
+                maps[h].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=vmax), interpolation="nearest"
+            )
             ax.set_title(f"layer {li} head {h} · start/BOS {float(sink[h].mean()):.2f}", fontsize=8)
             _decorate(ax, tokens, analysis.boundaries)
     if im is not None:
@@ -148,7 +161,13 @@ def share_figure(analysis: TextAnalysis, path: Path, dpi: int = 120) -> Path:
         ax.set_ylabel(f"{lo}–{hi - 1}", fontsize=7)
         if r == 0:
             ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=7, frameon=False)
-    fig.suptitle(_title(analysis, f"predicted vs novel share of the reconstruction (mean predicted {float(share.mean()) if n else 0:.2f})"), fontsize=10)
+    fig.suptitle(
+        _title(
+            analysis,
+            f"predicted vs novel share of the reconstruction (mean predicted {float(share.mean()) if n else 0:.2f})",
+        ),
+        fontsize=10,
+    )
     return _save(fig, path, dpi)
 
 

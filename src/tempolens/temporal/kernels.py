@@ -52,7 +52,9 @@ def _row_reader(codes: Codes, width: int | None) -> tuple[int, int, Callable[[in
         if idx.dim() == 3 and idx.shape[0] == 1:
             idx, val = idx[0], val[0]
         if idx.dim() != 2 or idx.shape != val.shape:
-            raise KernelInputError(f"sparse codes of one sequence must have indices/values [L, K]; got {tuple(idx.shape)}")
+            raise KernelInputError(
+                f"sparse codes of one sequence must have indices/values [L, K]; got {tuple(idx.shape)}"
+            )
         if width is None:
             raise KernelInputError("sparse codes need the SAE width (pass width=...)")
         if idx.numel() and int(idx.max()) >= width:
@@ -168,7 +170,11 @@ def attention_by_token(attn: Tensor) -> AttentionByToken:
 
 def attention_vmax(layers: Sequence[Tensor], q: float = 0.995) -> float:
     """Top of the attention colour scale: the ``q`` quantile of all causal (below-diagonal) weights."""
-    vals = [m[:, torch.ones(m.shape[-1], m.shape[-1], dtype=torch.bool).tril(-1)].flatten() for m in layers if m.shape[-1] > 1]
+    vals = [
+        m[:, torch.ones(m.shape[-1], m.shape[-1], dtype=torch.bool).tril(-1)].flatten()
+        for m in layers
+        if m.shape[-1] > 1
+    ]
     if not vals:
         return 1.0
     v = torch.cat(vals).float()
