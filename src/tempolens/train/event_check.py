@@ -73,7 +73,7 @@ def sequence_codes(sae: SAE, twin: SAE | None, acts: Tensor) -> tuple[dict[str, 
 def event_check(sae: SAE, twin: SAE | None, seqs: Sequence[EventSequence], half_width: int = 8,
                 pair_samples: int = 3000, seed: int = 0) -> dict:
     """Event statistics of the predicted, novel, twin and raw kernels over ``seqs`` (see module doc)."""
-    from tempolens.train.trainer import zpred_top1_share
+    from tempolens.train.evaluation import zpred_top1_share
 
     g = torch.Generator().manual_seed(seed)
     per: dict[str, dict[str, list]] = {k: {"contrast": [], "within": [], "across": [], "novelty": []} for k in KINDS}
