@@ -465,12 +465,6 @@ def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Te
     return sae
 
 
-def temporal_forward_scaled(sae: nn.Module, x: Tensor) -> tuple[Tensor, SparseCodes]:
-    """Differentiable ``(recon in scaled units, novel codes)`` of a Temporal SAE for model-unit ``x``."""
-    out = sae.forward_train(x)  # type: ignore[attr-defined]
-    return out.recon, out.codes
-
-
 @torch.no_grad()
 def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
     """Data-dependent attention init on one batch ``x [B, L, d_in]`` (model units), layer by layer.
