@@ -68,7 +68,8 @@ IGNORED_METADATA_KEY = "conf_ignored"
 _noted: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is an integer (a ``bool`` is not)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -150,14 +151,38 @@ def _note(source: str, unknown: list[str]) -> None:
     )
 
 
-def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, strict: bool = False) -> TemporalConfig:
-    """Validate a Temporal SAE ``conf.yaml`` mapping and return its ``TemporalConfig``.
+class _ConfReader:
+    """Typed field access to the sections of one ``conf.yaml``; every error names the field and the file."""
 
-    Missing or wrongly typed forward-pass fields, a ``sae.sae_type`` other than the temporal one and
-    keys known to change inference raise ``ConfigError`` naming the field and ``source``. Keys the
-    forward pass does not read are recorded in ``metadata["conf_ignored"]``; unknown ones are noted
-    on stderr, or refused when ``strict``.
-    """
+    def __init__(self, sections: dict[str, Mapping[str, Any]], source: str) -> None:
+        self.sections = sections
+        self.source = source
+
+    def fail(self, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {msg}")
+
+    def get(self, sec_name: str, key: str) -> Any:
+        sec = self.sections[sec_name]
+        if key not in sec:
+            raise self.fail(f"missing field {sec_name}.{key}")
+        return sec[key]
+
+    def get_int(self, sec_name: str, key: str, minimum: int = 1) -> int:
+        v = self.get(sec_name, key)
+        if not is_int(v) or v < minimum:
+            raise self.fail(f"{sec_name}.{key} must be an integer ≥ {minimum}; got {v!r}")
+        return int(v)
+
+    def get_pos_float(self, sec_name: str, key: str) -> float:
+        v = self.get(sec_name, key)
+        f = _as_float(v)
+        if f is None or f <= 0:
+            raise self.fail(f"{sec_name}.{key} must be a positive number; got {v!r}")
+        return f
+
+
+def _read_sections(conf: Mapping[str, Any], source: str) -> _ConfReader:
+    """The ``llm`` and ``sae`` sections (both required mappings); ``data``, when present, must be a mapping."""
 
     def fail(msg: str) -> ConfigError:
         return ConfigError(f"{source}: {msg}")
@@ -172,83 +197,85 @@ def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, st
         if not isinstance(sec, Mapping):
             raise fail(f"section '{name}' must be a mapping; got {type(sec).__name__}")
         sections[name] = sec
-    llm, sae = sections["llm"], sections["sae"]
     data = conf.get("data")
     if data is not None and not isinstance(data, Mapping):
         raise fail("section 'data' must be a mapping")
+    return _ConfReader(sections, source)
 
-    def get(sec_name: str, key: str) -> Any:
-        sec = sections[sec_name]
-        if key not in sec:
-            raise fail(f"missing field {sec_name}.{key}")
-        return sec[key]
 
-    def get_int(sec_name: str, key: str, minimum: int = 1) -> int:
-        v = get(sec_name, key)
-        if not _is_int(v) or v < minimum:
-            raise fail(f"{sec_name}.{key} must be an integer ≥ {minimum}; got {v!r}")
-        return int(v)
-
-    def get_pos_float(sec_name: str, key: str) -> float:
-        v = get(sec_name, key)
-        f = _as_float(v)
-        if f is None or f <= 0:
-            raise fail(f"{sec_name}.{key} must be a positive number; got {v!r}")
-        return f
-
-    # keys checked against the one value tempolens implements
+def _check_keys(conf: Mapping[str, Any], r: _ConfReader, strict: bool) -> tuple[dict[str, Any], list[str]]:
+    """Refuse the keys whose value would change inference (and, when ``strict``, unknown keys);
+    return ``sort_keys(conf)``: the ignored keys and the unknown ones among them."""
+    sae = r.sections["sae"]
     if "sae_type" in sae and not is_temporal_sae_type(sae["sae_type"]):
-        raise fail(
+        raise r.fail(
             f"sae.sae_type is {sae['sae_type']!r}, not a Temporal SAE; give a folder of a Temporal SAE "
             "(sae_type: temporal), or a SAELens folder (cfg.json) for a standard SAE"
         )
     if sae.get("use_pos_encoding"):
-        raise fail("sae.use_pos_encoding is true; Temporal SAEs with positional encodings are not supported")
+        raise r.fail("sae.use_pos_encoding is true; Temporal SAEs with positional encodings are not supported")
     ignored, unknown = sort_keys(conf)
     if unknown and strict:
         more = f" (and {', '.join(unknown[1:4])}{' ...' if len(unknown) > 4 else ''})" if len(unknown) > 1 else ""
-        raise fail(
+        raise r.fail(
             f"unknown field {unknown[0]}{more}; strict mode refuses keys tempolens does not know — remove it if it is "
             "training-only, or load without strict (--no-sae-strict, strict_config=False)"
         )
+    return ignored, unknown
 
-    d_in = get_int("llm", "dimin")
-    exp = get_pos_float("sae", "exp_factor")
+
+def _forward_fields(conf: Mapping[str, Any], r: _ConfReader) -> dict[str, Any]:
+    """The validated fields that shape the forward pass, as ``TemporalConfig`` keyword arguments."""
+    d_in = r.get_int("llm", "dimin")
+    exp = r.get_pos_float("sae", "exp_factor")
     width = int(d_in * exp)
-    diff = get("sae", "sae_diff_type")
+    diff = r.get("sae", "sae_diff_type")
     if diff not in ("topk", "relu"):
-        raise fail(f"sae.sae_diff_type must be topk or relu (the types tempolens reads); got {diff!r}")
-    k_raw = get("sae", "kval_topk")
+        raise r.fail(f"sae.sae_diff_type must be topk or relu (the types tempolens reads); got {diff!r}")
+    k_raw = r.get("sae", "kval_topk")
     if diff == "topk":
-        if not _is_int(k_raw) or not 1 <= k_raw <= width:
-            raise fail(f"sae.kval_topk must be an integer in [1, {width}] for sae_diff_type topk; got {k_raw!r}")
+        if not is_int(k_raw) or not 1 <= k_raw <= width:
+            raise r.fail(f"sae.kval_topk must be an integer in [1, {width}] for sae_diff_type topk; got {k_raw!r}")
         k: int | None = int(k_raw)
     else:
-        if k_raw is not None and not _is_int(k_raw):
-            raise fail(f"sae.kval_topk must be an integer or null; got {k_raw!r}")
+        if k_raw is not None and not is_int(k_raw):
+            raise r.fail(f"sae.kval_topk must be an integer or null; got {k_raw!r}")
         k = None
-    tied = get("sae", "tied_weights")
+    tied = r.get("sae", "tied_weights")
     if not isinstance(tied, bool):
-        raise fail(f"sae.tied_weights must be true or false; got {tied!r}")
-    n_heads = get_int("sae", "n_heads")
-    n_layers = get_int("sae", "n_attn_layers")
-    bottleneck = get_int("sae", "bottleneck_factor")
+        raise r.fail(f"sae.tied_weights must be true or false; got {tied!r}")
+    n_heads = r.get_int("sae", "n_heads")
+    n_layers = r.get_int("sae", "n_attn_layers")
+    bottleneck = r.get_int("sae", "bottleneck_factor")
+    scale = _scaling_factor(conf, r)
+    data = conf.get("data")
+    if isinstance(data, Mapping) and "dtype" in data and not isinstance(data["dtype"], str):
+        raise r.fail(f"data.dtype must be a string such as float32 or bfloat16; got {data['dtype']!r}")
+    return dict(d_in=d_in, width=width, k=k, sae_diff_type=diff, n_heads=n_heads, n_attn_layers=n_layers,
+                bottleneck_factor=bottleneck, tied=tied, scaling_factor=scale)
+
+
+def _scaling_factor(conf: Mapping[str, Any], r: _ConfReader) -> float:
+    """``scaling_factor`` from ``sae``, else ``data``, else ``llm`` (some training dumps keep it there)."""
     scale_section = "sae"
-    if "scaling_factor" not in sae:  # some training dumps keep it next to the data / model settings
+    if "scaling_factor" not in r.sections["sae"]:
         for name in ("data", "llm"):
             sec = conf.get(name)
             if isinstance(sec, Mapping) and "scaling_factor" in sec:
-                sections[name], scale_section = sec, name
+                r.sections[name], scale_section = sec, name
                 break
         else:
-            raise fail(
+            raise r.fail(
                 "missing field sae.scaling_factor (the activation scaling factor s = 1/mean‖x‖, "
                 "e.g. 0.00666666667 for Gemma-2-2B layer 12); add it to the file"
             )
-    scale = get_pos_float(scale_section, "scaling_factor")
-    if isinstance(data, Mapping) and "dtype" in data and not isinstance(data["dtype"], str):
-        raise fail(f"data.dtype must be a string such as float32 or bfloat16; got {data['dtype']!r}")
+    return r.get_pos_float(scale_section, "scaling_factor")
 
+
+def _conf_metadata(conf: Mapping[str, Any], r: _ConfReader, ignored: Mapping[str, Any]) -> dict[str, Any]:
+    """The SAE metadata a ``conf.yaml`` carries: tempolens provenance, the subject model's ``llm`` keys,
+    the trained dtype and ``sae_type``, and the ignored keys under ``IGNORED_METADATA_KEY``."""
+    llm, sae, data = r.sections["llm"], r.sections["sae"], conf.get("data")
     metadata: dict[str, Any] = {}
     extra = conf.get("tempolens")
     if isinstance(extra, Mapping):
@@ -262,13 +289,25 @@ def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, st
         metadata.setdefault("sae_type", str(sae["sae_type"]))
     if ignored:
         metadata[IGNORED_METADATA_KEY] = json_safe(ignored)
+    return metadata
+
+
+def parse_temporal_conf(conf: Mapping[str, Any], source: str = TEMPORAL_CONF, strict: bool = False) -> TemporalConfig:
+    """Validate a Temporal SAE ``conf.yaml`` mapping and return its ``TemporalConfig``.
+
+    Missing or wrongly typed forward-pass fields, a ``sae.sae_type`` other than the temporal one and
+    keys known to change inference raise ``ConfigError`` naming the field and ``source``. Keys the
+    forward pass does not read are recorded in ``metadata["conf_ignored"]``; unknown ones are noted
+    on stderr, or refused when ``strict``.
+    """
+    r = _read_sections(conf, source)
+    ignored, unknown = _check_keys(conf, r, strict)
+    fields = _forward_fields(conf, r)
+    metadata = _conf_metadata(conf, r, ignored)
     try:
-        cfg = TemporalConfig(
-            d_in=d_in, width=width, k=k, sae_diff_type=diff, n_heads=n_heads, n_attn_layers=n_layers,
-            bottleneck_factor=bottleneck, tied=tied, scaling_factor=scale, metadata=metadata,
-        )
+        cfg = TemporalConfig(**fields, metadata=metadata)
     except ConfigError as e:
-        raise fail(str(e)) from None
+        raise r.fail(str(e)) from None
     if unknown:
         _note(source, unknown)
     return cfg

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from tempolens.errors import TempolensError
+from tempolens.stats.estimators import auroc, bootstrap_units_ci
 
 MARKER = "||"
 
@@ -182,16 +183,6 @@ def foote_novelty(S: Tensor, half_width: int) -> Tensor:
     return out.float()
 
 
-def auroc(pos: Tensor, neg: Tensor) -> float:
-    """Area under the ROC curve = P(score_pos > score_neg) + ½ P(equal) (Mann–Whitney U / (n₊n₋))."""
-    pos, neg = pos.double().flatten(), neg.double().flatten()
-    if pos.numel() == 0 or neg.numel() == 0:
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).double().sum()
-    ties = (pos[:, None] == neg[None, :]).double().sum()
-    return float((greater + 0.5 * ties) / (pos.numel() * neg.numel()))
-
-
 def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8, candidates: Sequence[int] | None = None) -> float:
     """AUROC of Foote novelty at true boundary tokens vs the other scored positions — all of them,
     or only those in ``candidates`` (e.g. the other sentence starts)."""
@@ -240,20 +231,8 @@ def bootstrap_auroc_ci(samples: Sequence[tuple[Tensor, Tensor]], n_boot: int = 1
     """Percentile confidence interval of :func:`pooled_auroc` resampling *texts* with replacement
     (texts, not tokens, are the independent units). NaNs where it cannot be computed."""
     usable = [(p, n) for p, n in samples if p.numel() or n.numel()]
-    if len(usable) < 2:
-        return math.nan, math.nan
-    g = torch.Generator().manual_seed(seed)
-    vals = []
-    for _ in range(n_boot):
-        pick = torch.randint(0, len(usable), (len(usable),), generator=g).tolist()
-        v = pooled_auroc([usable[i] for i in pick])[0]
-        if not math.isnan(v):
-            vals.append(v)
-    if not vals:
-        return math.nan, math.nan
-    t = torch.tensor(vals, dtype=torch.float64)
-    a = (1 - level) / 2
-    return float(torch.quantile(t, a)), float(torch.quantile(t, 1 - a))
+    return bootstrap_units_ci(len(usable), lambda pick: pooled_auroc([usable[i] for i in pick.tolist()])[0],
+                              n_boot=n_boot, level=level, seed=seed)
 
 
 @dataclass

@@ -11,6 +11,7 @@ fp16 cache (``build_cache`` / ``ActivationCache``) with a disjoint held-out spli
 """
 
 from tempolens.train.activations_cache import ActivationCache, ActivationSpec, build_cache
-from tempolens.train.trainer import TrainConfig, TrainResult, evaluate_sae, train
+from tempolens.train.evaluation import evaluate_sae
+from tempolens.train.trainer import TrainConfig, TrainResult, train
 
 __all__ = ["ActivationCache", "ActivationSpec", "TrainConfig", "TrainResult", "build_cache", "evaluate_sae", "train"]

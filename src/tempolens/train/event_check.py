@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from tempolens.saes.base import SAE
+from tempolens.stats.estimators import bootstrap_units_ci
 from tempolens.temporal.events import auroc, block_contrast, bootstrap_auroc_ci, novelty_samples, pooled_auroc
 from tempolens.temporal.kernels import similarity_kernel
 
@@ -35,14 +36,9 @@ class EventSequence:
 
 def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, level: float = 0.95,
     seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of the mean of ``values`` resampled with replacement (NaNs dropped)."""
+    """Percentile CI of the mean of ``values`` resampled with replacement (NaNs dropped; NaNs below two values)."""
     v = torch.tensor([x for x in values if not math.isnan(x)], dtype=torch.float64)
-    if v.numel() < 2:
-        return math.nan, math.nan
-    g = torch.Generator().manual_seed(seed)
-    means = v[torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)].mean(1)
-    a = (1 - level) / 2
-    return float(torch.quantile(means, a)), float(torch.quantile(means, 1 - a))
+    return bootstrap_units_ci(v.numel(), lambda pick: float(v[pick].mean()), n_boot=n_boot, level=level, seed=seed)
 
 
 def _pair_samples(S: Tensor, labels: Tensor, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -73,7 +69,7 @@ def sequence_codes(sae: SAE, twin: SAE | None, acts: Tensor) -> tuple[dict[str, 
 def event_check(sae: SAE, twin: SAE | None, seqs: Sequence[EventSequence], half_width: int = 8,
                 pair_samples: int = 3000, seed: int = 0) -> dict:
     """Event statistics of the predicted, novel, twin and raw kernels over ``seqs`` (see module doc)."""
-    from tempolens.train.trainer import zpred_top1_share
+    from tempolens.train.evaluation import zpred_top1_share
 
     g = torch.Generator().manual_seed(seed)
     per: dict[str, dict[str, list]] = {k: {"contrast": [], "within": [], "across": [], "novelty": []} for k in KINDS}

@@ -60,9 +60,21 @@ from tempolens.train.activations_cache import (
     batches_per_epoch,
     build_cache,
     iter_batches,
-    iter_split,
     open_lm_source,
     plan_prompts,
+)
+from tempolens.train.evaluation import (  # noqa: F401 - some re-exported: evaluation lives there
+    attention_entropy,
+    curve_batch,
+    curve_metrics,
+    decoder_matrix,
+    evaluate_sae,
+    loss_mask,
+    median_row_cosine,
+    plot_learning_curves,
+    read_log,
+    summed_mse,
+    zpred_top1_share,
 )
 
 STATE_FILE = "training_state.pt"
@@ -282,13 +294,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
 
 
-def summed_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean over unmasked tokens of ‖recon − target‖² (summed over the feature dimension)."""
-    err = (recon.float() - target.float()).pow(2).sum(-1)
-    m = mask.to(err.dtype)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
-
-
 def activation_stats(acts: Tensor, mask: Tensor) -> tuple[float, Tensor]:
     """``(mean ‖x‖, mean x)`` over the unmasked tokens of ``acts [.., d]`` (float64 sums)."""
     x = acts[mask].double()
@@ -460,12 +465,6 @@ def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Te
     return sae
 
 
-def temporal_forward_scaled(sae: nn.Module, x: Tensor) -> tuple[Tensor, SparseCodes]:
-    """Differentiable ``(recon in scaled units, novel codes)`` of a Temporal SAE for model-unit ``x``."""
-    out = sae.forward_train(x)  # type: ignore[attr-defined]
-    return out.recon, out.codes
-
-
 @torch.no_grad()
 def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
     """Data-dependent attention init on one batch ``x [B, L, d_in]`` (model units), layer by layer.
@@ -546,44 +545,6 @@ def direction_penalty(directions: list[Tensor], v1: Tensor, mask: Tensor) -> Ten
         cos = (d32 @ v1.to(d32.device)) / d32.norm(dim=-1).clamp_min(1e-12)
         total = total + (cos.pow(2) * m).sum() / m.sum().clamp_min(1.0)
     return total / len(directions)
-
-
-def zpred_top1_share(z_pred: Tensor) -> float:
-    """Share of the mean-centred variance of ``z_pred [n, width]`` on its first principal direction."""
-    x = z_pred.double()
-    if x.shape[0] < 2:
-        return math.nan
-    x = x - x.mean(0)
-    sv = torch.linalg.svdvals(x).pow(2)
-    tot = float(sv.sum())
-    return float(sv[0] / tot) if tot > 0 else math.nan
-
-
-def attention_entropy(maps: list[Tensor], mask: Tensor) -> tuple[float, float]:
-    """``(mean entropy in nats, mean entropy of uniform causal attention)`` over heads, layers and the
-    query tokens in ``mask [B, L]`` (a query at position t sees t + 1 keys)."""
-    ents, unif = [], []
-    L = mask.shape[1]
-    log_n = torch.log(torch.arange(1, L + 1, dtype=torch.float64, device=mask.device))
-    for w in maps:
-        e = -(w.double().clamp_min(1e-30).log() * w.double()).sum(-1).mean(1)  # [B, L]
-        ents.append(float(e[mask].mean()))
-        unif.append(float(log_n.expand_as(e)[mask].mean()))
-    return sum(ents) / len(ents), sum(unif) / len(unif)
-
-
-def median_row_cosine(W: Tensor, W0: Tensor) -> float:
-    """Median over rows of cos(W_j, W0_j)."""
-    c = F.cosine_similarity(W.float(), W0.float().to(W.device), dim=-1)
-    return float(c.median())
-
-
-def loss_mask(x: Tensor, special: Tensor, norm_cap: float | None) -> Tensor:
-    """Tokens in the loss: regular (not BOS/EOS/pad) and, with a cap, ``‖x‖ ≤ norm_cap``."""
-    m = ~special
-    if norm_cap is not None:
-        m = m & (x.norm(dim=-1) <= norm_cap)
-    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,19 +641,68 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train the SAE of ``cfg`` (resuming with ``--resume``), save it and evaluate it on the held-out split."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Start:
+    """The trainable state: built fresh from the first batches, or restored from ``training_state.pt``."""
 
-    from tempolens.devices import resolve_device
+    sae: nn.Module
+    scale: float
+    step: int
+    since_fired: Tensor
+    norm_threshold: float | None
+    median_norm: float
+    v1: Tensor | None
+    mults: dict[str, float]
+    dec_init: Tensor
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+
+@dataclass
+class _Run:
+    """Everything one training run carries from stage to stage (``step``, ``loss_ema`` ... advance)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    source: ActivationSource
+    t0: float
+    total: int
+    per_epoch: int
+    s: _Start
+    opt: torch.optim.Optimizer
+    prior_seconds: float
+    loss_ema: float
+    meta: dict = field(default_factory=dict)
+    curve_batch: tuple[Tensor, Tensor] | None = None
+    last_loss: float = float("nan")
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out
+
+    @property
+    def d_in(self) -> int:
+        return int(self.source.d_in)
+
+
+@dataclass
+class _StepStats:
+    """What one optimizer step reports to the progress bar and the log."""
+
+    loss: float
+    mse: Tensor
+    aux: Tensor
+    nmse: float
+    l0: float
+    lr: float
+
+
+def _saved_state(cfg: TrainConfig) -> dict | None:
+    """The state to resume from (None: start fresh), after checking ``--resume``/``--overwrite`` and that the
+    options match the saved run; creates ``out`` and drops log lines written after the last checkpoint."""
     out = cfg.out
     state = load_training_state(out) if out.exists() else None
     if state is not None and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out} already holds a run at step {state['step']}; pass --resume to continue it or --overwrite to start over")
+        raise ConfigError(f"{out} already holds a run at step {state['step']}; pass --resume to continue it "
+                          "or --overwrite to start over")
     if state is not None and cfg.overwrite:
         state = None
     if state is not None:
@@ -700,289 +710,255 @@ def train(cfg: TrainConfig) -> TrainResult:
         diff = {k: (saved.get(k), v) for k, v in cfg.identity().items() if saved.get(k) != v}
         if diff:
             k0, (a, b) = next(iter(diff.items()))
-            raise ConfigError(f"--resume with different options: {k0} was {a!r}, now {b!r}; use the original options or --overwrite")
+            raise ConfigError(f"--resume with different options: {k0} was {a!r}, now {b!r}; "
+                              "use the original options or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     _truncate_log(out / "train_log.jsonl", int(state["step"]) if state is not None else -1)
-    t0 = time.perf_counter()
+    return state
 
-    source = open_source(cfg, device)
+
+def _fresh_start(cfg: TrainConfig, source: ActivationSource, total: int) -> _Start:
+    """Seed, estimate the scaling factor, mean and median token norm on the first batches, and build the SAE."""
     d_in = int(source.d_in)
-    n_train = source.spec.n_train
-    per_epoch = batches_per_epoch(n_train, cfg.batch_prompts)
-    total = cfg.max_steps or cfg.epochs * per_epoch
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    torch.manual_seed(cfg.seed)
+    norms, means, counts, tok_norms = [], [], [], []
+    first = None
+    for b in iter_batches(source, cfg.batch_prompts, cfg.seed, 0, min(cfg.init_batches, total)):
+        mask = ~b.special
+        nrm, mu = activation_stats(b.acts, mask)
+        n = int(mask.sum())
+        norms.append(nrm * n), means.append(mu * n), counts.append(n)
+        tok_norms.append(b.acts[mask].norm(dim=-1))
+        first = first if first is not None else b
+    mean_norm = sum(norms) / sum(counts)
+    scale = 1.0 / mean_norm
+    mean = torch.stack(means).sum(0) / sum(counts)
+    median_norm = float(torch.cat(tok_norms).double().median())
+    norm_threshold = cfg.loss_norm_cap * median_norm if cfg.loss_norm_cap > 0 else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sae = make_sae(cfg, d_in, scale, mean * scale, gen)
+    v1 = None
+    if first is not None and cfg.arch == "temporal":
+        fm = loss_mask(first.acts, first.special, norm_threshold)
+        if cfg.attn_init == "data":
+            data_attention_init_(sae, first.acts)
+        v1 = top_direction(first.acts[fm] * scale)
+    since_fired = torch.zeros(cfg.width, dtype=torch.int64)
+    mults = lr_multipliers(sae, cfg)
+    dec_init = decoder_matrix(sae).detach().clone()
+    return _Start(sae, scale, 0, since_fired, norm_threshold, median_norm, v1, mults, dec_init)
 
-    # --- model, optimizer, state -----------------------------------------------------------
-    if state is None:
-        torch.manual_seed(cfg.seed)
-        norms, means, counts, tok_norms = [], [], [], []
-        first = None
-        for b in iter_batches(source, cfg.batch_prompts, cfg.seed, 0, min(cfg.init_batches, total)):
-            mask = ~b.special
-            nrm, mu = activation_stats(b.acts, mask)
-            n = int(mask.sum())
-            norms.append(nrm * n), means.append(mu * n), counts.append(n)
-            tok_norms.append(b.acts[mask].norm(dim=-1))
-            first = first if first is not None else b
-        mean_norm = sum(norms) / sum(counts)
-        scale = 1.0 / mean_norm
-        mean = torch.stack(means).sum(0) / sum(counts)
-        median_norm = float(torch.cat(tok_norms).double().median())
-        norm_threshold = cfg.loss_norm_cap * median_norm if cfg.loss_norm_cap > 0 else None
-        gen = torch.Generator().manual_seed(cfg.seed)
-        sae = make_sae(cfg, d_in, scale, mean * scale, gen)
-        v1 = None
-        if first is not None and cfg.arch == "temporal":
-            fm = loss_mask(first.acts, first.special, norm_threshold)
-            if cfg.attn_init == "data":
-                data_attention_init_(sae, first.acts)
-            v1 = top_direction(first.acts[fm] * scale)
-        step = 0
-        since_fired = torch.zeros(cfg.width, dtype=torch.int64)
-        mults = lr_multipliers(sae, cfg)
-        dec_init = _decoder(sae).detach().clone()
-    else:
-        scale = float(state["scaling_factor"])
-        sae = make_sae(cfg, d_in, scale, None)
-        sae.load_state_dict(state["sae"])
-        step = int(state["step"])
-        since_fired = state["since_fired"].clone()
-        norm_threshold = state.get("norm_threshold")
-        norm_threshold = float(norm_threshold) if norm_threshold is not None else None
-        median_norm = float(state.get("median_norm", math.nan))
-        v1 = state.get("v1")
-        mults = dict(json.loads(state["lr_mult"])) if "lr_mult" in state else lr_multipliers(sae, cfg)
-        dec_init = state["decoder_init"] if "decoder_init" in state else _decoder(sae).detach().clone()
-    sae = sae.to(device).float().train()
-    opt = make_optimizer(sae, cfg, mults)
+
+def _resumed_start(cfg: TrainConfig, state: dict, d_in: int) -> _Start:
+    """The SAE and counters of a saved training state."""
+    scale = float(state["scaling_factor"])
+    sae = make_sae(cfg, d_in, scale, None)
+    sae.load_state_dict(state["sae"])
+    norm_threshold = state.get("norm_threshold")
+    norm_threshold = float(norm_threshold) if norm_threshold is not None else None
+    mults = dict(json.loads(state["lr_mult"])) if "lr_mult" in state else lr_multipliers(sae, cfg)
+    dec_init = state["decoder_init"] if "decoder_init" in state else decoder_matrix(sae).detach().clone()
+    return _Start(sae, scale, int(state["step"]), state["since_fired"].clone(), norm_threshold,
+                  float(state.get("median_norm", math.nan)), state.get("v1"), mults, dec_init)
+
+
+def _open_run(cfg: TrainConfig, device: torch.device, source: ActivationSource, state: dict | None,
+              t0: float) -> _Run:
+    """Build or restore the SAE, its optimizer and the RNG, and write ``train_config.json``."""
+    per_epoch = batches_per_epoch(source.spec.n_train, cfg.batch_prompts)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    s = _fresh_start(cfg, source, total) if state is None else _resumed_start(cfg, state, int(source.d_in))
+    s.sae = s.sae.to(device).float().train()
+    opt = make_optimizer(s.sae, cfg, s.mults)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
-    k_aux = cfg.aux_k or d_in // 2
-    prior_seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0
-    v1_dev = v1.to(device) if v1 is not None else None
-    use_penalty = cfg.arch == "temporal" and cfg.direction_penalty > 0 and v1_dev is not None
-    curve_batch = _curve_batch(source, cfg)
-
-    meta = run_metadata(cfg, source) | {
-        "loss_norm_cap": cfg.loss_norm_cap, "loss_norm_threshold": norm_threshold, "median_token_norm": median_norm,
+    run = _Run(cfg=cfg, device=device, source=source, t0=t0, total=total, per_epoch=per_epoch, s=s, opt=opt,
+               prior_seconds=float(state.get("train_seconds", 0.0)) if state is not None else 0.0,
+               loss_ema=float(state.get("loss_ema", float("nan"))) if state is not None else float("nan"))
+    run.curve_batch = curve_batch(source, cfg.curve_prompts)
+    run.meta = run_metadata(cfg, source) | {
+        "loss_norm_cap": cfg.loss_norm_cap, "loss_norm_threshold": s.norm_threshold, "median_token_norm": s.median_norm,
         "lr_rule": cfg.lr_rule if cfg.arch == "temporal" else "single",
         "attn_init": cfg.attn_init if cfg.arch == "temporal" else None,
         "direction_penalty": cfg.direction_penalty if cfg.arch == "temporal" else 0.0,
     }
-    atomic_write_json(out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k,
+    atomic_write_json(run.out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k,
         v in asdict(cfg).items()}
-                      | {"total_steps": total, "n_train_prompts": n_train,
-                          "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": scale,
-                         "median_token_norm": median_norm, "loss_norm_threshold": norm_threshold,
-                         "lr_multipliers": mults})
+                      | {"total_steps": total, "n_train_prompts": source.spec.n_train,
+                          "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": s.scale,
+                         "median_token_norm": s.median_norm, "loss_norm_threshold": s.norm_threshold,
+                         "lr_multipliers": s.mults})
+    return run
 
-    def checkpoint(loss_ema: float) -> None:
-        payload = {
-            "format": STATE_FORMAT,
-            "step": step,
-            "identity": json.dumps(cfg.identity(), sort_keys=True),
-            "scaling_factor": scale,
-            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "rng": _rng_state(),
-            "since_fired": since_fired.clone(),
-            "data_position": {"epoch": step // per_epoch, "batch_in_epoch": step % per_epoch, "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
-            "loss_ema": loss_ema,
-            "train_seconds": prior_seconds + time.perf_counter() - t0,
-            "norm_threshold": norm_threshold,
-            "median_norm": median_norm,
-            "lr_mult": json.dumps(sorted(mults.items())),
-            "decoder_init": dec_init.cpu(),
-        }
-        if v1 is not None:
-            payload["v1"] = v1.cpu()
-        atomic_write_bytes(out / STATE_FILE, _state_bytes(payload))
-        save_sae_files(_cpu_copy(sae), out, cfg, meta | {"step": step, "tokens_seen": step * cfg.batch_prompts * cfg.prompt_len})
 
-    def log_curve() -> None:
-        if curve_batch is None:
-            return
-        sae.eval()
-        c = curve_metrics(sae, curve_batch, scale, norm_threshold, dec_init, device)
-        sae.train()
-        _append_log(out / "train_log.jsonl", [json.dumps({"step": step, "curve": c})])
+def _save_checkpoint(run: _Run) -> None:
+    """Write ``training_state.pt`` and the SAE files of the current step (atomic files)."""
+    cfg, s, step = run.cfg, run.s, run.s.step
+    payload = {
+        "format": STATE_FORMAT,
+        "step": step,
+        "identity": json.dumps(cfg.identity(), sort_keys=True),
+        "scaling_factor": s.scale,
+        "sae": {k: v.detach().cpu() for k, v in s.sae.state_dict().items()},
+        "optimizer": run.opt.state_dict(),
+        "rng": _rng_state(),
+        "since_fired": s.since_fired.clone(),
+        "data_position": {"epoch": step // run.per_epoch, "batch_in_epoch": step % run.per_epoch,
+                          "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
+        "loss_ema": run.loss_ema,
+        "train_seconds": run.prior_seconds + time.perf_counter() - run.t0,
+        "norm_threshold": s.norm_threshold,
+        "median_norm": s.median_norm,
+        "lr_mult": json.dumps(sorted(s.mults.items())),
+        "decoder_init": s.dec_init.cpu(),
+    }
+    if s.v1 is not None:
+        payload["v1"] = s.v1.cpu()
+    atomic_write_bytes(run.out / STATE_FILE, _state_bytes(payload))
+    tokens = step * cfg.batch_prompts * cfg.prompt_len
+    save_sae_files(_cpu_copy(s.sae), run.out, cfg, run.meta | {"step": step, "tokens_seen": tokens})
 
-    log_lines: list[str] = []
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.arch}", unit="step", disable=not cfg.progress)
-    loss_ema = float(state.get("loss_ema", float("nan"))) if state is not None else float("nan")
-    last_loss = float("nan")
-    if step == 0:
-        log_curve()
+
+def _log_curve(run: _Run) -> None:
+    """Append the held-out learning-curve numbers of the current step to ``train_log.jsonl``."""
+    if run.curve_batch is None:
+        return
+    s = run.s
+    s.sae.eval()
+    c = curve_metrics(s.sae, run.curve_batch, s.scale, s.norm_threshold, s.dec_init, run.device)
+    s.sae.train()
+    _append_log(run.out / "train_log.jsonl", [json.dumps({"step": s.step, "curve": c})])
+
+
+def _forward_loss(run: _Run, x: Tensor, xs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, mse, aux, code indices, in-loss token mask)`` of one batch (raw ``x``, scaled ``xs``)."""
+    cfg, s, d_in = run.cfg, run.s, run.d_in
+    if cfg.arch == "topk":
+        flat_x, flat_m = xs.reshape(-1, d_in), mask.reshape(-1)
+        recon, codes, pre = s.sae.forward_scaled(flat_x)
+        mse = summed_mse(recon, flat_x, flat_m)
+        dead = s.since_fired.to(run.device) >= cfg.dead_window_tokens
+        k_aux = cfg.aux_k or d_in // 2
+        residual = (flat_x - recon.float()).detach()
+        aux = auxk_loss(s.sae, pre, residual, dead, flat_m, k_aux) if cfg.aux_coef > 0 else mse.new_zeros(())
+        return mse + cfg.aux_coef * aux, mse, aux, codes.indices, flat_m
+    fo = s.sae.forward_train(x)
+    mse = summed_mse(fo.recon, xs, mask)
+    if cfg.direction_penalty > 0 and s.v1 is not None:
+        aux = direction_penalty(fo.directions, s.v1.to(run.device), mask)
+    else:
+        aux = mse.new_zeros(())
+    idx = fo.codes.indices.reshape(-1, fo.codes.indices.shape[-1])
+    return mse + cfg.direction_penalty * aux, mse, aux, idx, mask.reshape(-1)
+
+
+def _train_step(run: _Run, batch: Any) -> _StepStats:
+    """One optimizer step on ``batch``; updates the dead-latent counters and the loss EMA."""
+    cfg, s, device = run.cfg, run.s, run.device
+    x = batch.acts.to(device, non_blocking=True)
+    mask = loss_mask(x, batch.special.to(device), s.norm_threshold)
+    lr = lr_at(s.step, cfg, run.total)
+    for g in run.opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    xs = x * s.scale
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        loss, mse, aux, idx, m_tok = _forward_loss(run, x, xs, mask)
+    if not torch.isfinite(loss):
+        raise TempolensError(f"the loss became {float(loss)} at step {s.step}; lower --lr or use --precision fp32 "
+                             "(finished checkpoints are kept)")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.arch == "topk":
+        remove_parallel_grad(s.sae.W_dec)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.sae.parameters(), cfg.grad_clip)
+    run.opt.step()
+    if cfg.arch == "topk":
+        normalize_rows_(s.sae.W_dec.data)
+    # bookkeeping: which latents fired on this batch's in-loss tokens
+    with torch.no_grad():
+        valid = idx[m_tok]
+        fired = torch.zeros(cfg.width, dtype=torch.bool, device=device)
+        fired[valid[valid >= 0]] = True
+        n_tok = int(m_tok.sum())
+        s.since_fired += n_tok
+        s.since_fired[fired.cpu()] = 0
+        xm = xs.reshape(-1, run.d_in)[m_tok].float()
+        var = (xm - xm.mean(0)).pow(2).sum(-1).mean() if xm.shape[0] else xm.new_ones(())
+        nmse = float(mse.detach() / var.clamp_min(1e-12))
+        l0 = float((valid >= 0).sum(-1).float().mean()) if valid.shape[0] else 0.0
+    run.last_loss = float(loss.detach())
+    run.loss_ema = run.last_loss if math.isnan(run.loss_ema) else 0.98 * run.loss_ema + 0.02 * run.last_loss
+    return _StepStats(run.last_loss, mse, aux, nmse, l0, lr)
+
+
+def _train_loop(run: _Run) -> None:
+    """Step from the saved step to the last one, logging, drawing curve points and checkpointing on schedule."""
+    from tqdm.auto import tqdm
+
+    cfg, s, total = run.cfg, run.s, run.total
+    bar = tqdm(total=total, initial=s.step, desc=f"train {cfg.arch}", unit="step", disable=not cfg.progress)
+    if s.step == 0:
+        _log_curve(run)
     try:
-        for batch in iter_batches(source, cfg.batch_prompts, cfg.seed, step, max(total - step, 0)):
-            x = batch.acts.to(device, non_blocking=True)
-            mask = loss_mask(x, batch.special.to(device), norm_threshold)
-            lr = lr_at(step, cfg, total)
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_mult", 1.0)
-            xs = x * scale
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if cfg.arch == "topk":
-                    flat_x, flat_m = xs.reshape(-1, d_in), mask.reshape(-1)
-                    recon, codes, pre = sae.forward_scaled(flat_x)
-                    mse = summed_mse(recon, flat_x, flat_m)
-                    dead = since_fired.to(device) >= cfg.dead_window_tokens
-                    aux = auxk_loss(sae, pre, (flat_x - recon.float()).detach(), dead, flat_m, k_aux) if cfg.aux_coef > 0 else mse.new_zeros(())
-                    loss = mse + cfg.aux_coef * aux
-                    idx, m_tok = codes.indices, flat_m
-                else:
-                    fo = sae.forward_train(x)
-                    mse = summed_mse(fo.recon, xs, mask)
-                    aux = direction_penalty(fo.directions, v1_dev, mask) if use_penalty else mse.new_zeros(())
-                    loss = mse + cfg.direction_penalty * aux
-                    idx, m_tok = fo.codes.indices.reshape(-1, fo.codes.indices.shape[-1]), mask.reshape(-1)
-            if not torch.isfinite(loss):
-                raise TempolensError(f"the loss became {float(loss)} at step {step}; lower --lr or use --precision fp32 (finished checkpoints are kept)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.arch == "topk":
-                remove_parallel_grad(sae.W_dec)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-            opt.step()
-            if cfg.arch == "topk":
-                normalize_rows_(sae.W_dec.data)
-            # bookkeeping: which latents fired on this batch's in-loss tokens
-            with torch.no_grad():
-                valid = idx[m_tok]
-                fired = torch.zeros(cfg.width, dtype=torch.bool, device=device)
-                fired[valid[valid >= 0]] = True
-                n_tok = int(m_tok.sum())
-                since_fired += n_tok
-                since_fired[fired.cpu()] = 0
-                xm = xs.reshape(-1, d_in)[m_tok].float()
-                var = (xm - xm.mean(0)).pow(2).sum(-1).mean() if xm.shape[0] else xm.new_ones(())
-                nmse = float(mse.detach() / var.clamp_min(1e-12))
-                l0 = float((valid >= 0).sum(-1).float().mean()) if valid.shape[0] else 0.0
-            last_loss = float(loss.detach())
-            loss_ema = last_loss if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * last_loss
-            step += 1
+        for batch in iter_batches(run.source, cfg.batch_prompts, cfg.seed, s.step, max(total - s.step, 0)):
+            st = _train_step(run, batch)
+            s.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4g}", nmse=f"{nmse:.3f}", L0=f"{l0:.1f}", lr=f"{lr:.2e}", refresh=False)
-            if step % cfg.log_every == 0 or step == total:
-                n_dead = int((since_fired >= cfg.dead_window_tokens).sum())
-                log_lines.append(json.dumps({"step": step, "epoch": batch.epoch, "loss": last_loss, "mse": float(mse.detach()), "aux": float(aux.detach()),
-                                             "nmse_batch_centred": nmse, "l0": l0, "lr": lr, "dead_window": n_dead, "seconds": round(time.perf_counter() - t0, 1)}))
-                _append_log(out / "train_log.jsonl", log_lines)
-                log_lines.clear()
-            if step % cfg.curve_every == 0 or step == total:
-                log_curve()
-            if step % cfg.checkpoint_every == 0 or step == total:
-                checkpoint(loss_ema)
+            bar.set_postfix(loss=f"{st.loss:.4g}", nmse=f"{st.nmse:.3f}", L0=f"{st.l0:.1f}", lr=f"{st.lr:.2e}",
+                            refresh=False)
+            if s.step % cfg.log_every == 0 or s.step == total:
+                n_dead = int((s.since_fired >= cfg.dead_window_tokens).sum())
+                line = {"step": s.step, "epoch": batch.epoch, "loss": st.loss, "mse": float(st.mse.detach()),
+                        "aux": float(st.aux.detach()), "nmse_batch_centred": st.nmse, "l0": st.l0, "lr": st.lr,
+                        "dead_window": n_dead, "seconds": round(time.perf_counter() - run.t0, 1)}
+                _append_log(run.out / "train_log.jsonl", [json.dumps(line)])
+            if s.step % cfg.curve_every == 0 or s.step == total:
+                _log_curve(run)
+            if s.step % cfg.checkpoint_every == 0 or s.step == total:
+                _save_checkpoint(run)
     finally:
         bar.close()
-    if step == 0 and total == 0:
-        checkpoint(loss_ema)
+    if s.step == 0 and total == 0:
+        _save_checkpoint(run)
 
-    train_seconds = prior_seconds + time.perf_counter() - t0
-    sae.eval()
+
+def _finish(run: _Run) -> TrainResult:
+    """Draw the learning curves, evaluate the saved SAE on the held-out split and write ``eval.json``."""
+    cfg, out, step = run.cfg, run.out, run.s.step
+    train_seconds = run.prior_seconds + time.perf_counter() - run.t0
+    run.s.sae.eval()
     try:
         plot_learning_curves(out / "train_log.jsonl", out / "learning_curves.png",
             title=f"{cfg.arch} SAE, {cfg.out.name}")
     except (OSError, ValueError) as e:  # a figure must never lose a finished run
         print(f"warning: learning-curve figure not written ({e})")
-    ev = evaluate_run(cfg, out, source, sae, device)
+    ev = evaluate_run(cfg, out, run.source, run.s.sae, run.device)
     ev["train_seconds"] = round(train_seconds, 1)
     ev["steps"] = step
     ev["tokens_seen"] = step * cfg.batch_prompts * cfg.prompt_len
     atomic_write_json(out / "eval.json", ev)
     if cfg.progress:
         print(_summary(cfg, ev))
-    return TrainResult(out=out, steps=step, tokens_seen=ev["tokens_seen"], seconds=time.perf_counter() - t0, final_loss=last_loss, eval=ev)
+    return TrainResult(out=out, steps=step, tokens_seen=ev["tokens_seen"], seconds=time.perf_counter() - run.t0,
+                       final_loss=run.last_loss, eval=ev)
 
 
-def _decoder(sae: nn.Module) -> Tensor:
-    """The decoder matrix ``[width, d_in]`` whose rows are the latents' directions (D or W_dec)."""
-    return sae.D if getattr(sae, "is_temporal", False) else sae.W_dec  # type: ignore[return-value]
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train the SAE of ``cfg`` (resuming with ``--resume``), save it and evaluate it on the held-out split."""
+    from tempolens.devices import resolve_device
 
-
-def _curve_batch(source: ActivationSource, cfg: TrainConfig) -> tuple[Tensor, Tensor] | None:
-    """The fixed held-out batch of the learning curves (None without a held-out split)."""
-    ids = source.spec.split_ids("heldout")[: cfg.curve_prompts]
-    return source.fetch(ids) if len(ids) else None
-
-
-@torch.no_grad()
-def curve_metrics(sae: nn.Module, batch: tuple[Tensor, Tensor], scale: float, norm_threshold: float | None,
-                  dec_init: Tensor, device: torch.device) -> dict[str, float]:
-    """Learning-curve numbers on a fixed held-out batch: summed-MSE loss (scaled units, in-loss tokens),
-    the median cosine of the decoder rows to their init, and for a Temporal SAE the mean attention
-    entropy (and its uniform reference) and the z_pred top-1 variance share."""
-    acts, special = batch
-    x = acts.to(device)
-    mask = loss_mask(x, special.to(device), norm_threshold)
-    out: dict[str, float] = {"d_cos_init_median": median_row_cosine(_decoder(sae), dec_init)}
-    if getattr(sae, "is_temporal", False):
-        fo = sae.forward_train(x, return_attn=True)  # type: ignore[operator]
-        out["loss"] = float(summed_mse(fo.recon, x * scale, mask))
-        out["attn_entropy"], out["attn_entropy_uniform"] = attention_entropy(fo.attn, mask)
-        out["zpred_top1_share"] = zpred_top1_share(fo.z_pred[mask])
-        r_pred = fo.z_pred @ sae.D  # type: ignore[operator]
-        r_nov = fo.recon - r_pred - sae.b.reshape(-1)  # type: ignore[operator]
-        from tempolens.saes.temporal import predicted_share
-
-        out["pred_share_token_mean"] = float(predicted_share(r_pred, r_nov)[mask].mean())
-    else:
-        xs = x * scale
-        recon, _, _ = sae.forward_scaled(xs.reshape(-1, xs.shape[-1]))  # type: ignore[operator]
-        out["loss"] = float(summed_mse(recon, xs.reshape(-1, xs.shape[-1]), mask.reshape(-1)))
-    return out
-
-
-def read_log(path: Path) -> tuple[list[dict], list[dict]]:
-    """``(step lines, curve lines)`` of a ``train_log.jsonl``."""
-    steps, curves = [], []
-    if Path(path).exists():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            (curves if "curve" in rec else steps).append(rec)
-    return steps, curves
-
-
-def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
-    """A PNG of the training loss and the held-out curve metrics of ``log_path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, curves = read_log(log_path)
-    panels = [("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
-              ("D rows: median cos to init", [(curves, "d_cos_init_median", "")], False),
-              ("attention entropy (nats)", [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform",
-                  "uniform")], False),
-              ("z_pred top-1 variance share", [(curves, "zpred_top1_share", "")], False)]
-    panels = [p for p in panels if any(any(k in (r.get("curve", r)) for r in rows) for rows, k, _ in p[1])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    axes = [axes] if len(panels) == 1 else list(axes)
-    for ax, (name, series, logy) in zip(axes, panels):
-        for rows, key, label in series:
-            pts = [(r["step"], r.get("curve", r)[key]) for r in rows if r.get("curve", r).get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=label or None, marker="." if rows is curves else None)
-        if logy:
-            ax.set_yscale("log")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        if any(lbl for _, _, lbl in series):
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(Path(png), buf.getvalue())
-    return Path(png)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    state = _saved_state(cfg)
+    t0 = time.perf_counter()
+    source = open_source(cfg, device)
+    run = _open_run(cfg, device, source, state, t0)
+    _train_loop(run)
+    return _finish(run)
 
 
 def run_metadata(cfg: TrainConfig, source: ActivationSource) -> dict:
@@ -1052,131 +1028,3 @@ def evaluate_run(cfg: TrainConfig, out: Path, source: ActivationSource, sae: nn.
     ev = evaluate_sae(model.to(device).float().eval(), source, split="heldout", batch_prompts=cfg.eval_batch_prompts, progress=cfg.progress)
     ev["evaluated"] = where
     return ev
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-class _ReconSums:
-    """Float64 sums over a set of tokens from which the evaluation ratios are read."""
-
-    def __init__(self, d: int) -> None:
-        self.n = 0
-        self.sum_x = torch.zeros(d, dtype=torch.float64)
-        self.sum_sq = 0.0
-        self.err = 0.0
-        self.err_novel = 0.0
-        self.err_pred = 0.0
-        self.pred_sq = 0.0
-        self.novel_sq = 0.0
-        self.share_sum = 0.0
-
-    def update(self, x: Tensor, recon: Tensor, novel: Tensor | None = None, pred: Tensor | None = None,
-               bias: Tensor | None = None, share: Tensor | None = None) -> None:
-        """``x``/``recon`` ``[n, d]`` (model units); Temporal: ``novel``/``pred`` reconstructions without bias."""
-        x = x.double()
-        self.n += x.shape[0]
-        self.sum_x += x.sum(0).cpu()
-        self.sum_sq += float(x.pow(2).sum())
-        self.err += float((x - recon.double()).pow(2).sum())
-        if novel is not None and pred is not None and bias is not None and share is not None:
-            b = bias.double()
-            self.err_novel += float((x - novel.double() - b).pow(2).sum())
-            self.err_pred += float((x - pred.double() - b).pow(2).sum())
-            self.pred_sq += float(pred.double().pow(2).sum())
-            self.novel_sq += float(novel.double().pow(2).sum())
-            self.share_sum += float(share.double().sum())
-
-    def result(self, temporal: bool, prefix: str = "") -> dict[str, float]:
-        if self.n == 0:
-            return {}
-        mu = self.sum_x / self.n
-        centred = self.sum_sq - self.n * float(mu.pow(2).sum())
-        out = {"nmse": self.err / centred, "fve": 1.0 - self.err / centred, "nmse_plain": self.err / self.sum_sq}
-        if temporal:
-            out |= {
-                "pred_share": self.pred_sq / max(self.pred_sq + self.novel_sq, 1e-300),
-                "pred_share_token_mean": self.share_sum / self.n,
-                "nmse_novel_only": self.err_novel / centred,
-                "nmse_pred_only": self.err_pred / centred,
-            }
-        return {prefix + k: v for k, v in out.items()}
-
-
-@torch.no_grad()
-def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False,
-                 trim_quantile: float = 0.99) -> dict:
-    """Reconstruction and sparsity of ``sae`` on ``split`` of ``source`` (regular tokens only).
-
-    Returns (all sums in float64, model units):
-
-    - ``nmse`` = Σ‖x − x̂‖² / Σ‖x − μ‖² (μ = mean activation of the split): NMSE against the
-      mean-centred variance; ``fve`` = 1 − ``nmse`` (fraction of variance explained);
-    - ``nmse_plain`` = Σ‖x − x̂‖² / Σ‖x‖² (against the raw second moment; flattering on Gemma 3,
-      whose mean vector is almost as long as a typical token);
-    - the same ratios with prefix ``trimmed_`` over the tokens whose norm ‖x‖ is at most the
-      ``trim_quantile`` quantile of the split: on Gemma 3 block 9 ≈1% of tokens carry a massive
-      activation (one dimension up to ≈8e4) and hold ≈87% of the centred variance, so the pooled
-      NMSE mostly measures those few tokens; the trimmed NMSE describes the typical token;
-    - ``l0`` mean active codes per token; ``dead_fraction``: latents that never fire on the split;
-    - Temporal SAEs also: ``pred_share`` (Σ‖r_pred‖² / Σ(‖r_pred‖² + ‖r_novel‖²), pooled) and
-      ``pred_share_token_mean``; ``nmse_novel_only`` (reconstruct from ``z_novel·D + b`` alone) and
-      ``nmse_pred_only`` (``z_pred·D + b``), both against the mean-centred variance.
-    """
-    from tqdm.auto import tqdm
-
-    device = sae.device
-    temporal = bool(getattr(sae, "is_temporal", False))
-    ids = source.spec.split_ids(split)
-    # pass 1 (activations only): the norm threshold of the trimmed statistics
-    norms = torch.cat([acts[~special].norm(dim=-1) for acts, special in iter_split(source, split, batch_prompts)])
-    if norms.numel() == 0:
-        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
-    threshold = float(torch.quantile(norms.double(), trim_quantile))
-    every, trimmed = _ReconSums(sae.d_in), _ReconSums(sae.d_in)
-    l0_sum = 0.0
-    fired = torch.zeros(sae.width, dtype=torch.bool)
-    bar = tqdm(total=len(ids), desc=f"evaluate on {split}", unit="prompt", disable=not progress, leave=False)
-    for acts, special in iter_split(source, split, batch_prompts):
-        x = acts.to(device)
-        m = ~special.to(device)
-        keep = m & (x.norm(dim=-1) <= threshold)
-        if temporal:
-            det = sae.forward_details(x)  # type: ignore[attr-defined]
-            codes = det.codes
-            b = sae.b_dec.to(x.dtype)  # type: ignore[attr-defined]
-            for sums, sel in ((every, m), (trimmed, keep)):
-                sums.update(x[sel], det.recon[sel], det.recon_novel[sel], det.recon_pred[sel], b, det.pred_share[sel])
-        else:
-            enc = sae.encode(x)
-            codes = enc.codes
-            for sums, sel in ((every, m), (trimmed, keep)):
-                sums.update(x[sel], enc.recon[sel])
-        idx = codes.indices[m]
-        l0_sum += float((idx >= 0).sum())
-        fired[idx[idx >= 0].cpu()] = True
-        bar.update(acts.shape[0])
-    bar.close()
-    n = every.n
-    mu = every.sum_x / n
-    out: dict[str, Any] = {
-        "split": split,
-        "n_prompts": len(ids),
-        "n_tokens": n,
-        **every.result(temporal),
-        "mse_per_token": every.err / n,
-        "variance_per_token": (every.sum_sq - n * float(mu.pow(2).sum())) / n,
-        "mean_sq_norm_per_token": every.sum_sq / n,
-        "mean_vector_sq_norm": float(mu.pow(2).sum()),
-        "trim_quantile": trim_quantile,
-        "trim_norm_threshold": threshold,
-        "trimmed_n_tokens": trimmed.n,
-        **trimmed.result(temporal, prefix="trimmed_"),
-        "l0": l0_sum / n,
-        "dead_fraction": float((~fired).float().mean()),
-        "n_dead": int((~fired).sum()),
-        "width": sae.width,
-        "architecture": getattr(sae, "architecture", "sae"),
-    }
-    return out
