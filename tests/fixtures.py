@@ -295,3 +295,29 @@ def write_research_folder(folder: Path, sae, layout: str, sae_type: str = "tempo
     payload = {"sae": sd, "optimizer": opt.state_dict(), "iter": 200000, "config": config}
     torch.save(payload, folder / "latest_ckpt.pt")
     return folder
+
+
+def mounted_tmpfs(mnt: Path, options: str):
+    """Mount a real tmpfs at ``mnt`` with mount ``options`` (e.g. ``ro,size=64k``), yield a ``resize(size)``
+    function, and unmount afterwards. Skips the test where mounting needs root or ``mount`` is missing.
+    Use inside a pytest fixture: ``yield from mounted_tmpfs(path, "size=24k")``."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    mnt.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

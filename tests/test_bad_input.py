@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import WORDS, save_tiny_temporal_sae, write_word_corpus
+from fixtures import WORDS, mounted_tmpfs, save_tiny_temporal_sae, write_word_corpus
 from tempolens.collect import CollectConfig, collect
 from tempolens.errors import ConfigError, SourceError, TempolensError
 from tempolens.store import CodeStore
@@ -304,19 +304,8 @@ def no_model_load(monkeypatch):
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A real read-only filesystem (a tmpfs mounted ro; needs root), else skipped."""
-    import shutil
-
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    for _ in mounted_tmpfs(tmp_path / "ro", "ro,size=64k"):
+        yield tmp_path / "ro"
 
 
 def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import safetensors_content, save_tiny_temporal_sae, write_word_corpus
+from fixtures import mounted_tmpfs, safetensors_content, save_tiny_temporal_sae, write_word_corpus
 from tempolens.collect import CollectConfig, collect
 from tempolens.errors import WriteError
 from tempolens.store import CodeStore, StoreError
@@ -302,21 +302,8 @@ def test_disk_full_in_dashboards_output_keeps_statistics(store, reference_dashbo
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A real tmpfs of a few pages (needs root and mount; skipped otherwise). Yields (path, resize)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-
-    def resize(size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-
-    try:
-        yield mnt, resize
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    for resize in mounted_tmpfs(tmp_path / "tmpfs", "size=24k"):
+        yield tmp_path / "tmpfs", resize
 
 
 def test_real_full_disk_collect_then_dashboards(tiny_tmpfs, tiny_lm_dir, corpus, temporal_dir, store, reference_dashboards):
