@@ -180,3 +180,36 @@ def test_events_page_hostile_names(browser, tmp_path):
     finally:
         page.close()
 
+
+def test_autointerp_report_hostile_strings(browser, tmp_path):
+    from tempolens.autointerp.db import ResultsDB
+    from tempolens.autointerp.report import build_report
+
+    db = ResultsDB(tmp_path / "results.sqlite")
+    try:
+        rep = build_report(db, tmp_path, wall_s=1.0)
+    finally:
+        db.close()
+    assert rep["saes"] == []
+    # the same files build_report writes, with hostile strings in the report
+    from tempolens.dashboards.site import js_call
+
+    sc = {"mean": 0.8, "ci_low": 0.7, "ci_high": 0.9, "n": 5, "n_unscored": 0, "chance": 0.5}
+    rep.update(judge=EVIL, embedding_model=QUOTES,
+               saes=[{"label": EVIL, "architecture": QUOTES, "width": 64, "n_alive": 60, "n_latents": 5,
+                      "scores": {"saebench": sc}, "pooled": {}, "parse_failures": {}, "n_llm_calls": 5,
+                      "transport_errors": 0, "tokens": {"prompt": 10, "completion": 2}}])
+    (tmp_path / "data" / "autointerp.js").write_bytes(js_call("tempolensAutointerp", rep))
+    assert "<script" not in (tmp_path / "report.html").read_text().replace('<script src="assets/app.js" defer>', "")
+    page, ev = open_page(browser, (tmp_path / "report.html").as_uri())
+    try:
+        assert_page_csp(page)
+        page.wait_for_selector(".report")
+        row = page.locator(".report-scores tbody tr").first.locator("td").all_text_contents()
+        assert row[:2] == [EVIL, QUOTES] and row[4].startswith("0.800 [0.700, 0.900]")
+        assert EVIL in page.locator(".facts").text_content() and QUOTES in page.locator(".facts").text_content()
+        assert "Context (not comparable)" in page.locator(".report").text_content()
+        assert page.locator(".report img, .report b:not(.report-scores b)").count() == 0
+        assert_clean(page, ev)
+    finally:
+        page.close()
