@@ -37,6 +37,12 @@ def test_live_form_hostile_text_and_errors(browser, live_server):
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         page.goto(live_server.url + "live")
+        page.wait_for_selector("body[data-ready=true]")
+        from tempolens.dashboards.site import PAGE_CSP
+
+        assert page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content") == PAGE_CSP
+        assert page.locator("script:not([src]), style").count() == 0
+        assert page.locator("#live-text").get_attribute("maxlength") == "300"
         hostile = 'the cat <script>alert(1)</script> sat || the dog <img src=x onerror=alert(1)> ran &amp; the sea'
         page.fill("#live-text", hostile)
         page.click("#live-go")

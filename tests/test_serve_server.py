@@ -95,7 +95,8 @@ def test_static_site_and_traversal_over_http(server):
     status, _, body = request(server, "GET", "/index.html", headers={"Host": "evil.example:80"})
     assert status == 403 and b"localhost" in body
     status, ctype, body = request(server, "GET", "/live")
-    assert status == 200 and b"/api/analyze" in body and b"Content-Security-Policy" in body
+    assert status == 200 and b'data-page="live"' in body and b"Content-Security-Policy" in body
+    assert b"/api/analyze" in request(server, "GET", "/live/assets/temporal.js")[2]
 
 
 def test_analyze_returns_the_viewer_payload(server):
@@ -236,12 +237,18 @@ def _headers(srv, method, path, body=None, headers=None):
 
 
 def test_security_headers_on_every_response(server, site):
-    from tempolens.temporal.page import html_page, script_hash
+    import re
 
-    (site / "kernels" / "page.html").write_text(html_page("t", "<div id=app></div>", "console.log(1)"))
+    from tempolens.dashboards.site import ASSETS_DIR, PAGE_CSP
+    from tempolens.temporal.page import write_events_page
+
+    empty = {"columns": [], "rows": []}
+    write_events_page(site, {"header": "h", "summary": empty, "texts": empty})
     cases = [("GET", "/", None, 200), ("GET", "/live", None, 200), ("GET", "/data.js", None, 200),
-             ("GET", "/nope", None, 404),
-             ("GET", "/kernels/page.html", None, 200), ("GET", "/api/health", None, 200), ("HEAD", "/live", None, 200),
+             ("GET", "/nope", None, 404), ("GET", "/live/assets/temporal.js", None, 200),
+             ("GET", "/live/assets/style.css", None, 200), ("GET", "/live/assets/secret.txt", None, 404),
+             ("GET", "/live/assets/../serve.py", None, 404), ("GET", "/kernels/events.html", None, 200),
+             ("GET", "/api/health", None, 200), ("HEAD", "/live", None, 200),
              ("POST", "/api/analyze", b"{}", 415), ("PUT", "/", None, 501), ("GET", "/" + "a/" * 1500, None, 414)]
     for method, path, body, status in cases:
         st, h, data = _headers(server, method, path, body)
@@ -251,18 +258,21 @@ def test_security_headers_on_every_response(server, site):
         csp = h["content-security-policy"]
         script_src = csp.split("script-src", 1)[-1].split(";")[0]
         assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in script_src, (path, csp)
-    # /live and the kernel pages: their inline scripts are allowed by hash, nothing else inline
-    for path in ("/live", "/kernels/page.html"):
+    # /live and the kernel pages: the header is the pages' own meta CSP (no inline script or style) + no framing
+    for path in ("/live", "/kernels/events.html", "/index.html"):
         st, h, data = _headers(server, "GET", path)
-        script_src = next(d for d in h["content-security-policy"].split(";") if d.strip().startswith("script-src"))
-        import re
+        assert h["content-security-policy"] == PAGE_CSP + "; frame-ancestors 'none'", path
+        assert "unsafe-inline" not in h["content-security-policy"]
+        assert re.findall(r"<script(?![^>]*\bsrc=)", data.decode()) == [] and "<style" not in data.decode(), path
+        if path != "/index.html":  # the test site's own index.html is a plain stub
+            meta = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', data.decode()).group(1)
+            assert meta == PAGE_CSP, path
+    st, h, data = _headers(server, "GET", "/live/assets/temporal.js")
+    assert data == (ASSETS_DIR / "temporal.js").read_bytes() and h["content-type"].startswith("text/javascript")
+    assert '<script src="/live/assets/temporal.js" defer>' in _headers(server, "GET", "/live")[2].decode()
 
-        inline = re.findall(r"<script>(.*?)</script>", data.decode(), re.S)
-        assert len(inline) == 2 and all(script_hash(s) in script_src for s in inline), path
-        assert "unsafe-inline" not in script_src and "'self'" in script_src
 
-
-def test_no_page_of_the_site_or_of_serve_allows_inline_script(site):
+def test_no_page_of_the_site_or_of_serve_allows_inline_script_or_style(site):
     import re
     from pathlib import Path
 
@@ -270,7 +280,7 @@ def test_no_page_of_the_site_or_of_serve_allows_inline_script(site):
 
     src = Path(tempolens.__file__).parent
     offenders = [p for p in src.rglob("*") if p.is_file() and p.suffix in (".py", ".html", ".js")
-                 and re.search(r"script-src[^;\"]*unsafe-inline", p.read_text(errors="replace"))]
+                 and re.search(r"(script|style)-src[^;\"]*unsafe-inline", p.read_text(errors="replace"))]
     assert offenders == []
 
 

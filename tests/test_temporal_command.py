@@ -108,9 +108,14 @@ def test_run_kernel_writes_pages_figures_and_escapes(sources, tmp_path):
         with open(f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     page = (out / "kernels" / "text-1.html").read_text()
-    # the hostile tokens only occur escaped inside the data literal: exactly two script elements
-    assert page.count("<script>") == 2 and "<img src=x" not in page and "alert(1)</script>" not in page
-    data = json.loads(re.search(r"const DATA=(\{.*?\});TempolensKernels", page, re.S).group(1))
+    # the page is a shell of the viewer: no inline script, no data; the data file holds the tokens escaped
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="../assets/temporal.js" defer>',
+                                                  '<script src="data/page-text-1.js" defer>']
+    assert "alert" not in page and "<style" not in page and "unsafe-inline" not in page
+    js = (out / "kernels" / "data" / "page-text-1.js").read_text()
+    assert "<" not in js and "&" not in js
+    data = json.loads(re.fullmatch(r"tempolensKernelPage\((\{.*\})\);\n", js, re.S).group(1))
+    assert (out / "assets" / "temporal.js").is_file() and (out / "assets" / "style.css").is_file()
     assert "script" in data["tokens"] and "<" in data["tokens"]
     n = data["n"]
     got = decode_matrix(next(m for m in data["matrices"] if m["id"] == "predicted")["data"], n, -1.0, 1.0)
@@ -119,15 +124,15 @@ def test_run_kernel_writes_pages_figures_and_escapes(sources, tmp_path):
     assert data["boundaries"] and set(data["scores"]) == {"predicted", "novel", "sae", "activations"}
     # the page prints the predicted codes' top-1 variance share of this text
     share = a.meta["pred_top_direction_share"]
-    assert f"z_pred top-1 share {share:.3f}" in page and 'id="predictor-note"' in page
-    index = (out / "kernels" / "index.html").read_text()
-    assert 'href="text-1.html"' in index
+    assert f"z_pred top-1 share {share:.3f}" in data["predictor_note"] and data["meta_line"].startswith("model ")
+    index = (out / "kernels" / "data" / "index.js").read_text()
+    assert '"href":"text-1.html"' in index
     js = (out / "data" / "kernels.js").read_text()
     assert js.startswith("tempolensKernels(") and "kernels/text-1.html" in js
     # a second run with another text keeps the first page in the index
     run_kernel(KernelConfig(text=["the dog ran"], out=out, figures=False), sources=sources)
-    index = (out / "kernels" / "index.html").read_text()
-    assert 'href="text-1.html"' in index
+    index = (out / "kernels" / "data" / "index.js").read_text()
+    assert '"href":"text-1.html"' in index
 
 
 def test_run_events_on_a_file(sources, tmp_path):
@@ -148,7 +153,9 @@ def test_run_events_on_a_file(sources, tmp_path):
     saved = json.loads((kdir / "events.json").read_text())
     assert saved["summary"]["predicted"]["block_contrast"]["mean"] == pytest.approx(res["summary"]["predicted"]["block_contrast"]["mean"])
     assert "| Predicted codes (z_pred) |" in (kdir / "events.md").read_text()
-    assert "Event-boundary check" in (kdir / "events.html").read_text()
+    assert 'data-page="events"' in (kdir / "events.html").read_text()
+    events = (kdir / "data" / "events.js").read_text()
+    assert events.startswith("tempolensEvents(") and "Event-boundary check" in events and '"href":"one.html"' in events
 
 
 def test_read_texts_txt_and_errors(tmp_path):

@@ -10,16 +10,20 @@ import subprocess
 
 import pytest
 
-from tempolens.viewer import ASSET_FILES, ASSETS_DIR, PAGE_FILE, install_viewer
+from tempolens.viewer import ASSET_FILES, ASSETS_DIR, PAGE_CSP, PAGE_FILE, REPORT_FILE, install_viewer
 
 APP = (ASSETS_DIR / "app.js").read_text(encoding="utf-8")
+TEMPORAL = (ASSETS_DIR / "temporal.js").read_text(encoding="utf-8")
 HTML = (ASSETS_DIR / "index.html").read_text(encoding="utf-8")
+REPORT = (ASSETS_DIR / "report.html").read_text(encoding="utf-8")
 CSS = (ASSETS_DIR / "style.css").read_text(encoding="utf-8")
 
 
 def test_install_viewer_puts_page_at_root_and_assets_below(tmp_path):
     written = install_viewer(tmp_path / "site")
-    assert [p.relative_to(tmp_path / "site").as_posix() for p in written] == ["index.html", "assets/app.js", "assets/style.css"]
+    assert [p.relative_to(tmp_path / "site").as_posix() for p in written] == ["index.html"] + [
+        f"assets/{name}" for name in ASSET_FILES]
+    assert set(ASSET_FILES) == {"app.js", "style.css", "temporal.js"}
     for p in written:
         src = ASSETS_DIR / (PAGE_FILE if p.name == PAGE_FILE else p.name)
         assert p.read_bytes() == src.read_bytes()
@@ -28,12 +32,29 @@ def test_install_viewer_puts_page_at_root_and_assets_below(tmp_path):
     install_viewer(tmp_path / "site")                       # idempotent; data untouched
     assert (tmp_path / "site" / "data" / "meta.js").read_text() == "tempolensMeta({});\n"
     assert sorted(p.name for p in (tmp_path / "site" / "assets").iterdir()) == sorted(ASSET_FILES)
+    # the autointerp report folder gets report.html and the same assets; the kernel pages only the assets
+    assert install_viewer(tmp_path / "rep", pages=(REPORT_FILE,))[0] == tmp_path / "rep" / "report.html"
+    assert not (tmp_path / "rep" / "index.html").exists()
+    assert [p.name for p in install_viewer(tmp_path / "k", pages=())] == list(ASSET_FILES)
+
+
+def test_every_page_has_the_one_csp_and_no_inline_code():
+    from tempolens.dashboards.site import html_shell
+
+    shell = html_shell("<t>", "kernel", assets="../assets/", scripts=["data/page-x.js"], attrs={"max-chars": "9"})
+    for page in (HTML, REPORT, shell):
+        csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+        assert csp == PAGE_CSP and "unsafe-inline" not in csp
+        assert re.findall(r"<script(?![^>]*\bsrc=)", page) == [] and "<style" not in page and " style=" not in page
+    assert "<title>&lt;t&gt;</title>" in shell and 'data-max-chars="9"' in shell
+    assert re.findall(r'<script src="([^"]+)"', shell) == ["../assets/temporal.js", "data/page-x.js"]
+    assert re.findall(r'(?:src|href)="([^"]+)"', REPORT) == ["assets/style.css", "assets/app.js"]
 
 
 def test_page_loads_only_local_files():
     refs = re.findall(r'(?:src|href)="([^"]+)"', HTML)
     assert sorted(refs) == sorted(["#main", "#/", "assets/app.js", "assets/style.css"])
-    for text in (HTML, APP, CSS):
+    for text in (HTML, REPORT, APP, TEMPORAL, CSS):
         urls = [u for u in re.findall(r"https?://[^\s'\")]+", text) if u != "http://www.w3.org/2000/svg"]
         assert urls == [], f"no CDN or remote URL allowed: {urls}"
     assert "@import" not in CSS and "url(" not in CSS
@@ -49,6 +70,11 @@ def test_app_never_parses_data_as_html_or_code():
     for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "fetch(", "XMLHttpRequest",
                    "DOMParser", "createContextualFragment", "srcdoc"):
         assert banned not in code, banned
+    temporal = re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", "", TEMPORAL, flags=re.S))
+    for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                   "XMLHttpRequest", "DOMParser", "createContextualFragment", "srcdoc", "setAttribute('on", "cssText"):
+        assert banned not in temporal, banned
+    assert temporal.count("fetch(") == 1 and "fetch('/api/analyze'" in temporal  # the live page's one request
     # setAttribute is only ever called with attribute names written in the code (never "on…" from data).
     assert "setAttribute(k," in code and "k.slice(0, 2) === 'on'" in code
 
@@ -91,5 +117,6 @@ def test_pure_helpers_under_node():
 
 @pytest.mark.skipif(node is None, reason="Node.js not installed")
 def test_app_js_parses():
-    res = subprocess.run([node, "--check", str(ASSETS_DIR / "app.js")], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
+    for name in ("app.js", "temporal.js"):
+        res = subprocess.run([node, "--check", str(ASSETS_DIR / name)], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr

@@ -14,8 +14,10 @@ exactly (parameter ``charset=utf-8`` only) and an ``Origin`` that is absent or t
 make it run the model. Bodies are limited in size and JSON nesting depth, URL paths in length.
 
 Every response carries a ``Content-Security-Policy`` header (``frame-ancestors 'none'``; HTML
-pages may run only ``'self'`` scripts and the inline scripts their own CSP lists by hash),
-``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and ``X-Content-Type-Options: nosniff``.
+pages get the site's one page policy, :data:`~tempolens.dashboards.site.PAGE_CSP`, the same as their
+``<meta>``: scripts and styles from files only, never inline), ``X-Frame-Options: DENY``,
+``Referrer-Policy: no-referrer`` and ``X-Content-Type-Options: nosniff``. ``GET /live/assets/<file>``
+answers the viewer's asset files from the package (the live page's script and style).
 
 Each connection gets its own thread, at most ``MAX_CONNECTIONS`` at once (more are answered 503);
 the listen backlog is ``LISTEN_BACKLOG``. A connection must deliver its request within
@@ -30,7 +32,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import mimetypes
-import re
 import socket
 import threading
 import time
@@ -42,9 +43,11 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from tempolens.dashboards.site import ASSET_FILES, ASSETS_DIR, PAGE_CSP
 from tempolens.errors import TempolensError
 from tempolens.options import check
 from tempolens.temporal.command import TemporalSourceOptions
+from tempolens.temporal.live import LIVE_ASSETS
 
 Analyzer = Callable[[str], dict]
 """Text → the viewer payload (:func:`tempolens.temporal.page.analysis_payload`)."""
@@ -62,25 +65,8 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 FRAME_HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 DATA_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
 """CSP of every response that is not an HTML page (JSON, scripts, data, errors)."""
-_HASH_SOURCE = re.compile(r"'sha256-[A-Za-z0-9+/]+={0,2}'")
-_META_CSP = re.compile(rb"<meta\s+http-equiv=[\"']Content-Security-Policy[\"']\s+content=\"([^\"]*)\"", re.IGNORECASE)
-
-
-def html_csp(page: bytes) -> str:
-    """The CSP header for an HTML page: scripts from ``'self'`` plus the inline scripts the page's own
-    ``<meta>`` CSP allows by SHA-256 hash (never ``'unsafe-inline'``); no framing."""
-    m = _META_CSP.search(page[:8192])
-    hashes: list[str] = []
-    if m:
-        for directive in m.group(1).decode("utf-8", "replace").split(";"):
-            name, _, value = directive.strip().partition(" ")
-            if name == "script-src":
-                hashes = _HASH_SOURCE.findall(value)
-    return (
-        f"default-src 'self'; script-src 'self'{''.join(' ' + h for h in hashes)}; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    )
+HTML_CSP = PAGE_CSP + "; frame-ancestors 'none'"
+"""CSP of every HTML page: the pages' own ``<meta>`` policy (no inline script or style), and no framing."""
 
 
 def is_json_content_type(value: str | None) -> bool:
@@ -375,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
         pass  # quiet; errors are answered to the client
 
     def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
-        self._csp = html_csp(body) if ctype.startswith("text/html") else None
+        self._csp = HTML_CSP if ctype.startswith("text/html") else None
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -424,6 +410,14 @@ class Handler(BaseHTTPRequestHandler):
                 return
             page = _live_html(self.server.max_chars, self.server.site is not None)
             self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            return
+        if path.startswith(LIVE_ASSETS):
+            name = path[len(LIVE_ASSETS):]
+            if name not in ASSET_FILES:
+                self._error(HTTPStatus.NOT_FOUND, "not found")
+                return
+            ctype = "text/css" if name.endswith(".css") else "text/javascript"
+            self._send(HTTPStatus.OK, (ASSETS_DIR / name).read_bytes(), ctype + "; charset=utf-8")
             return
         if path == "/api/health":
             self._json(HTTPStatus.OK, {"ok": True, "live": self.server.analyzer is not None, "site": self.server.site is not None})
@@ -554,9 +548,9 @@ def make_analyzer(model: Any, sae: Any, contrast: Any, max_tokens: int, top_k: i
     def analyze(text: str) -> dict:
         clean, bounds = parse_marked(text) if "||" in text else (text, [])
         a = analyze_text(model, sae, clean, contrast=contrast, name="live", boundaries=bounds, max_tokens=max_tokens, top_k=top_k)
-        from tempolens.temporal.command import _scores
+        from tempolens.temporal.command import kernel_scores
 
-        return analysis_payload(a, scores=_scores(a, 8), title="live text")
+        return analysis_payload(a, scores=kernel_scores(a, 8), title="live text")
 
     return analyze
 

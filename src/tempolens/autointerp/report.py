@@ -5,15 +5,15 @@ mean over latents with a 95% percentile-bootstrap CI (seeded), the number of sco
 failures, transport errors, tokens spent; delphi scores also pooled over all answers. The published
 SAEBench numbers for Gemma-2-2B are shown as context only — a different model, judge and budget.
 
-Outputs in ``out/``: ``report.md``, ``report.json``, ``report.html`` (a self-contained, escaped HTML
-section), ``data/autointerp.js`` (``tempolensAutointerp({...})`` for the dashboard site) and
+Outputs in ``out/``: ``report.md``, ``report.json``, ``data/autointerp.js`` (``tempolensAutointerp({...})``,
+read by the dashboard site and by ``report.html``, the report view of the site's viewer with its assets
+under ``assets/``: opens from disk, no inline script, strings shown as text) and
 ``latents-<label>.json`` (``{"<latent>": {"explanation", "explanations", "scores"}}`` per SAE, for
 merging into the site's latent records).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import time
@@ -23,6 +23,7 @@ from typing import Any
 from tempolens.autointerp.db import ResultsDB
 from tempolens.autointerp.metrics import bootstrap_ci, mean
 from tempolens.autointerp.scorers import CHANCE, SCORERS, combine_binary
+from tempolens.dashboards.site import REPORT_FILE, install_viewer, js_call
 from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 
 PUBLISHED_CONTEXT = {
@@ -47,13 +48,6 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     return x
-
-
-def js_literal(obj: Any) -> str:
-    """JSON safe inside a ``<script>``: ``<``, ``>``, ``&``, U+2028 and U+2029 escaped."""
-    s = json.dumps(_clean(obj), ensure_ascii=False, sort_keys=True)
-    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[str, Any]:
@@ -242,28 +236,6 @@ def _cost_lines(rep: dict[str, Any]) -> list[str]:
     return out
 
 
-def to_html(rep: dict[str, Any]) -> str:
-    """A self-contained HTML section; every string is escaped."""
-    e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
-    scorers = [s for s in SCORERS if any(s in x["scores"] for x in rep["saes"])]
-    head = "".join(f"<th>{e(s)}</th>" for s in ["SAE", "architecture", "width", "latents (alive)", *scorers, "parse failures", "tokens"])
-    rows = []
-    for s in rep["saes"]:
-        cells = [s["label"], s.get("architecture") or "?", s["width"], f"{s['n_latents']} ({s['n_alive']})",
-                 *[_score_cell(s["scores"].get(sc)) for sc in scorers], sum(s["parse_failures"].values()),
-                 s["tokens"]["prompt"] + s["tokens"]["completion"]]
-        rows.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-    pc = rep["published_context"]
-    ctx = "".join(f"<tr><td>{e(k)}</td><td>{v:.3f}</td></tr>" for k, v in pc["scores"].items())
-    return (
-        '<section class="tempolens-autointerp">\n<h2>Autointerp ballpark</h2>\n'
-        f"<p>Judge/explainer: <code>{e(rep.get('judge') or 'none')}</code>; embedding model: <code>{e(rep.get('embedding_model'))}</code>; "
-        f"mean per latent with 95% bootstrap CI.</p>\n<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>\n"
-        f"<h3>Context (not comparable)</h3>\n<p>{e(pc['source'])}. <strong>{e(pc['caveat'])}</strong></p>\n"
-        f"<table><thead><tr><th>SAE</th><th>SAEBench autointerp</th></tr></thead><tbody>{ctx}</tbody></table>\n</section>\n"
-    )
-
-
 def build_report(db: ResultsDB, out: Path, seed: int = 0, wall_s: float | None = None) -> dict[str, Any]:
     """Write every report file into ``out`` (atomically) and return the report dict."""
     out = Path(out)
@@ -272,8 +244,8 @@ def build_report(db: ResultsDB, out: Path, seed: int = 0, wall_s: float | None =
     (out / "data").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", rep)
     atomic_write_bytes(out / "report.md", to_markdown(rep).encode())
-    atomic_write_bytes(out / "report.html", to_html(rep).encode())
-    atomic_write_bytes(out / "data" / "autointerp.js", f"tempolensAutointerp({js_literal(rep)});\n".encode())
+    atomic_write_bytes(out / "data" / "autointerp.js", js_call("tempolensAutointerp", rep))
+    install_viewer(out, pages=(REPORT_FILE,))
     for label, lat in per_latent.items():
         atomic_write_json(out / f"latents-{label}.json", lat)
     return rep

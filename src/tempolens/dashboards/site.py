@@ -1,16 +1,23 @@
-"""The static site's data files (contract: ``docs/site-data.md``) and the copy of the viewer assets.
+"""The static site's data files (contract: ``docs/site-data.md``), its page shells and the copy of the viewer assets.
 
 Every data file is a small script that calls a global function with a JSON literal, so the site opens
-from ``file://`` with no server. :func:`js_literal` escapes ``<``, ``>``, ``&``, U+2028 and U+2029 so
-no string from the data (token strings are untrusted) can end the script or break its parsing.
+from ``file://`` with no server. :func:`js_literal` (the one implementation: the kernel pages, the events
+page and the autointerp report write their data through it too) escapes ``<``, ``>``, ``&``, U+2028 and
+U+2029 so no string from the data (token strings are untrusted) can end the script or break its parsing.
+
+Every page is a static or thin HTML shell with :data:`PAGE_CSP` (no inline script or style) that loads
+the viewer assets (``tempolens/viewer/assets``, installed by :func:`install_viewer`) and its data files.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from tempolens.errors import TempolensError
 from tempolens.fsutil import atomic_write_bytes
 
 INDEX_COLUMNS: tuple[str, ...] = ("index", "frac_nonzero", "max_act", "mean_act", "top_tokens", "explanation", "score", "pred_share")
@@ -46,8 +53,83 @@ def js_call(function: str, *args: Any) -> bytes:
     return (f"{function}(" + ",".join(js_literal(a) for a in args) + ");\n").encode()
 
 
+ASSETS_DIR: Path = Path(__file__).resolve().parent.parent / "viewer" / "assets"
+"""Folder of the viewer's files: the pages ``index.html`` and ``report.html``, and the assets they load."""
+
+PAGE_FILE = "index.html"
+"""The dashboard site's page; it goes to the site root."""
+
+REPORT_FILE = "report.html"
+"""The autointerp report's page (the report view of ``app.js``); it goes to the report folder's root."""
+
+ASSET_FILES: tuple[str, ...] = ("app.js", "style.css", "temporal.js")
+"""Files that the pages load from ``assets/``: the dashboard and report views (``app.js``), the
+temporal views (``temporal.js``: kernel pages, kernel index, events page, live page) and the style."""
+
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'"
+)
+"""The Content-Security-Policy of every page (in its ``<meta>``; ``tempolens serve`` sends the same
+plus ``frame-ancestors 'none'``): scripts and styles only from files, never inline."""
+
+
+class ViewerError(TempolensError):
+    """The viewer's assets are missing (a broken install) or cannot be copied."""
+
+
 def viewer_assets_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "viewer" / "assets"
+    """The folder of the viewer's files (:data:`ASSETS_DIR`)."""
+    return ASSETS_DIR
+
+
+def install_viewer(site_dir: Path | str, pages: Sequence[str] = (PAGE_FILE,)) -> list[Path]:
+    """Copy the viewer into ``site_dir``: the given ``pages`` (of :data:`ASSETS_DIR`) at its root, the
+    assets (:data:`ASSET_FILES`) under ``assets/``; ``pages=()`` installs only the assets (for the
+    kernel pages, which are shells written beside their data).
+
+    Existing viewer files are replaced (each copy is written to a temporary name, then renamed,
+    so a reader never sees half a file); data files are not touched. Returns the written paths.
+    """
+    site = Path(site_dir)
+    sources = [ASSETS_DIR / name for name in pages] + [ASSETS_DIR / name for name in ASSET_FILES]
+    missing = [p.name for p in sources if not p.is_file()]
+    if missing:
+        raise ViewerError(f"viewer assets {', '.join(missing)} are missing from {ASSETS_DIR}; reinstall tempolens")
+    targets = [site / name for name in pages] + [site / "assets" / name for name in ASSET_FILES]
+    written = []
+    try:
+        (site / "assets").mkdir(parents=True, exist_ok=True)
+        for src, dst in zip(sources, targets):
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            written.append(dst)
+    except OSError as e:
+        raise ViewerError(
+            f"cannot write the viewer into {site} ({e.strerror or e}); choose a writable --out folder") from e
+    return written
+
+
+def html_shell(title: str, page: str, assets: str, scripts: Sequence[str] = (),
+               attrs: dict[str, str] | None = None) -> str:
+    """A page of the temporal views: :data:`PAGE_CSP`, ``<assets>style.css``, ``<assets>temporal.js``, then
+    the data ``scripts`` (relative URLs, in order), and ``<body data-page="<page>">`` plus ``attrs`` as
+    ``data-*`` attributes. No inline script or style; ``title`` is escaped (the view sets the final title)."""
+    e = lambda x: html.escape(str(x), quote=True)  # noqa: E731
+    tags = "".join(f'<script src="{e(src)}" defer></script>\n' for src in [f"{assets}temporal.js", *scripts])
+    data_attrs = "".join(f' data-{e(k)}="{e(v)}"' for k, v in (attrs or {}).items())
+    return (
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{PAGE_CSP}\">\n"
+        "<meta name=\"referrer\" content=\"no-referrer\">\n"
+        f"<title>{e(title)}</title>\n<link rel=\"stylesheet\" href=\"{e(assets)}style.css\">\n{tags}</head>\n"
+        f"<body data-page=\"{e(page)}\"{data_attrs}>\n<div id=\"page\"></div>\n"
+        "<noscript><p class=\"notice\">This page needs JavaScript (no network access is used: everything is read "
+        "from the files beside this page).</p></noscript>\n<p id=\"loading\" class=\"notice\">Loading…</p>\n"
+        "</body>\n</html>\n"
+    )
 
 
 class SiteWriter:
@@ -60,23 +142,9 @@ class SiteWriter:
         self.data = self.root / "data"
         (self.data / "features").mkdir(parents=True, exist_ok=True)
 
-    def copy_assets(self, src: Path | None = None) -> list[Path]:
-        """Copy the viewer (whatever is in ``tempolens/viewer/assets``): ``index.html`` to the site root,
-        everything else to ``assets/``."""
-        src = Path(src) if src is not None else viewer_assets_dir()
-        written: list[Path] = []
-        if not src.is_dir():
-            return written
-        (self.root / "assets").mkdir(parents=True, exist_ok=True)
-        for p in sorted(src.rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
-                continue
-            rel = p.relative_to(src)
-            dest = self.root / rel.name if rel.as_posix() == "index.html" else self.root / "assets" / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(dest, p.read_bytes())
-            written.append(dest)
-        return written
+    def copy_assets(self) -> list[Path]:
+        """Install the viewer (:func:`install_viewer`): ``index.html`` at the site root, the assets in ``assets/``."""
+        return install_viewer(self.root)
 
     def chunk_of(self, latent: int) -> int:
         return int(latent) // self.chunk_size

@@ -5,7 +5,7 @@ the predicted/novel split, and the event-boundary check (paper §6).
   ``predicted_share``, ``top_latents``);
 - :mod:`tempolens.temporal.events` — demo multi-event stories, event labels, block contrast, Foote-novelty AUROC;
 - :mod:`tempolens.temporal.analysis` — ``analyze_text(model, sae, text, contrast=...)`` → ``TextAnalysis``;
-- :mod:`tempolens.temporal.figures` — PNG figures; :mod:`tempolens.temporal.page` — self-contained HTML pages;
+- :mod:`tempolens.temporal.figures` — PNG figures; :mod:`tempolens.temporal.page` — kernel/events pages (data);
 - :mod:`tempolens.temporal.command` — ``tempolens kernel`` / ``tempolens events`` (``run_kernel``, ``run_events``).
 """
 

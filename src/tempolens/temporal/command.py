@@ -14,7 +14,6 @@ summarised over texts, written as ``events.json``, ``events.md`` and ``events.ht
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import time
@@ -244,7 +243,9 @@ def demo_activation_sample(model: Any) -> Any:
 # kernel
 
 
-def _scores(a: TextAnalysis, half_width: int) -> dict[str, dict]:
+def kernel_scores(a: TextAnalysis, half_width: int) -> dict[str, dict]:
+    """Per kernel of ``a``, the event scores of :func:`~tempolens.temporal.events.score_kernel` (block
+    contrast, boundary AUROCs with a Foote window of ``half_width`` tokens); empty when ``a`` has no events."""
     if a.labels is None or not a.boundaries:
         return {}
     return {k: score_kernel(S, a.labels, half_width, a.sentence_tokens).as_dict() for k, S in a.kernels.items()}
@@ -272,13 +273,14 @@ def _write_text_outputs(cfg: Any, a: TextAnalysis, t: EventText, scores: dict, f
 
 
 def _write_index(out: Path, entries: list[dict]) -> Path:
-    from tempolens.temporal.page import js_literal, slugify, write_kernel_index
+    from tempolens.dashboards.site import js_call
+    from tempolens.temporal.page import slugify, write_kernel_index
 
     index = write_kernel_index(out, entries)
     pages = [{"href": f"kernels/{slugify(e['name'])}.html", "title": e["title"], "description": f"{e['n_tokens']} tokens"} for e in entries]
     pages.insert(0, {"href": "kernels/index.html", "title": "All kernel pages", "description": "index with event scores"})
     (out / "data").mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "data" / "kernels.js", f"tempolensKernels({js_literal({'pages': pages})});\n".encode())
+    atomic_write_bytes(out / "data" / "kernels.js", js_call("tempolensKernels", {"pages": pages}))
     return index
 
 
@@ -309,7 +311,7 @@ def run_kernel(cfg: KernelConfig, sources: tuple[Any, Any, Any] | None = None) -
     for t in tqdm(texts, desc="kernels", unit="text", disable=len(texts) < 2):
         a = analyze_text(model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries,
                          max_tokens=cfg.max_tokens, top_k=cfg.top_k)
-        entries.append(_write_text_outputs(cfg, a, t, _scores(a, cfg.half_width), cfg.figures))
+        entries.append(_write_text_outputs(cfg, a, t, kernel_scores(a, cfg.half_width), cfg.figures))
     index = _write_index(cfg.out, _merge_entries(cfg.out, entries))
     print(f"kernel pages: {index}")
     for e in entries:
@@ -364,7 +366,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     pooled: dict[str, dict[str, list]] = {}
     for t in tqdm(texts, desc="events", unit="text"):
         a = analyze_text(model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries, max_tokens=cfg.max_tokens)
-        scores = _scores(a, cfg.half_width)
+        scores = kernel_scores(a, cfg.half_width)
         for k, S in a.kernels.items():
             acc = pooled.setdefault(k, {"all": [], "sentences": []})
             acc["all"].append(novelty_samples(S, a.labels, cfg.half_width))
@@ -419,7 +421,7 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
               f"contrast `{con_label}`, {len(per_text)} texts, novelty half-width {cfg.half_width}.")
     atomic_write_json(kdir / "events.json", result)
     atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n\n{diag_line}\n").encode())
-    _write_events_html(kdir / "events.html", header + " " + diag_line, summary, per_text)
+    _write_events_html(cfg.out, header + " " + diag_line, summary, per_text)
     if entries:
         _write_index(cfg.out, _merge_entries(cfg.out, entries))
     print(header)
@@ -436,40 +438,33 @@ def _describe(sae: Any) -> str:
     return f"{d.get('architecture', '?')} width {d.get('width', '?')} k {d.get('k', '?')}"
 
 
-def _write_events_html(path: Path, header: str, summary: dict, per_text: list[dict]) -> None:
-    from tempolens.temporal.page import html_page, slugify
+def _write_events_html(out: Path, header: str, summary: dict, per_text: list[dict]) -> None:
+    """``<out>/kernels/events.html``: the summary per kernel and the scores per text, as text tables."""
+    from tempolens.temporal.page import slugify, write_events_page
 
-    rows = "".join(
-        f"<tr><td>{html.escape(KERNEL_LABELS.get(k, k))}</td><td>{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}</td>"
-        f"<td>{_fmt(s['within_mean']['mean'])}</td><td>{_fmt(s['across_mean']['mean'])}</td>"
-        f"<td>{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; pooled {_fmt(s.get('pooled', {}).get('boundary_auroc'))}"
-        f"{_ci(s.get('pooled', {}).get('boundary_auroc_ci95'))}</td>"
-        f"<td>{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
-        f"{_fmt(s.get('pooled', {}).get('boundary_auroc_sentences'))}{_ci(s.get('pooled', {}).get('boundary_auroc_sentences_ci95'))}</td>"
-        f"<td>{s['block_contrast']['n']}</td></tr>"
+    def pooled(s: dict, key: str) -> str:
+        return f"{_fmt(s.get('pooled', {}).get(key))}{_ci(s.get('pooled', {}).get(key + '_ci95'))}"
+
+    rows = [
+        [KERNEL_LABELS.get(k, k), f"{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}",
+         _fmt(s["within_mean"]["mean"]), _fmt(s["across_mean"]["mean"]),
+         f"{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; "
+         f"pooled {pooled(s, 'boundary_auroc')}",
+         f"{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
+         f"{pooled(s, 'boundary_auroc_sentences')}",
+         str(s["block_contrast"]["n"])]
         for k, s in summary.items()
-    )
+    ]
     kinds = list(summary)
-    trows = "".join(
-        f"<tr><td><a href=\"{html.escape(slugify(p['name']))}.html\">{html.escape(p['name'])}</a></td><td>{p['n_tokens']}</td>"
-        + "".join(f"<td>{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])} / "
-                  f"{_fmt(p['scores'][k]['boundary_auroc_sentences'])}</td>" for k in kinds)
-        + "</tr>"
+    trows = [
+        [{"text": p["name"], "href": f"{slugify(p['name'])}.html"}, str(p["n_tokens"])]
+        + [f"{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])} / "
+           f"{_fmt(p['scores'][k]['boundary_auroc_sentences'])}" for k in kinds]
         for p in per_text
-    )
-    body = (
-        "<header><h1>Event-boundary check</h1><div class=\"meta\"><a href=\"index.html\">kernel pages</a> · "
-        "<a href=\"../index.html\">dashboards</a></div></header><main>"
-        f"<p>{html.escape(header.replace('`', ''))}</p>"
-        "<table><thead><tr><th>codes</th><th>block contrast</th><th>within</th><th>across</th><th>boundary AUROC</th><th>vs sentence starts</th><th>texts</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-        "<p class=\"note\">Block contrast: mean within-event minus mean across-event similarity of the mean-centred cosine kernel "
-        "(diagonal and BOS excluded). Boundary AUROC: Foote's checkerboard novelty at the first token of each event against every "
-        "other scored token (0.5 = chance); the sentence-matched AUROC compares boundaries with the other sentence starts only, since every "
-        "boundary here is also a sentence start. Paper §6 expects the predicted-code kernel to be block-structured by event and the novel "
-        "and standard-SAE kernels not to be; the raw-activation kernel is a baseline that needs no SAE.</p>"
-        "<h2>Per text (block contrast / AUROC / sentence-matched AUROC)</h2>"
-        f"<table><thead><tr><th>text</th><th>tokens</th>{''.join(f'<th>{html.escape(KERNEL_LABELS.get(k, k))}</th>' for k in kinds)}</tr></thead>"
-        f"<tbody>{trows}</tbody></table></main>"
-    )
-    atomic_write_bytes(path, html_page("tempolens event-boundary check", body).encode("utf-8"))
+    ]
+    write_events_page(out, {
+        "header": header.replace("`", ""),
+        "summary": {"columns": ["codes", "block contrast", "within", "across", "boundary AUROC", "vs sentence starts",
+                                "texts"], "rows": rows},
+        "texts": {"columns": ["text", "tokens", *(KERNEL_LABELS.get(k, k) for k in kinds)], "rows": trows},
+    })

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from tempolens.store.codestore import atomic_write_bytes  # noqa: E402
+from tempolens.fsutil import atomic_write_bytes  # noqa: E402
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis  # noqa: E402
 from tempolens.temporal.kernels import attention_vmax  # noqa: E402
 

@@ -2,7 +2,8 @@
  *
  * Opens from disk (file://) with no server and no network. Data files (docs/site-data.md) are
  * JavaScript files that call the global functions below with JSON literals; they are loaded with
- * dynamically inserted <script> tags, feature chunks only when a latent is shown.
+ * dynamically inserted <script> tags, feature chunks only when a latent is shown. index.html is the
+ * dashboard site; report.html (<body data-page="report">) shows only the autointerp report view.
  *
  * Security rule: every string that comes from data (tokens, explanations, titles ...) reaches the
  * page through textContent / createTextNode / setAttribute, never through HTML parsing.
@@ -1302,7 +1303,17 @@
     l.hidden = false;
   }
 
+  /** report.html (the folder of `tempolens autointerp`): the report view alone, from data/autointerp.js. */
+  function startReport() {
+    loadScript('data/autointerp.js').catch(function () { return null; }).then(function () {
+      document.getElementById('loading').hidden = true;
+      showReport();
+      document.body.setAttribute('data-ready', 'true');
+    });
+  }
+
   function start() {
+    if (document.body.getAttribute('data-page') === 'report') { startReport(); return; }
     tooltip = document.getElementById('tooltip');
     document.addEventListener('mouseover', function (e) {
       var el = e.target && e.target.closest ? e.target.closest('.tok') : null;
