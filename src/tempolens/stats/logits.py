@@ -146,6 +146,47 @@ def histogram_rows(X: Tensor, lo: Tensor, hi: Tensor, n_bins: int, work: Tensor 
     return _bincount_rows(idx, B * n_bins).view(B, n_bins)
 
 
+BlockEnds = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+"""``(top values, top ids, bottom values, bottom ids, histogram counts)`` of one block of latents."""
+
+
+def _block_in_memory(w: Tensor, U: Tensor, k: int, n_bins: int, buf: Tensor, ibuf: Tensor) -> BlockEnds:
+    """The block's ``[B, vocab]`` logits fit in memory: one matmul (into the reused ``buf``: fresh 100 MB
+    allocations cost page faults every block), one top-k pass per end, one histogram pass."""
+    B = w.shape[0]
+    X = torch.mm(w, U.T, out=buf[:B])
+    tv, ti, bv, bi = row_ends(X, k)
+    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=ibuf[:B])
+    return tv, ti, bv, bi, counts
+
+
+def _block_streaming(w: Tensor, U: Tensor, k: int, n_bins: int, chunks: list[tuple[int, int]]) -> BlockEnds:
+    """Top/bottom-k and min/max merged over vocabulary chunks, then a second sweep recomputes each
+    chunk for the histogram (two matmuls, at most ``B × chunk`` logits at once)."""
+    B, dev = w.shape[0], w.device
+    tv = torch.full((B, 0), 0.0, device=dev)
+    ti = torch.zeros((B, 0), dtype=torch.int64, device=dev)
+    bv, bi = tv.clone(), ti.clone()
+    for s, e in chunks:
+        logits = w @ U[s:e].T  # [B, chunk]
+        cv, ci = row_topk(logits, k, largest=True)
+        tv, ti = _merge_topk(tv, ti, cv, ci + s, k, largest=True)
+        cv, ci = row_topk(logits, k, largest=False)
+        bv, bi = _merge_topk(bv, bi, cv, ci + s, k, largest=False)
+    lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
+    counts = torch.zeros(B, n_bins, dtype=torch.int64, device=dev)
+    for s, e in chunks:
+        counts += histogram_rows(w @ U[s:e].T, lo, hi, n_bins)
+    return tv, ti, bv, bi, counts
+
+
+def bin_centres(lo: Tensor, hi: Tensor, n_bins: int) -> Tensor:
+    """``[B, n_bins]`` centres of ``n_bins`` equal-width bins over each row's ``[lo, hi]``."""
+    steps = torch.arange(n_bins + 1, device=lo.device, dtype=torch.float32) / n_bins
+    edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * steps
+    return (edges[:, :-1] + edges[:, 1:]) / 2
+
+
 def logit_effects(
     W_dec: Tensor,
     W_U: Tensor,
@@ -177,52 +218,27 @@ def logit_effects(
     budget = int(memory_mb * 2**20)
     if block is None:
         block = max(16, min(1024, budget // max(1, V * 4)))
-    keep_chunks = block * V * 4 <= budget
+    in_memory = block * V * 4 <= budget
+    if in_memory:
+        buf = torch.empty(min(block, width), V, device=dev)
+        ibuf = torch.empty(min(block, width), V, dtype=torch.int32, device=dev)
     chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
-    out = {name: [] for name in ("tv", "ti", "bv", "bi", "hc", "hm")}
-    buf: Tensor | None = None
-    ibuf: Tensor | None = None
+    parts: list[BlockEnds] = []
+    centres: list[Tensor] = []
     for b0 in tqdm(range(0, width, block), desc="logit effects", unit="block", disable=not progress, leave=False):
         w = Wd[b0 : b0 + block]
-        B = w.shape[0]
-        if keep_chunks:
-            # the block's logits fit in memory: one matmul, one top-k per end, one histogram pass
-            # (into buffers reused by every block: fresh 100 MB allocations cost page faults each time)
-            if buf is None:
-                buf = torch.empty(min(block, width), V, device=dev)
-                ibuf = torch.empty(min(block, width), V, dtype=torch.int32, device=dev)
-            X = torch.mm(w, U.T, out=buf[:B])  # [B, vocab]
-            tv, ti, bv, bi = row_ends(X, kk)
-            lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
-            counts = histogram_rows(X, lo, hi, n_bins, work=ibuf[:B])
-        else:
-            # streaming: top/bottom-k and min/max merged over vocab chunks, then a second sweep
-            # recomputes each chunk for the histogram
-            tv = torch.full((B, 0), 0.0, device=dev)
-            ti = torch.zeros((B, 0), dtype=torch.int64, device=dev)
-            bv, bi = tv.clone(), ti.clone()
-            for s, e in chunks:
-                logits = w @ U[s:e].T  # [B, chunk]
-                cv, ci = row_topk(logits, kk, largest=True)
-                tv, ti = _merge_topk(tv, ti, cv, ci + s, kk, largest=True)
-                cv, ci = row_topk(logits, kk, largest=False)
-                bv, bi = _merge_topk(bv, bi, cv, ci + s, kk, largest=False)
-            lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
-            counts = torch.zeros(B, n_bins, dtype=torch.int64, device=dev)
-            for s, e in chunks:
-                counts += histogram_rows(w @ U[s:e].T, lo, hi, n_bins)
-        edges = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * (
-            torch.arange(n_bins + 1, device=dev, dtype=torch.float32) / n_bins
+        ends = (
+            _block_in_memory(w, U, kk, n_bins, buf, ibuf) if in_memory else _block_streaming(w, U, kk, n_bins, chunks)
         )
-        out["tv"].append(tv.cpu()), out["ti"].append(ti.cpu()), out["bv"].append(bv.cpu()), out["bi"].append(bi.cpu())
-        out["hc"].append(counts.cpu()), out["hm"].append(((edges[:, :-1] + edges[:, 1:]) / 2).cpu())
-    cat = {name: torch.cat(v) if v else torch.zeros(0) for name, v in out.items()}
+        parts.append(tuple(t.cpu() for t in ends))  # type: ignore[arg-type]
+        centres.append(bin_centres(ends[2][:, 0], ends[0][:, 0], n_bins).cpu())
+    cat = [torch.cat([p[j] for p in parts]) if parts else torch.zeros(0) for j in range(5)]
     return LogitEffects(
-        top_ids=cat["ti"],
-        top_values=cat["tv"],
-        bottom_ids=cat["bi"],
-        bottom_values=cat["bv"],
-        hist_counts=cat["hc"],
-        hist_centres=cat["hm"],
+        top_ids=cat[1],
+        top_values=cat[0],
+        bottom_ids=cat[3],
+        bottom_values=cat[2],
+        hist_counts=cat[4],
+        hist_centres=torch.cat(centres) if centres else torch.zeros(0),
         folded_norm=norm_multiplier is not None,
     )
