@@ -152,6 +152,18 @@ def _explain(llm: LLM, msgs: P.Messages, max_tokens: int, temperature: float, se
 # ----------------------------------------------------------------------------------------- judges
 
 
+def _judge_step(r: Reply, msgs: P.Messages) -> StepResult:
+    """The record of one judge call before its answer is parsed: prompt, reply, answer mode, tokens."""
+    return StepResult(
+        status="ok",
+        mode=r.mode,
+        prompt=msgs,
+        reply=r.text,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+    )
+
+
 def score_saebench(
     llm: LLM, explanation: str, split: Split, text: TokenText, latent: int, *, seed: int = 0, temperature: float = 0.0
 ) -> StepResult:
@@ -166,14 +178,7 @@ def score_saebench(
         explanation, [text.window(w) for w in split.score], example, json_answer=schema
     )
     r = _call(llm, msgs, (4 * n + 16) if schema else (2 * n + 5), temperature, seed, answer=fmt)
-    res = StepResult(
-        status="ok",
-        mode=r.mode,
-        prompt=msgs,
-        reply=r.text,
-        prompt_tokens=r.prompt_tokens,
-        completion_tokens=r.completion_tokens,
-    )
+    res = _judge_step(r, msgs)
     try:
         pred_idx = _parse_answer(r, fmt)
     except ParseFailure as e:
@@ -256,14 +261,7 @@ def _binary_step(llm: LLM, msgs: P.Messages, labels: Sequence[bool], seed: int, 
     n = len(labels)
     fmt = AnswerFormat("binary", n)
     r = _call(llm, msgs, (4 * n + 16) if answer_mode(llm) == "schema" else (4 * n + 8), temperature, seed, answer=fmt)
-    res = StepResult(
-        status="ok",
-        mode=r.mode,
-        prompt=msgs,
-        reply=r.text,
-        prompt_tokens=r.prompt_tokens,
-        completion_tokens=r.completion_tokens,
-    )
+    res = _judge_step(r, msgs)
     try:
         pred = _parse_answer(r, fmt)
     except ParseFailure as e:
