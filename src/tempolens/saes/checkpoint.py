@@ -250,7 +250,6 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu", dtype
         raise SourceError(f"cannot read {path} ({first_line(e)[:200]}); is the download complete?") from None
 
 
-
 def check_weights(weights: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], where: str,
                   conf_hint: str) -> None:
     """Raise ``SourceError`` naming the tensor when ``weights`` lack, add or misshape any of ``expected``

@@ -142,7 +142,6 @@ def _hub_has_folder(repo_id: str, sub: str, rev: str | None) -> bool | None:
     return True
 
 
-
 def _holds_sae(path: Path) -> bool:
     ckpt = (path / TEMPORAL_CKPT_ST).is_file() or (path / TEMPORAL_CKPT_PT).is_file()
     temporal = (path / TEMPORAL_CONF).is_file() and ckpt

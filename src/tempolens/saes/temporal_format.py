@@ -46,9 +46,9 @@ def temporal_expected_shapes(cfg: TemporalConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-
 def _temporal_weights(folder: Path, allow_pickled_config: bool, device: str | torch.device = "cpu",
                       dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], Path]:
+    """The checkpoint's tensors (the safetensors file if present, else the weights-only ``.pt``) and its path."""
     st, pt = folder / TEMPORAL_CKPT_ST, folder / TEMPORAL_CKPT_PT
     if st.is_file():
         return read_safetensors(st, device, dtype), st
@@ -92,7 +92,6 @@ def _exp_factor(d_in: int, width: int) -> float | int:
     while int(d_in * e) > width:
         e = math.nextafter(e, -math.inf)
     return e
-
 
 
 def save_temporal_sae(sae: TemporalSAE, folder: str | Path, dtype: torch.dtype | None = None,
