@@ -215,7 +215,7 @@ def build_dashboards(
     """Run every stage (see the module docstring). ``model`` (a ``SubjectModel`` or anything with
     ``token_strings(ids)`` and ``unembed()``) and ``W_dec [width, d]`` may be passed in to skip loading."""
     from tempolens.dashboards import neuronpedia as npx
-    from tempolens.dashboards.schema import RecordContext, examples_of, feature_records, index_row
+    from tempolens.dashboards.records import RecordContext, examples_of, feature_records, index_row
     from tempolens.dashboards.site import SiteWriter, load_autointerp
     from tempolens.store.background import BackgroundJobs
     from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
