@@ -5,7 +5,8 @@ settings match, so a rerun after a kill resumes cheaply):
 
 1. statistics of every latent (:func:`tempolens.stats.features.compute_feature_stats`) → ``stats.safetensors``;
 2. logit effects of every decoder direction (:func:`tempolens.stats.logits.logit_effects`) → ``logits.safetensors``;
-3. per group of latents: example windows (one read of the store), feature records, then
+3. per group of latents: the windows of the examples shown (:func:`tempolens.stats.examples.example_windows`,
+   one read of the store), feature records (:func:`tempolens.dashboards.records.feature_records`), then
    ``neuronpedia/batches/batch-<k>.json``, ``neuronpedia/bulk/<model>/<source>/…`` and
    ``site/data/features/chunk-<c>.js``; finally ``site/data/index.js``, ``site/data/meta.js``,
    ``run_settings.json`` and the viewer assets.
@@ -215,10 +216,11 @@ def build_dashboards(
     """Run every stage (see the module docstring). ``model`` (a ``SubjectModel`` or anything with
     ``token_strings(ids)`` and ``unembed()``) and ``W_dec [width, d]`` may be passed in to skip loading."""
     from tempolens.dashboards import neuronpedia as npx
-    from tempolens.dashboards.records import RecordContext, examples_of, feature_records, index_row
+    from tempolens.dashboards.records import RecordContext, feature_records, index_row
     from tempolens.dashboards.site import SiteWriter, load_autointerp
     from tempolens.store.background import BackgroundJobs
-    from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
+    from tempolens.stats.examples import example_windows
+    from tempolens.stats.features import FeatureStats, compute_feature_stats, neuron_alignment
     from tempolens.stats.logits import LogitEffects, logit_effects
 
     timings: dict[str, float] = {}
@@ -428,12 +430,11 @@ def build_dashboards(
     with writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             c0 = time.thread_time()
-            lat, gpos, grp, _ = examples_of(stats, group)
-            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress,
-                                     codes=cfg.codes).scaled(act_scale)
-            records = feature_records(ctx, group, windows, grp)
+            windows = example_windows(store, stats, group, window=cfg.window, after=cfg.window_after,
+                                      progress=cfg.progress, codes=cfg.codes).scaled(act_scale)
+            records = feature_records(ctx, group, windows)
             export_cpu["records"] += time.thread_time() - c0
-            n_examples += int(lat.numel())
+            n_examples += int(windows.latent.numel())
             for rec in records:
                 i = rec["feature_index"]
                 index_rows.append(index_row(rec))

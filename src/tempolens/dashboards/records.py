@@ -1,4 +1,5 @@
-"""Feature records: the Neuronpedia/SAEDashboard feature object (docs/site-data.md) built from statistics.
+"""Feature records: the Neuronpedia/SAEDashboard feature object (docs/site-data.md) built from statistics
+and the example windows of :mod:`tempolens.stats.examples`.
 
 :func:`feature_records` builds, for a group of latents, the full *site* records (Neuronpedia keys plus
 a ``tempolens`` block and per-activation extras); :func:`neuronpedia_feature` strips them to exactly
@@ -18,7 +19,8 @@ import orjson
 import torch
 from torch import Tensor
 
-from tempolens.stats.features import FeatureStats, Windows
+from tempolens.stats.examples import Windows
+from tempolens.stats.features import FeatureStats
 from tempolens.stats.logits import LogitEffects
 
 FEATURE_KEYS: tuple[str, ...] = (
@@ -167,30 +169,6 @@ class RecordContext:
         return self.tokens
 
 
-def examples_of(stats: FeatureStats, latents: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The examples shown for ``latents``, in display order: per latent the top group (rank order), then
-    each interval lowest first (samples by value descending). Returns ``(latent, gpos, group, value)``
-    with ``group = -1`` for the top group and the interval index otherwise."""
-    lat = torch.as_tensor(list(latents), dtype=torch.int64)
-    n_top = stats.top_gpos.shape[1]
-    n_int, n_per = stats.int_gpos.shape[1], stats.int_gpos.shape[2]
-    tg, tv = stats.top_gpos[lat], stats.top_value[lat]
-    ig, iv = stats.int_gpos[lat], stats.int_value[lat]
-    # order interval samples by value descending (empty slots last), stable by position
-    key = torch.where(ig >= 0, iv, torch.full_like(iv, float("-inf")))
-    o = torch.argsort(ig, dim=2, stable=True)
-    key, ig, iv = key.gather(2, o), ig.gather(2, o), iv.gather(2, o)
-    o = torch.argsort(key, dim=2, stable=True, descending=True)
-    ig, iv = ig.gather(2, o), iv.gather(2, o)
-    G = len(lat)
-    gpos = torch.cat([tg, ig.reshape(G, -1)], 1)
-    value = torch.cat([tv, iv.reshape(G, -1)], 1)
-    group = torch.cat([torch.full((n_top,), -1), torch.arange(n_int).repeat_interleave(n_per)]).unsqueeze(0).expand(G, -1)
-    latent = lat.unsqueeze(1).expand_as(gpos)
-    keep = gpos >= 0
-    return latent[keep], gpos[keep], group[keep], value[keep]
-
-
 class Activation(dict):
     """One example of a record. A plain JSON object to every writer (orjson writes dict subclasses as
     objects); its ``tokens``/``values``/``pred_values``/``pred_share`` are pre-encoded
@@ -216,11 +194,15 @@ def row_fragments(x: Tensor) -> list[Any]:
     return [orjson.Fragment(b"[" + part + b"]") for part in body[2:-2].split(b"],[")]
 
 
-def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows, groups: Tensor) -> list[dict[str, Any]]:
+def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows) -> list[dict[str, Any]]:
     """Site records (Neuronpedia feature objects + ``tempolens`` block) of ``latents``.
 
-    ``windows``/``groups`` are the examples of :func:`examples_of` for exactly these latents, in its order.
+    ``windows`` are the examples of exactly these latents, in display order, with the group each is
+    shown in (:func:`tempolens.stats.examples.example_windows`).
     """
+    if windows.group is None:
+        raise ValueError("feature_records needs windows with their example groups (stats.examples.example_windows)")
+    groups = windows.group
     s = ctx.stats
     wl = windows.latent
     # The per-example lists (tokens, values, predicted codes, shares) are most of every export. They are

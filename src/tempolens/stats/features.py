@@ -1,4 +1,4 @@
-"""Feature statistics of every latent of a code store, and the example windows of dashboards.
+"""Feature statistics of every latent of a code store.
 
 :func:`compute_feature_stats` reads the store in passes (reading is cheap; the LM never runs):
 
@@ -7,9 +7,7 @@
    the first block of co-activation sums;
 3. one more pass per further block of latent rows when ``width² · 8 bytes`` exceeds ``corr_memory_mb``.
 
-:func:`gather_windows` then reads the store once more for a set of examples and returns their
-token windows with this latent's value (and, for Temporal SAEs, predicted code and predicted share)
-at every token of the window.
+The examples dashboards show and their token windows are chosen and read in :mod:`tempolens.stats.examples`.
 """
 
 from __future__ import annotations
@@ -307,134 +305,3 @@ def _merge_flags(dist: Any, flag: bool) -> list[bool]:
     flags: list[Any] = [None] * dist.world
     tdist.all_gather_object(flags, bool(flag))
     return [bool(f) for f in flags]
-
-
-# ------------------------------------------------------------------------------------ windows
-@dataclass
-class Windows:
-    """Token windows of a set of examples ``(latent, global position)``; all windows have length ``L``."""
-
-    latent: Tensor
-    """``[E]`` int64."""
-    prompt: Tensor
-    """``[E]`` int64 global prompt index."""
-    start: Tensor
-    """``[E]`` int64 first position of the window in its prompt."""
-    qualifying: Tensor
-    """``[E]`` int64 index of the example token inside the window."""
-    tokens: Tensor
-    """``[E, L]`` int64 token ids."""
-    special: Tensor
-    """``[E, L]`` bool: BOS/EOS/pad (their values are shown as 0)."""
-    values: Tensor
-    """``[E, L]`` float32 this latent's activation at every window token."""
-    pred: Tensor | None = None
-    """``[E, L]`` float32 this latent's predicted code where the store has it (where the latent is
-    in the novel codes), NaN elsewhere (Temporal SAEs). Windows of the predicted codes
-    (``codes="pred"``): the signed stored predicted code at every token."""
-    pred_share: Tensor | None = None
-    """``[E, L]`` float32 predicted share of every window token (Temporal SAEs)."""
-
-    def scaled(self, scale: Tensor) -> "Windows":
-        """These windows with each example's values and predicted codes multiplied by ``scale[latent]``
-        (see :meth:`FeatureStats.scaled`); tokens, positions and shares are unchanged."""
-        col = scale.detach().to(torch.float32).reshape(-1)[self.latent].unsqueeze(1)
-        return replace(self, values=self.values * col, pred=self.pred * col if self.pred is not None else None)
-
-
-def window_starts(pos: Tensor, prompt_len: int, window: int, after: int) -> Tensor:
-    """First position of each window: the whole prompt when it fits in ``window``; otherwise
-    ``window`` tokens with up to ``after`` tokens after the example token (more before it, since a
-    causal model reads the past), clipped to the prompt."""
-    if prompt_len <= window:
-        return torch.zeros_like(pos)
-    after = max(0, min(after, window - 1))
-    return (pos - (window - 1 - after)).clamp(min=0, max=prompt_len - window)
-
-
-def gather_windows(
-    store: CodeStore,
-    latent: Tensor,
-    gpos: Tensor,
-    *,
-    window: int = 128,
-    after: int | None = None,
-    progress: bool = False,
-    codes: str = "novel",
-) -> Windows:
-    """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
-
-    ``codes="pred"``: ``values`` are the latent's stored predicted codes clipped at 0 (what is ranked;
-    0 where the token did not keep this latent among its largest ``|z_pred|``) and ``pred`` the same
-    codes signed (negative predictions included; NaN at BOS/EOS/pad).
-
-    Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
-    """
-    T = store.prompt_len
-    W = store.width
-    L = min(T, window)
-    after = window // 4 if after is None else after
-    latent = latent.to(torch.int64)
-    gpos = gpos.to(torch.int64)
-    E = latent.numel()
-    prompt, pos = gpos // T, gpos % T
-    start = window_starts(pos, T, window, after)
-    cols = start.unsqueeze(1) + torch.arange(L)
-    out_tokens = torch.zeros(E, L, dtype=torch.int64)
-    out_special = torch.zeros(E, L, dtype=torch.bool)
-    out_values = torch.zeros(E, L, dtype=torch.float32)
-    out_pred: Tensor | None = None
-    out_share: Tensor | None = None
-    seen = torch.zeros(E, dtype=torch.bool)
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="example windows", unit="shard", disable=not progress, leave=False):
-        ids = shard.prompt_ids.to(torch.int64)
-        sorted_ids, order = torch.sort(ids)
-        where = torch.searchsorted(sorted_ids, prompt).clamp(max=max(len(ids) - 1, 0))
-        here = sorted_ids[where] == prompt if len(ids) else torch.zeros(E, dtype=torch.bool)
-        if not bool(here.any()):
-            continue
-        ex = torch.nonzero(here).squeeze(1)
-        local = order[where[ex]]
-        keys = local * W + latent[ex]
-        ukeys, inv = torch.unique(keys, return_inverse=True)
-        if codes == "pred":
-            tok = shard.pred_token()
-            assert shard.pred_latent is not None and shard.pred_value is not None
-            c_latent, c_value = shard.pred_latent, shard.pred_value
-        else:
-            tok = shard.code_token()
-            c_latent, c_value = shard.code_latent, shard.code_value
-        ckey = (tok // T) * W + c_latent.to(torch.int64)
-        at = torch.searchsorted(ukeys, ckey).clamp(max=ukeys.numel() - 1)
-        match = ukeys[at] == ckey
-        rows = torch.zeros(ukeys.numel(), T, dtype=torch.float32)
-        rows[at[match], tok[match] % T] = c_value[match].to(torch.float32)
-        c = cols[ex]
-        lp = local.unsqueeze(1)
-        out_values[ex] = rows[inv].gather(1, c)
-        out_tokens[ex] = shard.tokens.to(torch.int64)[lp, c]
-        out_special[ex] = (shard.special != 0)[lp, c]
-        if "pred" in shard.code_extras and codes != "pred":
-            if out_pred is None:
-                out_pred = torch.full((E, L), float("nan"))
-            prow = torch.full((ukeys.numel(), T), float("nan"))
-            prow[at[match], tok[match] % T] = shard.code_extras["pred"][match].to(torch.float32)
-            out_pred[ex] = prow[inv].gather(1, c)
-        if "pred_share" in shard.extras:
-            if out_share is None:
-                out_share = torch.full((E, L), float("nan"))
-            out_share[ex] = shard.extras["pred_share"].to(torch.float32)[lp, c]
-        seen[ex] = True
-    if not bool(seen.all()):
-        raise StoreError(
-            f"{int((~seen).sum())} example positions of the statistics are not in the shards of {store.root}: the "
-            "shards changed after the statistics were computed, or its meta.json disagrees with them; rerun with "
-            "--recompute, or collect the store again with --overwrite"
-        )
-    out_values = out_values.masked_fill(out_special, 0.0)
-    if codes == "pred":
-        out_pred = out_values.clone()
-        out_values = out_values.clamp(min=0.0)
-    if out_pred is not None:
-        out_pred = out_pred.masked_fill(out_special, float("nan"))
-    return Windows(latent=latent, prompt=prompt, start=start, qualifying=pos - start, tokens=out_tokens, special=out_special, values=out_values, pred=out_pred, pred_share=out_share)
