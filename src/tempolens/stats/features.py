@@ -239,64 +239,114 @@ def compute_feature_stats(
         check_pred_codes(store)
     if verify:
         store.done_shards(verify=True)
-    mine = dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None
-    W, T = store.width, store.prompt_len
+    reader = _Reader(store, dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None,
+                     progress, codes, dist)
+    W = store.width
     t0 = time.perf_counter()
+    counts, topk, is_temporal = _counts_pass(reader, n_top)
+    t1 = time.perf_counter()
+    c = counts.result()
+    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
+    hist, intervals, coact = _distributions_pass(reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks)
+    t2 = time.perf_counter()
+    corr = _correlations(reader, counts, blocks, coact, n_correlated)
+    t3 = time.perf_counter()
+    tk, h, iv = topk.result(), hist.result(), intervals.result()
+    return FeatureStats(
+        width=W,
+        prompt_len=store.prompt_len,
+        n_tokens=counts.n_tokens,
+        is_temporal=is_temporal,
+        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval,
+                  "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks), "codes": codes},
+        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
+        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
+        hist_counts=h["counts"],
+        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"],
+        int_pred_share=iv["pred_share"],
+        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
+        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
+    )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How the passes of :func:`compute_feature_stats` read the store: this rank's shards (``None``: all),
+    progress bars, which codes, and the distributed context their accumulators are merged over."""
+
+    store: CodeStore
+    shards: list[int] | None
+    progress: bool
+    codes: str
+    dist: Any
+
+    def batches(self, desc: str) -> Iterator[tuple[Shard, CodeBatch]]:
+        """Every shard of this rank with its codes, under a progress bar labelled ``desc``."""
+        return _iter(self.store, desc, self.progress, self.shards, self.codes)
+
+    @property
+    def distributed(self) -> bool:
+        return self.dist is not None and self.dist.active
+
+
+def _counts_pass(reader: _Reader, n_top: int) -> tuple[CountsAccumulator, TopKAccumulator, bool]:
+    """Pass 1: counts, sums, maxima and top-k examples (merged over ranks), and whether the store is
+    of a Temporal SAE (its shards keep the predicted share)."""
+    W = reader.store.width
     counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
     is_temporal = False
-    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress, mine, codes):
+    for shard, b in reader.batches("stats 1/2 (counts, top-k)"):
         is_temporal = is_temporal or "pred_share" in shard.extras
         counts.update(b)
         topk.update(b)
-    counts, topk = _merge_ranks(dist, counts), _merge_ranks(dist, topk)
-    if dist is not None and dist.active:
-        is_temporal = any(_merge_flags(dist, is_temporal))
-    t1 = time.perf_counter()
-    c = counts.result()
+    counts, topk = _merge_ranks(reader.dist, counts), _merge_ranks(reader.dist, topk)
+    if reader.distributed:
+        is_temporal = any(_merge_flags(reader.dist, is_temporal))
+    return counts, topk, is_temporal
+
+
+def _distributions_pass(
+    reader: _Reader, counts: CountsAccumulator, n_bins: int, n_intervals: int, n_per_interval: int, seed: int,
+    blocks: list[tuple[int, int]],
+) -> tuple[HistogramAccumulator, IntervalSampler, CoactAccumulator | None]:
+    """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
+    co-activation sums of the first correlation block (``None`` when no correlations are computed)."""
     hist = HistogramAccumulator(counts.max, n_bins)
     intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
-    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
-    corr_parts: list[dict[str, Tensor]] = []
-    coact = CoactAccumulator(W, *blocks[0]) if blocks else None
-    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress, mine, codes):
+    coact = CoactAccumulator(reader.store.width, *blocks[0]) if blocks else None
+    for _, b in reader.batches("stats 2/2 (histograms, intervals, correlations)"):
         hist.update(b)
         intervals.update(b)
         if coact is not None:
             coact.update(b)
-    hist, intervals = _merge_ranks(dist, hist), _merge_ranks(dist, intervals)
-    t2 = time.perf_counter()
+    return _merge_ranks(reader.dist, hist), _merge_ranks(reader.dist, intervals), coact
+
+
+def _correlations(
+    reader: _Reader, counts: CountsAccumulator, blocks: list[tuple[int, int]], first: CoactAccumulator | None,
+    n_correlated: int,
+) -> dict[str, Tensor]:
+    """The ``n_correlated`` most correlated latents of every latent: ``indices``, ``pearson``, ``cosine``
+    (``[W, n_correlated]``), block by block of rows; ``first`` holds the sums of the first block (pass 2),
+    every further block is one more pass."""
+    W = reader.store.width
+    corr_parts: list[dict[str, Tensor]] = []
+    coact = first
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
             coact = CoactAccumulator(W, start, stop)
-            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress, mine, codes):
+            for _, b in reader.batches(f"correlations block {bi + 1}/{len(blocks)}"):
                 coact.update(b)
         assert coact is not None
-        if dist is not None and dist.active:
+        if reader.distributed:
             import torch.distributed as tdist
 
             tdist.all_reduce(coact.sum_xy)  # float64 sums of every rank's shards
         corr_parts.append(correlations_from_sums(coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated))
         coact = None
-    t3 = time.perf_counter()
     if corr_parts:
-        corr = {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}
-    else:
-        corr = {"indices": torch.zeros(W, 0, dtype=torch.int64), "pearson": torch.zeros(W, 0), "cosine": torch.zeros(W, 0)}
-    tk, h, iv = topk.result(), hist.result(), intervals.result()
-    return FeatureStats(
-        width=W,
-        prompt_len=T,
-        n_tokens=counts.n_tokens,
-        is_temporal=is_temporal,
-        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval, "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks),
-                  "codes": codes},
-        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
-        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
-        hist_counts=h["counts"],
-        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"], int_pred_share=iv["pred_share"],
-        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
-        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
-    )
+        return {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}
+    return {"indices": torch.zeros(W, 0, dtype=torch.int64), "pearson": torch.zeros(W, 0), "cosine": torch.zeros(W, 0)}
 
 
 def _merge_flags(dist: Any, flag: bool) -> list[bool]:
