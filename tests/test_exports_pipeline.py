@@ -268,7 +268,7 @@ def test_js_literal_refuses_nan():
 
 
 def test_fast_json_matches_stdlib():
-    from tempolens.dashboards.schema import dumps_bytes, rounded
+    from tempolens.dashboards.records import dumps_bytes, rounded
     from tempolens.dashboards.site import js_literal, js_literal_fast
 
     obj = {"a": [{"tokens": ["<a>", " é", "\u2028", '"q"'], "values": [0.5, 1.0, 0.0, 1.25], "n": None, "b": True}], "x": [], "y": {"z": [1, 2]}, "s": "ü<"}
@@ -288,21 +288,21 @@ def test_row_fragments_equal_row_by_row_stdlib_encoding():
     """The pre-encoded example rows decode to exactly what encoding each row on its own gives."""
     import orjson
 
-    from tempolens.dashboards import schema
+    from tempolens.dashboards import records
 
     x = torch.tensor([[0.0, 1e-05, 123.45, float("nan")], [5e20, 1.0, 2.5e-7, 0.1]], dtype=torch.float64)
-    frags = schema.row_fragments(x)
+    frags = records.row_fragments(x)
     got = [json.loads(orjson.dumps(f)) for f in frags]
     want = [[None if v != v else v for v in row] for row in x.tolist()]
     assert got == want
-    assert schema.row_fragments(torch.zeros(0, 4)) == []
-    assert json.loads(orjson.dumps(schema.row_fragments(torch.zeros(2, 0)))) == [[], []]
+    assert records.row_fragments(torch.zeros(0, 4)) == []
+    assert json.loads(orjson.dumps(records.row_fragments(torch.zeros(2, 0)))) == [[], []]
 
 
 def test_token_table_rows_and_activation_objects():
     import orjson
 
-    from tempolens.dashboards import schema
+    from tempolens.dashboards import records
 
     vocab = ["<bos>", " a", "</script><b>", "é\u2028\"", "\n"]
     calls: list[list[int]] = []
@@ -311,13 +311,13 @@ def test_token_table_rows_and_activation_objects():
         calls.append(list(ids))
         return [vocab[i] for i in ids]
 
-    table = schema.TokenTable(decode)
+    table = records.TokenTable(decode)
     ids = torch.tensor([[0, 2, 2, 4], [3, 1, 0, 0]])
     rows = table.row_fragments(ids)
     assert [json.loads(orjson.dumps(r)) for r in rows] == [[vocab[i] for i in row] for row in ids.tolist()]
     table.row_fragments(torch.tensor([[1, 3]]))
     assert calls == [[0, 1, 2, 3, 4]]  # every id decoded once, in one call
-    a = schema.Activation(tokens=rows[0], values=1.5)
+    a = records.Activation(tokens=rows[0], values=1.5)
     a.qualifying_token, a.max_value, a.max_index, a.min_value = " a", 1.5, 0, 0.0
     assert json.loads(orjson.dumps({"activations": [a]})) == {"activations": [{"tokens": [vocab[i] for i in (0, 2, 2, 4)], "values": 1.5}]}
 

@@ -16,7 +16,8 @@ from tempolens.stats.accumulators import (
     bin_index,
     sample_keys,
 )
-from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
+from tempolens.stats.examples import gather_windows
+from tempolens.stats.features import FeatureStats, compute_feature_stats, neuron_alignment
 from tempolens.store.codestore import CodeStore, StoreWriter
 
 torch.set_num_threads(1)
@@ -317,6 +318,21 @@ def test_windows_match_dense(codes, stores, stats):
         assert torch.equal(w.pred_share[e], share[p, s : s + 8])
     whole = gather_windows(st, lat[m][:3], stats.top_gpos[m][:3], window=128)
     assert whole.tokens.shape[1] == T and (whole.start == 0).all()
+
+
+def test_example_windows_are_the_shown_examples_with_their_groups(stores, stats):
+    """example_windows = the examples examples_of shows, in its order, read by gather_windows, with each group."""
+    from tempolens.stats.examples import example_windows, examples_of
+
+    st, latents = stores[5], [0, 3, 7]
+    lat, gpos, group, value = examples_of(stats, latents)
+    assert (group == -1).any() and (group >= 0).any()
+    w = example_windows(st, stats, latents, window=8, after=2)
+    ref = gather_windows(st, lat, gpos, window=8, after=2)
+    assert w.group is not None and torch.equal(w.group, group) and torch.equal(w.latent, lat)
+    assert torch.equal(w.values, ref.values) and torch.equal(w.tokens, ref.tokens) and torch.equal(w.start, ref.start)
+    assert torch.equal(w.values[torch.arange(lat.numel()), w.qualifying], value)
+    assert w.scaled(torch.full((stats.width,), 2.0)).group is w.group
 
 
 def test_histogram_and_coact_merge_equal_one_pass(stores, stats):

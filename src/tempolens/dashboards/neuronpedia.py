@@ -2,7 +2,7 @@
 
 (a) SAEDashboard's Neuronpedia-runner output: ``batch-<k>.json`` files
     ``{model_id, layer, sae_set, sae_id_suffix, features: [...]}`` (feature keys exactly as
-    :data:`tempolens.dashboards.schema.FEATURE_KEYS`) plus ``run_settings.json``.
+    :data:`tempolens.dashboards.records.FEATURE_KEYS`) plus ``run_settings.json``.
 (b) Neuronpedia's bulk-import layout (as written by Neuronpedia's ``neuronpedia-utils`` exporters)::
 
         <model_id>/<source_id>/release.jsonl  model.jsonl  sourceset.jsonl  source.jsonl
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tempolens.dashboards.schema import Activation, dumps_bytes, neuronpedia_feature
+from tempolens.dashboards.records import Activation, dumps_bytes, neuronpedia_feature
 from tempolens.fsutil import atomic_write_bytes
 
 
@@ -124,7 +124,7 @@ def activation_id(ids: ExportIds, index: int, k: int) -> str:
 
 def bulk_activation(ids: ExportIds, feature_index: int, k: int, a: Activation) -> dict[str, Any]:
     """One activation row of the bulk import (Neuronpedia ``Activation``) from a record's example
-    (its extremes come from the :class:`~tempolens.dashboards.schema.Activation` attributes)."""
+    (its extremes come from the :class:`~tempolens.dashboards.records.Activation` attributes)."""
     return {
         "id": activation_id(ids, feature_index, k),
         "tokens": a["tokens"],

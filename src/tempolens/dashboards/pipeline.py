@@ -5,7 +5,8 @@ settings match, so a rerun after a kill resumes cheaply):
 
 1. statistics of every latent (:func:`tempolens.stats.features.compute_feature_stats`) → ``stats.safetensors``;
 2. logit effects of every decoder direction (:func:`tempolens.stats.logits.logit_effects`) → ``logits.safetensors``;
-3. per group of latents: example windows (one read of the store), feature records, then
+3. per group of latents: the windows of the examples shown (:func:`tempolens.stats.examples.example_windows`,
+   one read of the store), feature records (:func:`tempolens.dashboards.records.feature_records`), then
    ``neuronpedia/batches/batch-<k>.json``, ``neuronpedia/bulk/<model>/<source>/…`` and
    ``site/data/features/chunk-<c>.js``; finally ``site/data/index.js``, ``site/data/meta.js``,
    ``run_settings.json`` and the viewer assets.
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -37,8 +38,15 @@ from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
 from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import CodeStore, StoreError
 from tempolens.fsutil import atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
+from tempolens.store.codestore import CodeStore, StoreError
+
+if TYPE_CHECKING:
+    from tempolens.dashboards import neuronpedia as npx
+    from tempolens.dashboards.records import RecordContext
+    from tempolens.dashboards.site import SiteWriter
+    from tempolens.stats.features import FeatureStats
+    from tempolens.stats.logits import LogitEffects
 
 
 ACT_UNITS: dict[str, str] = {
@@ -208,27 +216,77 @@ def build_dashboards(
 ) -> DashboardResult:
     """Run every stage (see the module docstring). ``model`` (a ``SubjectModel`` or anything with
     ``token_strings(ids)`` and ``unembed()``) and ``W_dec [width, d]`` may be passed in to skip loading."""
-    from tempolens.dashboards import neuronpedia as npx
-    from tempolens.dashboards.schema import RecordContext, examples_of, feature_records, index_row
-    from tempolens.dashboards.site import SiteWriter, load_autointerp
-    from tempolens.fsutil import BackgroundWriter
-    from tempolens.stats.features import FeatureStats, compute_feature_stats, gather_windows, neuron_alignment
-    from tempolens.stats.logits import LogitEffects, logit_effects
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    run = _open_run(cfg)
+    stats = _statistics(run)
+    timings["statistics"] = time.perf_counter() - t0
+    if not run.dist.is_main:  # under torchrun: statistics are merged on every rank; rank 0 writes the exports
+        run.dist.barrier()
+        return DashboardResult(out=run.out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0,
+                               timings=timings)
+    t1 = time.perf_counter()
+    subject = _load_subject(run, model, W_dec)
+    timings["load"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    effects = _logit_effects(run, subject)
+    timings["logit_effects"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    ids = _export_ids(run, subject)
+    act_scale = effects.row_norm if cfg.act_units == "norm" else torch.ones_like(effects.row_norm)
+    ctx = _record_context(run, stats, subject, effects, ids, act_scale)
+    exports = _Exports(run, ids)
+    n_examples = _records_per_pass(run, stats, ctx, act_scale, exports)
+    timings["exports"] = time.perf_counter() - t3
+    timings.update({f"exports_cpu_{part}": v for part, v in exports.cpu.items()})
+    _finish_exports(run, exports, stats, _run_settings(run, stats, subject, effects, ids))
+    _publish(run, exports)
+    timings["total"] = time.perf_counter() - t0
+    result = _log_result(run, exports, n_examples, timings)
+    run.dist.barrier()  # releases the other ranks, which wait for the exports
+    return result
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one `build_dashboards` run reads: the options, the checked store, the output
+    folder, the latents to export, the autointerp results to show and the distributed context."""
+
+    cfg: DashboardConfig
+    store: CodeStore
+    out: Path
+    latents: list[int]
+    """Sorted, distinct, in range."""
+    autointerp: dict[int, dict[str, Any]]
+    dist: Any
+    """A :class:`tempolens.distributed.Dist`."""
+
+    @property
+    def pred(self) -> bool:
+        """Whether the dashboards show the predicted codes (``--codes pred``)."""
+        return self.cfg.codes == "pred"
+
+    @property
+    def suffix(self) -> str:
+        """Suffix of the cached statistics, Neuronpedia folder and log of this run's codes."""
+        return "-pred" if self.pred else ""
+
+
+def _open_run(cfg: DashboardConfig) -> _Run:
+    """Open and check the store (complete; predicted codes kept when they are shown), prepare the output
+    folder (stale temporaries and ``SHA256SUMS`` removed), load the autointerp results and check the latents."""
+    from tempolens import distributed
+    from tempolens.dashboards.site import load_autointerp
+
     store = CodeStore(cfg.store)
-    meta = store.meta
     if not store.complete:
         raise StoreError(f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
     W = store.width
     out = ensure_out_dir(cfg.out)
-    pred = cfg.codes == "pred"
-    if pred:
+    if cfg.codes == "pred":
         from tempolens.stats.features import check_pred_codes
 
         check_pred_codes(store)
-    suffix = "-pred" if pred else ""
     remove_stale_temporaries(out)  # left by a run killed between writing a file and renaming it
     (out / "SHA256SUMS").unlink(missing_ok=True)  # written again last, when the exports are complete
     autointerp = load_autointerp(cfg.autointerp) if cfg.autointerp is not None else {}
@@ -236,35 +294,52 @@ def build_dashboards(
     bad = [x for x in latents if x >= W]
     if bad:
         raise ConfigError(f"--latents {bad[:5]} are out of range: the SAE has {W} latents (0..{W - 1})")
-    latents = sorted(set(latents))
+    return _Run(cfg=cfg, store=store, out=out, latents=sorted(set(latents)), autointerp=autointerp,
+                dist=distributed.current())
 
-    # -- 1. statistics ------------------------------------------------------------------------------
-    stats_path = out / f"stats{suffix}.safetensors"
+
+def _statistics(run: _Run) -> FeatureStats:
+    """The statistics of every latent, from ``stats.safetensors`` when it was computed from the
+    same store and settings (unless ``--recompute``), else computed (every rank together) and cached."""
+    from tempolens.stats.features import FeatureStats, compute_feature_stats
+
+    cfg, store, dist = run.cfg, run.store, run.dist
+    stats_path = run.out / f"stats{run.suffix}.safetensors"
     stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
                              cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed,
                              cfg.codes)
-    from tempolens import distributed
-
-    dist = distributed.current()
     cached = _cached(stats_path, stats_key, cfg.recompute)
     if dist.active:  # every rank must agree on whether the statistics are recomputed together
         cached = all(dist.gather_all(cached))
     if cached:
-        stats = FeatureStats.load(stats_path)
-    else:
-        stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals, n_per_interval=cfg.n_per_interval,
-                                      n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb,
-                                      progress=cfg.progress and dist.is_main, dist=dist, codes=cfg.codes)
-        if dist.is_main:
-            stats.save(stats_path)
-            atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
-    timings["statistics"] = time.perf_counter() - t0
-    if not dist.is_main:  # under torchrun: statistics are merged on every rank; rank 0 writes the exports
-        dist.barrier()
-        return DashboardResult(out=out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0, timings=timings)
+        return FeatureStats.load(stats_path)
+    stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals,
+                                  n_per_interval=cfg.n_per_interval,
+                                  n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb,
+                                  progress=cfg.progress and dist.is_main, dist=dist, codes=cfg.codes)
+    if dist.is_main:
+        stats.save(stats_path)
+        atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
+    return stats
 
-    # -- 2. model, SAE, logit effects ----------------------------------------------------------------
-    t1 = time.perf_counter()
+
+@dataclass(frozen=True)
+class _Subject:
+    """The subject model (tokenizer and unembedding) and SAE decoder the exports describe."""
+
+    model: Any
+    """A ``SubjectModel`` or anything with ``token_strings(ids)`` and ``unembed()``."""
+    W_dec: torch.Tensor
+    """``[width, d]`` float32 decoder directions on the CPU."""
+    model_spec: str | None
+    sae_spec: str | None
+    layer: int
+
+
+def _load_subject(run: _Run, model: Any, W_dec: torch.Tensor | None) -> _Subject:
+    """The model and the SAE decoder (each loaded from the store's ``meta.json`` spec or --model/--sae
+    unless passed in); the decoder must have the store's width."""
+    cfg, store, meta = run.cfg, run.store, run.store.meta
     model_spec = cfg.model or meta.get("model", {}).get("spec")
     sae_spec = cfg.sae or meta.get("sae", {}).get("spec")
     layer = int(meta.get("model", {}).get("layer", 0))
@@ -283,17 +358,38 @@ def build_dashboards(
                                  strict_config=cfg.sae_strict)
         W_dec = sae.W_dec.detach().float().cpu()
     W_dec = W_dec.detach().float().cpu()
-    if W_dec.shape[0] != W:
-        raise SourceError(f"the SAE has {W_dec.shape[0]} latents but the store {store.root} has {W}; pass the --sae the store was collected with")
-    timings["load"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    W_U, mult, norm_kind = model.unembed()
+    if W_dec.shape[0] != store.width:
+        raise SourceError(f"the SAE has {W_dec.shape[0]} latents but the store {store.root} has {store.width}; "
+                          "pass the --sae the store was collected with")
+    return _Subject(model=model, W_dec=W_dec, model_spec=model_spec, sae_spec=sae_spec, layer=layer)
+
+
+@dataclass(frozen=True)
+class _Effects:
+    """The logit effects of every latent and what they were computed from."""
+
+    logits: LogitEffects
+    row_norm: torch.Tensor
+    """``[width]`` decoder row norms (model units)."""
+    folded: bool
+    """Whether the final norm's multiplier was folded into the directions."""
+    norm_kind: Any
+    """The model's final norm, as ``unembed()`` names it."""
+
+
+def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
+    """The logit effects of every unit decoder direction, from ``logits.safetensors`` when it was
+    computed from the same model, SAE and settings (unless ``--recompute``), else computed and cached."""
+    from tempolens.stats.logits import LogitEffects, logit_effects
+
+    cfg, W_dec = run.cfg, subject.W_dec
+    W_U, mult, norm_kind = subject.model.unembed()
     if W_U.shape[1] != W_dec.shape[1]:
         raise SourceError(f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the --model the store was collected with")
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
     row_norm = decoder_row_norms(W_dec)
-    logits_path = out / "logits.safetensors"
-    logits_key = _fingerprint(model_spec, sae_spec, bool(use_mult is not None), cfg.n_logits,
+    logits_path = run.out / "logits.safetensors"
+    logits_key = _fingerprint(subject.model_spec, subject.sae_spec, bool(use_mult is not None), cfg.n_logits,
                               float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)), LOGIT_DIRECTION)
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
@@ -308,19 +404,22 @@ def build_dashboards(
 
         atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))
         atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
-    del W_U
-    timings["logit_effects"] = time.perf_counter() - t2
+    return _Effects(logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind)
 
-    # -- 3. records and exports ----------------------------------------------------------------------
-    t3 = time.perf_counter()
-    sae_meta = dict(meta.get("sae", {}))
-    arch = str(sae_meta.get("architecture", "sae"))
+
+def _export_ids(run: _Run, subject: _Subject) -> npx.ExportIds:
+    """The names of the export on Neuronpedia (options first, else from the store's ``meta.json``)."""
+    from tempolens.dashboards import neuronpedia as npx
+
+    cfg, store, meta = run.cfg, run.store, run.store.meta
+    arch = str(meta.get("sae", {}).get("architecture", "sae"))
     hook = str(meta.get("model", {}).get("hook_name", ""))
-    set_arch = arch + suffix  # e.g. temporal-pred: predicted-code dashboards are a source of their own
+    set_arch = arch + run.suffix  # e.g. temporal-pred: predicted-code dashboards are a source of their own
     sae_set = cfg.sae_set or _slug(f"{set_arch}-res" if "resid" in hook or not hook else set_arch)
-    ids = npx.ExportIds(
-        model_id=cfg.model_id or _slug(str(meta.get("model", {}).get("model_id") or model_spec or "model")),
-        layer=layer,
+    W = store.width
+    return npx.ExportIds(
+        model_id=cfg.model_id or _slug(str(meta.get("model", {}).get("model_id") or subject.model_spec or "model")),
+        layer=subject.layer,
         sae_set=sae_set,
         sae_id_suffix=cfg.sae_id_suffix,
         dataset=cfg.dataset or str(meta.get("corpus", {}).get("spec") or meta.get("prompts", {}).get("corpus") or ""),
@@ -331,134 +430,188 @@ def build_dashboards(
         release_id=cfg.release_id or sae_set,
         hook_name=hook,
         created_at=str(meta.get("created") or "1970-01-01T00:00:00Z"),
-        d_model=int(W_dec.shape[1]),
-        n_layers=int(getattr(model, "n_layers", 0) or 0),
+        d_model=int(subject.W_dec.shape[1]),
+        n_layers=int(getattr(subject.model, "n_layers", 0) or 0),
         width=W,
-        description=(f"{arch} SAE{' predicted codes z_pred' if pred else ''}, {W} latents, {hook}; "
+        description=(f"{arch} SAE{' predicted codes z_pred' if run.pred else ''}, {W} latents, {hook}; "
                      f"prompts of {store.prompt_len} tokens; activations: {ACT_UNITS[cfg.act_units]}; "
                      f"logit effects: {LOGIT_DIRECTION}"),
         source=cfg.source_id,
     )
-    act_scale = row_norm if cfg.act_units == "norm" else torch.ones_like(row_norm)
-    ctx = RecordContext(
+
+
+def _record_context(
+    run: _Run, stats: FeatureStats, subject: _Subject, effects: _Effects, ids: npx.ExportIds, act_scale: torch.Tensor
+) -> RecordContext:
+    """What every feature record of the run shares; statistics in the units of --act-units (``act_scale``)."""
+    from tempolens.dashboards.records import RecordContext
+    from tempolens.stats.features import neuron_alignment
+
+    return RecordContext(
         stats=stats.scaled(act_scale),
-        token_strings=model.token_strings,
-        logits=logits,
-        alignment=neuron_alignment(W_dec, 3),
+        token_strings=subject.model.token_strings,
+        logits=effects.logits,
+        alignment=neuron_alignment(subject.W_dec, 3),
         dataset=ids.dataset,
-        n_prompts_total=store.n_prompts,
-        vectors=W_dec if cfg.include_vector else None,
-        autointerp=autointerp,
-        decoder_norm=row_norm,
-        act_units=cfg.act_units,
+        n_prompts_total=run.store.n_prompts,
+        vectors=subject.W_dec if run.cfg.include_vector else None,
+        autointerp=run.autointerp,
+        decoder_norm=effects.row_norm,
+        act_units=run.cfg.act_units,
     )
-    from tempolens.fsutil import fresh_tmp_dir
 
-    np_final = out / f"neuronpedia{suffix}"
-    site_final = out / "site" / "pred" if pred else out / "site"
-    np_dir = fresh_tmp_dir(np_final) if (cfg.batches or cfg.bulk) else np_final  # published below when complete
-    site_dir = fresh_tmp_dir(site_final) if cfg.site else site_final
-    batch_dir = np_dir / "batches"
-    bulk_root = np_dir / "bulk"
-    if cfg.batches:
-        batch_dir.mkdir(parents=True, exist_ok=True)
-    explanations = npx.load_autointerp_export(cfg.autointerp) if (cfg.bulk and cfg.autointerp is not None) else None
-    if cfg.bulk:
-        npx.write_bulk_headers(bulk_root, ids)
-    site = SiteWriter(site_dir, cfg.chunk_size) if cfg.site else None
-    if site is not None:
-        report_json = cfg.autointerp.parent / "report.json" if cfg.autointerp is not None else None
-        if report_json is not None and report_json.is_file():  # the ballpark report beside `latents-<label>.json`
-            try:
-                site.write_autointerp(json.loads(report_json.read_text()))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{report_json} is not valid JSON ({e}); rerun `tempolens autointerp` to rebuild it") from e
 
-    batch_paths: list[Path] = []
-    pending_batch: list[dict[str, Any]] = []
-    pending_chunk: dict[int, dict[str, Any]] = {}
-    chunk_id: int | None = None
-    index_rows: list[list[Any]] = []
-    n_examples = 0
+class _Exports:
+    """The export trees of one run, built in ``.partial`` folders (published by :func:`_publish`): batch
+    files and the bulk import (``neuronpedia/``) and the site (``site/``).
 
-    # encoding, gzip and writes run in a background thread, overlapping the next records' assembly
-    writes = BackgroundWriter(max_pending=4)
-    # CPU seconds per part of the exports (thread time: the writer thread's jobs, the records in this thread)
-    export_cpu = {"records": 0.0, "batches": 0.0, "bulk": 0.0, "site": 0.0}
+    Records are added in latent order (:meth:`add`); each full batch file and site chunk is encoded,
+    compressed and written by a background thread (:attr:`writes`), overlapping the next records' assembly."""
 
-    def timed(part: str, job: Callable[[], object]) -> Callable[[], None]:
+    def __init__(self, run: _Run, ids: npx.ExportIds) -> None:
+        from tempolens.dashboards import neuronpedia as npx
+        from tempolens.dashboards.site import SiteWriter
+        from tempolens.fsutil import BackgroundWriter, fresh_tmp_dir
+
+        cfg = self.cfg = run.cfg
+        self.ids = ids
+        self.np_final = run.out / f"neuronpedia{run.suffix}"
+        self.site_final = run.out / "site" / "pred" if run.pred else run.out / "site"
+        self.np_dir = fresh_tmp_dir(self.np_final) if (cfg.batches or cfg.bulk) else self.np_final
+        self.site_dir = fresh_tmp_dir(self.site_final) if cfg.site else self.site_final
+        self.batch_dir, self.bulk_root = self.np_dir / "batches", self.np_dir / "bulk"
+        if cfg.batches:
+            self.batch_dir.mkdir(parents=True, exist_ok=True)
+        bulk_explanations = cfg.bulk and cfg.autointerp is not None
+        self.explanations = npx.load_autointerp_export(cfg.autointerp) if bulk_explanations else None
+        if cfg.bulk:
+            npx.write_bulk_headers(self.bulk_root, ids)
+        self.site = SiteWriter(self.site_dir, cfg.chunk_size) if cfg.site else None
+        if self.site is not None and cfg.autointerp is not None:
+            _write_autointerp_report(self.site, cfg.autointerp.parent / "report.json")
+        self.batch_paths: list[Path] = []
+        """Final path of every batch file (``Path()`` placeholders without --batches)."""
+        self.index_rows: list[list[Any]] = []
+        self._batch: list[dict[str, Any]] = []
+        self._chunk: dict[int, dict[str, Any]] = {}
+        self._chunk_id: int | None = None
+        self.writes = BackgroundWriter(max_pending=4)
+        # CPU seconds per part of the exports (thread time: the writer thread's jobs, the records in this thread)
+        self.cpu: dict[str, float] = {"records": 0.0, "batches": 0.0, "bulk": 0.0, "site": 0.0}
+
+    def _timed(self, part: str, job: Callable[[], object]) -> Callable[[], None]:
+        """``job`` counting its thread time into :attr:`cpu` ``[part]``."""
         def run() -> None:
             c0 = time.thread_time()
             job()
-            export_cpu[part] += time.thread_time() - c0
+            self.cpu[part] += time.thread_time() - c0
 
         return run
 
-    def flush_batch() -> None:
-        nonlocal pending_batch
-        if not pending_batch:
+    def add(self, rec: dict[str, Any]) -> None:
+        """Add the next latent's record: its index row, its place in a batch file and in a site chunk."""
+        from tempolens.dashboards.records import index_row
+
+        i = rec["feature_index"]
+        self.index_rows.append(index_row(rec))
+        self._batch.append(rec)
+        if len(self._batch) >= self.cfg.features_per_batch:
+            self.flush_batch()
+        if self.site is not None:
+            c = self.site.chunk_of(i)
+            if self._chunk_id is not None and c != self._chunk_id:
+                self.flush_chunk()
+            self._chunk_id = c
+            self._chunk[i] = rec
+
+    def flush_batch(self) -> None:
+        """Queue the pending records as batch file ``k`` and bulk-import batch ``k`` (with explanations)."""
+        from tempolens.dashboards import neuronpedia as npx
+
+        if not self._batch:
             return
-        k, recs = len(batch_paths), pending_batch
-        if cfg.batches:
-            batch_paths.append(np_final / "batches" / f"batch-{k}.json")
-            writes.submit(timed("batches", lambda: npx.write_batch(batch_dir, k, recs, ids)))
+        k, recs, ids = len(self.batch_paths), self._batch, self.ids
+        if self.cfg.batches:
+            self.batch_paths.append(self.np_final / "batches" / f"batch-{k}.json")
+            self.writes.submit(self._timed("batches", lambda: npx.write_batch(self.batch_dir, k, recs, ids)))
         else:
-            batch_paths.append(Path())
-        if cfg.bulk:
-            writes.submit(timed("bulk", lambda: npx.write_bulk_batch(bulk_root, k, recs, ids)))
+            self.batch_paths.append(Path())
+        if self.cfg.bulk:
+            self.writes.submit(self._timed("bulk", lambda: npx.write_bulk_batch(self.bulk_root, k, recs, ids)))
+            explanations = self.explanations
             if explanations is not None:
                 idx = [r["feature_index"] for r in recs]
-                writes.submit(timed("bulk", lambda: npx.write_bulk_explanations(bulk_root, k, idx, explanations, ids)))
-        pending_batch = []
+                self.writes.submit(self._timed(
+                    "bulk", lambda: npx.write_bulk_explanations(self.bulk_root, k, idx, explanations, ids)))
+        self._batch = []
 
-    def flush_chunk() -> None:
-        nonlocal pending_chunk
-        if site is not None and pending_chunk and chunk_id is not None:
-            c, recs = chunk_id, pending_chunk
-            writes.submit(timed("site", lambda: site.write_chunk(c, recs)))
-        pending_chunk = {}
+    def flush_chunk(self) -> None:
+        """Queue the pending records as their site chunk."""
+        site = self.site
+        if site is not None and self._chunk and self._chunk_id is not None:
+            c, recs = self._chunk_id, self._chunk
+            self.writes.submit(self._timed("site", lambda: site.write_chunk(c, recs)))
+        self._chunk = {}
 
+
+def _write_autointerp_report(site: SiteWriter, report_json: Path) -> None:
+    """Show the autointerp report (``report.json`` beside ``latents-<label>.json``) on the site when there is one."""
+    if report_json.is_file():
+        try:
+            site.write_autointerp(json.loads(report_json.read_text()))
+        except json.JSONDecodeError as e:
+            msg = f"{report_json} is not valid JSON ({e}); rerun `tempolens autointerp` to rebuild it"
+            raise ConfigError(msg) from e
+
+
+def _records_per_pass(
+    run: _Run, stats: FeatureStats, ctx: RecordContext, act_scale: torch.Tensor, exports: _Exports
+) -> int:
+    """Per group of --latents-per-pass latents, the shown examples' windows (one read of the
+    store), their records, added to ``exports``; waits for every queued write. Returns the number of examples."""
+    from tempolens.dashboards.records import feature_records
+    from tempolens.stats.examples import example_windows
+
+    cfg, latents = run.cfg, run.latents
+    n_examples = 0
     groups = [latents[i : i + cfg.latents_per_pass] for i in range(0, len(latents), cfg.latents_per_pass)]
-    with writes:  # waits for the queued writes; the first failed write is raised here
+    with exports.writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             c0 = time.thread_time()
-            lat, gpos, grp, _ = examples_of(stats, group)
-            windows = gather_windows(store, lat, gpos, window=cfg.window, after=cfg.window_after, progress=cfg.progress,
-                                     codes=cfg.codes).scaled(act_scale)
-            records = feature_records(ctx, group, windows, grp)
-            export_cpu["records"] += time.thread_time() - c0
-            n_examples += int(lat.numel())
+            windows = example_windows(run.store, stats, group, window=cfg.window, after=cfg.window_after,
+                                      progress=cfg.progress, codes=cfg.codes).scaled(act_scale)
+            records = feature_records(ctx, group, windows)
+            exports.cpu["records"] += time.thread_time() - c0
+            n_examples += int(windows.latent.numel())
             for rec in records:
-                i = rec["feature_index"]
-                index_rows.append(index_row(rec))
-                pending_batch.append(rec)
-                if len(pending_batch) >= cfg.features_per_batch:
-                    flush_batch()
-                if site is not None:
-                    c = site.chunk_of(i)
-                    if chunk_id is not None and c != chunk_id:
-                        flush_chunk()
-                    chunk_id = c
-                    pending_chunk[i] = rec
+                exports.add(rec)
             del records, windows
-        flush_batch()
-        flush_chunk()
-    timings["exports"] = time.perf_counter() - t3
-    timings.update({f"exports_cpu_{part}": v for part, v in export_cpu.items()})
+        exports.flush_batch()
+        exports.flush_chunk()
+    return n_examples
 
-    settings = {
+
+def _run_settings(
+    run: _Run, stats: FeatureStats, subject: _Subject, effects: _Effects, ids: npx.ExportIds
+) -> dict[str, Any]:
+    """The settings of the exports (``run_settings.json`` and the site's meta)."""
+    from tempolens.dashboards import neuronpedia as npx
+
+    cfg, store = run.cfg, run.store
+    return {
         "store": str(store.root),
-        "model": model_spec,
-        "sae": sae_spec,
+        "model": subject.model_spec,
+        "sae": subject.sae_spec,
         "ids": npx.ids_dict(ids),
-        "fold_norm": use_mult is not None,
-        "final_norm": norm_kind,
-        "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if use_mult is not None else "W_U·u (final norm not folded), ")
+        "fold_norm": effects.folded,
+        "final_norm": effects.norm_kind,
+        "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if effects.folded else "W_U·u (final norm not folded), ")
         + f"u = {LOGIT_DIRECTION}",
         "codes": cfg.codes,
-        "pred_codes": meta.get("pred_codes"),
+        "pred_codes": store.meta.get("pred_codes"),
         "act_units": cfg.act_units,
-        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if pred else "")
+        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); "
+                        if run.pred else "")
         + ACT_UNITS[cfg.act_units]
         + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
         "n_top": cfg.n_top, "n_intervals": cfg.n_intervals, "n_per_interval": cfg.n_per_interval, "n_bins": cfg.n_bins,
@@ -472,59 +625,80 @@ def build_dashboards(
         "features_per_batch": cfg.features_per_batch,
         "tempolens_version": _version(),
     }
+
+
+def _finish_exports(run: _Run, exports: _Exports, stats: FeatureStats, settings: dict[str, Any]) -> None:
+    """Write what follows the records: ``run_settings.json``, the site's assets, index and meta (and carry
+    over the parts of the old site that other commands wrote)."""
+    from tempolens.dashboards import neuronpedia as npx
+
+    cfg, ids, site = run.cfg, exports.ids, exports.site
     if cfg.batches:
-        npx.write_run_settings(batch_dir, settings)
-    if site is not None:
-        site.copy_assets()
-        site.write_index(index_rows)
-        site.write_meta({
-            "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if pred else ""),
-            "codes": cfg.codes,
-            "model_id": ids.model_id,
-            "hook_name": hook,
-            "layer": layer,
-            "source_id": ids.source_id,
-            "sae": {**{k: v for k, v in sae_meta.items() if isinstance(v, (str, int, float, bool)) or v is None}, "width": W},
-            "is_temporal": bool(stats.is_temporal),
-            "act_units": cfg.act_units,
-            "act_units_label": ACT_UNITS[cfg.act_units],
-            "dataset": ids.dataset,
-            "n_prompts": store.n_prompts,
-            "prompt_len": store.prompt_len,
-            "n_tokens": stats.n_tokens,
-            "chunk_size": cfg.chunk_size,
-            "n_latents": len(latents),
-            "created": ids.created_at,
-            "tempolens_version": _version(),
-            "settings": settings,
-        })
-        if not pred:
-            _carry_over_foreign(site_final, site_dir)
+        npx.write_run_settings(exports.batch_dir, settings)
+    if site is None:
+        return
+    site.copy_assets()
+    site.write_index(exports.index_rows)
+    site.write_meta({
+        "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if run.pred else ""),
+        "codes": cfg.codes,
+        "model_id": ids.model_id,
+        "hook_name": ids.hook_name,
+        "layer": ids.layer,
+        "source_id": ids.source_id,
+        "sae": {**{k: v for k, v in dict(run.store.meta.get("sae", {})).items()
+                   if isinstance(v, (str, int, float, bool)) or v is None}, "width": run.store.width},
+        "is_temporal": bool(stats.is_temporal),
+        "act_units": cfg.act_units,
+        "act_units_label": ACT_UNITS[cfg.act_units],
+        "dataset": ids.dataset,
+        "n_prompts": run.store.n_prompts,
+        "prompt_len": run.store.prompt_len,
+        "n_tokens": stats.n_tokens,
+        "chunk_size": cfg.chunk_size,
+        "n_latents": len(run.latents),
+        "created": ids.created_at,
+        "tempolens_version": _version(),
+        "settings": settings,
+    })
+    if not run.pred:
+        _carry_over_foreign(exports.site_final, exports.site_dir)
+
+
+def _publish(run: _Run, exports: _Exports) -> None:
+    """Replace the previous export trees by the new ones (a rename each), link the novel and predicted-code
+    sites, and write ``SHA256SUMS`` last."""
     from tempolens.fsutil import publish_dir
 
-    if cfg.batches or cfg.bulk:
-        publish_dir(np_dir, np_final)
-    if site is not None:
-        publish_dir(site_dir, site_final)
-        _link_views(out / "site")
-    write_sha256sums(out, ("neuronpedia", "neuronpedia-pred", "site"))  # last: `sha256sum -c` verifies the exports
-    timings["total"] = time.perf_counter() - t0
+    if run.cfg.batches or run.cfg.bulk:
+        publish_dir(exports.np_dir, exports.np_final)
+    if exports.site is not None:
+        publish_dir(exports.site_dir, exports.site_final)
+        _link_views(run.out / "site")
+    write_sha256sums(run.out, ("neuronpedia", "neuronpedia-pred", "site"))  # last: `sha256sum -c` verifies the exports
+
+
+def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str, float]) -> DashboardResult:
+    """Write ``dashboards_log.json`` (the timings) and return (and with --progress print) what was written."""
+    from tempolens.dashboards import neuronpedia as npx
     from tempolens.fsutil import atomic_write_json
 
+    cfg, n_latents = run.cfg, len(run.latents)
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
-    atomic_write_json(out / f"dashboards_log{suffix}.json", {"timings": timings, "n_latents": len(latents), "n_examples": n_examples, "store": str(store.root)})
+    atomic_write_json(run.out / f"dashboards_log{run.suffix}.json",
+                      {"timings": timings, "n_latents": n_latents, "n_examples": n_examples,
+                       "store": str(run.store.root)})
     result = DashboardResult(
-        out=out,
-        site=site_final if site is not None else None,
-        batches=batch_paths if cfg.batches else [],
-        bulk=npx.bulk_dir(np_final / "bulk", ids) if cfg.bulk else None,
-        n_latents=len(latents),
+        out=run.out,
+        site=exports.site_final if exports.site is not None else None,
+        batches=exports.batch_paths if cfg.batches else [],
+        bulk=npx.bulk_dir(exports.np_final / "bulk", exports.ids) if cfg.bulk else None,
+        n_latents=n_latents,
         n_examples=n_examples,
         timings=timings,
     )
     if cfg.progress:
         print(result)
-    dist.barrier()  # releases the other ranks, which wait for the exports
     return result
 
 

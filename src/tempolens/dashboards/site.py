@@ -40,7 +40,7 @@ def js_literal_fast(obj: Any) -> str:
 
     The escapes are byte replacements on the UTF-8 JSON (≈20× faster than ``str.translate``;
     the same output: the escaped characters never occur inside a multi-byte sequence)."""
-    from tempolens.dashboards.schema import dumps_bytes
+    from tempolens.dashboards.records import dumps_bytes
 
     data = dumps_bytes(obj)
     for raw, esc in _BYTE_ESCAPES:

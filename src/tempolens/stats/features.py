@@ -1,4 +1,4 @@
-"""Feature statistics of every latent of a code store, and the example windows of dashboards.
+"""Feature statistics of every latent of a code store.
 
 :func:`compute_feature_stats` reads the store in passes (reading is cheap; the LM never runs):
 
@@ -7,9 +7,7 @@
    the first block of co-activation sums;
 3. one more pass per further block of latent rows when ``width² · 8 bytes`` exceeds ``corr_memory_mb``.
 
-:func:`gather_windows` then reads the store once more for a set of examples and returns their
-token windows with this latent's value (and, for Temporal SAEs, predicted code and predicted share)
-at every token of the window.
+The examples dashboards show and their token windows are chosen and read in :mod:`tempolens.stats.examples`.
 """
 
 from __future__ import annotations
@@ -242,64 +240,114 @@ def compute_feature_stats(
         check_pred_codes(store)
     if verify:
         store.done_shards(verify=True)
-    mine = dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None
-    W, T = store.width, store.prompt_len
+    reader = _Reader(store, dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None,
+                     progress, codes, dist)
+    W = store.width
     t0 = time.perf_counter()
+    counts, topk, is_temporal = _counts_pass(reader, n_top)
+    t1 = time.perf_counter()
+    c = counts.result()
+    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
+    hist, intervals, coact = _distributions_pass(reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks)
+    t2 = time.perf_counter()
+    corr = _correlations(reader, counts, blocks, coact, n_correlated)
+    t3 = time.perf_counter()
+    tk, h, iv = topk.result(), hist.result(), intervals.result()
+    return FeatureStats(
+        width=W,
+        prompt_len=store.prompt_len,
+        n_tokens=counts.n_tokens,
+        is_temporal=is_temporal,
+        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval,
+                  "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks), "codes": codes},
+        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
+        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
+        hist_counts=h["counts"],
+        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"],
+        int_pred_share=iv["pred_share"],
+        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
+        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
+    )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How the passes of :func:`compute_feature_stats` read the store: this rank's shards (``None``: all),
+    progress bars, which codes, and the distributed context their accumulators are merged over."""
+
+    store: CodeStore
+    shards: list[int] | None
+    progress: bool
+    codes: str
+    dist: Any
+
+    def batches(self, desc: str) -> Iterator[tuple[Shard, CodeBatch]]:
+        """Every shard of this rank with its codes, under a progress bar labelled ``desc``."""
+        return _iter(self.store, desc, self.progress, self.shards, self.codes)
+
+    @property
+    def distributed(self) -> bool:
+        return self.dist is not None and self.dist.active
+
+
+def _counts_pass(reader: _Reader, n_top: int) -> tuple[CountsAccumulator, TopKAccumulator, bool]:
+    """Pass 1: counts, sums, maxima and top-k examples (merged over ranks), and whether the store is
+    of a Temporal SAE (its shards keep the predicted share)."""
+    W = reader.store.width
     counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
     is_temporal = False
-    for shard, b in _iter(store, "stats 1/2 (counts, top-k)", progress, mine, codes):
+    for shard, b in reader.batches("stats 1/2 (counts, top-k)"):
         is_temporal = is_temporal or "pred_share" in shard.extras
         counts.update(b)
         topk.update(b)
-    counts, topk = _merge_ranks(dist, counts), _merge_ranks(dist, topk)
-    if dist is not None and dist.active:
-        is_temporal = any(_merge_flags(dist, is_temporal))
-    t1 = time.perf_counter()
-    c = counts.result()
+    counts, topk = _merge_ranks(reader.dist, counts), _merge_ranks(reader.dist, topk)
+    if reader.distributed:
+        is_temporal = any(_merge_flags(reader.dist, is_temporal))
+    return counts, topk, is_temporal
+
+
+def _distributions_pass(
+    reader: _Reader, counts: CountsAccumulator, n_bins: int, n_intervals: int, n_per_interval: int, seed: int,
+    blocks: list[tuple[int, int]],
+) -> tuple[HistogramAccumulator, IntervalSampler, CoactAccumulator | None]:
+    """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
+    co-activation sums of the first correlation block (``None`` when no correlations are computed)."""
     hist = HistogramAccumulator(counts.max, n_bins)
     intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
-    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
-    corr_parts: list[dict[str, Tensor]] = []
-    coact = CoactAccumulator(W, *blocks[0]) if blocks else None
-    for _, b in _iter(store, "stats 2/2 (histograms, intervals, correlations)", progress, mine, codes):
+    coact = CoactAccumulator(reader.store.width, *blocks[0]) if blocks else None
+    for _, b in reader.batches("stats 2/2 (histograms, intervals, correlations)"):
         hist.update(b)
         intervals.update(b)
         if coact is not None:
             coact.update(b)
-    hist, intervals = _merge_ranks(dist, hist), _merge_ranks(dist, intervals)
-    t2 = time.perf_counter()
+    return _merge_ranks(reader.dist, hist), _merge_ranks(reader.dist, intervals), coact
+
+
+def _correlations(
+    reader: _Reader, counts: CountsAccumulator, blocks: list[tuple[int, int]], first: CoactAccumulator | None,
+    n_correlated: int,
+) -> dict[str, Tensor]:
+    """The ``n_correlated`` most correlated latents of every latent: ``indices``, ``pearson``, ``cosine``
+    (``[W, n_correlated]``), block by block of rows; ``first`` holds the sums of the first block (pass 2),
+    every further block is one more pass."""
+    W = reader.store.width
+    corr_parts: list[dict[str, Tensor]] = []
+    coact = first
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
             coact = CoactAccumulator(W, start, stop)
-            for _, b in _iter(store, f"correlations block {bi + 1}/{len(blocks)}", progress, mine, codes):
+            for _, b in reader.batches(f"correlations block {bi + 1}/{len(blocks)}"):
                 coact.update(b)
         assert coact is not None
-        if dist is not None and dist.active:
+        if reader.distributed:
             import torch.distributed as tdist
 
             tdist.all_reduce(coact.sum_xy)  # float64 sums of every rank's shards
         corr_parts.append(correlations_from_sums(coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated))
         coact = None
-    t3 = time.perf_counter()
     if corr_parts:
-        corr = {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}
-    else:
-        corr = {"indices": torch.zeros(W, 0, dtype=torch.int64), "pearson": torch.zeros(W, 0), "cosine": torch.zeros(W, 0)}
-    tk, h, iv = topk.result(), hist.result(), intervals.result()
-    return FeatureStats(
-        width=W,
-        prompt_len=T,
-        n_tokens=counts.n_tokens,
-        is_temporal=is_temporal,
-        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval, "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks),
-                  "codes": codes},
-        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
-        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
-        hist_counts=h["counts"],
-        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"], int_pred_share=iv["pred_share"],
-        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
-        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
-    )
+        return {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}
+    return {"indices": torch.zeros(W, 0, dtype=torch.int64), "pearson": torch.zeros(W, 0), "cosine": torch.zeros(W, 0)}
 
 
 def _merge_flags(dist: Any, flag: bool) -> list[bool]:
@@ -308,134 +356,3 @@ def _merge_flags(dist: Any, flag: bool) -> list[bool]:
     flags: list[Any] = [None] * dist.world
     tdist.all_gather_object(flags, bool(flag))
     return [bool(f) for f in flags]
-
-
-# ------------------------------------------------------------------------------------ windows
-@dataclass
-class Windows:
-    """Token windows of a set of examples ``(latent, global position)``; all windows have length ``L``."""
-
-    latent: Tensor
-    """``[E]`` int64."""
-    prompt: Tensor
-    """``[E]`` int64 global prompt index."""
-    start: Tensor
-    """``[E]`` int64 first position of the window in its prompt."""
-    qualifying: Tensor
-    """``[E]`` int64 index of the example token inside the window."""
-    tokens: Tensor
-    """``[E, L]`` int64 token ids."""
-    special: Tensor
-    """``[E, L]`` bool: BOS/EOS/pad (their values are shown as 0)."""
-    values: Tensor
-    """``[E, L]`` float32 this latent's activation at every window token."""
-    pred: Tensor | None = None
-    """``[E, L]`` float32 this latent's predicted code where the store has it (where the latent is
-    in the novel codes), NaN elsewhere (Temporal SAEs). Windows of the predicted codes
-    (``codes="pred"``): the signed stored predicted code at every token."""
-    pred_share: Tensor | None = None
-    """``[E, L]`` float32 predicted share of every window token (Temporal SAEs)."""
-
-    def scaled(self, scale: Tensor) -> "Windows":
-        """These windows with each example's values and predicted codes multiplied by ``scale[latent]``
-        (see :meth:`FeatureStats.scaled`); tokens, positions and shares are unchanged."""
-        col = scale.detach().to(torch.float32).reshape(-1)[self.latent].unsqueeze(1)
-        return replace(self, values=self.values * col, pred=self.pred * col if self.pred is not None else None)
-
-
-def window_starts(pos: Tensor, prompt_len: int, window: int, after: int) -> Tensor:
-    """First position of each window: the whole prompt when it fits in ``window``; otherwise
-    ``window`` tokens with up to ``after`` tokens after the example token (more before it, since a
-    causal model reads the past), clipped to the prompt."""
-    if prompt_len <= window:
-        return torch.zeros_like(pos)
-    after = max(0, min(after, window - 1))
-    return (pos - (window - 1 - after)).clamp(min=0, max=prompt_len - window)
-
-
-def gather_windows(
-    store: CodeStore,
-    latent: Tensor,
-    gpos: Tensor,
-    *,
-    window: int = 128,
-    after: int | None = None,
-    progress: bool = False,
-    codes: str = "novel",
-) -> Windows:
-    """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
-
-    ``codes="pred"``: ``values`` are the latent's stored predicted codes clipped at 0 (what is ranked;
-    0 where the token did not keep this latent among its largest ``|z_pred|``) and ``pred`` the same
-    codes signed (negative predictions included; NaN at BOS/EOS/pad).
-
-    Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
-    """
-    T = store.prompt_len
-    W = store.width
-    L = min(T, window)
-    after = window // 4 if after is None else after
-    latent = latent.to(torch.int64)
-    gpos = gpos.to(torch.int64)
-    E = latent.numel()
-    prompt, pos = gpos // T, gpos % T
-    start = window_starts(pos, T, window, after)
-    cols = start.unsqueeze(1) + torch.arange(L)
-    out_tokens = torch.zeros(E, L, dtype=torch.int64)
-    out_special = torch.zeros(E, L, dtype=torch.bool)
-    out_values = torch.zeros(E, L, dtype=torch.float32)
-    out_pred: Tensor | None = None
-    out_share: Tensor | None = None
-    seen = torch.zeros(E, dtype=torch.bool)
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="example windows", unit="shard", disable=not progress, leave=False):
-        ids = shard.prompt_ids.to(torch.int64)
-        sorted_ids, order = torch.sort(ids)
-        where = torch.searchsorted(sorted_ids, prompt).clamp(max=max(len(ids) - 1, 0))
-        here = sorted_ids[where] == prompt if len(ids) else torch.zeros(E, dtype=torch.bool)
-        if not bool(here.any()):
-            continue
-        ex = torch.nonzero(here).squeeze(1)
-        local = order[where[ex]]
-        keys = local * W + latent[ex]
-        ukeys, inv = torch.unique(keys, return_inverse=True)
-        if codes == "pred":
-            tok = shard.pred_token()
-            assert shard.pred_latent is not None and shard.pred_value is not None
-            c_latent, c_value = shard.pred_latent, shard.pred_value
-        else:
-            tok = shard.code_token()
-            c_latent, c_value = shard.code_latent, shard.code_value
-        ckey = (tok // T) * W + c_latent.to(torch.int64)
-        at = torch.searchsorted(ukeys, ckey).clamp(max=ukeys.numel() - 1)
-        match = ukeys[at] == ckey
-        rows = torch.zeros(ukeys.numel(), T, dtype=torch.float32)
-        rows[at[match], tok[match] % T] = c_value[match].to(torch.float32)
-        c = cols[ex]
-        lp = local.unsqueeze(1)
-        out_values[ex] = rows[inv].gather(1, c)
-        out_tokens[ex] = shard.tokens.to(torch.int64)[lp, c]
-        out_special[ex] = (shard.special != 0)[lp, c]
-        if "pred" in shard.code_extras and codes != "pred":
-            if out_pred is None:
-                out_pred = torch.full((E, L), float("nan"))
-            prow = torch.full((ukeys.numel(), T), float("nan"))
-            prow[at[match], tok[match] % T] = shard.code_extras["pred"][match].to(torch.float32)
-            out_pred[ex] = prow[inv].gather(1, c)
-        if "pred_share" in shard.extras:
-            if out_share is None:
-                out_share = torch.full((E, L), float("nan"))
-            out_share[ex] = shard.extras["pred_share"].to(torch.float32)[lp, c]
-        seen[ex] = True
-    if not bool(seen.all()):
-        raise StoreError(
-            f"{int((~seen).sum())} example positions of the statistics are not in the shards of {store.root}: the "
-            "shards changed after the statistics were computed, or its meta.json disagrees with them; rerun with "
-            "--recompute, or collect the store again with --overwrite"
-        )
-    out_values = out_values.masked_fill(out_special, 0.0)
-    if codes == "pred":
-        out_pred = out_values.clone()
-        out_values = out_values.clamp(min=0.0)
-    if out_pred is not None:
-        out_pred = out_pred.masked_fill(out_special, float("nan"))
-    return Windows(latent=latent, prompt=prompt, start=start, qualifying=pos - start, tokens=out_tokens, special=out_special, values=out_values, pred=out_pred, pred_share=out_share)

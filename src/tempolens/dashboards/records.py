@@ -1,4 +1,5 @@
-"""Feature records: the Neuronpedia/SAEDashboard feature object (docs/site-data.md) built from statistics.
+"""Feature records: the Neuronpedia/SAEDashboard feature object (docs/site-data.md) built from statistics
+and the example windows of :mod:`tempolens.stats.examples`.
 
 :func:`feature_records` builds, for a group of latents, the full *site* records (Neuronpedia keys plus
 a ``tempolens`` block and per-activation extras); :func:`neuronpedia_feature` strips them to exactly
@@ -18,7 +19,8 @@ import orjson
 import torch
 from torch import Tensor
 
-from tempolens.stats.features import FeatureStats, Windows
+from tempolens.stats.examples import Windows
+from tempolens.stats.features import FeatureStats
 from tempolens.stats.logits import LogitEffects
 
 FEATURE_KEYS: tuple[str, ...] = (
@@ -167,30 +169,6 @@ class RecordContext:
         return self.tokens
 
 
-def examples_of(stats: FeatureStats, latents: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The examples shown for ``latents``, in display order: per latent the top group (rank order), then
-    each interval lowest first (samples by value descending). Returns ``(latent, gpos, group, value)``
-    with ``group = -1`` for the top group and the interval index otherwise."""
-    lat = torch.as_tensor(list(latents), dtype=torch.int64)
-    n_top = stats.top_gpos.shape[1]
-    n_int, n_per = stats.int_gpos.shape[1], stats.int_gpos.shape[2]
-    tg, tv = stats.top_gpos[lat], stats.top_value[lat]
-    ig, iv = stats.int_gpos[lat], stats.int_value[lat]
-    # order interval samples by value descending (empty slots last), stable by position
-    key = torch.where(ig >= 0, iv, torch.full_like(iv, float("-inf")))
-    o = torch.argsort(ig, dim=2, stable=True)
-    key, ig, iv = key.gather(2, o), ig.gather(2, o), iv.gather(2, o)
-    o = torch.argsort(key, dim=2, stable=True, descending=True)
-    ig, iv = ig.gather(2, o), iv.gather(2, o)
-    G = len(lat)
-    gpos = torch.cat([tg, ig.reshape(G, -1)], 1)
-    value = torch.cat([tv, iv.reshape(G, -1)], 1)
-    group = torch.cat([torch.full((n_top,), -1), torch.arange(n_int).repeat_interleave(n_per)]).unsqueeze(0).expand(G, -1)
-    latent = lat.unsqueeze(1).expand_as(gpos)
-    keep = gpos >= 0
-    return latent[keep], gpos[keep], group[keep], value[keep]
-
-
 class Activation(dict):
     """One example of a record. A plain JSON object to every writer (orjson writes dict subclasses as
     objects); its ``tokens``/``values``/``pred_values``/``pred_share`` are pre-encoded
@@ -216,136 +194,44 @@ def row_fragments(x: Tensor) -> list[Any]:
     return [orjson.Fragment(b"[" + part + b"]") for part in body[2:-2].split(b"],[")]
 
 
-def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows, groups: Tensor) -> list[dict[str, Any]]:
+def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows) -> list[dict[str, Any]]:
     """Site records (Neuronpedia feature objects + ``tempolens`` block) of ``latents``.
 
-    ``windows``/``groups`` are the examples of :func:`examples_of` for exactly these latents, in its order.
+    ``windows`` are the examples of exactly these latents, in display order, with the group each is
+    shown in (:func:`tempolens.stats.examples.example_windows`).
     """
-    s = ctx.stats
-    wl = windows.latent
-    # The per-example lists (tokens, values, predicted codes, shares) are most of every export. They are
-    # encoded to JSON once here, as whole arrays, and spliced as fragments into the batch files, the
-    # bulk import and the site (never converted to Python floats or encoded three times).
-    table = ctx.token_table()
-    tok_rows = table.row_fragments(windows.tokens)
-    values_r = round_sig(windows.values)
-    if not bool(torch.isfinite(values_r).all()):
-        raise ValueError("non-finite value in an export field")
-    values = row_fragments(values_r)
-    preds = row_fragments(round_sig(windows.pred)) if windows.pred is not None else None  # NaN → null
-    if windows.pred_share is not None:
-        share_r = round_sig(windows.pred_share)
-        if not bool(torch.isfinite(share_r).all()):
-            raise ValueError("non-finite value in an export field")
-        shares = row_fragments(share_r)
-    else:
-        shares = None
-    E = values_r.shape[0]
-    if E:
-        vmax, vargmax = values_r.max(1)
-        vmin = values_r.amin(1)
-        vmax_l, vargmax_l, vmin_l = vmax.tolist(), vargmax.tolist(), vmin.tolist()
-    else:
-        vmax_l = vargmax_l = vmin_l = []
-    qual = windows.qualifying.tolist()
-    q_tok = table.strings[windows.tokens.gather(1, windows.qualifying.to(torch.int64).unsqueeze(1)).squeeze(1).numpy()].tolist() if E else []
-    prompts = windows.prompt.tolist()
-    grp = groups.tolist()
-    lat_list = wl.tolist()
-    by_latent: dict[int, list[int]] = {}
-    for e, l in enumerate(lat_list):
-        by_latent.setdefault(l, []).append(e)
-    int_edges = round_sig(s.int_edges, 7)
-    int_share = s.int_share
+    if windows.group is None:
+        raise ValueError("feature_records needs windows with their example groups (stats.examples.example_windows)")
+    rows = _example_rows(ctx, windows, windows.group)
     # every per-latent field is rounded and converted for the whole group at once (no per-latent tensor ops)
     lat = torch.as_tensor([int(x) for x in latents], dtype=torch.int64)
-    G = lat.numel()
-    max_act, mean_act = s.max_act[lat].double(), s.mean_act[lat].double()
-    frac = s.frac_nonzero[lat]
-    bad = ~(torch.isfinite(max_act) & torch.isfinite(mean_act) & torch.isfinite(frac))
-    if bool(bad.any()):
-        raise ValueError(f"non-finite statistics for latent {int(lat[bad.nonzero()[0, 0]])}")
-    max_list, mean_list, frac_list = round_sig(max_act, 7).tolist(), round_sig(mean_act, 7).tolist(), frac.tolist()
-    pst_list = rounded(s.pred_share_top[lat], SIG_DIGITS, nullable=True)
-    n_active = s.n_active[lat].tolist()
-    hist_centres = rounded((s.hist_edges[lat, :-1] + s.hist_edges[lat, 1:]) / 2, 6)
-    hist_counts = s.hist_counts[lat].tolist()
-    int_edges_l = int_edges[lat].tolist()
-    int_share_l = int_share[lat].tolist()
-    ci = s.corr_indices[lat]
-    ok = ci >= 0
-    corr_idx, corr_ok = ci.tolist(), ok.tolist()
-    corr_p = rounded(torch.where(ok, s.corr_pearson[lat], 0.0))
-    corr_c = rounded(torch.where(ok, s.corr_cosine[lat], 0.0))
-    if ctx.alignment is not None:
-        al_idx = ctx.alignment["indices"][lat].tolist()
-        al_val, al_l1 = rounded(ctx.alignment["values"][lat]), rounded(ctx.alignment["l1"][lat])
-    if ctx.logits is not None:
-        lg = ctx.logits
-        nl = lg.top_ids.shape[1]
-        neg_flat = ctx.token_strings(lg.bottom_ids[lat].reshape(-1).tolist())
-        pos_flat = ctx.token_strings(lg.top_ids[lat].reshape(-1).tolist())
-        neg_str = [neg_flat[i * nl : (i + 1) * nl] for i in range(G)]
-        pos_str = [pos_flat[i * nl : (i + 1) * nl] for i in range(G)]
-        neg_val, pos_val = rounded(lg.bottom_values[lat]), rounded(lg.top_values[lat])
-        lhist_c, lhist_h = rounded(lg.hist_centres[lat]), lg.hist_counts[lat].tolist()
-    vectors = rounded(ctx.vectors[lat], 6) if ctx.vectors is not None else None
+    stats = _statistic_columns(ctx.stats, lat)
+    correlations = _correlation_columns(ctx.stats, lat)
+    columns = {  # in the order they are computed; each record takes them in SAEDashboard's order
+        **correlations,
+        **_alignment_columns(ctx, lat),
+        **_logit_columns(ctx, lat),
+        "frac_nonzero": stats.frac_nonzero,
+        "freq_hist_data_bar_values": stats.hist_centres,
+        "freq_hist_data_bar_heights": stats.hist_counts,
+        "n_prompts_total": [int(ctx.n_prompts_total)] * lat.numel(),
+        "n_tokens_in_prompt": [int(ctx.stats.prompt_len)] * lat.numel(),
+        "dataset": [ctx.dataset] * lat.numel(),
+        "decoder_weights_dist": [[] for _ in range(lat.numel())],
+        "vector": rounded(ctx.vectors[lat], 6) if ctx.vectors is not None else [[] for _ in range(lat.numel())],
+    }
     dec_norm = ctx.decoder_norm[lat].double().tolist() if ctx.decoder_norm is not None else None
     out = []
     for j, l in enumerate(lat.tolist()):
-        mx = max_list[j]
-        acts = []
-        for e in by_latent.get(l, []):
-            g = grp[e]
-            if g < 0:
-                bmin, bmax, bcont = -1.0, mx, -1.0
-            else:
-                bmin, bmax, bcont = int_edges_l[j][g], int_edges_l[j][g + 1], int_share_l[j][g]
-            a = Activation(
-                bin_min=bmin, bin_max=bmax, bin_contains=bcont,
-                tokens=tok_rows[e], values=values[e], qualifying_token_index=qual[e],
-                prompt_index=prompts[e],
-            )
-            if preds is not None:
-                a["pred_values"] = preds[e]
-            if shares is not None:
-                a["pred_share"] = shares[e]
-            a.qualifying_token, a.max_value, a.max_index, a.min_value = q_tok[e], vmax_l[e], vargmax_l[e], vmin_l[e]
-            acts.append(a)
         rec: dict[str, Any] = {"feature_index": l}
-        if ctx.alignment is not None:
-            rec["neuron_alignment_indices"], rec["neuron_alignment_values"], rec["neuron_alignment_l1"] = al_idx[j], al_val[j], al_l1[j]
-        else:
-            rec["neuron_alignment_indices"], rec["neuron_alignment_values"], rec["neuron_alignment_l1"] = [], [], []
-        # neuron correlations need the LM's activations, which the code store does not keep
-        rec["correlated_neurons_indices"], rec["correlated_neurons_pearson"], rec["correlated_neurons_l1"] = [], [], []
-        keep = corr_ok[j]
-        rec["correlated_features_indices"] = [x for x, k in zip(corr_idx[j], keep) if k]
-        rec["correlated_features_pearson"] = [x for x, k in zip(corr_p[j], keep) if k]
-        rec["correlated_features_l1"] = [x for x, k in zip(corr_c[j], keep) if k]  # SAEDashboard writes cosine similarity here
-        if ctx.logits is not None:
-            rec["neg_str"], rec["neg_values"], rec["pos_str"], rec["pos_values"] = neg_str[j], neg_val[j], pos_str[j], pos_val[j]
-        else:
-            rec["neg_str"], rec["neg_values"], rec["pos_str"], rec["pos_values"] = [], [], [], []
-        rec["frac_nonzero"] = frac_list[j]
-        rec["freq_hist_data_bar_values"] = hist_centres[j]
-        rec["freq_hist_data_bar_heights"] = hist_counts[j]
-        if ctx.logits is not None:
-            rec["logits_hist_data_bar_values"], rec["logits_hist_data_bar_heights"] = lhist_c[j], lhist_h[j]
-        else:
-            rec["logits_hist_data_bar_values"], rec["logits_hist_data_bar_heights"] = [], []
-        rec["n_prompts_total"] = int(ctx.n_prompts_total)
-        rec["n_tokens_in_prompt"] = int(s.prompt_len)
-        rec["dataset"] = ctx.dataset
-        rec["decoder_weights_dist"] = []
-        rec["vector"] = vectors[j] if vectors is not None else []
-        rec["activations"] = acts
+        rec.update((k, columns[k][j]) for k in FEATURE_KEYS[1:-1])  # SAEDashboard's order
+        rec["activations"] = _activations(rows, rows.by_latent.get(l, []), stats, j)
         ai = ctx.autointerp.get(l, {})
         rec["tempolens"] = {
-            "max_act": mx,
-            "mean_act": mean_list[j],
-            "n_active": int(n_active[j]),
-            "pred_share_top": pst_list[j],
+            "max_act": stats.max_act[j],
+            "mean_act": stats.mean_act[j],
+            "n_active": int(stats.n_active[j]),
+            "pred_share_top": stats.pred_share_top[j],
             "act_units": ctx.act_units,
             "decoder_norm": dec_norm[j] if dec_norm is not None else None,
             "explanation": ai.get("explanation"),
@@ -353,6 +239,185 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
         }
         out.append(rec)
     return out
+
+
+@dataclass(frozen=True)
+class _ExampleRows:
+    """The examples of one group of latents, encoded once (index = example).
+
+    The per-example lists (tokens, values, predicted codes, shares) are most of every export. They are
+    encoded to JSON once, as whole arrays, and spliced as fragments into the batch files, the bulk import
+    and the site (never converted to Python floats or encoded three times)."""
+
+    tokens: list[Any]
+    values: list[Any]
+    preds: list[Any] | None
+    """Predicted codes (NaN → ``null``), or ``None`` when the windows have none."""
+    shares: list[Any] | None
+    """Predicted shares, or ``None`` when the windows have none."""
+    max_value: list[float]
+    max_index: list[int]
+    min_value: list[float]
+    qualifying: list[int]
+    qualifying_token: list[str]
+    prompt: list[int]
+    group: list[int]
+    by_latent: dict[int, list[int]]
+    """latent → its examples, in order."""
+
+
+def _finite_rounded(x: Tensor) -> Tensor:
+    """``round_sig(x)``; ``ValueError`` when any value is not finite (JSON has no NaN)."""
+    r = round_sig(x)
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError("non-finite value in an export field")
+    return r
+
+
+def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _ExampleRows:
+    """Encode the example windows of one group of latents (:class:`_ExampleRows`)."""
+    table = ctx.token_table()
+    tok_rows = table.row_fragments(windows.tokens)
+    values_r = _finite_rounded(windows.values)
+    values = row_fragments(values_r)
+    preds = row_fragments(round_sig(windows.pred)) if windows.pred is not None else None  # NaN → null
+    shares = row_fragments(_finite_rounded(windows.pred_share)) if windows.pred_share is not None else None
+    E = values_r.shape[0]
+    if E:
+        vmax, vargmax = values_r.max(1)
+        vmax_l, vargmax_l, vmin_l = vmax.tolist(), vargmax.tolist(), values_r.amin(1).tolist()
+        q_ids = windows.tokens.gather(1, windows.qualifying.to(torch.int64).unsqueeze(1)).squeeze(1)
+        q_tok = table.strings[q_ids.numpy()].tolist()
+    else:
+        vmax_l = vargmax_l = vmin_l = q_tok = []
+    by_latent: dict[int, list[int]] = {}
+    for e, l in enumerate(windows.latent.tolist()):
+        by_latent.setdefault(l, []).append(e)
+    return _ExampleRows(
+        tokens=tok_rows, values=values, preds=preds, shares=shares,
+        max_value=vmax_l, max_index=vargmax_l, min_value=vmin_l,
+        qualifying=windows.qualifying.tolist(), qualifying_token=q_tok, prompt=windows.prompt.tolist(),
+        group=groups.tolist(), by_latent=by_latent,
+    )
+
+
+@dataclass(frozen=True)
+class _StatisticColumns:
+    """The statistics of one group of latents, rounded and converted to lists (index = position in the group)."""
+
+    max_act: list[float]
+    mean_act: list[float]
+    frac_nonzero: list[float]
+    pred_share_top: list[Any]
+    n_active: list[int]
+    hist_centres: list[Any]
+    hist_counts: list[Any]
+    int_edges: list[Any]
+    int_share: list[Any]
+
+
+def _statistic_columns(s: FeatureStats, lat: Tensor) -> _StatisticColumns:
+    """:class:`_StatisticColumns` of ``lat``; ``ValueError`` on non-finite statistics."""
+    int_edges = round_sig(s.int_edges, 7)
+    max_act, mean_act = s.max_act[lat].double(), s.mean_act[lat].double()
+    frac = s.frac_nonzero[lat]
+    bad = ~(torch.isfinite(max_act) & torch.isfinite(mean_act) & torch.isfinite(frac))
+    if bool(bad.any()):
+        raise ValueError(f"non-finite statistics for latent {int(lat[bad.nonzero()[0, 0]])}")
+    return _StatisticColumns(
+        max_act=round_sig(max_act, 7).tolist(),
+        mean_act=round_sig(mean_act, 7).tolist(),
+        frac_nonzero=frac.tolist(),
+        pred_share_top=rounded(s.pred_share_top[lat], SIG_DIGITS, nullable=True),
+        n_active=s.n_active[lat].tolist(),
+        hist_centres=rounded((s.hist_edges[lat, :-1] + s.hist_edges[lat, 1:]) / 2, 6),
+        hist_counts=s.hist_counts[lat].tolist(),
+        int_edges=int_edges[lat].tolist(),
+        int_share=s.int_share[lat].tolist(),
+    )
+
+
+def _correlation_columns(s: FeatureStats, lat: Tensor) -> dict[str, list[Any]]:
+    """The ``correlated_*`` record fields of ``lat`` (one list per latent each)."""
+    ci = s.corr_indices[lat]
+    ok = ci >= 0
+    corr_idx, corr_ok = ci.tolist(), ok.tolist()
+    corr_p = rounded(torch.where(ok, s.corr_pearson[lat], 0.0))
+    corr_c = rounded(torch.where(ok, s.corr_cosine[lat], 0.0))
+    G = lat.numel()
+
+    def kept(values: list[list[Any]]) -> list[list[Any]]:
+        return [[x for x, k in zip(values[j], corr_ok[j]) if k] for j in range(G)]
+
+    return {
+        # neuron correlations need the LM's activations, which the code store does not keep
+        "correlated_neurons_indices": [[] for _ in range(G)],
+        "correlated_neurons_pearson": [[] for _ in range(G)],
+        "correlated_neurons_l1": [[] for _ in range(G)],
+        "correlated_features_indices": kept(corr_idx),
+        "correlated_features_pearson": kept(corr_p),
+        "correlated_features_l1": kept(corr_c),  # SAEDashboard writes cosine similarity here
+    }
+
+
+def _alignment_columns(ctx: RecordContext, lat: Tensor) -> dict[str, list[Any]]:
+    """The ``neuron_alignment_*`` record fields of ``lat`` (empty lists without an alignment table)."""
+    G = lat.numel()
+    if ctx.alignment is None:
+        return {k: [[] for _ in range(G)] for k in FEATURE_KEYS[1:4]}
+    return {
+        "neuron_alignment_indices": ctx.alignment["indices"][lat].tolist(),
+        "neuron_alignment_values": rounded(ctx.alignment["values"][lat]),
+        "neuron_alignment_l1": rounded(ctx.alignment["l1"][lat]),
+    }
+
+
+def _logit_columns(ctx: RecordContext, lat: Tensor) -> dict[str, list[Any]]:
+    """The logit-effect record fields of ``lat`` (``neg_*``, ``pos_*``, ``logits_hist_*``; empty lists
+    without logit effects)."""
+    G = lat.numel()
+    keys = ("neg_str", "neg_values", "pos_str", "pos_values", "logits_hist_data_bar_values",
+            "logits_hist_data_bar_heights")
+    if ctx.logits is None:
+        return {k: [[] for _ in range(G)] for k in keys}
+    lg = ctx.logits
+    nl = lg.top_ids.shape[1]
+    neg_flat = ctx.token_strings(lg.bottom_ids[lat].reshape(-1).tolist())
+    pos_flat = ctx.token_strings(lg.top_ids[lat].reshape(-1).tolist())
+    return dict(zip(keys, (
+        [neg_flat[i * nl : (i + 1) * nl] for i in range(G)],
+        rounded(lg.bottom_values[lat]),
+        [pos_flat[i * nl : (i + 1) * nl] for i in range(G)],
+        rounded(lg.top_values[lat]),
+        rounded(lg.hist_centres[lat]),
+        lg.hist_counts[lat].tolist(),
+    )))
+
+
+def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColumns, j: int) -> list[Activation]:
+    """The activation records of the latent at position ``j`` of the group, from its ``examples``: the
+    top group's bin is ``(-1, max_act]`` with ``bin_contains = -1``, an interval's its edges and share."""
+    mx, edges, share = stats.max_act[j], stats.int_edges[j], stats.int_share[j]
+    acts = []
+    for e in examples:
+        g = rows.group[e]
+        if g < 0:
+            bmin, bmax, bcont = -1.0, mx, -1.0
+        else:
+            bmin, bmax, bcont = edges[g], edges[g + 1], share[g]
+        a = Activation(
+            bin_min=bmin, bin_max=bmax, bin_contains=bcont,
+            tokens=rows.tokens[e], values=rows.values[e], qualifying_token_index=rows.qualifying[e],
+            prompt_index=rows.prompt[e],
+        )
+        if rows.preds is not None:
+            a["pred_values"] = rows.preds[e]
+        if rows.shares is not None:
+            a["pred_share"] = rows.shares[e]
+        a.qualifying_token, a.max_value = rows.qualifying_token[e], rows.max_value[e]
+        a.max_index, a.min_value = rows.max_index[e], rows.min_value[e]
+        acts.append(a)
+    return acts
 
 
 def neuronpedia_feature(record: dict[str, Any], activations: bool = True) -> dict[str, Any]:
