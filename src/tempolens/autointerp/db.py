@@ -30,7 +30,8 @@ from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, started REAL, config_json TEXT);
-CREATE TABLE IF NOT EXISTS saes (sae_id TEXT PRIMARY KEY, label TEXT, store TEXT, meta_json TEXT, n_alive INTEGER, width INTEGER);
+CREATE TABLE IF NOT EXISTS saes (sae_id TEXT PRIMARY KEY, label TEXT, store TEXT, meta_json TEXT, n_alive INTEGER,
+width INTEGER);
 CREATE TABLE IF NOT EXISTS latents (sae_id TEXT, latent INTEGER, n_firings INTEGER, max_act REAL,
     PRIMARY KEY (sae_id, latent));
 CREATE TABLE IF NOT EXISTS steps (sae_id TEXT, latent INTEGER, protocol TEXT, step TEXT, status TEXT,
@@ -42,8 +43,23 @@ CREATE TABLE IF NOT EXISTS scores (sae_id TEXT, latent INTEGER, scorer TEXT, val
 CREATE TABLE IF NOT EXISTS endpoints (endpoint TEXT PRIMARY KEY, schema_ok INTEGER, reply TEXT,
     prompt_tokens INTEGER DEFAULT 0, completion_tokens INTEGER DEFAULT 0, error TEXT, checked REAL);
 """
-STEP_COLUMNS = ("sae_id", "latent", "protocol", "step", "status", "prompt_json", "reply", "parsed_json", "failure",
-                "explanation", "prompt_tokens", "completion_tokens", "run_id", "created", "mode")
+STEP_COLUMNS = (
+    "sae_id",
+    "latent",
+    "protocol",
+    "step",
+    "status",
+    "prompt_json",
+    "reply",
+    "parsed_json",
+    "failure",
+    "explanation",
+    "prompt_tokens",
+    "completion_tokens",
+    "run_id",
+    "created",
+    "mode",
+)
 
 
 class ResultsDB:
@@ -69,51 +85,97 @@ class ResultsDB:
     # ------------------------------------------------------------------------------------ writes
     def add_run(self, run_id: str, config: dict[str, Any]) -> None:
         with self.lock, self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?)", (run_id, time.time(), json.dumps(config, sort_keys=True, default=str)))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?)",
+                (run_id, time.time(), json.dumps(config, sort_keys=True, default=str)),
+            )
 
     def add_sae(self, sae_id: str, label: str, store: str, meta: dict[str, Any], n_alive: int, width: int) -> None:
         with self.lock, self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO saes VALUES (?,?,?,?,?,?)",
-                              (sae_id, label, store, json.dumps(meta, sort_keys=True, default=str), n_alive, width))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO saes VALUES (?,?,?,?,?,?)",
+                (sae_id, label, store, json.dumps(meta, sort_keys=True, default=str), n_alive, width),
+            )
 
     def set_latents(self, sae_id: str, rows: list[tuple[int, int, float]]) -> None:
         with self.lock, self.conn:
-            self.conn.executemany("INSERT OR IGNORE INTO latents VALUES (?,?,?,?)", [(sae_id, l, n, m) for l, n, m in rows])
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO latents VALUES (?,?,?,?)", [(sae_id, l, n, m) for l, n, m in rows]
+            )
 
-    def record(self, sae_id: str, latent: int, protocol: str, step: str, *, status: str, run_id: str,
-               prompt: Any = None, reply: str | None = None, parsed: Any = None, failure: str | None = None,
-               explanation: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
-               score: tuple[str, float, dict[str, Any]] | None = None, mode: str | None = None) -> None:
+    def record(
+        self,
+        sae_id: str,
+        latent: int,
+        protocol: str,
+        step: str,
+        *,
+        status: str,
+        run_id: str,
+        prompt: Any = None,
+        reply: str | None = None,
+        parsed: Any = None,
+        failure: str | None = None,
+        explanation: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        score: tuple[str, float, dict[str, Any]] | None = None,
+        mode: str | None = None,
+    ) -> None:
         """Write one step (and optionally its score) in one transaction. A step already ``ok`` or
         ``parse_failure`` is kept as is; an ``error`` row is replaced by the retry."""
         with self.lock, self.conn:
-            cur = self.conn.execute("SELECT status FROM steps WHERE sae_id=? AND latent=? AND protocol=? AND step=?",
-                                    (sae_id, latent, protocol, step)).fetchone()
+            cur = self.conn.execute(
+                "SELECT status FROM steps WHERE sae_id=? AND latent=? AND protocol=? AND step=?",
+                (sae_id, latent, protocol, step),
+            ).fetchone()
             if cur is not None and cur[0] != "error":
                 return
             self.conn.execute(
                 f"INSERT OR REPLACE INTO steps ({','.join(STEP_COLUMNS)}) VALUES ({','.join('?' * len(STEP_COLUMNS))})",
-                (sae_id, latent, protocol, step, status, None if prompt is None else json.dumps(prompt),
-                 reply, None if parsed is None else json.dumps(parsed), failure, explanation,
-                 int(prompt_tokens), int(completion_tokens), run_id, time.time(), mode),
+                (
+                    sae_id,
+                    latent,
+                    protocol,
+                    step,
+                    status,
+                    None if prompt is None else json.dumps(prompt),
+                    reply,
+                    None if parsed is None else json.dumps(parsed),
+                    failure,
+                    explanation,
+                    int(prompt_tokens),
+                    int(completion_tokens),
+                    run_id,
+                    time.time(),
+                    mode,
+                ),
             )
             if score is not None:
                 scorer, value, details = score
-                self.conn.execute("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
-                                  (sae_id, latent, scorer, value, json.dumps(details, default=str), run_id))
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
+                    (sae_id, latent, scorer, value, json.dumps(details, default=str), run_id),
+                )
 
-    def set_score(self, sae_id: str, latent: int, scorer: str, value: float, details: dict[str, Any], run_id: str) -> None:
+    def set_score(
+        self, sae_id: str, latent: int, scorer: str, value: float, details: dict[str, Any], run_id: str
+    ) -> None:
         with self.lock, self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
-                              (sae_id, latent, scorer, value, json.dumps(details, default=str), run_id))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?)",
+                (sae_id, latent, scorer, value, json.dumps(details, default=str), run_id),
+            )
 
-    def set_probe(self, endpoint: str, schema_ok: bool, reply: str, prompt_tokens: int, completion_tokens: int,
-                  error: str | None) -> None:
+    def set_probe(
+        self, endpoint: str, schema_ok: bool, reply: str, prompt_tokens: int, completion_tokens: int, error: str | None
+    ) -> None:
         """Record the structured-output probe of ``endpoint``."""
         with self.lock, self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?,?)",
-                              (endpoint, int(schema_ok), reply, int(prompt_tokens), int(completion_tokens), error,
-                               time.time()))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO endpoints VALUES (?,?,?,?,?,?,?)",
+                (endpoint, int(schema_ok), reply, int(prompt_tokens), int(completion_tokens), error, time.time()),
+            )
 
     # ------------------------------------------------------------------------------------- reads
     def probe(self, endpoint: str) -> dict[str, Any] | None:
@@ -124,8 +186,10 @@ class ResultsDB:
     def step(self, sae_id: str, latent: int, protocol: str, step: str) -> dict[str, Any] | None:
         """The finished (``ok``/``parse_failure``) step, or None when it must (still) be done."""
         with self.lock:
-            cur = self.conn.execute("SELECT * FROM steps WHERE sae_id=? AND latent=? AND protocol=? AND step=?",
-                                    (sae_id, latent, protocol, step))
+            cur = self.conn.execute(
+                "SELECT * FROM steps WHERE sae_id=? AND latent=? AND protocol=? AND step=?",
+                (sae_id, latent, protocol, step),
+            )
             row = cur.fetchone()
             if row is None:
                 return None
@@ -134,7 +198,12 @@ class ResultsDB:
 
     def has_score(self, sae_id: str, latent: int, scorer: str) -> bool:
         with self.lock:
-            return self.conn.execute("SELECT 1 FROM scores WHERE sae_id=? AND latent=? AND scorer=?", (sae_id, latent, scorer)).fetchone() is not None
+            return (
+                self.conn.execute(
+                    "SELECT 1 FROM scores WHERE sae_id=? AND latent=? AND scorer=?", (sae_id, latent, scorer)
+                ).fetchone()
+                is not None
+            )
 
     def query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         with self.lock:

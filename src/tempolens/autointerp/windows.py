@@ -59,6 +59,7 @@ class Window:
     def is_active(self) -> bool:
         return self.max_act > 0
 
+
 @dataclass
 class LatentWindows:
     """All windows drawn for one latent."""
@@ -107,15 +108,18 @@ def firing_counts(store: CodeStore, progress: bool = True) -> torch.Tensor:
 
     This first pass verifies every shard's checksum, so a corrupt store is named before any LLM call."""
     counts = torch.zeros(store.width, dtype=torch.int64)
-    for shard in tqdm(store.iter_shards(verify=True), total=store.n_shards, desc="firing counts", disable=not progress, leave=False):  # first pass: checksums
+    for shard in tqdm(
+        store.iter_shards(verify=True), total=store.n_shards, desc="firing counts", disable=not progress, leave=False
+    ):  # first pass: checksums
         tok = shard.code_token()
         keep = shard.special.reshape(-1)[tok] == 0
         counts += torch.bincount(shard.code_latent[keep].long(), minlength=store.width)
     return counts
 
 
-def select_latents(counts: torch.Tensor, n: int, min_firings: int = 15, seed: int = 0,
-                   forced: Sequence[int] = ()) -> list[int]:
+def select_latents(
+    counts: torch.Tensor, n: int, min_firings: int = 15, seed: int = 0, forced: Sequence[int] = ()
+) -> list[int]:
     """Latents to interpret: ``forced`` if given, else ``n`` latents drawn with ``seed`` among the
     alive ones (more than ``min_firings`` firings, as SAEBench); all alive ones if fewer. Sorted."""
     if forced:
@@ -147,11 +151,15 @@ def gather_entries(store: CodeStore, latents: Sequence[int], progress: bool = Tr
     if lat.numel() and (int(lat.min()) < 0 or int(lat.max()) >= width):
         from tempolens.errors import ConfigError
 
-        raise ConfigError(f"latent indices must be in 0..{width - 1} for {store.root}; got {lat.min().item()}..{lat.max().item()}")
+        raise ConfigError(
+            f"latent indices must be in 0..{width - 1} for {store.root}; got {lat.min().item()}..{lat.max().item()}"
+        )
     slot[lat] = torch.arange(lat.numel())
     parts_slot, parts_pos, parts_val, toks, specs = [], [], [], [], []
     row = 0
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="gather entries", disable=not progress, leave=False):
+    for shard in tqdm(
+        store.iter_shards(verify=False), total=store.n_shards, desc="gather entries", disable=not progress, leave=False
+    ):
         T = shard.prompt_len
         tok = shard.code_token()
         s = slot[shard.code_latent.long()]
@@ -174,8 +182,8 @@ def gather_entries(store: CodeStore, latents: Sequence[int], progress: bool = Tr
     order = np.lexsort((p_all, s_all))
     s_all, p_all, v_all = s_all[order], p_all[order], v_all[order]
     bounds = np.searchsorted(s_all, np.arange(len(latents) + 1))
-    pos = {int(l): p_all[bounds[j]:bounds[j + 1]] for j, l in enumerate(latents)}
-    val = {int(l): v_all[bounds[j]:bounds[j + 1]] for j, l in enumerate(latents)}
+    pos = {int(l): p_all[bounds[j] : bounds[j + 1]] for j, l in enumerate(latents)}
+    val = {int(l): v_all[bounds[j] : bounds[j + 1]] for j, l in enumerate(latents)}
     return LatentEntries(pos=pos, val=val, tokens=tokens, special=special)
 
 
@@ -183,8 +191,17 @@ def gather_entries(store: CodeStore, latents: Sequence[int], progress: bool = Tr
 # per-latent sampling
 
 
-def _make_window(flat_center: int, pos: np.ndarray, val: np.ndarray, tokens: np.ndarray, special: np.ndarray,
-                 spec: WindowSpec, kind: str, quantile: int = -1, is_random: bool = False) -> Window:
+def _make_window(
+    flat_center: int,
+    pos: np.ndarray,
+    val: np.ndarray,
+    tokens: np.ndarray,
+    special: np.ndarray,
+    spec: WindowSpec,
+    kind: str,
+    quantile: int = -1,
+    is_random: bool = False,
+) -> Window:
     T = tokens.shape[1]
     left, right = spec.offsets()
     p, t = divmod(int(flat_center), T)
@@ -194,9 +211,14 @@ def _make_window(flat_center: int, pos: np.ndarray, val: np.ndarray, tokens: np.
     i0, i1 = np.searchsorted(pos, [a, a + spec.window_len])
     acts[pos[i0:i1] - a] = val[i0:i1]
     return Window(
-        prompt=p, start=start, center=-1 if is_random else left,
-        tokens=tokens[p, start:start + spec.window_len].tolist(), acts=acts.tolist(),
-        special=special[p, start:start + spec.window_len].tolist(), kind=kind, quantile=quantile,
+        prompt=p,
+        start=start,
+        center=-1 if is_random else left,
+        tokens=tokens[p, start : start + spec.window_len].tolist(),
+        acts=acts.tolist(),
+        special=special[p, start : start + spec.window_len].tolist(),
+        kind=kind,
+        quantile=quantile,
     )
 
 
@@ -207,7 +229,8 @@ def _valid_centre(pos: np.ndarray, T: int, spec: WindowSpec) -> np.ndarray:
 
 
 def _top_no_overlap(pos: np.ndarray, val: np.ndarray, k: int, T: int, min_gap: int) -> np.ndarray:
-    """Indices of the ``k`` largest values, skipping any within ``min_gap`` tokens of a chosen one in the same prompt."""
+    """Indices of the ``k`` largest values, skipping any within ``min_gap`` tokens of a chosen one in the same
+    prompt."""
     order = np.lexsort((pos, -val))
     chosen: list[int] = []
     chosen_pos: list[int] = []
@@ -222,8 +245,9 @@ def _top_no_overlap(pos: np.ndarray, val: np.ndarray, k: int, T: int, min_gap: i
     return np.asarray(chosen, dtype=np.int64)
 
 
-def sample_latent_windows(latent: int, entries: LatentEntries, spec: WindowSpec, seed: int,
-                          n_firings: int | None = None) -> LatentWindows:
+def sample_latent_windows(
+    latent: int, entries: LatentEntries, spec: WindowSpec, seed: int, n_firings: int | None = None
+) -> LatentWindows:
     """Draw the top / iw / quantile / random windows of one latent (deterministic for ``seed``)."""
     pos_all, val_all = entries.pos[latent], entries.val[latent]
     tokens, special = entries.tokens, entries.special
@@ -231,8 +255,11 @@ def sample_latent_windows(latent: int, entries: LatentEntries, spec: WindowSpec,
     rng = latent_rng(seed, "windows", latent)
     ok = _valid_centre(pos_all, T, spec)
     pos_c, val_c = pos_all[ok], val_all[ok]
-    lw = LatentWindows(latent=latent, n_firings=int(n_firings if n_firings is not None else pos_all.size),
-                       max_act=float(val_all.max()) if val_all.size else 0.0)
+    lw = LatentWindows(
+        latent=latent,
+        n_firings=int(n_firings if n_firings is not None else pos_all.size),
+        max_act=float(val_all.max()) if val_all.size else 0.0,
+    )
     if pos_c.size == 0:
         return lw
     mk = lambda c, kind, q=-1: _make_window(c, pos_all, val_all, tokens, special, spec, kind, q)  # noqa: E731
@@ -258,8 +285,15 @@ def sample_latent_windows(latent: int, entries: LatentEntries, spec: WindowSpec,
     return lw
 
 
-def sample_random_windows(pos: np.ndarray, tokens: np.ndarray, special: np.ndarray, spec: WindowSpec,
-                          n: int, rng: np.random.Generator, max_rounds: int = 8) -> list[Window]:
+def sample_random_windows(
+    pos: np.ndarray,
+    tokens: np.ndarray,
+    special: np.ndarray,
+    spec: WindowSpec,
+    n: int,
+    rng: np.random.Generator,
+    max_rounds: int = 8,
+) -> list[Window]:
     """``n`` random windows (non-special centre, whole window in the prompt) in which the latent is 0 everywhere."""
     P, T = tokens.shape
     left, right = spec.offsets()
@@ -283,8 +317,14 @@ def sample_random_windows(pos: np.ndarray, tokens: np.ndarray, special: np.ndarr
     return [_make_window(x, empty, np.zeros(0), tokens, special, spec, "random", is_random=True) for x in chosen]
 
 
-def collect_windows(store: CodeStore, latents: Sequence[int], spec: WindowSpec, seed: int,
-                    counts: torch.Tensor | None = None, progress: bool = True) -> dict[int, LatentWindows]:
+def collect_windows(
+    store: CodeStore,
+    latents: Sequence[int],
+    spec: WindowSpec,
+    seed: int,
+    counts: torch.Tensor | None = None,
+    progress: bool = True,
+) -> dict[int, LatentWindows]:
     """Windows of every latent in ``latents`` from ``store`` (two streaming passes at most)."""
     entries = gather_entries(store, latents, progress=progress)
     out = {}

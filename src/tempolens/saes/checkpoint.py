@@ -54,8 +54,14 @@ OMEGACONF_GLOBALS: frozenset[str] = frozenset(
 """Every global a pickled OmegaConf ``DictConfig`` references (omegaconf 2.x): its container,
 node and metadata classes, ``typing.Any`` and the builtin types used as ``ref_type``/``object_type``."""
 
-_BUILTIN_TYPES = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int, "builtins.float": float,
-                  "builtins.str": str, "builtins.bool": bool}
+_BUILTIN_TYPES = {
+    "builtins.dict": dict,
+    "builtins.list": list,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.str": str,
+    "builtins.bool": bool,
+}
 
 
 class InertPickledObject:
@@ -91,7 +97,9 @@ def _config_globals(names: set[str], real: bool) -> list[tuple[Any, str]]:
         if name in _BUILTIN_TYPES:
             out.append((_BUILTIN_TYPES[name], name))
         elif not real:  # every omegaconf.* class → InertPickledObject
-            obj: Any = {"typing.Any": _INERT_ANY, "collections.defaultdict": _inert_defaultdict}.get(name, InertPickledObject)
+            obj: Any = {"typing.Any": _INERT_ANY, "collections.defaultdict": _inert_defaultdict}.get(
+                name, InertPickledObject
+            )
             out.append((obj, name))
         else:
             module, _, attr = name.rpartition(".")
@@ -102,7 +110,8 @@ def _config_globals(names: set[str], real: bool) -> list[tuple[Any, str]]:
                     obj = getattr(importlib.import_module(module), attr)
                 except ImportError:
                     raise SourceError(
-                        "allow_pickled_config=True needs omegaconf to rebuild the pickled config: pip install omegaconf "
+                        "allow_pickled_config=True needs omegaconf to rebuild the pickled config: pip install "
+                        "omegaconf "
                         "(or leave allow_pickled_config off: the config is then skipped and conf.yaml is used)"
                     ) from None
             elif name == "typing.Any":
@@ -212,7 +221,8 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
     bad = sorted(g for g in unsafe - OMEGACONF_GLOBALS if allow_pickled_config or not g.startswith("omegaconf."))
     if bad:
         raise UnsafeCheckpointError(
-            f"{path} would execute code when loaded (it references {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); "
+            f"{path} would execute code when loaded (it references "
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); "
             f"tempolens loads weights only — {hint}"
         )
     allowed = _config_globals(unsafe, real=allow_pickled_config)
@@ -234,7 +244,9 @@ def read_checkpoint(path: str | Path, allow_pickled_config: bool = False) -> Any
         raise SourceError(f"cannot read checkpoint {path} ({first_line(e)[:200]}); is the download complete?") from None
 
 
-def read_safetensors(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def read_safetensors(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, Tensor]:
     """All tensors of a safetensors file, converted one at a time to ``device``/``dtype`` (peak
     memory ≈ the result plus one tensor), with a clear error for a bad file."""
     from safetensors import safe_open
@@ -250,8 +262,9 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu", dtype
         raise SourceError(f"cannot read {path} ({first_line(e)[:200]}); is the download complete?") from None
 
 
-def check_weights(weights: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], where: str,
-                  conf_hint: str) -> None:
+def check_weights(
+    weights: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], where: str, conf_hint: str
+) -> None:
     """Raise ``SourceError`` naming the tensor when ``weights`` lack, add or misshape any of ``expected``
     (a ``b`` of ``[1, d]`` passes for ``[d]``); ``conf_hint`` names the config that implies the shapes."""
     missing = [k for k in expected if k not in weights]
@@ -283,4 +296,3 @@ def yaml_safe(v: Any) -> Any:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` → ``"bfloat16"``, as config files name dtypes."""
     return str(dtype).removeprefix("torch.")
-

@@ -105,8 +105,9 @@ def _download_hf(spec: str) -> Path:
         return SourceError(f"{spec}: " + not_cached_message(where, repo_id, missing, include, rev))
 
     try:
-        local = snapshot_download(repo_id, revision=rev, allow_patterns=[include] if include else None,
-                                  cache_dir=hub_cache_dir())
+        local = snapshot_download(
+            repo_id, revision=rev, allow_patterns=[include] if include else None, cache_dir=hub_cache_dir()
+        )
     except LocalEntryNotFoundError:  # offline or unreachable, and not (completely) cached
         raise not_cached(f"{sub + '/' if sub else ''}{TEMPORAL_CONF}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
@@ -117,7 +118,9 @@ def _download_hf(spec: str) -> Path:
     except Exception as e:  # noqa: BLE001 - hub errors: gated, HTTP
         if is_connection_error(e):
             raise not_cached(f"{sub + '/' if sub else ''}{TEMPORAL_CONF}") from None
-        raise SourceError(f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}: {first_line(e)[:200]})") from None
+        raise SourceError(
+            f"cannot fetch {spec} from the Hugging Face hub ({type(e).__name__}: {first_line(e)[:200]})"
+        ) from None
     folder = Path(local) / sub
     missing = _sae_file_missing(folder) if folder.is_dir() else f"{sub}/{TEMPORAL_CONF}"
     if missing is None:
@@ -156,8 +159,13 @@ def _sae_subfolders(path: Path) -> list[Path]:
         return []
 
 
-def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                allow_pickled_config: bool = False, strict_config: bool = False) -> SAE:
+def load_folder(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_pickled_config: bool = False,
+    strict_config: bool = False,
+) -> SAE:
     """Load an SAE folder of either layout (a file inside the folder works too).
 
     A folder without SAE files but with exactly one sub-folder that holds an SAE (the authors'
@@ -169,7 +177,8 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: t
     if not path.is_dir():
         raise SourceError(
             f"no SAE at {folder!s}: not a folder. Give a folder with conf.yaml + latest_ckpt.(safetensors|pt) or "
-            "cfg.json + sae_weights.safetensors, or a spec hf://owner/repo/folder, saelens://release/id, random:temporal, embedded"
+            "cfg.json + sae_weights.safetensors, or a spec hf://owner/repo/folder, saelens://release/id, "
+            "random:temporal, embedded"
         )
     if not _holds_sae(path):
         subs = _sae_subfolders(path)
@@ -178,7 +187,9 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: t
         elif subs:
             names = ", ".join(p.name for p in subs[:6]) + (" ..." if len(subs) > 6 else "")
             raise SourceError(f"{path} holds several SAEs in sub-folders ({names}); name one of them")
-    if (path / TEMPORAL_CONF).is_file() and ((path / TEMPORAL_CKPT_ST).is_file() or (path / TEMPORAL_CKPT_PT).is_file()):
+    if (path / TEMPORAL_CONF).is_file() and (
+        (path / TEMPORAL_CKPT_ST).is_file() or (path / TEMPORAL_CKPT_PT).is_file()
+    ):
         return load_temporal_folder(path, device, dtype, allow_pickled_config, strict_config)
     if (path / SAELENS_CFG).is_file() and (path / SAELENS_WEIGHTS).is_file():
         return load_standard_folder(path, device, dtype)
@@ -189,9 +200,15 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: t
     )
 
 
-def load_sae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-             allow_pickled_config: bool = False, *, activation_sample: Tensor | None = None,
-             strict_config: bool = False) -> SAE:
+def load_sae(
+    spec: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_pickled_config: bool = False,
+    *,
+    activation_sample: Tensor | None = None,
+    strict_config: bool = False,
+) -> SAE:
     """Load the SAE named by ``spec`` (see the module docstring) onto ``device`` in ``dtype``, in eval mode.
 
     ``activation_sample`` ``[N, d_in]`` (model units, BOS excluded) feeds random-init specs that

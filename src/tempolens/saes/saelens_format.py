@@ -29,8 +29,17 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 """Written as ``metadata.sae_lens_version`` so SAELens reads our ``cfg.json`` in its ≥6 format."""
 
 _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
-_META_KEYS = ("model_name", "hook_name", "hook_layer", "hook_head_index", "context_size", "prepend_bos",
-              "dataset_path", "neuronpedia_id", "model_class_name")
+_META_KEYS = (
+    "model_name",
+    "hook_name",
+    "hook_layer",
+    "hook_head_index",
+    "context_size",
+    "prepend_bos",
+    "dataset_path",
+    "neuronpedia_id",
+    "model_class_name",
+)
 
 
 def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> StandardConfig:
@@ -50,7 +59,10 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
         if act_fn == "topk":
             arch_raw, k = "topk", (cfg.get("activation_fn_kwargs") or {}).get("k")
     if arch_raw not in _SAELENS_ARCH:
-        raise SourceError(f"{source}: architecture {arch_raw!r} is not supported (tempolens reads standard/relu, topk, batchtopk, jumprelu and temporal SAEs)")
+        raise SourceError(
+            f"{source}: architecture {arch_raw!r} is not supported (tempolens reads standard/relu, topk, batchtopk, "
+            "jumprelu and temporal SAEs)"
+        )
     arch = _SAELENS_ARCH[arch_raw]
     if arch == "relu" and act_fn not in (None, "relu"):
         raise SourceError(f"{source}: activation function {act_fn!r} is not supported for a standard SAE")
@@ -61,9 +73,14 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
     if isinstance(norm, bool):
         norm = "expected_average_only_in" if norm else "none"
     if norm not in NORMALIZATIONS:
-        raise SourceError(f"{source}: normalize_activations={norm!r} is not supported (supported: {', '.join(NORMALIZATIONS)})")
+        raise SourceError(
+            f"{source}: normalize_activations={norm!r} is not supported (supported: {', '.join(NORMALIZATIONS)})"
+        )
     if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise SourceError(f"{source}: reshape_activations={cfg['reshape_activations']!r} is not supported (tempolens reads residual-stream SAEs)")
+        raise SourceError(
+            f"{source}: reshape_activations={cfg['reshape_activations']!r} is not supported (tempolens reads "
+            "residual-stream SAEs)"
+        )
     apply_b = cfg.get("apply_b_dec_to_input", True)
     rescale = cfg.get("rescale_acts_by_decoder_norm", False)
     for key, v in (("apply_b_dec_to_input", apply_b), ("rescale_acts_by_decoder_norm", rescale)):
@@ -76,7 +93,9 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
         arch, k = "batchtopk", meta_in.get("tempolens_k", k)
     if arch in ("topk", "batchtopk") and not is_int(k):
         raise fail(f"k must be an integer for a {arch} SAE; got {k!r}")
-    metadata = {str(kk): v for kk, v in meta_in.items() if not str(kk).startswith("tempolens_") and kk != "sae_lens_version"}
+    metadata = {
+        str(kk): v for kk, v in meta_in.items() if not str(kk).startswith("tempolens_") and kk != "sae_lens_version"
+    }
     for kk in _META_KEYS:
         if kk in cfg and kk not in metadata:
             metadata[kk] = cfg[kk]
@@ -97,8 +116,13 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
         raise fail(str(e)) from None
 
 
-def build_standard_sae(cfg: StandardConfig, weights: Mapping[str, Tensor], where: str, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32) -> StandardSAE:
+def build_standard_sae(
+    cfg: StandardConfig,
+    weights: Mapping[str, Tensor],
+    where: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> StandardSAE:
     """A ``StandardSAE`` from a config and SAELens-named weights; folds decoder-norm rescaling."""
     weights = dict(weights)
     if "log_threshold" in weights and "threshold" not in weights:
@@ -110,7 +134,9 @@ def build_standard_sae(cfg: StandardConfig, weights: Mapping[str, Tensor], where
     if "scaling_factor" in weights:  # SAELens finetuning scaling factor: only all-ones is a no-op
         sf = weights.pop("scaling_factor")
         if not torch.all(sf == 1):
-            raise SourceError(f"{where}: a finetuning scaling_factor is not supported; fold it into W_dec with SAELens first")
+            raise SourceError(
+                f"{where}: a finetuning scaling_factor is not supported; fold it into W_dec with SAELens first"
+            )
     d, W = cfg.d_in, cfg.width
     expected: dict[str, tuple[int, ...]] = {"W_enc": (d, W), "b_enc": (W,), "W_dec": (W, d), "b_dec": (d,)}
     if cfg.has_threshold:
@@ -126,7 +152,9 @@ def build_standard_sae(cfg: StandardConfig, weights: Mapping[str, Tensor], where
     return sae.eval()
 
 
-def load_standard_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> StandardSAE:
+def load_standard_folder(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> StandardSAE:
     """Load a SAELens folder: ``cfg.json`` + ``sae_weights.safetensors``."""
     folder = Path(folder)
     path = folder / SAELENS_CFG
@@ -143,8 +171,9 @@ def load_standard_folder(folder: str | Path, device: str | torch.device = "cpu",
     return build_standard_sae(cfg, read_safetensors(weights_path, device, dtype), str(weights_path), device, dtype)
 
 
-def save_standard_sae(sae: StandardSAE, folder: str | Path, dtype: torch.dtype | None = None,
-                      metadata: Mapping[str, Any] | None = None) -> Path:
+def save_standard_sae(
+    sae: StandardSAE, folder: str | Path, dtype: torch.dtype | None = None, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``) that
     ``sae_lens.SAE.load_from_disk`` reads; relu → ``standard``; batchtopk → ``jumprelu`` (threshold)
     or ``topk``, restored as batchtopk by ``load_sae``. Atomic files; returns the folder."""
@@ -199,13 +228,22 @@ def from_saelens(sl_sae: Any, device: str | torch.device = "cpu", dtype: torch.d
         else:
             raise SourceError(f"{where}: normalize_activations={norm!r} is not supported for Temporal SAEs")
         if not cfg_dict.get("apply_b_dec_to_input", True) and bool(state["b_dec"].abs().sum() > 0):
-            raise SourceError(f"{where}: apply_b_dec_to_input=False with a nonzero b is not the published Temporal SAE forward pass")
+            raise SourceError(
+                f"{where}: apply_b_dec_to_input=False with a nonzero b is not the published Temporal SAE forward pass"
+            )
         tcfg = TemporalConfig(
-            d_in=int(cfg_dict["d_in"]), width=int(cfg_dict["d_sae"]), k=cfg_dict.get("kval_topk") if cfg_dict.get("sae_diff_type") == "topk" else None,
-            sae_diff_type=cfg_dict.get("sae_diff_type", "topk"), n_heads=int(cfg_dict["n_heads"]),
-            n_attn_layers=int(cfg_dict["n_attn_layers"]), bottleneck_factor=int(cfg_dict["bottleneck_factor"]),
-            tied=bool(cfg_dict.get("tied_weights", True)), scaling_factor=scale,
-            metadata={k: v for k, v in (cfg_dict.get("metadata") or {}).items() if isinstance(v, (str, int, float, bool))},
+            d_in=int(cfg_dict["d_in"]),
+            width=int(cfg_dict["d_sae"]),
+            k=cfg_dict.get("kval_topk") if cfg_dict.get("sae_diff_type") == "topk" else None,
+            sae_diff_type=cfg_dict.get("sae_diff_type", "topk"),
+            n_heads=int(cfg_dict["n_heads"]),
+            n_attn_layers=int(cfg_dict["n_attn_layers"]),
+            bottleneck_factor=int(cfg_dict["bottleneck_factor"]),
+            tied=bool(cfg_dict.get("tied_weights", True)),
+            scaling_factor=scale,
+            metadata={
+                k: v for k, v in (cfg_dict.get("metadata") or {}).items() if isinstance(v, (str, int, float, bool))
+            },
         )
         weights = {k: v for k, v in state.items() if k.startswith("attn_layers.")}
         weights["D"], weights["b"] = state["W_dec"], state["b_dec"]
@@ -218,16 +256,20 @@ def from_saelens(sl_sae: Any, device: str | torch.device = "cpu", dtype: torch.d
 
 def load_saelens_release(spec: str, device: str | torch.device, dtype: torch.dtype) -> SAE:
     """The SAE of a ``saelens://release/sae_id`` spec, via ``sae_lens.SAE.from_pretrained`` (needs sae-lens)."""
-    rest = spec[len("saelens://"):]
+    rest = spec[len("saelens://") :]
     release, _, sae_id = rest.partition("/")
     if not release or not sae_id:
         raise ConfigError(f"bad SAELens spec {spec!r}; write saelens://<release>/<sae_id>")
     try:
         import sae_lens
     except ImportError:
-        raise SourceError("saelens:// specs need sae-lens: pip install 'tempolens[saelens]' (or sae-lens>=6.20)") from None
+        raise SourceError(
+            "saelens:// specs need sae-lens: pip install 'tempolens[saelens]' (or sae-lens>=6.20)"
+        ) from None
     try:
         sl = sae_lens.SAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as e:  # noqa: BLE001 - SAELens raises ValueError/HTTP/OSError
-        raise SourceError(f"SAELens could not load {release}/{sae_id} ({type(e).__name__}: {first_line(e)[:200]})") from None
+        raise SourceError(
+            f"SAELens could not load {release}/{sae_id} ({type(e).__name__}: {first_line(e)[:200]})"
+        ) from None
     return from_saelens(sl, device=device, dtype=dtype)

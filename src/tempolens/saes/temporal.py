@@ -76,17 +76,23 @@ class TemporalConfig:
                 f"k must be an integer in [1, width={self.width}] for a topk Temporal SAE; got {self.k!r}",
             )
         check(isinstance(self.n_heads, int) and self.n_heads >= 1, f"n_heads must be ≥ 1; got {self.n_heads!r}")
-        check(isinstance(self.n_attn_layers, int) and self.n_attn_layers >= 1, f"n_attn_layers must be ≥ 1; got {self.n_attn_layers!r}")
+        check(
+            isinstance(self.n_attn_layers, int) and self.n_attn_layers >= 1,
+            f"n_attn_layers must be ≥ 1; got {self.n_attn_layers!r}",
+        )
         check(
             isinstance(self.bottleneck_factor, int) and self.bottleneck_factor >= 1,
             f"bottleneck_factor must be a positive integer; got {self.bottleneck_factor!r}",
         )
         check(
             self.width % (self.bottleneck_factor * self.n_heads) == 0,
-            f"width {self.width} must be divisible by bottleneck_factor·n_heads = {self.bottleneck_factor * self.n_heads}",
+            f"width {self.width} must be divisible by bottleneck_factor·n_heads = "
+            f"{self.bottleneck_factor * self.n_heads}",
         )
         check(
-            isinstance(self.scaling_factor, (int, float)) and math.isfinite(self.scaling_factor) and self.scaling_factor > 0,
+            isinstance(self.scaling_factor, (int, float))
+            and math.isfinite(self.scaling_factor)
+            and self.scaling_factor > 0,
             f"scaling_factor must be a positive finite number; got {self.scaling_factor!r}",
         )
 
@@ -229,8 +235,10 @@ def top_abs_codes(z: Tensor, k: int, center: Tensor | None = None, scale: Tensor
     vals, idx = score.abs().topk(min(int(k), z.shape[-1]), dim=-1, sorted=True)
     signed = z.gather(-1, idx)
     keep = signed != 0
-    return SparseCodes(indices=torch.where(keep, idx, torch.full_like(idx, -1)),
-                       values=torch.where(keep, signed, torch.zeros_like(signed)))
+    return SparseCodes(
+        indices=torch.where(keep, idx, torch.full_like(idx, -1)),
+        values=torch.where(keep, signed, torch.zeros_like(signed)),
+    )
 
 
 class TemporalSAE(SAE):
@@ -321,8 +329,9 @@ class TemporalSAE(SAE):
                 "(check that the hook layer/model matches the SAE)"
             )
 
-    def _predict(self, x: Tensor, return_attn: bool, trace: dict[str,
-        list[Tensor]] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def _predict(
+        self, x: Tensor, return_attn: bool, trace: dict[str, list[Tensor]] | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Steps 1–2: returns the final residual (scaled units), dense ``z_pred`` and attention maps.
 
         ``trace`` (optional) collects per layer ``z_in``, the direction ``d`` before ``p`` and ``p``.
@@ -362,8 +371,9 @@ class TemporalSAE(SAE):
         codes = self._novel(residual)
         D = self.D.to(z_pred.dtype)
         recon = sparse_decode(codes, D) + z_pred @ D + self.b.reshape(-1)
-        return TemporalTrainOutput(recon=recon, codes=codes, z_pred=z_pred, z_in=trace["z_in"], directions=trace["d"],
-                                   p=trace["p"], attn=maps)
+        return TemporalTrainOutput(
+            recon=recon, codes=codes, z_pred=z_pred, z_in=trace["z_in"], directions=trace["d"], p=trace["p"], attn=maps
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Differentiable reconstruction ``[B, L, d_in]`` in model units (for training and tests)."""
@@ -408,7 +418,9 @@ class TemporalSAE(SAE):
         valid = codes.indices >= 0
         pred = z_pred.gather(-1, codes.indices.clamp(min=0))
         slot_extras = {"pred": torch.where(valid, pred, torch.zeros_like(pred))}
-        pred_codes = top_abs_codes(z_pred, self.pred_slots, self.pred_center, self.pred_scale) if self.pred_slots > 0 else None
+        pred_codes = (
+            top_abs_codes(z_pred, self.pred_slots, self.pred_center, self.pred_scale) if self.pred_slots > 0 else None
+        )
         return EncodeOutput(codes=codes, recon=recon, extras=extras, slot_extras=slot_extras, pred_codes=pred_codes)
 
     @torch.no_grad()
@@ -432,4 +444,3 @@ class TemporalSAE(SAE):
             pred_share=predicted_share(r_pred, r_novel),
             codes=codes,
         )
-

@@ -35,8 +35,18 @@ TEMPORAL_CONF = "conf.yaml"
 
 READ: dict[str, frozenset[str]] = {
     "llm": frozenset({"dimin", "scaling_factor"}),
-    "sae": frozenset({"exp_factor", "n_heads", "sae_diff_type", "kval_topk", "tied_weights", "n_attn_layers",
-                      "bottleneck_factor", "scaling_factor"}),
+    "sae": frozenset(
+        {
+            "exp_factor",
+            "n_heads",
+            "sae_diff_type",
+            "kval_topk",
+            "tied_weights",
+            "n_attn_layers",
+            "bottleneck_factor",
+            "scaling_factor",
+        }
+    ),
     "data": frozenset({"dtype", "scaling_factor"}),
 }
 """Keys whose values build the SAE (``scaling_factor`` is read from ``sae``, else ``data``, else ``llm``)."""
@@ -45,13 +55,46 @@ CHECKED: dict[str, frozenset[str]] = {"sae": frozenset({"sae_type", "use_pos_enc
 """Keys accepted only with the value tempolens implements; any other value is a one-line error."""
 
 KNOWN_IGNORED: dict[str, frozenset[str]] = {
-    "": frozenset({"deploy", "tag", "seed", "device_id", "device", "device_ids", "num_gpus", "epochs",
-                   "defaults", "hydra", "optimizer", "eval", "log"}),
+    "": frozenset(
+        {
+            "deploy",
+            "tag",
+            "seed",
+            "device_id",
+            "device",
+            "device_ids",
+            "num_gpus",
+            "epochs",
+            "defaults",
+            "hydra",
+            "optimizer",
+            "eval",
+            "log",
+        }
+    ),
     "llm": frozenset({"model_hf_name", "tokenizer_hf_name", "layer"}),
-    "sae": frozenset({"block_id", "gamma_reg", "encoder_reg", "inference_mode_batchtopk",
-                      "min_act_regularizer_batchtopk", "max_seq_len"}),
-    "data": frozenset({"epochs", "num_total_steps", "context_length", "batch_size", "per_gpu_batch_size", "hf_name",
-                       "num_workers", "cache_dir"}),
+    "sae": frozenset(
+        {
+            "block_id",
+            "gamma_reg",
+            "encoder_reg",
+            "inference_mode_batchtopk",
+            "min_act_regularizer_batchtopk",
+            "max_seq_len",
+        }
+    ),
+    "data": frozenset(
+        {
+            "epochs",
+            "num_total_steps",
+            "context_length",
+            "batch_size",
+            "per_gpu_batch_size",
+            "hf_name",
+            "num_workers",
+            "cache_dir",
+        }
+    ),
 }
 """Training and run settings of the authors' configs that the forward pass never reads
 (top level: ``""``). ``max_seq_len`` only sizes positional encodings, which must be off."""
@@ -251,8 +294,17 @@ def _forward_fields(conf: Mapping[str, Any], r: _ConfReader) -> dict[str, Any]:
     data = conf.get("data")
     if isinstance(data, Mapping) and "dtype" in data and not isinstance(data["dtype"], str):
         raise r.fail(f"data.dtype must be a string such as float32 or bfloat16; got {data['dtype']!r}")
-    return dict(d_in=d_in, width=width, k=k, sae_diff_type=diff, n_heads=n_heads, n_attn_layers=n_layers,
-                bottleneck_factor=bottleneck, tied=tied, scaling_factor=scale)
+    return dict(
+        d_in=d_in,
+        width=width,
+        k=k,
+        sae_diff_type=diff,
+        n_heads=n_heads,
+        n_attn_layers=n_layers,
+        bottleneck_factor=bottleneck,
+        tied=tied,
+        scaling_factor=scale,
+    )
 
 
 def _scaling_factor(conf: Mapping[str, Any], r: _ConfReader) -> float:

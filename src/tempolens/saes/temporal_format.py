@@ -37,17 +37,24 @@ def temporal_expected_shapes(cfg: TemporalConfig) -> dict[str, tuple[int, ...]]:
         shapes["E"] = (d, W)
     for i in range(cfg.n_attn_layers):
         p = f"attn_layers.{i}."
-        shapes.update({
-            p + "k_ctx.weight": (qk, W), p + "k_ctx.bias": (qk,),
-            p + "q_target.weight": (qk, W), p + "q_target.bias": (qk,),
-            p + "v_ctx.weight": (W, W), p + "v_ctx.bias": (W,),
-            p + "c_proj.weight": (W, W), p + "c_proj.bias": (W,),
-        })
+        shapes.update(
+            {
+                p + "k_ctx.weight": (qk, W),
+                p + "k_ctx.bias": (qk,),
+                p + "q_target.weight": (qk, W),
+                p + "q_target.bias": (qk,),
+                p + "v_ctx.weight": (W, W),
+                p + "v_ctx.bias": (W,),
+                p + "c_proj.weight": (W, W),
+                p + "c_proj.bias": (W,),
+            }
+        )
     return shapes
 
 
-def _temporal_weights(folder: Path, allow_pickled_config: bool, device: str | torch.device = "cpu",
-                      dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], Path]:
+def _temporal_weights(
+    folder: Path, allow_pickled_config: bool, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[dict[str, Tensor], Path]:
     """The checkpoint's tensors (the safetensors file if present, else the weights-only ``.pt``) and its path."""
     st, pt = folder / TEMPORAL_CKPT_ST, folder / TEMPORAL_CKPT_PT
     if st.is_file():
@@ -61,10 +68,19 @@ def _temporal_weights(folder: Path, allow_pickled_config: bool, device: str | to
     return weights, pt
 
 
-def build_temporal_sae(cfg: TemporalConfig, weights: Mapping[str, Tensor], where: str, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32, conf_hint: str = TEMPORAL_CONF) -> TemporalSAE:
+def build_temporal_sae(
+    cfg: TemporalConfig,
+    weights: Mapping[str, Tensor],
+    where: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    conf_hint: str = TEMPORAL_CONF,
+) -> TemporalSAE:
     """A ``TemporalSAE`` from a config and checkpoint weights (validated against each other)."""
-    hint = f"{conf_hint} (llm.dimin={cfg.d_in}, width={cfg.width}, tied={cfg.tied}, n_attn_layers={cfg.n_attn_layers}, bottleneck_factor={cfg.bottleneck_factor})"
+    hint = (
+        f"{conf_hint} (llm.dimin={cfg.d_in}, width={cfg.width}, tied={cfg.tied}, "
+        f"n_attn_layers={cfg.n_attn_layers}, bottleneck_factor={cfg.bottleneck_factor})"
+    )
     check_weights(weights, temporal_expected_shapes(cfg), where, hint)
     with torch.device("meta"):
         sae = TemporalSAE(cfg)
@@ -73,8 +89,13 @@ def build_temporal_sae(cfg: TemporalConfig, weights: Mapping[str, Tensor], where
     return sae.eval()
 
 
-def load_temporal_folder(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                         allow_pickled_config: bool = False, strict_config: bool = False) -> TemporalSAE:
+def load_temporal_folder(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_pickled_config: bool = False,
+    strict_config: bool = False,
+) -> TemporalSAE:
     """Load a Temporal SAE folder: ``conf.yaml`` + ``latest_ckpt.safetensors`` (preferred) or ``latest_ckpt.pt``."""
     folder = Path(folder)
     cfg = read_temporal_conf(folder / TEMPORAL_CONF, strict=strict_config)
@@ -94,8 +115,9 @@ def _exp_factor(d_in: int, width: int) -> float | int:
     return e
 
 
-def save_temporal_sae(sae: TemporalSAE, folder: str | Path, dtype: torch.dtype | None = None,
-                      metadata: Mapping[str, Any] | None = None) -> Path:
+def save_temporal_sae(
+    sae: TemporalSAE, folder: str | Path, dtype: torch.dtype | None = None, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``conf.yaml`` + ``latest_ckpt.safetensors`` (the canrager/SAELens layout, with
     ``sae.scaling_factor``; extra provenance under ``tempolens``). Atomic files; returns the folder.
 

@@ -27,7 +27,9 @@ def _float64(scores: Any) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64).ravel()
 
 
-def auroc(pos_scores: Sequence[float] | np.ndarray | Tensor, neg_scores: Sequence[float] | np.ndarray | Tensor) -> float:
+def auroc(
+    pos_scores: Sequence[float] | np.ndarray | Tensor, neg_scores: Sequence[float] | np.ndarray | Tensor
+) -> float:
     """Area under the ROC curve = P(score of a random positive > a random negative), ties count 1/2.
 
     Computed from average ranks (Mann–Whitney U), so it is exact with ties: the numerator
@@ -53,7 +55,9 @@ def auroc(pos_scores: Sequence[float] | np.ndarray | Tensor, neg_scores: Sequenc
     return float(u / (pos.size * neg.size))
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (NaNs dropped; seeded, deterministic).
 
     Resamples the values with replacement ``n_boot`` times (numpy ``default_rng(seed)``) and returns
@@ -73,8 +77,9 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, lev
     return (float(lo), float(hi))
 
 
-def bootstrap_units_ci(n_units: int, statistic: Callable[[Tensor], float], n_boot: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_units_ci(
+    n_units: int, statistic: Callable[[Tensor], float], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile confidence interval of ``statistic`` over ``n_boot`` resamples of ``n_units`` units.
 
     Each resample draws ``n_units`` unit indices with replacement (``torch.randint`` on a

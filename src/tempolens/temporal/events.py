@@ -200,7 +200,9 @@ def boundary_auroc(S: Tensor, labels: Tensor, half_width: int = 8, candidates: S
     return auroc(nov[scored & is_b], nov[neg])
 
 
-def novelty_samples(S: Tensor, labels: Tensor, half_width: int = 8, candidates: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+def novelty_samples(
+    S: Tensor, labels: Tensor, half_width: int = 8, candidates: Sequence[int] | None = None
+) -> tuple[Tensor, Tensor]:
     """Foote novelty at boundary tokens and at the negatives (all other scored tokens, or the other
     ``candidates``), z-scored over all scored tokens of this text so that texts can be pooled."""
     _check(S, labels)
@@ -227,12 +229,19 @@ def pooled_auroc(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[float, int, 
     return auroc(pos, neg), int(pos.numel()), int(neg.numel())
 
 
-def bootstrap_auroc_ci(samples: Sequence[tuple[Tensor, Tensor]], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_auroc_ci(
+    samples: Sequence[tuple[Tensor, Tensor]], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile confidence interval of :func:`pooled_auroc` resampling *texts* with replacement
     (texts, not tokens, are the independent units). NaNs where it cannot be computed."""
     usable = [(p, n) for p, n in samples if p.numel() or n.numel()]
-    return bootstrap_units_ci(len(usable), lambda pick: pooled_auroc([usable[i] for i in pick.tolist()])[0],
-                              n_boot=n_boot, level=level, seed=seed)
+    return bootstrap_units_ci(
+        len(usable),
+        lambda pick: pooled_auroc([usable[i] for i in pick.tolist()])[0],
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
 
 
 @dataclass
@@ -250,7 +259,9 @@ class KernelEventScores:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
 
 
-def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8, sentence_tokens: Sequence[int] | None = None) -> KernelEventScores:
+def score_kernel(
+    S: Tensor, labels: Tensor, half_width: int = 8, sentence_tokens: Sequence[int] | None = None
+) -> KernelEventScores:
     """The statistics plus the within/across means of one kernel; ``sentence_tokens`` (indices in
     the kernel's axes) enable the sentence-matched AUROC."""
     _check(S, labels)
@@ -264,7 +275,9 @@ def score_kernel(S: Tensor, labels: Tensor, half_width: int = 8, sentence_tokens
         boundary_auroc=boundary_auroc(S, labels, half_width),
         within_mean=w,
         across_mean=a,
-        boundary_auroc_sentences=boundary_auroc(S, labels, half_width, candidates=sentence_tokens) if sentence_tokens else math.nan,
+        boundary_auroc_sentences=boundary_auroc(S, labels, half_width, candidates=sentence_tokens)
+        if sentence_tokens
+        else math.nan,
     )
 
 

@@ -57,21 +57,44 @@ def _tops(top: tuple[Tensor, Tensor] | None) -> list[list[list[float]]] | None:
     if top is None:
         return None
     idx, val = top
-    return [[[int(i), float(f"{float(v):.4g}")] for i, v in zip(ri, rv) if int(i) >= 0] for ri, rv in zip(idx.tolist(), val.tolist())]
+    return [
+        [[int(i), float(f"{float(v):.4g}")] for i, v in zip(ri, rv) if int(i) >= 0]
+        for ri, rv in zip(idx.tolist(), val.tolist())
+    ]
 
 
-def analysis_payload(a: TextAnalysis, scores: dict[str, dict] | None = None, figures: dict[str, str] | None = None, title: str = "") -> dict:
+def analysis_payload(
+    a: TextAnalysis, scores: dict[str, dict] | None = None, figures: dict[str, str] | None = None, title: str = ""
+) -> dict:
     """The JSON object the viewer script draws: tokens, matrices, shares, top latents, scores."""
     mats: list[dict] = []
     n = len(a.shown_tokens)
     for kind in [k for k in KERNEL_LABELS if k in a.kernels] + [k for k in a.kernels if k not in KERNEL_LABELS]:
-        mats.append({"id": kind, "label": KERNEL_LABELS.get(kind, kind), "kind": "kernel", "lo": -1.0, "hi": 1.0,
-                     "data": encode_matrix(a.kernels[kind], -1.0, 1.0)})
+        mats.append(
+            {
+                "id": kind,
+                "label": KERNEL_LABELS.get(kind, kind),
+                "kind": "kernel",
+                "lo": -1.0,
+                "hi": 1.0,
+                "data": encode_matrix(a.kernels[kind], -1.0, 1.0),
+            }
+        )
     vmax = attention_vmax(a.attention) if a.attention else 1.0
     for li, maps in enumerate(a.attention):
         for h in range(maps.shape[0]):
-            mats.append({"id": f"attn-{li}-{h}", "label": f"Attention layer {li} head {h}", "kind": "attention", "lo": 0.0, "hi": 1.0,
-                         "vmax": round(vmax, 5), "data": encode_matrix(maps[h], 0.0, 1.0), "sink": _round(a.attention_sink[li][h], 3)})
+            mats.append(
+                {
+                    "id": f"attn-{li}-{h}",
+                    "label": f"Attention layer {li} head {h}",
+                    "kind": "attention",
+                    "lo": 0.0,
+                    "hi": 1.0,
+                    "vmax": round(vmax, 5),
+                    "data": encode_matrix(maps[h], 0.0, 1.0),
+                    "sink": _round(a.attention_sink[li][h], 3),
+                }
+            )
     return {
         "name": a.name,
         "title": title or a.name,
@@ -99,8 +122,11 @@ def slugify(name: str) -> str:
 def _meta_line(meta: dict) -> str:
     sae = meta.get("sae") or {}
     con = meta.get("contrast_sae") or {}
-    parts = [f"model {meta.get('model_id', '?')}", str(meta.get("hook_name", "")),
-             f"Temporal SAE width {sae.get('width', '?')} k {sae.get('k', '?')}"]
+    parts = [
+        f"model {meta.get('model_id', '?')}",
+        str(meta.get("hook_name", "")),
+        f"Temporal SAE width {sae.get('width', '?')} k {sae.get('k', '?')}",
+    ]
     if con:
         parts.append(f"contrast {con.get('architecture', '?')} width {con.get('width', '?')} k {con.get('k', '?')}")
     parts.append(f"{meta.get('n_tokens', '?')} tokens incl. BOS")
@@ -117,13 +143,17 @@ def predictor_note(meta: dict) -> str:
     share = meta.get("pred_top_direction_share")
     if not isinstance(share, (int, float)) or share != share:
         return ""
-    text = (f"The predicted codes of this text put {share:.1%} of their variance on one direction "
-            f"(z_pred top-1 share {share:.3f}). ")
+    text = (
+        f"The predicted codes of this text put {share:.1%} of their variance on one direction "
+        f"(z_pred top-1 share {share:.3f}). "
+    )
     if share >= COLLAPSE_SHARE:
-        text += ("This predictor has collapsed to one direction: after removing their mean, every token's predicted "
-                 "code is that vector times a scalar, "
-                 "so the predicted-code kernel is mostly ±1 (a checkerboard of signs), not event blocks, and it says "
-                 "nothing about events in this text.")
+        text += (
+            "This predictor has collapsed to one direction: after removing their mean, every token's predicted "
+            "code is that vector times a scalar, "
+            "so the predicted-code kernel is mostly ±1 (a checkerboard of signs), not event blocks, and it says "
+            "nothing about events in this text."
+        )
     else:
         text += "Below 0.9 the predicted codes use several directions, so their kernel can show event blocks."
     return text
@@ -159,9 +189,15 @@ def write_kernel_index(site: Path, entries: list[dict], events_summary: dict | N
     kinds = [k for k in KERNEL_LABELS if any(k in (e.get("scores") or {}) for e in entries)]
     data = {
         "kinds": [{"id": k, "label": KERNEL_LABELS[k]} for k in kinds],
-        "entries": [{"href": f"{slugify(e['name'])}.html", "title": e.get("title") or e["name"],
-                     "n_tokens": int(e.get("n_tokens", 0)),
-                     "scores": {k: v for k, v in (e.get("scores") or {}).items() if k in kinds}} for e in entries],
+        "entries": [
+            {
+                "href": f"{slugify(e['name'])}.html",
+                "title": e.get("title") or e["name"],
+                "n_tokens": int(e.get("n_tokens", 0)),
+                "scores": {k: v for k, v in (e.get("scores") or {}).items() if k in kinds},
+            }
+            for e in entries
+        ],
         "events": bool(events_summary) or (out / "events.html").exists(),
     }
     return _write_view(site, "index", "kernel-index", "tempolens kernels", "tempolensKernelIndex", data)

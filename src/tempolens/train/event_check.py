@@ -34,8 +34,9 @@ class EventSequence:
     labels: Tensor
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, level: float = 0.95,
-    seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile CI of the mean of ``values`` resampled with replacement (NaNs dropped; NaNs below two values)."""
     v = torch.tensor([x for x in values if not math.isnan(x)], dtype=torch.float64)
     return bootstrap_units_ci(v.numel(), lambda pick: float(v[pick].mean()), n_boot=n_boot, level=level, seed=seed)
@@ -66,8 +67,14 @@ def sequence_codes(sae: SAE, twin: SAE | None, acts: Tensor) -> tuple[dict[str, 
     return out, det.pred_share[0].float().cpu()
 
 
-def event_check(sae: SAE, twin: SAE | None, seqs: Sequence[EventSequence], half_width: int = 8,
-                pair_samples: int = 3000, seed: int = 0) -> dict:
+def event_check(
+    sae: SAE,
+    twin: SAE | None,
+    seqs: Sequence[EventSequence],
+    half_width: int = 8,
+    pair_samples: int = 3000,
+    seed: int = 0,
+) -> dict:
     """Event statistics of the predicted, novel, twin and raw kernels over ``seqs`` (see module doc)."""
     from tempolens.train.evaluation import zpred_top1_share
 
@@ -133,8 +140,12 @@ def kernel_images(sae: SAE, twin: SAE | None, seq: EventSequence, png, title: st
 
     codes, _ = sequence_codes(sae, twin, seq.acts)
     lab = seq.labels[1:]
-    names = {"pred": "predicted codes (z_pred)", "novel": "novel codes (z_novel)", "twin": "TopK twin codes",
-        "raw": "raw activations"}
+    names = {
+        "pred": "predicted codes (z_pred)",
+        "novel": "novel codes (z_novel)",
+        "twin": "TopK twin codes",
+        "raw": "raw activations",
+    }
     kinds = [k for k in KINDS if k in codes]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.3 * len(kinds), 3.5))
     for ax, k in zip(axes, kinds):

@@ -118,8 +118,9 @@ class SyntheticSource:
         n_tok = T - 1
         slack = n_tok - n_ev * c.min_event_len
         cuts = torch.sort(torch.randint(0, slack + 1, (n_ev - 1,), generator=g)).values
-        lengths = torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), cuts,
-            torch.tensor([slack])])) + c.min_event_len
+        lengths = (
+            torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.tensor([slack])])) + c.min_event_len
+        )
         labels = torch.full((T,), -1, dtype=torch.long)
         acts = torch.zeros(T, c.d_in)
         acts[0] = self.bos
