@@ -35,7 +35,7 @@ def build_dense(tokenizer, n_prompts: int = 24, T: int = 40, width: int = 12, se
     planted_ids = {l: vocab[w] for l, w in PLANTED.items()}
     pool = [vocab[w] for w in words] + list(planted_ids.values())
     p = np.full(len(pool), 1.0)
-    p[-len(planted_ids):] = 3.0
+    p[-len(planted_ids) :] = 3.0
     p /= p.sum()
     toks = rng.choice(pool, size=(n_prompts, T), p=p)
     toks[:, 0] = tokenizer.bos_token_id
@@ -50,30 +50,45 @@ def build_dense(tokenizer, n_prompts: int = 24, T: int = 40, width: int = 12, se
     dense[..., 4] = prev_the * (0.5 + rng.random((n_prompts, T)))
     dense[..., 5] = (rng.random((n_prompts, T)) < 0.03) * rng.exponential(1.0, (n_prompts, T))
     flat = np.argwhere(np.ones((n_prompts, T - 1), bool))[:10]
-    for (pp, tt) in flat:
+    for pp, tt in flat:
         dense[pp * 2 % n_prompts, tt + 1, 6] = 0.7
     dense[:, 0, :6] = 5.0  # BOS fires strongly: must be ignored everywhere
     return toks, special, dense
 
 
-def write_store(root: Path, toks, special, dense, shard_size: int = 8, model_spec: str = "tiny", sae_spec: str = "test") -> Path:
+def write_store(
+    root: Path, toks, special, dense, shard_size: int = 8, model_spec: str = "tiny", sae_spec: str = "test"
+) -> Path:
     P, T, W = dense.shape
     n_shards = (P + shard_size - 1) // shard_size
-    meta = {"model": {"spec": model_spec, "model_id": model_spec, "hook_name": "blocks.1.hook_resid_post", "layer": 1},
-            "sae": {"spec": sae_spec, "architecture": "topk", "width": W, "k": 6},
-            "prompts": {"prompt_len": T, "n_prompts": P}, "n_shards": n_shards, "shard_size": shard_size}
+    meta = {
+        "model": {"spec": model_spec, "model_id": model_spec, "hook_name": "blocks.1.hook_resid_post", "layer": 1},
+        "sae": {"spec": sae_spec, "architecture": "topk", "width": W, "k": 6},
+        "prompts": {"prompt_len": T, "n_prompts": P},
+        "n_shards": n_shards,
+        "shard_size": shard_size,
+    }
     w = StoreWriter(root, meta)
     d = torch.from_numpy(dense)
     for i in range(n_shards):
         sl = slice(i * shard_size, min(P, (i + 1) * shard_size))
         codes = SparseCodes.from_dense(d[sl])
         ptr, lat, val, _ = pack_codes(codes.indices, codes.values)
-        w.write_shard(i, tokens=torch.from_numpy(toks[sl]), prompt_ids=torch.arange(sl.start, sl.stop),
-                      special=torch.from_numpy(special[sl]), code_ptr=ptr, code_latent=lat, code_value=val, extras={})
+        w.write_shard(
+            i,
+            tokens=torch.from_numpy(toks[sl]),
+            prompt_ids=torch.arange(sl.start, sl.stop),
+            special=torch.from_numpy(special[sl]),
+            code_ptr=ptr,
+            code_latent=lat,
+            code_value=val,
+            extras={},
+        )
     return root
 
 
 # ------------------------------------------------------------------------------- rule-based LLM
+
 
 class RuleLLM:
     """A deterministic, rule-based explainer and judge (a real algorithm, not canned answers).
@@ -120,6 +135,7 @@ class RuleLLM:
 
 
 # ------------------------------------------------------------------------- OpenAI-compatible server
+
 
 class ChatServer:
     """``POST /v1/chat/completions`` on 127.0.0.1 around ``backend.complete``; ``faults`` is a list
@@ -168,13 +184,25 @@ class ChatServer:
                     text = "Sure!!! ]]]{{ [1, [2, [3" * 3
                     pt = ct = 5
                 else:
-                    r = outer.backend.complete(req["messages"], req.get("max_tokens") or 32, req.get("temperature") or 0.0, req.get("seed") or 0)
+                    r = outer.backend.complete(
+                        req["messages"],
+                        req.get("max_tokens") or 32,
+                        req.get("temperature") or 0.0,
+                        req.get("seed") or 0,
+                    )
                     text, pt, ct = r.text, r.prompt_tokens, r.completion_tokens
                     if outer.schema and req.get("response_format"):
                         text = schema_object(text, req["response_format"]["json_schema"]["schema"])
-                body = {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": req.get("model", "m"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
+                body = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": req.get("model", "m"),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+                }
                 self._send(200, json.dumps(body).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -197,7 +225,7 @@ class ChatServer:
 def schema_object(text: str, schema: dict[str, Any]) -> str:
     """The JSON object a schema-enforcing server returns for a judge whose free answer is ``text``
     (an index list / ``None`` or a JSON 0/1 list); a schema-valid default when ``text`` does not fit."""
-    (key, prop), = schema["properties"].items()
+    ((key, prop),) = schema["properties"].items()
     if key == "indices":
         nums = [int(x) for x in re.findall(r"[0-9]+", text)]
         hi = prop["items"]["maximum"]

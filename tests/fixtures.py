@@ -35,7 +35,9 @@ def build_tiny_lm(path: Path, n_layers: int = 4, hidden: int = 32, seed: int = 0
     vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.add_bos_token = True
     fast.save_pretrained(path)
     cfg = Gemma3TextConfig(
@@ -64,7 +66,9 @@ def write_word_corpus(path: Path, seed: int, n_docs: int = 40) -> Path:
 
     rng = random.Random(seed)
     path = Path(path)
-    path.write_text("\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(n_docs)))
+    path.write_text(
+        "\n\n".join(" ".join(rng.choice(WORDS[:150]) for _ in range(rng.randint(20, 60))) for _ in range(n_docs))
+    )
     return path
 
 
@@ -94,7 +98,12 @@ def safetensors_content(path: Path) -> bytes:
     parts = [json.dumps(meta, sort_keys=True).encode()]
     for k in sorted(tensors):
         t = tensors[k].contiguous()
-        parts += [k.encode(), str(t.dtype).encode(), str(tuple(t.shape)).encode(), t.view(-1).view(torch.uint8).numpy().tobytes()]
+        parts += [
+            k.encode(),
+            str(t.dtype).encode(),
+            str(tuple(t.shape)).encode(),
+            t.view(-1).view(torch.uint8).numpy().tobytes(),
+        ]
     return b"\0".join(parts)
 
 
@@ -146,8 +155,16 @@ def hub_snapshot(cache: Path, repo_id: str, commit: str = HUB_COMMIT) -> Path:
     return snap
 
 
-def research_temporal_sae(d_in: int = 32, width: int = 96, k: int = 8, n_heads: int = 2, tied: bool = True,
-                          n_attn_layers: int = 1, scaling_factor: float = 0.1, seed: int = 0):
+def research_temporal_sae(
+    d_in: int = 32,
+    width: int = 96,
+    k: int = 8,
+    n_heads: int = 2,
+    tied: bool = True,
+    n_attn_layers: int = 1,
+    scaling_factor: float = 0.1,
+    seed: int = 0,
+):
     """A random Temporal SAE whose weights are exactly representable in bfloat16 (so a bf16 copy,
     as the published safetensors are, loads bit-identical to the float32 one)."""
     import math
@@ -156,8 +173,17 @@ def research_temporal_sae(d_in: int = 32, width: int = 96, k: int = 8, n_heads: 
 
     from tempolens.saes.temporal import TemporalConfig, TemporalSAE
 
-    sae = TemporalSAE(TemporalConfig(d_in=d_in, width=width, k=k, n_heads=n_heads, n_attn_layers=n_attn_layers,
-                                     tied=tied, scaling_factor=scaling_factor))
+    sae = TemporalSAE(
+        TemporalConfig(
+            d_in=d_in,
+            width=width,
+            k=k,
+            n_heads=n_heads,
+            n_attn_layers=n_attn_layers,
+            tied=tied,
+            scaling_factor=scaling_factor,
+        )
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(sae.named_parameters()):
@@ -247,14 +273,23 @@ def research_conf_text(sae, sae_type: str = "temporal", extra_sae: dict | None =
     c = sae.cfg
     extra = "".join(f"  {k}: {v}\n" for k, v in (extra_sae or {}).items())
     return RESEARCH_CONF.format(
-        d_in=c.d_in, sae_type=sae_type, diff=c.sae_diff_type, tied=c.tied, exp_factor=c.width // c.d_in, k=c.k,
-        n_heads=c.n_heads, n_layers=c.n_attn_layers, bottleneck=c.bottleneck_factor, scale=c.scaling_factor,
+        d_in=c.d_in,
+        sae_type=sae_type,
+        diff=c.sae_diff_type,
+        tied=c.tied,
+        exp_factor=c.width // c.d_in,
+        k=c.k,
+        n_heads=c.n_heads,
+        n_layers=c.n_attn_layers,
+        bottleneck=c.bottleneck_factor,
+        scale=c.scaling_factor,
         extra_sae=extra,
     )
 
 
-def write_research_folder(folder: Path, sae, layout: str, sae_type: str = "temporal",
-                          extra_sae: dict | None = None) -> Path:
+def write_research_folder(
+    folder: Path, sae, layout: str, sae_type: str = "temporal", extra_sae: dict | None = None
+) -> Path:
     """``sae`` in one of the published layouts, with the authors' full training conf.yaml:
 
     * ``safetensors``: ``latest_ckpt.safetensors`` in bfloat16, ``b`` as ``[d_in]`` (canrager/temporalSAEs);

@@ -15,17 +15,43 @@ from typing import Any
 
 FEATURE_KEYS = {
     "feature_index",
-    "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
-    "correlated_neurons_indices", "correlated_neurons_pearson", "correlated_neurons_l1",
-    "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
-    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
-    "freq_hist_data_bar_values", "freq_hist_data_bar_heights",
-    "logits_hist_data_bar_values", "logits_hist_data_bar_heights",
-    "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "vector", "activations",
+    "neuron_alignment_indices",
+    "neuron_alignment_values",
+    "neuron_alignment_l1",
+    "correlated_neurons_indices",
+    "correlated_neurons_pearson",
+    "correlated_neurons_l1",
+    "correlated_features_indices",
+    "correlated_features_pearson",
+    "correlated_features_l1",
+    "neg_str",
+    "neg_values",
+    "pos_str",
+    "pos_values",
+    "frac_nonzero",
+    "freq_hist_data_bar_values",
+    "freq_hist_data_bar_heights",
+    "logits_hist_data_bar_values",
+    "logits_hist_data_bar_heights",
+    "n_prompts_total",
+    "n_tokens_in_prompt",
+    "dataset",
+    "decoder_weights_dist",
+    "vector",
+    "activations",
 }
 ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index"}
 SITE_ACTIVATION_EXTRAS = {"prompt_index", "pred_values", "pred_share"}
-TEMPOLENS_KEYS = {"max_act", "mean_act", "n_active", "pred_share_top", "explanation", "scores", "act_units", "decoder_norm"}
+TEMPOLENS_KEYS = {
+    "max_act",
+    "mean_act",
+    "n_active",
+    "pred_share_top",
+    "explanation",
+    "scores",
+    "act_units",
+    "decoder_norm",
+}
 
 
 class SchemaError(AssertionError):
@@ -114,7 +140,9 @@ def validate_activation(path: str, a: Any, *, site: bool = False, temporal: bool
                 _fail(f"{path}.pred_share", "shares must lie in [0, 1]")
 
 
-def validate_feature(path: str, f: Any, *, n_bins: int = 50, n_logits: int = 10, site: bool = False, temporal: bool = False) -> None:
+def validate_feature(
+    path: str, f: Any, *, n_bins: int = 50, n_logits: int = 10, site: bool = False, temporal: bool = False
+) -> None:
     if not isinstance(f, dict):
         _fail(path, "expected an object")
     allowed = FEATURE_KEYS | ({"tempolens"} if site else set())
@@ -126,7 +154,7 @@ def validate_feature(path: str, f: Any, *, n_bins: int = 50, n_logits: int = 10,
     for group in ("neuron_alignment", "correlated_neurons", "correlated_features"):
         _int_list(f"{path}.{group}_indices", f[f"{group}_indices"])
         n = len(f[f"{group}_indices"])
-        for suffix in (("values", "l1") if group == "neuron_alignment" else ("pearson", "l1")):
+        for suffix in ("values", "l1") if group == "neuron_alignment" else ("pearson", "l1"):
             _num_list(f"{path}.{group}_{suffix}", f[f"{group}_{suffix}"], n)
     if f["feature_index"] in f["correlated_features_indices"]:
         _fail(f"{path}.correlated_features_indices", "a latent is listed as correlated with itself")
@@ -183,7 +211,9 @@ def validate_feature(path: str, f: Any, *, n_bins: int = 50, n_logits: int = 10,
             _fail(f"{path}.tempolens.pred_share_top", "expected null or a share in [0, 1]")
         if t["explanation"] is not None and not isinstance(t["explanation"], str):
             _fail(f"{path}.tempolens.explanation", "expected null or a string")
-        if not isinstance(t["scores"], dict) or not all(isinstance(k, str) and is_num(v) for k, v in t["scores"].items()):
+        if not isinstance(t["scores"], dict) or not all(
+            isinstance(k, str) and is_num(v) for k, v in t["scores"].items()
+        ):
             _fail(f"{path}.tempolens.scores", "expected an object of finite numbers")
 
 
@@ -209,11 +239,34 @@ def validate_batch(obj: Any, *, n_bins: int = 50, n_logits: int = 10) -> None:
 
 
 BULK_ACTIVATION_TYPES = {
-    "id": str, "tokens": list, "index": str, "layer": str, "modelId": str, "maxValue": "num", "maxValueTokenIndex": int,
-    "minValue": "num", "values": list, "creatorId": str, "createdAt": str, "binMin": "num", "binMax": "num",
-    "binContains": "num", "qualifyingTokenIndex": int, "dfaValues": list, "lossValues": list,
+    "id": str,
+    "tokens": list,
+    "index": str,
+    "layer": str,
+    "modelId": str,
+    "maxValue": "num",
+    "maxValueTokenIndex": int,
+    "minValue": "num",
+    "values": list,
+    "creatorId": str,
+    "createdAt": str,
+    "binMin": "num",
+    "binMax": "num",
+    "binContains": "num",
+    "qualifyingTokenIndex": int,
+    "dfaValues": list,
+    "lossValues": list,
 }
-BULK_FEATURE_TYPES = {"modelId": str, "layer": str, "index": str, "creatorId": str, "createdAt": str, "maxActApprox": "num", "hasVector": bool, "vector": list}
+BULK_FEATURE_TYPES = {
+    "modelId": str,
+    "layer": str,
+    "index": str,
+    "creatorId": str,
+    "createdAt": str,
+    "maxActApprox": "num",
+    "hasVector": bool,
+    "vector": list,
+}
 
 
 def _typed(path: str, row: Any, types: dict[str, Any]) -> None:
@@ -237,7 +290,11 @@ def validate_bulk_activation(path: str, a: Any, source_id: str, model_id: str) -
     _str_list(f"{path}.tokens", a["tokens"])
     _num_list(f"{path}.values", a["values"], len(a["tokens"]))
     if a["values"]:
-        if a["maxValue"] != max(a["values"]) or a["minValue"] != min(a["values"]) or a["values"][a["maxValueTokenIndex"]] != a["maxValue"]:
+        if (
+            a["maxValue"] != max(a["values"])
+            or a["minValue"] != min(a["values"])
+            or a["values"][a["maxValueTokenIndex"]] != a["maxValue"]
+        ):
             _fail(path, "maxValue/minValue/maxValueTokenIndex do not match values")
     if not 0 <= a["qualifyingTokenIndex"] < len(a["tokens"]):
         _fail(f"{path}.qualifyingTokenIndex", "out of range")
@@ -245,17 +302,37 @@ def validate_bulk_activation(path: str, a: Any, source_id: str, model_id: str) -
         _fail(f"{path}.id", "expected a 25-character id")
 
 
-def validate_bulk_feature(path: str, f: Any, source_id: str, model_id: str, *, n_bins: int = 50, n_logits: int = 10) -> None:
+def validate_bulk_feature(
+    path: str, f: Any, source_id: str, model_id: str, *, n_bins: int = 50, n_logits: int = 10
+) -> None:
     _typed(path, f, BULK_FEATURE_TYPES)
     if f["layer"] != source_id or f["modelId"] != model_id:
         _fail(path, f"layer/modelId must be {source_id}/{model_id}")
     dash = {k: v for k, v in f.items() if k in FEATURE_KEYS}
-    dash.update({"feature_index": int(f["index"]), "n_prompts_total": 1, "n_tokens_in_prompt": 1, "dataset": "", "activations": []})
+    dash.update(
+        {
+            "feature_index": int(f["index"]),
+            "n_prompts_total": 1,
+            "n_tokens_in_prompt": 1,
+            "dataset": "",
+            "activations": [],
+        }
+    )
     validate_feature(path, dash, n_bins=n_bins, n_logits=n_logits)
 
 
-BULK_EXPLANATION_TYPES = {"id": str, "modelId": str, "layer": str, "index": str, "description": str, "authorId": str,
-                          "typeName": str, "explanationModelName": str, "createdAt": str, "updatedAt": str}
+BULK_EXPLANATION_TYPES = {
+    "id": str,
+    "modelId": str,
+    "layer": str,
+    "index": str,
+    "description": str,
+    "authorId": str,
+    "typeName": str,
+    "explanationModelName": str,
+    "createdAt": str,
+    "updatedAt": str,
+}
 BULK_EXPLANATION_KEYS = set(BULK_EXPLANATION_TYPES) | {"notes"}
 """Neuronpedia ``Explanation`` columns of an explanations export row (``notes`` may be null)."""
 
@@ -264,8 +341,11 @@ def validate_bulk_explanation(path: str, e: Any, source_id: str, model_id: str) 
     """One row of ``explanations/batch-<k>.jsonl.gz`` (a Neuronpedia ``Explanation``)."""
     _typed(path, e, BULK_EXPLANATION_TYPES)
     if e.keys() != BULK_EXPLANATION_KEYS:
-        _fail(path, f"keys differ: missing {sorted(BULK_EXPLANATION_KEYS - e.keys())}, "
-                    f"unexpected {sorted(e.keys() - BULK_EXPLANATION_KEYS)}")
+        _fail(
+            path,
+            f"keys differ: missing {sorted(BULK_EXPLANATION_KEYS - e.keys())}, "
+            f"unexpected {sorted(e.keys() - BULK_EXPLANATION_KEYS)}",
+        )
     if e["layer"] != source_id or e["modelId"] != model_id:
         _fail(path, f"layer/modelId must be {source_id}/{model_id}")
     if not e["index"].isdigit():
@@ -281,8 +361,9 @@ def validate_bulk_explanation(path: str, e: Any, source_id: str, model_id: str) 
         _fail(f"{path}.notes", "expected null or a string")
 
 
-def validate_explanations_file(path: Any, source_id: str, model_id: str,
-                               feature_indices: set[int] | None = None) -> int:
+def validate_explanations_file(
+    path: Any, source_id: str, model_id: str, feature_indices: set[int] | None = None
+) -> int:
     """A whole ``explanations/batch-<k>.jsonl.gz`` file: at least one row (Neuronpedia's importer reads
     the first line for the columns), every row valid, ids unique; returns the number of rows."""
     import gzip

@@ -6,7 +6,10 @@ from tempolens.autointerp.llm import LLMError, LLMFatalError, LocalBackend, Open
 from tempolens.errors import ConfigError
 
 torch.set_num_threads(1)
-MSG = [{"role": "system", "content": "comma-separated"}, {"role": "user", "content": "this neuron fires on the word cat.\n\n1. a cat\n2. a dog\n"}]
+MSG = [
+    {"role": "system", "content": "comma-separated"},
+    {"role": "user", "content": "this neuron fires on the word cat.\n\n1. a cat\n2. a dog\n"},
+]
 
 
 def _backend(url, **kw):

@@ -29,7 +29,7 @@ def test_saebench_detection_prompt_unmarked_numbered():
 def test_delphi_prompts():
     msgs = P.delphi_explain_messages([[" a", " cat", " sat"]], [[0.0, 2.0, 1.0]], latent_max=4.0)
     u = msgs[1]["content"]
-    assert '<< cat>>' in u and '(" cat", 5)' in u and '(" sat", 2)' in u
+    assert "<< cat>>" in u and '(" cat", 5)' in u and '(" sat", 2)' in u
     assert P.scaled_activations([0, 0.04, 0.5, 1.0, 2.0], 1.0) == [0, 0, 5, 10, 10]
     d = P.delphi_detection_messages("cats", [[" a"], [" b"]])
     assert "exactly 2 integers" in d[0]["content"] and "Example 2:  b" in d[1]["content"]

@@ -25,23 +25,53 @@ def _reply(server: str, content: str, pt: int = 30, ct: int = 8) -> dict:
     usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     msg = {"role": "assistant", "content": content}
     if server == "vllm":
-        return {"id": "chatcmpl-5d1f", "object": "chat.completion", "created": 1733000000,
-                "model": "Qwen/Qwen2.5-7B-Instruct",
-                "choices": [{"index": 0, "message": {**msg, "reasoning_content": None, "tool_calls": []},
-                             "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
-                "usage": {**usage, "prompt_tokens_details": None}, "prompt_logprobs": None}
+        return {
+            "id": "chatcmpl-5d1f",
+            "object": "chat.completion",
+            "created": 1733000000,
+            "model": "Qwen/Qwen2.5-7B-Instruct",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {**msg, "reasoning_content": None, "tool_calls": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                    "stop_reason": None,
+                }
+            ],
+            "usage": {**usage, "prompt_tokens_details": None},
+            "prompt_logprobs": None,
+        }
     if server == "llama.cpp":
-        return {"choices": [{"finish_reason": "stop", "index": 0, "message": msg}], "created": 1733000000,
-                "model": "gpt-3.5-turbo", "system_fingerprint": "b4200-abc", "object": "chat.completion",
-                "usage": usage, "id": "chatcmpl-Xk2",
-                "timings": {"prompt_n": pt, "prompt_ms": 12.5, "predicted_n": ct, "predicted_ms": 40.1}}
+        return {
+            "choices": [{"finish_reason": "stop", "index": 0, "message": msg}],
+            "created": 1733000000,
+            "model": "gpt-3.5-turbo",
+            "system_fingerprint": "b4200-abc",
+            "object": "chat.completion",
+            "usage": usage,
+            "id": "chatcmpl-Xk2",
+            "timings": {"prompt_n": pt, "prompt_ms": 12.5, "predicted_n": ct, "predicted_ms": 40.1},
+        }
     if server == "ollama":
-        return {"id": "chatcmpl-812", "object": "chat.completion", "created": 1733000000, "model": "llama3.1:8b",
-                "system_fingerprint": "fp_ollama", "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
-                "usage": usage}
+        return {
+            "id": "chatcmpl-812",
+            "object": "chat.completion",
+            "created": 1733000000,
+            "model": "llama3.1:8b",
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+            "usage": usage,
+        }
     # transformers serve 5.24: ignores response_format and answers in prose
-    return {"id": "42739747", "choices": [{"finish_reason": "stop", "index": 0, "message": msg}], "created": 1733000000,
-            "model": "/models/SmolLM2", "object": "chat.completion", "usage": usage}
+    return {
+        "id": "42739747",
+        "choices": [{"finish_reason": "stop", "index": 0, "message": msg}],
+        "created": 1733000000,
+        "model": "/models/SmolLM2",
+        "object": "chat.completion",
+        "usage": usage,
+    }
 
 
 class Recorded:
@@ -56,15 +86,23 @@ class Recorded:
         return httpx.Response(status, json=body)
 
     def backend(self) -> OpenAIBackend:
-        return OpenAIBackend("judge", base_url="http://judge.test/v1", api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
-                             http_client=httpx.Client(transport=httpx.MockTransport(self)))
+        return OpenAIBackend(
+            "judge",
+            base_url="http://judge.test/v1",
+            api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+            http_client=httpx.Client(transport=httpx.MockTransport(self)),
+        )
 
 
 @pytest.mark.parametrize("server", ["vllm", "llama.cpp", "ollama"])
 def test_schema_request_shapes_against_servers_that_honour_them(server):
-    rec = Recorded([(200, _reply(server, '{"labels": [1, 0]}')),
-                    (200, _reply(server, '{"indices": [7, 2]}', pt=612, ct=9)),
-                    (200, _reply(server, '{"labels": [0, 1, 1]}'))])
+    rec = Recorded(
+        [
+            (200, _reply(server, '{"labels": [1, 0]}')),
+            (200, _reply(server, '{"indices": [7, 2]}', pt=612, ct=9)),
+            (200, _reply(server, '{"labels": [0, 1, 1]}')),
+        ]
+    )
     be = rec.backend()
     assert be.answer_mode() == "text"  # not probed yet
     probe = be.probe()
@@ -90,16 +128,21 @@ def test_schema_request_shapes_against_servers_that_honour_them(server):
 
 
 def test_probe_falls_back_to_text_when_the_schema_is_ignored_or_refused():
-    rec = Recorded([(200, _reply("transformers", "Hello! Welcome to the team.")),
-                    (200, _reply("transformers", "1, 3"))])
+    rec = Recorded(
+        [(200, _reply("transformers", "Hello! Welcome to the team.")), (200, _reply("transformers", "1, 3"))]
+    )
     be = rec.backend()
     p = be.probe()
     assert not p.schema_ok and p.reply.startswith("Hello")
     be.schema_ok = p.schema_ok
     r = be.complete([{"role": "user", "content": "q"}], 30, answer=AnswerFormat("indices", 5))
     assert r.mode == "text" and "response_format" not in rec.requests[1] and parse_detection(r.text, 5) == [1, 3]
-    refused = {"object": "error", "message": "response_format json_schema is not supported", "type": "BadRequestError",
-               "code": 400}
+    refused = {
+        "object": "error",
+        "message": "response_format json_schema is not supported",
+        "type": "BadRequestError",
+        "code": 400,
+    }
     rec = Recorded([(400, refused)])
     p = rec.backend().probe()  # a refusal is a "no", not a fatal error
     assert not p.schema_ok and "refused" in (p.error or "") and len(rec.requests) == 1
@@ -110,8 +153,17 @@ def test_parse_answer_object_is_strict():
     for bad in ('{"indices": [1, 1]}', '{"indices": [0]}', '{"indices": "1"}'):
         with pytest.raises(ParseFailure):
             parse_answer_object(bad, "indices", 2)
-    for bad in ('{"labels": [1, 2]}', '{"labels": [1]}', '{"labels": [1.0, 0]}', '{"labels": [true, 0]}',
-                '{"labels": [1, 0], "why": "x"}', "[1, 0]", '{"labels": [NaN, 0]}', "x" * 5000, '{"labels": [1, 0]'):
+    for bad in (
+        '{"labels": [1, 2]}',
+        '{"labels": [1]}',
+        '{"labels": [1.0, 0]}',
+        '{"labels": [true, 0]}',
+        '{"labels": [1, 0], "why": "x"}',
+        "[1, 0]",
+        '{"labels": [NaN, 0]}',
+        "x" * 5000,
+        '{"labels": [1, 0]',
+    ):
         with pytest.raises(ParseFailure):
             parse_answer_object(bad, "binary", 2)
 
@@ -137,9 +189,20 @@ def store(tok, tmp_path_factory):
 
 
 def _cfg(store, out, url, **kw):
-    base = dict(stores=(f"good={store}",), out=out, n_latents=4, latents=(0, 1, 2, 3), backend="openai", model="judge",
-                base_url=url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", concurrency=2, progress=False, backoff_s=0.0,
-                scorers=("saebench", "delphi-detection", "delphi-fuzzing"))
+    base = dict(
+        stores=(f"good={store}",),
+        out=out,
+        n_latents=4,
+        latents=(0, 1, 2, 3),
+        backend="openai",
+        model="judge",
+        base_url=url,
+        api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+        concurrency=2,
+        progress=False,
+        backoff_s=0.0,
+        scorers=("saebench", "delphi-detection", "delphi-fuzzing"),
+    )
     base.update(kw)
     return AutointerpConfig(**base)
 
@@ -185,8 +248,10 @@ def test_structured_off_never_sends_a_schema(store, tok, tmp_path):
 def test_per_protocol_explanations_cost_one_more_call(store, tok, tmp_path):
     words = lambda i: " " + tok.convert_ids_to_tokens(int(i))  # noqa: E731
     with ChatServer(RuleLLM()) as srv:
-        rep = run_autointerp(_cfg(store, tmp_path / "o", srv.url, explanation="per-protocol",
-                                  scorers=("saebench", "delphi-detection")), tokenizer=words)
+        rep = run_autointerp(
+            _cfg(store, tmp_path / "o", srv.url, explanation="per-protocol", scorers=("saebench", "delphi-detection")),
+            tokenizer=words,
+        )
     tpl = rep["saes"][0]["tokens_per_latent"]
     assert tpl["explain"]["calls"] == 1.0 and tpl["explain (delphi)"]["calls"] == 1.0
     lat = json.loads((tmp_path / "o" / "latents-good.json").read_text())
@@ -210,17 +275,25 @@ def _smollm2() -> LocalBackend:
 def test_local_backend_reads_labels_and_constrains_index_lists():
     be = _smollm2()
     assert be.answer_mode() == "logprob"
-    msgs = [{"role": "system", "content": "For each example answer 1 if it mentions an animal, else 0. Reply with a "
-                                          "JSON list of exactly 3 integers."},
-            {"role": "user", "content": "Example 1: the cat sat\nExample 2: stock prices rose\n"
-                                        "Example 3: a dog barked"}]
+    msgs = [
+        {
+            "role": "system",
+            "content": "For each example answer 1 if it mentions an animal, else 0. Reply with a "
+            "JSON list of exactly 3 integers.",
+        },
+        {"role": "user", "content": "Example 1: the cat sat\nExample 2: stock prices rose\nExample 3: a dog barked"},
+    ]
     r = be.complete(msgs, 20, answer=AnswerFormat("binary", 3))
     assert r.mode == "logprob" and len(r.details["p_one"]) == 3 and all(0 <= p <= 1 for p in r.details["p_one"])
     assert json.loads(r.text) == [int(p > 0.5) for p in r.details["p_one"]]
     assert all(m > 0 for m in r.details["label_mass"])
-    msgs = [{"role": "system", "content": "Return a comma-separated list of the numbers of the documents about "
-                                          "animals, or None."},
-            {"role": "user", "content": "1. the cat sat\n2. stock prices rose\n3. a dog barked\n4. rain fell"}]
+    msgs = [
+        {
+            "role": "system",
+            "content": "Return a comma-separated list of the numbers of the documents about animals, or None.",
+        },
+        {"role": "user", "content": "1. the cat sat\n2. stock prices rose\n3. a dog barked\n4. rain fell"},
+    ]
     r = be.complete(msgs, 20, answer=AnswerFormat("indices", 4))
     assert r.mode == "constrained" and index_list_state(r.text, 4) == (True, True)
     parse_detection(r.text, 4)  # always parses
@@ -230,12 +303,28 @@ def test_local_backend_reads_labels_and_constrains_index_lists():
 def test_local_smollm2_judge_has_no_parse_failures(store, tok, tmp_path):
     be = _smollm2()
     words = lambda i: " " + tok.convert_ids_to_tokens(int(i))  # noqa: E731
-    rep = run_autointerp(_cfg(store, tmp_path / "l", None, backend="local", model="smollm2", concurrency=1,
-                              latents=(0, 1), n_latents=2, explainer_demos=False), llm=be, tokenizer=words,
-                         embedder=hashing_embedder())
+    rep = run_autointerp(
+        _cfg(
+            store,
+            tmp_path / "l",
+            None,
+            backend="local",
+            model="smollm2",
+            concurrency=1,
+            latents=(0, 1),
+            n_latents=2,
+            explainer_demos=False,
+        ),
+        llm=be,
+        tokenizer=words,
+        embedder=hashing_embedder(),
+    )
     s = rep["saes"][0]
-    assert s["answer_modes"] == {"saebench": {"constrained": 2}, "delphi-detection": {"logprob": 4},
-                                 "delphi-fuzzing": {"logprob": 4}}
+    assert s["answer_modes"] == {
+        "saebench": {"constrained": 2},
+        "delphi-detection": {"logprob": 4},
+        "delphi-fuzzing": {"logprob": 4},
+    }
     judge_failures = {k: v for k, v in s["parse_failures"].items() if not k.endswith("empty_explanation")}
     assert judge_failures == {}
     for sc in ("saebench", "delphi-detection", "delphi-fuzzing"):

@@ -5,7 +5,13 @@ from transformers import AutoTokenizer
 
 from autointerp_support import PLANTED, build_dense, write_store
 from tempolens.autointerp.windows import (
-    TokenText, WindowSpec, collect_windows, delphi_split, firing_counts, saebench_split, select_latents,
+    TokenText,
+    WindowSpec,
+    collect_windows,
+    delphi_split,
+    firing_counts,
+    saebench_split,
+    select_latents,
 )
 from tempolens.store.codestore import CodeStore
 
@@ -56,7 +62,9 @@ def test_windows_match_bruteforce(data, align):
     spec = WindowSpec(window_len=9, align=align, n_top=5, n_iw=4, n_quantiles=4, per_quantile=2, n_random=6)
     lats = [0, 1, 4, 5]
     got = collect_windows(store, lats, spec, seed=7, progress=False)
-    assert {l: _dump(got[l]) for l in lats} == {l: _dump(w) for l, w in collect_windows(store1, lats, spec, 7, progress=False).items()}
+    assert {l: _dump(got[l]) for l in lats} == {
+        l: _dump(w) for l, w in collect_windows(store1, lats, spec, 7, progress=False).items()
+    }
     assert _dump(got[4]) == _dump(collect_windows(store, [4], spec, 7, progress=False)[4])  # order/set independent
     left, right = spec.offsets()
     for l in lats:
@@ -64,8 +72,8 @@ def test_windows_match_bruteforce(data, align):
         cands = _valid_centres(dense, special, l, spec)
         # every window is a correct slice of the dense data, special tokens read as 0
         for w in lw.top + lw.iw + lw.quantile + lw.random:
-            sl = dense[w.prompt, w.start:w.start + 9, l] * (special[w.prompt, w.start:w.start + 9] == 0)
-            assert np.allclose(w.acts, sl) and w.tokens == toks[w.prompt, w.start:w.start + 9].tolist()
+            sl = dense[w.prompt, w.start : w.start + 9, l] * (special[w.prompt, w.start : w.start + 9] == 0)
+            assert np.allclose(w.acts, sl) and w.tokens == toks[w.prompt, w.start : w.start + 9].tolist()
         # top: greedy non-overlapping maxima (brute force)
         ref, picked = [], []
         for v, p, t in sorted(cands, key=lambda x: (-x[0], x[1] * 1000 + x[2])):
@@ -88,7 +96,9 @@ def test_windows_match_bruteforce(data, align):
         # random negatives: latent zero on every token, centre not special
         assert len(lw.random) == 6
         for w in lw.random:
-            assert not any((dense[w.prompt, w.start:w.start + 9, l] > 0) & (special[w.prompt, w.start:w.start + 9] == 0))
+            assert not any(
+                (dense[w.prompt, w.start : w.start + 9, l] > 0) & (special[w.prompt, w.start : w.start + 9] == 0)
+            )
             assert special[w.prompt, w.start + left] == 0
             assert not w.is_active
 

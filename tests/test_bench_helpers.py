@@ -33,15 +33,28 @@ def _store(tmp_path, P=6, T=5, W=12, shard=2, seed=0):
     special[1, 3] = True  # an EOS inside a prompt
     tokens[1, 3] = 1
     n_shards = (P + shard - 1) // shard
-    meta = {"model": {"spec": "t"}, "sae": {"spec": "s", "width": W}, "prompts": {"n_prompts": P, "prompt_len": T, "seed": 0},
-            "n_shards": n_shards, "shard_size": shard}
+    meta = {
+        "model": {"spec": "t"},
+        "sae": {"spec": "s", "width": W},
+        "prompts": {"n_prompts": P, "prompt_len": T, "seed": 0},
+        "n_shards": n_shards,
+        "shard_size": shard,
+    }
     w = StoreWriter(tmp_path / "store", meta)
     for i in range(n_shards):
         lo, hi = i * shard, min(P, (i + 1) * shard)
         codes = SparseCodes.from_dense(dense[lo:hi])
         ptr, lat, val, _ = pack_codes(codes.indices, codes.values)
-        w.write_shard(i, tokens=tokens[lo:hi], prompt_ids=torch.arange(lo, hi), special=special[lo:hi], code_ptr=ptr,
-                      code_latent=lat, code_value=val, extras={})
+        w.write_shard(
+            i,
+            tokens=tokens[lo:hi],
+            prompt_ids=torch.arange(lo, hi),
+            special=special[lo:hi],
+            code_ptr=ptr,
+            code_latent=lat,
+            code_value=val,
+            extras={},
+        )
     return tmp_path / "store", dense, tokens, special
 
 
@@ -74,8 +87,17 @@ def _features_from_ref(ref, drop_bos: bool, denominator: str, decimals=None):
             vals = [0.0] * n_tok
             q = t - 1 if drop_bos else t
             vals[q] = round(v, decimals) if decimals is not None else v
-            acts.append({"bin_min": -1, "bin_max": v, "bin_contains": -1, "tokens": [f"t{p}_{i}" for i in range(n_tok)],
-                         "values": vals, "qualifying_token_index": q, "prompt_index": p})
+            acts.append(
+                {
+                    "bin_min": -1,
+                    "bin_max": v,
+                    "bin_contains": -1,
+                    "tokens": [f"t{p}_{i}" for i in range(n_tok)],
+                    "values": vals,
+                    "qualifying_token_index": q,
+                    "prompt_index": p,
+                }
+            )
         denom = ref["n_valid"] if denominator == "valid" else ref["n_total"]
         feats.append({"feature_index": l, "frac_nonzero": int(ref["count"][l]) / denom, "activations": acts})
     return feats
@@ -107,16 +129,41 @@ def test_prompt_lookup_by_token_prefix():
     pieces = [["<bos>", "\u2581The", "\u2581cat", "\u2014"], ["<bos>", "\u2581A", "\u2581dog", "."]]
     idx = compare.prompt_index_by_prefix(pieces, skip=1, n=3)
     # SAEDashboard renders some pieces differently (non-ASCII): they normalise to the same key
-    feat = {"activations": [{"bin_min": "-1", "tokens": ["\u2581A", "\u2581dog", "."], "values": [0, 2.5, 0], "qualifying_token_index": "1"},
-                            {"bin_min": -1, "tokens": ["\u2581The", "\u2581cat", "\u00e2\u0122\u0136"], "values": [1.0, 0, 0], "qualifying_token_index": 0}]}
+    feat = {
+        "activations": [
+            {
+                "bin_min": "-1",
+                "tokens": ["\u2581A", "\u2581dog", "."],
+                "values": [0, 2.5, 0],
+                "qualifying_token_index": "1",
+            },
+            {
+                "bin_min": -1,
+                "tokens": ["\u2581The", "\u2581cat", "\u00e2\u0122\u0136"],
+                "values": [1.0, 0, 0],
+                "qualifying_token_index": 0,
+            },
+        ]
+    }
     assert compare.top_examples(feat, 4, idx, n=3) == [(1, 2, 2.5), (0, 1, 1.0)]
 
 
 def test_transformers4_config_spelling():
-    cfg = {"model_type": "gemma3_text", "hidden_size": 640,
-           "rope_parameters": {"full_attention": {"rope_theta": 1e6, "rope_type": "default"}, "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}}
+    cfg = {
+        "model_type": "gemma3_text",
+        "hidden_size": 640,
+        "rope_parameters": {
+            "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+            "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
+        },
+    }
     out = sdo.transformers4_config(cfg)
-    assert "rope_parameters" not in out and out["rope_theta"] == 1e6 and out["rope_local_base_freq"] == 1e4 and out["rope_scaling"] is None
+    assert (
+        "rope_parameters" not in out
+        and out["rope_theta"] == 1e6
+        and out["rope_local_base_freq"] == 1e4
+        and out["rope_scaling"] is None
+    )
     assert out["hidden_size"] == 640 and "rope_parameters" in cfg  # input untouched
     old = {"rope_theta": 5.0, "hidden_size": 8}
     assert sdo.transformers4_config(old) == old
@@ -125,11 +172,15 @@ def test_transformers4_config_spelling():
 def test_build_hf_cache_layout_resolves_offline(tmp_path, monkeypatch):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "rope_parameters": {"rope_theta": 7.0, "rope_type": "default"}}))
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "gemma3_text", "rope_parameters": {"rope_theta": 7.0, "rope_type": "default"}})
+    )
     (model / "tokenizer.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"x" * 10)
     snap = sdo.build_hf_cache(model, tmp_path / "hf", "google/gemma-3-270m")
-    assert (snap / "model.safetensors").is_symlink() and (snap / "model.safetensors").resolve() == (model / "model.safetensors").resolve()
+    assert (snap / "model.safetensors").is_symlink() and (snap / "model.safetensors").resolve() == (
+        model / "model.safetensors"
+    ).resolve()
     assert json.loads((snap / "config.json").read_text())["rope_theta"] == 7.0
     from huggingface_hub import try_to_load_from_cache
 
@@ -141,12 +192,22 @@ def test_build_hf_cache_layout_resolves_offline(tmp_path, monkeypatch):
 def test_prepare_run_places_tokens_where_the_runner_reads_them(tmp_path):
     sae = tmp_path / "sae"
     sae.mkdir()
-    (sae / "cfg.json").write_text(json.dumps({"d_sae": 256, "metadata": {"model_name": "google/gemma-3-270m", "hook_name": "blocks.9.hook_resid_post"}}))
+    (sae / "cfg.json").write_text(
+        json.dumps(
+            {"d_sae": 256, "metadata": {"model_name": "google/gemma-3-270m", "hook_name": "blocks.9.hook_resid_post"}}
+        )
+    )
     torch.save(torch.arange(40).view(4, 10), tmp_path / "tokens.pt")
-    argv, env, sub = sdo.prepare_run(tmp_path / "run", tmp_path / "tokens.pt", sae, tmp_path / "ds", tmp_path / "hf", 3, 8, 2, 128, end_batch=0)
+    argv, env, sub = sdo.prepare_run(
+        tmp_path / "run", tmp_path / "tokens.pt", sae, tmp_path / "ds", tmp_path / "hf", 3, 8, 2, 128, end_batch=0
+    )
     assert sub == tmp_path / "run" / "outputs" / "google" / "gemma-3-270m_bench_blocks.9.hook_resid_post_256"
     assert torch.equal(torch.load(sub / "tokens_3.pt"), torch.arange(40).view(4, 10)[:3, :8])
-    assert argv[argv.index("--n-prompts") + 1] == "3" and argv[argv.index("--end-batch") + 1] == "0" and "--from-local-sae" in argv
+    assert (
+        argv[argv.index("--n-prompts") + 1] == "3"
+        and argv[argv.index("--end-batch") + 1] == "0"
+        and "--from-local-sae" in argv
+    )
     assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] == "disabled"
 
 
@@ -160,9 +221,18 @@ def test_saedash_copy_gives_identical_topk_codes(tmp_path):
     import bench_dashboards as bd
 
     torch.manual_seed(0)
-    md = SAEMetadata(model_name="m", hook_name="blocks.0.hook_resid_post", hook_head_index=None, prepend_bos=True, context_size=8,
-                     dataset_path="d", model_from_pretrained_kwargs={})
-    cfg = TopKSAEConfig(d_in=8, d_sae=24, k=3, dtype="float32", device="cpu", rescale_acts_by_decoder_norm=False, metadata=md)
+    md = SAEMetadata(
+        model_name="m",
+        hook_name="blocks.0.hook_resid_post",
+        hook_head_index=None,
+        prepend_bos=True,
+        context_size=8,
+        dataset_path="d",
+        model_from_pretrained_kwargs={},
+    )
+    cfg = TopKSAEConfig(
+        d_in=8, d_sae=24, k=3, dtype="float32", device="cpu", rescale_acts_by_decoder_norm=False, metadata=md
+    )
     sae = TopKSAE(cfg)
     with torch.no_grad():
         sae.W_dec.mul_(torch.rand(24, 1) * 3 + 0.2)

@@ -17,16 +17,42 @@ import render_results as rr  # noqa: E402
 
 def _result() -> dict:
     def row(tool, config, n, wall, runs=None, **kw):
-        return {"tool": tool, "config": config, "n_prompts": n, "repeats": 2, "wall_s": wall, "cpu_s": 2 * wall,
-                "max_rss_gib": 1.5, "disk_bytes": 1e6, "wall_runs": runs or [wall, wall], "load_1min": [1.0], **kw}
+        return {
+            "tool": tool,
+            "config": config,
+            "n_prompts": n,
+            "repeats": 2,
+            "wall_s": wall,
+            "cpu_s": 2 * wall,
+            "max_rss_gib": 1.5,
+            "disk_bytes": 1e6,
+            "wall_runs": runs or [wall, wall],
+            "load_1min": [1.0],
+            **kw,
+        }
 
     disk = {"store": 10, "dashboards": 500_000, "batches_json": 200_000, "bulk": 50_000, "site": 250_000}
     return {
         "finished": "2026-12-02T05:00:00Z",
-        "host": {"cpus": 2, "machine": "x86_64", "platform": "Linux", "torch": "2.13", "torch_threads": 2, "cuda": None,
-                 "commit": "abcdef1234"},
-        "config": {"model": "embedded", "layer": 9, "prompt_len": 128, "batch_size": 8, "dtype": "float32",
-                   "repeats": 2, "prompts": 256, "widths": [256, 1024]},
+        "host": {
+            "cpus": 2,
+            "machine": "x86_64",
+            "platform": "Linux",
+            "torch": "2.13",
+            "torch_threads": 2,
+            "cuda": None,
+            "commit": "abcdef1234",
+        },
+        "config": {
+            "model": "embedded",
+            "layer": 9,
+            "prompt_len": 128,
+            "batch_size": 8,
+            "dtype": "float32",
+            "repeats": 2,
+            "prompts": 256,
+            "widths": [256, 1024],
+        },
         "saes": {},
         "runs": [{"tool": "tempolens", "config": "topk-256", "n_prompts": 256, "disk": disk, "disk_bytes": 500_010}],
         "summary": [

@@ -47,8 +47,15 @@ def test_single_process_needs_no_process_group(monkeypatch):
 
 @pytest.mark.parametrize(
     "local_world, n_gpus, override, want",
-    [(2, 0, None, "gloo"), (2, 1, None, "gloo"), (2, 2, None, "nccl"), (8, 8, None, "nccl"), (1, 4, None, "nccl"),
-     (2, 2, "gloo", "gloo"), (1, 0, "gloo", "gloo")],
+    [
+        (2, 0, None, "gloo"),
+        (2, 1, None, "gloo"),
+        (2, 2, None, "nccl"),
+        (8, 8, None, "nccl"),
+        (1, 4, None, "nccl"),
+        (2, 2, "gloo", "gloo"),
+        (1, 0, "gloo", "gloo"),
+    ],
 )
 def test_backend_is_chosen_per_machine_not_per_rank(local_world, n_gpus, override, want):
     from tempolens.distributed import choose_backend
@@ -87,9 +94,30 @@ def temporal_dir(tmp_path_factory) -> Path:
 
 def _collect_args(tiny_lm_dir, corpus, sae, out, n_prompts: int = 13, shard_prompts: int = 3) -> list[str]:
     # default: 13 prompts in 5 shards (the last holds one prompt): rank 0 gets 3 shards, rank 1 gets 2
-    return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(sae), "--corpus", str(corpus),
-            "--n-prompts", str(n_prompts), "--prompt-len", "16", "--shard-prompts", str(shard_prompts), "--batch-size", "2",
-            "--device", "cpu", "--no-progress", "--out", str(out)]
+    return [
+        "collect",
+        "--model",
+        str(tiny_lm_dir),
+        "--layer",
+        "2",
+        "--sae",
+        str(sae),
+        "--corpus",
+        str(corpus),
+        "--n-prompts",
+        str(n_prompts),
+        "--prompt-len",
+        "16",
+        "--shard-prompts",
+        str(shard_prompts),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -111,7 +139,9 @@ def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
     also records how long each pass took."""
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix == ".key" or p.name == "SHA256SUMS" or p.name.endswith("_log.json"):  # logs hold timings;  # hashes of files that name the store's path and creation time
+        if (
+            not p.is_file() or p.suffix == ".key" or p.name == "SHA256SUMS" or p.name.endswith("_log.json")
+        ):  # logs hold timings;  # hashes of files that name the store's path and creation time
             continue
         if p.suffix == ".safetensors":
             out[p.relative_to(root).as_posix()] = safetensors_content(p)
@@ -131,11 +161,24 @@ def _tree(root: Path, replace: dict[str, str]) -> dict[str, bytes]:
 @pytest.mark.timeout(600)
 def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    cmd2 = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, two)]
+    cmd2 = [
+        *_torchrun(),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tempolens.cli",
+        *_collect_args(tiny_lm_dir, corpus, temporal_dir, two),
+    ]
     r = subprocess.run(cmd2, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, one)],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, one)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
     s1, s2 = CodeStore(one), CodeStore(two)
@@ -155,8 +198,20 @@ def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir,
     from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 
     for store in (one, two):
-        build_dashboards(DashboardConfig(store=store, out=tmp_path / f"dash-{store.name}", chunk_size=32, features_per_batch=40, device="cpu", progress=False))
-    created1, created2 = json.loads((one / "meta.json").read_text())["created"], json.loads((two / "meta.json").read_text())["created"]
+        build_dashboards(
+            DashboardConfig(
+                store=store,
+                out=tmp_path / f"dash-{store.name}",
+                chunk_size=32,
+                features_per_batch=40,
+                device="cpu",
+                progress=False,
+            )
+        )
+    created1, created2 = (
+        json.loads((one / "meta.json").read_text())["created"],
+        json.loads((two / "meta.json").read_text())["created"],
+    )
     t1 = _tree(tmp_path / "dash-one", {})
     t2 = _tree(tmp_path / "dash-two", {str(two): str(one), created2: created1})
     assert sorted(t1) == sorted(t2) and len(t1) > 10
@@ -193,13 +248,18 @@ def test_torchrun_job_killed_then_rerun_finishes_identical(tiny_lm_dir, corpus, 
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli", *args]
     slow_cli = str(Path(__file__).with_name("slow_shards_cli.py"))  # widens the window between shards
     slow = [*_torchrun(), "--standalone", "--nproc_per_node", "2", slow_cli, "0.4", *args]
-    proc = subprocess.Popen(slow, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        slow, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and len(list((part / "shards").glob("shard-*.json"))) < 3:
             time.sleep(0.05)
     finally:
-        victims = [proc.pid, *_descendants(proc.pid)]  # torchrun's agent and every rank (ranks run in their own sessions)
+        victims = [
+            proc.pid,
+            *_descendants(proc.pid),
+        ]  # torchrun's agent and every rank (ranks run in their own sessions)
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -214,8 +274,18 @@ def test_torchrun_job_killed_then_rerun_finishes_identical(tiny_lm_dir, corpus, 
     assert not list(part.rglob(".*.tmp-*"))  # temporaries of the killed ranks were cleaned up
     log = json.loads((part / "collect_log.json").read_text())
     assert log["shards_skipped"] == len(done)  # finished shards were reused, not recomputed
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, ref, n_prompts=16, shard_prompts=1)],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tempolens.cli",
+            *_collect_args(tiny_lm_dir, corpus, temporal_dir, ref, n_prompts=16, shard_prompts=1),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s_part, s_ref = CodeStore(part), CodeStore(ref)
     assert s_part.complete and s_part.n_shards == 16
@@ -228,11 +298,28 @@ def test_an_error_on_one_rank_is_one_line_on_every_rank(tiny_lm_dir, corpus, tem
     """Rank 0 refuses the store (another run's); rank 1, waiting at the barrier, says in one line that
     it lost the other rank instead of printing a Gloo traceback."""
     out = tmp_path / "store"
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=4, shard_prompts=2)],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tempolens.cli",
+            *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=4, shard_prompts=2),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "tempolens.cli",
-           *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=6, shard_prompts=2)]
+    cmd = [
+        *_torchrun(),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tempolens.cli",
+        *_collect_args(tiny_lm_dir, corpus, temporal_dir, out, n_prompts=6, shard_prompts=2),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     err = r.stderr

@@ -42,16 +42,48 @@ def temporal_dir(tmp_path_factory) -> Path:
 
 
 def _collect_cfg(tiny_lm_dir, corpus, sae, out, **kw) -> CollectConfig:
-    base = dict(model=str(tiny_lm_dir), layer=2, sae=str(sae), corpus=str(corpus), n_prompts=12, prompt_len=16,
-                shard_prompts=4, batch_size=4, device="cpu", out=Path(out), progress=False)
+    base = dict(
+        model=str(tiny_lm_dir),
+        layer=2,
+        sae=str(sae),
+        corpus=str(corpus),
+        n_prompts=12,
+        prompt_len=16,
+        shard_prompts=4,
+        batch_size=4,
+        device="cpu",
+        out=Path(out),
+        progress=False,
+    )
     base.update(kw)
     return CollectConfig(**base)
 
 
 def _collect_args(cfg: CollectConfig) -> list[str]:
-    return ["collect", "--model", cfg.model, "--layer", str(cfg.layer), "--sae", cfg.sae, "--corpus", cfg.corpus,
-            "--n-prompts", str(cfg.n_prompts), "--prompt-len", str(cfg.prompt_len), "--shard-prompts", str(cfg.shard_prompts),
-            "--batch-size", str(cfg.batch_size), "--device", "cpu", "--no-progress", "--out", str(cfg.out)]
+    return [
+        "collect",
+        "--model",
+        cfg.model,
+        "--layer",
+        str(cfg.layer),
+        "--sae",
+        cfg.sae,
+        "--corpus",
+        cfg.corpus,
+        "--n-prompts",
+        str(cfg.n_prompts),
+        "--prompt-len",
+        str(cfg.prompt_len),
+        "--shard-prompts",
+        str(cfg.shard_prompts),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(cfg.out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +98,9 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tempolens.cli", *args], env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tempolens.cli", *args], env=_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
@@ -78,14 +112,30 @@ def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
 
 
 def _dash_args(store: Path, out: Path) -> list[str]:
-    return ["dashboards", "--store", str(store), "--out", str(out), "--chunk-size", "32", "--features-per-batch", "40",
-            "--latents-per-pass", "48", "--device", "cpu", "--no-progress"]
+    return [
+        "dashboards",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--chunk-size",
+        "32",
+        "--features-per-batch",
+        "40",
+        "--latents-per-pass",
+        "48",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def _dash_cfg(store: Path, out: Path):
     from tempolens.dashboards.pipeline import DashboardConfig
 
-    return DashboardConfig(store=store, out=out, chunk_size=32, features_per_batch=40, latents_per_pass=48, device="cpu", progress=False)
+    return DashboardConfig(
+        store=store, out=out, chunk_size=32, features_per_batch=40, latents_per_pass=48, device="cpu", progress=False
+    )
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -103,7 +153,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _assert_same_tree(got: Path, want: Path) -> None:
     a, b = _tree(got), _tree(want)
-    assert sorted(a) == sorted(b), (sorted(set(a) ^ set(b)))
+    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
     assert len(a) > 10
     for rel in a:
         assert a[rel] == b[rel], rel
@@ -126,7 +176,9 @@ def _shard_bytes(root: Path) -> list[bytes]:
 
 # -- integrity: a corrupt or truncated shard --------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_shard_is_named_by_the_cli_and_collect_repairs_it(store, reference_dashboards, tiny_lm_dir, corpus, temporal_dir, tmp_path, damage):
+def test_corrupt_shard_is_named_by_the_cli_and_collect_repairs_it(
+    store, reference_dashboards, tiny_lm_dir, corpus, temporal_dir, tmp_path, damage
+):
     broken = tmp_path / "store"
     shutil.copytree(store, broken)
     victim = CodeStore(broken).shard_path(1)
@@ -201,7 +253,9 @@ KILLER = textwrap.dedent(
 
 
 def _killed(where: str, arg: str, args: list[str]) -> None:
-    r = subprocess.run([sys.executable, "-c", KILLER, where, arg, *args], env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", KILLER, where, arg, *args], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == -9, (r.returncode, r.stderr[-2000:])  # it really died by SIGKILL
 
 
@@ -230,12 +284,19 @@ def test_dashboards_killed_at_each_stage_then_rerun_is_identical(store, referenc
 def test_exports_carry_checksums(reference_dashboards, tmp_path):
     sums = (reference_dashboards / "SHA256SUMS").read_text().splitlines()
     listed = {ln.split("  ", 1)[1] for ln in sums}
-    files = {p.relative_to(reference_dashboards).as_posix() for d in ("neuronpedia", "site") for p in (reference_dashboards / d).rglob("*") if p.is_file()}
+    files = {
+        p.relative_to(reference_dashboards).as_posix()
+        for d in ("neuronpedia", "site")
+        for p in (reference_dashboards / d).rglob("*")
+        if p.is_file()
+    }
     assert listed == files and len(files) > 10
     copy = tmp_path / "copy"
     shutil.copytree(reference_dashboards, copy)
     if shutil.which("sha256sum"):
-        assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True).returncode == 0
+        assert (
+            subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True).returncode == 0
+        )
         victim = copy / "site" / "data" / "index.js"
         victim.write_bytes(victim.read_bytes().replace(b"[", b"(", 1))
         r = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=copy, capture_output=True, text=True)
@@ -247,7 +308,9 @@ def _enospc(path: str) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
-def test_disk_full_in_store_writer_keeps_finished_shards(tiny_lm_dir, corpus, temporal_dir, store, tmp_path, monkeypatch):
+def test_disk_full_in_store_writer_keeps_finished_shards(
+    tiny_lm_dir, corpus, temporal_dir, store, tmp_path, monkeypatch
+):
     from tempolens.store import codestore
 
     real, calls = codestore.save_file, [0]
@@ -261,11 +324,16 @@ def test_disk_full_in_store_writer_keeps_finished_shards(tiny_lm_dir, corpus, te
 
     monkeypatch.setattr(codestore, "save_file", full_disk)
     out = tmp_path / "store"
-    with pytest.raises(StoreError, match=r"disk full while writing .*shard-00001.safetensors; free space and rerun") as e:
+    with pytest.raises(
+        StoreError, match=r"disk full while writing .*shard-00001.safetensors; free space and rerun"
+    ) as e:
         collect(_collect_cfg(tiny_lm_dir, corpus, temporal_dir, out))
     assert "\n" not in str(e.value)
     assert CodeStore(out).done_shards(verify=True) == [0]
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.json", "shard-00000.safetensors"]  # no temporary left
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]  # no temporary left
     monkeypatch.setattr(codestore, "save_file", real)
     res = collect(_collect_cfg(tiny_lm_dir, corpus, temporal_dir, out))
     assert res.shards_skipped == 1 and res.shards_written == 2
@@ -306,7 +374,9 @@ def tiny_tmpfs(tmp_path):
         yield tmp_path / "tmpfs", resize
 
 
-def test_real_full_disk_collect_then_dashboards(tiny_tmpfs, tiny_lm_dir, corpus, temporal_dir, store, reference_dashboards):
+def test_real_full_disk_collect_then_dashboards(
+    tiny_tmpfs, tiny_lm_dir, corpus, temporal_dir, store, reference_dashboards
+):
     mnt, resize = tiny_tmpfs
     cfg = _collect_cfg(tiny_lm_dir, corpus, temporal_dir, mnt / "store")
     line = _one_line_error(_cli(*_collect_args(cfg)), "collect")
@@ -332,7 +402,9 @@ def test_real_full_disk_collect_then_dashboards(tiny_tmpfs, tiny_lm_dir, corpus,
     r = _cli(*_dash_args(mnt / "store", out))
     assert r.returncode == 0, r.stderr[-2000:]
     # the same exports as the reference, up to the store's path and creation time (this store was collected later)
-    created_here, created_ref = (json.loads((s / "meta.json").read_text())["created"].encode() for s in (mnt / "store", store))
+    created_here, created_ref = (
+        json.loads((s / "meta.json").read_text())["created"].encode() for s in (mnt / "store", store)
+    )
     replace = {str(mnt / "store").encode(): str(store).encode(), created_here: created_ref}
     a, b = _tree(out), _tree(reference_dashboards)
     assert sorted(a) == sorted(b)
@@ -360,9 +432,21 @@ def test_endpoint_down_records_failures_then_resume_matches(tiny_lm_dir, tmp_pat
     spaced = lambda i: " " + tok.convert_ids_to_tokens(int(i))  # noqa: E731
 
     def cfg(out, url):
-        return AutointerpConfig(stores=(f"good={good}",), out=out, n_latents=3, backend="openai", model="test-judge", base_url=url,
-                                api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", concurrency=2, progress=False, backoff_s=0.0, max_retries=1,
-                                timeout_s=5.0, scorers=("saebench", "delphi-detection"))
+        return AutointerpConfig(
+            stores=(f"good={good}",),
+            out=out,
+            n_latents=3,
+            backend="openai",
+            model="test-judge",
+            base_url=url,
+            api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+            concurrency=2,
+            progress=False,
+            backoff_s=0.0,
+            max_retries=1,
+            timeout_s=5.0,
+            scorers=("saebench", "delphi-detection"),
+        )
 
     with ChatServer(RuleLLM()) as srv:
         ref = run_autointerp(cfg(tmp_path / "ref", srv.url), tokenizer=spaced, embedder=hashing_embedder())
@@ -419,8 +503,20 @@ def test_autointerp_names_a_corrupt_shard_before_any_llm_call(tiny_lm_dir, tmp_p
     data[-5] ^= 0x01  # one bit of one code value: the file still parses
     victim.write_bytes(bytes(data))
     with ChatServer(RuleLLM()) as srv:
-        cfg = AutointerpConfig(stores=(f"good={good}",), out=tmp_path / "ai", n_latents=2, backend="openai", model="test-judge", base_url=srv.url,
-                               api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", progress=False, backoff_s=0.0, scorers=("saebench",))
+        cfg = AutointerpConfig(
+            stores=(f"good={good}",),
+            out=tmp_path / "ai",
+            n_latents=2,
+            backend="openai",
+            model="test-judge",
+            base_url=srv.url,
+            api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+            progress=False,
+            backoff_s=0.0,
+            scorers=("saebench",),
+        )
         with pytest.raises(StoreError, match=r"shard-00001\.safetensors is corrupt .*rerun `tempolens collect`"):
-            run_autointerp(cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder())
+            run_autointerp(
+                cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder()
+            )
         assert srv.requests == []

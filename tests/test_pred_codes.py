@@ -54,8 +54,19 @@ def run(tiny_lm_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("pred")
     corpus = write_word_corpus(root / "docs.txt", seed=0)
     sae_dir = save_tiny_temporal_sae(root / "sae", seed=3)
-    cfg = CollectConfig(model=str(tiny_lm_dir), layer=2, sae=str(sae_dir), corpus=str(corpus), n_prompts=12, prompt_len=16,
-                        shard_prompts=4, batch_size=3, out=root / "store", pred_k=K, progress=False)
+    cfg = CollectConfig(
+        model=str(tiny_lm_dir),
+        layer=2,
+        sae=str(sae_dir),
+        corpus=str(corpus),
+        n_prompts=12,
+        prompt_len=16,
+        shard_prompts=4,
+        batch_size=3,
+        out=root / "store",
+        pred_k=K,
+        progress=False,
+    )
     res = collect(cfg)
     dash = root / "dash"
     W_dec = res.sae.W_dec.detach().float().cpu()
@@ -142,7 +153,9 @@ def test_pred_dashboards_rank_positive_predictions(run):
         want = torch.sort(pos, descending=True).values[: len(tops)] * norm[i]
         got = [a["values"][a["qualifying_token_index"]] for a in tops]
         assert got == pytest.approx(want.tolist(), rel=1e-4)
-        assert rec["tempolens"]["max_act"] == pytest.approx(float(pos.max() * norm[i]) if pos.numel() else 0.0, rel=1e-6)
+        assert rec["tempolens"]["max_act"] == pytest.approx(
+            float(pos.max() * norm[i]) if pos.numel() else 0.0, rel=1e-6
+        )
         for a in rec["activations"]:
             g = a["prompt_index"] * T
             signed = (dense[g : g + T, i] * norm[i]).tolist()
@@ -152,14 +165,20 @@ def test_pred_dashboards_rank_positive_predictions(run):
         validate_feature(f"pred[{i}]", rec, site=True, temporal=True)
         n_checked += 1
     assert n_checked == len(recs)
-    assert any(x is not None and x < 0 for rec in recs.values() for a in rec["activations"] for x in a["pred_values"])  # negatives shown
+    assert any(
+        x is not None and x < 0 for rec in recs.values() for a in rec["activations"] for x in a["pred_values"]
+    )  # negatives shown
 
 
 def test_pred_site_is_linked_both_ways_and_states_its_codes(run):
     _, _, dash, _ = run
     site = dash / "site"
-    assert (site / "data" / "views.js").read_text() == 'tempolensViews({"novel": "index.html", "pred": "pred/index.html"});\n'
-    meta = json.loads(re.fullmatch(r"tempolensMeta\((.*)\);\n", (site / "pred" / "data" / "meta.js").read_text(), re.S).group(1))
+    assert (
+        site / "data" / "views.js"
+    ).read_text() == 'tempolensViews({"novel": "index.html", "pred": "pred/index.html"});\n'
+    meta = json.loads(
+        re.fullmatch(r"tempolensMeta\((.*)\);\n", (site / "pred" / "data" / "meta.js").read_text(), re.S).group(1)
+    )
     assert meta["codes"] == "pred" and meta["act_units"] == "norm" and "predicted" in meta["title"]
     assert (site / "pred" / "index.html").is_file() and (site / "pred" / "assets" / "app.js").is_file()
     settings = json.loads((dash / "neuronpedia-pred" / "batches" / "run_settings.json").read_text())
@@ -174,12 +193,26 @@ def test_pred_site_is_linked_both_ways_and_states_its_codes(run):
 
 def test_codes_pred_needs_a_store_with_pred_codes(tiny_lm_dir, tmp_path, run):
     res, cfg, _, W_dec = run
-    plain = collect(CollectConfig(**{**{k: getattr(cfg, k) for k in ("model", "layer", "sae", "corpus", "prompt_len", "batch_size")},
-                                     "n_prompts": 4, "shard_prompts": 4, "out": tmp_path / "s0", "pred_k": 0, "progress": False}))
+    plain = collect(
+        CollectConfig(
+            **{
+                **{k: getattr(cfg, k) for k in ("model", "layer", "sae", "corpus", "prompt_len", "batch_size")},
+                "n_prompts": 4,
+                "shard_prompts": 4,
+                "out": tmp_path / "s0",
+                "pred_k": 0,
+                "progress": False,
+            }
+        )
+    )
     assert "pred_codes" not in CodeStore(tmp_path / "s0").meta
     assert not CodeStore(tmp_path / "s0").load_shard(0).has_pred_codes
     with pytest.raises(StoreError, match="--pred-k"):
-        build_dashboards(DashboardConfig(store=tmp_path / "s0", out=tmp_path / "d0", codes="pred", progress=False), model=plain.model, W_dec=W_dec)
+        build_dashboards(
+            DashboardConfig(store=tmp_path / "s0", out=tmp_path / "d0", codes="pred", progress=False),
+            model=plain.model,
+            W_dec=W_dec,
+        )
 
 
 @pytest.mark.browser
@@ -199,7 +232,9 @@ def test_latent_pages_link_novel_and_predicted_views_both_ways(run, browser):  #
         v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i} · predicted codes')")
         assert v.page.url.endswith(f"/site/pred/index.html#/latent/{i}")
         assert "predicted code z_pred > 0" in v.page.text_content(".legend")
-        negs = v.page.eval_on_selector_all(".ex-tokens .tok.neg", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        negs = v.page.eval_on_selector_all(
+            ".ex-tokens .tok.neg", "els => els.map(e => getComputedStyle(e).backgroundColor)"
+        )
         assert all(c.startswith("rgba(37, 99, 235") for c in negs)
         v.page.click(".view-switch a:text-is('novel codes')")
         v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i}')")

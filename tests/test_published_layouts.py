@@ -38,9 +38,29 @@ def sae() -> TemporalSAE:
 
 
 def _collect_args(tiny_lm_dir: Path, corpus: Path, sae_spec: str, out: Path, *extra: str) -> list[str]:
-    return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", sae_spec, "--corpus", str(corpus),
-            "--n-prompts", "6", "--prompt-len", "12", "--shard-prompts", "3", "--batch-size", "3", "--no-progress",
-            "--out", str(out), *extra]
+    return [
+        "collect",
+        "--model",
+        str(tiny_lm_dir),
+        "--layer",
+        "2",
+        "--sae",
+        sae_spec,
+        "--corpus",
+        str(corpus),
+        "--n-prompts",
+        "6",
+        "--prompt-len",
+        "12",
+        "--shard-prompts",
+        "3",
+        "--batch-size",
+        "3",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _shards(store: Path) -> list[bytes]:
@@ -112,8 +132,26 @@ def test_sae_strict_refuses_unknown_keys(tmp_path, tiny_lm_dir, corpus, sae, cle
     assert _meta(tmp_path / "lenient")["sae"]["metadata"]["conf_ignored"]["sae.mystery_knob"] == 3
     assert _shards(tmp_path / "lenient") == _shards(clean_store)
     # kernel/events/serve share the option and pass it to the loader
-    assert main(["kernel", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(folder), "--contrast-sae", "none",
-                 "--sae-strict", "--out", str(tmp_path / "site"), "--no-figures"]) == 2
+    assert (
+        main(
+            [
+                "kernel",
+                "--model",
+                str(tiny_lm_dir),
+                "--layer",
+                "2",
+                "--sae",
+                str(folder),
+                "--contrast-sae",
+                "none",
+                "--sae-strict",
+                "--out",
+                str(tmp_path / "site"),
+                "--no-figures",
+            ]
+        )
+        == 2
+    )
     assert "unknown field sae.mystery_knob" in capsys.readouterr().err
 
 
@@ -121,8 +159,9 @@ def test_keys_that_change_inference_are_refused_without_strict(tmp_path, sae):
     folder = write_research_folder(tmp_path / "pos", sae, "safetensors", extra_sae={"use_pos_encoding": True})
     with pytest.raises(ConfigError, match="use_pos_encoding is true"):
         load_sae(folder)
-    folder = write_research_folder(tmp_path / "nopos", sae, "safetensors",
-                                   extra_sae={"use_pos_encoding": False, "max_seq_len": 500})
+    folder = write_research_folder(
+        tmp_path / "nopos", sae, "safetensors", extra_sae={"use_pos_encoding": False, "max_seq_len": 500}
+    )
     assert isinstance(load_sae(folder, strict_config=True), TemporalSAE)
 
 
@@ -155,9 +194,10 @@ def hub_cache(tmp_path, monkeypatch, sae) -> Path:
     return cache
 
 
-@pytest.mark.parametrize("spec", [
-    f"hf://{repo}" + (f"/{folder}" if folder else "") for repo, folders in PUBLISHED.items() for folder in folders
-])
+@pytest.mark.parametrize(
+    "spec",
+    [f"hf://{repo}" + (f"/{folder}" if folder else "") for repo, folders in PUBLISHED.items() for folder in folders],
+)
 def test_published_repos_load_offline(hub_cache, sae, spec):
     loaded = load_sae(spec, strict_config=True)
     x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(0)) * 10

@@ -29,7 +29,9 @@ torch.set_num_threads(1)
 
 
 def random_temporal(tied=True, scale=0.25, layers=1, d_in=12, width=48, seed=0) -> TemporalSAE:
-    sae = TemporalSAE(TemporalConfig(d_in=d_in, width=width, k=6, n_heads=4, n_attn_layers=layers, tied=tied, scaling_factor=scale))
+    sae = TemporalSAE(
+        TemporalConfig(d_in=d_in, width=width, k=6, n_heads=4, n_attn_layers=layers, tied=tied, scaling_factor=scale)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sae.named_parameters():
@@ -44,9 +46,15 @@ def reference_conf(sae: TemporalSAE, **sae_overrides) -> dict:
     conf = {
         "llm": {"dimin": c.d_in, "model_hf_name": "google/gemma-2-2b", "layer": 12},
         "sae": {
-            "exp_factor": c.width // c.d_in, "n_heads": c.n_heads, "sae_diff_type": c.sae_diff_type,
-            "kval_topk": c.k, "tied_weights": c.tied, "n_attn_layers": c.n_attn_layers,
-            "bottleneck_factor": c.bottleneck_factor, "scaling_factor": c.scaling_factor, "gamma_reg": 8,
+            "exp_factor": c.width // c.d_in,
+            "n_heads": c.n_heads,
+            "sae_diff_type": c.sae_diff_type,
+            "kval_topk": c.k,
+            "tied_weights": c.tied,
+            "n_attn_layers": c.n_attn_layers,
+            "bottleneck_factor": c.bottleneck_factor,
+            "scaling_factor": c.scaling_factor,
+            "gamma_reg": 8,
         },
         "data": {"dtype": "bfloat16", "context_length": 500, "batch_size": 100},
         "optimizer": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95},
@@ -87,7 +95,10 @@ def test_pt_with_pickled_omegaconf(tmp_path, layout):
     cfg_obj = omegaconf.OmegaConf.create(conf)
     payload = {"sae": sd, "config": cfg_obj, "step": 20000} if layout == "under_sae" else {**sd, "cfg": cfg_obj}
     torch.save(payload, folder / "latest_ckpt.pt")
-    assert any(g.startswith("omegaconf") for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(folder / "latest_ckpt.pt")))
+    assert any(
+        g.startswith("omegaconf")
+        for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(folder / "latest_ckpt.pt"))
+    )
 
     loaded = load_sae(str(folder))
     assert isinstance(loaded, TemporalSAE)
@@ -128,8 +139,11 @@ def test_malicious_pt_is_refused_and_not_run(tmp_path, legacy):
     folder = tmp_path / "evil"
     write_conf(folder, reference_conf(sae))
     marker = tmp_path / "pwned"
-    torch.save({"sae": sae.state_dict(), "x": _Evil(f"touch {marker}")}, folder / "latest_ckpt.pt",
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"sae": sae.state_dict(), "x": _Evil(f"touch {marker}")},
+        folder / "latest_ckpt.pt",
+        _use_new_zipfile_serialization=not legacy,
+    )
     with pytest.raises(UnsafeCheckpointError, match="execute code|weights only"):
         load_sae(str(folder))
     with pytest.raises(UnsafeCheckpointError):
@@ -229,8 +243,9 @@ def test_conf_unknown_field(tmp_path, capsys):
     load_sae(folder)
     assert capsys.readouterr().err == ""  # once per file and process
     # the research configs' own keys are known: strict mode loads them
-    assert isinstance(load_sae(_folder_with(tmp_path, reference_conf(random_temporal()), name="d"), strict_config=True),
-                      TemporalSAE)
+    assert isinstance(
+        load_sae(_folder_with(tmp_path, reference_conf(random_temporal()), name="d"), strict_config=True), TemporalSAE
+    )
 
 
 @pytest.mark.parametrize("value", ["temporal", "Temporal", "TEMPORAL", "temporal_sae", "TemporalSAE", " temporal "])
@@ -303,7 +318,11 @@ def test_truncated_files(tmp_path):
 def random_standard(arch="topk", **kw) -> StandardSAE:
     has_thr = arch == "jumprelu" or kw.get("has_threshold", False)
     kw.pop("has_threshold", None)
-    sae = StandardSAE(StandardConfig(arch, d_in=12, width=40, k=5 if arch in ("topk", "batchtopk") else None, has_threshold=has_thr, **kw))
+    sae = StandardSAE(
+        StandardConfig(
+            arch, d_in=12, width=40, k=5 if arch in ("topk", "batchtopk") else None, has_threshold=has_thr, **kw
+        )
+    )
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in sae.parameters():
@@ -377,9 +396,19 @@ def test_from_saelens_objects():
     from sae_lens.saes.temporal_sae import TemporalSAE as SLTemporal
     from sae_lens.saes.temporal_sae import TemporalSAEConfig
 
-    cfg = TemporalSAEConfig(d_in=12, d_sae=48, n_heads=4, n_attn_layers=1, bottleneck_factor=2, sae_diff_type="topk",
-                            kval_topk=5, tied_weights=True, normalize_activations="constant_scalar_rescale",
-                            activation_normalization_factor=0.5, apply_b_dec_to_input=True)
+    cfg = TemporalSAEConfig(
+        d_in=12,
+        d_sae=48,
+        n_heads=4,
+        n_attn_layers=1,
+        bottleneck_factor=2,
+        sae_diff_type="topk",
+        kval_topk=5,
+        tied_weights=True,
+        normalize_activations="constant_scalar_rescale",
+        activation_normalization_factor=0.5,
+        apply_b_dec_to_input=True,
+    )
     ref = SLTemporal(cfg).eval()
     ours = from_saelens(ref)
     assert isinstance(ours, TemporalSAE) and ours.cfg.scaling_factor == 0.5 and ours.cfg.bottleneck_factor == 2
@@ -387,7 +416,9 @@ def test_from_saelens_objects():
         z_novel, _ = ref.encode_with_predictions(X)
         assert_close_scaled(ours.encode(X).codes.to_dense(48), z_novel, what="codes")
         assert_close_scaled(ours.encode(X).recon, ref(X), what="recon")
-    topk = sae_lens.SAE.from_dict({"architecture": "topk", "d_in": 12, "d_sae": 40, "k": 4, "dtype": "float32", "device": "cpu"})
+    topk = sae_lens.SAE.from_dict(
+        {"architecture": "topk", "d_in": 12, "d_sae": 40, "k": 4, "dtype": "float32", "device": "cpu"}
+    )
     conv = from_saelens(topk)
     assert isinstance(conv, StandardSAE) and conv.k == 4
     with torch.no_grad():

@@ -31,7 +31,9 @@ def dominated_acts(n=400, d=32, mean_norm=100.0, noise=5.0, seed=0):
 def test_statistics_brute_force():
     acts = dominated_acts(n=50, d=8).reshape(5, 10, 8)
     flat = acts.reshape(-1, 8)
-    assert estimate_scaling(acts) == pytest.approx(1.0 / float(sum(float(r.double().norm()) for r in flat) / 50), rel=1e-9)
+    assert estimate_scaling(acts) == pytest.approx(
+        1.0 / float(sum(float(r.double().norm()) for r in flat) / 50), rel=1e-9
+    )
     torch.testing.assert_close(activation_mean(acts), flat.mean(0))
     with pytest.raises(ConfigError, match="scaling factor"):
         estimate_scaling(torch.zeros(3, 4))
@@ -85,7 +87,16 @@ def test_mean_bias_lets_latents_fire(kind):
 
 def test_spec_parsing():
     rs = parse_random_spec("random:temporal?width=2560&k=32&seed=3&n_heads=8&scale=0.01&mean=zero&d_in=640")
-    assert (rs.kind, rs.width, rs.k, rs.seed, rs.n_heads, rs.scale, rs.mean, rs.d_in) == ("temporal", 2560, 32, 3, 8, 0.01, "zero", 640)
+    assert (rs.kind, rs.width, rs.k, rs.seed, rs.n_heads, rs.scale, rs.mean, rs.d_in) == (
+        "temporal",
+        2560,
+        32,
+        3,
+        8,
+        0.01,
+        "zero",
+        640,
+    )
     assert not rs.needs_stats
     assert parse_random_spec("random:topk").width is None
     assert needs_activation_stats("random:topk?width=64")

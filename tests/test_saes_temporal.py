@@ -81,8 +81,19 @@ CASES = [
 def test_matches_saelens(case):
     d_in, width, k, kind, heads, layers, bott, tied, scale = case
     sae = randomize(
-        TemporalSAE(TemporalConfig(d_in=d_in, width=width, k=k, sae_diff_type=kind, n_heads=heads,
-                                   n_attn_layers=layers, bottleneck_factor=bott, tied=tied, scaling_factor=scale)),
+        TemporalSAE(
+            TemporalConfig(
+                d_in=d_in,
+                width=width,
+                k=k,
+                sae_diff_type=kind,
+                n_heads=heads,
+                n_attn_layers=layers,
+                bottleneck_factor=bott,
+                tied=tied,
+                scaling_factor=scale,
+            )
+        ),
         seed=width + layers,
     )
     ref = reference(sae)

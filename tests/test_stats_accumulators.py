@@ -23,7 +23,15 @@ from tempolens.store.codestore import CodeStore, StoreWriter
 torch.set_num_threads(1)
 
 
-def make_codes(n_prompts: int = 12, T: int = 16, width: int = 24, k: int = 5, seed: int = 0, temporal: bool = True, ties: bool = True):
+def make_codes(
+    n_prompts: int = 12,
+    T: int = 16,
+    width: int = 24,
+    k: int = 5,
+    seed: int = 0,
+    temporal: bool = True,
+    ties: bool = True,
+):
     """Random sparse codes as whole-store arrays (tokens, special, CSR codes, extras)."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(4, 60, (n_prompts, T), generator=g)
@@ -39,7 +47,11 @@ def make_codes(n_prompts: int = 12, T: int = 16, width: int = 24, k: int = 5, se
     n_per = torch.randint(0, k + 1, (N,), generator=g)
     lat_list, val_list = [], []
     for i in range(N):
-        lat = torch.multinomial(probs, int(n_per[i]), replacement=False, generator=g) if n_per[i] > 0 else torch.zeros(0, dtype=torch.int64)
+        lat = (
+            torch.multinomial(probs, int(n_per[i]), replacement=False, generator=g)
+            if n_per[i] > 0
+            else torch.zeros(0, dtype=torch.int64)
+        )
         val = torch.rand(int(n_per[i]), generator=g) * 4 + 0.01
         if ties:
             val = (val * 4).round() / 4 + 0.25  # many exact ties, all > 0
@@ -54,15 +66,37 @@ def make_codes(n_prompts: int = 12, T: int = 16, width: int = 24, k: int = 5, se
     if temporal:
         extras["pred_share"] = torch.rand(n_prompts, T, generator=g)
         code_extras["pred"] = torch.randn(latent.numel(), generator=g)
-    return dict(tokens=tokens, special=special, ptr=ptr, latent=latent, value=value, extras=extras, code_extras=code_extras, width=width, T=T, n_prompts=n_prompts)
+    return dict(
+        tokens=tokens,
+        special=special,
+        ptr=ptr,
+        latent=latent,
+        value=value,
+        extras=extras,
+        code_extras=code_extras,
+        width=width,
+        T=T,
+        n_prompts=n_prompts,
+    )
 
 
 def write_store(root: Path, c: dict, shard_prompts: int) -> CodeStore:
     P, T, W = c["n_prompts"], c["T"], c["width"]
     n_shards = (P + shard_prompts - 1) // shard_prompts
     meta = {
-        "model": {"spec": "tiny", "model_id": "org/tiny-model", "hook_name": "blocks.1.hook_resid_post", "layer": 1, "hidden_size": 8},
-        "sae": {"spec": "tiny-sae", "architecture": "temporal" if c["extras"].get("pred_share") is not None else "topk", "width": W, "d_in": 8},
+        "model": {
+            "spec": "tiny",
+            "model_id": "org/tiny-model",
+            "hook_name": "blocks.1.hook_resid_post",
+            "layer": 1,
+            "hidden_size": 8,
+        },
+        "sae": {
+            "spec": "tiny-sae",
+            "architecture": "temporal" if c["extras"].get("pred_share") is not None else "topk",
+            "width": W,
+            "d_in": 8,
+        },
         "prompts": {"n_prompts": P, "prompt_len": T, "seed": 0, "policy": "test"},
         "corpus": {"spec": "test-corpus"},
         "n_shards": n_shards,
@@ -157,7 +191,12 @@ def test_topk_matches_dense_with_deterministic_ties(codes, stats):
         assert torch.allclose(stats.top_pred_share[lat, : len(ref)], share[ref])
     # mean predicted share at the top examples
     alive = stats.n_active > 0
-    ref_mean = torch.stack([share[[p for p in stats.top_gpos[i].tolist() if p >= 0]].mean() if alive[i] else torch.tensor(float("nan")) for i in range(W)])
+    ref_mean = torch.stack(
+        [
+            share[[p for p in stats.top_gpos[i].tolist() if p >= 0]].mean() if alive[i] else torch.tensor(float("nan"))
+            for i in range(W)
+        ]
+    )
     assert torch.allclose(stats.pred_share_top[alive], ref_mean[alive])
     assert torch.isnan(stats.pred_share_top[~alive]).all()
 
@@ -237,7 +276,20 @@ def test_correlations_in_row_blocks_equal_one_block(stores, stats):
 @pytest.mark.parametrize("split", [5, 3])
 def test_any_sharding_gives_the_same_result(stores, stats, split):
     other = compute_feature_stats(stores[split], seed=7, progress=False)
-    for name in ("n_active", "max_act", "top_value", "top_gpos", "top_pred", "top_pred_share", "hist_counts", "int_counts", "int_value", "int_gpos", "int_pred", "corr_indices"):
+    for name in (
+        "n_active",
+        "max_act",
+        "top_value",
+        "top_gpos",
+        "top_pred",
+        "top_pred_share",
+        "hist_counts",
+        "int_counts",
+        "int_value",
+        "int_gpos",
+        "int_pred",
+        "corr_indices",
+    ):
         assert torch.equal(getattr(other, name).nan_to_num(-9), getattr(stats, name).nan_to_num(-9)), name
     assert torch.allclose(other.sum, stats.sum) and torch.allclose(other.corr_pearson, stats.corr_pearson, atol=1e-6)
 

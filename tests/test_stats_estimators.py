@@ -27,8 +27,9 @@ def test_auroc_equals_the_pairwise_count_exactly_for_every_input_type():
         pos = (torch.randn(npos, generator=g) * 2).round()  # many ties
         neg = (torch.randn(nneg, generator=g) * 2 + 0.5).round()
         p, n = pos.double(), neg.double()
-        pairs = float(((p[:, None] > n[None, :]).double().sum() + 0.5 * (p[:, None] == n[None, :]).double().sum())
-                      / (npos * nneg))
+        pairs = float(
+            ((p[:, None] > n[None, :]).double().sum() + 0.5 * (p[:, None] == n[None, :]).double().sum()) / (npos * nneg)
+        )
         assert auroc(pos, neg) == pairs  # tensors
         assert auroc(pos.numpy(), neg.numpy()) == pairs  # numpy
         assert auroc(pos.tolist(), neg.tolist()) == pairs  # lists

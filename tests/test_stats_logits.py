@@ -21,10 +21,14 @@ def _setup(seed=0, width=13, d=16, vocab=301):
 
 
 @pytest.mark.parametrize("fold", [False, True])
-@pytest.mark.parametrize("block,chunk,mem", [(4, 64, 256), (100, 1000, 256), (1, 7, 256), (4, 64, 1e-4), (None, 50, 1e-4)])
+@pytest.mark.parametrize(
+    "block,chunk,mem", [(4, 64, 256), (100, 1000, 256), (1, 7, 256), (4, 64, 1e-4), (None, 50, 1e-4)]
+)
 def test_matches_dense_reference(fold, block, chunk, mem):
     W_dec, W_U, mult = _setup()
-    eff = logit_effects(W_dec, W_U, mult if fold else None, k=10, n_bins=50, block=block, vocab_chunk=chunk, memory_mb=mem)
+    eff = logit_effects(
+        W_dec, W_U, mult if fold else None, k=10, n_bins=50, block=block, vocab_chunk=chunk, memory_mb=mem
+    )
     ref = ((W_dec * mult) if fold else W_dec).double() @ W_U.double().T
     assert eff.folded_norm is fold
     for i in range(W_dec.shape[0]):

@@ -109,7 +109,13 @@ def test_sentence_starts_and_matched_auroc():
 
     text = 'He ran. She sat! "Why?" he asked. 3 cats. ok. Mr. X'
     starts = sentence_starts(text)
-    assert [text[c] for c in starts] == ["S", '"', "3", "M", "X"]  # "he asked" and "ok" are lower case; "Mr." is a known false start
+    assert [text[c] for c in starts] == [
+        "S",
+        '"',
+        "3",
+        "M",
+        "X",
+    ]  # "he asked" and "ok" are lower case; "Mr." is a known false start
     offsets = [(0, 0), (0, 2), (2, 6), (6, 7), (7, 11), (11, 15)]  # BOS, He, " ran", ".", " She", " sat"
     assert tokens_at_chars(offsets, [8]) == [4]
     # a kernel with blocks at sentences: boundaries look like any sentence start

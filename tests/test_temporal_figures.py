@@ -15,9 +15,18 @@ from tempolens.temporal.page import _cmap_hex
 
 def _analysis() -> TextAnalysis:
     k = torch.tensor([[1.0, -0.5, 0.0], [-0.5, 1.0, -1.0], [0.0, -1.0, 1.0]])
-    return TextAnalysis(name="t", text="a b c", tokens=["<bos>", "a", " b", " c"], token_ids=[2, 5, 6, 7],
-                        kernels={"predicted": k, "novel": -k}, attention=[], attention_sink=[], pred_share=torch.zeros(3),
-                        top_novel=(torch.full((3, 1), -1), torch.zeros(3, 1)), top_sae=None)
+    return TextAnalysis(
+        name="t",
+        text="a b c",
+        tokens=["<bos>", "a", " b", " c"],
+        token_ids=[2, 5, 6, 7],
+        kernels={"predicted": k, "novel": -k},
+        attention=[],
+        attention_sink=[],
+        pred_share=torch.zeros(3),
+        top_novel=(torch.full((3, 1), -1), torch.zeros(3, 1)),
+        top_sae=None,
+    )
 
 
 def test_kernel_png_is_diverging_centred_at_zero_with_a_labelled_colour_bar(tmp_path, monkeypatch):

@@ -42,16 +42,18 @@ def test_forward_train_is_the_forward_pass_in_scaled_units():
 
 def test_lr_multipliers_follow_the_rms_rule():
     sae = small_sae()
-    cfg = T.TrainConfig(arch="temporal", width=32, k=4, n_heads=2, bottleneck_factor=2, lr_rms_gain=10,
-        lr_rms_floor=0.01)
+    cfg = T.TrainConfig(
+        arch="temporal", width=32, k=4, n_heads=2, bottleneck_factor=2, lr_rms_gain=10, lr_rms_floor=0.01
+    )
     m = T.lr_multipliers(sae, cfg)
     rms_d = float(sae.D.detach().pow(2).mean().sqrt())
     assert m["D"] == pytest.approx(10 * rms_d) and rms_d == pytest.approx(2.0, rel=0.15)
     # the q/k rows have norm 1/√(head size) over 32 inputs: RMS = 1/√(8·32) = 0.0625
     assert m["attn_layers.0.q_target.weight"] == pytest.approx(10 / math.sqrt(8 * 32), rel=1e-4)
     assert m["b"] == pytest.approx(10 * 0.01)  # zero bias → the floor
-    single = T.lr_multipliers(sae, T.TrainConfig(arch="temporal", width=32, k=4, n_heads=2, bottleneck_factor=2,
-        lr_rule="single"))
+    single = T.lr_multipliers(
+        sae, T.TrainConfig(arch="temporal", width=32, k=4, n_heads=2, bottleneck_factor=2, lr_rule="single")
+    )
     assert set(single.values()) == {1.0}
     opt = T.make_optimizer(sae, cfg, m)
     assert len(opt.param_groups) == len(list(sae.parameters()))
@@ -119,8 +121,13 @@ def test_curve_numbers_by_hand():
 def test_new_options_are_validated():
     from tempolens.errors import ConfigError
 
-    for bad in (dict(loss_norm_cap=0.5), dict(direction_penalty=-1), dict(lr_rule="adam"), dict(lr_rms_floor=0),
-        dict(curve_every=0)):
+    for bad in (
+        dict(loss_norm_cap=0.5),
+        dict(direction_penalty=-1),
+        dict(lr_rule="adam"),
+        dict(lr_rms_floor=0),
+        dict(curve_every=0),
+    ):
         with pytest.raises(ConfigError):
             T.TrainConfig(**bad)
 

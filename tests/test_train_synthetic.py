@@ -21,8 +21,11 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "synthet
 
 
 def test_generator_has_the_promised_structure():
-    src = SyntheticSource(T.ActivationSpec(model="synthetic:dominant", layer=0, corpus="-", prompt_len=128,
-        n_prompts=40, n_heldout=4, seed=0))
+    src = SyntheticSource(
+        T.ActivationSpec(
+            model="synthetic:dominant", layer=0, corpus="-", prompt_len=128, n_prompts=40, n_heldout=4, seed=0
+        )
+    )
     acts, special = src.fetch(torch.arange(32))
     labels = src.labels(torch.arange(32))
     assert acts.shape == (32, 128, 64) and special[:, 0].all() and not special[:, 1:].any()
@@ -48,11 +51,30 @@ def test_generator_has_the_promised_structure():
 
 def _cfg(arch: str, out: Path, **kw) -> T.TrainConfig:
     base = dict(
-        arch=arch, out=out, model="synthetic:dominant", n_tokens=127 * 96, prompt_len=128, heldout_fraction=0.1,
-        batch_prompts=4, width=128, k=4, n_heads=4, bottleneck_factor=1, lr=2e-3, warmup_steps=20,
-        max_steps=300, lr_schedule="constant", checkpoint_every=100, log_every=10, curve_every=50, progress=False,
+        arch=arch,
+        out=out,
+        model="synthetic:dominant",
+        n_tokens=127 * 96,
+        prompt_len=128,
+        heldout_fraction=0.1,
+        batch_prompts=4,
+        width=128,
+        k=4,
+        n_heads=4,
+        bottleneck_factor=1,
+        lr=2e-3,
+        warmup_steps=20,
+        max_steps=300,
+        lr_schedule="constant",
+        checkpoint_every=100,
+        log_every=10,
+        curve_every=50,
+        progress=False,
         seed=0,
-        loss_norm_cap=3.0, direction_penalty=1.0, init_batches=2, dead_window_tokens=20_000,
+        loss_norm_cap=3.0,
+        direction_penalty=1.0,
+        init_batches=2,
+        dead_window_tokens=20_000,
     )
     base.update(kw)
     return T.TrainConfig(**base)
@@ -76,8 +98,10 @@ def test_temporal_sae_on_synthetic_events_shows_the_papers_split(trained):
     seqs = [EventSequence(acts[i], labels[i]) for i in range(len(ids))]
     res = event_check(sae, topk, seqs)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    evals = {a: {k: r.eval[k] for k in ("nmse", "trimmed_nmse", "train_seconds")} for a, r in (("temporal", tem),
-        ("topk", twin))}
+    evals = {
+        a: {k: r.eval[k] for k in ("nmse", "trimmed_nmse", "train_seconds")}
+        for a, r in (("temporal", tem), ("topk", twin))
+    }
     (ARTIFACTS / "event_check.json").write_text(json.dumps(res | {"eval": evals}, indent=1))
     kernel_images(sae, topk, seqs[0], ARTIFACTS / "kernels.png", title="synthetic:dominant, held-out sequence")
     for arch in ("temporal", "topk"):
@@ -96,8 +120,10 @@ def test_temporal_sae_on_synthetic_events_shows_the_papers_split(trained):
     assert res["pred_share_inside_events"] > 1.25 * res["pred_share_event_starts"], res
     assert res["zpred_top1_share"] < 0.5, res
     # reconstruction: no worse than the twin on the trimmed tokens, and D moved off its init
-    assert tem.eval["trimmed_nmse"] <= twin.eval["trimmed_nmse"] * 1.1, (tem.eval["trimmed_nmse"],
-        twin.eval["trimmed_nmse"])
+    assert tem.eval["trimmed_nmse"] <= twin.eval["trimmed_nmse"] * 1.1, (
+        tem.eval["trimmed_nmse"],
+        twin.eval["trimmed_nmse"],
+    )
     steps, curves = T.read_log(root / "temporal" / "train_log.jsonl")
     assert [c["step"] for c in curves][:2] == [0, 50] and curves[-1]["step"] == 300
     last = curves[-1]["curve"]
@@ -117,6 +143,7 @@ def test_checkpoint_records_the_loss_mask_and_the_recipe(trained):
     cfg = json.loads((root / "temporal" / "train_config.json").read_text())
     mults = cfg["lr_multipliers"]
     # D (entries ≈2) gets ≈100× the rate of the floor-limited biases
-    assert mults["D"] == pytest.approx(10 * 2.0,
-        rel=0.05) and mults["attn_layers.0.q_target.bias"] == pytest.approx(0.1)
+    assert mults["D"] == pytest.approx(10 * 2.0, rel=0.05) and mults["attn_layers.0.q_target.bias"] == pytest.approx(
+        0.1
+    )
     assert math.isfinite(cfg["median_token_norm"])

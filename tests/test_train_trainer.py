@@ -23,10 +23,28 @@ def corpus(tmp_path_factory):
 
 def cfg_for(arch, tiny_lm_dir, corpus, out, cache, **kw):
     base = dict(
-        arch=arch, out=out, model=str(tiny_lm_dir), layer=2, corpus=str(corpus), n_tokens=330, prompt_len=12,
-        heldout_fraction=0.15, batch_prompts=4, width=64, k=4, n_heads=2, bottleneck_factor=2, lr=3e-3,
-        warmup_steps=2, max_steps=16, checkpoint_every=4, log_every=1, cache_dir=str(cache), progress=False,
-        dead_window_tokens=40, seed=1,
+        arch=arch,
+        out=out,
+        model=str(tiny_lm_dir),
+        layer=2,
+        corpus=str(corpus),
+        n_tokens=330,
+        prompt_len=12,
+        heldout_fraction=0.15,
+        batch_prompts=4,
+        width=64,
+        k=4,
+        n_heads=2,
+        bottleneck_factor=2,
+        lr=3e-3,
+        warmup_steps=2,
+        max_steps=16,
+        checkpoint_every=4,
+        log_every=1,
+        cache_dir=str(cache),
+        progress=False,
+        dead_window_tokens=40,
+        seed=1,
     )
     base.update(kw)
     return T.TrainConfig(**base)
@@ -88,7 +106,9 @@ def test_topk_checkpoint_matches_training_model_and_saelens(tiny_lm_dir, corpus,
     loaded = load_sae(str(cfg.out))
     enc = loaded.encode(acts)
     assert torch.equal(enc.codes.indices, ours.codes.indices)
-    assert torch.allclose(enc.codes.values, ours.codes.values, rtol=1e-4, atol=1e-4 * float(ours.codes.values.abs().max()))
+    assert torch.allclose(
+        enc.codes.values, ours.codes.values, rtol=1e-4, atol=1e-4 * float(ours.codes.values.abs().max())
+    )
     assert torch.allclose(enc.recon, ours.recon, rtol=1e-4, atol=1e-3)
     # SAELens reads the same folder and computes the same codes (independent implementation)
     sl = SLSAE.load_from_disk(str(cfg.out), device="cpu")
@@ -116,7 +136,9 @@ def test_temporal_checkpoint_round_trips_bit_exactly(tiny_lm_dir, corpus, tmp_pa
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, state["sae"][name].reshape(value.shape)), name
     # float16 shipping: the loader runs fp16 weights in fp32, equal to the rounded weights
-    half = cfg_for("temporal", tiny_lm_dir, corpus, tmp_path / "t16", tmp_path / "cache", max_steps=4, weights_dtype="float16")
+    half = cfg_for(
+        "temporal", tiny_lm_dir, corpus, tmp_path / "t16", tmp_path / "cache", max_steps=4, weights_dtype="float16"
+    )
     T.train(half)
     h = load_sae(str(half.out))
     assert h.D.dtype == torch.float32
@@ -125,9 +147,13 @@ def test_temporal_checkpoint_round_trips_bit_exactly(tiny_lm_dir, corpus, tmp_pa
 
 def test_resume_continues_exactly(tiny_lm_dir, corpus, tmp_path, monkeypatch):
     for arch in ("topk", "temporal"):
-        full = cfg_for(arch, tiny_lm_dir, corpus, tmp_path / f"full-{arch}", tmp_path / "cache", max_steps=10, checkpoint_every=3)
+        full = cfg_for(
+            arch, tiny_lm_dir, corpus, tmp_path / f"full-{arch}", tmp_path / "cache", max_steps=10, checkpoint_every=3
+        )
         T.train(full)
-        part = cfg_for(arch, tiny_lm_dir, corpus, tmp_path / f"part-{arch}", tmp_path / "cache", max_steps=10, checkpoint_every=3)
+        part = cfg_for(
+            arch, tiny_lm_dir, corpus, tmp_path / f"part-{arch}", tmp_path / "cache", max_steps=10, checkpoint_every=3
+        )
         real_lr_at = T.lr_at
 
         def killed_at_7(step, cfg, total):
@@ -142,7 +168,11 @@ def test_resume_continues_exactly(tiny_lm_dir, corpus, tmp_path, monkeypatch):
         assert torch.load(part.out / T.STATE_FILE, weights_only=True)["step"] == 6
         with pytest.raises(ConfigError, match="--resume"):
             T.train(part)
-        T.train(cfg_for(arch, tiny_lm_dir, corpus, part.out, tmp_path / "cache", max_steps=10, checkpoint_every=3, resume=True))
+        T.train(
+            cfg_for(
+                arch, tiny_lm_dir, corpus, part.out, tmp_path / "cache", max_steps=10, checkpoint_every=3, resume=True
+            )
+        )
         a = torch.load(full.out / T.STATE_FILE, weights_only=True)
         b = torch.load(part.out / T.STATE_FILE, weights_only=True)
         assert a["step"] == b["step"] == 10
@@ -183,7 +213,9 @@ def test_evaluate_sae_matches_brute_force(tiny_lm_dir, corpus, tmp_path):
     k = x.norm(dim=-1) <= thr
     xk, rk = x[k], r[k]
     assert ev90["trimmed_n_tokens"] == int(k.sum()) < int(m.sum())
-    assert ev90["trimmed_nmse"] == pytest.approx(float((xk - rk).pow(2).sum() / (xk - xk.mean(0)).pow(2).sum()), rel=1e-6)
+    assert ev90["trimmed_nmse"] == pytest.approx(
+        float((xk - rk).pow(2).sum() / (xk - xk.mean(0)).pow(2).sum()), rel=1e-6
+    )
     assert ev90["nmse"] == pytest.approx(ev["nmse"], rel=1e-12)
     dense = enc.codes.to_dense(64)[m]
     assert ev["l0"] == pytest.approx(float((dense > 0).sum(-1).double().mean()))
