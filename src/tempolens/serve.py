@@ -454,69 +454,91 @@ class Handler(BaseHTTPRequestHandler):
             return True
         return len(origins) == 1 and origins[0].strip() == "http://" + (self.headers.get("Host") or "").strip()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _read_body(self) -> tuple[int, bytes | None]:
+        """``(Content-Length, body)``: -1 for a missing or unreadable length; the body is read (before any
+        answer: an answer before the body is read may be lost in a reset) only when its length is allowed."""
         try:
             length = int(self.headers.get("Content-Length") or "")
         except ValueError:
             length = -1
         body: bytes | None = None
         if 0 <= length <= MAX_BODY_BYTES:
-            body = self.rfile.read(length)  # read first: an answer before the body is read may be lost in a reset
-        if not self._arrived():  # the watchdog answered 408 meanwhile
-            return
+            body = self.rfile.read(length)
+        return length, body
+
+    def _post_allowed(self) -> bool:
+        """Whether this POST may be analysed at all: addressed to localhost, a short path naming the analysis
+        endpoint, same origin, live analysis on. Otherwise answers the error and returns False."""
         if not self._host_ok():
             self._error(HTTPStatus.FORBIDDEN, "this server only answers requests addressed to localhost")
-            return
+            return False
         if not self._path_ok():
-            return
+            return False
         if urlsplit(self.path).path != "/api/analyze":
             self._error(HTTPStatus.NOT_FOUND, "unknown endpoint; POST /api/analyze with {\"text\": ...}")
-            return
+            return False
         if not self._origin_ok():
             self._error(HTTPStatus.FORBIDDEN,
                         "cross-origin requests are refused (Origin must be absent or this server's origin)")
-            return
+            return False
         if self.server.analyzer is None:
             self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
-            return
+            return False
+        return True
+
+    def _checked_body(self, length: int, body: bytes | None) -> bytes | None:
+        """The body when it is declared JSON, has a Content-Length and was within the size limit; otherwise
+        answers the error (closing the connection after a too large body) and returns None."""
         if not is_json_content_type(self.headers.get("Content-Type")):
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                         "send JSON: Content-Type: application/json (optionally ; charset=utf-8) with {\"text\": ...}")
-            return
+            return None
         if length == -1:
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-            return
+            return None
         if body is None:
             self.close_connection = True
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {MAX_BODY_BYTES} bytes; send a shorter text")
-            return
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"the request body is larger than {MAX_BODY_BYTES} bytes; send a shorter text")
+            return None
+        return body
+
+    def _request_text(self, body: bytes) -> str | None:
+        """The ``text`` field of a UTF-8 JSON body of bounded depth: a non-blank string within the length limit
+        that the analyzer can encode. Otherwise answers the error and returns None."""
         try:
             raw = body.decode("utf-8")
             if json_depth(raw) > MAX_JSON_DEPTH:
                 self._error(HTTPStatus.BAD_REQUEST,
                             f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
-                return
+                return None
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             self._error(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON; send {\"text\": \"...\"}")
-            return
+            return None
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str):
             self._error(HTTPStatus.BAD_REQUEST, "the JSON body needs a string field 'text'")
-            return
+            return None
         if not text.strip():
             self._error(HTTPStatus.BAD_REQUEST, "the text is empty; type some words")
-            return
+            return None
         if len(text) > self.server.max_chars:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the text has {len(text)} characters; the limit is {self.server.max_chars}")
-            return
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        f"the text has {len(text)} characters; the limit is {self.server.max_chars}")
+            return None
         bad_text = unencodable_text(text)
         if bad_text:
             self._error(HTTPStatus.BAD_REQUEST, bad_text)
-            return
+            return None
+        return text
+
+    def _analyze(self, text: str) -> None:
+        """Answer the analysis of ``text`` (one analysis at a time); a tempolens error is a 400 with its first
+        line, any other exception a 500 (logged; the server keeps running)."""
         try:
             with self.server.lock:
-                payload = self.server.analyzer(text)
+                payload = self.server.analyzer(text)  # type: ignore[misc]  # not None: see _post_allowed
         except TempolensError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e).splitlines()[0] if str(e) else type(e).__name__)
             return
@@ -525,6 +547,21 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__}); see the server log")
             return
         self._json(HTTPStatus.OK, payload)
+
+    def do_POST(self) -> None:  # noqa: N802
+        """``POST /api/analyze {"text": ...}``: read the body, check the request, then the body and its text (the
+        first failed check answers its error), then answer the analysis."""
+        length, body = self._read_body()
+        if not self._arrived():  # the watchdog answered 408 meanwhile
+            return
+        if not self._post_allowed():
+            return
+        body = self._checked_body(length, body)
+        if body is None:
+            return
+        text = self._request_text(body)
+        if text is not None:
+            self._analyze(text)
 
 
 _LIVE_HTML: dict[tuple[int, bool], bytes] = {}

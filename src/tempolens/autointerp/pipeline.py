@@ -350,6 +350,101 @@ def _default_embedder(cfg: AutointerpConfig) -> Embedder:
     return S.sentence_embedder(cfg.embedding_model)
 
 
+def _needs_llm(scorers: tuple[str, ...]) -> bool:
+    """Whether any of ``scorers`` needs an explainer (and so an LLM backend)."""
+    return any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
+
+
+def _check_store(cfg: AutointerpConfig, jobs: list[_SaeJob], sid: str, label: str, path: Path,
+                 store: CodeStore) -> None:
+    """Refuse a store that repeats an earlier one's run or whose prompts are shorter than a window."""
+    if any(j.sae_id == sid for j in jobs):
+        first = next(j.label for j in jobs if j.sae_id == sid)
+        raise ConfigError(f"store {path} ({label}) holds the same run as {first}; give each store once")
+    if store.prompt_len < cfg.window_len:
+        raise ConfigError(f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} "
+                          f"tokens); pass --window-len {store.prompt_len} or less")
+
+
+def _store_job(cfg: AutointerpConfig, db: ResultsDB, spec: WindowSpec, sid: str, label: str, path: Path,
+               store: CodeStore, tokenizer: Any) -> _SaeJob:
+    """Select the latents of one store, collect their windows and record both (and the store) in the DB."""
+    counts = firing_counts(store, progress=cfg.progress)
+    latents = select_latents(counts, cfg.n_latents, cfg.min_firings, cfg.seed, cfg.latents)
+    bad = [l for l in latents if l >= store.width]
+    if bad:
+        raise ConfigError(f"--latents {bad[:5]} out of range for {label} (width {store.width})")
+    windows = collect_windows(store, latents, spec, cfg.seed, counts=counts, progress=cfg.progress)
+    tok = tokenizer if tokenizer is not None else resolve_tokenizer(store.meta, cfg.tokenizer)
+    n_alive = int((counts > cfg.min_firings).sum())
+    db.add_sae(sid, label, str(path), store.meta, n_alive, store.width)
+    db.set_latents(sid, [(l, windows[l].n_firings, windows[l].max_act) for l in latents])
+    return _SaeJob(sid, label, windows, TokenText(tok))
+
+
+def _prepare_jobs(cfg: AutointerpConfig, db: ResultsDB, tokenizer: Any) -> list[_SaeJob]:
+    """One job per store of ``cfg.stores``, in order: its latents and their windows, recorded in the DB."""
+    spec = WindowSpec(window_len=cfg.window_len, align=cfg.align, n_quantiles=cfg.n_quantiles,
+                      per_quantile=cfg.per_quantile, n_random=cfg.n_random)
+    jobs: list[_SaeJob] = []
+    for arg in cfg.stores:
+        label, path = parse_store_arg(arg)
+        store = CodeStore(path)
+        sid = sae_id_for(store.meta)
+        _check_store(cfg, jobs, sid, label, path, store)
+        jobs.append(_store_job(cfg, db, spec, sid, label, path, store, tokenizer))
+    return jobs
+
+
+def _answering_llm(cfg: AutointerpConfig, db: ResultsDB, llm: LLM | None) -> LLM | None:
+    """The explainer/judge: ``llm`` or the backend ``cfg`` names; seen as text-only under ``--structured off``,
+    its structured-answer support probed (once per endpoint, recorded in the DB) under ``--structured auto``."""
+    if llm is None:
+        llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s,
+                           cfg.max_retries)
+    if cfg.structured == "off" and llm is not None:
+        llm = _TextOnly(llm)
+    if cfg.structured == "auto" and callable(getattr(llm, "probe", None)):
+        _probe_once(db, llm)
+    return llm
+
+
+def _record_run(db: ResultsDB, cfg: AutointerpConfig, run_id: str, jobs: list[_SaeJob], llm: LLM | None,
+                needs_llm: bool) -> None:
+    """Record this run in the DB: its options, resolved scorers, SAEs (in report order), LLM and answer mode."""
+    db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                        "resolved_scorers": list(cfg.resolved_scorers()), "sae_ids": [j.sae_id for j in jobs],
+                        "llm": getattr(llm, "name", None) if needs_llm else None,
+                        "answer_mode": answer_mode(llm) if needs_llm else None})
+
+
+def _run_latents(runner: _Runner, jobs: list[_SaeJob], cfg: AutointerpConfig) -> str | None:
+    """Run every latent of every job on ``cfg.concurrency`` threads. Returns why the run stopped early (the
+    token budget is spent) or None; any other error cancels the latents not yet started and is raised."""
+    items = [(j, l) for j in jobs for l in sorted(j.windows)]
+    stopped = None
+    pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+    try:
+        futs = [pool.submit(runner.run_latent, j, l) for j, l in items]
+        bar = tqdm(total=len(futs), desc="autointerp latents", disable=not cfg.progress)
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            bar.update(len(done))
+            for f in done:
+                e = f.exception()
+                if isinstance(e, BudgetExhausted):
+                    stopped = str(e)
+                elif e is not None:
+                    for p in pending:
+                        p.cancel()
+                    raise e
+        bar.close()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return stopped
+
+
 def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: Any = None,
                    embedder: Embedder | None = None) -> dict[str, Any]:
     """Run (or resume) autointerp over ``cfg.stores`` and write the report. Returns the report dict.
@@ -367,67 +462,18 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     t0 = time.time()
     try:
-        spec = WindowSpec(window_len=cfg.window_len, align=cfg.align, n_quantiles=cfg.n_quantiles,
-                          per_quantile=cfg.per_quantile, n_random=cfg.n_random)
-        jobs: list[_SaeJob] = []
-        for arg in cfg.stores:
-            label, path = parse_store_arg(arg)
-            store = CodeStore(path)
-            sid = sae_id_for(store.meta)
-            if any(j.sae_id == sid for j in jobs):
-                raise ConfigError(f"store {path} ({label}) holds the same run as {next(j.label for j in jobs if j.sae_id == sid)}; give each store once")
-            if store.prompt_len < cfg.window_len:
-                raise ConfigError(f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} tokens); pass --window-len {store.prompt_len} or less")
-            counts = firing_counts(store, progress=cfg.progress)
-            latents = select_latents(counts, cfg.n_latents, cfg.min_firings, cfg.seed, cfg.latents)
-            bad = [l for l in latents if l >= store.width]
-            if bad:
-                raise ConfigError(f"--latents {bad[:5]} out of range for {label} (width {store.width})")
-            windows = collect_windows(store, latents, spec, cfg.seed, counts=counts, progress=cfg.progress)
-            tok = tokenizer if tokenizer is not None else resolve_tokenizer(store.meta, cfg.tokenizer)
-            n_alive = int((counts > cfg.min_firings).sum())
-            db.add_sae(sid, label, str(path), store.meta, n_alive, store.width)
-            db.set_latents(sid, [(l, windows[l].n_firings, windows[l].max_act) for l in latents])
-            jobs.append(_SaeJob(sid, label, windows, TokenText(tok)))
-        needs_llm = any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
-        if needs_llm and llm is None:
-            llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries)
-        if needs_llm and cfg.structured == "off" and llm is not None:
-            llm = _TextOnly(llm)
-        if needs_llm and cfg.structured == "auto" and callable(getattr(llm, "probe", None)):
-            _probe_once(db, llm)
+        jobs = _prepare_jobs(cfg, db, tokenizer)
+        needs_llm = _needs_llm(scorers)
+        if needs_llm:
+            llm = _answering_llm(cfg, db, llm)
         if any(s in scorers for s in ("embedding", "cluster")) and embedder is None:
             embedder = _default_embedder(cfg)
-        db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                            "resolved_scorers": list(scorers), "sae_ids": [j.sae_id for j in jobs],
-                            "llm": getattr(llm, "name", None) if needs_llm else None,
-                            "answer_mode": answer_mode(llm) if needs_llm else None})
+        _record_run(db, cfg, run_id, jobs, llm, needs_llm)
         budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
-        runner = _Runner(cfg, db, llm, embedder, run_id, budget)
-        items = [(j, l) for j in jobs for l in sorted(j.windows)]
-        stopped = None
-        pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
-        try:
-            futs = [pool.submit(runner.run_latent, j, l) for j, l in items]
-            bar = tqdm(total=len(futs), desc="autointerp latents", disable=not cfg.progress)
-            pending = set(futs)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                bar.update(len(done))
-                for f in done:
-                    e = f.exception()
-                    if isinstance(e, BudgetExhausted):
-                        stopped = str(e)
-                    elif e is not None:
-                        for p in pending:
-                            p.cancel()
-                        raise e
-            bar.close()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        stopped = _run_latents(_Runner(cfg, db, llm, embedder, run_id, budget), jobs, cfg)
         if stopped:
-            print(f"tempolens autointerp: {stopped}; the report covers the latents finished so far (raise --budget-tokens and rerun to continue)")
-        report = build_report(db, cfg.out, seed=cfg.seed, wall_s=time.time() - t0)
-        return report
+            print(f"tempolens autointerp: {stopped}; the report covers the latents finished so far "
+                  "(raise --budget-tokens and rerun to continue)")
+        return build_report(db, cfg.out, seed=cfg.seed, wall_s=time.time() - t0)
     finally:
         db.close()

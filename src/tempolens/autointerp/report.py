@@ -54,78 +54,129 @@ def collect(db: ResultsDB, seed: int = 0, wall_s: float | None = None) -> dict[s
     """The report as a dict (only from DB contents)."""
     runs = db.query("SELECT * FROM runs ORDER BY started")
     last_cfg = json.loads(runs[-1]["config_json"]) if runs else {}
-    saes = db.query("SELECT rowid, * FROM saes ORDER BY rowid")
-    if last_cfg.get("sae_ids"):  # the SAEs of the latest run, in its order (older ones stay in the DB)
-        by_id = {s["sae_id"]: s for s in saes}
-        saes = [by_id[i] for i in last_cfg["sae_ids"] if i in by_id]
     out_saes = []
     per_latent: dict[str, dict[str, Any]] = {}
-    for s in saes:
-        sid = s["sae_id"]
-        meta = json.loads(s["meta_json"] or "{}")
-        sae_meta, model_meta = meta.get("sae") or {}, meta.get("model") or {}
-        lat_rows = db.query("SELECT latent FROM latents WHERE sae_id=? ORDER BY latent", (sid,))
-        scores_rows = db.query("SELECT latent, scorer, value, details_json FROM scores WHERE sae_id=?", (sid,))
-        by_scorer: dict[str, list[float]] = {}
-        empty = lambda: {"explanation": None, "explanations": {}, "scores": {}, "modes": {}}  # noqa: E731
-        lat: dict[str, Any] = {str(r["latent"]): empty() for r in lat_rows}
-        for r in scores_rows:
-            v = r["value"] if r["value"] is not None else math.nan
-            by_scorer.setdefault(r["scorer"], []).append(v)
-            if not math.isnan(v):  # the site reader accepts finite numbers only; unscored = absent
-                d = lat.setdefault(str(r["latent"]), empty())
-                d["scores"][r["scorer"]] = v
-                mode = (json.loads(r["details_json"] or "{}") or {}).get("mode")
-                if isinstance(mode, str):
-                    d["modes"][r["scorer"]] = mode
-        for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' AND explanation IS NOT NULL", (sid,)):
-            d = lat.setdefault(str(r["latent"]), empty())
-            d["explanations"][r["protocol"]] = r["explanation"]
-            if r["protocol"] == "saebench" or d["explanation"] is None:
-                d["explanation"] = r["explanation"]
+    for s in _report_saes(db, last_cfg):
+        lat, by_scorer, n_latents = _latent_records(db, s["sae_id"])
         per_latent[s["label"]] = lat
-        scores = {}
-        for sc in [x for x in SCORERS if x in by_scorer] + sorted(set(by_scorer) - set(SCORERS)):
-            vals = by_scorer[sc]
-            lo, hi = bootstrap_ci(vals, seed=seed)
-            scores[sc] = {"mean": mean(vals), "ci_low": lo, "ci_high": hi,
-                          "n": sum(1 for v in vals if not math.isnan(v)), "n_unscored": sum(1 for v in vals if math.isnan(v)),
-                          "chance": CHANCE.get(sc)}
-        pooled = {}
-        for sc in ("delphi-detection", "delphi-fuzzing"):
-            rows = [json.loads(r["parsed_json"]) for r in db.query(
-                "SELECT parsed_json FROM steps WHERE sae_id=? AND protocol=? AND parsed_json IS NOT NULL", (sid, sc))]
-            if rows:
-                v, pred, _ = combine_binary(rows)
-                pooled[sc] = {"balanced_accuracy": v, "n_answers": len(pred)}
-        fails = {f"{r['protocol']}/{r['failure']}": r["n"] for r in db.query(
-            "SELECT protocol, failure, COUNT(*) AS n FROM steps WHERE sae_id=? AND status='parse_failure' GROUP BY protocol, failure", (sid,))}
-        n_calls = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)", (sid,))[0]["n"]
-        errors = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status='error'", (sid,))[0]["n"]
-        pt, ct = db.tokens_spent(sid)
-        costs = _costs(db, sid)
-        out_saes.append({
-            "label": s["label"], "sae_id": sid, "store": s["store"], "width": s["width"], "n_alive": s["n_alive"],
-            "architecture": sae_meta.get("architecture"), "k": sae_meta.get("k"), "sae_spec": sae_meta.get("spec"),
-            "model_id": model_meta.get("model_id") or model_meta.get("spec"), "hook_name": model_meta.get("hook_name"),
-            "n_latents": len(lat_rows), "scores": scores, "pooled": pooled, "parse_failures": fails,
-            "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
-            **costs,
-        })
-    pt = sum(s["tokens"]["prompt"] for s in out_saes)  # the SAEs in this report (the DB may hold others)
+        out_saes.append(_sae_entry(db, s, n_latents, _scorer_summaries(by_scorer, seed)))
+    rep = _report_dict(db, last_cfg, len(runs), seed, wall_s, out_saes)
+    rep["_per_latent"] = per_latent  # written to latents-<label>.json by build_report, not into the report
+    return _clean(rep)
+
+
+def _report_saes(db: ResultsDB, last_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SAE rows to report: those of the latest run, in its order (older ones stay in the DB); every SAE
+    in the DB, in insertion order, when the latest run names none."""
+    saes = db.query("SELECT rowid, * FROM saes ORDER BY rowid")
+    if last_cfg.get("sae_ids"):
+        by_id = {s["sae_id"]: s for s in saes}
+        saes = [by_id[i] for i in last_cfg["sae_ids"] if i in by_id]
+    return saes
+
+
+def _empty_latent() -> dict[str, Any]:
+    """A latent's record in ``latents-<label>.json`` before anything is known about it."""
+    return {"explanation": None, "explanations": {}, "scores": {}, "modes": {}}
+
+
+def _latent_records(db: ResultsDB, sid: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]], int]:
+    """Of SAE ``sid``: the per-latent records (finite scores, answer modes, explanations; the saebench
+    explanation wins as ``explanation``), every latent's value per scorer (NaN = unscored) and the number of
+    latents selected for it."""
+    lat_rows = db.query("SELECT latent FROM latents WHERE sae_id=? ORDER BY latent", (sid,))
+    scores_rows = db.query("SELECT latent, scorer, value, details_json FROM scores WHERE sae_id=?", (sid,))
+    by_scorer: dict[str, list[float]] = {}
+    lat: dict[str, Any] = {str(r["latent"]): _empty_latent() for r in lat_rows}
+    for r in scores_rows:
+        v = r["value"] if r["value"] is not None else math.nan
+        by_scorer.setdefault(r["scorer"], []).append(v)
+        if not math.isnan(v):  # the site reader accepts finite numbers only; unscored = absent
+            d = lat.setdefault(str(r["latent"]), _empty_latent())
+            d["scores"][r["scorer"]] = v
+            mode = (json.loads(r["details_json"] or "{}") or {}).get("mode")
+            if isinstance(mode, str):
+                d["modes"][r["scorer"]] = mode
+    for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' "
+                      "AND explanation IS NOT NULL", (sid,)):
+        d = lat.setdefault(str(r["latent"]), _empty_latent())
+        d["explanations"][r["protocol"]] = r["explanation"]
+        if r["protocol"] == "saebench" or d["explanation"] is None:
+            d["explanation"] = r["explanation"]
+    return lat, by_scorer, len(lat_rows)
+
+
+def _scorer_summaries(by_scorer: dict[str, list[float]], seed: int) -> dict[str, dict[str, Any]]:
+    """Per scorer (known scorers in ``SCORERS`` order, then any others sorted): the mean over latents, its
+    seeded 95% bootstrap CI, the scored and unscored counts and the chance level."""
+    scores = {}
+    for sc in [x for x in SCORERS if x in by_scorer] + sorted(set(by_scorer) - set(SCORERS)):
+        vals = by_scorer[sc]
+        lo, hi = bootstrap_ci(vals, seed=seed)
+        scores[sc] = {"mean": mean(vals), "ci_low": lo, "ci_high": hi,
+                      "n": sum(1 for v in vals if not math.isnan(v)),
+                      "n_unscored": sum(1 for v in vals if math.isnan(v)), "chance": CHANCE.get(sc)}
+    return scores
+
+
+def _pooled(db: ResultsDB, sid: str) -> dict[str, dict[str, Any]]:
+    """Per delphi scorer with recorded answers: the balanced accuracy over all answers of all latents."""
+    pooled = {}
+    for sc in ("delphi-detection", "delphi-fuzzing"):
+        rows = [json.loads(r["parsed_json"]) for r in db.query(
+            "SELECT parsed_json FROM steps WHERE sae_id=? AND protocol=? AND parsed_json IS NOT NULL", (sid, sc))]
+        if rows:
+            v, pred, _ = combine_binary(rows)
+            pooled[sc] = {"balanced_accuracy": v, "n_answers": len(pred)}
+    return pooled
+
+
+def _call_counts(db: ResultsDB, sid: str) -> tuple[dict[str, int], int, int]:
+    """Of SAE ``sid``: parse failures per ``protocol/failure``, LLM calls that were answered, and transport
+    errors."""
+    fails = {f"{r['protocol']}/{r['failure']}": r["n"] for r in db.query(
+        "SELECT protocol, failure, COUNT(*) AS n FROM steps WHERE sae_id=? AND status='parse_failure' "
+        "GROUP BY protocol, failure", (sid,))}
+    n_calls = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') "
+                       "AND (prompt_tokens>0 OR completion_tokens>0)", (sid,))[0]["n"]
+    errors = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status='error'", (sid,))[0]["n"]
+    return fails, n_calls, errors
+
+
+def _sae_entry(db: ResultsDB, s: dict[str, Any], n_latents: int, scores: dict[str, Any]) -> dict[str, Any]:
+    """The report's line of one SAE (row ``s`` of the saes table): what it is, its scores, failures and costs."""
+    sid = s["sae_id"]
+    meta = json.loads(s["meta_json"] or "{}")
+    sae_meta, model_meta = meta.get("sae") or {}, meta.get("model") or {}
+    fails, n_calls, errors = _call_counts(db, sid)
+    pt, ct = db.tokens_spent(sid)
+    return {
+        "label": s["label"], "sae_id": sid, "store": s["store"], "width": s["width"], "n_alive": s["n_alive"],
+        "architecture": sae_meta.get("architecture"), "k": sae_meta.get("k"), "sae_spec": sae_meta.get("spec"),
+        "model_id": model_meta.get("model_id") or model_meta.get("spec"), "hook_name": model_meta.get("hook_name"),
+        "n_latents": n_latents, "scores": scores, "pooled": _pooled(db, sid), "parse_failures": fails,
+        "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
+        **_costs(db, sid),
+    }
+
+
+def _report_dict(db: ResultsDB, last_cfg: dict[str, Any], n_runs: int, seed: int, wall_s: float | None,
+                   out_saes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report dict around its SAE lines: settings of the latest run, endpoint probes, total tokens of the
+    reported SAEs (the DB may hold others), the published context."""
+    pt = sum(s["tokens"]["prompt"] for s in out_saes)
     ct = sum(s["tokens"]["completion"] for s in out_saes)
     probes = db.query("SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints "
                       "ORDER BY checked")
-    return _clean({
+    return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "answer_mode": last_cfg.get("answer_mode"),
         "probes": [{**r, "schema_ok": bool(r["schema_ok"])} for r in probes],
         "judge": last_cfg.get("llm"), "backend": last_cfg.get("backend"), "scorers": last_cfg.get("resolved_scorers"),
         "embedding_model": last_cfg.get("embedding_model"), "seed": seed, "window_len": last_cfg.get("window_len"),
         "budget_tokens": last_cfg.get("budget_tokens"), "tokens": {"prompt": pt, "completion": ct},
-        "n_runs": len(runs), "wall_s": wall_s, "saes": out_saes, "published_context": PUBLISHED_CONTEXT,
-        "_per_latent": per_latent,
-    })
+        "n_runs": n_runs, "wall_s": wall_s, "saes": out_saes, "published_context": PUBLISHED_CONTEXT,
+    }
 
 
 def _step_group(protocol: str, step: str) -> str:

@@ -439,50 +439,12 @@ class StoreWriter:
     ) -> None:
         """Write shard ``i`` atomically, then its manifest. ``pred_codes``: optional ``(ptr, latent,
         value)`` CSR of the predicted codes (see the module docstring)."""
-        tensors = {
-            "tokens": tokens.to(torch.int32).contiguous(),
-            "prompt_ids": prompt_ids.to(torch.int64).contiguous(),
-            "special": special.to(torch.uint8).contiguous(),
-            "code_ptr": code_ptr.to(torch.int64).contiguous(),
-            "code_latent": code_latent.to(torch.int32).contiguous(),
-            "code_value": code_value.to(torch.float32).contiguous(),
-        }
-        for k, v in extras.items():
-            tensors[f"extra.{k}"] = v.to(torch.float32).contiguous()
-        for k, v in (code_extras or {}).items():
-            tensors[f"code_extra.{k}"] = v.to(torch.float32).contiguous()
-        if pred_codes is not None:
-            tensors["pred_ptr"] = pred_codes[0].to(torch.int64).contiguous()
-            tensors["pred_latent"] = pred_codes[1].to(torch.int32).contiguous()
-            tensors["pred_value"] = pred_codes[2].to(torch.float32).contiguous()
+        tensors = _shard_tensors(
+            tokens=tokens, prompt_ids=prompt_ids, special=special, code_ptr=code_ptr, code_latent=code_latent,
+            code_value=code_value, extras=extras, code_extras=code_extras, pred_codes=pred_codes,
+        )
         path = self.store.shard_path(i)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno == 28:
-                raise StoreError(
-                    f"disk full while writing {path}; free space and rerun the same command — "
-                    f"{len(self.done_shards())} finished shards are kept"
-                ) from e
-            raise
-        except (
-            RuntimeError,
-            SafetensorError,
-        ) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
-            tmp.unlink(missing_ok=True)
-            if "os error 28" in str(e) or "No space left" in str(e):
-                raise StoreError(
-                    f"disk full while writing {path}; free space and rerun the same command — "
-                    f"{len(self.done_shards())} finished shards are kept"
-                ) from e
-            raise StoreError(
-                f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept"
-            ) from e
+        self._save_atomically(tensors, path)
         atomic_write_json(
             self.store.shard_dir / f"shard-{i:05d}.json",
             {
@@ -493,3 +455,69 @@ class StoreWriter:
                 "prompt_start": int(prompt_ids[0]) if len(prompt_ids) else 0,
             },
         )
+
+    def _save_atomically(self, tensors: dict[str, Tensor], path: Path) -> None:
+        """Save ``tensors`` to a temporary file beside ``path``, fsync it and rename it over ``path``; on failure
+        the temporary file is removed and a full disk or an unwritable folder is a ``StoreError``."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == 28:
+                raise self._disk_full(path) from e
+            raise
+        except (
+            RuntimeError,
+            SafetensorError,
+        ) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
+            tmp.unlink(missing_ok=True)
+            if "os error 28" in str(e) or "No space left" in str(e):
+                raise self._disk_full(path) from e
+            raise StoreError(
+                f"could not write {path}: {e}; free space or fix permissions and rerun — finished shards are kept"
+            ) from e
+
+    def _disk_full(self, path: Path) -> StoreError:
+        """The error of a disk that filled up while ``path`` was written (the finished shards are kept)."""
+        return StoreError(
+            f"disk full while writing {path}; free space and rerun the same command — "
+            f"{len(self.done_shards())} finished shards are kept"
+        )
+
+
+def _shard_tensors(
+    *,
+    tokens: Tensor,
+    prompt_ids: Tensor,
+    special: Tensor,
+    code_ptr: Tensor,
+    code_latent: Tensor,
+    code_value: Tensor,
+    extras: dict[str, Tensor],
+    code_extras: dict[str, Tensor] | None = None,
+    pred_codes: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The named tensors of one shard file, each in its stored dtype and contiguous: tokens, prompt ids,
+    special flags, the codes' CSR, ``extra.<name>`` per token, ``code_extra.<name>`` per code and, when
+    given, the predicted codes' CSR (``pred_ptr``/``pred_latent``/``pred_value``)."""
+    tensors = {
+        "tokens": tokens.to(torch.int32).contiguous(),
+        "prompt_ids": prompt_ids.to(torch.int64).contiguous(),
+        "special": special.to(torch.uint8).contiguous(),
+        "code_ptr": code_ptr.to(torch.int64).contiguous(),
+        "code_latent": code_latent.to(torch.int32).contiguous(),
+        "code_value": code_value.to(torch.float32).contiguous(),
+    }
+    for k, v in extras.items():
+        tensors[f"extra.{k}"] = v.to(torch.float32).contiguous()
+    for k, v in (code_extras or {}).items():
+        tensors[f"code_extra.{k}"] = v.to(torch.float32).contiguous()
+    if pred_codes is not None:
+        tensors["pred_ptr"] = pred_codes[0].to(torch.int64).contiguous()
+        tensors["pred_latent"] = pred_codes[1].to(torch.int32).contiguous()
+        tensors["pred_value"] = pred_codes[2].to(torch.float32).contiguous()
+    return tensors

@@ -266,6 +266,97 @@ class ActivationCache:
         return torch.stack(rows) if rows else torch.zeros(0, self.spec.prompt_len, dtype=torch.long)
 
 
+def _existing_cache(root: Path, spec: ActivationSpec) -> ActivationCache | None:
+    """The cache already at ``root`` (None when there is none); a cache of another spec is refused."""
+    if not (root / "meta.json").exists():
+        return None
+    cache = ActivationCache(root)
+    if cache.spec != spec:
+        raise CacheError(
+            f"{root} holds activations of a different run ({cache.spec}); "
+            "pass another --cache-dir or delete that folder"
+        )
+    return cache
+
+
+def _cache_meta(spec: ActivationSpec, source: LMSource, shard_prompts: int) -> dict[str, Any]:
+    """The ``meta.json`` of a new cache of ``spec`` written from ``source``."""
+    return {
+        "format": CACHE_FORMAT,
+        "spec": asdict(spec),
+        "d_in": source.d_in,
+        "shard_prompts": shard_prompts,
+        "dtype": "float16",
+        "model_id": getattr(source.model, "model_id", spec.model),
+        "hook_name": getattr(source.model, "hook_name", f"blocks.{spec.layer}.hook_resid_post"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _shard_bounds(spec: ActivationSpec, shard_prompts: int, i: int) -> tuple[int, int]:
+    """Global prompt indices ``[lo, hi)`` of shard ``i``."""
+    return i * shard_prompts, min((i + 1) * shard_prompts, spec.n_prompts)
+
+
+def _shards_to_write(cache: ActivationCache, spec: ActivationSpec, shard_prompts: int, done: set[int],
+                     start_shard: int) -> list[int]:
+    """The unfinished shards in writing order: those holding held-out prompts first (a cache cut short still
+    has its evaluation split), then from ``start_shard`` on, then the ones before it."""
+    first_heldout = spec.n_train // shard_prompts
+    return sorted((i for i in range(cache.n_shards) if i not in done),
+                  key=lambda i: (i < first_heldout, i < start_shard, i))
+
+
+def _write_cache_shard(cache: ActivationCache, source: LMSource, spec: ActivationSpec, shard_prompts: int, i: int,
+                       batch_size: int, bar: Any) -> None:
+    """Compute shard ``i``'s activations ``batch_size`` prompts at a time, write it atomically, then its done
+    marker (checksum, prompt count, float16 scale)."""
+    from safetensors.torch import save
+
+    lo, hi = _shard_bounds(spec, shard_prompts, i)
+    ids = torch.arange(lo, hi)
+    parts = []
+    for b in range(0, len(ids), batch_size):
+        a, _ = source.fetch(ids[b : b + batch_size])
+        parts.append(a)
+        bar.update(a.shape[0] * a.shape[1])
+    acts = torch.cat(parts)
+    scale_exp = fp16_scale_exp(acts)
+    payload = {
+        "acts": (acts * 2.0 ** -scale_exp).to(torch.float16).contiguous(),
+        "tokens": source.tokens[lo:hi].to(torch.int32).contiguous(),
+        "special": source.special[lo:hi].to(torch.uint8).contiguous(),
+        "prompt_ids": ids.to(torch.int64),
+    }
+    atomic_write_bytes(cache.shard_path(i), save(payload))
+    atomic_write_json(cache.done_path(i),
+                      {"sha256": sha256_file(cache.shard_path(i)), "n_prompts": hi - lo, "scale_exp": scale_exp})
+
+
+def _fill_cache(cache: ActivationCache, source: LMSource, spec: ActivationSpec, shard_prompts: int, batch_size: int,
+                progress: bool, start_shard: int) -> None:
+    """Write every shard of ``cache`` that is not finished, skipping those another process finishes meanwhile."""
+    from tqdm.auto import tqdm
+
+    def n_tokens(i: int) -> int:
+        return min(shard_prompts, spec.n_prompts - i * shard_prompts) * spec.prompt_len
+
+    done = set(cache.done_shards())
+    todo = _shards_to_write(cache, spec, shard_prompts, done, start_shard)
+    bar = tqdm(total=sum(n_tokens(i) for i in todo),
+               unit="tok", unit_scale=True, desc="cache activations", disable=not progress)
+    if done:
+        bar.write(f"resuming the activation cache: {len(done)}/{cache.n_shards} shards already in {cache.root}")
+    try:
+        for i in todo:
+            if cache.done_path(i).exists():  # finished meanwhile by another process
+                bar.update(n_tokens(i))
+                continue
+            _write_cache_shard(cache, source, spec, shard_prompts, i, batch_size, bar)
+    finally:
+        bar.close()
+
+
 def build_cache(
     root: Path | str,
     spec: ActivationSpec,
@@ -284,68 +375,19 @@ def build_cache(
     Several processes may fill one cache at once: each skips shards another has finished, and
     ``start_shard`` lets them begin at different places (shards are written atomically).
     """
-    from safetensors.torch import save
-    from tqdm.auto import tqdm
-
     root = Path(root)
     meta_path = root / "meta.json"
-    if meta_path.exists():
-        cache = ActivationCache(root)
-        if cache.spec != spec:
-            raise CacheError(
-                f"{root} holds activations of a different run ({cache.spec}); pass another --cache-dir or delete that folder"
-            )
-        shard_prompts = cache.shard_prompts
-        if cache.complete():
-            return cache
+    existing = _existing_cache(root, spec)
+    if existing is not None:
+        shard_prompts = existing.shard_prompts
+        if existing.complete():
+            return existing
     if source is None:
         source = open_lm_source(spec, device=device, batch_size=batch_size)
     (root / "shards").mkdir(parents=True, exist_ok=True)
     if not meta_path.exists():
-        meta = {
-            "format": CACHE_FORMAT,
-            "spec": asdict(spec),
-            "d_in": source.d_in,
-            "shard_prompts": shard_prompts,
-            "dtype": "float16",
-            "model_id": getattr(source.model, "model_id", spec.model),
-            "hook_name": getattr(source.model, "hook_name", f"blocks.{spec.layer}.hook_resid_post"),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        atomic_write_json(meta_path, meta)
-    cache = ActivationCache(root)
-    done = set(cache.done_shards())
-    # shards holding held-out prompts first: a cache cut short still has its evaluation split
-    first_heldout = spec.n_train // shard_prompts
-    todo = sorted((i for i in range(cache.n_shards) if i not in done), key=lambda i: (i < first_heldout, i < start_shard, i))
-    bar = tqdm(total=sum(min(shard_prompts, spec.n_prompts - i * shard_prompts) for i in todo) * spec.prompt_len,
-               unit="tok", unit_scale=True, desc="cache activations", disable=not progress)
-    if done:
-        bar.write(f"resuming the activation cache: {len(done)}/{cache.n_shards} shards already in {root}")
-    try:
-        for i in todo:
-            if cache.done_path(i).exists():  # finished meanwhile by another process
-                bar.update(min(shard_prompts, spec.n_prompts - i * shard_prompts) * spec.prompt_len)
-                continue
-            lo, hi = i * shard_prompts, min((i + 1) * shard_prompts, spec.n_prompts)
-            ids = torch.arange(lo, hi)
-            parts = []
-            for b in range(0, len(ids), batch_size):
-                a, _ = source.fetch(ids[b : b + batch_size])
-                parts.append(a)
-                bar.update(a.shape[0] * a.shape[1])
-            acts = torch.cat(parts)
-            scale_exp = fp16_scale_exp(acts)
-            payload = {
-                "acts": (acts * 2.0 ** -scale_exp).to(torch.float16).contiguous(),
-                "tokens": source.tokens[lo:hi].to(torch.int32).contiguous(),
-                "special": source.special[lo:hi].to(torch.uint8).contiguous(),
-                "prompt_ids": ids.to(torch.int64),
-            }
-            atomic_write_bytes(cache.shard_path(i), save(payload))
-            atomic_write_json(cache.done_path(i), {"sha256": sha256_file(cache.shard_path(i)), "n_prompts": hi - lo, "scale_exp": scale_exp})
-    finally:
-        bar.close()
+        atomic_write_json(meta_path, _cache_meta(spec, source, shard_prompts))
+    _fill_cache(ActivationCache(root), source, spec, shard_prompts, batch_size, progress, start_shard)
     return ActivationCache(root)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempolens.errors import SourceError
-from tempolens.saes.base import SAE
+from tempolens.saes.base import SAE, SparseCodes
 from tempolens.fsutil import atomic_write_bytes
 from tempolens.train.activations_cache import ActivationSource, iter_split
 
@@ -204,6 +205,67 @@ class _ReconSums:
         return {prefix + k: v for k, v in out.items()}
 
 
+def _trim_threshold(source: ActivationSource, split: str, batch_prompts: int, trim_quantile: float) -> float:
+    """Pass 1 (activations only): the ``trim_quantile`` quantile of the regular tokens' norms ‖x‖ on ``split``."""
+    norms = torch.cat([acts[~special].norm(dim=-1) for acts, special in iter_split(source, split, batch_prompts)])
+    if norms.numel() == 0:
+        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
+    return float(torch.quantile(norms.double(), trim_quantile))
+
+
+def _add_batch(sae: SAE, x: Tensor, m: Tensor, keep: Tensor, every: _ReconSums, trimmed: _ReconSums) -> SparseCodes:
+    """Encode one batch ``x`` and add its reconstruction sums: the regular tokens ``m`` to ``every``, those
+    also in ``keep`` to ``trimmed`` (Temporal SAEs: also the novel-only/predicted-only sums). Returns its codes."""
+    if getattr(sae, "is_temporal", False):
+        det = sae.forward_details(x)  # type: ignore[attr-defined]
+        b = sae.b_dec.to(x.dtype)  # type: ignore[attr-defined]
+        for sums, sel in ((every, m), (trimmed, keep)):
+            sums.update(x[sel], det.recon[sel], det.recon_novel[sel], det.recon_pred[sel], b, det.pred_share[sel])
+        return det.codes
+    enc = sae.encode(x)
+    for sums, sel in ((every, m), (trimmed, keep)):
+        sums.update(x[sel], enc.recon[sel])
+    return enc.codes
+
+
+@dataclass(frozen=True)
+class _SplitSums:
+    """What pass 2 accumulates over a split."""
+
+    every: _ReconSums
+    """Reconstruction sums over every regular token."""
+    trimmed: _ReconSums
+    """The same over the regular tokens with ‖x‖ at most the trim threshold."""
+    l0_sum: float
+    """Active codes summed over the regular tokens."""
+    fired: Tensor
+    """``[width]`` bool: latents that fired on at least one regular token."""
+
+
+def _reconstruction_pass(sae: SAE, source: ActivationSource, split: str, batch_prompts: int, threshold: float,
+                         progress: bool) -> _SplitSums:
+    """Pass 2: encode every prompt of ``split`` and accumulate the reconstruction and sparsity sums."""
+    from tqdm.auto import tqdm
+
+    device = sae.device
+    every, trimmed = _ReconSums(sae.d_in), _ReconSums(sae.d_in)
+    l0_sum = 0.0
+    fired = torch.zeros(sae.width, dtype=torch.bool)
+    bar = tqdm(total=len(source.spec.split_ids(split)), desc=f"evaluate on {split}", unit="prompt",
+               disable=not progress, leave=False)
+    for acts, special in iter_split(source, split, batch_prompts):
+        x = acts.to(device)
+        m = ~special.to(device)
+        keep = m & (x.norm(dim=-1) <= threshold)
+        codes = _add_batch(sae, x, m, keep, every, trimmed)
+        idx = codes.indices[m]
+        l0_sum += float((idx >= 0).sum())
+        fired[idx[idx >= 0].cpu()] = True
+        bar.update(acts.shape[0])
+    bar.close()
+    return _SplitSums(every, trimmed, l0_sum, fired)
+
+
 @torch.no_grad()
 def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False,
                  trim_quantile: float = 0.99) -> dict:
@@ -224,40 +286,11 @@ def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", bat
       ``pred_share_token_mean``; ``nmse_novel_only`` (reconstruct from ``z_novel·D + b`` alone) and
       ``nmse_pred_only`` (``z_pred·D + b``), both against the mean-centred variance.
     """
-    from tqdm.auto import tqdm
-
-    device = sae.device
     temporal = bool(getattr(sae, "is_temporal", False))
     ids = source.spec.split_ids(split)
-    # pass 1 (activations only): the norm threshold of the trimmed statistics
-    norms = torch.cat([acts[~special].norm(dim=-1) for acts, special in iter_split(source, split, batch_prompts)])
-    if norms.numel() == 0:
-        raise SourceError(f"the {split} split has no regular tokens to evaluate on")
-    threshold = float(torch.quantile(norms.double(), trim_quantile))
-    every, trimmed = _ReconSums(sae.d_in), _ReconSums(sae.d_in)
-    l0_sum = 0.0
-    fired = torch.zeros(sae.width, dtype=torch.bool)
-    bar = tqdm(total=len(ids), desc=f"evaluate on {split}", unit="prompt", disable=not progress, leave=False)
-    for acts, special in iter_split(source, split, batch_prompts):
-        x = acts.to(device)
-        m = ~special.to(device)
-        keep = m & (x.norm(dim=-1) <= threshold)
-        if temporal:
-            det = sae.forward_details(x)  # type: ignore[attr-defined]
-            codes = det.codes
-            b = sae.b_dec.to(x.dtype)  # type: ignore[attr-defined]
-            for sums, sel in ((every, m), (trimmed, keep)):
-                sums.update(x[sel], det.recon[sel], det.recon_novel[sel], det.recon_pred[sel], b, det.pred_share[sel])
-        else:
-            enc = sae.encode(x)
-            codes = enc.codes
-            for sums, sel in ((every, m), (trimmed, keep)):
-                sums.update(x[sel], enc.recon[sel])
-        idx = codes.indices[m]
-        l0_sum += float((idx >= 0).sum())
-        fired[idx[idx >= 0].cpu()] = True
-        bar.update(acts.shape[0])
-    bar.close()
+    threshold = _trim_threshold(source, split, batch_prompts, trim_quantile)
+    sums = _reconstruction_pass(sae, source, split, batch_prompts, threshold, progress)
+    every, trimmed = sums.every, sums.trimmed
     n = every.n
     mu = every.sum_x / n
     out: dict[str, Any] = {
@@ -273,9 +306,9 @@ def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", bat
         "trim_norm_threshold": threshold,
         "trimmed_n_tokens": trimmed.n,
         **trimmed.result(temporal, prefix="trimmed_"),
-        "l0": l0_sum / n,
-        "dead_fraction": float((~fired).float().mean()),
-        "n_dead": int((~fired).sum()),
+        "l0": sums.l0_sum / n,
+        "dead_fraction": float((~sums.fired).float().mean()),
+        "n_dead": int((~sums.fired).sum()),
         "width": sae.width,
         "architecture": getattr(sae, "architecture", "sae"),
     }
