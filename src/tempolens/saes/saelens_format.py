@@ -42,15 +42,9 @@ _META_KEYS = (
 )
 
 
-def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> StandardConfig:
-    """A ``StandardConfig`` from a SAELens ``cfg.json`` mapping (≥6 layout and the older flat one)."""
-
-    def fail(msg: str) -> ConfigError:
-        return ConfigError(f"{source}: {msg}")
-
-    if not isinstance(cfg, Mapping):
-        raise fail("must be a JSON object")
-    meta_in = cfg.get("metadata") if isinstance(cfg.get("metadata"), Mapping) else {}
+def _saelens_arch(cfg: Mapping[str, Any], source: str) -> tuple[str, Any]:
+    """``(tempolens architecture, k)`` of a SAELens config: the ≥6 ``architecture`` key, or the pre-6 layout
+    (``activation_fn`` ``topk`` with ``activation_fn_kwargs.k``, otherwise a standard ReLU SAE)."""
     arch_raw = cfg.get("architecture")
     act_fn = cfg.get("activation_fn", cfg.get("activation_fn_str"))
     k = cfg.get("k")
@@ -66,9 +60,11 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
     arch = _SAELENS_ARCH[arch_raw]
     if arch == "relu" and act_fn not in (None, "relu"):
         raise SourceError(f"{source}: activation function {act_fn!r} is not supported for a standard SAE")
-    for key in ("d_in", "d_sae"):
-        if not is_int(cfg.get(key)) or cfg[key] < 1:
-            raise fail(f"{key} must be a positive integer; got {cfg.get(key)!r}")
+    return arch, k
+
+
+def _saelens_input_handling(cfg: Mapping[str, Any], source: str) -> tuple[str, bool, bool]:
+    """``(normalize_activations, apply_b_dec_to_input, rescale_acts_by_decoder_norm)``, checked."""
     norm = cfg.get("normalize_activations", "none")
     if isinstance(norm, bool):
         norm = "expected_average_only_in" if norm else "none"
@@ -85,7 +81,35 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
     rescale = cfg.get("rescale_acts_by_decoder_norm", False)
     for key, v in (("apply_b_dec_to_input", apply_b), ("rescale_acts_by_decoder_norm", rescale)):
         if not isinstance(v, bool):
-            raise fail(f"{key} must be true or false; got {v!r}")
+            raise ConfigError(f"{source}: {key} must be true or false; got {v!r}")
+    return norm, apply_b, rescale
+
+
+def _saelens_metadata(cfg: Mapping[str, Any], meta_in: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's metadata without tempolens' own keys, plus the known top-level keys it lacks."""
+    metadata = {
+        str(kk): v for kk, v in meta_in.items() if not str(kk).startswith("tempolens_") and kk != "sae_lens_version"
+    }
+    for kk in _META_KEYS:
+        if kk in cfg and kk not in metadata:
+            metadata[kk] = cfg[kk]
+    return metadata
+
+
+def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> StandardConfig:
+    """A ``StandardConfig`` from a SAELens ``cfg.json`` mapping (≥6 layout and the older flat one)."""
+
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{source}: {msg}")
+
+    if not isinstance(cfg, Mapping):
+        raise fail("must be a JSON object")
+    meta_in = cfg.get("metadata") if isinstance(cfg.get("metadata"), Mapping) else {}
+    arch, k = _saelens_arch(cfg, source)
+    for key in ("d_in", "d_sae"):
+        if not is_int(cfg.get(key)) or cfg[key] < 1:
+            raise fail(f"{key} must be a positive integer; got {cfg.get(key)!r}")
+    norm, apply_b, rescale = _saelens_input_handling(cfg, source)
     mode = "auto"
     has_threshold = arch == "jumprelu"
     if meta_in.get("tempolens_architecture") == "batchtopk":
@@ -93,12 +117,6 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
         arch, k = "batchtopk", meta_in.get("tempolens_k", k)
     if arch in ("topk", "batchtopk") and not is_int(k):
         raise fail(f"k must be an integer for a {arch} SAE; got {k!r}")
-    metadata = {
-        str(kk): v for kk, v in meta_in.items() if not str(kk).startswith("tempolens_") and kk != "sae_lens_version"
-    }
-    for kk in _META_KEYS:
-        if kk in cfg and kk not in metadata:
-            metadata[kk] = cfg[kk]
     try:
         return StandardConfig(
             architecture=arch,  # type: ignore[arg-type]
@@ -110,7 +128,7 @@ def parse_saelens_cfg(cfg: Mapping[str, Any], source: str = SAELENS_CFG) -> Stan
             rescale_acts_by_decoder_norm=rescale if arch in ("topk", "batchtopk") else False,
             batchtopk_mode=mode,  # type: ignore[arg-type]
             has_threshold=has_threshold,
-            metadata=metadata,
+            metadata=_saelens_metadata(cfg, meta_in),
         )
     except ConfigError as e:
         raise fail(str(e)) from None
