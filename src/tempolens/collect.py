@@ -18,29 +18,34 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from tempolens.devices import resolve_device
-from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.errors import TempolensError
 from tempolens.options import check
-from tempolens.saes.options import SAELoadOptions
+from tempolens.sources.open import (
+    check_activations,
+    check_prompt_len,
+    configured_context,
+    load_sae_for_model,
+    load_subject_model,
+    model_context,
+    prompt_activation_sample,
+    resolve_dtype,
+)
+from tempolens.sources.options import SourceOptions
 from tempolens.store.codestore import CodeStore, StoreWriter, ensure_out_dir, pack_codes
 
 
 @dataclass
-class CollectConfig(SAELoadOptions):
-    """Options of `tempolens collect` (and of the collect stage of `tempolens run`)."""
+class CollectConfig(SourceOptions):
+    """Options of `tempolens collect` (and of the collect stage of `tempolens run`); the model, layer,
+    SAE, device and dtype options come from :class:`~tempolens.sources.options.SourceOptions`."""
 
     out: Path = Path("runs/embedded/store")
     """Directory of the code store to write (created; rerun the same command to resume)."""
-    model: str = "embedded"
-    """Subject model: `embedded` (Gemma 3 270M, offline), an HF hub id such as `google/gemma-2-2b`, a local HF folder, or a `.gguf` file."""
-    layer: int = 9
-    """Decoder block whose output is captured (`blocks.L.hook_resid_post`); the forward stops after it."""
-    sae: str = "embedded:temporal"
-    """SAE to encode with: `embedded:temporal`, `embedded:topk`, a local folder (Temporal `conf.yaml` + `latest_ckpt.*`, or SAELens `cfg.json` + `sae_weights.safetensors`), `hf://owner/repo/subfolder`, `saelens://release/sae_id`, or `random:temporal?width=2560&k=32&seed=0`."""
     corpus: str = "embedded"
     """Text source: `embedded` (Brown + State of the Union), `embedded:brown`, `embedded:sotu`, a .txt/.jsonl/.parquet file or folder, or `hf:NAME[:CONFIG]:SPLIT[:COLUMN]` (streamed with `datasets`)."""
     n_prompts: int = 256
@@ -53,10 +58,6 @@ class CollectConfig(SAELoadOptions):
     """Prompts per LM forward."""
     shard_prompts: int = 64
     """Prompts per store shard (the unit of resumption)."""
-    device: str = "auto"
-    """Device for the model and SAE: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
     pred_k: int = 32
     """Temporal SAEs: also keep `pred_k` predicted codes z_pred per token (signed), for `tempolens
     dashboards --codes pred`: the largest |z_pred − mean| / std, each latent's mean and std of z_pred
@@ -69,13 +70,11 @@ class CollectConfig(SAELoadOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.out = Path(self.out)
-        check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
         check(self.n_prompts >= 1, f"--n-prompts must be >= 1; got {self.n_prompts}")
         check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus at least one token); got {self.prompt_len}")
         check(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
         check(self.shard_prompts >= 1, f"--shard-prompts must be >= 1; got {self.shard_prompts}")
         check(self.pred_k >= 0, f"--pred-k must be >= 0; got {self.pred_k}")
-        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
 
 
 @dataclass
@@ -97,12 +96,6 @@ class CollectResult:
     """The SAE used, on the collect device (not written to the log)."""
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device.type == "cuda" else "float32"
-    return dtype
-
-
 def _versions() -> dict[str, str]:
     from tempolens import __version__
 
@@ -114,99 +107,6 @@ def _versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     return out
-
-
-def check_activations(acts: torch.Tensor, where: str) -> None:
-    """Refuse NaN/inf activations with a message instead of writing garbage codes."""
-    if not torch.isfinite(acts).all():
-        bad = (~torch.isfinite(acts)).any(-1).nonzero()[:3].tolist()
-        raise TempolensError(
-            f"the subject model produced NaN/inf activations at {where} (first [prompt, position]: {bad}); "
-            "try --dtype float32, or check the model weights"
-        )
-
-
-def configured_context(spec: str) -> int | None:
-    """``max_position_embeddings`` from the model's ``config.json`` when it is on disk (local folder,
-    converted embedded model, HF cache) — read without loading the model; None when unknown."""
-    import json
-
-    candidates: list[Path] = []
-    if spec == "embedded":
-        from tempolens.sources.embedded import embedded_model_dir
-
-        candidates.append(embedded_model_dir() / "config.json")
-    elif Path(spec).expanduser().is_dir():
-        candidates.append(Path(spec).expanduser() / "config.json")
-    elif "/" in spec and not spec.lower().endswith(".gguf"):
-        from tempolens.sources.hub import cached_file
-
-        hit = cached_file(spec, "config.json")  # None (not cached, odd id): checked after loading instead
-        if hit is not None:
-            candidates.append(hit)
-    for path in candidates:
-        try:
-            cfg = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(cfg, dict):
-            return _context_of(cfg)
-    return None
-
-
-def _context_of(cfg: Any) -> int | None:
-    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
-    text = get("text_config")
-    for src in ((text, cfg) if text is not None else (cfg,)):
-        key = "max_position_embeddings"
-        v = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
-def check_prompt_len(prompt_len: int, context: int | None, spec: str) -> None:
-    """Refuse prompts longer than the model's context (its ``max_position_embeddings``)."""
-    if context is not None and prompt_len > context:
-        raise ConfigError(
-            f"--prompt-len {prompt_len} is longer than the context of {spec} ({context} tokens, "
-            f"max_position_embeddings in its config.json); pass --prompt-len {context} or less"
-        )
-
-
-def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int,
-                       strict_config: bool = False) -> Any:
-    """Load the SAE and check it fits the model; random-init specs get activation statistics.
-    ``strict_config``: refuse unknown conf.yaml keys (``--sae-strict``)."""
-    from tempolens.saes import loading
-
-    stats_needed = False
-    try:
-        from tempolens.saes.random_init import needs_activation_stats
-
-        stats_needed = needs_activation_stats(spec)
-    except ImportError:  # pragma: no cover
-        pass
-    if stats_needed:
-        from tempolens.saes.random_init import sae_from_spec_with_stats
-
-        sample = prompts_tokens[: max(batch_size, min(32, len(prompts_tokens)))].to(device)
-        acts = torch.cat([model.hidden_at(sample[i : i + batch_size]) for i in range(0, len(sample), batch_size)])
-        acts = acts[:, 1:].reshape(-1, acts.shape[-1]).float()  # drop BOS: its norm dwarfs the rest
-        sae = sae_from_spec_with_stats(spec, acts)
-    else:
-        sae = loading.load_sae(spec, device="cpu", strict_config=strict_config)
-    if sae.d_in != model.hidden_size:
-        raise SourceError(
-            f"SAE {spec!r} expects d_in={sae.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
-            "pick the SAE trained for this model and layer"
-        )
-    nonfinite = [name for name, t in [*sae.named_parameters(), *sae.named_buffers()] if t.is_floating_point() and not torch.isfinite(t).all()]
-    if nonfinite:
-        raise SourceError(
-            f"SAE {spec!r} has NaN/inf weights in {', '.join(nonfinite[:5])}; the checkpoint is damaged — download or export it again"
-        )
-    return sae.to(device).float().eval()
 
 
 class _ShardWriterThread:
@@ -255,7 +155,6 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     from tqdm.auto import tqdm
 
     from tempolens.sources.corpora import build_prompts, iter_documents
-    from tempolens.sources.models import load_subject_model
 
     from tempolens import distributed
 
@@ -274,12 +173,15 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
     elif model.layer != cfg.layer:
         raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
-    check_prompt_len(cfg.prompt_len, _context_of(getattr(getattr(model, "model", None), "config", None)), cfg.model)
+    check_prompt_len(cfg.prompt_len, model_context(getattr(getattr(model, "model", None), "config", None)), cfg.model)
     t_model = time.perf_counter()
     prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
     tokens, special = prompts.tokens, prompts.special
     t_prompts = time.perf_counter()
-    sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size, strict_config=cfg.sae_strict)
+    sae = load_sae_for_model(
+        cfg.sae, model, device, strict_config=cfg.sae_strict,
+        activation_sample=lambda: prompt_activation_sample(model, tokens, device, cfg.batch_size),
+    )
     t_sae = time.perf_counter()
     pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
     pred_meta = _pred_calibration(cfg, sae, model, tokens, special, device, pred_k) if pred_k > 0 else None
