@@ -152,146 +152,207 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     at ``cfg.layer`` (skips loading it again, e.g. in ``tempolens run``). The result carries the
     model and SAE it used (``result.model``, ``result.sae``) for later stages of the same process.
     """
-    from tqdm.auto import tqdm
-
-    from tempolens.sources.corpora import build_prompts, iter_documents
-
     from tempolens import distributed
 
     dist = distributed.current()
     t0 = time.perf_counter()
     device = resolve_device(dist.device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
-    # before the model loads: the output folder must be writable, an existing store must be intact,
-    # and the prompts must fit the model's context
-    if dist.is_main:
-        ensure_out_dir(cfg.out)
-        if (cfg.out / "meta.json").exists() and not cfg.overwrite:
-            CodeStore(cfg.out)
-    if model is None:
-        check_prompt_len(cfg.prompt_len, configured_context(cfg.model), cfg.model)
-        model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
-    elif model.layer != cfg.layer:
-        raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
-    check_prompt_len(cfg.prompt_len, model_context(getattr(getattr(model, "model", None), "config", None)), cfg.model)
+    _check_out(cfg, dist)
+    model = _open_model(cfg, model, device, dtype)
     t_model = time.perf_counter()
-    prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
-    tokens, special = prompts.tokens, prompts.special
+    prompts = _build_prompts(cfg, model)
     t_prompts = time.perf_counter()
     sae = load_sae_for_model(
         cfg.sae, model, device, strict_config=cfg.sae_strict,
-        activation_sample=lambda: prompt_activation_sample(model, tokens, device, cfg.batch_size),
+        activation_sample=lambda: prompt_activation_sample(model, prompts.tokens, device, cfg.batch_size),
     )
     t_sae = time.perf_counter()
-    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
-    pred_meta = _pred_calibration(cfg, sae, model, tokens, special, device, pred_k) if pred_k > 0 else None
-
-    n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
-    meta = {
-        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name, "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
-        "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
-        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed, "policy": prompts.policy, "corpus": cfg.corpus},
-        "corpus": {"spec": _portable_spec(cfg.corpus)},
-        "n_shards": n_shards,
-        "shard_size": cfg.shard_prompts,
-        "versions": _versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if pred_meta is not None:
-        meta["pred_codes"] = pred_meta
-    if dist.is_main:
-        writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
-    dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
-    if not dist.is_main:
-        writer = StoreWriter(cfg.out, meta, overwrite=False, write_meta=False)
+    meta = _store_meta(cfg, model, sae, prompts, device, dtype)
+    writer = _open_writer(cfg, meta, dist)
     done = writer.done_shards()
-    todo = dist.split([i for i in range(n_shards) if i not in done])
-    n_counted = int((~special).sum())
-    desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
-    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc, disable=not cfg.progress or not (dist.is_main or dist.active))
-    if done:
-        bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
-    lm_seconds = 0.0
-    sae_seconds = 0.0
-    io = _ShardWriterThread(writer)
-    try:
-        with torch.inference_mode():
-            for si in todo:
-                lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
-                parts: dict[str, list[torch.Tensor]] = {"idx": [], "val": []}
-                extras: dict[str, list[torch.Tensor]] = {}
-                slot_extras: dict[str, list[torch.Tensor]] = {}
-                pred_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-                for b in range(lo, hi, cfg.batch_size):
-                    ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
-                    ta = time.perf_counter()
-                    acts = model.hidden_at(ids)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    tb = time.perf_counter()
-                    lm_seconds += tb - ta
-                    check_activations(acts, f"prompts {b}..{b + len(ids) - 1}")
-                    enc = sae.encode(acts.float())
-                    ptr, lat, val, cx = pack_codes(enc.codes.indices, enc.codes.values, enc.slot_extras)
-                    parts["idx"].append((ptr, lat))
-                    parts["val"].append(val)
-                    for k, v in cx.items():
-                        slot_extras.setdefault(k, []).append(v)
-                    if enc.pred_codes is not None:
-                        pp, pl, pv, _ = pack_codes(enc.pred_codes.indices, enc.pred_codes.values, signed=True)
-                        pred_parts.append((pp, pl, pv))
-                    for k, v in enc.extras.items():
-                        extras.setdefault(k, []).append(v.float().cpu())
-                    sae_seconds += time.perf_counter() - tb
-                    bar.update(ids.numel())
-                # merge batch CSR parts into one shard
-                ptrs, lats = zip(*parts["idx"])
-                code_ptr = _concat_ptrs(list(ptrs))
-                pred_csr = None
-                if pred_parts:
-                    pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
-                                torch.cat([p[2] for p in pred_parts]))
-                io.put(
-                    si,
-                    dict(
-                        tokens=tokens[lo:hi],
-                        prompt_ids=torch.arange(lo, hi),
-                        special=special[lo:hi],
-                        code_ptr=code_ptr,
-                        code_latent=torch.cat(lats),
-                        code_value=torch.cat(parts["val"]),
-                        extras={k: torch.cat(v) for k, v in extras.items()},
-                        code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
-                        pred_codes=pred_csr,
-                    ),
-                )
-    finally:
-        bar.close()
-        io.close()
+    todo = dist.split([i for i in range(meta["n_shards"]) if i not in done])
+    bar = _progress_bar(cfg, todo, done, meta["n_shards"], dist)
+    timer = _encode_shards(cfg, model, sae, prompts, device, writer, todo, bar)
     dist.barrier()  # every rank's shards are on disk
     elapsed = time.perf_counter() - t0
     n_new = len(todo) * cfg.shard_prompts * cfg.prompt_len
     result = CollectResult(
         store=cfg.out,
         n_prompts=cfg.n_prompts,
-        n_tokens=n_counted,
+        n_tokens=int((~prompts.special).sum()),
         shards_written=len(todo),
         shards_skipped=len(done),
         seconds=elapsed,
-        lm_seconds=lm_seconds,
+        lm_seconds=timer.lm,
         tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
-        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts, "lm_forward": lm_seconds, "sae_encode": sae_seconds},
+        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts,
+                 "lm_forward": timer.lm, "sae_encode": timer.sae},
         model=model,
         sae=sae,
     )
+    _finish(cfg, result, timer, dist)
+    return result
+
+
+def _check_out(cfg: CollectConfig, dist: Any) -> None:
+    """Before the model loads: the output folder must be writable and an existing store intact."""
+    if dist.is_main:
+        ensure_out_dir(cfg.out)
+        if (cfg.out / "meta.json").exists() and not cfg.overwrite:
+            CodeStore(cfg.out)
+
+
+def _open_model(cfg: CollectConfig, model: Any, device: torch.device, dtype: str) -> Any:
+    """The subject model (``model`` if preloaded, checked to read ``cfg.layer``), with the prompts
+    checked to fit its context before loading (from its config.json when on disk) and after."""
+    if model is None:
+        check_prompt_len(cfg.prompt_len, configured_context(cfg.model), cfg.model)
+        model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
+    elif model.layer != cfg.layer:
+        raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
+    check_prompt_len(cfg.prompt_len, model_context(getattr(getattr(model, "model", None), "config", None)), cfg.model)
+    return model
+
+
+def _build_prompts(cfg: CollectConfig, model: Any) -> Any:
+    """The store's prompts: ``cfg.n_prompts`` seeded prompts of ``cfg.prompt_len`` tokens from the corpus."""
+    from tempolens.sources.corpora import build_prompts, iter_documents
+
+    return build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts,
+                         prompt_len=cfg.prompt_len, seed=cfg.seed)
+
+
+def _store_meta(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
+                dtype: str) -> dict[str, Any]:
+    """The store's ``meta.json``; a Temporal SAE first gets its predicted-code rule (``_pred_calibration``)."""
+    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
+    pred_meta = (_pred_calibration(cfg, sae, model, prompts.tokens, prompts.special, device, pred_k)
+                 if pred_k > 0 else None)
+    meta = {
+        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name,
+                  "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
+        "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
+        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed,
+                    "policy": prompts.policy, "corpus": cfg.corpus},
+        "corpus": {"spec": _portable_spec(cfg.corpus)},
+        "n_shards": (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts,
+        "shard_size": cfg.shard_prompts,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if pred_meta is not None:
+        meta["pred_codes"] = pred_meta
+    return meta
+
+
+def _open_writer(cfg: CollectConfig, meta: dict[str, Any], dist: Any) -> StoreWriter:
+    """The store writer: rank 0 writes ``meta.json`` (and clears an overwritten store) first."""
+    if dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
+    if not dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=False, write_meta=False)
+    return writer
+
+
+@dataclass
+class _Timer:
+    """Seconds spent in the LM forward and in the SAE encode (plus packing) over the shards."""
+
+    lm: float = 0.0
+    sae: float = 0.0
+
+
+def _progress_bar(cfg: CollectConfig, todo: list[int], done: list[int], n_shards: int, dist: Any) -> Any:
+    """The token progress bar of the shards to encode; says so when finished shards are reused."""
+    from tqdm.auto import tqdm
+
+    desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
+    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc,
+               disable=not cfg.progress or not (dist.is_main or dist.active))
+    if done:
+        bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
+    return bar
+
+
+def _encode_shards(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
+                   writer: StoreWriter, todo: list[int], bar: Any) -> _Timer:
+    """Encode the shards ``todo`` and hand each to a background writer (disk I/O overlaps the next
+    forward); returns the time spent in the LM and the SAE."""
+    timer = _Timer()
+    io = _ShardWriterThread(writer)
+    try:
+        with torch.inference_mode():
+            for si in todo:
+                io.put(si, _encode_shard(cfg, model, sae, prompts, device, si, timer, bar))
+    finally:
+        bar.close()
+        io.close()
+    return timer
+
+
+def _encode_shard(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device, si: int,
+                  timer: _Timer, bar: Any) -> dict[str, Any]:
+    """Shard ``si``'s prompts through the LM and the SAE, batch by batch, merged into one shard payload."""
+    tokens, special = prompts.tokens, prompts.special
+    lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
+    ptrs: list[torch.Tensor] = []
+    lats: list[torch.Tensor] = []
+    vals: list[torch.Tensor] = []
+    extras: dict[str, list[torch.Tensor]] = {}
+    slot_extras: dict[str, list[torch.Tensor]] = {}
+    pred_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for b in range(lo, hi, cfg.batch_size):
+        ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
+        ta = time.perf_counter()
+        acts = model.hidden_at(ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tb = time.perf_counter()
+        timer.lm += tb - ta
+        check_activations(acts, f"prompts {b}..{b + len(ids) - 1}")
+        enc = sae.encode(acts.float())
+        ptr, lat, val, cx = pack_codes(enc.codes.indices, enc.codes.values, enc.slot_extras)
+        ptrs.append(ptr)
+        lats.append(lat)
+        vals.append(val)
+        for k, v in cx.items():
+            slot_extras.setdefault(k, []).append(v)
+        if enc.pred_codes is not None:
+            pp, pl, pv, _ = pack_codes(enc.pred_codes.indices, enc.pred_codes.values, signed=True)
+            pred_parts.append((pp, pl, pv))
+        for k, v in enc.extras.items():
+            extras.setdefault(k, []).append(v.float().cpu())
+        timer.sae += time.perf_counter() - tb
+        bar.update(ids.numel())
+    pred_csr = None
+    if pred_parts:
+        pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
+                    torch.cat([p[2] for p in pred_parts]))
+    return dict(
+        tokens=tokens[lo:hi],
+        prompt_ids=torch.arange(lo, hi),
+        special=special[lo:hi],
+        code_ptr=_concat_ptrs(ptrs),
+        code_latent=torch.cat(lats),
+        code_value=torch.cat(vals),
+        extras={k: torch.cat(v) for k, v in extras.items()},
+        code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
+        pred_codes=pred_csr,
+    )
+
+
+def _finish(cfg: CollectConfig, result: CollectResult, timer: _Timer, dist: Any) -> None:
+    """Rank 0 writes ``collect_log.json`` and prints the summary line."""
     if dist.is_main:
         _write_log(cfg, result)
     if cfg.progress and dist.is_main:
         print(
-            f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {len(todo)} shards written, {len(done)} reused; "
-            f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
+            f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {result.shards_written} shards "
+            f"written, {result.shards_skipped} reused; LM {timer.lm:.1f}s, SAE {timer.sae:.1f}s, "
+            f"total {result.seconds:.1f}s"
         )
-    return result
 
 
 PRED_RULE = ("per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
