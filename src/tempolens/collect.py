@@ -25,11 +25,11 @@ import torch
 from tempolens.devices import resolve_device
 from tempolens.errors import TempolensError
 from tempolens.options import check
+from tempolens.saes.fit import load_sae_for_model
 from tempolens.sources.open import (
     check_activations,
     check_prompt_len,
     configured_context,
-    load_sae_for_model,
     load_subject_model,
     model_context,
     prompt_activation_sample,

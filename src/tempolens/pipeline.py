@@ -108,7 +108,7 @@ def _kernels(cfg: RunConfig, site: Path, c: CollectResult) -> Path | None:
         )
         contrast_sae = None
         if contrast != "none":
-            from tempolens.sources.open import load_sae_for_model
+            from tempolens.saes.fit import load_sae_for_model
 
             contrast_sae = load_sae_for_model(contrast, c.model, c.sae.device, strict_config=cfg.collect.sae_strict)
         run_kernel(kcfg, sources=(c.model, c.sae, contrast_sae))

@@ -284,7 +284,8 @@ def build_dashboards(
     if W_dec is None:
         if not sae_spec:
             raise ConfigError(f"{store.root}/meta.json names no SAE; pass --sae")
-        from tempolens.sources.open import load_sae_for_model, prompt_activation_sample
+        from tempolens.saes.fit import load_sae_for_model
+        from tempolens.sources.open import prompt_activation_sample
 
         cpu = torch.device("cpu")
         sae = load_sae_for_model(sae_spec, model, cpu, strict_config=cfg.sae_strict,

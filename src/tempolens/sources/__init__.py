@@ -1,8 +1,8 @@
 """tempolens.sources — where the data comes from.
 
 - ``cache``: the user cache dir (``$TEMPOLENS_CACHE`` or platformdirs) with ``models/`` and ``corpora/``.
-- ``open``: the one place that opens sources: ``load_subject_model(spec, layer)`` → ``SubjectModel``,
-  ``load_tokenizer(spec)``, ``load_sae_for_model(spec, model)`` with the fit checks.
+- ``open``: the one place that opens model specs: ``load_subject_model(spec, layer)`` → ``SubjectModel``,
+  ``load_tokenizer(spec)``, the context and activation checks (the SAE for a model: ``saes.fit``).
 - ``options``: ``SourceOptions`` (``--model``, ``--layer``, ``--sae``, ``--device``, ``--dtype``,
   ``--sae-strict``), the base of every command config that opens sources.
 - ``models``: ``SubjectModel`` (``hidden_at`` stops after block L), HF folders, hub ids and GGUF files.

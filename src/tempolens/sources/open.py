@@ -1,16 +1,14 @@
-"""Opening the sources: the one place that turns specs into a subject model, a tokenizer and an SAE.
+"""Opening the sources: the one place that turns model specs into a subject model and a tokenizer.
 
-Every command goes through these functions, so a spec means the same everywhere and the checks
-that an SAE fits a model are written once:
+Every command goes through these functions (and :func:`tempolens.saes.fit.load_sae_for_model` for
+the SAE read at the model's hook), so a spec means the same everywhere and each check is written once:
 
 - ``load_subject_model(spec, layer)``: ``embedded`` (prepared on first use), an HF hub id, a local
   HF folder or a ``.gguf`` file; ``device``/``dtype`` may be ``auto``.
 - ``load_tokenizer(spec)``: the tokenizer of the same specs, without loading the weights.
-- ``load_sae_for_model(spec, model)``: the SAE, checked to fit the model (``d_in`` equals the hook's
-  hidden size, finite weights), on the requested device in float32; random-init specs get
-  activation statistics from a sample the caller supplies.
 - ``check_prompt_len`` / ``configured_context`` / ``model_context``: prompts fit the model's context.
-- ``check_activations``: refuse NaN/inf activations before they become codes.
+- ``check_activations``: refuse NaN/inf activations before they become codes;
+  ``prompt_activation_sample``: hook activations of the first prompts (random-init SAEs need them).
 
 The embedded spec is dispatched here (``sources.embedded`` prepares the folder; ``sources.models``
 loads HF folders, hub ids and GGUF files), so neither of those modules imports the other's loader.
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 
 from tempolens.devices import resolve_device
-from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.errors import ConfigError, TempolensError
 from tempolens.sources.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, ensure_embedded_model
 from tempolens.sources import models
 from tempolens.sources.models import SubjectModel
@@ -146,47 +144,3 @@ def prompt_activation_sample(model: Any, tokens: torch.Tensor, device: torch.dev
     sample = tokens[: max(batch_size, min(32, len(tokens)))].to(device)
     acts = torch.cat([model.hidden_at(sample[i : i + batch_size]) for i in range(0, len(sample), batch_size)])
     return acts[:, 1:].reshape(-1, acts.shape[-1]).float()
-
-
-# ------------------------------------------------------------------------------------- SAEs
-
-
-def check_sae_fits(sae: Any, model: Any, name: str = "the SAE") -> None:
-    """Refuse an SAE whose ``d_in`` differs from the hidden size at the model's hook block."""
-    if sae.d_in != model.hidden_size:
-        raise SourceError(
-            f"{name} expects d_in={sae.d_in} but {getattr(model, 'model_id', 'the model')} block "
-            f"{getattr(model, 'layer', '?')} has hidden size {model.hidden_size}; "
-            "pick the SAE trained for this model and layer"
-        )
-
-
-def load_sae_for_model(
-    spec: str,
-    model: Any,
-    device: str | torch.device = "cpu",
-    *,
-    activation_sample: Callable[[], torch.Tensor] | None = None,
-    strict_config: bool = False,
-) -> Any:
-    """Load the SAE ``spec`` for ``model`` and check it fits: ``d_in`` equals the hook's hidden size and
-    every weight is finite. Returns it on ``device`` in float32, in eval mode.
-
-    ``activation_sample``: called (once, only for random-init specs that need activation statistics)
-    for activations ``[N, d_in]`` at the hook, BOS excluded. ``strict_config``: refuse unknown
-    ``conf.yaml`` keys (``--sae-strict``).
-    """
-    from tempolens.saes.loading import load_sae
-    from tempolens.saes.random_init import needs_activation_stats
-
-    sample = activation_sample() if activation_sample is not None and needs_activation_stats(spec) else None
-    sae = load_sae(spec, device="cpu", activation_sample=sample, strict_config=strict_config)
-    check_sae_fits(sae, model, f"SAE {spec!r}")
-    params = [*sae.named_parameters(), *sae.named_buffers()]
-    nonfinite = [name for name, t in params if t.is_floating_point() and not torch.isfinite(t).all()]
-    if nonfinite:
-        raise SourceError(
-            f"SAE {spec!r} has NaN/inf weights in {', '.join(nonfinite[:5])}; the checkpoint is damaged — "
-            "download or export it again"
-        )
-    return sae.to(resolve_device(device)).float().eval()

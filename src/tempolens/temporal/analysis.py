@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.saes.base import SAE, SparseCodes
-from tempolens.sources.open import check_sae_fits
+from tempolens.saes.fit import check_sae_fits
 from tempolens.temporal.events import boundary_positions, event_labels, sentence_starts, tokens_at_chars
 from tempolens.temporal.kernels import (
     MAX_KERNEL_TOKENS,

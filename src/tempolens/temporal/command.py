@@ -189,7 +189,7 @@ def texts_from_config(cfg: KernelConfig) -> list[EventText]:
 
 def load_sources(opts: TemporalSourceOptions, progress: Any = print) -> tuple[Any, Any, Any]:
     """``(subject model, Temporal SAE, contrast SAE or None)`` on ``opts.device``, opened and checked by
-    :mod:`tempolens.sources.open`.
+    :mod:`tempolens.sources.open` and :mod:`tempolens.saes.fit`.
 
     Random-init specs (``random:temporal?...``) that need activation statistics get them from the
     built-in demo stories run through the model (BOS excluded): the mean activation becomes the
@@ -197,7 +197,8 @@ def load_sources(opts: TemporalSourceOptions, progress: Any = print) -> tuple[An
     """
     from functools import cache
 
-    from tempolens.sources.open import load_sae_for_model, load_subject_model
+    from tempolens.saes.fit import load_sae_for_model
+    from tempolens.sources.open import load_subject_model
 
     model = load_subject_model(opts.model, opts.layer, device=opts.device, dtype=opts.dtype, progress=progress)
     sample = cache(lambda: demo_activation_sample(model))  # computed once, only for random-init specs that need it
