@@ -25,8 +25,8 @@ import torch
 
 from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, TempolensError
-from tempolens.sources.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, ensure_embedded_model
 from tempolens.sources import models
+from tempolens.sources.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, ensure_embedded_model
 from tempolens.sources.models import SubjectModel
 
 EMBEDDED = "embedded"
