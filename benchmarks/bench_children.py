@@ -22,7 +22,7 @@ HOOK_MODEL_NAME = "google/gemma-3-270m"
 
 
 def _load_model(model: str, layer: int, dtype: str, device: str):
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     return load_subject_model(model, layer=layer, device=device, dtype=dtype, progress=None)
 

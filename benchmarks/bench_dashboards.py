@@ -254,7 +254,7 @@ class Bench:
                 self.errors.append(f"SAEDashboard venv {cfg.saedash_python} missing: SAEDashboard skipped")
                 cfg.skip_saedash = True
             else:
-                from tempolens.sources.models import load_subject_model  # noqa: F401  (import check only)
+                from tempolens.sources.open import load_subject_model  # noqa: F401  (import check only)
                 from tempolens.sources.embedded import ensure_embedded_model
 
                 model_dir = ensure_embedded_model(progress=None) if cfg.model == "embedded" else Path(cfg.model)
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     result = bench.run()
     cfg.out.mkdir(parents=True, exist_ok=True)
     stamp = bench.stamp
-    from tempolens.store.codestore import atomic_write_bytes
+    from tempolens.fsutil import atomic_write_bytes
 
     atomic_write_bytes(cfg.out / f"bench-{stamp}.json", (json.dumps(result, indent=1, default=str) + "\n").encode())
     md = markdown(result)

@@ -98,7 +98,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from tempolens.saes.loading import load_sae
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
     from tempolens.train.event_check import EventSequence, event_check, kernel_images
 
     t0 = time.time()

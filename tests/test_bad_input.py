@@ -298,7 +298,7 @@ def no_model_load(monkeypatch):
     def refuse(*a, **k):
         pytest.fail("checked too late: the model was loaded")
 
-    monkeypatch.setattr(models, "load_subject_model", refuse)
+    monkeypatch.setattr(models, "load_hf_model", refuse)
 
 
 @pytest.fixture
@@ -366,12 +366,12 @@ def test_prompt_len_is_checked_against_the_loaded_model_too(tiny_lm_dir):
     is checked."""
     from types import SimpleNamespace
 
-    from tempolens.collect import _context_of, check_prompt_len, configured_context
+    from tempolens.sources.open import check_prompt_len, configured_context, model_context
 
     assert configured_context(str(tiny_lm_dir)) == 1024
     assert configured_context("no-such-owner/no-such-model") is None
-    assert _context_of({"text_config": {"max_position_embeddings": 8192}, "max_position_embeddings": 5}) == 8192
-    assert _context_of(SimpleNamespace(max_position_embeddings=512)) == 512 and _context_of(None) is None
+    assert model_context({"text_config": {"max_position_embeddings": 8192}, "max_position_embeddings": 5}) == 8192
+    assert model_context(SimpleNamespace(max_position_embeddings=512)) == 512 and model_context(None) is None
     with pytest.raises(ConfigError, match="--prompt-len 600 is longer than the context of m.gguf .512 tokens"):
         check_prompt_len(600, 512, "m.gguf")
     check_prompt_len(512, 512, "m.gguf")

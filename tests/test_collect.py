@@ -42,7 +42,7 @@ def _shard_bytes(store: Path) -> list[bytes]:
 def test_store_equals_direct_forward(tiny_lm_dir, corpus, temporal_dir, tmp_path):
     from tempolens.saes.loading import load_sae
     from tempolens.sources.corpora import build_prompts, iter_documents
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     res = collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "store"))
     assert res.shards_written == 3 and res.n_tokens > 0

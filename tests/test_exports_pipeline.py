@@ -25,7 +25,7 @@ WIDTH, D = 24, 32
 
 @pytest.fixture(scope="module")
 def lm(tiny_lm_dir):
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     return load_subject_model(tiny_lm_dir, layer=1, progress=None)
 

@@ -68,7 +68,7 @@ def test_validator_rejects_bad_rows():
 
 def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
     from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
     toks, special, dense = build_dense(tok)

@@ -71,3 +71,27 @@ def test_validation_errors_are_config_errors():
 def test_bad_choice_is_argparse_error():
     with pytest.raises(SystemExit):
         _parse(["--mode", "c"])
+
+
+def test_source_options_are_defined_once_with_one_default_rule():
+    """Every command config inherits its source options from tempolens.sources.options: one docstring
+    (its --help), one default (device and dtype `auto`), one validation."""
+    from tempolens.collect import CollectConfig
+    from tempolens.dashboards.pipeline import DashboardConfig
+    from tempolens.serve import ServeConfig
+    from tempolens.sources.options import DeviceOptions, ModelOptions, SAELoadOptions, SourceOptions
+    from tempolens.temporal.command import EventsConfig, KernelConfig
+    from tempolens.train.trainer import TrainConfig
+
+    for cls in (CollectConfig, KernelConfig, EventsConfig, ServeConfig):
+        assert issubclass(cls, SourceOptions)
+        cfg = cls()
+        assert (cfg.device, cfg.dtype, cfg.model, cfg.layer) == ("auto", "auto", "embedded", 9)
+        assert field_docs(cls)["sae_strict"] == field_docs(SAELoadOptions)["sae_strict"]
+        with pytest.raises(ConfigError, match="--layer must be >= 0"):
+            cls(layer=-1)
+    assert issubclass(TrainConfig, ModelOptions) and TrainConfig().device == "auto"
+    assert issubclass(DashboardConfig, DeviceOptions) and issubclass(DashboardConfig, SAELoadOptions)
+    assert DashboardConfig().device == "auto"
+    with pytest.raises(ConfigError, match="--dtype"):
+        CollectConfig(dtype="float8")

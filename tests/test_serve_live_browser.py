@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def live_server(tiny_lm_dir):
     from tempolens.saes.random_init import random_temporal_sae, random_topk_sae
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     model = load_subject_model(str(tiny_lm_dir), layer=2, progress=None)
     analyzer = make_analyzer(model, random_temporal_sae(32, 64, 8, seed=0), random_topk_sae(32, 64, 8, seed=1), max_tokens=64)

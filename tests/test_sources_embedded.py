@@ -234,7 +234,7 @@ def test_setup_corpus_only(tmp_cache, brown_tgz, sotu_tgz, capsys):
 @pytest.mark.slow
 def test_real_embedded_model():
     """Loads the real Gemma 3 270M (converted by `tempolens setup`; converts first if needed)."""
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     torch.set_num_threads(2)
     sm = load_subject_model("embedded", layer=9, progress=None)

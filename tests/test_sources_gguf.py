@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tempolens.errors import SourceError
-from tempolens.sources.models import CONVERTED_MARKER, convert_gguf, converted_gguf_dir, load_subject_model
+from tempolens.sources.models import CONVERTED_MARKER, convert_gguf, converted_gguf_dir
+from tempolens.sources.open import load_subject_model
 
 gguf = pytest.importorskip("gguf")
 torch.set_num_threads(1)

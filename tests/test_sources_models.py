@@ -9,9 +9,9 @@ from tempolens.errors import SourceError
 from tempolens.sources.models import (
     SubjectModel,
     effective_norm_multiplier,
-    load_subject_model,
     neuronpedia_model_id,
 )
+from tempolens.sources.open import load_subject_model
 
 torch.set_num_threads(1)
 
@@ -242,7 +242,7 @@ def test_other_architectures(tiny, tmp_path, kind, norm_kind):
 
 
 def test_load_tokenizer(tiny_lm_dir, tmp_path):
-    from tempolens.sources.models import load_tokenizer
+    from tempolens.sources.open import load_tokenizer
 
     tok = load_tokenizer(str(tiny_lm_dir))
     assert tok.bos_token_id == 2 and tok("the cat", add_special_tokens=False)["input_ids"]

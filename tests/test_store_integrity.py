@@ -204,7 +204,7 @@ def test_meta_that_is_no_json_object_is_one_line_on_dashboards_and_collect_resum
     assert not (tmp_path / "d").exists()
     import tempolens.sources.models as models
 
-    monkeypatch.setattr(models, "load_subject_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(models, "load_hf_model", lambda *a, **k: pytest.fail("the model must not load"))
     log = json.loads((store / "collect_log.json").read_text())["config"]
     args = ["collect", "--out", str(broken), "--model", log["model"], "--layer", "2", "--sae", log["sae"],
             "--corpus", log["corpus"], "--n-prompts", "12", "--prompt-len", "16", "--shard-prompts", "4",

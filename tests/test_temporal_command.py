@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tempolens.cli import main as cli_main
-from tempolens.errors import ConfigError
+from tempolens.errors import ConfigError, SourceError
 from tempolens.saes.random_init import activation_mean, estimate_scaling, random_temporal_sae, random_topk_sae
-from tempolens.sources.models import load_subject_model
+from tempolens.sources.open import load_subject_model
 from tempolens.temporal.analysis import analyze_text, tokenize
 from tempolens.temporal.command import EventsConfig, KernelConfig, read_texts, run_events, run_kernel
 from tempolens.temporal.events import parse_marked
@@ -199,7 +199,7 @@ def test_load_sources_with_random_specs(tiny_lm_dir):
     assert none is None
     with pytest.raises(ConfigError, match="not a Temporal SAE"):
         load_sources(KernelConfig(**base, sae="random:topk?width=64&k=8", contrast_sae="none"), progress=None)
-    with pytest.raises(ConfigError, match="d_in 16"):
+    with pytest.raises(SourceError, match="d_in=16"):
         load_sources(KernelConfig(**base, sae="random:temporal?d_in=16&width=64&k=8&n_heads=4&mean=zero&scale=1", contrast_sae="none"), progress=None)
 
 

@@ -111,7 +111,7 @@ def test_hostile_tokens_render_as_text(browser, tmp_path):
 
 def test_kernel_page_from_the_pipeline(browser, tmp_path, tiny_lm_dir):
     from tempolens.saes.random_init import random_temporal_sae, random_topk_sae
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
     from tempolens.temporal.command import KernelConfig, run_kernel
 
     model = load_subject_model(str(tiny_lm_dir), layer=1, progress=None)

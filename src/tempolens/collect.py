@@ -16,30 +16,35 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from tempolens.devices import resolve_device
-from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.errors import TempolensError
 from tempolens.options import check
-from tempolens.saes.options import SAELoadOptions
-from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
+from tempolens.saes.fit import load_sae_for_model
+from tempolens.sources.open import (
+    check_activations,
+    check_prompt_len,
+    configured_context,
+    load_subject_model,
+    model_context,
+    prompt_activation_sample,
+    resolve_dtype,
+)
+from tempolens.sources.options import SourceOptions
 from tempolens.fsutil import BackgroundWriter, ensure_out_dir
+from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
 
 
 @dataclass
-class CollectConfig(SAELoadOptions):
-    """Options of `tempolens collect` (and of the collect stage of `tempolens run`)."""
+class CollectConfig(SourceOptions):
+    """Options of `tempolens collect` (and of the collect stage of `tempolens run`); the model, layer,
+    SAE, device and dtype options come from :class:`~tempolens.sources.options.SourceOptions`."""
 
     out: Path = Path("runs/embedded/store")
     """Directory of the code store to write (created; rerun the same command to resume)."""
-    model: str = "embedded"
-    """Subject model: `embedded` (Gemma 3 270M, offline), an HF hub id such as `google/gemma-2-2b`, a local HF folder, or a `.gguf` file."""
-    layer: int = 9
-    """Decoder block whose output is captured (`blocks.L.hook_resid_post`); the forward stops after it."""
-    sae: str = "embedded:temporal"
-    """SAE to encode with: `embedded:temporal`, `embedded:topk`, a local folder (Temporal `conf.yaml` + `latest_ckpt.*`, or SAELens `cfg.json` + `sae_weights.safetensors`), `hf://owner/repo/subfolder`, `saelens://release/sae_id`, or `random:temporal?width=2560&k=32&seed=0`."""
     corpus: str = "embedded"
     """Text source: `embedded` (Brown + State of the Union), `embedded:brown`, `embedded:sotu`, a .txt/.jsonl/.parquet file or folder, or `hf:NAME[:CONFIG]:SPLIT[:COLUMN]` (streamed with `datasets`)."""
     n_prompts: int = 256
@@ -52,10 +57,6 @@ class CollectConfig(SAELoadOptions):
     """Prompts per LM forward."""
     shard_prompts: int = 64
     """Prompts per store shard (the unit of resumption)."""
-    device: str = "auto"
-    """Device for the model and SAE: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. The SAE always runs in float32."""
     pred_k: int = 32
     """Temporal SAEs: also keep `pred_k` predicted codes z_pred per token (signed), for `tempolens
     dashboards --codes pred`: the largest |z_pred − mean| / std, each latent's mean and std of z_pred
@@ -68,13 +69,11 @@ class CollectConfig(SAELoadOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.out = Path(self.out)
-        check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
         check(self.n_prompts >= 1, f"--n-prompts must be >= 1; got {self.n_prompts}")
         check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus at least one token); got {self.prompt_len}")
         check(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
         check(self.shard_prompts >= 1, f"--shard-prompts must be >= 1; got {self.shard_prompts}")
         check(self.pred_k >= 0, f"--pred-k must be >= 0; got {self.pred_k}")
-        check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
 
 
 @dataclass
@@ -96,12 +95,6 @@ class CollectResult:
     """The SAE used, on the collect device (not written to the log)."""
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device.type == "cuda" else "float32"
-    return dtype
-
-
 def _versions() -> dict[str, str]:
     from tempolens import __version__
 
@@ -115,99 +108,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def check_activations(acts: torch.Tensor, where: str) -> None:
-    """Refuse NaN/inf activations with a message instead of writing garbage codes."""
-    if not torch.isfinite(acts).all():
-        bad = (~torch.isfinite(acts)).any(-1).nonzero()[:3].tolist()
-        raise TempolensError(
-            f"the subject model produced NaN/inf activations at {where} (first [prompt, position]: {bad}); "
-            "try --dtype float32, or check the model weights"
-        )
-
-
-def configured_context(spec: str) -> int | None:
-    """``max_position_embeddings`` from the model's ``config.json`` when it is on disk (local folder,
-    converted embedded model, HF cache) — read without loading the model; None when unknown."""
-    import json
-
-    candidates: list[Path] = []
-    if spec == "embedded":
-        from tempolens.sources.embedded import embedded_model_dir
-
-        candidates.append(embedded_model_dir() / "config.json")
-    elif Path(spec).expanduser().is_dir():
-        candidates.append(Path(spec).expanduser() / "config.json")
-    elif "/" in spec and not spec.lower().endswith(".gguf"):
-        from tempolens.sources.hub import cached_file
-
-        hit = cached_file(spec, "config.json")  # None (not cached, odd id): checked after loading instead
-        if hit is not None:
-            candidates.append(hit)
-    for path in candidates:
-        try:
-            cfg = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(cfg, dict):
-            return _context_of(cfg)
-    return None
-
-
-def _context_of(cfg: Any) -> int | None:
-    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
-    text = get("text_config")
-    for src in ((text, cfg) if text is not None else (cfg,)):
-        key = "max_position_embeddings"
-        v = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
-def check_prompt_len(prompt_len: int, context: int | None, spec: str) -> None:
-    """Refuse prompts longer than the model's context (its ``max_position_embeddings``)."""
-    if context is not None and prompt_len > context:
-        raise ConfigError(
-            f"--prompt-len {prompt_len} is longer than the context of {spec} ({context} tokens, "
-            f"max_position_embeddings in its config.json); pass --prompt-len {context} or less"
-        )
-
-
-def load_sae_for_model(spec: str, model: Any, prompts_tokens: torch.Tensor, device: torch.device, batch_size: int,
-                       strict_config: bool = False) -> Any:
-    """Load the SAE and check it fits the model; random-init specs get activation statistics.
-    ``strict_config``: refuse unknown conf.yaml keys (``--sae-strict``)."""
-    from tempolens.saes import loading
-
-    stats_needed = False
-    try:
-        from tempolens.saes.random_init import needs_activation_stats
-
-        stats_needed = needs_activation_stats(spec)
-    except ImportError:  # pragma: no cover
-        pass
-    if stats_needed:
-        from tempolens.saes.random_init import sae_from_spec_with_stats
-
-        sample = prompts_tokens[: max(batch_size, min(32, len(prompts_tokens)))].to(device)
-        acts = torch.cat([model.hidden_at(sample[i : i + batch_size]) for i in range(0, len(sample), batch_size)])
-        acts = acts[:, 1:].reshape(-1, acts.shape[-1]).float()  # drop BOS: its norm dwarfs the rest
-        sae = sae_from_spec_with_stats(spec, acts)
-    else:
-        sae = loading.load_sae(spec, device="cpu", strict_config=strict_config)
-    if sae.d_in != model.hidden_size:
-        raise SourceError(
-            f"SAE {spec!r} expects d_in={sae.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
-            "pick the SAE trained for this model and layer"
-        )
-    nonfinite = [name for name, t in [*sae.named_parameters(), *sae.named_buffers()] if t.is_floating_point() and not torch.isfinite(t).all()]
-    if nonfinite:
-        raise SourceError(
-            f"SAE {spec!r} has NaN/inf weights in {', '.join(nonfinite[:5])}; the checkpoint is damaged — download or export it again"
-        )
-    return sae.to(device).float().eval()
-
-
 def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     """Run the one pass and write (or finish) the code store at ``cfg.out``.
 
@@ -215,145 +115,208 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     at ``cfg.layer`` (skips loading it again, e.g. in ``tempolens run``). The result carries the
     model and SAE it used (``result.model``, ``result.sae``) for later stages of the same process.
     """
-    from tqdm.auto import tqdm
-
-    from tempolens.sources.corpora import build_prompts, iter_documents
-    from tempolens.sources.models import load_subject_model
-
     from tempolens import distributed
 
     dist = distributed.current()
     t0 = time.perf_counter()
     device = resolve_device(dist.device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
-    # before the model loads: the output folder must be writable, an existing store must be intact,
-    # and the prompts must fit the model's context
-    if dist.is_main:
-        ensure_out_dir(cfg.out)
-        if (cfg.out / "meta.json").exists() and not cfg.overwrite:
-            CodeStore(cfg.out)
-    if model is None:
-        check_prompt_len(cfg.prompt_len, configured_context(cfg.model), cfg.model)
-        model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
-    elif model.layer != cfg.layer:
-        raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
-    check_prompt_len(cfg.prompt_len, _context_of(getattr(getattr(model, "model", None), "config", None)), cfg.model)
+    _check_out(cfg, dist)
+    model = _open_model(cfg, model, device, dtype)
     t_model = time.perf_counter()
-    prompts = build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed)
-    tokens, special = prompts.tokens, prompts.special
+    prompts = _build_prompts(cfg, model)
     t_prompts = time.perf_counter()
-    sae = load_sae_for_model(cfg.sae, model, tokens, device, cfg.batch_size, strict_config=cfg.sae_strict)
+    sae = load_sae_for_model(
+        cfg.sae, model, device, strict_config=cfg.sae_strict,
+        activation_sample=lambda: prompt_activation_sample(model, prompts.tokens, device, cfg.batch_size),
+    )
     t_sae = time.perf_counter()
-    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
-    pred_meta = _pred_calibration(cfg, sae, model, tokens, special, device, pred_k) if pred_k > 0 else None
-
-    n_shards = (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts
-    meta = {
-        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name, "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
-        "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
-        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed, "policy": prompts.policy, "corpus": cfg.corpus},
-        "corpus": {"spec": _portable_spec(cfg.corpus)},
-        "n_shards": n_shards,
-        "shard_size": cfg.shard_prompts,
-        "versions": _versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if pred_meta is not None:
-        meta["pred_codes"] = pred_meta
-    if dist.is_main:
-        writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
-    dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
-    if not dist.is_main:
-        writer = StoreWriter(cfg.out, meta, overwrite=False, write_meta=False)
+    meta = _store_meta(cfg, model, sae, prompts, device, dtype)
+    writer = _open_writer(cfg, meta, dist)
     done = writer.done_shards()
-    todo = dist.split([i for i in range(n_shards) if i not in done])
-    n_counted = int((~special).sum())
-    desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
-    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc, disable=not cfg.progress or not (dist.is_main or dist.active))
-    if done:
-        bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
-    lm_seconds = 0.0
-    sae_seconds = 0.0
-    io = BackgroundWriter(max_pending=2, name="tempolens-shards")  # shard writes overlap the next LM forward
-    try:
-        with torch.inference_mode():
-            for si in todo:
-                lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
-                parts: dict[str, list[torch.Tensor]] = {"idx": [], "val": []}
-                extras: dict[str, list[torch.Tensor]] = {}
-                slot_extras: dict[str, list[torch.Tensor]] = {}
-                pred_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-                for b in range(lo, hi, cfg.batch_size):
-                    ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
-                    ta = time.perf_counter()
-                    acts = model.hidden_at(ids)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    tb = time.perf_counter()
-                    lm_seconds += tb - ta
-                    check_activations(acts, f"prompts {b}..{b + len(ids) - 1}")
-                    enc = sae.encode(acts.float())
-                    ptr, lat, val, cx = pack_codes(enc.codes.indices, enc.codes.values, enc.slot_extras)
-                    parts["idx"].append((ptr, lat))
-                    parts["val"].append(val)
-                    for k, v in cx.items():
-                        slot_extras.setdefault(k, []).append(v)
-                    if enc.pred_codes is not None:
-                        pp, pl, pv, _ = pack_codes(enc.pred_codes.indices, enc.pred_codes.values, signed=True)
-                        pred_parts.append((pp, pl, pv))
-                    for k, v in enc.extras.items():
-                        extras.setdefault(k, []).append(v.float().cpu())
-                    sae_seconds += time.perf_counter() - tb
-                    bar.update(ids.numel())
-                # merge batch CSR parts into one shard
-                ptrs, lats = zip(*parts["idx"])
-                code_ptr = _concat_ptrs(list(ptrs))
-                pred_csr = None
-                if pred_parts:
-                    pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
-                                torch.cat([p[2] for p in pred_parts]))
-                io.submit(
-                    partial(
-                        writer.write_shard,
-                        si,
-                        tokens=tokens[lo:hi],
-                        prompt_ids=torch.arange(lo, hi),
-                        special=special[lo:hi],
-                        code_ptr=code_ptr,
-                        code_latent=torch.cat(lats),
-                        code_value=torch.cat(parts["val"]),
-                        extras={k: torch.cat(v) for k, v in extras.items()},
-                        code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
-                        pred_codes=pred_csr,
-                    ),
-                )
-    finally:
-        bar.close()
-        io.close()
+    todo = dist.split([i for i in range(meta["n_shards"]) if i not in done])
+    bar = _progress_bar(cfg, todo, done, meta["n_shards"], dist)
+    timer = _encode_shards(cfg, model, sae, prompts, device, writer, todo, bar)
     dist.barrier()  # every rank's shards are on disk
     elapsed = time.perf_counter() - t0
     n_new = len(todo) * cfg.shard_prompts * cfg.prompt_len
     result = CollectResult(
         store=cfg.out,
         n_prompts=cfg.n_prompts,
-        n_tokens=n_counted,
+        n_tokens=int((~prompts.special).sum()),
         shards_written=len(todo),
         shards_skipped=len(done),
         seconds=elapsed,
-        lm_seconds=lm_seconds,
+        lm_seconds=timer.lm,
         tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
-        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts, "lm_forward": lm_seconds, "sae_encode": sae_seconds},
+        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts,
+                 "lm_forward": timer.lm, "sae_encode": timer.sae},
         model=model,
         sae=sae,
     )
+    _finish(cfg, result, timer, dist)
+    return result
+
+
+def _check_out(cfg: CollectConfig, dist: Any) -> None:
+    """Before the model loads: the output folder must be writable and an existing store intact."""
+    if dist.is_main:
+        ensure_out_dir(cfg.out)
+        if (cfg.out / "meta.json").exists() and not cfg.overwrite:
+            CodeStore(cfg.out)
+
+
+def _open_model(cfg: CollectConfig, model: Any, device: torch.device, dtype: str) -> Any:
+    """The subject model (``model`` if preloaded, checked to read ``cfg.layer``), with the prompts
+    checked to fit its context before loading (from its config.json when on disk) and after."""
+    if model is None:
+        check_prompt_len(cfg.prompt_len, configured_context(cfg.model), cfg.model)
+        model = load_subject_model(cfg.model, layer=cfg.layer, device=str(device), dtype=dtype)
+    elif model.layer != cfg.layer:
+        raise TempolensError(f"the preloaded model reads block {model.layer} but --layer is {cfg.layer}")
+    check_prompt_len(cfg.prompt_len, model_context(getattr(getattr(model, "model", None), "config", None)), cfg.model)
+    return model
+
+
+def _build_prompts(cfg: CollectConfig, model: Any) -> Any:
+    """The store's prompts: ``cfg.n_prompts`` seeded prompts of ``cfg.prompt_len`` tokens from the corpus."""
+    from tempolens.sources.corpora import build_prompts, iter_documents
+
+    return build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts,
+                         prompt_len=cfg.prompt_len, seed=cfg.seed)
+
+
+def _store_meta(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
+                dtype: str) -> dict[str, Any]:
+    """The store's ``meta.json``; a Temporal SAE first gets its predicted-code rule (``_pred_calibration``)."""
+    pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
+    pred_meta = (_pred_calibration(cfg, sae, model, prompts.tokens, prompts.special, device, pred_k)
+                 if pred_k > 0 else None)
+    meta = {
+        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name,
+                  "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
+        "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
+        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed,
+                    "policy": prompts.policy, "corpus": cfg.corpus},
+        "corpus": {"spec": _portable_spec(cfg.corpus)},
+        "n_shards": (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts,
+        "shard_size": cfg.shard_prompts,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if pred_meta is not None:
+        meta["pred_codes"] = pred_meta
+    return meta
+
+
+def _open_writer(cfg: CollectConfig, meta: dict[str, Any], dist: Any) -> StoreWriter:
+    """The store writer: rank 0 writes ``meta.json`` (and clears an overwritten store) first."""
+    if dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=cfg.overwrite)
+    dist.barrier()  # rank 0 has written meta.json (and cleared an overwritten store)
+    if not dist.is_main:
+        writer = StoreWriter(cfg.out, meta, overwrite=False, write_meta=False)
+    return writer
+
+
+@dataclass
+class _Timer:
+    """Seconds spent in the LM forward and in the SAE encode (plus packing) over the shards."""
+
+    lm: float = 0.0
+    sae: float = 0.0
+
+
+def _progress_bar(cfg: CollectConfig, todo: list[int], done: list[int], n_shards: int, dist: Any) -> Any:
+    """The token progress bar of the shards to encode; says so when finished shards are reused."""
+    from tqdm.auto import tqdm
+
+    desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
+    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc,
+               disable=not cfg.progress or not (dist.is_main or dist.active))
+    if done:
+        bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
+    return bar
+
+
+def _encode_shards(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
+                   writer: StoreWriter, todo: list[int], bar: Any) -> _Timer:
+    """Encode the shards ``todo`` and hand each to a background writer (disk I/O overlaps the next
+    forward); returns the time spent in the LM and the SAE."""
+    timer = _Timer()
+    io = BackgroundWriter(max_pending=2, name="tempolens-shards")
+    try:
+        with torch.inference_mode():
+            for si in todo:
+                payload = _encode_shard(cfg, model, sae, prompts, device, si, timer, bar)
+                io.submit(partial(writer.write_shard, si, **payload))
+    finally:
+        bar.close()
+        io.close()
+    return timer
+
+
+def _encode_shard(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device, si: int,
+                  timer: _Timer, bar: Any) -> dict[str, Any]:
+    """Shard ``si``'s prompts through the LM and the SAE, batch by batch, merged into one shard payload."""
+    tokens, special = prompts.tokens, prompts.special
+    lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
+    ptrs: list[torch.Tensor] = []
+    lats: list[torch.Tensor] = []
+    vals: list[torch.Tensor] = []
+    extras: dict[str, list[torch.Tensor]] = {}
+    slot_extras: dict[str, list[torch.Tensor]] = {}
+    pred_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for b in range(lo, hi, cfg.batch_size):
+        ids = tokens[b : min(b + cfg.batch_size, hi)].to(device)
+        ta = time.perf_counter()
+        acts = model.hidden_at(ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        tb = time.perf_counter()
+        timer.lm += tb - ta
+        check_activations(acts, f"prompts {b}..{b + len(ids) - 1}")
+        enc = sae.encode(acts.float())
+        ptr, lat, val, cx = pack_codes(enc.codes.indices, enc.codes.values, enc.slot_extras)
+        ptrs.append(ptr)
+        lats.append(lat)
+        vals.append(val)
+        for k, v in cx.items():
+            slot_extras.setdefault(k, []).append(v)
+        if enc.pred_codes is not None:
+            pp, pl, pv, _ = pack_codes(enc.pred_codes.indices, enc.pred_codes.values, signed=True)
+            pred_parts.append((pp, pl, pv))
+        for k, v in enc.extras.items():
+            extras.setdefault(k, []).append(v.float().cpu())
+        timer.sae += time.perf_counter() - tb
+        bar.update(ids.numel())
+    pred_csr = None
+    if pred_parts:
+        pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
+                    torch.cat([p[2] for p in pred_parts]))
+    return dict(
+        tokens=tokens[lo:hi],
+        prompt_ids=torch.arange(lo, hi),
+        special=special[lo:hi],
+        code_ptr=_concat_ptrs(ptrs),
+        code_latent=torch.cat(lats),
+        code_value=torch.cat(vals),
+        extras={k: torch.cat(v) for k, v in extras.items()},
+        code_extras={k: torch.cat(v) for k, v in slot_extras.items()},
+        pred_codes=pred_csr,
+    )
+
+
+def _finish(cfg: CollectConfig, result: CollectResult, timer: _Timer, dist: Any) -> None:
+    """Rank 0 writes ``collect_log.json`` and prints the summary line."""
     if dist.is_main:
         _write_log(cfg, result)
     if cfg.progress and dist.is_main:
         print(
-            f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {len(todo)} shards written, {len(done)} reused; "
-            f"LM {lm_seconds:.1f}s, SAE {sae_seconds:.1f}s, total {elapsed:.1f}s"
+            f"store {cfg.out}: {cfg.n_prompts} prompts × {cfg.prompt_len} tokens, {result.shards_written} shards "
+            f"written, {result.shards_skipped} reused; LM {timer.lm:.1f}s, SAE {timer.sae:.1f}s, "
+            f"total {result.seconds:.1f}s"
         )
-    return result
 
 
 PRED_RULE = ("per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "

@@ -104,14 +104,13 @@ def _kernels(cfg: RunConfig, site: Path, c: CollectResult) -> Path | None:
     try:
         kcfg = KernelConfig(
             model=cfg.collect.model, layer=cfg.collect.layer, sae=cfg.collect.sae, contrast_sae=contrast,
-            device=cfg.collect.device if cfg.collect.device != "auto" else "cpu", out=site,
-            sae_strict=cfg.collect.sae_strict,
+            device=cfg.collect.device, dtype=cfg.collect.dtype, out=site, sae_strict=cfg.collect.sae_strict,
         )
         contrast_sae = None
         if contrast != "none":
-            from tempolens.saes.loading import load_sae
+            from tempolens.saes.fit import load_sae_for_model
 
-            contrast_sae = load_sae(contrast, device=c.sae.device, strict_config=cfg.collect.sae_strict).eval()
+            contrast_sae = load_sae_for_model(contrast, c.model, c.sae.device, strict_config=cfg.collect.sae_strict)
         run_kernel(kcfg, sources=(c.model, c.sae, contrast_sae))
     except TempolensError as e:
         print(f"kernels skipped: {e}")

@@ -30,7 +30,6 @@ index list (SAEBench) or ``n`` 0/1 labels (delphi). How a backend honours it is 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import os
@@ -236,20 +235,6 @@ def smollm2_gguf() -> Path:
     return found[0]
 
 
-def _cache_root() -> Path:
-    try:
-        from tempolens.sources.cache import cache_dir  # type: ignore
-
-        return Path(cache_dir())
-    except Exception:
-        env = os.environ.get("TEMPOLENS_CACHE")
-        if env:
-            return Path(env)
-        import platformdirs
-
-        return Path(platformdirs.user_cache_dir("tempolens"))
-
-
 def resolve_local_model(model: str) -> tuple[Path, str | None]:
     """``(folder, gguf_file or None)`` for ``smollm2`` (default), a ``.gguf`` path or an HF folder."""
     if model in ("", "smollm2", "default"):
@@ -268,13 +253,6 @@ def _kv_cache(out: Any) -> Any:
     return out["cache"] if "cache" in out else out.past_key_values
 
 
-def converted_folder(gguf: Path) -> Path:
-    """Where the HF conversion of ``gguf`` is cached (keyed by its path, size and mtime)."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return _cache_root() / "explainers" / f"{gguf.stem}-{key}"
-
-
 class LocalBackend:
     """An in-process chat model through transformers (greedy by default; one generation at a time)."""
 
@@ -282,31 +260,19 @@ class LocalBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from tempolens.sources.models import convert_gguf
+
         folder, gguf = resolve_local_model(model)
         self.name = f"local:{gguf or folder.name}"
         load_from, kw = folder, {"gguf_file": gguf} if gguf else {}
-        cached = None
-        if gguf and cache:
-            cached = converted_folder(folder / gguf)
-            if (cached / "config.json").exists():
-                load_from, kw = cached, {}
+        if gguf and cache:  # dequantised once and cached as an HF folder (under a lock), like subject models
+            load_from, kw = convert_gguf(folder / gguf, progress=None), {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(load_from), **kw)
             self.model = AutoModelForCausalLM.from_pretrained(str(load_from), dtype=torch.float32, **kw)
         except Exception as e:
             raise SourceError(f"cannot load the local model {model!r} ({type(e).__name__}: {str(e)[:160]})") from e
-        if cached is not None and load_from != cached:
-            try:
-                self.model.hf_quantizer = None
-                if hasattr(self.model.config, "quantization_config"):
-                    del self.model.config.quantization_config
-                tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
-                self.model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                os.replace(tmp, cached)
-            except OSError:
-                pass  # caching is an optimisation only
-        self.folder = cached if (cached is not None and (cached / "config.json").exists()) else folder
+        self.folder = load_from
         """The HF folder of the model (for a GGUF: its cached conversion, which any server can load)."""
         self.model.eval().to(device)
         params = inspect.signature(self.model.forward).parameters
@@ -434,11 +400,12 @@ class LocalBackend:
 def local_model_folder(model: str = "smollm2") -> Path:
     """The HF folder of a local model (a GGUF is converted once and cached), e.g. to serve it with
     ``transformers serve FOLDER``; ``python -m tempolens.autointerp.llm [MODEL]`` prints it."""
+    from tempolens.sources.models import convert_gguf
+
     folder, gguf = resolve_local_model(model)
     if gguf is None:
         return folder
-    cached = converted_folder(folder / gguf)
-    return cached if (cached / "config.json").exists() else LocalBackend(model).folder
+    return convert_gguf(folder / gguf, progress=None)
 
 
 def index_list_state(text: str, n: int) -> tuple[bool, bool]:

@@ -159,35 +159,16 @@ def sae_id_for(meta: dict[str, Any]) -> str:
 
 def resolve_tokenizer(meta: dict[str, Any], override: str | None) -> Any:
     """A tokenizer for token strings (no model weights are loaded): ``override``, else the store's
-    subject model (``meta.model.spec``): ``embedded``, an HF folder, a ``.gguf`` (its cached
-    conversion when there is one) or a hub id."""
-    from transformers import AutoTokenizer
+    subject model (``meta.model.spec``), opened by :func:`tempolens.sources.open.load_tokenizer`."""
+    from tempolens.sources.open import load_tokenizer
 
     spec = override or (meta.get("model") or {}).get("spec") or (meta.get("model") or {}).get("model_id")
     if not spec:
         raise SourceError("the store's meta.json names no model; pass --tokenizer PATH_OR_ID")
-    spec = str(spec)
     try:
-        if spec == "embedded":
-            from tempolens.sources.embedded import ensure_embedded_model
-
-            return AutoTokenizer.from_pretrained(str(ensure_embedded_model(progress=lambda *_: None)))
-        p = Path(spec).expanduser()
-        if p.suffix == ".gguf":
-            try:
-                from tempolens.sources.models import converted_gguf_dir, is_converted
-
-                d = converted_gguf_dir(p)
-                if is_converted(d):
-                    return AutoTokenizer.from_pretrained(str(d))
-            except ImportError:
-                pass
-            return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-        return AutoTokenizer.from_pretrained(str(p) if p.exists() else spec)
-    except TempolensError:
-        raise
-    except Exception as e:
-        raise SourceError(f"cannot load a tokenizer from {spec!r} ({type(e).__name__}: {str(e)[:120]}); pass --tokenizer PATH_OR_ID") from e
+        return load_tokenizer(str(spec))
+    except SourceError as e:
+        raise SourceError(f"{e}; pass --tokenizer PATH_OR_ID") from None
 
 
 class BudgetExhausted(TempolensError):

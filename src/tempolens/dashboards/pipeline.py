@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.options import check
-from tempolens.saes.options import SAELoadOptions
 from tempolens.fsutil import atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
+from tempolens.sources.options import DeviceOptions, SAELoadOptions
 from tempolens.store.codestore import CodeStore, StoreError
 
 if TYPE_CHECKING:
@@ -60,8 +60,11 @@ LOGIT_DIRECTION = "unit-norm decoder direction w_dec/‖w_dec‖"
 
 
 @dataclass
-class DashboardConfig(SAELoadOptions):
-    """Options of `tempolens dashboards`."""
+class DashboardConfig(DeviceOptions, SAELoadOptions):
+    """Options of `tempolens dashboards` (`--device`: where the logit-effect matmuls run).
+
+    `--model` and `--sae` here are overrides of the store's own specs (default: its `meta.json`), not the
+    collect options of the same name."""
 
     store: Path = Path("runs/embedded/store")
     """Code store to read (written by `tempolens collect`)."""
@@ -129,8 +132,6 @@ class DashboardConfig(SAELoadOptions):
     """Seed of the interval samples."""
     corr_memory_mb: float = 1024
     """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra store read each."""
-    device: str = "auto"
-    """Device for the logit-effect matmuls: `auto` (CUDA if available), `cpu`, `cuda`, ..."""
     codes: Literal["novel", "pred"] = "novel"
     """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
     (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`
@@ -346,16 +347,18 @@ def _load_subject(run: _Run, model: Any, W_dec: torch.Tensor | None) -> _Subject
     if model is None:
         if not model_spec:
             raise ConfigError(f"{store.root}/meta.json names no model; pass --model")
-        from tempolens.sources.models import load_subject_model
+        from tempolens.sources.open import load_subject_model
 
         model = load_subject_model(model_spec, layer=layer, device="cpu", progress=print if cfg.progress else None)
     if W_dec is None:
         if not sae_spec:
             raise ConfigError(f"{store.root}/meta.json names no SAE; pass --sae")
-        from tempolens.collect import load_sae_for_model
+        from tempolens.saes.fit import load_sae_for_model
+        from tempolens.sources.open import prompt_activation_sample
 
-        sae = load_sae_for_model(sae_spec, model, store.all_tokens(), torch.device("cpu"), 8,
-                                 strict_config=cfg.sae_strict)
+        cpu = torch.device("cpu")
+        sae = load_sae_for_model(sae_spec, model, cpu, strict_config=cfg.sae_strict,
+                                 activation_sample=lambda: prompt_activation_sample(model, store.all_tokens(), cpu, 8))
         W_dec = sae.W_dec.detach().float().cpu()
     W_dec = W_dec.detach().float().cpu()
     if W_dec.shape[0] != store.width:

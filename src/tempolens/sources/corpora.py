@@ -354,6 +354,96 @@ def _tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
+class _TokenStream:
+    """The token stream that prompts are cut from: documents' ids joined by ``sep``, cut off at ``need``
+    tokens; ``doc`` holds each token's document index (``-1`` for separators)."""
+
+    def __init__(self, need: int, sep: int, bar: Any = None) -> None:
+        self.need = need
+        self.sep = sep
+        self.bar = bar
+        self.ids: list[int] = []
+        self.doc: list[int] = []
+        self.n_nonempty = 0
+
+    @property
+    def full(self) -> bool:
+        """True once the stream holds every token the prompts need."""
+        return len(self.ids) >= self.need
+
+    def add(self, doc_index: int, ids: list[int]) -> None:
+        """Append one document's ids (after a separator unless it is the first non-empty one)."""
+        if not ids:
+            return
+        if self.n_nonempty:
+            self.ids.append(self.sep)
+            self.doc.append(-1)
+        room = self.need - len(self.ids)
+        ids = ids[: max(room, 0)]
+        self.ids.extend(ids)
+        self.doc.extend([doc_index] * len(ids))
+        self.n_nonempty += 1
+        if self.bar is not None:
+            self.bar.update(min(len(ids) + 1, self.need - self.bar.n))
+
+    def add_batch(self, tokenizer: Any, pending: list[tuple[int, str]]) -> None:
+        """Tokenize ``pending`` ``(doc_index, text)`` pairs together and add them until the stream is full."""
+        for (di, _), ids in zip(pending, _tokenize(tokenizer, [t for _, t in pending])):
+            self.add(di, ids)
+            if self.full:
+                break
+
+
+def _special_ids(tokenizer: Any, add_bos: bool) -> tuple[int | None, int | None, int | None, int]:
+    """``(bos, eos, pad, separator)`` of the tokenizer; the separator is EOS, else BOS."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if add_bos and bos is None:
+        raise SourceError("this tokenizer has no BOS token; build prompts with add_bos=False (--no-add-bos)")
+    sep = eos if eos is not None else bos
+    if sep is None:
+        raise SourceError("this tokenizer has neither an EOS nor a BOS token to separate documents")
+    return bos, eos, pad, sep
+
+
+def _fill_stream(stream: _TokenStream, tokenizer: Any, documents: Iterable[str], corpus_name: str, seed: int,
+                 shuffle_buffer: int, tokenize_batch: int) -> int:
+    """Tokenize the seeded shuffle of ``documents`` into ``stream`` until it is full; returns the number of
+    documents read. Documents are tokenized in small batches bounded in characters (long documents never
+    wait for company)."""
+    n_docs = 0
+    pending: list[tuple[int, str]] = []
+    for doc_index, text in seeded_shuffle(documents, seed, shuffle_buffer):
+        n_docs += 1
+        if not isinstance(text, str):
+            raise SourceError(f"document {doc_index} of {corpus_name} is {type(text).__name__}, not text")
+        if not text.strip():
+            continue
+        pending.append((doc_index, _clean(text)))
+        if len(pending) >= tokenize_batch or sum(len(t) for _, t in pending) > 200_000:
+            stream.add_batch(tokenizer, pending)
+            pending.clear()
+        if stream.full:
+            break
+    if pending and not stream.full:
+        stream.add_batch(tokenizer, pending)
+    return n_docs
+
+
+def _check_stream(stream: _TokenStream, corpus_name: str, body: int, prompt_len: int) -> None:
+    """Refuse an empty corpus, or one that gives fewer tokens than the prompts need."""
+    if stream.n_nonempty == 0:
+        raise SourceError(f"corpus {corpus_name} is empty (no document has any text); check the path, field or split")
+    if not stream.full:
+        got = len(stream.ids) // body
+        raise SourceError(
+            f"corpus {corpus_name} gives only {got} prompts of {prompt_len} tokens "
+            f"({len(stream.ids)} tokens in {stream.n_nonempty} documents); lower --n-prompts or --prompt-len "
+            "or use a larger corpus"
+        )
+
+
 def build_prompts(
     tokenizer: Any,
     documents: Iterable[str],
@@ -375,79 +465,23 @@ def build_prompts(
         corpus_name = str(getattr(documents, "name", None) or "(unnamed)")
     if n_prompts < 1 or prompt_len < 2:
         raise SourceError(f"need n_prompts ≥ 1 and prompt_len ≥ 2; got {n_prompts} and {prompt_len}")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if add_bos and bos is None:
-        raise SourceError("this tokenizer has no BOS token; build prompts with add_bos=False (--no-add-bos)")
-    sep = eos if eos is not None else bos
-    if sep is None:
-        raise SourceError("this tokenizer has neither an EOS nor a BOS token to separate documents")
+    bos, eos, pad, sep = _special_ids(tokenizer, add_bos)
     body = prompt_len - 1 if add_bos else prompt_len
     need = n_prompts * body
-
-    stream_ids: list[int] = []
-    stream_doc: list[int] = []
-    n_docs = 0
-    n_nonempty = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=need, desc=f"tokenizing {corpus_name}", unit="tok", leave=False)
-
-    def add(doc_index: int, ids: list[int]) -> None:
-        nonlocal n_nonempty
-        if not ids:
-            return
-        if n_nonempty:
-            stream_ids.append(sep)
-            stream_doc.append(-1)
-        room = need - len(stream_ids)
-        ids = ids[: max(room, 0)]
-        stream_ids.extend(ids)
-        stream_doc.extend([doc_index] * len(ids))
-        n_nonempty += 1
-        if bar is not None:
-            bar.update(min(len(ids) + 1, need - bar.n))
-
-    pending: list[tuple[int, str]] = []
+    stream = _TokenStream(need, sep, bar)
     try:
-        for doc_index, text in seeded_shuffle(documents, seed, shuffle_buffer):
-            n_docs += 1
-            if not isinstance(text, str):
-                raise SourceError(f"document {doc_index} of {corpus_name} is {type(text).__name__}, not text")
-            if not text.strip():
-                continue
-            pending.append((doc_index, _clean(text)))
-            # tokenize a small batch, bounded in characters: long documents never wait for company
-            if len(pending) >= tokenize_batch or sum(len(t) for _, t in pending) > 200_000:
-                for (di, _), ids in zip(pending, _tokenize(tokenizer, [t for _, t in pending])):
-                    add(di, ids)
-                    if len(stream_ids) >= need:
-                        break
-                pending.clear()
-            if len(stream_ids) >= need:
-                break
-        if pending and len(stream_ids) < need:
-            for (di, _), ids in zip(pending, _tokenize(tokenizer, [t for _, t in pending])):
-                add(di, ids)
-                if len(stream_ids) >= need:
-                    break
+        n_docs = _fill_stream(stream, tokenizer, documents, corpus_name, seed, shuffle_buffer, tokenize_batch)
     finally:
         if bar is not None:
             bar.close()
-
-    if n_nonempty == 0:
-        raise SourceError(f"corpus {corpus_name} is empty (no document has any text); check the path, field or split")
-    if len(stream_ids) < need:
-        got = len(stream_ids) // body
-        raise SourceError(
-            f"corpus {corpus_name} gives only {got} prompts of {prompt_len} tokens "
-            f"({len(stream_ids)} tokens in {n_nonempty} documents); lower --n-prompts or --prompt-len or use a larger corpus"
-        )
-    ids = torch.tensor(stream_ids[:need], dtype=torch.int64).view(n_prompts, body)
-    docs = torch.tensor(stream_doc[:need], dtype=torch.int64).view(n_prompts, body)
+    _check_stream(stream, corpus_name, body, prompt_len)
+    ids = torch.tensor(stream.ids[:need], dtype=torch.int64).view(n_prompts, body)
+    docs = torch.tensor(stream.doc[:need], dtype=torch.int64).view(n_prompts, body)
     if add_bos:
         ids = torch.cat([torch.full((n_prompts, 1), bos, dtype=torch.int64), ids], dim=1)
         docs = torch.cat([torch.full((n_prompts, 1), -1, dtype=torch.int64), docs], dim=1)
@@ -467,5 +501,6 @@ def build_prompts(
         corpus=corpus_name,
         seed=seed,
         n_documents=n_docs,
-        meta={"n_prompts": n_prompts, "prompt_len": prompt_len, "add_bos": add_bos, "bos_id": bos, "eos_id": sep, "pad_id": pad},
+        meta={"n_prompts": n_prompts, "prompt_len": prompt_len, "add_bos": add_bos, "bos_id": bos, "eos_id": sep,
+              "pad_id": pad},
     )

@@ -358,10 +358,10 @@ def setup(cfg: SetupConfig | None = None) -> dict:
         report["model_prepare_s"] = round(time.perf_counter() - t0, 1)
         print(f"model: {folder} (ready in {report['model_prepare_s']} s)")
         if cfg.check_load:
-            from tempolens.sources.models import load_subject_model
+            from tempolens.sources.models import load_hf_model
 
             t0 = time.perf_counter()
-            sm = load_subject_model("embedded", layer=0, progress=None)
+            sm = load_hf_model(folder, layer=0, model_id=EMBEDDED_MODEL_ID, progress=None, source="embedded")
             report["model_load_s"] = round(time.perf_counter() - t0, 1)
             print(f"model loads in {report['model_load_s']} s: {sm.model_id}, d_model {sm.hidden_size}, {sm.n_layers} blocks, vocab {sm.vocab_size}")
     if not cfg.skip_corpus:

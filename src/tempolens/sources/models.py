@@ -1,4 +1,6 @@
-"""The subject model: any HF causal LM (hub id, local folder, ``.gguf`` file or the embedded default).
+"""The subject model: any HF causal LM (hub id, local folder or ``.gguf`` file).
+
+Commands open models through :mod:`tempolens.sources.open`, which also resolves the ``embedded`` spec.
 
 ``SubjectModel.hidden_at(ids)`` returns the residual stream after decoder block ``L`` (TransformerLens
 ``blocks.L.hook_resid_post``) from a forward pass that *stops* after block ``L``: a forward hook on
@@ -427,11 +429,12 @@ def convert_gguf(
     return final
 
 
-def load_tokenizer(spec: str | Path, progress: Callable[[str], None] | None = None) -> Any:
-    """The tokenizer of a model spec (same forms as ``load_subject_model``) without loading the weights.
+def load_hf_tokenizer(spec: str | Path) -> Any:
+    """The tokenizer of an HF folder, ``.gguf`` file or hub id, without loading the weights (the
+    ``embedded`` spec is resolved by :func:`tempolens.sources.open.load_tokenizer`).
 
-    ``embedded`` prepares the embedded model if needed; a ``.gguf`` file uses its cached conversion
-    when there is one and otherwise reads the tokenizer from the GGUF (slow for large vocabularies).
+    A ``.gguf`` file uses its cached conversion when there is one and otherwise reads the tokenizer
+    from the GGUF (slow for large vocabularies).
     """
     from transformers import AutoTokenizer
 
@@ -439,10 +442,6 @@ def load_tokenizer(spec: str | Path, progress: Callable[[str], None] | None = No
     spec_s = str(spec)
     path = Path(spec_s).expanduser()
     try:
-        if spec_s == "embedded":
-            from tempolens.sources.embedded import ensure_embedded_model
-
-            return AutoTokenizer.from_pretrained(str(ensure_embedded_model(progress=progress)))
         if spec_s.lower().endswith(".gguf"):
             if not path.is_file():
                 raise SourceError(f"GGUF file {spec_s} does not exist")
@@ -468,47 +467,43 @@ def load_tokenizer(spec: str | Path, progress: Callable[[str], None] | None = No
         ) from None
 
 
-def load_subject_model(
+def load_hf_model(
     spec: str | Path,
     layer: int,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     dtype: str = "float32",
     model_id: str | None = None,
     progress: Callable[[str], None] | None = print,
+    source: str | None = None,
 ) -> SubjectModel:
-    """Load a subject model and fix the hook layer.
+    """Load an HF folder, hub id or ``.gguf`` file as a subject model read up to block ``layer``.
 
-    ``spec``: ``embedded`` (Gemma 3 270M from PyPI, converted and cached on first use), an HF hub id
-    (``google/gemma-2-2b``; offline it must already be in the HF cache), a local HF folder, or a
-    ``.gguf`` file (converted once and cached). ``layer``: the decoder block whose output is read
-    (``blocks.{layer}.hook_resid_post``). ``dtype``: float32, bfloat16 or float16. ``model_id``
-    overrides the Neuronpedia-style id derived from the spec.
+    Commands call :func:`tempolens.sources.open.load_subject_model`, which also resolves the
+    ``embedded`` spec and ``auto`` device/dtype. ``spec``: an HF hub id (``google/gemma-2-2b``; offline
+    it must already be in the HF cache), a local HF folder, or a ``.gguf`` file (converted once and
+    cached). ``layer``: the decoder block whose output is read (``blocks.{layer}.hook_resid_post``).
+    ``dtype``: float32, bfloat16 or float16. ``model_id`` overrides the Neuronpedia-style id derived
+    from the spec; ``source`` overrides what ``SubjectModel.source`` records (default: the spec).
     """
     torch_dtype = _resolve_dtype(dtype)
     dev = resolve_device(device)
     spec_s = str(spec)
-    if spec_s == "embedded":
-        from tempolens.sources.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
-
-        folder = ensure_embedded_model(progress=progress)
-        model, tok = _load_hf_folder_or_hub(str(folder), torch_dtype, dev, is_hub=False)
-        return SubjectModel(model, tok, layer, model_id or EMBEDDED_MODEL_ID, source="embedded")
     path = Path(spec_s).expanduser()
     if spec_s.lower().endswith(".gguf"):
         if not path.is_file():
             raise SourceError(f"GGUF file {spec_s} does not exist")
         folder = convert_gguf(path, progress=progress)
         model, tok = _load_hf_folder_or_hub(str(folder), torch_dtype, dev, is_hub=False)
-        return SubjectModel(model, tok, layer, model_id or neuronpedia_model_id(path.name), source=str(path))
+        return SubjectModel(model, tok, layer, model_id or neuronpedia_model_id(path.name), source=source or str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SourceError(f"{path} is not an HF model folder (no config.json); give a folder written by save_pretrained, a .gguf file or a hub id")
         model, tok = _load_hf_folder_or_hub(str(path), torch_dtype, dev, is_hub=False)
         name = model_id or neuronpedia_model_id(path.resolve().name)
-        return SubjectModel(model, tok, layer, name, source=str(path))
+        return SubjectModel(model, tok, layer, name, source=source or str(path))
     if path.exists():
         raise SourceError(f"{spec_s} is a file but not a .gguf; give an HF folder, a .gguf file, a hub id or 'embedded'")
     if not _HUB_ID.match(spec_s):
         raise SourceError(f"no such model file or folder: {spec_s}")
     model, tok = _load_hf_folder_or_hub(spec_s, torch_dtype, dev, is_hub=True)
-    return SubjectModel(model, tok, layer, model_id or neuronpedia_model_id(spec_s), source=spec_s)
+    return SubjectModel(model, tok, layer, model_id or neuronpedia_model_id(spec_s), source=source or spec_s)

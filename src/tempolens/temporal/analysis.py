@@ -18,6 +18,7 @@ from torch import Tensor
 
 from tempolens.errors import ConfigError, SourceError
 from tempolens.saes.base import SAE, SparseCodes
+from tempolens.saes.fit import check_sae_fits
 from tempolens.temporal.events import boundary_positions, event_labels, sentence_starts, tokens_at_chars
 from tempolens.temporal.kernels import (
     MAX_KERNEL_TOKENS,
@@ -143,11 +144,9 @@ def analyze_text(
         raise KernelInputError(f"the text {name!r} has {len(ids)} tokens, above the limit of {max_tokens}; shorten it or raise --max-tokens (≤ {MAX_KERNEL_TOKENS})")
     if len(ids) < 3:
         raise ConfigError(f"the text {name!r} has fewer than 2 tokens; a kernel needs at least 2")
-    for other in [sae] + ([contrast] if contrast is not None else []):
-        if other.d_in != model.hidden_size:
-            raise ConfigError(
-                f"an SAE has d_in {other.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; pick the matching model/layer"
-            )
+    check_sae_fits(sae, model, "the Temporal SAE")
+    if contrast is not None:
+        check_sae_fits(contrast, model, "the contrast SAE")
     hidden = model.hidden_at(torch.tensor([ids]))
     x = hidden.to(sae.device, sae.dtype)
     det = sae.forward_details(x)

@@ -19,14 +19,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tqdm import tqdm
 
 from tempolens.errors import ConfigError
 from tempolens.options import check
-from tempolens.saes.options import SAELoadOptions
 from tempolens.fsutil import atomic_write_bytes, atomic_write_json
+from tempolens.sources.options import SourceOptions
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_text
 from tempolens.temporal.events import (
     MARKER,
@@ -45,28 +45,17 @@ NO_SAE = ("", "none", "off")
 
 
 @dataclass
-class TemporalSourceOptions(SAELoadOptions):
-    """Model and SAEs shared by ``kernel``, ``events`` and ``serve``."""
+class TemporalSourceOptions(SourceOptions):
+    """Model and SAEs shared by ``kernel``, ``events`` and ``serve``: the
+    :class:`~tempolens.sources.options.SourceOptions` (``--sae`` must be a Temporal SAE) plus a contrast SAE."""
 
-    model: str = "embedded"
-    """Subject model: 'embedded' (Gemma 3 270M), an HF hub id, an HF folder or a .gguf file."""
-    layer: int = 9
-    """Decoder block whose output (blocks.L.hook_resid_post) the SAEs read."""
-    sae: str = "embedded:temporal"
-    """Temporal SAE spec for tempolens.saes.loading.load_sae (folder, hf://repo/path, embedded:temporal, random:temporal?...)."""
     contrast_sae: str = "embedded:topk"
     """Standard SAE whose codes give the contrast kernel ('none' to skip)."""
-    device: str = "cpu"
-    """Torch device for the model and SAEs (cpu, cuda, cuda:N, mps)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Model dtype; the kernels are always computed in float32."""
     max_tokens: int = 1024
     """Longest text accepted, in tokens including BOS (kernels and pages grow as tokens²; hard cap 8192)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.layer, int) and self.layer >= 0, f"--layer must be a non-negative integer; got {self.layer!r}")
-        check(bool(str(self.sae).strip()), "--sae must name a Temporal SAE (e.g. embedded:temporal or random:temporal)")
         check(
             isinstance(self.max_tokens, int) and 3 <= self.max_tokens <= MAX_KERNEL_TOKENS,
             f"--max-tokens must be between 3 and {MAX_KERNEL_TOKENS}; got {self.max_tokens!r}",
@@ -198,31 +187,26 @@ def texts_from_config(cfg: KernelConfig) -> list[EventText]:
 
 
 def load_sources(opts: TemporalSourceOptions, progress: Any = print) -> tuple[Any, Any, Any]:
-    """``(subject model, Temporal SAE, contrast SAE or None)`` on ``opts.device``.
+    """``(subject model, Temporal SAE, contrast SAE or None)`` on ``opts.device``, opened and checked by
+    :mod:`tempolens.sources.open` and :mod:`tempolens.saes.fit`.
 
     Random-init specs (``random:temporal?...``) that need activation statistics get them from the
     built-in demo stories run through the model (BOS excluded): the mean activation becomes the
     decoder bias and ``1/mean‖x‖`` the scaling factor (see :mod:`tempolens.saes.random_init`).
     """
-    from tempolens.saes.loading import load_sae
-    from tempolens.saes.random_init import needs_activation_stats
-    from tempolens.sources.models import load_subject_model
+    from functools import cache
+
+    from tempolens.saes.fit import load_sae_for_model
+    from tempolens.sources.open import load_subject_model
 
     model = load_subject_model(opts.model, opts.layer, device=opts.device, dtype=opts.dtype, progress=progress)
-    specs = [opts.sae] + ([opts.contrast] if opts.contrast else [])
-    sample = demo_activation_sample(model) if any(needs_activation_stats(s) for s in specs) else None
-    sae = load_sae(opts.sae, device=opts.device, activation_sample=sample, strict_config=opts.sae_strict)
+    sample = cache(lambda: demo_activation_sample(model))  # computed once, only for random-init specs that need it
+    sae = load_sae_for_model(opts.sae, model, opts.device, activation_sample=sample, strict_config=opts.sae_strict)
     if not getattr(sae, "is_temporal", False):
         raise ConfigError(f"--sae {opts.sae} is a {getattr(sae, 'architecture', '?')} SAE, not a Temporal SAE; pass it as --contrast-sae")
-    contrast = (load_sae(opts.contrast, device=opts.device, activation_sample=sample, strict_config=opts.sae_strict)
-                if opts.contrast else None)
-    for name, s in (("--sae", sae), ("--contrast-sae", contrast)):
-        if s is not None and s.d_in != model.hidden_size:
-            raise ConfigError(
-                f"{name} has d_in {s.d_in} but {model.model_id} block {model.layer} has hidden size {model.hidden_size}; "
-                "pick the SAE trained on this model"
-            )
-    return model, sae.eval(), (contrast.eval() if contrast is not None else None)
+    contrast = (load_sae_for_model(opts.contrast, model, opts.device, activation_sample=sample,
+                                   strict_config=opts.sae_strict) if opts.contrast else None)
+    return model, sae, contrast
 
 
 def demo_activation_sample(model: Any) -> Any:

@@ -132,7 +132,7 @@ class LMSource:
 
     @torch.inference_mode()
     def fetch(self, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
-        from tempolens.collect import check_activations
+        from tempolens.sources.open import check_activations
 
         ids = prompt_ids.long()
         out = []
@@ -162,7 +162,7 @@ def open_lm_source(spec: ActivationSpec, device: str = "auto", batch_size: int =
     """Load the subject model and build the prompts of ``spec``."""
     from tempolens.devices import resolve_device
     from tempolens.sources.corpora import build_prompts, iter_documents
-    from tempolens.sources.models import load_subject_model
+    from tempolens.sources.open import load_subject_model
 
     dev = resolve_device(device)
     model = load_subject_model(spec.model, layer=spec.layer, device=str(dev), dtype=spec.lm_dtype)

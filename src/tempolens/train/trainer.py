@@ -54,6 +54,8 @@ from tempolens.errors import ConfigError, SourceError, TempolensError
 from tempolens.options import check
 from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
 from tempolens.fsutil import atomic_write_bytes, atomic_write_json
+from tempolens.sources.open import resolve_dtype
+from tempolens.sources.options import ModelOptions
 from tempolens.train.activations_cache import (
     ActivationSource,
     ActivationSpec,
@@ -82,8 +84,9 @@ STATE_FORMAT = 1
 
 
 @dataclass
-class TrainConfig:
-    """Options of `tempolens train`."""
+class TrainConfig(ModelOptions):
+    """Options of `tempolens train` (`--model`, `--layer` and `--device` come from
+    :class:`~tempolens.sources.options.ModelOptions`; `--model` here also accepts `synthetic`)."""
 
     arch: Literal["temporal", "topk"] = "temporal"
     """SAE to train: `temporal` (Temporal SAE, novel codes TopK) or `topk` (standard TopK SAE)."""
@@ -94,8 +97,6 @@ class TrainConfig:
     `synthetic:dominant` (generated event sequences with a known ground truth, d 64; --layer, --corpus and --cache-dir
     are then ignored).
     """
-    layer: int = 9
-    """Decoder block whose output (`blocks.L.hook_resid_post`) is trained on."""
     corpus: str = "embedded"
     """Text source (see `tempolens collect --help`): `embedded`, a file/folder, or `hf:NAME:SPLIT`."""
     n_tokens: int = 1_000_000
@@ -195,8 +196,6 @@ class TrainConfig:
     """Prompts per subject-model forward."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """SAE training precision: `auto` = bf16 autocast on CUDA, fp32 on CPU (weights and optimizer always fp32)."""
-    device: str = "auto"
-    """Device: `auto` (CUDA if available), `cpu`, `cuda`, `cuda:1`, ..."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
     checkpoint_every: int = 100
@@ -215,11 +214,11 @@ class TrainConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.out = Path(self.out)
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)  # type: ignore[assignment]
         check(self.arch in ("temporal", "topk"), f"--arch must be temporal or topk; got {self.arch!r}")
-        check(self.layer >= 0, f"--layer must be >= 0; got {self.layer}")
         check(self.n_tokens >= 1, f"--n-tokens must be >= 1; got {self.n_tokens}")
         check(self.prompt_len >= 2, f"--prompt-len must be >= 2 (BOS plus one token); got {self.prompt_len}")
         check(0 <= self.heldout_fraction < 0.5, f"--heldout-fraction must be in [0, 0.5); got {self.heldout_fraction}")
@@ -551,12 +550,6 @@ def direction_penalty(directions: list[Tensor], v1: Tensor, mask: Tensor) -> Ten
 # Data
 
 
-def resolve_lm_dtype(lm_dtype: str, device: torch.device) -> str:
-    if lm_dtype == "auto":
-        return "bfloat16" if device.type == "cuda" else "float32"
-    return lm_dtype
-
-
 def activation_spec(cfg: TrainConfig, lm_dtype: str) -> ActivationSpec:
     n_prompts, n_heldout = plan_prompts(cfg.n_tokens, cfg.prompt_len, cfg.heldout_fraction)
     return ActivationSpec(model=cfg.model, layer=cfg.layer, corpus=cfg.corpus, prompt_len=cfg.prompt_len,
@@ -570,7 +563,7 @@ def open_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
     synthetic = parse_synthetic(cfg.model)
     if synthetic is not None:
         return SyntheticSource(activation_spec(cfg, "float32"), synthetic)
-    spec = activation_spec(cfg, resolve_lm_dtype(cfg.lm_dtype, device))
+    spec = activation_spec(cfg, resolve_dtype(cfg.lm_dtype, device))
     if cfg.cache_dir == "none":
         return open_lm_source(spec, device=str(device), batch_size=cfg.lm_batch_size)
     if cfg.cache_dir == "auto":
