@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from schema_validation import validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature
+from schema_validation import (validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature,
+                               validate_site_chunk_activation)
 from test_stats_accumulators import make_codes, write_store
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
-from tempolens.dashboards.site import INDEX_COLUMNS, js_literal
+from tempolens.dashboards.site import INDEX_COLUMNS, js_literal, read_site_records
 from tempolens.errors import ConfigError
 from tempolens.stats.features import FeatureStats
 from tempolens.stats.logits import logit_effects
@@ -155,6 +156,8 @@ def test_site_data(built):
     idx = json.loads(body)
     assert idx["columns"] == list(INDEX_COLUMNS) and [r[0] for r in idx["rows"]] == list(range(WIDTH))
     assert idx["rows"][3][5] == "the word <script> & friends" and idx["rows"][3][6] == 0.8
+    assert meta["window_len"] == 16 and meta["prompt_chunk_size"] > 0
+    decoded = read_site_records(site)  # what the viewer shows: windows decoded from the shared prompts
     n = 0
     for c in range(5):
         text, body = _read_js(site / "data" / "features" / f"chunk-{c}.js", "tempolensFeatures")
@@ -163,12 +166,24 @@ def test_site_data(built):
         recs = json.loads(m.group(2))
         assert sorted(int(k) for k in recs) == [i for i in range(WIDTH) if i // 5 == c]
         for k, r in recs.items():
-            validate_feature(f"chunk-{c}[{k}]", r, site=True, temporal=True)
+            for i, a in enumerate(r["activations"]):
+                validate_site_chunk_activation(f"chunk-{c}[{k}].activations[{i}]", a, window_len=16, prompt_len=16,
+                                               temporal=True)
+            validate_feature(f"chunk-{c}[{k}]", decoded[int(k)], site=True, temporal=True)
             n += 1
+        assert "<" not in text and ">" not in text and "&" not in text
+    for name in ("tokens.js", *(f"prompts/{p.name}" for p in (site / "data" / "prompts").glob("*.js"))):
+        text = (site / "data" / name).read_text()
         assert "<" not in text and ">" not in text and "&" not in text  # token strings include < > &
     assert n == WIDTH
-    rec3 = json.loads(re.match(r"tempolensFeatures\(0,(.*)\);\n", (site / "data" / "features" / "chunk-0.js").read_text(), re.S).group(1))["3"]
+    rec3 = decoded[3]
     assert rec3["tempolens"]["explanation"] == "the word <script> & friends" and rec3["tempolens"]["scores"] == {"detection": 0.8}
+    # the decoded windows are exactly the batch files' (tokens and values) plus the site's extras
+    batch = {f["feature_index"]: f for p in sorted((out / "neuronpedia" / "batches").glob("batch-*.json"))
+             for f in json.loads(p.read_text())["features"]}
+    for i, rec in decoded.items():
+        assert [{k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index")}
+                for a in rec["activations"]] == batch[i]["activations"]
 
 
 def test_output_is_deterministic(built, store, lm, W_dec, autointerp_file, tmp_path):
