@@ -139,12 +139,12 @@ SITE_ACTIVATION_KEYS: tuple[str, ...] = ("bin_min", "bin_max", "bin_contains", "
 referenced (prompt, first position; its length is ``meta.window_len``), not copied."""
 
 PROMPT_CHUNK_SIZE = 64
-"""Prompts per ``data/prompts/chunk-<p>.js`` (``meta.prompt_chunk_size``)."""
+"""Prompts per ``data/prompts/prompts-<p>.js`` (``meta.prompt_chunk_size``)."""
 
 
 class SiteWriter:
     """Writes one site folder: ``index.html``, ``assets/``, ``data/meta.js``, ``data/index.js``,
-    ``data/features/chunk-<c>.js``, ``data/prompts/chunk-<p>.js``, ``data/tokens.js``, optional
+    ``data/features/chunk-<c>.js``, ``data/prompts/prompts-<p>.js``, ``data/tokens.js``, optional
     ``data/autointerp.js`` (layout: ``docs/site-data.md``).
 
     The example windows are stored once: :meth:`add_windows` keeps the token ids (and per-token predicted
@@ -191,7 +191,7 @@ class SiteWriter:
 
     def write_prompts(self, token_strings: Any) -> dict[str, int]:
         """Write ``data/tokens.js`` (the strings of the token ids that occur, as one table; a prompt
-        refers to a string by its index in it) and ``data/prompts/chunk-<p>.js`` (every prompt with a
+        refers to a string by its index in it) and ``data/prompts/prompts-<p>.js`` (every prompt with a
         shown position, :data:`PROMPT_CHUNK_SIZE` per file). ``token_strings`` maps token ids (a list) to
         their strings. Returns the meta fields the viewer needs to read them."""
         import torch
@@ -217,7 +217,7 @@ class SiteWriter:
                 entry["pred_share"] = [None if v != v else v for v in share[p].tolist()]
             chunks.setdefault(p // PROMPT_CHUNK_SIZE, {})[str(p)] = entry
         for c, body in chunks.items():
-            path = self.data / "prompts" / f"chunk-{c}.js"
+            path = self.data / "prompts" / f"prompts-{c}.js"
             atomic_write_bytes(path, f"tempolensPrompts({int(c)},{js_literal_fast(body)});\n".encode())
         return {"prompt_chunk_size": PROMPT_CHUNK_SIZE, "n_token_strings": int(used.numel())}
 
@@ -287,7 +287,7 @@ def read_site_records(site: Path | str) -> dict[int, dict[str, Any]]:
     _, meta = read_js_data(data / "meta.js", "tempolensMeta")
     _, strings = read_js_data(data / "tokens.js", "tempolensTokens")
     prompts: dict[str, Any] = {}
-    for p in (data / "prompts").glob("chunk-*.js"):
+    for p in (data / "prompts").glob("prompts-*.js"):
         prompts.update(read_js_data(p, "tempolensPrompts")[1])
     length = int(meta["window_len"])
     out: dict[int, dict[str, Any]] = {}
@@ -299,18 +299,19 @@ def read_site_records(site: Path | str) -> dict[int, dict[str, Any]]:
 
 
 def decode_activation(a: dict[str, Any], prompts: dict[str, Any], strings: list[str], length: int) -> dict[str, Any]:
-    """One site activation with its window's ``tokens`` (strings), dense ``values`` (0 where not listed),
+    """One site activation (window of its ``length``, else ``length`` tokens) with its window's ``tokens``
+    (strings), dense ``values`` (0 where not listed),
     ``pred_values`` (its ``fill`` where not listed) and the prompt's ``pred_share`` over the window."""
     prompt = prompts[str(a["prompt_index"])]
-    lo, hi = a["start"], a["start"] + length
+    lo, hi = a["start"], a["start"] + int(a.get("length", length))
     out = {k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "qualifying_token_index", "prompt_index")}
     out["tokens"] = [strings[t] for t in prompt["tokens"][lo:hi]]
-    values = [0.0] * length
+    values = [0.0] * len(out["tokens"])
     for pos, v in a["values"]:
         values[pos] = v
     out["values"] = values
     if "pred_values" in a:
-        pred = [a["pred_values"]["fill"]] * length
+        pred = [a["pred_values"]["fill"]] * len(out["tokens"])
         for pos, v in a["pred_values"]["at"]:
             pred[pos] = v
         out["pred_values"] = pred
