@@ -115,7 +115,11 @@ def test_records_match_statistics(built, store, lm, W_dec):
 def test_export_cpu_seconds_per_part_are_logged(built):
     """The exports' CPU seconds per part (records, batch files, bulk import, site) are in dashboards_log.json."""
     _, out = built
-    timings = json.loads((out / "dashboards_log.json").read_text())["timings"]
+    log = json.loads((out / "dashboards_log.json").read_text())
+    timings = log["timings"]
+    data = sum(p.stat().st_size for p in (out / "site" / "data").rglob("*.js") if p.name != "autointerp.js")
+    assert log["bytes"]["site_data"] == data and log["bytes"].keys() == {"site_data", "batches", "bulk"}
+    assert log["bytes_per_latent"]["bulk"] == round(log["bytes"]["bulk"] / log["n_latents"], 1)
     parts = {k: v for k, v in timings.items() if k.startswith("exports_cpu_")}
     assert set(parts) == {"exports_cpu_records", "exports_cpu_batches", "exports_cpu_bulk", "exports_cpu_site"}
     assert all(v >= 0 for v in parts.values()) and parts["exports_cpu_records"] > 0

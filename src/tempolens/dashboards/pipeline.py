@@ -708,9 +708,11 @@ def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str
 
     cfg, n_latents = run.cfg, len(run.latents)
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
+    sizes = _export_bytes(run, exports)
     atomic_write_json(run.out / f"dashboards_log{run.suffix}.json",
                       {"timings": timings, "n_latents": n_latents, "n_examples": n_examples,
-                       "store": str(run.store.root)})
+                       "store": str(run.store.root), "bytes": sizes,
+                       "bytes_per_latent": {k: round(v / max(n_latents, 1), 1) for k, v in sizes.items()}})
     result = DashboardResult(
         out=run.out,
         site=exports.site_final if exports.site is not None else None,
@@ -723,6 +725,23 @@ def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str
     if cfg.progress:
         print(result)
     return result
+
+
+def _export_bytes(run: _Run, exports: _Exports) -> dict[str, int]:
+    """Bytes each written format takes: ``site_data`` (the site's ``data/`` folder this run wrote: feature
+    chunks, prompt tables, token strings, index, meta), ``batches`` (batch files and ``run_settings.json``),
+    ``bulk`` (the bulk-import tree, gzipped); a format not written is left out."""
+    def size(root: Path, skip: tuple[str, ...] = ()) -> int:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name not in skip)
+
+    out: dict[str, int] = {}
+    if exports.site is not None:
+        out["site_data"] = size(exports.site_final / "data", skip=("kernels.js", "views.js", "autointerp.js"))
+    if run.cfg.batches:
+        out["batches"] = size(exports.np_final / "batches")
+    if run.cfg.bulk:
+        out["bulk"] = size(exports.np_final / "bulk")
+    return out
 
 
 FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js", "pred")
