@@ -223,7 +223,8 @@ def test_window_references_decode_to_the_exact_tokens_and_values(v, site, i):
     decoded = v.page.evaluate(f"window.tempolensViewer.loadRecord({i})")
     keys = ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index", "prompt_index",
             "pred_values", "pred_share")
-    assert [{k: a[k] for k in keys} for a in decoded["activations"]] == [{k: a[k] for k in keys} for a in rec["activations"]]
+    want = [{k: a[k] for k in keys} for a in rec["activations"]]
+    assert [{k: a[k] for k in keys} for a in decoded["activations"]] == want
     shown_examples = v.page.eval_on_selector_all("ol.examples li", """lis => lis.map(li => {
         const b = li.querySelector('button.expand'); if (b) b.click();
         return [li.querySelector('.ex-rank').title, [...li.querySelectorAll('.tok')].map(e => e.title)]; })""")

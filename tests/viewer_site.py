@@ -182,13 +182,15 @@ def _window_layout(spec: SiteSpec, data: Path, meta: dict[str, Any]) -> dict[int
     for p, prompt in prompts.items():
         files.setdefault(p // PROMPT_CHUNK, {})[str(p)] = prompt
     for c, body in files.items():
-        (data / "prompts" / f"prompts-{c}.js").write_text(f"tempolensPrompts({c}, {js_literal(body)});\n", encoding="utf-8")
+        text = f"tempolensPrompts({c}, {js_literal(body)});\n"
+        (data / "prompts" / f"prompts-{c}.js").write_text(text, encoding="utf-8")
     meta.update(window_len=16, prompt_chunk_size=PROMPT_CHUNK)
     return out
 
 
 def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal: bool = True, seed: int = 0,
-               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True, records_below: int = 128, layout: str = "windows") -> SiteSpec:
+               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True, records_below: int = 128,
+               layout: str = "windows") -> SiteSpec:
     """Write a complete site (viewer + data files) to ``root`` and return what it contains.
 
     ``autointerp``: ``"ballpark"`` (the report shape of ``tempolens.autointerp.report``), ``True`` (a

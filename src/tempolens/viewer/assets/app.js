@@ -667,18 +667,23 @@
   // only their own values as sparse [position, value] pairs. decodeRecord rebuilds the full form the page
   // shows: tokens (strings), values (0 where not listed), pred_values (its fill where not listed), pred_share.
   function promptChunkOf(p) {
-    var cs = data.meta && isNum(data.meta.prompt_chunk_size) && data.meta.prompt_chunk_size > 0 ? data.meta.prompt_chunk_size : 64;
+    var m = data.meta;
+    var cs = m && isNum(m.prompt_chunk_size) && m.prompt_chunk_size > 0 ? m.prompt_chunk_size : 64;
     return Math.floor(p / cs);
   }
 
-  function isWindowRef(a) { return a && typeof a === 'object' && !Array.isArray(a.tokens) && isNum(a.start) && isNum(a.prompt_index); }
+  function isWindowRef(a) {
+    return a && typeof a === 'object' && !Array.isArray(a.tokens) && isNum(a.start) && isNum(a.prompt_index);
+  }
 
   function decodeRecord(rec) {
     if (!rec || !Array.isArray(rec.activations) || !rec.activations.some(isWindowRef)) return Promise.resolve(rec);
     var chunks = new Set();
     rec.activations.forEach(function (a) { if (isWindowRef(a)) chunks.add(promptChunkOf(a.prompt_index)); });
     var loads = [data.tokens ? Promise.resolve() : loadScript('data/tokens.js')];
-    chunks.forEach(function (c) { if (!data.prompts.has(c)) loads.push(loadScript('data/prompts/prompts-' + c + '.js')); });
+    chunks.forEach(function (c) {
+      if (!data.prompts.has(c)) loads.push(loadScript('data/prompts/prompts-' + c + '.js'));
+    });
     return Promise.all(loads).then(function () {
       if (!data.tokens) throw new Error('data/tokens.js did not call tempolensTokens');
       var out = Object.assign({}, rec);
@@ -691,7 +696,8 @@
   function setPairs(arr, pairs) {
     if (!Array.isArray(pairs)) return;
     pairs.forEach(function (pv) {
-      if (Array.isArray(pv) && Number.isInteger(pv[0]) && pv[0] >= 0 && pv[0] < arr.length) arr[pv[0]] = isNum(pv[1]) ? pv[1] : null;
+      var ok = Array.isArray(pv) && Number.isInteger(pv[0]) && pv[0] >= 0 && pv[0] < arr.length;
+      if (ok) arr[pv[0]] = isNum(pv[1]) ? pv[1] : null;
     });
   }
 
@@ -702,10 +708,12 @@
       if (!data.prompts.has(c)) throw new Error('data/prompts/prompts-' + c + '.js did not call tempolensPrompts');
       throw new Error('prompt ' + a.prompt_index + ' is missing from data/prompts/prompts-' + c + '.js');
     }
-    var len = isNum(a.length) ? a.length : data.meta && isNum(data.meta.window_len) ? data.meta.window_len : prompt.tokens.length;
+    var len = isNum(a.length) ? a.length
+      : data.meta && isNum(data.meta.window_len) ? data.meta.window_len : prompt.tokens.length;
     var lo = a.start, hi = Math.min(a.start + len, prompt.tokens.length);
     var out = {};
-    Object.keys(a).forEach(function (k) { if (k !== 'values' && k !== 'pred_values' && k !== 'start' && k !== 'length') out[k] = a[k]; });
+    var own = ['values', 'pred_values', 'start', 'length'];   // decoded below, or only needed to find the window
+    Object.keys(a).forEach(function (k) { if (own.indexOf(k) < 0) out[k] = a[k]; });
     out.tokens = prompt.tokens.slice(lo, hi).map(function (id) {
       return Number.isInteger(id) && id >= 0 && id < data.tokens.length ? String(data.tokens[id]) : '';
     });
