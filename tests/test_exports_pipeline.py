@@ -318,6 +318,26 @@ def test_row_fragments_equal_row_by_row_stdlib_encoding():
     assert json.loads(orjson.dumps(records.row_fragments(torch.zeros(2, 0)))) == [[], []]
 
 
+def test_sparse_rows_decode_to_the_dense_rows():
+    """The site's sparse [position, value] rows, filled with their row's fill, give back every row exactly
+    (zeros, NaN as null, an empty row, a row of only the fill)."""
+    from tempolens.dashboards import records
+
+    nan = float("nan")
+    x = torch.tensor([[0.0, 1e-05, 123.45, nan], [nan, nan, 2.5e-7, nan], [0.0, 0.0, 0.0, 0.0], [nan, 0.0, 0.5, 0.0]],
+                     dtype=torch.float64)
+    fill = torch.tensor([0.0, nan, 0.0, 0.0], dtype=torch.float64)
+    rows = records.sparse_rows(x, fill)
+    assert [json.loads(r) for r in rows] == [[[1, 1e-05], [2, 123.45], [3, None]], [[2, 2.5e-7]], [], [[0, None], [2, 0.5]]]
+    for r, f, dense in zip(rows, fill.tolist(), x.tolist()):
+        out = [None if f != f else f] * 4
+        for pos, v in json.loads(r):
+            out[pos] = v
+        assert out == [None if v != v else v for v in dense]
+    assert records.sparse_rows(torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)) == []
+    assert records._pred_fill(x).isnan().tolist() == [True, True, False, False]  # a tie takes null
+
+
 def test_token_table_rows_and_activation_objects():
     import orjson
 

@@ -223,7 +223,7 @@ def sparse_rows(x: Tensor, fill: Tensor) -> list[bytes]:
 
 def _pred_fill(pred: Tensor) -> Tensor:
     """Per row of predicted codes, the value most entries hold: NaN (null: novel codes, where the store
-    keeps no prediction for the latent) or 0 (predicted-code windows)."""
+    keeps no prediction for the latent; also on a tie) or 0 (predicted-code windows)."""
     return torch.where(torch.isnan(pred).sum(1) >= (pred == 0).sum(1), float("nan"), 0.0).to(torch.float64)
 
 

@@ -201,7 +201,8 @@ class SiteWriter:
         tok = self._tokens
         used = torch.unique(tok[tok >= 0])
         strings = token_strings(used.tolist()) if used.numel() else []
-        atomic_write_bytes(self.data / "tokens.js", js_call("tempolensTokens", list(strings)))
+        # the same encoder as the batch files' token strings (orjson), escaped for a script
+        atomic_write_bytes(self.data / "tokens.js", f"tempolensTokens({js_literal_fast(list(strings))});\n".encode())
         local = torch.where(tok >= 0, torch.searchsorted(used, tok.clamp(min=0)), -1)
         shown = (tok >= 0).any(1).nonzero().squeeze(1).tolist()
         share = None
