@@ -328,7 +328,8 @@ def test_sparse_rows_decode_to_the_dense_rows():
                      dtype=torch.float64)
     fill = torch.tensor([0.0, nan, 0.0, 0.0], dtype=torch.float64)
     rows = records.sparse_rows(x, fill)
-    assert [json.loads(r) for r in rows] == [[[1, 1e-05], [2, 123.45], [3, None]], [[2, 2.5e-7]], [], [[0, None], [2, 0.5]]]
+    assert [json.loads(r) for r in rows] == [[[1, 1e-05], [2, 123.45], [3, None]], [[2, 2.5e-7]], [],
+                                             [[0, None], [2, 0.5]]]
     for r, f, dense in zip(rows, fill.tolist(), x.tolist()):
         out = [None if f != f else f] * 4
         for pos, v in json.loads(r):

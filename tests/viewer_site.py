@@ -189,8 +189,8 @@ def _window_layout(spec: SiteSpec, data: Path, meta: dict[str, Any]) -> dict[int
 
 
 def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal: bool = True, seed: int = 0,
-               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True, records_below: int = 128,
-               layout: str = "windows") -> SiteSpec:
+               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True,
+               records_below: int = 128, layout: str = "windows") -> SiteSpec:
     """Write a complete site (viewer + data files) to ``root`` and return what it contains.
 
     ``autointerp``: ``"ballpark"`` (the report shape of ``tempolens.autointerp.report``), ``True`` (a

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from tempolens.dashboards import neuronpedia as npx
     from tempolens.dashboards.records import RecordContext
     from tempolens.dashboards.site import SiteWriter
-    from tempolens.stats.features import FeatureStats
     from tempolens.stats.examples import Windows
+    from tempolens.stats.features import FeatureStats
     from tempolens.stats.logits import LogitEffects
 
 

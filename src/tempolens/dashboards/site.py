@@ -16,10 +16,13 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tempolens.errors import TempolensError
 from tempolens.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 INDEX_COLUMNS: tuple[str, ...] = ("index", "frac_nonzero", "max_act", "mean_act", "top_tokens", "explanation", "score", "pred_share")
 
@@ -171,10 +174,10 @@ class SiteWriter:
         """The feature chunk of ``latent``."""
         return int(latent) // self.chunk_size
 
-    def add_windows(self, prompt: Any, start: Any, tokens: Any, pred_share: Any = None) -> None:
-        """Keep the token ids (``tokens [E, L]``) and, for Temporal SAEs, the rounded predicted shares
-        (``pred_share [E, L]``) of the windows ``(prompt[e], start[e] .. start[e] + L)`` for
-        :meth:`write_prompts`. The same position always holds the same token and share (one store)."""
+    def add_windows(self, prompt: Tensor, start: Tensor, tokens: Tensor, pred_share: Tensor | None = None) -> None:
+        """Keep the token ids (``tokens [E, L]``) and, for Temporal SAEs, the predicted shares
+        (``pred_share [E, L]``, rounded when written) of the windows ``(prompt[e], start[e] .. start[e] + L)``
+        for :meth:`write_prompts`. The same position always holds the same token and share (one store)."""
         import torch
 
         if self._tokens is None:
@@ -189,7 +192,7 @@ class SiteWriter:
                 self._share = torch.full((self.n_prompts, self.prompt_len), float("nan"), dtype=torch.float64)
             self._share[rows, cols] = pred_share.to(torch.float64)
 
-    def write_prompts(self, token_strings: Any) -> dict[str, int]:
+    def write_prompts(self, token_strings: Callable[[list[int]], list[str]]) -> dict[str, int]:
         """Write ``data/tokens.js`` (the strings of the token ids that occur, as one table; a prompt
         refers to a string by its index in it) and ``data/prompts/prompts-<p>.js`` (every prompt with a
         shown position, :data:`PROMPT_CHUNK_SIZE` per file). ``token_strings`` maps token ids (a list) to
@@ -252,9 +255,7 @@ class SiteWriter:
 def site_activation(a: Any) -> dict[str, Any]:
     """The site form of one activation of a record (a :class:`tempolens.dashboards.records.Activation`):
     :data:`SITE_ACTIVATION_KEYS`, the sparse ``values`` and, when the windows have them, ``pred_values``."""
-    out = {k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "prompt_index")}
-    out["start"] = a.start
-    out["qualifying_token_index"] = a["qualifying_token_index"]
+    out = {k: (a.start if k == "start" else a[k]) for k in SITE_ACTIVATION_KEYS}
     out["values"] = a.site_values
     if a.site_pred is not None:
         out["pred_values"] = a.site_pred
