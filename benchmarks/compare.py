@@ -86,13 +86,11 @@ def read_batch_features(folder: str | Path) -> list[dict]:
 
 
 def read_site_features(site: str | Path) -> list[dict]:
-    """Records of a tempolens site (``data/features/chunk-*.js``: ``tempolensFeatures(c, {...});``)."""
-    feats: list[dict] = []
-    for path in sorted((Path(site) / "data" / "features").glob("chunk-*.js")):
-        text = path.read_text()
-        body = text[text.index(",") + 1 : text.rindex(")")]
-        feats.extend(json.loads(body).values())
-    return sorted(feats, key=lambda f: int(f["feature_index"]))
+    """Records of a tempolens site with their windows decoded (``tempolens.dashboards.site.read_site_records``:
+    feature chunks, shared prompt tables and token strings, docs/site-data.md)."""
+    from tempolens.dashboards.site import read_site_records
+
+    return [r for _, r in sorted(read_site_records(site).items())]
 
 
 def _f(x: Any) -> float:

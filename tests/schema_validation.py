@@ -382,3 +382,39 @@ def validate_explanations_file(
         if feature_indices is not None and int(row["index"]) not in feature_indices:
             _fail(f"{path}:{i + 1}", f"explanation of latent {row['index']} has no feature in this export")
     return len(lines)
+
+
+SITE_CHUNK_ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "prompt_index", "start", "qualifying_token_index",
+                              "values"}
+
+
+def validate_site_chunk_activation(path: str, a: Any, *, window_len: int, prompt_len: int,
+                                   temporal: bool = False) -> None:
+    """An activation as a site chunk stores it (``docs/site-data.md``): a window reference plus sparse
+    ``[position, value]`` pairs (``pred_values``: ``{fill, at}``), before the viewer decodes it."""
+    if not isinstance(a, dict):
+        _fail(path, "expected an object")
+    keys = SITE_CHUNK_ACTIVATION_KEYS | ({"pred_values"} if temporal else set())
+    if a.keys() != keys:
+        _fail(path, f"keys differ: missing {sorted(keys - a.keys())}, unexpected {sorted(a.keys() - keys)}")
+    if not is_int(a["start"]) or not 0 <= a["start"] <= prompt_len - window_len:
+        _fail(f"{path}.start", f"expected a window start in 0..{prompt_len - window_len}, got {a['start']!r}")
+    if not is_int(a["qualifying_token_index"]) or not 0 <= a["qualifying_token_index"] < window_len:
+        _fail(f"{path}.qualifying_token_index", f"expected an index in 0..{window_len - 1}")
+    pairs = [("values", a["values"], False)]
+    if temporal:
+        pv = a["pred_values"]
+        if not isinstance(pv, dict) or pv.keys() != {"fill", "at"} or pv["fill"] not in (None, 0):
+            _fail(f"{path}.pred_values", "expected {fill: null | 0, at: [[position, value], ...]}")
+        pairs.append(("pred_values.at", pv["at"], True))
+    for name, at, nullable in pairs:
+        if not isinstance(at, list):
+            _fail(f"{path}.{name}", "expected a list of [position, value] pairs")
+        last = -1
+        for i, pair in enumerate(at):
+            ok = isinstance(pair, list) and len(pair) == 2 and is_int(pair[0]) and last < pair[0] < window_len
+            if not ok or not (is_num(pair[1]) or (nullable and pair[1] is None)):
+                _fail(f"{path}.{name}[{i}]", f"expected [position (increasing, < {window_len}), value], got {pair!r}")
+            last = pair[0]
+        if name == "values" and any(p[1] == 0 for p in at):
+            _fail(f"{path}.values", "zeros are left out of the sparse values")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from schema_validation import validate_batch
 from test_stats_accumulators import make_codes, write_store
+
 from tempolens.dashboards.pipeline import ACT_UNITS, DashboardConfig, build_dashboards
+from tempolens.dashboards.site import read_site_records
 from tempolens.errors import ConfigError
 from tempolens.stats.features import FeatureStats, compute_feature_stats
 
@@ -55,12 +56,7 @@ def _features(out: Path) -> dict[int, dict]:
 
 
 def _site_records(out: Path) -> dict[int, dict]:
-    recs: dict[int, dict] = {}
-    for p in (out / "site" / "data" / "features").glob("chunk-*.js"):
-        m = re.fullmatch(r"tempolensFeatures\((\d+),(.*)\);\n", p.read_text(), re.S)
-        assert m
-        recs.update({int(k): v for k, v in json.loads(m.group(2)).items()})
-    return recs
+    return read_site_records(out / "site")
 
 
 def _build(store, lm, W_dec, out: Path, units: str):

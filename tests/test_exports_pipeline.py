@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from schema_validation import validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature
+from schema_validation import (validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature,
+                               validate_site_chunk_activation)
 from test_stats_accumulators import make_codes, write_store
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
-from tempolens.dashboards.site import INDEX_COLUMNS, js_literal
+from tempolens.dashboards.site import INDEX_COLUMNS, js_literal, read_site_records
 from tempolens.errors import ConfigError
 from tempolens.stats.features import FeatureStats
 from tempolens.stats.logits import logit_effects
@@ -114,7 +115,11 @@ def test_records_match_statistics(built, store, lm, W_dec):
 def test_export_cpu_seconds_per_part_are_logged(built):
     """The exports' CPU seconds per part (records, batch files, bulk import, site) are in dashboards_log.json."""
     _, out = built
-    timings = json.loads((out / "dashboards_log.json").read_text())["timings"]
+    log = json.loads((out / "dashboards_log.json").read_text())
+    timings = log["timings"]
+    data = sum(p.stat().st_size for p in (out / "site" / "data").rglob("*.js") if p.name != "autointerp.js")
+    assert log["bytes"]["site_data"] == data and log["bytes"].keys() == {"site_data", "batches", "bulk"}
+    assert log["bytes_per_latent"]["bulk"] == round(log["bytes"]["bulk"] / log["n_latents"], 1)
     parts = {k: v for k, v in timings.items() if k.startswith("exports_cpu_")}
     assert set(parts) == {"exports_cpu_records", "exports_cpu_batches", "exports_cpu_bulk", "exports_cpu_site"}
     assert all(v >= 0 for v in parts.values()) and parts["exports_cpu_records"] > 0
@@ -155,6 +160,8 @@ def test_site_data(built):
     idx = json.loads(body)
     assert idx["columns"] == list(INDEX_COLUMNS) and [r[0] for r in idx["rows"]] == list(range(WIDTH))
     assert idx["rows"][3][5] == "the word <script> & friends" and idx["rows"][3][6] == 0.8
+    assert meta["window_len"] == 16 and meta["prompt_chunk_size"] > 0
+    decoded = read_site_records(site)  # what the viewer shows: windows decoded from the shared prompts
     n = 0
     for c in range(5):
         text, body = _read_js(site / "data" / "features" / f"chunk-{c}.js", "tempolensFeatures")
@@ -163,12 +170,24 @@ def test_site_data(built):
         recs = json.loads(m.group(2))
         assert sorted(int(k) for k in recs) == [i for i in range(WIDTH) if i // 5 == c]
         for k, r in recs.items():
-            validate_feature(f"chunk-{c}[{k}]", r, site=True, temporal=True)
+            for i, a in enumerate(r["activations"]):
+                validate_site_chunk_activation(f"chunk-{c}[{k}].activations[{i}]", a, window_len=16, prompt_len=16,
+                                               temporal=True)
+            validate_feature(f"chunk-{c}[{k}]", decoded[int(k)], site=True, temporal=True)
             n += 1
+        assert "<" not in text and ">" not in text and "&" not in text
+    for name in ("tokens.js", *(f"prompts/{p.name}" for p in (site / "data" / "prompts").glob("*.js"))):
+        text = (site / "data" / name).read_text()
         assert "<" not in text and ">" not in text and "&" not in text  # token strings include < > &
     assert n == WIDTH
-    rec3 = json.loads(re.match(r"tempolensFeatures\(0,(.*)\);\n", (site / "data" / "features" / "chunk-0.js").read_text(), re.S).group(1))["3"]
+    rec3 = decoded[3]
     assert rec3["tempolens"]["explanation"] == "the word <script> & friends" and rec3["tempolens"]["scores"] == {"detection": 0.8}
+    # the decoded windows are exactly the batch files' (tokens and values) plus the site's extras
+    batch = {f["feature_index"]: f for p in sorted((out / "neuronpedia" / "batches").glob("batch-*.json"))
+             for f in json.loads(p.read_text())["features"]}
+    for i, rec in decoded.items():
+        assert [{k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index")}
+                for a in rec["activations"]] == batch[i]["activations"]
 
 
 def test_output_is_deterministic(built, store, lm, W_dec, autointerp_file, tmp_path):
@@ -297,6 +316,27 @@ def test_row_fragments_equal_row_by_row_stdlib_encoding():
     assert got == want
     assert records.row_fragments(torch.zeros(0, 4)) == []
     assert json.loads(orjson.dumps(records.row_fragments(torch.zeros(2, 0)))) == [[], []]
+
+
+def test_sparse_rows_decode_to_the_dense_rows():
+    """The site's sparse [position, value] rows, filled with their row's fill, give back every row exactly
+    (zeros, NaN as null, an empty row, a row of only the fill)."""
+    from tempolens.dashboards import records
+
+    nan = float("nan")
+    x = torch.tensor([[0.0, 1e-05, 123.45, nan], [nan, nan, 2.5e-7, nan], [0.0, 0.0, 0.0, 0.0], [nan, 0.0, 0.5, 0.0]],
+                     dtype=torch.float64)
+    fill = torch.tensor([0.0, nan, 0.0, 0.0], dtype=torch.float64)
+    rows = records.sparse_rows(x, fill)
+    assert [json.loads(r) for r in rows] == [[[1, 1e-05], [2, 123.45], [3, None]], [[2, 2.5e-7]], [],
+                                             [[0, None], [2, 0.5]]]
+    for r, f, dense in zip(rows, fill.tolist(), x.tolist()):
+        out = [None if f != f else f] * 4
+        for pos, v in json.loads(r):
+            out[pos] = v
+        assert out == [None if v != v else v for v in dense]
+    assert records.sparse_rows(torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)) == []
+    assert records._pred_fill(x).isnan().tolist() == [True, True, False, False]  # a tie takes null
 
 
 def test_token_table_rows_and_activation_objects():

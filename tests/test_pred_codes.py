@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import save_tiny_temporal_sae, write_word_corpus
 from schema_validation import validate_batch, validate_feature
 from viewer_browser import browser  # noqa: F401  (a fixture)
+
 from tempolens.collect import CollectConfig, collect
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
+from tempolens.dashboards.site import read_site_records
 from tempolens.saes.temporal import top_abs_codes
 from tempolens.store import CodeStore, StoreError
 
@@ -85,11 +86,7 @@ def _details(res, cfg):
 
 
 def _records(site: Path) -> dict[int, dict]:
-    recs: dict[int, dict] = {}
-    for p in (site / "data" / "features").glob("chunk-*.js"):
-        m = re.fullmatch(r"tempolensFeatures\((\d+),(.*)\);\n", p.read_text(), re.S)
-        recs.update({int(k): v for k, v in json.loads(m.group(2)).items()})
-    return recs
+    return read_site_records(site)
 
 
 def test_store_keeps_top_k_abs_pred_per_token(run):

@@ -13,7 +13,7 @@ import pytest
 
 from tempolens.viewer import install_viewer
 from viewer_browser import browser, copy_site, visit  # noqa: F401  (browser is a fixture)
-from viewer_site import COLUMNS, HOSTILE, write_site
+from viewer_site import COLUMNS, HOSTILE, PROMPT_CHUNK, write_site
 
 pytestmark = pytest.mark.browser
 
@@ -213,6 +213,36 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     v.assert_clean()
 
 
+@pytest.mark.parametrize("i", [0, 1, 2])  # predicted codes: fill 0 (even latents) and fill null (odd); long windows
+def test_window_references_decode_to_the_exact_tokens_and_values(v, site, i):
+    """Each example is stored as (prompt, start, length) into the shared prompt tables plus sparse values;
+    the page shows exactly the windows of the ground truth: tokens, values, predicted codes and shares."""
+    rec = site.records[i]
+    v.open(f"#/latent/{i}")
+    v.page.wait_for_selector("article.latent .tok.q")
+    decoded = v.page.evaluate(f"window.tempolensViewer.loadRecord({i})")
+    keys = ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index", "prompt_index",
+            "pred_values", "pred_share")
+    want = [{k: a[k] for k in keys} for a in rec["activations"]]
+    assert [{k: a[k] for k in keys} for a in decoded["activations"]] == want
+    shown_examples = v.page.eval_on_selector_all("ol.examples li", """lis => lis.map(li => {
+        const b = li.querySelector('button.expand'); if (b) b.click();
+        return [li.querySelector('.ex-rank').title, [...li.querySelectorAll('.tok')].map(e => e.title)]; })""")
+    by_prompt = {a["prompt_index"]: a for a in rec["activations"]}  # the test site gives each example its own prompt
+    assert len(shown_examples) == len(by_prompt) == len(rec["activations"])
+    for rank_title, titles in shown_examples:
+        a = by_prompt[int(rank_title.split(",")[0].removeprefix("prompt "))]
+        assert rank_title == f"prompt {a['prompt_index']}, token {a['qualifying_token_index']}"
+        assert len(titles) == len(a["tokens"])
+        for title, tok, val, pv, share in zip(titles, a["tokens"], a["values"], a["pred_values"], a["pred_share"]):
+            parts = title.split(" · ")
+            assert parts[0] == json.dumps(tok, ensure_ascii=False)
+            assert float(parts[1].removeprefix("novel code ")) == val
+            assert float(parts[2].removeprefix("predicted ")) == pv
+            assert abs(float(parts[3].removeprefix("predicted share ").rstrip("%")) - share * 100) <= 0.05 + 1e-9
+    v.assert_clean()
+
+
 def test_long_examples_are_windowed_and_expand(v, site):
     i = site.long_latent
     v.open(f"#/latent/{i}")
@@ -246,8 +276,11 @@ def test_hostile_token_strings_render_as_literal_text_and_run_nothing(v, site):
     assert v.page.evaluate("document.querySelectorAll('article img, article script, article iframe').length") == 0
     assert v.page.evaluate("document.querySelectorAll('main svg:not(.hist) ').length") == 0
     assert v.page.evaluate("document.scripts.length") == n_scripts
-    assert [s for s in v.page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))")] == [
-        "assets/app.js", "data/meta.js", "data/index.js", "data/autointerp.js", "data/kernels.js", "data/features/chunk-0.js"]
+    srcs = v.page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))")
+    assert srcs[:7] == ["assets/app.js", "data/meta.js", "data/index.js", "data/autointerp.js", "data/kernels.js",
+                        "data/features/chunk-0.js", "data/tokens.js"]
+    prompt_files = {f"data/prompts/prompts-{a['prompt_index'] // PROMPT_CHUNK}.js" for a in rec["activations"]}
+    assert sorted(srcs[7:]) == sorted(prompt_files)  # exactly the prompt files of this latent's examples
     assert v.page.text_content(".explanation q") == rec["tempolens"]["explanation"]
     pos = v.page.eval_on_selector_all("table.logits.pos tbody tr td:first-child", "els => els.map(e => e.textContent)")
     assert pos[:3] == HOSTILE[:3]

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from viewer_browser import browser, visit  # noqa: F401  (fixture)
+
+from tempolens.dashboards.site import read_site_records
 
 pytestmark = pytest.mark.browser
 
@@ -35,8 +36,8 @@ def pipeline_site(tiny_lm_dir, tmp_path_factory) -> Path:
     pytest.importorskip("tempolens.dashboards.pipeline")
     pytest.importorskip("tempolens.collect")
     import torch
-
     from fixtures import WORDS, tiny_lm_with_tokens
+
     from tempolens.collect import CollectConfig, collect
     from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 
@@ -67,11 +68,10 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
     site = pipeline_site
     meta = read_js(site / "data" / "meta.js", "tempolensMeta")[0]
     index = read_js(site / "data" / "index.js", "tempolensIndex")[0]
-    records: dict[str, dict] = {}
     for p in sorted((site / "data" / "features").glob("chunk-*.js")):
         c, recs = read_js(p, "tempolensFeatures")
         assert all(int(k) // meta["chunk_size"] == c for k in recs)
-        records.update(recs)
+    records = {str(k): r for k, r in read_site_records(site).items()}  # windows decoded as the viewer does
     # A latent whose first top example contains a hostile token.
     pick = next(int(k) for k, r in sorted(records.items(), key=lambda kv: int(kv[0]))
                 if r["activations"] and any(t in HOSTILE_TOKENS for t in r["activations"][0]["tokens"]))

@@ -124,13 +124,80 @@ def _record(rng: random.Random, i: int, frac: float, max_act: float, mean_act: f
     return rec
 
 
+PROMPT_CHUNK = 16
+"""Prompts per ``data/prompts/prompts-<p>.js`` of the test sites."""
+
+
+def _window_layout(spec: SiteSpec, data: Path, meta: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Write ``data/tokens.js`` and ``data/prompts/`` for the records of ``spec`` and return the records with
+    each activation as a window reference (docs/site-data.md), written here independently of the pipeline.
+
+    Every example gets a prompt of its own (two tokens before the window, one after, so ``start`` is 2);
+    a prompt index two examples share is moved to a free one, in ``spec`` too (the ground truth). Token
+    ids are given in reverse order of first use so no id equals its position. Predicted codes use the fill
+    0 (nonzero entries listed) for even latents and null (every entry listed) for odd ones."""
+    strings: list[str] = []
+    ids: dict[str, int] = {}
+
+    def tid(t: str) -> int:
+        if t not in ids:
+            ids[t] = len(strings)
+            strings.append(t)
+        return ids[t]
+
+    prompts: dict[int, dict[str, Any]] = {}
+    used: set[int] = set()
+    free = 1000
+    out: dict[int, dict[str, Any]] = {}
+    for i, rec in spec.records.items():
+        acts = []
+        for a in rec["activations"]:
+            p = a["prompt_index"]
+            if p in used:
+                p, free = free, free + 1
+                a["prompt_index"] = p
+            used.add(p)
+            toks = ["before", " before", *a["tokens"], " after"]
+            prompt: dict[str, Any] = {"tokens": [tid(t) for t in toks]}
+            if "pred_share" in a:
+                prompt["pred_share"] = [0.5, 0.5, *a["pred_share"], 0.5]
+            prompts[p] = prompt
+            ref: dict[str, Any] = {k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "prompt_index")}
+            ref["start"] = 2
+            if len(a["tokens"]) != 16:
+                ref["length"] = len(a["tokens"])
+            ref["qualifying_token_index"] = a["qualifying_token_index"]
+            ref["values"] = [[t, v] for t, v in enumerate(a["values"]) if v != 0]
+            if "pred_values" in a:
+                fill = 0.0 if i % 2 == 0 else None
+                ref["pred_values"] = {"fill": fill, "at": [[t, v] for t, v in enumerate(a["pred_values"]) if v != fill]}
+            acts.append(ref)
+        out[i] = {**rec, "activations": acts}
+    n = len(strings)
+    for p in prompts.values():
+        p["tokens"] = [n - 1 - t for t in p["tokens"]]
+    (data / "tokens.js").write_text(f"tempolensTokens({js_literal(strings[::-1])});\n", encoding="utf-8")
+    (data / "prompts").mkdir(exist_ok=True)
+    files: dict[int, dict[str, Any]] = {}
+    for p, prompt in prompts.items():
+        files.setdefault(p // PROMPT_CHUNK, {})[str(p)] = prompt
+    for c, body in files.items():
+        text = f"tempolensPrompts({c}, {js_literal(body)});\n"
+        (data / "prompts" / f"prompts-{c}.js").write_text(text, encoding="utf-8")
+    meta.update(window_len=16, prompt_chunk_size=PROMPT_CHUNK)
+    return out
+
+
 def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal: bool = True, seed: int = 0,
-               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True, records_below: int = 128) -> SiteSpec:
+               records: bool = True, autointerp: bool | str = "ballpark", kernels: bool = True,
+               records_below: int = 128, layout: str = "windows") -> SiteSpec:
     """Write a complete site (viewer + data files) to ``root`` and return what it contains.
 
     ``autointerp``: ``"ballpark"`` (the report shape of ``tempolens.autointerp.report``), ``True`` (a
     generic ``{title, summary, tables, notes}`` report), or ``False`` (none). Feature records are
-    written for the alive latents below ``records_below`` only (keeps the test site small)."""
+    written for the alive latents below ``records_below`` only (keeps the test site small).
+    ``layout="windows"`` stores the examples as the pipeline does (shared prompts and token table, window
+    references, sparse values; :func:`_window_layout`); ``"inline"`` keeps every window in its record."""
     rng = random.Random(seed)
     root = Path(root)
     install_viewer(root)
@@ -164,14 +231,15 @@ def write_site(root: Path, n_latents: int = 250, chunk_size: int = 64, temporal:
         "n_tokens": 64 * 15, "chunk_size": chunk_size, "n_latents": n_latents, "created": "2026-11-29T08:00:00Z",
         "tempolens_version": "0.1.0", "settings": {"seed": seed, "top_k": 20},
     }
-    (data / "meta.js").write_text(f"tempolensMeta({js_literal(meta)});\n", encoding="utf-8")
     (data / "index.js").write_text(f"tempolensIndex({js_literal({'columns': COLUMNS, 'rows': rows})});\n", encoding="utf-8")
     if records:
+        stored = _window_layout(spec, data, meta) if layout == "windows" else spec.records
         chunks: dict[int, dict[str, Any]] = {}
-        for i, rec in spec.records.items():
+        for i, rec in stored.items():
             chunks.setdefault(i // chunk_size, {})[str(i)] = rec
         for c, recs in chunks.items():
             (data / "features" / f"chunk-{c}.js").write_text(f"tempolensFeatures({c}, {js_literal(recs)});\n", encoding="utf-8")
+    (data / "meta.js").write_text(f"tempolensMeta({js_literal(meta)});\n", encoding="utf-8")
     if autointerp == "ballpark":
         # The shape written by tempolens.autointerp.report.build_report (data/autointerp.js).
         def sc(m, lo, hi, n, chance):

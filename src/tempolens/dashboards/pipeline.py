@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from tempolens.dashboards import neuronpedia as npx
     from tempolens.dashboards.records import RecordContext
     from tempolens.dashboards.site import SiteWriter
+    from tempolens.stats.examples import Windows
     from tempolens.stats.features import FeatureStats
     from tempolens.stats.logits import LogitEffects
 
@@ -489,7 +490,10 @@ class _Exports:
         self.explanations = npx.load_autointerp_export(cfg.autointerp) if bulk_explanations else None
         if cfg.bulk:
             npx.write_bulk_headers(self.bulk_root, ids)
-        self.site = SiteWriter(self.site_dir, cfg.chunk_size) if cfg.site else None
+        self.site = (SiteWriter(self.site_dir, cfg.chunk_size, run.store.n_prompts, run.store.prompt_len)
+                     if cfg.site else None)
+        self.site_meta: dict[str, Any] = {}
+        """Meta fields of the site's prompt tables (:meth:`SiteWriter.write_prompts`)."""
         if self.site is not None and cfg.autointerp is not None:
             _write_autointerp_report(self.site, cfg.autointerp.parent / "report.json")
         self.batch_paths: list[Path] = []
@@ -526,6 +530,21 @@ class _Exports:
                 self.flush_chunk()
             self._chunk_id = c
             self._chunk[i] = rec
+
+    def add_windows(self, windows: Windows) -> None:
+        """Keep the prompt positions the site's examples show (their token ids and predicted shares)."""
+        if self.site is not None:
+            c0 = time.thread_time()
+            self.site.add_windows(windows.prompt, windows.start, windows.tokens, windows.pred_share)
+            self.cpu["site"] += time.thread_time() - c0
+
+    def write_prompts(self, ctx: RecordContext) -> None:
+        """Write the site's shared prompt tables and token strings, once every example was added."""
+        if self.site is not None:
+            c0 = time.thread_time()
+            table = ctx.token_table()
+            self.site_meta = self.site.write_prompts(lambda ids: table.strings[ids].tolist())
+            self.cpu["site"] += time.thread_time() - c0
 
     def flush_batch(self) -> None:
         """Queue the pending records as batch file ``k`` and bulk-import batch ``k`` (with explanations)."""
@@ -586,11 +605,13 @@ def _records_per_pass(
             records = feature_records(ctx, group, windows)
             exports.cpu["records"] += time.thread_time() - c0
             n_examples += int(windows.latent.numel())
+            exports.add_windows(windows)
             for rec in records:
                 exports.add(rec)
             del records, windows
         exports.flush_batch()
         exports.flush_chunk()
+    exports.write_prompts(ctx)
     return n_examples
 
 
@@ -659,6 +680,8 @@ def _finish_exports(run: _Run, exports: _Exports, stats: FeatureStats, settings:
         "prompt_len": run.store.prompt_len,
         "n_tokens": stats.n_tokens,
         "chunk_size": cfg.chunk_size,
+        "window_len": min(cfg.window, run.store.prompt_len),
+        **exports.site_meta,
         "n_latents": len(run.latents),
         "created": ids.created_at,
         "tempolens_version": _version(),
@@ -688,9 +711,11 @@ def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str
 
     cfg, n_latents = run.cfg, len(run.latents)
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
+    sizes = _export_bytes(run, exports)
     atomic_write_json(run.out / f"dashboards_log{run.suffix}.json",
                       {"timings": timings, "n_latents": n_latents, "n_examples": n_examples,
-                       "store": str(run.store.root)})
+                       "store": str(run.store.root), "bytes": sizes,
+                       "bytes_per_latent": {k: round(v / max(n_latents, 1), 1) for k, v in sizes.items()}})
     result = DashboardResult(
         out=run.out,
         site=exports.site_final if exports.site is not None else None,
@@ -703,6 +728,23 @@ def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str
     if cfg.progress:
         print(result)
     return result
+
+
+def _export_bytes(run: _Run, exports: _Exports) -> dict[str, int]:
+    """Bytes each written format takes: ``site_data`` (the site's ``data/`` folder this run wrote: feature
+    chunks, prompt tables, token strings, index, meta), ``batches`` (batch files and ``run_settings.json``),
+    ``bulk`` (the bulk-import tree, gzipped); a format not written is left out."""
+    def size(root: Path, skip: tuple[str, ...] = ()) -> int:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name not in skip)
+
+    out: dict[str, int] = {}
+    if exports.site is not None:
+        out["site_data"] = size(exports.site_final / "data", skip=("kernels.js", "views.js", "autointerp.js"))
+    if run.cfg.batches:
+        out["batches"] = size(exports.np_final / "batches")
+    if run.cfg.bulk:
+        out["bulk"] = size(exports.np_final / "bulk")
+    return out
 
 
 FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js", "pred")

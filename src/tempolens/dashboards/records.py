@@ -174,13 +174,20 @@ class Activation(dict):
     objects); its ``tokens``/``values``/``pred_values``/``pred_share`` are pre-encoded
     :class:`orjson.Fragment` arrays. The attributes carry what the exporters need without parsing them."""
 
-    __slots__ = ("qualifying_token", "max_value", "max_index", "min_value")
+    __slots__ = ("qualifying_token", "max_value", "max_index", "min_value", "start", "site_values", "site_pred")
     qualifying_token: str
     """The token string at ``qualifying_token_index``."""
     max_value: float
     """Largest (rounded) value, and the first position holding it."""
     max_index: int
     min_value: float
+    start: int
+    """First position of the window in its prompt (the site references the window instead of copying it)."""
+    site_values: Any
+    """The site's sparse ``values``: a JSON-array fragment of ``[position, value]`` pairs (zeros left out)."""
+    site_pred: Any
+    """The site's sparse ``pred_values`` (``{"fill": null | 0, "at": [[position, value], ...]}`` as a
+    fragment), or ``None`` when the windows have no predicted codes."""
 
 
 def row_fragments(x: Tensor) -> list[Any]:
@@ -192,6 +199,32 @@ def row_fragments(x: Tensor) -> list[Any]:
         return []
     body = orjson.dumps(np.ascontiguousarray(x.detach().to(torch.float64).numpy()), option=orjson.OPT_SERIALIZE_NUMPY)
     return [orjson.Fragment(b"[" + part + b"]") for part in body[2:-2].split(b"],[")]
+
+
+def sparse_rows(x: Tensor, fill: Tensor) -> list[bytes]:
+    """Each row of a 2-D float64 tensor as the JSON array of its ``[position, value]`` pairs whose value
+    differs from the row's ``fill`` (``[E]``, NaN = null; NaN entries are written as ``null``).
+
+    Decoding (``docs/site-data.md``): start from ``fill`` at every position, then set each pair."""
+    E = x.shape[0]
+    if E == 0:
+        return []
+    f = fill.unsqueeze(1)
+    keep = ~((x == f) | (torch.isnan(x) & torch.isnan(f)))
+    rows, cols = keep.nonzero(as_tuple=True)
+    pairs = list(zip(cols.tolist(), x[rows, cols].tolist()))  # orjson writes NaN as null
+    ends = torch.cumsum(keep.sum(1), 0).tolist()
+    out, a = [], 0
+    for b in ends:
+        out.append(orjson.dumps(pairs[a:b]))
+        a = b
+    return out
+
+
+def _pred_fill(pred: Tensor) -> Tensor:
+    """Per row of predicted codes, the value most entries hold: NaN (null: novel codes, where the store
+    keeps no prediction for the latent; also on a tie) or 0 (predicted-code windows)."""
+    return torch.where(torch.isnan(pred).sum(1) >= (pred == 0).sum(1), float("nan"), 0.0).to(torch.float64)
 
 
 def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows) -> list[dict[str, Any]]:
@@ -255,6 +288,11 @@ class _ExampleRows:
     """Predicted codes (NaN → ``null``), or ``None`` when the windows have none."""
     shares: list[Any] | None
     """Predicted shares, or ``None`` when the windows have none."""
+    site_values: list[Any]
+    """The site's sparse values (:func:`sparse_rows` fragments, fill 0)."""
+    site_preds: list[Any] | None
+    """The site's sparse predicted codes (``{"fill", "at"}`` fragments), or ``None``."""
+    starts: list[int]
     max_value: list[float]
     max_index: list[int]
     min_value: list[float]
@@ -280,7 +318,15 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
     tok_rows = table.row_fragments(windows.tokens)
     values_r = _finite_rounded(windows.values)
     values = row_fragments(values_r)
-    preds = row_fragments(round_sig(windows.pred)) if windows.pred is not None else None  # NaN → null
+    zeros = torch.zeros(values_r.shape[0], dtype=torch.float64)
+    site_values = [orjson.Fragment(r) for r in sparse_rows(values_r, zeros)]
+    preds = site_preds = None
+    if windows.pred is not None:
+        pred_r = round_sig(windows.pred)
+        preds = row_fragments(pred_r)  # NaN → null
+        fill = _pred_fill(pred_r)
+        site_preds = [orjson.Fragment(b'{"fill":' + (b"null" if f != f else orjson.dumps(f)) + b',"at":' + at + b"}")
+                      for f, at in zip(fill.tolist(), sparse_rows(pred_r, fill))]
     shares = row_fragments(_finite_rounded(windows.pred_share)) if windows.pred_share is not None else None
     E = values_r.shape[0]
     if E:
@@ -294,7 +340,8 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
     for e, l in enumerate(windows.latent.tolist()):
         by_latent.setdefault(l, []).append(e)
     return _ExampleRows(
-        tokens=tok_rows, values=values, preds=preds, shares=shares,
+        tokens=tok_rows, values=values, preds=preds, shares=shares, site_values=site_values, site_preds=site_preds,
+        starts=windows.start.tolist(),
         max_value=vmax_l, max_index=vargmax_l, min_value=vmin_l,
         qualifying=windows.qualifying.tolist(), qualifying_token=q_tok, prompt=windows.prompt.tolist(),
         group=groups.tolist(), by_latent=by_latent,
@@ -416,6 +463,8 @@ def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColum
             a["pred_share"] = rows.shares[e]
         a.qualifying_token, a.max_value = rows.qualifying_token[e], rows.max_value[e]
         a.max_index, a.min_value = rows.max_index[e], rows.min_value[e]
+        a.start, a.site_values = rows.starts[e], rows.site_values[e]
+        a.site_pred = rows.site_preds[e] if rows.site_preds is not None else None
         acts.append(a)
     return acts
 

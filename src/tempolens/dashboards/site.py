@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tempolens.errors import TempolensError
 from tempolens.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 INDEX_COLUMNS: tuple[str, ...] = ("index", "frac_nonzero", "max_act", "mean_act", "top_tokens", "explanation", "score", "pred_share")
 
@@ -132,43 +136,190 @@ def html_shell(title: str, page: str, assets: str, scripts: Sequence[str] = (),
     )
 
 
+SITE_ACTIVATION_KEYS: tuple[str, ...] = ("bin_min", "bin_max", "bin_contains", "prompt_index", "start",
+                                          "qualifying_token_index")
+"""Keys of an activation in a site chunk, before its ``values`` (and ``pred_values``): the window is
+referenced (prompt, first position; its length is ``meta.window_len``), not copied."""
+
+PROMPT_CHUNK_SIZE = 64
+"""Prompts per ``data/prompts/prompts-<p>.js`` (``meta.prompt_chunk_size``)."""
+
+
 class SiteWriter:
     """Writes one site folder: ``index.html``, ``assets/``, ``data/meta.js``, ``data/index.js``,
-    ``data/features/chunk-<c>.js``, optional ``data/autointerp.js``."""
+    ``data/features/chunk-<c>.js``, ``data/prompts/prompts-<p>.js``, ``data/tokens.js``, optional
+    ``data/autointerp.js`` (layout: ``docs/site-data.md``).
 
-    def __init__(self, root: Path, chunk_size: int):
+    The example windows are stored once: :meth:`add_windows` keeps the token ids (and per-token predicted
+    shares) of every prompt position an example shows, :meth:`write_prompts` writes them with one table
+    of the token strings that occur; each latent's activations reference their window and keep only
+    their own sparse values."""
+
+    def __init__(self, root: Path, chunk_size: int, n_prompts: int = 0, prompt_len: int = 0):
         self.root = Path(root)
         self.chunk_size = int(chunk_size)
         self.data = self.root / "data"
         (self.data / "features").mkdir(parents=True, exist_ok=True)
+        self.n_prompts, self.prompt_len = int(n_prompts), int(prompt_len)
+        self._tokens: Any = None
+        """``[n_prompts, prompt_len]`` int64 token ids of the shown positions, −1 elsewhere (made on first use)."""
+        self._share: Any = None
+        """``[n_prompts, prompt_len]`` float64 predicted shares of the shown positions (NaN elsewhere), or ``None``."""
 
     def copy_assets(self) -> list[Path]:
         """Install the viewer (:func:`install_viewer`): ``index.html`` at the site root, the assets in ``assets/``."""
         return install_viewer(self.root)
 
     def chunk_of(self, latent: int) -> int:
+        """The feature chunk of ``latent``."""
         return int(latent) // self.chunk_size
 
+    def add_windows(self, prompt: Tensor, start: Tensor, tokens: Tensor, pred_share: Tensor | None = None) -> None:
+        """Keep the token ids (``tokens [E, L]``) and, for Temporal SAEs, the predicted shares
+        (``pred_share [E, L]``, rounded when written) of the windows ``(prompt[e], start[e] .. start[e] + L)``
+        for :meth:`write_prompts`. The same position always holds the same token and share (one store)."""
+        import torch
+
+        if self._tokens is None:
+            self._tokens = torch.full((self.n_prompts, self.prompt_len), -1, dtype=torch.int64)
+        if tokens.numel() == 0:
+            return
+        rows = prompt.to(torch.int64).unsqueeze(1)
+        cols = start.to(torch.int64).unsqueeze(1) + torch.arange(tokens.shape[1])
+        self._tokens[rows, cols] = tokens.to(torch.int64)
+        if pred_share is not None:
+            if self._share is None:
+                self._share = torch.full((self.n_prompts, self.prompt_len), float("nan"), dtype=torch.float64)
+            self._share[rows, cols] = pred_share.to(torch.float64)
+
+    def write_prompts(self, token_strings: Callable[[list[int]], list[str]]) -> dict[str, int]:
+        """Write ``data/tokens.js`` (the strings of the token ids that occur, as one table; a prompt
+        refers to a string by its index in it) and ``data/prompts/prompts-<p>.js`` (every prompt with a
+        shown position, :data:`PROMPT_CHUNK_SIZE` per file). ``token_strings`` maps token ids (a list) to
+        their strings. Returns the meta fields the viewer needs to read them."""
+        import torch
+
+        if self._tokens is None:
+            self._tokens = torch.full((self.n_prompts, self.prompt_len), -1, dtype=torch.int64)
+        tok = self._tokens
+        used = torch.unique(tok[tok >= 0])
+        strings = token_strings(used.tolist()) if used.numel() else []
+        # the same encoder as the batch files' token strings (orjson), escaped for a script
+        atomic_write_bytes(self.data / "tokens.js", f"tempolensTokens({js_literal_fast(list(strings))});\n".encode())
+        local = torch.where(tok >= 0, torch.searchsorted(used, tok.clamp(min=0)), -1)
+        shown = (tok >= 0).any(1).nonzero().squeeze(1).tolist()
+        share = None
+        if self._share is not None:
+            from tempolens.dashboards.records import round_sig
+
+            share = round_sig(self._share)
+        (self.data / "prompts").mkdir(parents=True, exist_ok=True)
+        chunks: dict[int, dict[str, Any]] = {}
+        for p in shown:
+            entry: dict[str, Any] = {"tokens": local[p].tolist()}
+            if share is not None:
+                entry["pred_share"] = [None if v != v else v for v in share[p].tolist()]
+            chunks.setdefault(p // PROMPT_CHUNK_SIZE, {})[str(p)] = entry
+        for c, body in chunks.items():
+            path = self.data / "prompts" / f"prompts-{c}.js"
+            atomic_write_bytes(path, f"tempolensPrompts({int(c)},{js_literal_fast(body)});\n".encode())
+        return {"prompt_chunk_size": PROMPT_CHUNK_SIZE, "n_token_strings": int(used.numel())}
+
     def write_chunk(self, c: int, records: dict[int, dict[str, Any]]) -> Path:
+        """Write the feature chunk ``c``: each record with its activations in the site's form
+        (:func:`site_activation`)."""
         path = self.data / "features" / f"chunk-{c}.js"
-        body = {str(k): v for k, v in sorted(records.items())}
+        body = {str(k): site_record(v) for k, v in sorted(records.items())}
         atomic_write_bytes(path, f"tempolensFeatures({int(c)},{js_literal_fast(body)});\n".encode())
         return path
 
     def write_index(self, rows: list[list[Any]]) -> Path:
+        """Write ``data/index.js`` (columns: :data:`INDEX_COLUMNS`)."""
         path = self.data / "index.js"
         atomic_write_bytes(path, js_call("tempolensIndex", {"columns": list(INDEX_COLUMNS), "rows": rows}))
         return path
 
     def write_meta(self, meta: dict[str, Any]) -> Path:
+        """Write ``data/meta.js``."""
         path = self.data / "meta.js"
         atomic_write_bytes(path, js_call("tempolensMeta", meta))
         return path
 
     def write_autointerp(self, report: dict[str, Any]) -> Path:
+        """Write ``data/autointerp.js`` (the autointerp report shown by the viewer)."""
         path = self.data / "autointerp.js"
         atomic_write_bytes(path, js_call("tempolensAutointerp", report))
         return path
+
+
+def site_activation(a: Any) -> dict[str, Any]:
+    """The site form of one activation of a record (a :class:`tempolens.dashboards.records.Activation`):
+    :data:`SITE_ACTIVATION_KEYS`, the sparse ``values`` and, when the windows have them, ``pred_values``."""
+    out = {k: (a.start if k == "start" else a[k]) for k in SITE_ACTIVATION_KEYS}
+    out["values"] = a.site_values
+    if a.site_pred is not None:
+        out["pred_values"] = a.site_pred
+    return out
+
+
+def site_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The site form of a feature record: the same fields, activations in their :func:`site_activation` form."""
+    out = dict(record)
+    out["activations"] = [site_activation(a) for a in record["activations"]]
+    return out
+
+
+_JS_CALL = re.compile(r"([A-Za-z]+)\((?:(\d+),)?(.*)\);\n?", re.S)
+
+
+def read_js_data(path: Path, function: str) -> tuple[int | None, Any]:
+    """``(first argument or None, data)`` of a site data file ``function(<c>,<json>);`` or ``function(<json>);``
+    (parsed as JSON, never executed); ``ValueError`` when the file is not such a call."""
+    m = _JS_CALL.fullmatch(Path(path).read_text(encoding="utf-8"))
+    if m is None or m.group(1) != function:
+        raise ValueError(f"{path} is not a {function}(...) data file")
+    return (int(m.group(2)) if m.group(2) is not None else None), json.loads(m.group(3))
+
+
+def read_site_records(site: Path | str) -> dict[int, dict[str, Any]]:
+    """Every feature record of a site folder with its activations decoded to the full form the viewer
+    shows: ``tokens`` (strings), dense ``values``, ``pred_values`` and ``pred_share`` per window token
+    (the layout's reader in Python, for checks and comparisons; the viewer decodes the same way)."""
+    data = Path(site) / "data"
+    _, meta = read_js_data(data / "meta.js", "tempolensMeta")
+    _, strings = read_js_data(data / "tokens.js", "tempolensTokens")
+    prompts: dict[str, Any] = {}
+    for p in (data / "prompts").glob("prompts-*.js"):
+        prompts.update(read_js_data(p, "tempolensPrompts")[1])
+    length = int(meta["window_len"])
+    out: dict[int, dict[str, Any]] = {}
+    for path in sorted((data / "features").glob("chunk-*.js")):
+        for key, rec in read_js_data(path, "tempolensFeatures")[1].items():
+            rec["activations"] = [decode_activation(a, prompts, strings, length) for a in rec["activations"]]
+            out[int(key)] = rec
+    return out
+
+
+def decode_activation(a: dict[str, Any], prompts: dict[str, Any], strings: list[str], length: int) -> dict[str, Any]:
+    """One site activation (window of its ``length``, else ``length`` tokens) with its window's ``tokens``
+    (strings), dense ``values`` (0 where not listed),
+    ``pred_values`` (its ``fill`` where not listed) and the prompt's ``pred_share`` over the window."""
+    prompt = prompts[str(a["prompt_index"])]
+    lo, hi = a["start"], a["start"] + int(a.get("length", length))
+    out = {k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "qualifying_token_index", "prompt_index")}
+    out["tokens"] = [strings[t] for t in prompt["tokens"][lo:hi]]
+    values = [0.0] * len(out["tokens"])
+    for pos, v in a["values"]:
+        values[pos] = v
+    out["values"] = values
+    if "pred_values" in a:
+        pred = [a["pred_values"]["fill"]] * len(out["tokens"])
+        for pos, v in a["pred_values"]["at"]:
+            pred[pos] = v
+        out["pred_values"] = pred
+    if "pred_share" in prompt:
+        out["pred_share"] = prompt["pred_share"][lo:hi]
+    return out
 
 
 def load_autointerp(path: Path) -> dict[int, dict[str, Any]]:

@@ -20,10 +20,13 @@
   // ------------------------------------------------------------------------------------------
   // Data registry: data/*.js files call these globals.
   // ------------------------------------------------------------------------------------------
-  var data = { meta: null, index: null, autointerp: null, kernels: null, views: null, chunks: new Map() };
+  var data = { meta: null, index: null, autointerp: null, kernels: null, views: null, chunks: new Map(),
+    tokens: null, prompts: new Map(), decoded: new Map() };
   window.tempolensMeta = function (m) { data.meta = m || {}; };
   window.tempolensIndex = function (d) { data.index = d || { columns: [], rows: [] }; };
   window.tempolensFeatures = function (c, recs) { data.chunks.set(Number(c), recs || {}); };
+  window.tempolensTokens = function (t) { data.tokens = Array.isArray(t) ? t : []; };
+  window.tempolensPrompts = function (c, p) { data.prompts.set(Number(c), p && typeof p === 'object' ? p : {}); };
   window.tempolensAutointerp = function (d) { data.autointerp = d; };
   window.tempolensKernels = function (d) { data.kernels = d; };
   window.tempolensViews = function (d) { data.views = d && typeof d === 'object' ? d : null; };
@@ -646,13 +649,83 @@
   }
 
   function loadRecord(i) {
+    if (data.decoded.has(i)) return Promise.resolve(data.decoded.get(i));
     var c = chunkOf(i);
-    if (data.chunks.has(c)) return Promise.resolve(data.chunks.get(c)[String(i)] || null);
-    return loadScript('data/features/chunk-' + c + '.js').then(function () {
+    var chunk = data.chunks.has(c) ? Promise.resolve() : loadScript('data/features/chunk-' + c + '.js');
+    return chunk.then(function () {
       var recs = data.chunks.get(c);
       if (!recs) throw new Error('data/features/chunk-' + c + '.js did not call tempolensFeatures');
-      return recs[String(i)] || null;
+      return decodeRecord(recs[String(i)] || null);
+    }).then(function (rec) {
+      data.decoded.set(i, rec);
+      return rec;
     });
+  }
+
+  // Site activations reference their window (prompt_index, start; meta.window_len tokens) in the shared
+  // prompt tables (data/prompts/prompts-<p>.js: token ids into data/tokens.js, per-token pred_share) and keep
+  // only their own values as sparse [position, value] pairs. decodeRecord rebuilds the full form the page
+  // shows: tokens (strings), values (0 where not listed), pred_values (its fill where not listed), pred_share.
+  function promptChunkOf(p) {
+    var m = data.meta;
+    var cs = m && isNum(m.prompt_chunk_size) && m.prompt_chunk_size > 0 ? m.prompt_chunk_size : 64;
+    return Math.floor(p / cs);
+  }
+
+  function isWindowRef(a) {
+    return a && typeof a === 'object' && !Array.isArray(a.tokens) && isNum(a.start) && isNum(a.prompt_index);
+  }
+
+  function decodeRecord(rec) {
+    if (!rec || !Array.isArray(rec.activations) || !rec.activations.some(isWindowRef)) return Promise.resolve(rec);
+    var chunks = new Set();
+    rec.activations.forEach(function (a) { if (isWindowRef(a)) chunks.add(promptChunkOf(a.prompt_index)); });
+    var loads = [data.tokens ? Promise.resolve() : loadScript('data/tokens.js')];
+    chunks.forEach(function (c) {
+      if (!data.prompts.has(c)) loads.push(loadScript('data/prompts/prompts-' + c + '.js'));
+    });
+    return Promise.all(loads).then(function () {
+      if (!data.tokens) throw new Error('data/tokens.js did not call tempolensTokens');
+      var out = Object.assign({}, rec);
+      out.activations = rec.activations.map(function (a) { return isWindowRef(a) ? decodeActivation(a) : a; });
+      return out;
+    });
+  }
+
+  /** Set the listed [position, value] pairs of `pairs` into `arr` (positions outside the window are ignored). */
+  function setPairs(arr, pairs) {
+    if (!Array.isArray(pairs)) return;
+    pairs.forEach(function (pv) {
+      var ok = Array.isArray(pv) && Number.isInteger(pv[0]) && pv[0] >= 0 && pv[0] < arr.length;
+      if (ok) arr[pv[0]] = isNum(pv[1]) ? pv[1] : null;
+    });
+  }
+
+  function decodeActivation(a) {
+    var c = promptChunkOf(a.prompt_index);
+    var prompt = (data.prompts.get(c) || {})[String(a.prompt_index)];
+    if (!prompt || !Array.isArray(prompt.tokens)) {
+      if (!data.prompts.has(c)) throw new Error('data/prompts/prompts-' + c + '.js did not call tempolensPrompts');
+      throw new Error('prompt ' + a.prompt_index + ' is missing from data/prompts/prompts-' + c + '.js');
+    }
+    var len = isNum(a.length) ? a.length
+      : data.meta && isNum(data.meta.window_len) ? data.meta.window_len : prompt.tokens.length;
+    var lo = a.start, hi = Math.min(a.start + len, prompt.tokens.length);
+    var out = {};
+    var own = ['values', 'pred_values', 'start', 'length'];   // decoded below, or only needed to find the window
+    Object.keys(a).forEach(function (k) { if (own.indexOf(k) < 0) out[k] = a[k]; });
+    out.tokens = prompt.tokens.slice(lo, hi).map(function (id) {
+      return Number.isInteger(id) && id >= 0 && id < data.tokens.length ? String(data.tokens[id]) : '';
+    });
+    out.values = out.tokens.map(function () { return 0; });
+    setPairs(out.values, a.values);
+    if (a.pred_values && typeof a.pred_values === 'object') {
+      var fill = isNum(a.pred_values.fill) ? a.pred_values.fill : null;
+      out.pred_values = out.tokens.map(function () { return fill; });
+      setPairs(out.pred_values, a.pred_values.at);
+    }
+    if (Array.isArray(prompt.pred_share)) out.pred_share = prompt.pred_share.slice(lo, hi);
+    return out;
   }
 
   function showLatent(i) {
@@ -1356,6 +1429,7 @@
   window.tempolensViewer = {
     fmt: fmt, oneIn: oneIn, showToken: showToken, actColor: actColor, predColor: predColor,
     niceTicks: niceTicks, parseUserNumber: parseUserNumber, safeRelativeHref: safeRelativeHref,
+    loadRecord: loadRecord,
   };
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
