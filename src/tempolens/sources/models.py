@@ -385,48 +385,63 @@ def convert_gguf(
             import gguf  # noqa: F401  (transformers needs it to read GGUF)
         except ImportError:
             raise SourceError("reading .gguf files needs the `gguf` package: pip install gguf") from None
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        _quiet_transformers()
-        tmp = fresh_tmp_dir(final)
-        t0 = time.perf_counter()
-        say(f"converting {gguf_path.name} to a cached torch model (once; a few minutes on CPU) ...")
-        try:
-            say("  reading the tokenizer from the GGUF ...")
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            t_tok = time.perf_counter() - t0
-            say(f"  tokenizer ready ({t_tok:.0f} s); dequantising the weights ...")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-        except Exception as e:  # noqa: BLE001 - an untrusted file can fail in many ways inside the reader
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"transformers cannot load {gguf_path.name} ({_first_line(e)}); check that it is a causal LM of a supported architecture") from None
-        t_model = time.perf_counter() - t0 - t_tok
-        # save_pretrained refuses a GGUF-loaded model while it still looks quantised.
-        model.hf_quantizer = None
-        for cfg in (model.config, getattr(model.config, "text_config", None)):
-            if cfg is not None and hasattr(cfg, "quantization_config"):
-                try:
-                    delattr(cfg, "quantization_config")
-                except AttributeError:
-                    pass
-        say(f"  weights ready ({t_model:.0f} s); saving to {final} ...")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        marker = {
-            "source": str(gguf_path),
-            "gguf_key": _gguf_key(gguf_path),
-            "model_id": neuronpedia_model_id(gguf_path.name),
-            "seconds_tokenizer": round(t_tok, 1),
-            "seconds_dequantise": round(t_model, 1),
-            "seconds_total": round(time.perf_counter() - t0, 1),
-        }
-        (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=1))
-        publish_dir(tmp, final)
-        say(f"  converted in {time.perf_counter() - t0:.0f} s")
-        del model
+        _write_converted(gguf_path, final, say)
     return final
+
+
+def _dequantised(gguf_path: Path, tmp: Path, say: Callable[[str], None]) -> tuple[Any, Any, float, float]:
+    """``(model, tokenizer, tokenizer seconds, weights seconds)`` read from a GGUF file by transformers, fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    try:
+        say("  reading the tokenizer from the GGUF ...")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        t_tok = time.perf_counter() - t0
+        say(f"  tokenizer ready ({t_tok:.0f} s); dequantising the weights ...")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+    except Exception as e:  # noqa: BLE001 - an untrusted file can fail in many ways inside the reader
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SourceError(
+            f"transformers cannot load {gguf_path.name} ({_first_line(e)}); check that it is a causal LM of a "
+            "supported architecture"
+        ) from None
+    # save_pretrained refuses a GGUF-loaded model while it still looks quantised.
+    model.hf_quantizer = None
+    for cfg in (model.config, getattr(model.config, "text_config", None)):
+        if cfg is not None and hasattr(cfg, "quantization_config"):
+            try:
+                delattr(cfg, "quantization_config")
+            except AttributeError:
+                pass
+    return model, tokenizer, t_tok, time.perf_counter() - t0 - t_tok
+
+
+def _write_converted(gguf_path: Path, final: Path, say: Callable[[str], None]) -> None:
+    """Dequantise ``gguf_path`` into a scratch folder, mark it converted, and publish it as ``final``."""
+    _quiet_transformers()
+    tmp = fresh_tmp_dir(final)
+    t0 = time.perf_counter()
+    say(f"converting {gguf_path.name} to a cached torch model (once; a few minutes on CPU) ...")
+    model, tokenizer, t_tok, t_model = _dequantised(gguf_path, tmp, say)
+    say(f"  weights ready ({t_model:.0f} s); saving to {final} ...")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    marker = {
+        "source": str(gguf_path),
+        "gguf_key": _gguf_key(gguf_path),
+        "model_id": neuronpedia_model_id(gguf_path.name),
+        "seconds_tokenizer": round(t_tok, 1),
+        "seconds_dequantise": round(t_model, 1),
+        "seconds_total": round(time.perf_counter() - t0, 1),
+    }
+    (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=1))
+    publish_dir(tmp, final)
+    say(f"  converted in {time.perf_counter() - t0:.0f} s")
 
 
 def load_hf_tokenizer(spec: str | Path) -> Any:

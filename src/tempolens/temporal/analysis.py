@@ -111,6 +111,84 @@ def top_direction_share(codes: Tensor) -> float:
 
 
 @torch.no_grad()
+def _start_token(model: Any, sae: SAE, text: str, max_tokens: int) -> int:
+    """Check what can be checked before tokenising; the id that starts the text (BOS, else EOS)."""
+    if not getattr(sae, "is_temporal", False) or not hasattr(sae, "forward_details"):
+        raise ConfigError(
+            f"--sae must be a Temporal SAE (got a {getattr(sae, 'architecture', type(sae).__name__)} SAE); "
+            "pass standard SAEs as --contrast-sae"
+        )
+    if not text.strip():
+        raise ConfigError("the text is empty; give some words")
+    if max_tokens > MAX_KERNEL_TOKENS:
+        raise ConfigError(f"max_tokens is at most {MAX_KERNEL_TOKENS}")
+    bos = getattr(model, "bos_id", None)
+    bos = bos if bos is not None else getattr(model, "eos_id", None)  # GPT-2 style: <|endoftext|> starts a text
+    if bos is None:
+        raise ConfigError(
+            f"{getattr(model, 'model_id', 'the model')}'s tokenizer has no BOS or EOS token to start the text with"
+        )
+    return bos
+
+
+def _tokenized(model: Any, text: str, bos: int, name: str, max_tokens: int) -> tuple[list[int], list[Any]]:
+    """Token ids (BOS first) and character offsets of ``text``, within ``2 .. max_tokens`` tokens."""
+    ids, offsets = tokenize(model.tokenizer, text, bos)
+    if len(ids) > max_tokens:
+        raise KernelInputError(
+            f"the text {name!r} has {len(ids)} tokens, above the limit of {max_tokens}; shorten it or raise "
+            f"--max-tokens (≤ {MAX_KERNEL_TOKENS})"
+        )
+    if len(ids) < 3:
+        raise ConfigError(f"the text {name!r} has fewer than 2 tokens; a kernel needs at least 2")
+    return ids, offsets
+
+
+def _kernels(
+    hidden: Tensor, det: Any, sae: SAE, contrast: SAE | None, max_tokens: int, top_k: int, with_activations: bool
+) -> tuple[dict[str, Tensor], SparseCodes, Any]:
+    """The similarity kernels (predicted, novel, contrast SAE, raw activations), the novel codes, and the
+    contrast SAE's top latents (None without one)."""
+    nov_codes = SparseCodes(det.codes.indices[0].cpu(), det.codes.values[0].cpu())
+    kernels: dict[str, Tensor] = {
+        "predicted": similarity_kernel(det.z_pred[0].cpu(), max_tokens=max_tokens),
+        "novel": similarity_kernel(nov_codes, width=sae.width, max_tokens=max_tokens),
+    }
+    top_sae = None
+    if contrast is not None:
+        enc = contrast.encode(hidden.to(contrast.device, contrast.dtype))
+        codes = SparseCodes(enc.codes.indices[0].cpu(), enc.codes.values[0].cpu())
+        kernels["sae"] = similarity_kernel(codes, width=contrast.width, max_tokens=max_tokens)
+        top_sae = _top(codes, top_k, contrast.width)
+    if with_activations:
+        kernels["activations"] = similarity_kernel(hidden[0].float().cpu(), max_tokens=max_tokens)
+    return kernels, nov_codes, top_sae
+
+
+def _attention_views(det: Any) -> tuple[list[Tensor], list[Tensor]]:
+    """Per attention layer: the token-to-token maps without BOS, and the mass each query puts on the
+    start (BOS and the attention sink)."""
+    attention, sink = [], []
+    for raw in det.attn:
+        a = attention_by_token(raw[0].cpu())
+        attention.append(a.maps[:, 1:, 1:].contiguous())
+        sink.append((a.start + a.maps[:, :, 0])[:, 1:].contiguous())
+    return attention, sink
+
+
+def _analysis_meta(model: Any, sae: SAE, contrast: SAE | None, n_tokens: int, det: Any) -> dict[str, Any]:
+    return {
+        "model_id": getattr(model, "model_id", ""),
+        "hook_name": getattr(model, "hook_name", ""),
+        "layer": getattr(model, "layer", None),
+        "sae": sae.describe(),
+        "contrast_sae": contrast.describe() if contrast is not None else None,
+        "n_tokens": n_tokens,
+        "pred_top_direction_share": top_direction_share(det.z_pred[0, 1:]),
+        "novel_top_direction_share": top_direction_share(det.z_novel[0, 1:]),
+    }
+
+
 def analyze_text(
     model: Any,
     sae: SAE,
@@ -129,57 +207,15 @@ def analyze_text(
     ``boundaries``: character offsets where events 2, 3, ... start (from :func:`parse_marked`).
     Texts longer than ``max_tokens`` tokens (BOS included) are refused with a clear error.
     """
-    if not getattr(sae, "is_temporal", False) or not hasattr(sae, "forward_details"):
-        raise ConfigError(f"--sae must be a Temporal SAE (got a {getattr(sae, 'architecture', type(sae).__name__)} SAE); pass standard SAEs as --contrast-sae")
-    if not text.strip():
-        raise ConfigError("the text is empty; give some words")
-    if max_tokens > MAX_KERNEL_TOKENS:
-        raise ConfigError(f"max_tokens is at most {MAX_KERNEL_TOKENS}")
-    bos = getattr(model, "bos_id", None)
-    bos = bos if bos is not None else getattr(model, "eos_id", None)  # GPT-2 style: <|endoftext|> starts a text
-    if bos is None:
-        raise ConfigError(f"{getattr(model, 'model_id', 'the model')}'s tokenizer has no BOS or EOS token to start the text with")
-    ids, offsets = tokenize(model.tokenizer, text, bos)
-    if len(ids) > max_tokens:
-        raise KernelInputError(f"the text {name!r} has {len(ids)} tokens, above the limit of {max_tokens}; shorten it or raise --max-tokens (≤ {MAX_KERNEL_TOKENS})")
-    if len(ids) < 3:
-        raise ConfigError(f"the text {name!r} has fewer than 2 tokens; a kernel needs at least 2")
+    bos = _start_token(model, sae, text, max_tokens)
+    ids, offsets = _tokenized(model, text, bos, name, max_tokens)
     check_sae_fits(sae, model, "the Temporal SAE")
     if contrast is not None:
         check_sae_fits(contrast, model, "the contrast SAE")
     hidden = model.hidden_at(torch.tensor([ids]))
-    x = hidden.to(sae.device, sae.dtype)
-    det = sae.forward_details(x)
-    nov_codes = SparseCodes(det.codes.indices[0].cpu(), det.codes.values[0].cpu())
-    kernels: dict[str, Tensor] = {
-        "predicted": similarity_kernel(det.z_pred[0].cpu(), max_tokens=max_tokens),
-        "novel": similarity_kernel(nov_codes, width=sae.width, max_tokens=max_tokens),
-    }
-    top_sae = None
-    if contrast is not None:
-        enc = contrast.encode(hidden.to(contrast.device, contrast.dtype))
-        codes = SparseCodes(enc.codes.indices[0].cpu(), enc.codes.values[0].cpu())
-        kernels["sae"] = similarity_kernel(codes, width=contrast.width, max_tokens=max_tokens)
-        top_sae = _top(codes, top_k, contrast.width)
-    if with_activations:
-        kernels["activations"] = similarity_kernel(hidden[0].float().cpu(), max_tokens=max_tokens)
-    attention, sink = [], []
-    for raw in det.attn:
-        a = attention_by_token(raw[0].cpu())
-        attention.append(a.maps[:, 1:, 1:].contiguous())
-        sink.append((a.start + a.maps[:, :, 0])[:, 1:].contiguous())
-    labels = event_labels(offsets, boundaries)[1:] if boundaries else None
-    sentences = [i - 1 for i in tokens_at_chars(offsets, sentence_starts(text)) if i >= 1]
-    meta = {
-        "model_id": getattr(model, "model_id", ""),
-        "hook_name": getattr(model, "hook_name", ""),
-        "layer": getattr(model, "layer", None),
-        "sae": sae.describe(),
-        "contrast_sae": contrast.describe() if contrast is not None else None,
-        "n_tokens": len(ids),
-        "pred_top_direction_share": top_direction_share(det.z_pred[0, 1:]),
-        "novel_top_direction_share": top_direction_share(det.z_novel[0, 1:]),
-    }
+    det = sae.forward_details(hidden.to(sae.device, sae.dtype))
+    kernels, nov_codes, top_sae = _kernels(hidden, det, sae, contrast, max_tokens, top_k, with_activations)
+    attention, sink = _attention_views(det)
     return TextAnalysis(
         name=name,
         text=text,
@@ -191,7 +227,7 @@ def analyze_text(
         pred_share=det.pred_share[0, 1:].float().cpu(),
         top_novel=_top(nov_codes, top_k, sae.width),
         top_sae=top_sae,
-        labels=labels,
-        sentence_tokens=sentences,
-        meta=meta,
+        labels=event_labels(offsets, boundaries)[1:] if boundaries else None,
+        sentence_tokens=[i - 1 for i in tokens_at_chars(offsets, sentence_starts(text)) if i >= 1],
+        meta=_analysis_meta(model, sae, contrast, len(ids), det),
     )

@@ -337,34 +337,61 @@ def events_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -> dict:
-    """The event-boundary check: per-kernel block contrast and boundary AUROC over marked texts."""
+EVENT_DEFINITIONS = {
+    "block_contrast": "mean S_ij over i≠j in the same event minus mean over i, j in different events (BOS dropped)",
+    "boundary_auroc": "AUROC of Foote novelty (checkerboard half-width {half_width}) at the first token of each event "
+    "vs other tokens; 0.5 = chance",
+    "boundary_auroc_sentences": "the same AUROC against the other sentence-start tokens only (every event boundary "
+    "is also a sentence start); 0.5 = chance",
+    "pooled": "AUROCs over all texts' tokens pooled, novelty z-scored within each text; ci95 = percentile bootstrap "
+    "over texts (1000 resamples)",
+}
+"""What each number of ``events.json`` means (``{half_width}`` is filled in)."""
+
+
+def _marked_texts(cfg: EventsConfig) -> list[Any]:
+    """The texts of the check (``--file`` or the demo stories) that have event markers."""
     texts = read_texts(cfg.file) if cfg.file is not None else load_demo_texts()
     texts = [t for t in texts if t.boundaries]
     if not texts:
         raise ConfigError("no text has event markers ('||'); the event check needs at least one boundary per text")
-    t0 = time.perf_counter()
-    model, sae, contrast = sources or load_sources(cfg)
+    return texts
+
+
+def _score_texts(
+    cfg: EventsConfig, model: Any, sae: Any, contrast: Any, texts: list[Any]
+) -> tuple[list[dict], list[Any], dict[str, dict[str, list]]]:
+    """Analyse every text: per-text scores, kernel-page index entries (with ``--pages``), and the novelty
+    samples of each kernel pooled over texts (all tokens, and sentence starts only)."""
     per_text: list[dict] = []
     entries = []
     pooled: dict[str, dict[str, list]] = {}
     for t in tqdm(texts, desc="events", unit="text"):
-        a = analyze_text(model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries, max_tokens=cfg.max_tokens)
+        a = analyze_text(
+            model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries, max_tokens=cfg.max_tokens
+        )
         scores = kernel_scores(a, cfg.half_width)
         for k, S in a.kernels.items():
             acc = pooled.setdefault(k, {"all": [], "sentences": []})
             acc["all"].append(novelty_samples(S, a.labels, cfg.half_width))
             if a.sentence_tokens:
                 acc["sentences"].append(novelty_samples(S, a.labels, cfg.half_width, a.sentence_tokens))
-        per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events, "boundaries": a.boundaries, "scores": scores,
+        per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events,
+                         "boundaries": a.boundaries, "scores": scores,
                          "pred_top_direction_share": a.meta.get("pred_top_direction_share"),
                          "novel_top_direction_share": a.meta.get("novel_top_direction_share")})
         if cfg.pages:
             entries.append(_write_text_outputs(cfg, a, t, scores, figures=True))
+    return per_text, entries, pooled
+
+
+def _events_summary(per_text: list[dict], pooled: dict[str, dict[str, list]]) -> dict[str, dict]:
+    """Per kernel: the summary of each per-text score, and the pooled boundary AUROCs with bootstrap CIs."""
     kinds = [k for k in KERNEL_LABELS if any(k in p["scores"] for p in per_text)]
+    metrics = ("block_contrast", "boundary_auroc", "boundary_auroc_sentences", "within_mean", "across_mean")
     summary = {
-        k: {m: summarize([p["scores"][k][m] if p["scores"][k][m] is not None else math.nan for p in per_text if k in p["scores"]])
-            for m in ("block_contrast", "boundary_auroc", "boundary_auroc_sentences", "within_mean", "across_mean")}
+        k: {m: summarize([p["scores"][k][m] if p["scores"][k][m] is not None else math.nan
+                          for p in per_text if k in p["scores"]]) for m in metrics}
         for k in kinds
     }
     for k in kinds:
@@ -374,7 +401,41 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
                                 "n_negatives": n_neg, "n_sentence_negatives": n_neg_s,
                                 "boundary_auroc_ci95": list(bootstrap_auroc_ci(pooled[k]["all"])),
                                 "boundary_auroc_sentences_ci95": list(bootstrap_auroc_ci(pooled[k]["sentences"]))}
-    diag = {k: summarize([p[k] for p in per_text if p.get(k) is not None]) for k in ("pred_top_direction_share", "novel_top_direction_share")}
+    return summary
+
+
+def _write_events(cfg: EventsConfig, result: dict, labels: tuple[str, str], entries: list[Any]) -> None:
+    """``kernels/events.{json,md,html}`` (and the kernel index with ``--pages``), and the table on stdout."""
+    kdir = cfg.out / "kernels"
+    kdir.mkdir(parents=True, exist_ok=True)
+    table = events_table(result["summary"])
+    diag = result["diagnostics"]
+    d1, d2 = diag["pred_top_direction_share"]["mean"], diag["novel_top_direction_share"]["mean"]
+    diag_line = (f"Variance of the centred codes along their first principal direction (mean over texts): "
+                 f"predicted {_fmt(d1)}, novel {_fmt(d2)} "
+                 "(near 1 = the predicted codes are one vector times a per-token scalar, so their kernel is mostly ±1).")
+    header = (f"Event-boundary check: {result['model']} {result['hook_name']}, Temporal SAE `{labels[0]}`, "
+              f"contrast `{labels[1]}`, {result['n_texts']} texts, novelty half-width {cfg.half_width}.")
+    atomic_write_json(kdir / "events.json", result)
+    atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n\n{diag_line}\n").encode())
+    _write_events_html(cfg.out, header + " " + diag_line, result["summary"], result["texts"])
+    if entries:
+        _write_index(cfg.out, _merge_entries(cfg.out, entries))
+    print(header)
+    print(table)
+    print(diag_line)
+    print(f"written: {kdir / 'events.json'}, {kdir / 'events.md'}, {kdir / 'events.html'}")
+
+
+def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -> dict:
+    """The event-boundary check: per-kernel block contrast and boundary AUROC over marked texts."""
+    texts = _marked_texts(cfg)
+    t0 = time.perf_counter()
+    model, sae, contrast = sources or load_sources(cfg)
+    per_text, entries, pooled = _score_texts(cfg, model, sae, contrast, texts)
+    summary = _events_summary(per_text, pooled)
+    shares = ("pred_top_direction_share", "novel_top_direction_share")
+    diag = {k: summarize([p[k] for p in per_text if p.get(k) is not None]) for k in shares}
     result = {
         "diagnostics": diag,
         "model": getattr(model, "model_id", cfg.model), "hook_name": getattr(model, "hook_name", ""),
@@ -382,36 +443,15 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
         "contrast_sae": contrast.describe() if contrast is not None else None,
         "half_width": cfg.half_width, "n_texts": len(per_text), "seconds": round(time.perf_counter() - t0, 1),
         "summary": summary, "texts": per_text,
-        "definitions": {
-            "block_contrast": "mean S_ij over i≠j in the same event minus mean over i, j in different events (BOS dropped)",
-            "boundary_auroc": f"AUROC of Foote novelty (checkerboard half-width {cfg.half_width}) at the first token of each event vs other tokens; 0.5 = chance",
-            "boundary_auroc_sentences": "the same AUROC against the other sentence-start tokens only (every event boundary is also a sentence start); 0.5 = chance",
-            "pooled": "AUROCs over all texts' tokens pooled, novelty z-scored within each text; ci95 = percentile bootstrap over texts (1000 resamples)",
-        },
+        "definitions": {k: v.format(half_width=cfg.half_width) for k, v in EVENT_DEFINITIONS.items()},
     }
-    kdir = cfg.out / "kernels"
-    kdir.mkdir(parents=True, exist_ok=True)
-    table = events_table(summary)
-    d1, d2 = diag["pred_top_direction_share"]["mean"], diag["novel_top_direction_share"]["mean"]
-    diag_line = (f"Variance of the centred codes along their first principal direction (mean over texts): predicted {_fmt(d1)}, novel {_fmt(d2)} "
-                 "(near 1 = the predicted codes are one vector times a per-token scalar, so their kernel is mostly ±1).")
     if sources is None:
-        sae_label, con_label = cfg.sae, cfg.contrast or "none"
+        labels = (cfg.sae, cfg.contrast or "none")
         result["sae_spec"], result["contrast_sae_spec"] = cfg.sae, cfg.contrast
     else:
-        sae_label, con_label = _describe(sae), _describe(contrast)
+        labels = (_describe(sae), _describe(contrast))
         result["sae_spec"], result["contrast_sae_spec"] = None, None
-    header = (f"Event-boundary check: {result['model']} {result['hook_name']}, Temporal SAE `{sae_label}`, "
-              f"contrast `{con_label}`, {len(per_text)} texts, novelty half-width {cfg.half_width}.")
-    atomic_write_json(kdir / "events.json", result)
-    atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n\n{diag_line}\n").encode())
-    _write_events_html(cfg.out, header + " " + diag_line, summary, per_text)
-    if entries:
-        _write_index(cfg.out, _merge_entries(cfg.out, entries))
-    print(header)
-    print(table)
-    print(diag_line)
-    print(f"written: {kdir / 'events.json'}, {kdir / 'events.md'}, {kdir / 'events.html'}")
+    _write_events(cfg, result, labels, entries)
     return result
 
 
