@@ -37,7 +37,13 @@ def prepare(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = _load_model(args.model, args.layer, "float32", "cpu")
-    prompts = build_prompts(model.tokenizer, iter_documents(args.corpus), n_prompts=args.n_prompts, prompt_len=args.prompt_len, seed=args.seed)
+    prompts = build_prompts(
+        model.tokenizer,
+        iter_documents(args.corpus),
+        n_prompts=args.n_prompts,
+        prompt_len=args.prompt_len,
+        seed=args.seed,
+    )
     torch.save(prompts.tokens.clone(), out / "tokens.pt")
     torch.save(prompts.special.clone(), out / "special.pt")
     texts = model.tokenizer.batch_decode(prompts.tokens[:, 1:].tolist())
@@ -72,7 +78,11 @@ def prepare(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             enc = sae.encode(sample[:4096].view(1, -1, sample.shape[-1]))
         alive = int(torch.unique(enc.codes.indices[enc.codes.indices >= 0]).numel())
-        saes[str(width)] = {"path": str(folder), "alive_in_sample": alive, "sample_tokens": int(min(4096, sample.shape[0]))}
+        saes[str(width)] = {
+            "path": str(folder),
+            "alive_in_sample": alive,
+            "sample_tokens": int(min(4096, sample.shape[0])),
+        }
     info = {
         "n_prompts": prompts.n_prompts,
         "prompt_len": prompts.prompt_len,

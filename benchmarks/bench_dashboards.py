@@ -63,17 +63,23 @@ class BenchConfig:
     k: int = 32
     """Latents kept per token by the TopK SAEs."""
     topk_sae: str = "auto"
-    """The first width's SAE: `auto` (the embedded TopK twin if shipped and of that width, else random-init), `random`, or a SAELens folder."""
+    """The first width's SAE: `auto` (the embedded TopK twin if shipped and of that width, else random-init), `random`,
+    or a SAELens folder."""
     temporal_sae: str = "embedded:temporal"
-    """Temporal SAE for the tempolens-only run (empty to skip); falls back to `random:temporal?width=2560&k=32` if the embedded one is not shipped."""
+    """Temporal SAE for the tempolens-only run (empty to skip); falls back to `random:temporal?width=2560&k=32` if the
+    embedded one is not shipped."""
     saedash_max_features: int = 2560
-    """Run SAEDashboard on every latent of SAEs up to this width; wider SAEs run `--saedash-sample-batches` batches of 128 and the full run is extrapolated from the measured per-batch time (the report says so). 0 = always all."""
+    """Run SAEDashboard on every latent of SAEs up to this width; wider SAEs run `--saedash-sample-batches` batches of
+    128 and the full run is extrapolated from the measured per-batch time (the report says so). 0 = always all."""
     saedash_sample_batches: int = 4
-    """Batches of 128 latents SAEDashboard runs on SAEs wider than `--saedash-max-features` (at least 2, to measure the per-batch time)."""
+    """Batches of 128 latents SAEDashboard runs on SAEs wider than `--saedash-max-features` (at least 2, to measure the
+    per-batch time)."""
     floor: bool = True
-    """Measure the floor (turn off only to add configurations to an earlier run's floor; ratios then come from that run)."""
+    """Measure the floor (turn off only to add configurations to an earlier run's floor; ratios then come from that
+    run)."""
     tempolens_run: bool = True
-    """Also measure `tempolens run --no-kernels` (collect → dashboards in one process, one model load) at every width, and use it for the growth with prompts."""
+    """Also measure `tempolens run --no-kernels` (collect → dashboards in one process, one model load) at every width,
+    and use it for the growth with prompts."""
     skip_saedash: bool = False
     """Do not run SAEDashboard (e.g. where its venv does not exist)."""
     saedash_python: Path = Path("/work/saedash-venv/bin/python")
@@ -104,7 +110,11 @@ class BenchConfig:
     """Kill a child running longer than this."""
 
     def __post_init__(self) -> None:
-        self.out, self.workdir, self.saedash_python = Path(self.out).resolve(), Path(self.workdir).resolve(), Path(self.saedash_python)
+        self.out, self.workdir, self.saedash_python = (
+            Path(self.out).resolve(),
+            Path(self.workdir).resolve(),
+            Path(self.saedash_python),
+        )
         self.scaling_prompts = tuple(int(x) for x in self.scaling_prompts)
         self.widths = tuple(int(x) for x in self.widths)
         if self.quick:
@@ -117,8 +127,14 @@ class BenchConfig:
         check(self.batch_size >= 1 and self.prompt_len >= 2, "--batch-size must be >= 1 and --prompt-len >= 2")
         check(self.saedash_max_features >= 0, "--saedash-max-features must be >= 0")
         check(self.saedash_sample_batches >= 2, "--saedash-sample-batches must be >= 2 (the per-batch time needs two)")
-        check(self.dtype in ("float32", "bfloat16", "float16"), f"--dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
-        check(self.prompt_len <= 128 or self.skip_saedash, "the agreement check assumes whole-prompt example windows: --prompt-len <= 128")
+        check(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            f"--dtype must be float32, bfloat16 or float16; got {self.dtype!r}",
+        )
+        check(
+            self.prompt_len <= 128 or self.skip_saedash,
+            "the agreement check assumes whole-prompt example windows: --prompt-len <= 128",
+        )
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -144,7 +160,9 @@ def tempolens_cmd() -> list[str]:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(
+        {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    )
     env.update(extra or {})
     return env
 
@@ -198,8 +216,17 @@ def saedash_copy(src: Path, dst: Path, prompt_len: int, hook_name: str) -> dict[
             note = "decoder rows normalised and flag set: identical codes"
     cfg["rescale_acts_by_decoder_norm"] = True
     md = cfg.setdefault("metadata", {})
-    md.update({"model_name": sdo.HUB_NAME, "hook_name": hook_name, "hook_head_index": None, "prepend_bos": True,
-               "context_size": prompt_len, "dataset_path": md.get("dataset_path") or "tempolens-bench", "model_from_pretrained_kwargs": {}})
+    md.update(
+        {
+            "model_name": sdo.HUB_NAME,
+            "hook_name": hook_name,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "context_size": prompt_len,
+            "dataset_path": md.get("dataset_path") or "tempolens-bench",
+            "model_from_pretrained_kwargs": {},
+        }
+    )
     (dst / "cfg.json").write_text(json.dumps(cfg, indent=2))
     save_file(w, str(dst / "sae_weights.safetensors"))
     return {"note": note}
@@ -228,10 +255,34 @@ class Bench:
         n_max = max([cfg.prompts, *cfg.scaling_prompts])
         say(f"preparing {n_max} prompts and random TopK SAEs {cfg.widths} (mean-activation decoder bias)")
         m = run_measured(
-            [sys.executable, str(HERE / "bench_children.py"), "prepare", "--workdir", str(self.work / "prep"), "--model", cfg.model,
-             "--layer", str(cfg.layer), "--corpus", cfg.corpus, "--n-prompts", str(n_max), "--prompt-len", str(cfg.prompt_len),
-             "--seed", str(cfg.seed), "--widths", *map(str, cfg.widths), "--k", str(cfg.k), "--sae-seed", str(cfg.seed)],
-            env=child_env(), log_path=self.logs / "prepare.log", timeout_s=cfg.timeout_s,
+            [
+                sys.executable,
+                str(HERE / "bench_children.py"),
+                "prepare",
+                "--workdir",
+                str(self.work / "prep"),
+                "--model",
+                cfg.model,
+                "--layer",
+                str(cfg.layer),
+                "--corpus",
+                cfg.corpus,
+                "--n-prompts",
+                str(n_max),
+                "--prompt-len",
+                str(cfg.prompt_len),
+                "--seed",
+                str(cfg.seed),
+                "--widths",
+                *map(str, cfg.widths),
+                "--k",
+                str(cfg.k),
+                "--sae-seed",
+                str(cfg.seed),
+            ],
+            env=child_env(),
+            log_path=self.logs / "prepare.log",
+            timeout_s=cfg.timeout_s,
         )
         res = m.find("PREPARE_RESULT ")
         if m.rc != 0 or not res:
@@ -240,14 +291,23 @@ class Bench:
         self.tokens_path = self.work / "prep" / "tokens.pt"
         for i, w in enumerate(cfg.widths):
             rand = Path(self.prep["saes"][str(w)]["path"])
-            entry = {"label": f"topk-{w}", "tempolens_spec": str(rand), "saedash_dir": rand, "kind": "random-init TopK, b_dec = mean activation",
-                     "alive_in_sample": self.prep["saes"][str(w)]["alive_in_sample"]}
+            entry = {
+                "label": f"topk-{w}",
+                "tempolens_spec": str(rand),
+                "saedash_dir": rand,
+                "kind": "random-init TopK, b_dec = mean activation",
+                "alive_in_sample": self.prep["saes"][str(w)]["alive_in_sample"],
+            }
             if i == 0 and cfg.topk_sae != "random":
                 twin = Path(cfg.topk_sae) if cfg.topk_sae != "auto" else shipped_topk_twin(w)
                 if twin is not None and (twin / "cfg.json").is_file():
                     dst = self.work / "prep" / f"saedash-{twin.name}-{w}"
                     note = saedash_copy(twin, dst, cfg.prompt_len, self.prep["hook_name"])
-                    entry.update(tempolens_spec=str(twin), saedash_dir=dst, kind=f"trained TopK ({twin}); SAEDashboard copy: {note['note']}")
+                    entry.update(
+                        tempolens_spec=str(twin),
+                        saedash_dir=dst,
+                        kind=f"trained TopK ({twin}); SAEDashboard copy: {note['note']}",
+                    )
             self.sae_for[entry["label"]] = entry
         if not cfg.skip_saedash:
             if not cfg.saedash_python.exists():
@@ -262,27 +322,67 @@ class Bench:
                 sdo.build_hf_cache(model_dir, self.hf_home)
                 texts = json.loads((self.work / "prep" / "texts.json").read_text())
                 self.dataset_dir = sdo.write_text_dataset(texts, self.work / "prep" / "text_dataset")
-        say(f"prepared in {m.wall_s:.0f} s: {self.prep['n_prompts']} prompts, mean ‖x‖ {self.prep['mean_norm']:.0f} vs median token norm {self.prep['median_token_norm']:.0f}; "
-            + ", ".join(f"{k}: {v['alive_in_sample']} latents fire on {v['sample_tokens']} sample tokens" for k, v in self.prep["saes"].items()))
+        say(
+            f"prepared in {m.wall_s:.0f} s: {self.prep['n_prompts']} prompts, mean ‖x‖ {self.prep['mean_norm']:.0f} "
+            f"vs median token norm {self.prep['median_token_norm']:.0f}; "
+            + ", ".join(
+                f"{k}: {v['alive_in_sample']} latents fire on {v['sample_tokens']} sample tokens"
+                for k, v in self.prep["saes"].items()
+            )
+        )
 
     # -- one measured child each -------------------------------------------------------------------
     def floor(self, n: int, rep: int) -> dict[str, Any] | None:
         cfg = self.cfg
         m = run_measured(
-            [sys.executable, str(HERE / "bench_children.py"), "floor", "--tokens", str(self.tokens_path), "--n", str(n),
-             "--batch", str(cfg.batch_size), "--model", cfg.model, "--layer", str(cfg.layer), "--dtype", cfg.dtype, "--device", cfg.device],
-            env=child_env(), log_path=self.logs / f"floor-{n}-r{rep}.log", timeout_s=cfg.timeout_s,
+            [
+                sys.executable,
+                str(HERE / "bench_children.py"),
+                "floor",
+                "--tokens",
+                str(self.tokens_path),
+                "--n",
+                str(n),
+                "--batch",
+                str(cfg.batch_size),
+                "--model",
+                cfg.model,
+                "--layer",
+                str(cfg.layer),
+                "--dtype",
+                cfg.dtype,
+                "--device",
+                cfg.device,
+            ],
+            env=child_env(),
+            log_path=self.logs / f"floor-{n}-r{rep}.log",
+            timeout_s=cfg.timeout_s,
         )
         res = m.find("FLOOR_RESULT ")
         if m.rc != 0 or not res:
             self.errors.append(f"floor n={n}: {fail_msg(m)}")
             return None
         r = json.loads(res[-1][1])
-        row = {"tool": "floor", "config": "LM forward to block L", "n_prompts": n, "repeat": rep, "wall_s": r["forward_wall_s"], "cpu_s": r["forward_cpu_s"],
-               "process_wall_s": m.wall_s, "process_cpu_s": m.cpu_s, "max_rss_gib": m.max_rss_gib, "disk_bytes": 0, "tok_per_s": r["tok_per_s"],
-               "load": [m.load_before, m.load_after], "phases": {"load_model": r["load_s"]}}
+        row = {
+            "tool": "floor",
+            "config": "LM forward to block L",
+            "n_prompts": n,
+            "repeat": rep,
+            "wall_s": r["forward_wall_s"],
+            "cpu_s": r["forward_cpu_s"],
+            "process_wall_s": m.wall_s,
+            "process_cpu_s": m.cpu_s,
+            "max_rss_gib": m.max_rss_gib,
+            "disk_bytes": 0,
+            "tok_per_s": r["tok_per_s"],
+            "load": [m.load_before, m.load_after],
+            "phases": {"load_model": r["load_s"]},
+        }
         self.runs.append(row)
-        say(f"floor n={n}: forward {r['forward_wall_s']:.1f} s wall, {r['forward_cpu_s']:.1f} s CPU ({r['tok_per_s']:.0f} tok/s); peak RSS {m.max_rss_gib:.2f} GiB; load {m.load_before[0]:.1f}")
+        say(
+            f"floor n={n}: forward {r['forward_wall_s']:.1f} s wall, {r['forward_cpu_s']:.1f} s CPU "
+            f"({r['tok_per_s']:.0f} tok/s); peak RSS {m.max_rss_gib:.2f} GiB; load {m.load_before[0]:.1f}"
+        )
         return row
 
     def tempolens(self, label: str, spec: str, n: int, rep: int) -> dict[str, Any] | None:
@@ -293,31 +393,79 @@ class Bench:
         run.mkdir(parents=True)
         store, dash = run / "store", run / "dashboards"
         m1 = run_measured(
-            tempolens_cmd() + ["collect", "--model", cfg.model, "--layer", str(cfg.layer), "--sae", spec, "--corpus", cfg.corpus,
-                               "--n-prompts", str(n), "--prompt-len", str(cfg.prompt_len), "--seed", str(cfg.seed), "--batch-size", str(cfg.batch_size),
-                               "--device", cfg.device, "--dtype", cfg.dtype, "--out", str(store)],
-            env=child_env(), log_path=self.logs / f"tempolens-collect-{label}-{n}-r{rep}.log", timeout_s=cfg.timeout_s,
+            tempolens_cmd()
+            + [
+                "collect",
+                "--model",
+                cfg.model,
+                "--layer",
+                str(cfg.layer),
+                "--sae",
+                spec,
+                "--corpus",
+                cfg.corpus,
+                "--n-prompts",
+                str(n),
+                "--prompt-len",
+                str(cfg.prompt_len),
+                "--seed",
+                str(cfg.seed),
+                "--batch-size",
+                str(cfg.batch_size),
+                "--device",
+                cfg.device,
+                "--dtype",
+                cfg.dtype,
+                "--out",
+                str(store),
+            ],
+            env=child_env(),
+            log_path=self.logs / f"tempolens-collect-{label}-{n}-r{rep}.log",
+            timeout_s=cfg.timeout_s,
         )
         if m1.rc != 0:
             self.errors.append(f"tempolens collect {label} n={n}: {fail_msg(m1)}")
             return None
         m2 = run_measured(
             tempolens_cmd() + ["dashboards", "--store", str(store), "--out", str(dash), "--device", cfg.device],
-            env=child_env(), log_path=self.logs / f"tempolens-dashboards-{label}-{n}-r{rep}.log", timeout_s=cfg.timeout_s,
+            env=child_env(),
+            log_path=self.logs / f"tempolens-dashboards-{label}-{n}-r{rep}.log",
+            timeout_s=cfg.timeout_s,
         )
         if m2.rc != 0:
             self.errors.append(f"tempolens dashboards {label} n={n}: {fail_msg(m2)}")
             return None
         phases: dict[str, float] = {"collect": m1.wall_s, "dashboards": m2.wall_s, **stage_timings(store, dash)}
-        disk = {"store": dir_bytes(store), "dashboards": dir_bytes(dash), "batches_json": dir_bytes(dash / "neuronpedia" / "batches", "*.json"),
-                "bulk": dir_bytes(dash / "neuronpedia" / "bulk"), "site": dir_bytes(dash / "site")}
-        row = {"tool": "tempolens", "config": label, "n_prompts": n, "repeat": rep, "wall_s": m1.wall_s + m2.wall_s, "cpu_s": m1.cpu_s + m2.cpu_s,
-               "max_rss_gib": max(m1.max_rss_gib, m2.max_rss_gib), "rss_collect_gib": m1.max_rss_gib, "rss_dashboards_gib": m2.max_rss_gib,
-               "disk_bytes": disk["store"] + disk["dashboards"], "disk": disk, "phases": phases, "load": [m1.load_before, m2.load_after],
-               "store": str(store), "site": str(dash / "site")}
+        disk = {
+            "store": dir_bytes(store),
+            "dashboards": dir_bytes(dash),
+            "batches_json": dir_bytes(dash / "neuronpedia" / "batches", "*.json"),
+            "bulk": dir_bytes(dash / "neuronpedia" / "bulk"),
+            "site": dir_bytes(dash / "site"),
+        }
+        row = {
+            "tool": "tempolens",
+            "config": label,
+            "n_prompts": n,
+            "repeat": rep,
+            "wall_s": m1.wall_s + m2.wall_s,
+            "cpu_s": m1.cpu_s + m2.cpu_s,
+            "max_rss_gib": max(m1.max_rss_gib, m2.max_rss_gib),
+            "rss_collect_gib": m1.max_rss_gib,
+            "rss_dashboards_gib": m2.max_rss_gib,
+            "disk_bytes": disk["store"] + disk["dashboards"],
+            "disk": disk,
+            "phases": phases,
+            "load": [m1.load_before, m2.load_after],
+            "store": str(store),
+            "site": str(dash / "site"),
+        }
         self.runs.append(row)
-        say(f"tempolens {label} n={n}: collect {m1.wall_s:.1f} s + dashboards {m2.wall_s:.1f} s = {row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} s CPU; "
-            f"peak RSS {row['max_rss_gib']:.2f} GiB; {row['disk_bytes'] / 1e6:.0f} MB")
+        say(
+            f"tempolens {label} n={n}: collect {m1.wall_s:.1f} s + dashboards {m2.wall_s:.1f} s = {row['wall_s']:.1f} "
+            f"s wall, {row['cpu_s']:.1f} s CPU; "
+            f"peak RSS {row['max_rss_gib']:.2f} GiB; {row['disk_bytes'] / 1e6:.0f} MB"
+        )
         return row
 
     def tempolens_run(self, label: str, spec: str, n: int, rep: int) -> dict[str, Any] | None:
@@ -327,31 +475,87 @@ class Bench:
         if run.exists():
             shutil.rmtree(run)
         m = run_measured(
-            tempolens_cmd() + ["run", "--out", str(run), "--no-kernels", "--model", cfg.model, "--layer", str(cfg.layer), "--sae", spec,
-                               "--corpus", cfg.corpus, "--n-prompts", str(n), "--prompt-len", str(cfg.prompt_len), "--seed", str(cfg.seed),
-                               "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype],
-            env=child_env(), log_path=self.logs / f"tempolens-run-{label}-{n}-r{rep}.log", timeout_s=cfg.timeout_s,
+            tempolens_cmd()
+            + [
+                "run",
+                "--out",
+                str(run),
+                "--no-kernels",
+                "--model",
+                cfg.model,
+                "--layer",
+                str(cfg.layer),
+                "--sae",
+                spec,
+                "--corpus",
+                cfg.corpus,
+                "--n-prompts",
+                str(n),
+                "--prompt-len",
+                str(cfg.prompt_len),
+                "--seed",
+                str(cfg.seed),
+                "--batch-size",
+                str(cfg.batch_size),
+                "--device",
+                cfg.device,
+                "--dtype",
+                cfg.dtype,
+            ],
+            env=child_env(),
+            log_path=self.logs / f"tempolens-run-{label}-{n}-r{rep}.log",
+            timeout_s=cfg.timeout_s,
         )
         if m.rc != 0:
             self.errors.append(f"tempolens run {label} n={n}: {fail_msg(m)}")
             return None
-        row = {"tool": "tempolens-run", "config": label, "n_prompts": n, "repeat": rep, "wall_s": m.wall_s, "cpu_s": m.cpu_s,
-               "max_rss_gib": m.max_rss_gib, "disk_bytes": dir_bytes(run), "phases": stage_timings(run / "store", run / "dashboards"),
-               "load": [m.load_before, m.load_after], "store": str(run / "store"), "site": str(run / "dashboards" / "site")}
+        row = {
+            "tool": "tempolens-run",
+            "config": label,
+            "n_prompts": n,
+            "repeat": rep,
+            "wall_s": m.wall_s,
+            "cpu_s": m.cpu_s,
+            "max_rss_gib": m.max_rss_gib,
+            "disk_bytes": dir_bytes(run),
+            "phases": stage_timings(run / "store", run / "dashboards"),
+            "load": [m.load_before, m.load_after],
+            "store": str(run / "store"),
+            "site": str(run / "dashboards" / "site"),
+        }
         self.runs.append(row)
-        say(f"tempolens run {label} n={n}: {m.wall_s:.1f} s wall, {m.cpu_s:.1f} s CPU; peak RSS {m.max_rss_gib:.2f} GiB")
+        say(
+            f"tempolens run {label} n={n}: {m.wall_s:.1f} s wall, {m.cpu_s:.1f} s CPU; peak RSS {m.max_rss_gib:.2f} GiB"
+        )
         return row
 
     def saedash(self, label: str, sae_dir: Path, width: int, n: int, rep: int) -> dict[str, Any] | None:
         cfg = self.cfg
         n_batches = math.ceil(width / 128)
         full = cfg.saedash_max_features == 0 or width <= cfg.saedash_max_features
-        limit = n_batches if full else min(n_batches, max(2, cfg.saedash_sample_batches))  # two at least: the per-batch time
+        limit = (
+            n_batches if full else min(n_batches, max(2, cfg.saedash_sample_batches))
+        )  # two at least: the per-batch time
         run = self.work / f"saedash-{label}-{n}-r{rep}"
-        argv, env, sub = sdo.prepare_run(run, self.tokens_path, sae_dir, self.dataset_dir, self.hf_home, n, cfg.prompt_len, cfg.batch_size,
-                                         128, end_batch=None if limit >= n_batches else limit - 1)
-        m = run_measured([str(cfg.saedash_python), *argv], env=sdo.env_with({**env, "PYTHONUNBUFFERED": "1"}), cwd=run,
-                         log_path=self.logs / f"saedash-{label}-{n}-r{rep}.log", timeout_s=cfg.timeout_s)
+        argv, env, sub = sdo.prepare_run(
+            run,
+            self.tokens_path,
+            sae_dir,
+            self.dataset_dir,
+            self.hf_home,
+            n,
+            cfg.prompt_len,
+            cfg.batch_size,
+            128,
+            end_batch=None if limit >= n_batches else limit - 1,
+        )
+        m = run_measured(
+            [str(cfg.saedash_python), *argv],
+            env=sdo.env_with({**env, "PYTHONUNBUFFERED": "1"}),
+            cwd=run,
+            log_path=self.logs / f"saedash-{label}-{n}-r{rep}.log",
+            timeout_s=cfg.timeout_s,
+        )
         done = sorted(sub.glob("batch-*.json"))
         if m.rc != 0 or not done:
             self.errors.append(f"SAEDashboard {label} n={n}: {fail_msg(m)}")
@@ -377,21 +581,43 @@ class Bench:
         else:
             wall_full, cpu_full = wall, cpu
         json_bytes = dir_bytes(sub, "batch-*.json")
-        row = {"tool": "saedash", "config": label, "n_prompts": n, "repeat": rep, "wall_s": wall_full, "cpu_s": cpu_full,
-               "measured_wall_s": wall, "measured_cpu_s": cpu, "measured_batches": measured_batches, "total_batches": n_batches,
-               "extrapolated": extrapolated, "max_rss_gib": m.max_rss_gib,
-               "disk_bytes": int(json_bytes * (n_batches / measured_batches)), "disk": {"batches_json_measured": json_bytes,
-               "activation_cache": dir_bytes(run / "cached_activations")}, "phases": phases, "load": [m.load_before, m.load_after], "outputs": str(sub)}
+        row = {
+            "tool": "saedash",
+            "config": label,
+            "n_prompts": n,
+            "repeat": rep,
+            "wall_s": wall_full,
+            "cpu_s": cpu_full,
+            "measured_wall_s": wall,
+            "measured_cpu_s": cpu,
+            "measured_batches": measured_batches,
+            "total_batches": n_batches,
+            "extrapolated": extrapolated,
+            "max_rss_gib": m.max_rss_gib,
+            "disk_bytes": int(json_bytes * (n_batches / measured_batches)),
+            "disk": {"batches_json_measured": json_bytes, "activation_cache": dir_bytes(run / "cached_activations")},
+            "phases": phases,
+            "load": [m.load_before, m.load_after],
+            "outputs": str(sub),
+        }
         self.runs.append(row)
-        say(f"SAEDashboard {label} n={n}: {measured_batches}/{n_batches} batches in {wall:.1f} s wall, {cpu:.1f} s CPU"
+        say(
+            f"SAEDashboard {label} n={n}: {measured_batches}/{n_batches} batches in {wall:.1f} s wall, {cpu:.1f} s CPU"
             + (f" → full run ≈ {wall_full:.0f} s (extrapolated, {per_batch:.1f} s per batch)" if extrapolated else "")
-            + f"; peak RSS {m.max_rss_gib:.2f} GiB; JSON {json_bytes / 1e6:.0f} MB")
+            + f"; peak RSS {m.max_rss_gib:.2f} GiB; JSON {json_bytes / 1e6:.0f} MB"
+        )
         return row
 
     def save_partial(self) -> None:
         """Every measurement so far, so that a stopped benchmark leaves its numbers behind."""
         self.cfg.out.mkdir(parents=True, exist_ok=True)
-        data = {"partial": True, "runs": self.runs, "summary": summarize(self.runs), "errors": self.errors, "prepare": self.prep}
+        data = {
+            "partial": True,
+            "runs": self.runs,
+            "summary": summarize(self.runs),
+            "errors": self.errors,
+            "prepare": self.prep,
+        }
         (self.cfg.out / f"bench-{self.stamp}.partial.json").write_text(json.dumps(data, indent=1, default=str))
 
     # -- the plan ------------------------------------------------------------------------------------
@@ -444,8 +670,22 @@ class Bench:
                     self.save_partial()
         agreement = {}
         for w, label in zip(cfg.widths, labels):
-            tl = next((r for r in reversed(self.runs) if r["tool"] == "tempolens" and r["config"] == label and r["n_prompts"] == n), None)
-            sd = next((r for r in reversed(self.runs) if r["tool"] == "saedash" and r["config"] == label and r["n_prompts"] == n), None)
+            tl = next(
+                (
+                    r
+                    for r in reversed(self.runs)
+                    if r["tool"] == "tempolens" and r["config"] == label and r["n_prompts"] == n
+                ),
+                None,
+            )
+            sd = next(
+                (
+                    r
+                    for r in reversed(self.runs)
+                    if r["tool"] == "saedash" and r["config"] == label and r["n_prompts"] == n
+                ),
+                None,
+            )
             if tl is None:
                 continue
             import torch
@@ -454,17 +694,31 @@ class Bench:
             pieces = json.loads((self.work / "prep" / "pieces.json").read_text())[:n]
             say(f"agreement check {label}")
             agreement[label] = agreement_report(tl["store"], tokens, pieces, sd["outputs"] if sd else None, tl["site"])
-        return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}, "host": host_info(), "prepare": self.prep,
-                "saes": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in self.sae_for.items()}, "temporal_spec": temporal,
-                "runs": self.runs, "summary": summarize(self.runs), "agreement": agreement, "errors": self.errors,
-                "total_s": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "host": host_info(),
+            "prepare": self.prep,
+            "saes": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in self.sae_for.items()},
+            "temporal_spec": temporal,
+            "runs": self.runs,
+            "summary": summarize(self.runs),
+            "agreement": agreement,
+            "errors": self.errors,
+            "total_s": time.perf_counter() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
 
 # ------------------------------------------------------------------------------------------ report
 
 
 def host_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     try:
         import torch
 
@@ -483,8 +737,14 @@ def host_info() -> dict[str, Any]:
     try:
         import subprocess
 
-        git = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                             timeout=30, check=False)
+        git = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         info["commit"] = git.stdout.strip() or None
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001
@@ -501,11 +761,22 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (tool, config, n), rs in groups.items():
         wall, cpu = median([r["wall_s"] for r in rs]), median([r["cpu_s"] for r in rs])
-        row = {"tool": tool, "config": config, "n_prompts": n, "repeats": len(rs), "wall_s": wall, "cpu_s": cpu,
-               "max_rss_gib": max(r["max_rss_gib"] for r in rs), "disk_bytes": median([r["disk_bytes"] for r in rs]),
-               "wall_runs": [round(r["wall_s"], 2) for r in rs], "extrapolated": any(r.get("extrapolated") for r in rs),
-               "phases": {k: median([r["phases"][k] for r in rs if k in r.get("phases", {})]) for k in rs[-1].get("phases", {})},
-               "load_1min": [round(r["load"][0][0], 1) for r in rs]}
+        row = {
+            "tool": tool,
+            "config": config,
+            "n_prompts": n,
+            "repeats": len(rs),
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "max_rss_gib": max(r["max_rss_gib"] for r in rs),
+            "disk_bytes": median([r["disk_bytes"] for r in rs]),
+            "wall_runs": [round(r["wall_s"], 2) for r in rs],
+            "extrapolated": any(r.get("extrapolated") for r in rs),
+            "phases": {
+                k: median([r["phases"][k] for r in rs if k in r.get("phases", {})]) for k in rs[-1].get("phases", {})
+            },
+            "load_1min": [round(r["load"][0][0], 1) for r in rs],
+        }
         f = floors.get(n)
         if f:
             fw, fc = median([r["wall_s"] for r in f]), median([r["cpu_s"] for r in f])
@@ -522,13 +793,16 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Dashboard benchmark — {result['finished']}",
         "",
-        f"Host: {host.get('cpus')} CPUs ({host.get('machine')}), torch {host.get('torch')} ({host.get('torch_threads')} threads)"
+        f"Host: {host.get('cpus')} CPUs ({host.get('machine')}), torch {host.get('torch')} "
+        f"({host.get('torch_threads')} threads)"
         + (f", GPU {host['cuda']}" if host.get("cuda") else ", no GPU")
         + f"; model `{cfg['model']}` block {cfg['layer']}, {cfg['prompt_len']} tokens per prompt, batch {cfg['batch_size']}, {cfg['dtype']}, "
         f"{cfg['repeats']} repeat(s) (medians).",
         "",
-        "Wall time is what a user waits; CPU time (user + sys of the process) is steadier when other jobs share the cores. "
-        "`× floor` divides by the floor's forward loop (model loading excluded) at the same prompt count; tempolens and "
+        "Wall time is what a user waits; CPU time (user + sys of the process) is steadier when other jobs share the "
+        "cores. "
+        "`× floor` divides by the floor's forward loop (model loading excluded) at the same prompt count; tempolens "
+        "and "
         "SAEDashboard include their start-up. Peak RSS: the largest process (tempolens: max of collect, dashboards).",
         "",
         "| SAE | prompts | tool | wall s | × floor | CPU s | × floor (CPU) | peak RSS GiB | output MB | notes |",
@@ -541,10 +815,15 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(f"{(r['n_prompts'] * cfg['prompt_len']) / r['wall_s']:.0f} tok/s")
         if r["tool"].startswith("tempolens"):
             if "collect.lm_forward" in ph:
-                notes.append(f"LM {ph['collect.lm_forward']:.1f}, SAE {ph.get('collect.sae_encode', 0):.1f}, model load {ph.get('collect.load_model', 0):.1f}")
+                notes.append(
+                    f"LM {ph['collect.lm_forward']:.1f}, SAE {ph.get('collect.sae_encode', 0):.1f}, model load "
+                    f"{ph.get('collect.load_model', 0):.1f}"
+                )
             if r["tool"] == "tempolens":
                 notes.append(f"collect {ph.get('collect', 0):.1f} s + dashboards {ph.get('dashboards', 0):.1f} s")
-            d = {k.split(".", 1)[1]: v for k, v in ph.items() if k.startswith("dashboards.") and k != "dashboards.total"}
+            d = {
+                k.split(".", 1)[1]: v for k, v in ph.items() if k.startswith("dashboards.") and k != "dashboards.total"
+            }
             if d:
                 notes.append("dashboards: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in d.items()))
         if r["tool"] == "saedash":
@@ -560,8 +839,11 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(f"load {max(r['load_1min'])}")
         xw = f"{r['x_floor_wall']:.2f}" if "x_floor_wall" in r and r["tool"] != "floor" else ""
         xc = f"{r['x_floor_cpu']:.2f}" if "x_floor_cpu" in r and r["tool"] != "floor" else ""
-        lines.append(f"| {r['config'] if r['tool'] != 'floor' else '—'} | {r['n_prompts']} | {r['tool']} | {r['wall_s']:.1f} | {xw} | {r['cpu_s']:.1f} | {xc} | "
-                     f"{r['max_rss_gib']:.2f} | {r['disk_bytes'] / 1e6:.0f} | {'; '.join(notes)} |")
+        lines.append(
+            f"| {r['config'] if r['tool'] != 'floor' else '—'} | {r['n_prompts']} | {r['tool']} | {r['wall_s']:.1f} | "
+            f"{xw} | {r['cpu_s']:.1f} | {xc} | "
+            f"{r['max_rss_gib']:.2f} | {r['disk_bytes'] / 1e6:.0f} | {'; '.join(notes)} |"
+        )
     lines += ["", "## SAEs", ""]
     for k, v in result["saes"].items():
         lines.append(f"- `{k}`: {v.get('kind')} — {v.get('alive_in_sample')} latents fire on the sample")
@@ -579,28 +861,45 @@ def markdown(result: dict[str, Any]) -> str:
         width = int(r["config"].split("-")[1])
         target = 1.6 if width <= 2560 else 2.5  # at 256 prompts (the current targets)
         ok_w, ok_c = r["x_floor_wall"] <= target, r["x_floor_cpu"] <= target
-        lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: {r['x_floor_wall']:.2f}× floor (wall), {r['x_floor_cpu']:.2f}× (CPU) — target ≤ {target}×: "
-                     f"{'met' if ok_w and ok_c else 'met on CPU time only' if ok_c else 'NOT met'}")
+        lines.append(
+            f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: {r['x_floor_wall']:.2f}× floor (wall), "
+            f"{r['x_floor_cpu']:.2f}× (CPU) — target ≤ {target}×: "
+            f"{'met' if ok_w and ok_c else 'met on CPU time only' if ok_c else 'NOT met'}"
+        )
     sd = {(r["config"], r["n_prompts"]): r for r in result["summary"] if r["tool"] == "saedash"}
     for r in result["summary"]:
         o = sd.get((r["config"], r["n_prompts"]))
         if r["tool"].startswith("tempolens") and o:
-            lines.append(f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: peak RSS tempolens {r['max_rss_gib']:.2f} GiB vs SAEDashboard {o['max_rss_gib']:.2f} GiB; "
-                         f"time {o['wall_s'] / r['wall_s']:.1f}× faster than SAEDashboard (wall)")
+            lines.append(
+                f"- {r['tool']} {r['config']}, {r['n_prompts']} prompts: peak RSS tempolens {r['max_rss_gib']:.2f} "
+                f"GiB vs SAEDashboard {o['max_rss_gib']:.2f} GiB; "
+                f"time {o['wall_s'] / r['wall_s']:.1f}× faster than SAEDashboard (wall)"
+            )
     tool = "tempolens-run" if cfg.get("tempolens_run") else "tempolens"
-    scal = sorted((r for r in result["summary"] if r["tool"] == tool and r["config"] == f"topk-{cfg['widths'][0]}"), key=lambda r: r["n_prompts"])
+    scal = sorted(
+        (r for r in result["summary"] if r["tool"] == tool and r["config"] == f"topk-{cfg['widths'][0]}"),
+        key=lambda r: r["n_prompts"],
+    )
     floors = sorted((r for r in result["summary"] if r["tool"] == "floor"), key=lambda r: r["n_prompts"])
     if len(scal) > 1:
-        lines.append(f"- growth with prompts ({tool}, " + scal[0]["config"] + "): " + ", ".join(
-            f"{r['n_prompts']}: {r['wall_s']:.0f} s / {r['max_rss_gib']:.2f} GiB" for r in scal))
+        lines.append(
+            f"- growth with prompts ({tool}, "
+            + scal[0]["config"]
+            + "): "
+            + ", ".join(f"{r['n_prompts']}: {r['wall_s']:.0f} s / {r['max_rss_gib']:.2f} GiB" for r in scal)
+        )
         fl = {r["n_prompts"]: r for r in floors}
         a, b = scal[0], scal[-1]
         if a["n_prompts"] in fl and b["n_prompts"] in fl and b["n_prompts"] > a["n_prompts"]:
             dt = b["wall_s"] - a["wall_s"]
             df = fl[b["n_prompts"]]["wall_s"] - fl[a["n_prompts"]]["wall_s"]
             fixed = a["wall_s"] - a["n_prompts"] * dt / (b["n_prompts"] - a["n_prompts"])
-            lines.append(f"- marginal cost ({a['n_prompts']} → {b['n_prompts']} prompts): {dt:.0f} s of {tool} per {df:.0f} s of floor = "
-                         f"**{dt / df:.2f}× the floor per extra prompt**; fixed cost (start-up, model load, logit effects, per-latent work) ≈ {fixed:.0f} s")
+            lines.append(
+                f"- marginal cost ({a['n_prompts']} → {b['n_prompts']} prompts): {dt:.0f} s of {tool} per {df:.0f} s "
+                "of floor = "
+                f"**{dt / df:.2f}× the floor per extra prompt**; fixed cost (start-up, model load, logit effects, "
+                f"per-latent work) ≈ {fixed:.0f} s"
+            )
     if result["errors"]:
         lines += ["", "## Problems", ""] + [f"- {e.splitlines()[0]}" for e in result["errors"]]
     return "\n".join(lines) + "\n"

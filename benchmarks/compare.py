@@ -71,7 +71,16 @@ def store_reference(store_path: str | Path, n_top: int = 20) -> dict[str, Any]:
     top: dict[int, list[tuple[int, int, float]]] = {}
     for l, g, v in zip(lat[sel].tolist(), gpos[sel].tolist(), val[sel].tolist()):
         top.setdefault(l, []).append((g // T, g % T, v))
-    return {"count": count, "max": mx, "top": top, "tokens": tokens, "n_valid": n_valid, "n_total": n_total, "width": W, "prompt_len": T}
+    return {
+        "count": count,
+        "max": mx,
+        "top": top,
+        "tokens": tokens,
+        "n_valid": n_valid,
+        "n_total": n_total,
+        "width": W,
+        "prompt_len": T,
+    }
 
 
 # ----------------------------------------------------------------------------------- readers
@@ -114,7 +123,9 @@ def prompt_index_by_prefix(pieces: Sequence[Sequence[str]], skip: int = 1, n: in
     return out
 
 
-def top_examples(feature: dict, prompt_len: int, key_index: dict[tuple, int] | None = None, n: int = 16) -> list[tuple[int, int, float]]:
+def top_examples(
+    feature: dict, prompt_len: int, key_index: dict[tuple, int] | None = None, n: int = 16
+) -> list[tuple[int, int, float]]:
     """``(prompt, position, value)`` of a feature's top group (``bin_min == -1``).
 
     Uses ``prompt_index`` when the record has it, otherwise finds the prompt by its first tokens.
@@ -137,8 +148,16 @@ def top_examples(feature: dict, prompt_len: int, key_index: dict[tuple, int] | N
 # ----------------------------------------------------------------------------------- comparison
 
 
-def compare_features(ref: dict[str, Any], feats: Iterable[dict], *, density_denominator: str, value_decimals: int | None,
-                     density_resolution: float, key_index: dict[tuple, int] | None = None, n_top: int = 20) -> dict[str, Any]:
+def compare_features(
+    ref: dict[str, Any],
+    feats: Iterable[dict],
+    *,
+    density_denominator: str,
+    value_decimals: int | None,
+    density_resolution: float,
+    key_index: dict[tuple, int] | None = None,
+    n_top: int = 20,
+) -> dict[str, Any]:
     """Agreement of dashboard feature objects with the store reference (see the module docstring).
 
     ``density_denominator``: ``valid`` (tempolens) or ``all`` (SAEDashboard counts BOS in the denominator).
@@ -232,25 +251,43 @@ def verify_prompts(ref: dict[str, Any], tokens: torch.Tensor) -> bool:
     return tuple(st.shape) == tuple(tokens.shape) and bool(torch.equal(st, tokens.long()))
 
 
-def agreement_report(store: str | Path, tokens: torch.Tensor, pieces: Sequence[Sequence[str]] | None,
-                     saedash_dir: str | Path | None, tempolens_site: str | Path | None) -> dict[str, Any]:
+def agreement_report(
+    store: str | Path,
+    tokens: torch.Tensor,
+    pieces: Sequence[Sequence[str]] | None,
+    saedash_dir: str | Path | None,
+    tempolens_site: str | Path | None,
+) -> dict[str, Any]:
     """Both comparisons for one configuration (either side may be missing)."""
     ref = store_reference(store)
-    out: dict[str, Any] = {"same_prompts": verify_prompts(ref, tokens[: ref["tokens"].shape[0]]), "n_valid_tokens": ref["n_valid"], "n_tokens": ref["n_total"]}
+    out: dict[str, Any] = {
+        "same_prompts": verify_prompts(ref, tokens[: ref["tokens"].shape[0]]),
+        "n_valid_tokens": ref["n_valid"],
+        "n_tokens": ref["n_total"],
+    }
     if tempolens_site is not None and Path(tempolens_site).exists():
         feats = read_site_features(tempolens_site)
-        out["tempolens_vs_store"] = compare_features(ref, feats, density_denominator="valid", value_decimals=None, density_resolution=1e-9)
+        out["tempolens_vs_store"] = compare_features(
+            ref, feats, density_denominator="valid", value_decimals=None, density_resolution=1e-9
+        )
     if saedash_dir is not None and Path(saedash_dir).exists():
         key_index = prompt_index_by_prefix(pieces) if pieces is not None else None
         feats = read_batch_features(saedash_dir)
-        out["saedash_vs_store"] = compare_features(ref, feats, density_denominator="all", value_decimals=3, density_resolution=5e-6, key_index=key_index)
+        out["saedash_vs_store"] = compare_features(
+            ref, feats, density_denominator="all", value_decimals=3, density_resolution=5e-6, key_index=key_index
+        )
     return out
 
 
 def summarize_agreement(a: dict[str, Any]) -> list[str]:
     """Human-readable lines for the Markdown report."""
-    lines = [f"- same prompts in the store and in SAEDashboard's token file: {'yes' if a.get('same_prompts') else 'NO'}"]
-    for name, label in (("tempolens_vs_store", "tempolens dashboards vs code store (exact)"), ("saedash_vs_store", "SAEDashboard vs tempolens code store")):
+    lines = [
+        f"- same prompts in the store and in SAEDashboard's token file: {'yes' if a.get('same_prompts') else 'NO'}"
+    ]
+    for name, label in (
+        ("tempolens_vs_store", "tempolens dashboards vs code store (exact)"),
+        ("saedash_vs_store", "SAEDashboard vs tempolens code store"),
+    ):
         c = a.get(name)
         if not c:
             continue
@@ -258,18 +295,20 @@ def summarize_agreement(a: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {label}: {c['n_latents']} latents ({c['n_alive']} active). Density: max |Δ| {d['max_abs_diff']:.2e} "
             f"({d['max_diff_in_tokens']:.2f} tokens), {d['n_within_resolution']}/{c['n_latents']} within rounding, "
-            f"{d['n_within_1_token']}/{c['n_latents']} within one token. Max activation: median rel. Δ {m['median_rel_diff']:.1e}, "
-            f"max {m['max_rel_diff']:.1e}, {m['n_within_1e-3']}/{c['n_alive']} within 1e-3. Top-{20}: mean overlap {t['mean_overlap']:.3f}, "
-            f"identical sets {t['n_identical_sets']}/{t['n_compared']}, matched values max rel. Δ {t['matched_value_max_rel_diff']:.1e}"
+            f"{d['n_within_1_token']}/{c['n_latents']} within one token. Max activation: median rel. Δ "
+            f"{m['median_rel_diff']:.1e}, "
+            f"max {m['max_rel_diff']:.1e}, {m['n_within_1e-3']}/{c['n_alive']} within 1e-3. Top-{20}: mean overlap "
+            f"{t['mean_overlap']:.3f}, "
+            f"identical sets {t['n_identical_sets']}/{t['n_compared']}, matched values max rel. Δ "
+            f"{t['matched_value_max_rel_diff']:.1e}"
             + (f", {t['unmatched_examples']} examples not located" if t["unmatched_examples"] else "")
         )
     return lines
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Check one configuration by hand: ``python benchmarks/compare.py --store S --tokens T [--pieces P] [--saedash DIR] [--site DIR]``."""
+    """Check one configuration by hand: ``python benchmarks/compare.py --store S --tokens T [--pieces P] [--saedash
+    DIR] [--site DIR]``."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)

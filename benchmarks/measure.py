@@ -58,8 +58,14 @@ class Measurement:
         return d
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | Path | None = None,
-                 log_path: str | Path | None = None, timeout_s: float | None = None, keep_lines: int = 4000) -> Measurement:
+def run_measured(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log_path: str | Path | None = None,
+    timeout_s: float | None = None,
+    keep_lines: int = 4000,
+) -> Measurement:
     """Run ``cmd`` to completion and measure it (see the module docstring).
 
     Output lines are kept with their time offsets (the last ``keep_lines``) and written to
@@ -67,7 +73,9 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | P
     """
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     lines: list[tuple[float, str]] = []
     log_fh = open(log_path, "w", buffering=1) if log_path else None  # line-buffered: follow a run with tail -f
 

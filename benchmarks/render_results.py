@@ -27,8 +27,9 @@ RESULTS = HERE / "results"
 
 def newest_results(folder: Path = RESULTS) -> Path:
     """The newest complete ``bench-*.json`` (partial and quick runs are skipped)."""
-    files = sorted(p for p in folder.glob("bench-*.json")
-                   if not p.name.endswith(".partial.json") and "quick" not in p.name)
+    files = sorted(
+        p for p in folder.glob("bench-*.json") if not p.name.endswith(".partial.json") and "quick" not in p.name
+    )
     if not files:
         raise SystemExit(f"render_results: no bench-*.json in {folder}")
     return files[-1]
@@ -39,8 +40,14 @@ def results_commit(path: Path, result: dict[str, Any]) -> str:
     if result.get("host", {}).get("commit"):
         return str(result["host"]["commit"])[:10]
     try:
-        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "-1", "--", path.name], cwd=path.parent,
-                             capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+        out = subprocess.run(
+            ["git", "log", "--diff-filter=A", "--format=%h", "-1", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
     return f"{out} (commit that added the results file)" if out else "unknown"
@@ -75,9 +82,11 @@ def table(result: dict[str, Any], path: Path) -> str:
         xw = "" if floor or "x_floor_wall" not in r else f"{r['x_floor_wall']:.2f}"
         xc = "" if floor or "x_floor_cpu" not in r else f"{r['x_floor_cpu']:.2f}"
         est = " ≈" if r.get("extrapolated") else ""
-        lines.append(f"| {'—' if floor else r['config']} | {r['n_prompts']:,} | {r['tool']} |"
-                     f"{est} {r['wall_s']:.1f}{spread} | {xw} | "
-                     f"{r['cpu_s']:.1f} | {xc} | {r['max_rss_gib']:.2f} | {r['disk_bytes'] / 1e6:,.0f} |")
+        lines.append(
+            f"| {'—' if floor else r['config']} | {r['n_prompts']:,} | {r['tool']} |"
+            f"{est} {r['wall_s']:.1f}{spread} | {xw} | "
+            f"{r['cpu_s']:.1f} | {xc} | {r['max_rss_gib']:.2f} | {r['disk_bytes'] / 1e6:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +96,10 @@ def bytes_per_latent(result: dict[str, Any]) -> str:
     widths = {"temporal": None}
     for label, sae in result.get("saes", {}).items():
         widths[label] = sae.get("width")
-    lines = ["| SAE | prompts | site data KB/latent | batch files KB/latent | bulk import KB/latent | total MB |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| SAE | prompts | site data KB/latent | batch files KB/latent | bulk import KB/latent | total MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     seen = set()
     for r in result["runs"]:
         if r["tool"] != "tempolens" or "disk" not in r or (r["config"], r["n_prompts"]) in seen:
@@ -98,9 +109,11 @@ def bytes_per_latent(result: dict[str, Any]) -> str:
         if not w:
             continue
         d = r["disk"]
-        lines.append(f"| {r['config']} | {r['n_prompts']:,} | {d['site'] / w / 1e3:.1f} | "
-                     f"{d['batches_json'] / w / 1e3:.1f} | "
-                     f"{d['bulk'] / w / 1e3:.1f} | {r['disk_bytes'] / 1e6:,.0f} |")
+        lines.append(
+            f"| {r['config']} | {r['n_prompts']:,} | {d['site'] / w / 1e3:.1f} | "
+            f"{d['batches_json'] / w / 1e3:.1f} | "
+            f"{d['bulk'] / w / 1e3:.1f} | {r['disk_bytes'] / 1e6:,.0f} |"
+        )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -115,16 +128,20 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     for res in results:
         s, n0 = res["summary"], res["config"]["prompts"]
         tag = res.get("finished", "")[:10]
-        runs = sorted((width_of(r["config"]), r["wall_s"]) for r in s
-                      if r["tool"] == "tempolens-run" and r["n_prompts"] == n0 and width_of(r["config"]))
+        runs = sorted(
+            (width_of(r["config"]), r["wall_s"])
+            for r in s
+            if r["tool"] == "tempolens-run" and r["n_prompts"] == n0 and width_of(r["config"])
+        )
         floor = [r["wall_s"] for r in s if r["tool"] == "floor" and r["n_prompts"] == n0]
         if runs:
             a.plot([w for w, _ in runs], [t for _, t in runs], "o-", label=f"tempolens run ({tag})")
             if floor:
                 a.axhline(floor[0], ls="--", color="grey", lw=1, label="floor (LM forward)")
         w0 = width_of(f"topk-{res['config']['widths'][0]}")
-        sc = sorted((r["n_prompts"], r["wall_s"]) for r in s
-                    if r["tool"] == "tempolens-run" and width_of(r["config"]) == w0)
+        sc = sorted(
+            (r["n_prompts"], r["wall_s"]) for r in s if r["tool"] == "tempolens-run" and width_of(r["config"]) == w0
+        )
         fl = sorted((r["n_prompts"], r["wall_s"]) for r in s if r["tool"] == "floor")
         if sc:
             b.plot([n for n, _ in sc], [t for _, t in sc], "o-", label=f"tempolens run, TopK {w0:,}")
@@ -142,8 +159,12 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", type=Path, default=None,
-                    help="results JSON (default: the newest complete one in benchmarks/results)")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results JSON (default: the newest complete one in benchmarks/results)",
+    )
     ap.add_argument("--plot", type=Path, default=None, help="also write the scaling plot PNG here")
     args = ap.parse_args(argv)
     path = (args.results or newest_results()).resolve()

@@ -34,7 +34,13 @@ from typing import Any
 
 HUB_NAME = "google/gemma-3-270m"
 """The hub name TransformerLens knows Gemma 3 270M by (its config is hard-coded there)."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
 
 
 def transformers4_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +59,9 @@ def transformers4_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if local:
             out.setdefault("rope_local_base_freq", float(local.get("rope_theta", 10_000.0)))
         rtype = full.get("rope_type", "default")
-        out.setdefault("rope_scaling", None if rtype == "default" else {k: v for k, v in full.items() if k != "rope_theta"})
+        out.setdefault(
+            "rope_scaling", None if rtype == "default" else {k: v for k, v in full.items() if k != "rope_theta"}
+        )
     return out
 
 
@@ -134,20 +142,33 @@ def prepare_run(
     tokens = torch.load(tokens_path, weights_only=True)[:n_prompts, :prompt_len].contiguous()
     torch.save(tokens, sub / f"tokens_{n_prompts}.pt")
     argv = [
-        "-m", "sae_dashboard.neuronpedia.neuronpedia_runner",
-        "--sae-set", sae_set,
-        "--sae-path", str(Path(sae_dir).resolve()),
+        "-m",
+        "sae_dashboard.neuronpedia.neuronpedia_runner",
+        "--sae-set",
+        sae_set,
+        "--sae-path",
+        str(Path(sae_dir).resolve()),
         "--from-local-sae",
-        "--np-set-name", sae_set,
-        "--dataset-path", str(Path(dataset_dir).resolve()),
-        "--sae_dtype", "float32",
-        "--model_dtype", "float32",
-        "--output-dir", str(outputs.resolve()),
-        "--sparsity-threshold", "1",
-        "--n-prompts", str(n_prompts),
-        "--n-tokens-in-prompt", str(prompt_len),
-        "--n-prompts-in-forward-pass", str(batch_prompts),
-        "--n-features-per-batch", str(features_per_batch),
+        "--np-set-name",
+        sae_set,
+        "--dataset-path",
+        str(Path(dataset_dir).resolve()),
+        "--sae_dtype",
+        "float32",
+        "--model_dtype",
+        "float32",
+        "--output-dir",
+        str(outputs.resolve()),
+        "--sparsity-threshold",
+        "1",
+        "--n-prompts",
+        str(n_prompts),
+        "--n-tokens-in-prompt",
+        str(prompt_len),
+        "--n-prompts-in-forward-pass",
+        str(batch_prompts),
+        "--n-features-per-batch",
+        str(features_per_batch),
     ]
     if end_batch is not None:
         argv += ["--end-batch", str(end_batch)]

@@ -51,11 +51,17 @@ def check_site(site: Path, batch_dir: Path) -> str:
         n_chunk_bytes += p.stat().st_size
         for key, rec in read_js_data(p, "tempolensFeatures")[1].items():
             for i, a in enumerate(rec["activations"]):
-                validate_site_chunk_activation(f"{p.name}[{key}].activations[{i}]", a, window_len=meta["window_len"],
-                                               prompt_len=meta["prompt_len"], temporal=temporal)
+                validate_site_chunk_activation(
+                    f"{p.name}[{key}].activations[{i}]",
+                    a,
+                    window_len=meta["window_len"],
+                    prompt_len=meta["prompt_len"],
+                    temporal=temporal,
+                )
     records = read_site_records(site)
-    batches = {f["feature_index"]: f for p in batch_dir.glob("batch-*.json")
-               for f in json.loads(p.read_text())["features"]}
+    batches = {
+        f["feature_index"]: f for p in batch_dir.glob("batch-*.json") for f in json.loads(p.read_text())["features"]
+    }
     for i, rec in records.items():
         validate_feature(f"site latent {i}", rec, site=True, temporal=temporal)
         shown = [{k: a[k] for k in sorted(ACTIVATION_KEYS)} for a in rec["activations"]]
@@ -65,8 +71,10 @@ def check_site(site: Path, batch_dir: Path) -> str:
         raise SystemExit(f"check_run: {site} has {len(records)} records, the batch files {len(batches)}")
     size = sum(p.stat().st_size for p in (site / "data").rglob("*.js"))
     per = max(len(records), 1) * 1000
-    return (f"site {site}: {len(records)} records valid, windows equal the batch files'; data "
-            f"{size / per:.1f} KB per latent (feature chunks {n_chunk_bytes / per:.1f})")
+    return (
+        f"site {site}: {len(records)} records valid, windows equal the batch files'; data "
+        f"{size / per:.1f} KB per latent (feature chunks {n_chunk_bytes / per:.1f})"
+    )
 
 
 def check_exports(np_dir: Path) -> list[str]:

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 
-def heldout_tokens(cache_dir: str | None, tokenizer, n_tokens: int, prompt_len: int, heldout_fraction: float,
-    seed: int) -> torch.Tensor:
+def heldout_tokens(
+    cache_dir: str | None, tokenizer, n_tokens: int, prompt_len: int, heldout_fraction: float, seed: int
+) -> torch.Tensor:
     """``[n_heldout, T]`` token ids of a training run's held-out prompts: read from its activation cache,
     or rebuilt with the same deterministic prompt builder (``plan_prompts`` + ``build_prompts``)."""
     if cache_dir:
@@ -37,8 +38,9 @@ def heldout_tokens(cache_dir: str | None, tokenizer, n_tokens: int, prompt_len: 
     from tempolens.train.activations_cache import plan_prompts
 
     n_prompts, n_heldout = plan_prompts(n_tokens, prompt_len, heldout_fraction)
-    prompts = build_prompts(tokenizer, iter_documents("embedded"), n_prompts=n_prompts, prompt_len=prompt_len,
-        seed=seed)
+    prompts = build_prompts(
+        tokenizer, iter_documents("embedded"), n_prompts=n_prompts, prompt_len=prompt_len, seed=seed
+    )
     return prompts.tokens[n_prompts - n_heldout :]
 
 
@@ -67,8 +69,11 @@ def d_cos_to_init(spec: str) -> float | None:
     import tempolens
     from tempolens.saes.loading import load_sae
 
-    folder = Path(tempolens.__file__).parent / "embedded_saes" / spec.split(":",
-        1)[1] if spec.startswith("embedded:") else Path(spec)
+    folder = (
+        Path(tempolens.__file__).parent / "embedded_saes" / spec.split(":", 1)[1]
+        if spec.startswith("embedded:")
+        else Path(spec)
+    )
     cfg_path = folder / "train_config.json"
     if not cfg_path.exists():
         return None
@@ -106,10 +111,14 @@ def main() -> None:
     model = load_subject_model("embedded", layer=max(layers), device="cpu", dtype="bfloat16")
     held = heldout_tokens(a.cache, model.tokenizer, a.n_tokens, a.prompt_len, a.heldout_fraction, a.seed)
     tokens, labels = stories(held, a.n, a.events, a.segment)
-    result: dict = {"n_stories": a.n, "events": a.events, "segment": a.segment, "cache": a.cache,
+    result: dict = {
+        "n_stories": a.n,
+        "events": a.events,
+        "segment": a.segment,
+        "cache": a.cache,
         "n_heldout_prompts": len(held),
-                    "prompt_spec": None if a.cache else {"n_tokens": a.n_tokens, "prompt_len": a.prompt_len,
-                        "seed": a.seed}}
+        "prompt_spec": None if a.cache else {"n_tokens": a.n_tokens, "prompt_len": a.prompt_len, "seed": a.seed},
+    }
     for L in layers:
         model.layer = L
         acts = torch.cat([model.hidden_at(tokens[i : i + 4]).float() for i in range(0, len(tokens), 4)])
@@ -138,8 +147,14 @@ def raw_only(seqs) -> dict:
         S = similarity_kernel(s.acts)
         cs.append(block_contrast(S, s.labels[1:]))
         nov.append(novelty_samples(S, s.labels[1:], 8))
-    return {"raw": {"block_contrast": sum(cs) / len(cs), "block_contrast_ci95": list(bootstrap_mean_ci(cs)),
-                    "boundary_auroc": pooled_auroc(nov)[0], "boundary_auroc_ci95": list(bootstrap_auroc_ci(nov))}}
+    return {
+        "raw": {
+            "block_contrast": sum(cs) / len(cs),
+            "block_contrast_ci95": list(bootstrap_mean_ci(cs)),
+            "boundary_auroc": pooled_auroc(nov)[0],
+            "boundary_auroc_ci95": list(bootstrap_auroc_ci(nov)),
+        }
+    }
 
 
 if __name__ == "__main__":

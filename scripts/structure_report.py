@@ -63,7 +63,11 @@ def private_imports(src: Path, path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             base = resolve(module, path.name == "__init__.py", node)
-            out += [f"{module} -> {base}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            out += [
+                f"{module} -> {base}.{a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     return out
 
 
@@ -167,7 +171,10 @@ def main() -> int:
         (a, b) for a, deps in graph.items() for b in deps if stage_of(b) > stage_of(a) and b != "tempolens"
     )
     reach_ins = sorted(
-        (a, b) for a, deps in graph.items() for b in deps if b in COMMANDS and a not in FRONT and not b.startswith(a + ".")
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if b in COMMANDS and a not in FRONT and not b.startswith(a + ".")
     )
     privates = [p for f in files for p in private_imports(src, f)]
     longest = functions(src / "tempolens")[:10]

@@ -384,12 +384,20 @@ def validate_explanations_file(
     return len(lines)
 
 
-SITE_CHUNK_ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "prompt_index", "start", "qualifying_token_index",
-                              "values"}
+SITE_CHUNK_ACTIVATION_KEYS = {
+    "bin_min",
+    "bin_max",
+    "bin_contains",
+    "prompt_index",
+    "start",
+    "qualifying_token_index",
+    "values",
+}
 
 
-def validate_site_chunk_activation(path: str, a: Any, *, window_len: int, prompt_len: int,
-                                   temporal: bool = False) -> None:
+def validate_site_chunk_activation(
+    path: str, a: Any, *, window_len: int, prompt_len: int, temporal: bool = False
+) -> None:
     """An activation as a site chunk stores it (``docs/site-data.md``): a window reference plus sparse
     ``[position, value]`` pairs (``pred_values``: ``{fill, at}``), before the viewer decodes it."""
     if not isinstance(a, dict):

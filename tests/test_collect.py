@@ -29,7 +29,18 @@ def temporal_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(tiny_lm_dir, corpus, sae, out, **kw):
-    base = dict(model=str(tiny_lm_dir), layer=2, sae=str(sae), corpus=str(corpus), n_prompts=12, prompt_len=16, shard_prompts=4, batch_size=3, out=out, progress=False)
+    base = dict(
+        model=str(tiny_lm_dir),
+        layer=2,
+        sae=str(sae),
+        corpus=str(corpus),
+        n_prompts=12,
+        prompt_len=16,
+        shard_prompts=4,
+        batch_size=3,
+        out=out,
+        progress=False,
+    )
     base.update(kw)
     return CollectConfig(**base)
 
@@ -47,7 +58,10 @@ def test_store_equals_direct_forward(tiny_lm_dir, corpus, temporal_dir, tmp_path
     res = collect(_cfg(tiny_lm_dir, corpus, temporal_dir, tmp_path / "store"))
     assert res.shards_written == 3 and res.n_tokens > 0
     store = CodeStore(tmp_path / "store")
-    assert store.meta["sae"]["architecture"] == "temporal" and store.meta["model"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert (
+        store.meta["sae"]["architecture"] == "temporal"
+        and store.meta["model"]["hook_name"] == "blocks.2.hook_resid_post"
+    )
 
     model = load_subject_model(str(tiny_lm_dir), layer=2, progress=None)
     prompts = build_prompts(model.tokenizer, iter_documents(str(corpus)), n_prompts=12, prompt_len=16, seed=0)
@@ -99,11 +113,30 @@ def test_killed_collect_resumes_to_identical_store(tiny_lm_dir, corpus, temporal
 def test_sigkill_then_resume(tiny_lm_dir, corpus, temporal_dir, tmp_path):
     """A real SIGKILL of the CLI mid-run, then the same command finishes an identical store."""
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ["--model", str(tiny_lm_dir), "--layer", "2", "--sae", str(temporal_dir), "--corpus", str(corpus),
-            "--n-prompts", "24", "--prompt-len", "16", "--shard-prompts", "2", "--batch-size", "1", "--no-progress"]
+    args = [
+        "--model",
+        str(tiny_lm_dir),
+        "--layer",
+        "2",
+        "--sae",
+        str(temporal_dir),
+        "--corpus",
+        str(corpus),
+        "--n-prompts",
+        "24",
+        "--prompt-len",
+        "16",
+        "--shard-prompts",
+        "2",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     cmd = [sys.executable, "-m", "tempolens.cli", "collect", *args]
     slow = [sys.executable, str(Path(__file__).with_name("slow_shards_cli.py")), "0.3", "collect", *args]
-    proc = subprocess.Popen([*slow, "--out", str(part)], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*slow, "--out", str(part)], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (part / "shards" / "shard-00001.json").exists():
         time.sleep(0.05)
@@ -135,8 +168,26 @@ def test_clear_errors(tiny_lm_dir, corpus, temporal_dir, tmp_path):
 
 
 def test_cli_reports_errors_without_traceback(tiny_lm_dir, corpus, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", "collect", "--model", str(tiny_lm_dir), "--layer", "2",
-                        "--sae", str(tmp_path / "nope"), "--corpus", str(corpus), "--out", str(tmp_path / "s"), "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tempolens.cli",
+            "collect",
+            "--model",
+            str(tiny_lm_dir),
+            "--layer",
+            "2",
+            "--sae",
+            str(tmp_path / "nope"),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "error:" in r.stderr and "Traceback" not in r.stderr

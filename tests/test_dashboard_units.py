@@ -110,8 +110,12 @@ def test_temporal_ratio_is_the_row_norm(temporal_pair, store):
         assert rn[i]["tempolens"]["mean_act"] == pytest.approx(float(stats.mean_act[i]) * s, rel=1e-6)
         assert a["frac_nonzero"] == b["frac_nonzero"]
         assert a["freq_hist_data_bar_heights"] == b["freq_hist_data_bar_heights"]
-        assert a["freq_hist_data_bar_values"] == pytest.approx([v * s for v in b["freq_hist_data_bar_values"]], rel=1e-5)
-        assert a["pos_str"] == b["pos_str"] and a["pos_values"] == b["pos_values"] and a["neg_values"] == b["neg_values"]
+        assert a["freq_hist_data_bar_values"] == pytest.approx(
+            [v * s for v in b["freq_hist_data_bar_values"]], rel=1e-5
+        )
+        assert (
+            a["pos_str"] == b["pos_str"] and a["pos_values"] == b["pos_values"] and a["neg_values"] == b["neg_values"]
+        )
         assert len(a["activations"]) == len(b["activations"])
         for x, y in zip(a["activations"], b["activations"]):
             assert x["qualifying_token_index"] == y["qualifying_token_index"] and x["tokens"] == y["tokens"]

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from schema_validation import (validate_batch, validate_bulk_activation, validate_bulk_feature, validate_feature,
-                               validate_site_chunk_activation)
+from schema_validation import (
+    validate_batch,
+    validate_bulk_activation,
+    validate_bulk_feature,
+    validate_feature,
+    validate_site_chunk_activation,
+)
 from test_stats_accumulators import make_codes, write_store
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 from tempolens.dashboards.site import INDEX_COLUMNS, js_literal, read_site_records
@@ -52,7 +57,15 @@ def autointerp_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(store, lm, W_dec, autointerp_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("dash")
-    cfg = DashboardConfig(store=store.root, out=out, features_per_batch=10, chunk_size=5, latents_per_pass=7, autointerp=autointerp_file, progress=False)
+    cfg = DashboardConfig(
+        store=store.root,
+        out=out,
+        features_per_batch=10,
+        chunk_size=5,
+        latents_per_pass=7,
+        autointerp=autointerp_file,
+        progress=False,
+    )
     return build_dashboards(cfg, model=lm, W_dec=W_dec), out
 
 
@@ -71,7 +84,12 @@ def test_batches_validate(built, store):
         assert p.name == f"batch-{k}.json"
         obj = json.loads(p.read_text())
         validate_batch(obj)
-        assert obj["model_id"] == "tiny-model" and obj["layer"] == 1 and obj["sae_set"] == "temporal-res" and obj["sae_id_suffix"] is None
+        assert (
+            obj["model_id"] == "tiny-model"
+            and obj["layer"] == 1
+            and obj["sae_set"] == "temporal-res"
+            and obj["sae_id_suffix"] is None
+        )
         seen += [f["feature_index"] for f in obj["features"]]
         for f in obj["features"]:
             assert f["n_prompts_total"] == 12 and f["n_tokens_in_prompt"] == 16 and f["dataset"] == "test-corpus"
@@ -133,7 +151,12 @@ def test_bulk_import_parses(built):
         rows = [json.loads(x) for x in (d / f"{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 1
     src = json.loads((d / "source.jsonl").read_text())
-    assert src["id"] == "1-temporal-res" and src["modelId"] == "tiny-model" and src["num_prompts"] == 12 and src["num_tokens_in_prompt"] == 16
+    assert (
+        src["id"] == "1-temporal-res"
+        and src["modelId"] == "tiny-model"
+        and src["num_prompts"] == 12
+        and src["num_tokens_in_prompt"] == 16
+    )
     n_feat = n_act = 0
     for p in sorted((d / "features").glob("batch-*.jsonl.gz")):
         for line in gzip.decompress(p.read_bytes()).decode().splitlines():
@@ -154,7 +177,12 @@ def test_site_data(built):
     assert (site / "index.html").exists() and (site / "assets" / "app.js").exists()
     text, body = _read_js(site / "data" / "meta.js", "tempolensMeta")
     meta = json.loads(body)
-    assert meta["is_temporal"] is True and meta["n_latents"] == WIDTH and meta["chunk_size"] == 5 and meta["prompt_len"] == 16
+    assert (
+        meta["is_temporal"] is True
+        and meta["n_latents"] == WIDTH
+        and meta["chunk_size"] == 5
+        and meta["prompt_len"] == 16
+    )
     assert meta["settings"]["fold_norm"] is True
     text, body = _read_js(site / "data" / "index.js", "tempolensIndex")
     idx = json.loads(body)
@@ -171,8 +199,9 @@ def test_site_data(built):
         assert sorted(int(k) for k in recs) == [i for i in range(WIDTH) if i // 5 == c]
         for k, r in recs.items():
             for i, a in enumerate(r["activations"]):
-                validate_site_chunk_activation(f"chunk-{c}[{k}].activations[{i}]", a, window_len=16, prompt_len=16,
-                                               temporal=True)
+                validate_site_chunk_activation(
+                    f"chunk-{c}[{k}].activations[{i}]", a, window_len=16, prompt_len=16, temporal=True
+                )
             validate_feature(f"chunk-{c}[{k}]", decoded[int(k)], site=True, temporal=True)
             n += 1
         assert "<" not in text and ">" not in text and "&" not in text
@@ -181,20 +210,39 @@ def test_site_data(built):
         assert "<" not in text and ">" not in text and "&" not in text  # token strings include < > &
     assert n == WIDTH
     rec3 = decoded[3]
-    assert rec3["tempolens"]["explanation"] == "the word <script> & friends" and rec3["tempolens"]["scores"] == {"detection": 0.8}
+    assert rec3["tempolens"]["explanation"] == "the word <script> & friends" and rec3["tempolens"]["scores"] == {
+        "detection": 0.8
+    }
     # the decoded windows are exactly the batch files' (tokens and values) plus the site's extras
-    batch = {f["feature_index"]: f for p in sorted((out / "neuronpedia" / "batches").glob("batch-*.json"))
-             for f in json.loads(p.read_text())["features"]}
+    batch = {
+        f["feature_index"]: f
+        for p in sorted((out / "neuronpedia" / "batches").glob("batch-*.json"))
+        for f in json.loads(p.read_text())["features"]
+    }
     for i, rec in decoded.items():
-        assert [{k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index")}
-                for a in rec["activations"]] == batch[i]["activations"]
+        assert [
+            {k: a[k] for k in ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index")}
+            for a in rec["activations"]
+        ] == batch[i]["activations"]
 
 
 def test_output_is_deterministic(built, store, lm, W_dec, autointerp_file, tmp_path):
     res, out = built
-    cfg = DashboardConfig(store=store.root, out=tmp_path, features_per_batch=10, chunk_size=5, latents_per_pass=24, autointerp=autointerp_file, progress=False)
+    cfg = DashboardConfig(
+        store=store.root,
+        out=tmp_path,
+        features_per_batch=10,
+        chunk_size=5,
+        latents_per_pass=24,
+        autointerp=autointerp_file,
+        progress=False,
+    )
     build_dashboards(cfg, model=lm, W_dec=W_dec)
-    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.suffix not in (".safetensors", ".key") and p.name != "dashboards_log.json"]
+    files = [
+        p.relative_to(out)
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix not in (".safetensors", ".key") and p.name != "dashboards_log.json"
+    ]
     assert len(files) > 20
     for rel in files:
         assert (tmp_path / rel).read_bytes() == (out / rel).read_bytes(), rel
@@ -213,9 +261,24 @@ def test_cached_stats_are_reused_and_subset_export(built, store, lm, W_dec, tmp_
     r2 = build_dashboards(cfg, model=lm, W_dec=W_dec)
     assert (out / "stats.safetensors").stat().st_mtime_ns == before
     assert r2.n_latents == 2 and r2.batches == []
-    r3 = build_dashboards(DashboardConfig(store=store.root, out=out, latents=(1,), site=False, batches=False, source_id="12-temporal-res", model_id="gemma-2-2b", progress=False), model=lm, W_dec=W_dec)
+    r3 = build_dashboards(
+        DashboardConfig(
+            store=store.root,
+            out=out,
+            latents=(1,),
+            site=False,
+            batches=False,
+            source_id="12-temporal-res",
+            model_id="gemma-2-2b",
+            progress=False,
+        ),
+        model=lm,
+        W_dec=W_dec,
+    )
     assert r3.bulk.parts[-2:] == ("gemma-2-2b", "12-temporal-res")
-    row = json.loads(gzip.decompress((r3.bulk / "activations" / "batch-0.jsonl.gz").read_bytes()).decode().splitlines()[0])
+    row = json.loads(
+        gzip.decompress((r3.bulk / "activations" / "batch-0.jsonl.gz").read_bytes()).decode().splitlines()[0]
+    )
     assert row["layer"] == "12-temporal-res" and row["modelId"] == "gemma-2-2b" and row["index"] == "1"
     _, body = _read_js(r2.site / "data" / "index.js", "tempolensIndex")
     assert [r[0] for r in json.loads(body)["rows"]] == [2, 7]
@@ -224,7 +287,11 @@ def test_cached_stats_are_reused_and_subset_export(built, store, lm, W_dec, tmp_
 def test_long_prompts_get_windows(tmp_path, lm):
     codes = make_codes(n_prompts=4, T=40, width=8, k=3, seed=1, temporal=False)
     st = write_store(tmp_path / "s", codes, 4)
-    res = build_dashboards(DashboardConfig(store=st.root, out=tmp_path / "o", window=12, window_after=3, n_correlated=2, progress=False), model=lm, W_dec=torch.randn(8, D))
+    res = build_dashboards(
+        DashboardConfig(store=st.root, out=tmp_path / "o", window=12, window_after=3, n_correlated=2, progress=False),
+        model=lm,
+        W_dec=torch.randn(8, D),
+    )
     obj = json.loads(res.batches[0].read_text())
     validate_batch(obj)
     stats = FeatureStats.load(tmp_path / "o" / "stats.safetensors")
@@ -253,15 +320,21 @@ def test_bad_options_are_one_line_errors(store, lm, W_dec, tmp_path):
     with pytest.raises(ConfigError, match="--model-id"):
         DashboardConfig(model_id="a b/c")
     with pytest.raises(ConfigError, match="out of range"):
-        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, latents=(99,), progress=False), model=lm, W_dec=W_dec)
+        build_dashboards(
+            DashboardConfig(store=store.root, out=tmp_path, latents=(99,), progress=False), model=lm, W_dec=W_dec
+        )
     bad = tmp_path / "ai.json"
     bad.write_text('{"1": {"explanation": 3}}')
     with pytest.raises(ConfigError, match="explanation"):
-        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, autointerp=bad, progress=False), model=lm, W_dec=W_dec)
+        build_dashboards(
+            DashboardConfig(store=store.root, out=tmp_path, autointerp=bad, progress=False), model=lm, W_dec=W_dec
+        )
     from tempolens.errors import SourceError
 
     with pytest.raises(SourceError, match="latents"):
-        build_dashboards(DashboardConfig(store=store.root, out=tmp_path, progress=False), model=lm, W_dec=torch.randn(5, D))
+        build_dashboards(
+            DashboardConfig(store=store.root, out=tmp_path, progress=False), model=lm, W_dec=torch.randn(5, D)
+        )
 
 
 def test_cli_help_lists_options(capsys):
@@ -273,7 +346,17 @@ def test_cli_help_lists_options(capsys):
     assert "--fold-norm" in text and "--n-per-interval" in text and "--creator-id" in text
 
 
-@pytest.mark.parametrize("s", ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>", "&amp; &lt;", "a\u2028b\u2029c", "<!--", "]]>"])
+@pytest.mark.parametrize(
+    "s",
+    [
+        "</script><script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        "&amp; &lt;",
+        "a\u2028b\u2029c",
+        "<!--",
+        "]]>",
+    ],
+)
 def test_js_literal_cannot_break_out(s):
     obj = {"tokens": [s, "ok"], s: 1}
     lit = js_literal(obj)
@@ -290,11 +373,18 @@ def test_fast_json_matches_stdlib():
     from tempolens.dashboards.records import dumps_bytes, rounded
     from tempolens.dashboards.site import js_literal, js_literal_fast
 
-    obj = {"a": [{"tokens": ["<a>", " é", "\u2028", '"q"'], "values": [0.5, 1.0, 0.0, 1.25], "n": None, "b": True}], "x": [], "y": {"z": [1, 2]}, "s": "ü<"}
+    obj = {
+        "a": [{"tokens": ["<a>", " é", "\u2028", '"q"'], "values": [0.5, 1.0, 0.0, 1.25], "n": None, "b": True}],
+        "x": [],
+        "y": {"z": [1, 2]},
+        "s": "ü<",
+    }
     assert json.loads(dumps_bytes(obj)) == obj
     assert json.loads(js_literal_fast(obj)) == obj and js_literal_fast(obj) == js_literal(obj)
     assert rounded(torch.tensor([1.23456, float("nan")]), 3, nullable=True) == [1.23, None]
-    vals = rounded(torch.tensor([0.0031196109, 12345.678, 1234567.0, 0.0, -0.000123456, 1e-20, 0.5], dtype=torch.float64), 5)
+    vals = rounded(
+        torch.tensor([0.0031196109, 12345.678, 1234567.0, 0.0, -0.000123456, 1e-20, 0.5], dtype=torch.float64), 5
+    )
     assert vals == [0.0031196, 12346.0, 1234600.0, 0.0, -0.00012346, 1e-20, 0.5]
     assert [repr(v) for v in vals] == ["0.0031196", "12346.0", "1234600.0", "0.0", "-0.00012346", "1e-20", "0.5"]
     with pytest.raises(ValueError):
@@ -324,12 +414,18 @@ def test_sparse_rows_decode_to_the_dense_rows():
     from tempolens.dashboards import records
 
     nan = float("nan")
-    x = torch.tensor([[0.0, 1e-05, 123.45, nan], [nan, nan, 2.5e-7, nan], [0.0, 0.0, 0.0, 0.0], [nan, 0.0, 0.5, 0.0]],
-                     dtype=torch.float64)
+    x = torch.tensor(
+        [[0.0, 1e-05, 123.45, nan], [nan, nan, 2.5e-7, nan], [0.0, 0.0, 0.0, 0.0], [nan, 0.0, 0.5, 0.0]],
+        dtype=torch.float64,
+    )
     fill = torch.tensor([0.0, nan, 0.0, 0.0], dtype=torch.float64)
     rows = records.sparse_rows(x, fill)
-    assert [json.loads(r) for r in rows] == [[[1, 1e-05], [2, 123.45], [3, None]], [[2, 2.5e-7]], [],
-                                             [[0, None], [2, 0.5]]]
+    assert [json.loads(r) for r in rows] == [
+        [[1, 1e-05], [2, 123.45], [3, None]],
+        [[2, 2.5e-7]],
+        [],
+        [[0, None], [2, 0.5]],
+    ]
     for r, f, dense in zip(rows, fill.tolist(), x.tolist()):
         out = [None if f != f else f] * 4
         for pos, v in json.loads(r):
@@ -344,7 +440,7 @@ def test_token_table_rows_and_activation_objects():
 
     from tempolens.dashboards import records
 
-    vocab = ["<bos>", " a", "</script><b>", "é\u2028\"", "\n"]
+    vocab = ["<bos>", " a", "</script><b>", 'é\u2028"', "\n"]
     calls: list[list[int]] = []
 
     def decode(ids):
@@ -359,7 +455,9 @@ def test_token_table_rows_and_activation_objects():
     assert calls == [[0, 1, 2, 3, 4]]  # every id decoded once, in one call
     a = records.Activation(tokens=rows[0], values=1.5)
     a.qualifying_token, a.max_value, a.max_index, a.min_value = " a", 1.5, 0, 0.0
-    assert json.loads(orjson.dumps({"activations": [a]})) == {"activations": [{"tokens": [vocab[i] for i in (0, 2, 2, 4)], "values": 1.5}]}
+    assert json.loads(orjson.dumps({"activations": [a]})) == {
+        "activations": [{"tokens": [vocab[i] for i in (0, 2, 2, 4)], "values": 1.5}]
+    }
 
 
 def test_incomplete_store_is_a_one_line_error(store, tmp_path, lm, W_dec):
@@ -373,4 +471,6 @@ def test_incomplete_store_is_a_one_line_error(store, tmp_path, lm, W_dec):
     with pytest.raises(StoreError, match="incomplete"):
         build_dashboards(DashboardConfig(store=broken, out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec)
     with pytest.raises(StoreError, match="meta.json"):
-        build_dashboards(DashboardConfig(store=tmp_path / "nothing", out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec)
+        build_dashboards(
+            DashboardConfig(store=tmp_path / "nothing", out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec
+        )

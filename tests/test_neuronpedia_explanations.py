@@ -23,19 +23,29 @@ IDS = npx.ExportIds(model_id="tiny-model", layer=1, sae_set="topk-res", dataset=
 
 def test_explainer_model_names():
     assert npx.explainer_model_name("openai:gpt-4o-mini@https://api.openai.com/v1") == "gpt-4o-mini"
-    assert npx.explainer_model_name("openai:/cache/explainers/SmolLM2-135M-Instruct.Q4_1-46bc@http://127.0.0.1:8/v1") \
+    assert (
+        npx.explainer_model_name("openai:/cache/explainers/SmolLM2-135M-Instruct.Q4_1-46bc@http://127.0.0.1:8/v1")
         == "SmolLM2-135M-Instruct.Q4_1-46bc"
+    )
     assert npx.explainer_model_name("local:SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
     assert npx.explainer_model_name(None) == "unknown"
 
 
 def test_rows_validate_and_carry_scores_in_notes(tmp_path):
-    (tmp_path / "latents-x.json").write_text(json.dumps({
-        "3": {"explanation": "the word cat", "explanations": {"saebench": "the word cat", "delphi": "cats"},
-              "scores": {"saebench": 0.9, "delphi-detection": 0.75, "cluster": 0.6}, "modes": {"saebench": "schema"}},
-        "4": {"explanation": None, "explanations": {}, "scores": {"cluster": 0.5}},  # no explanation: no row
-        "5": {"explanation": "dogs", "scores": {"saebench": float("nan"), "delphi-fuzzing": 0.5}},
-    }))
+    (tmp_path / "latents-x.json").write_text(
+        json.dumps(
+            {
+                "3": {
+                    "explanation": "the word cat",
+                    "explanations": {"saebench": "the word cat", "delphi": "cats"},
+                    "scores": {"saebench": 0.9, "delphi-detection": 0.75, "cluster": 0.6},
+                    "modes": {"saebench": "schema"},
+                },
+                "4": {"explanation": None, "explanations": {}, "scores": {"cluster": 0.5}},  # no explanation: no row
+                "5": {"explanation": "dogs", "scores": {"saebench": float("nan"), "delphi-fuzzing": 0.5}},
+            }
+        )
+    )
     (tmp_path / "report.json").write_text(json.dumps({"judge": "openai:gpt-4o-mini@https://api.openai.com/v1"}))
     ex = npx.load_autointerp_export(tmp_path / "latents-x.json")
     assert ex.model_name == "gpt-4o-mini" and sorted(ex.latents) == [3, 5]
@@ -59,9 +69,17 @@ def test_rows_validate_and_carry_scores_in_notes(tmp_path):
 def test_validator_rejects_bad_rows():
     good = npx.bulk_explanations(IDS, 7, npx.LatentExplanations({"saebench": "the word cat"}), "m")[0]
     validate_bulk_explanation("$", good, "1-topk-res", "tiny-model")
-    for bad in ({**good, "layer": "2-x"}, {**good, "description": "  "}, {**good, "extra": 1},
-                {k: v for k, v in good.items() if k != "typeName"}, {**good, "index": "seven"}, {**good, "id": "short"},
-                {**good, "notes": 3}, {**good, "description": "two\nlines"}, {**good, "explanationModelName": ""}):
+    for bad in (
+        {**good, "layer": "2-x"},
+        {**good, "description": "  "},
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "typeName"},
+        {**good, "index": "seven"},
+        {**good, "id": "short"},
+        {**good, "notes": 3},
+        {**good, "description": "two\nlines"},
+        {**good, "explanationModelName": ""},
+    ):
         with pytest.raises(SchemaError):
             validate_bulk_explanation("$", bad, "1-topk-res", "tiny-model")
 
@@ -74,22 +92,39 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
     toks, special, dense = build_dense(tok)
     store = write_store(tmp_path / "store", toks, special, dense)
     with ChatServer(RuleLLM()) as srv:
-        ai = AutointerpConfig(stores=(f"good={store}",), out=tmp_path / "ai", latents=(0, 1, 5), backend="openai",
-                              model="test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
-                              scorers=("saebench", "delphi-detection"), progress=False, concurrency=1)
+        ai = AutointerpConfig(
+            stores=(f"good={store}",),
+            out=tmp_path / "ai",
+            latents=(0, 1, 5),
+            backend="openai",
+            model="test-judge",
+            base_url=srv.url,
+            api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+            scorers=("saebench", "delphi-detection"),
+            progress=False,
+            concurrency=1,
+        )
         run_autointerp(ai, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)))
     lm = load_subject_model(tiny_lm_dir, layer=1, progress=None)
     W_dec = torch.randn(dense.shape[-1], 32, generator=torch.Generator().manual_seed(0))
-    cfg = DashboardConfig(store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model",
-                          autointerp=tmp_path / "ai" / "latents-good.json", progress=False)
+    cfg = DashboardConfig(
+        store=store,
+        out=tmp_path / "dash",
+        features_per_batch=4,
+        model_id="tiny-model",
+        autointerp=tmp_path / "ai" / "latents-good.json",
+        progress=False,
+    )
     res = build_dashboards(cfg, model=lm, W_dec=W_dec)
     files = sorted((res.bulk / "explanations").glob("batch-*.jsonl.gz"))
     assert [f.name for f in files] == ["batch-0.jsonl.gz", "batch-1.jsonl.gz"]  # latents 0, 1 | 5 (4 per batch)
+
     def lines(path):
         return gzip.decompress(path.read_bytes()).decode().splitlines()
 
-    feats = {k: {int(json.loads(x)["index"]) for x in lines(res.bulk / "features" / f"batch-{k}.jsonl.gz")}
-             for k in (0, 1)}
+    feats = {
+        k: {int(json.loads(x)["index"]) for x in lines(res.bulk / "features" / f"batch-{k}.jsonl.gz")} for k in (0, 1)
+    }
     rows = []
     for k, f in enumerate(files):
         assert validate_explanations_file(f, res.bulk.name, "tiny-model", feats[k]) >= 1
@@ -104,8 +139,9 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
         rel = f.relative_to(tmp_path / "dash").as_posix()
         assert sums[rel] == hashlib.sha256(f.read_bytes()).hexdigest()
     # rerun without --autointerp: stale explanation batches are removed
-    cfg2 = DashboardConfig(store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model",
-                           progress=False)
+    cfg2 = DashboardConfig(
+        store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model", progress=False
+    )
     build_dashboards(cfg2, model=lm, W_dec=W_dec)
     assert not list((res.bulk / "explanations").glob("batch-*.jsonl.gz"))
     assert "explanations/" not in (tmp_path / "dash" / "SHA256SUMS").read_text()

@@ -20,7 +20,16 @@ def test_run_end_to_end_on_tiny_model(tiny_lm_dir, corpus, temporal_dir, tmp_pat
     cfg = RunConfig(
         out=tmp_path / "run",
         kernels=True,
-        collect=CollectConfig(model=str(tiny_lm_dir), layer=2, sae=str(temporal_dir), corpus=str(corpus), n_prompts=12, prompt_len=16, shard_prompts=4, progress=False),
+        collect=CollectConfig(
+            model=str(tiny_lm_dir),
+            layer=2,
+            sae=str(temporal_dir),
+            corpus=str(corpus),
+            n_prompts=12,
+            prompt_len=16,
+            shard_prompts=4,
+            progress=False,
+        ),
         dashboards=DashboardConfig(progress=False, device="cpu"),
     )
     assert cfg.collect.out == tmp_path / "run" / "store" and cfg.dashboards.store == cfg.collect.out
@@ -39,7 +48,9 @@ def test_run_end_to_end_on_tiny_model(tiny_lm_dir, corpus, temporal_dir, tmp_pat
 
 
 def test_run_help_lists_collect_and_dashboard_options():
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", "run", "--help"], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "tempolens.cli", "run", "--help"], capture_output=True, text=True, check=True
+    )
     for opt in ("--out", "--n-prompts", "--sae", "--corpus", "--n-top", "--creator-id", "--no-kernels"):
         assert opt in r.stdout, opt
     assert "--store" not in r.stdout  # derived from --out
@@ -53,11 +64,33 @@ def test_run_on_the_embedded_default(tmp_path):
 
     if not (corpora_dir() / "brown.jsonl").exists():
         pytest.skip("embedded corpus not fetched; run `tempolens setup`")
-    r = subprocess.run([sys.executable, "-m", "tempolens.cli", "run", "--out", str(tmp_path / "run"), "--n-prompts", "8", "--prompt-len", "32",
-                        "--shard-prompts", "4", "--no-progress"], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tempolens.cli",
+            "run",
+            "--out",
+            str(tmp_path / "run"),
+            "--n-prompts",
+            "8",
+            "--prompt-len",
+            "32",
+            "--shard-prompts",
+            "4",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dashboards: open file://" in r.stdout
     meta = json.loads((tmp_path / "run" / "store" / "meta.json").read_text())
-    assert meta["model"]["hidden_size"] == 640 and meta["sae"]["architecture"] == "temporal" and meta["sae"]["width"] == 1920
+    assert (
+        meta["model"]["hidden_size"] == 640
+        and meta["sae"]["architecture"] == "temporal"
+        and meta["sae"]["width"] == 1920
+    )
     site = tmp_path / "run" / "dashboards" / "site"
     assert (site / "index.html").is_file() and (site / "kernels" / "index.html").is_file()

@@ -13,14 +13,15 @@ pytestmark = pytest.mark.browser
 torch.set_num_threads(1)
 
 
-
 @pytest.fixture(scope="module")
 def live_server(tiny_lm_dir):
     from tempolens.saes.random_init import random_temporal_sae, random_topk_sae
     from tempolens.sources.open import load_subject_model
 
     model = load_subject_model(str(tiny_lm_dir), layer=2, progress=None)
-    analyzer = make_analyzer(model, random_temporal_sae(32, 64, 8, seed=0), random_topk_sae(32, 64, 8, seed=1), max_tokens=64)
+    analyzer = make_analyzer(
+        model, random_temporal_sae(32, 64, 8, seed=0), random_topk_sae(32, 64, 8, seed=1), max_tokens=64
+    )
     srv = make_server(ServeConfig(port=0, max_chars=300), analyzer)
     start_in_thread(srv)
     yield srv
@@ -43,7 +44,7 @@ def test_live_form_hostile_text_and_errors(browser, live_server):
         assert page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content") == PAGE_CSP
         assert page.locator("script:not([src]), style").count() == 0
         assert page.locator("#live-text").get_attribute("maxlength") == "300"
-        hostile = 'the cat <script>alert(1)</script> sat || the dog <img src=x onerror=alert(1)> ran &amp; the sea'
+        hostile = "the cat <script>alert(1)</script> sat || the dog <img src=x onerror=alert(1)> ran &amp; the sea"
         page.fill("#live-text", hostile)
         page.click("#live-go")
         page.wait_for_selector(".tk-tok")
@@ -62,7 +63,9 @@ def test_live_form_hostile_text_and_errors(browser, live_server):
         page.locator("#live-text").evaluate("e => e.removeAttribute('maxlength')")
         page.fill("#live-text", "the cat " * 40)
         page.click("#live-go")
-        expect(page.locator("[data-testid=status]")).to_contain_text("the limit is 300")  # the page's CSP forbids eval-based waits
+        expect(page.locator("[data-testid=status]")).to_contain_text(
+            "the limit is 300"
+        )  # the page's CSP forbids eval-based waits
         page.fill("#live-text", "<b>bold</b> " * 10)
         page.click("#live-go")
         expect(page.locator("[data-testid=status]")).to_contain_text("tokens")

@@ -22,7 +22,9 @@ def analyzer(tiny_lm_dir):
     from tempolens.sources.open import load_subject_model
 
     model = load_subject_model(str(tiny_lm_dir), layer=2, progress=None)
-    return make_analyzer(model, random_temporal_sae(32, 64, 8, seed=0), random_topk_sae(32, 64, 8, seed=1), max_tokens=40)
+    return make_analyzer(
+        model, random_temporal_sae(32, 64, 8, seed=0), random_topk_sae(32, 64, 8, seed=1), max_tokens=40
+    )
 
 
 @pytest.fixture()
@@ -59,14 +61,18 @@ def request(srv, method, path, body=None, headers=None):
 
 
 def post(srv, obj, **headers):
-    return request(srv, "POST", "/api/analyze", json.dumps(obj).encode(), {"Content-Type": "application/json", **headers})
+    return request(
+        srv, "POST", "/api/analyze", json.dumps(obj).encode(), {"Content-Type": "application/json", **headers}
+    )
 
 
 def test_config_refuses_remote_hosts(site):
     with pytest.raises(ConfigError, match="not a loopback address"):
         ServeConfig(site=site, host="0.0.0.0")
     assert ServeConfig(site=site, host="0.0.0.0", allow_remote=True).host == "0.0.0.0"
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("192.168.1.2")
+    assert (
+        is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("192.168.1.2")
+    )
     with pytest.raises(ConfigError, match="--port"):
         ServeConfig(site=site, port=70000)
     with pytest.raises(ConfigError, match="is not a directory"):
@@ -78,8 +84,16 @@ def test_safe_path(site):
     assert safe_path(site, "/kernels/") == (site / "kernels" / "index.html").resolve()
     assert safe_path(site, "/") == (site / "index.html").resolve()
     assert safe_path(site, "/data.js?v=1#x") == (site / "data.js").resolve()
-    for bad in ["/../secret.txt", "/%2e%2e/secret.txt", "/kernels/../../secret.txt", "/link.txt", "/..%2fsecret.txt",
-                "/%00index.html", "/..\\secret.txt", "/missing.html"]:
+    for bad in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/kernels/../../secret.txt",
+        "/link.txt",
+        "/..%2fsecret.txt",
+        "/%00index.html",
+        "/..\\secret.txt",
+        "/missing.html",
+    ]:
         assert safe_path(site, bad) is None, bad
 
 
@@ -196,8 +210,14 @@ def test_origin_must_be_absent_or_the_served_origin(server):
     port = server.server_address[1]
     assert post(server, {"text": "the cat"})[0] == 200  # no Origin: curl, same-origin navigations
     assert post(server, {"text": "the cat"}, Origin=f"http://127.0.0.1:{port}")[0] == 200
-    for origin in ("null", "http://127.0.0.1:1", f"https://127.0.0.1:{port}", f"http://localhost:{port}", "file://",
-                   f"http://127.0.0.1:{port}/x"):
+    for origin in (
+        "null",
+        "http://127.0.0.1:1",
+        f"https://127.0.0.1:{port}",
+        f"http://localhost:{port}",
+        "file://",
+        f"http://127.0.0.1:{port}/x",
+    ):
         st, _, data = post(server, {"text": "the cat"}, Origin=origin)
         assert st == 403 and "cross-origin" in json.loads(data)["error"], origin
 
@@ -244,12 +264,22 @@ def test_security_headers_on_every_response(server, site):
 
     empty = {"columns": [], "rows": []}
     write_events_page(site, {"header": "h", "summary": empty, "texts": empty})
-    cases = [("GET", "/", None, 200), ("GET", "/live", None, 200), ("GET", "/data.js", None, 200),
-             ("GET", "/nope", None, 404), ("GET", "/live/assets/temporal.js", None, 200),
-             ("GET", "/live/assets/style.css", None, 200), ("GET", "/live/assets/secret.txt", None, 404),
-             ("GET", "/live/assets/../serve.py", None, 404), ("GET", "/kernels/events.html", None, 200),
-             ("GET", "/api/health", None, 200), ("HEAD", "/live", None, 200),
-             ("POST", "/api/analyze", b"{}", 415), ("PUT", "/", None, 501), ("GET", "/" + "a/" * 1500, None, 414)]
+    cases = [
+        ("GET", "/", None, 200),
+        ("GET", "/live", None, 200),
+        ("GET", "/data.js", None, 200),
+        ("GET", "/nope", None, 404),
+        ("GET", "/live/assets/temporal.js", None, 200),
+        ("GET", "/live/assets/style.css", None, 200),
+        ("GET", "/live/assets/secret.txt", None, 404),
+        ("GET", "/live/assets/../serve.py", None, 404),
+        ("GET", "/kernels/events.html", None, 200),
+        ("GET", "/api/health", None, 200),
+        ("HEAD", "/live", None, 200),
+        ("POST", "/api/analyze", b"{}", 415),
+        ("PUT", "/", None, 501),
+        ("GET", "/" + "a/" * 1500, None, 414),
+    ]
     for method, path, body, status in cases:
         st, h, data = _headers(server, method, path, body)
         assert st == status, (method, path, st)
@@ -279,8 +309,13 @@ def test_no_page_of_the_site_or_of_serve_allows_inline_script_or_style(site):
     import tempolens
 
     src = Path(tempolens.__file__).parent
-    offenders = [p for p in src.rglob("*") if p.is_file() and p.suffix in (".py", ".html", ".js")
-                 and re.search(r"(script|style)-src[^;\"]*unsafe-inline", p.read_text(errors="replace"))]
+    offenders = [
+        p
+        for p in src.rglob("*")
+        if p.is_file()
+        and p.suffix in (".py", ".html", ".js")
+        and re.search(r"(script|style)-src[^;\"]*unsafe-inline", p.read_text(errors="replace"))
+    ]
     assert offenders == []
 
 

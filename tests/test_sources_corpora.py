@@ -46,8 +46,8 @@ def _reference(tok, docs, n, T, seed, add_bos=True):
     body = T - 1 if add_bos else T
     rows, rows_doc = [], []
     for p in range(n):
-        chunk = stream[p * body:(p + 1) * body]
-        d = owner[p * body:(p + 1) * body]
+        chunk = stream[p * body : (p + 1) * body]
+        d = owner[p * body : (p + 1) * body]
         rows.append(([tok.bos_token_id] if add_bos else []) + chunk)
         rows_doc.append(([-1] if add_bos else []) + d)
     return torch.tensor(rows), torch.tensor(rows_doc)
@@ -124,7 +124,7 @@ def test_empty_corpus(tok):
 
 
 def test_odd_unicode_and_control_chars(tok):
-    docs = ["the \x00cat\x07 \ud800 sat \u202e\u2028 on\tthe\r\nmat " * 5, "\U0001F600 dog \x1b[31m ran " * 5]
+    docs = ["the \x00cat\x07 \ud800 sat \u202e\u2028 on\tthe\r\nmat " * 5, "\U0001f600 dog \x1b[31m ran " * 5]
     p = build_prompts(tok, docs, 2, 8, seed=1)
     assert p.tokens.shape == (2, 8)
 

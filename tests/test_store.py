@@ -58,8 +58,14 @@ def _write(writer, i, seed):
     dense, codes = _random_shard(seed=seed)
     ptr, lat, val, _ = pack_codes(codes.indices, codes.values)
     writer.write_shard(
-        i, tokens=torch.arange(10).view(2, 5), prompt_ids=torch.tensor([2 * i, 2 * i + 1]), special=torch.zeros(2, 5, dtype=torch.bool),
-        code_ptr=ptr, code_latent=lat, code_value=val, extras={"sq_err": torch.ones(2, 5)},
+        i,
+        tokens=torch.arange(10).view(2, 5),
+        prompt_ids=torch.tensor([2 * i, 2 * i + 1]),
+        special=torch.zeros(2, 5, dtype=torch.bool),
+        code_ptr=ptr,
+        code_latent=lat,
+        code_value=val,
+        extras={"sq_err": torch.ones(2, 5)},
     )
     return dense
 

@@ -27,8 +27,21 @@ def store(tiny_lm_dir, tmp_path_factory) -> Path:
     corpus = write_word_corpus(root / "docs.txt", seed=11)
     sae = save_tiny_temporal_sae(root / "temporal", seed=4)
     out = root / "store"
-    collect(CollectConfig(model=str(tiny_lm_dir), layer=2, sae=str(sae), corpus=str(corpus), n_prompts=12,
-                          prompt_len=16, shard_prompts=4, batch_size=4, device="cpu", out=out, progress=False))
+    collect(
+        CollectConfig(
+            model=str(tiny_lm_dir),
+            layer=2,
+            sae=str(sae),
+            corpus=str(corpus),
+            n_prompts=12,
+            prompt_len=16,
+            shard_prompts=4,
+            batch_size=4,
+            device="cpu",
+            out=out,
+            progress=False,
+        )
+    )
     return out
 
 
@@ -38,8 +51,9 @@ def _copy(store: Path, dest: Path) -> Path:
 
 
 def _dash_cfg(store: Path, out: Path, **kw) -> DashboardConfig:
-    return DashboardConfig(store=store, out=out, chunk_size=32, features_per_batch=40, device="cpu", progress=False,
-                           **kw)
+    return DashboardConfig(
+        store=store, out=out, chunk_size=32, features_per_batch=40, device="cpu", progress=False, **kw
+    )
 
 
 def _leaves(obj, prefix=()):
@@ -109,10 +123,14 @@ def test_every_editable_field_of_meta_json_is_caught_before_any_output(store, tm
     [
         ({("n_shards",): 2}, "says n_shards=2, but prompts.n_prompts=12 in shards of shard_size=4 make 3"),
         ({("shard_size",): 3, ("n_shards",): 4}, "shard-00000 holds 4 prompts × 16 tokens, but meta.json"),
-        ({("prompts", "n_prompts"): 8, ("n_shards",): 2},
-         "holds shard-00002.json and 1 more files beyond the 2 shards"),
-        ({("prompts", "prompt_len"): 8},
-         "shard-00000 holds 4 prompts × 16 tokens, but meta.json (prompts.n_prompts=12, prompts.prompt_len=8"),
+        (
+            {("prompts", "n_prompts"): 8, ("n_shards",): 2},
+            "holds shard-00002.json and 1 more files beyond the 2 shards",
+        ),
+        (
+            {("prompts", "prompt_len"): 8},
+            "shard-00000 holds 4 prompts × 16 tokens, but meta.json (prompts.n_prompts=12, prompts.prompt_len=8",
+        ),
         ({("prompts", "prompt_len"): "16"}, "prompts.prompt_len is '16', not a positive integer"),
         ({("sae", "width"): 0}, "sae.width is 0, not a positive integer"),
     ],
@@ -161,8 +179,9 @@ def test_extra_shard_files_are_named(store, tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tempolens.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tempolens.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -192,8 +211,9 @@ def test_issue_repros_edited_meta_through_the_cli(store, tmp_path, field, value)
 
 
 @pytest.mark.parametrize("content", ["[1, 2, 3]", "not json {", '"a string"'])
-def test_meta_that_is_no_json_object_is_one_line_on_dashboards_and_collect_resume(store, tmp_path, capsys, monkeypatch,
-                                                                                   content):
+def test_meta_that_is_no_json_object_is_one_line_on_dashboards_and_collect_resume(
+    store, tmp_path, capsys, monkeypatch, content
+):
     from tempolens.cli import main
 
     broken = _copy(store, tmp_path / "s")
@@ -206,9 +226,28 @@ def test_meta_that_is_no_json_object_is_one_line_on_dashboards_and_collect_resum
 
     monkeypatch.setattr(models, "load_hf_model", lambda *a, **k: pytest.fail("the model must not load"))
     log = json.loads((store / "collect_log.json").read_text())["config"]
-    args = ["collect", "--out", str(broken), "--model", log["model"], "--layer", "2", "--sae", log["sae"],
-            "--corpus", log["corpus"], "--n-prompts", "12", "--prompt-len", "16", "--shard-prompts", "4",
-            "--device", "cpu", "--no-progress"]
+    args = [
+        "collect",
+        "--out",
+        str(broken),
+        "--model",
+        log["model"],
+        "--layer",
+        "2",
+        "--sae",
+        log["sae"],
+        "--corpus",
+        log["corpus"],
+        "--n-prompts",
+        "12",
+        "--prompt-len",
+        "16",
+        "--shard-prompts",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("tempolens collect: error:") and "--overwrite" in err
@@ -263,9 +302,20 @@ def test_autointerp_checks_the_store_before_writing_or_calling_anything(tiny_lm_
     meta["n_shards"] -= 1
     (good / "meta.json").write_text(json.dumps(meta))
     with ChatServer(RuleLLM()) as srv:
-        cfg = AutointerpConfig(stores=(f"good={good}",), out=tmp_path / "ai", n_latents=2, backend="openai",
-                               model="test-judge", base_url=srv.url, api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
-                               progress=False, backoff_s=0.0, scorers=("saebench",))
+        cfg = AutointerpConfig(
+            stores=(f"good={good}",),
+            out=tmp_path / "ai",
+            n_latents=2,
+            backend="openai",
+            model="test-judge",
+            base_url=srv.url,
+            api_key_env="TEMPOLENS_TEST_NO_SUCH_KEY",
+            progress=False,
+            backoff_s=0.0,
+            scorers=("saebench",),
+        )
         with pytest.raises(StoreError, match=r"meta\.json was changed after `tempolens collect` wrote it"):
-            run_autointerp(cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder())
+            run_autointerp(
+                cfg, tokenizer=lambda i: " " + tok.convert_ids_to_tokens(int(i)), embedder=hashing_embedder()
+            )
         assert srv.requests == [] and not (tmp_path / "ai").exists()

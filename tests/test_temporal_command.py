@@ -31,7 +31,9 @@ def sources(tiny_lm_dir):
     model = load_subject_model(str(tiny_lm_dir), layer=2, progress=None)
     ids, _ = tokenize(model.tokenizer, TEXT, model.bos_id)
     acts = model.hidden_at(torch.tensor([ids]))[0, 1:]
-    sae = random_temporal_sae(32, 64, 8, n_heads=4, seed=0, mean=activation_mean(acts), scaling_factor=estimate_scaling(acts))
+    sae = random_temporal_sae(
+        32, 64, 8, n_heads=4, seed=0, mean=activation_mean(acts), scaling_factor=estimate_scaling(acts)
+    )
     contrast = random_topk_sae(32, 64, 8, seed=1, mean=activation_mean(acts))
     return model, sae, contrast
 
@@ -40,11 +42,21 @@ def saelens_z_pred(sae, x):
     """z_pred from SAELens's independent TemporalSAE with the same weights."""
     tsae = pytest.importorskip("sae_lens.saes.temporal_sae")
     c = sae.cfg
-    ref = tsae.TemporalSAE(tsae.TemporalSAEConfig(
-        d_in=c.d_in, d_sae=c.width, n_heads=c.n_heads, n_attn_layers=c.n_attn_layers, bottleneck_factor=c.bottleneck_factor,
-        sae_diff_type=c.sae_diff_type, kval_topk=c.k, tied_weights=c.tied, normalize_activations="constant_scalar_rescale",
-        activation_normalization_factor=c.scaling_factor, apply_b_dec_to_input=True,
-    ))
+    ref = tsae.TemporalSAE(
+        tsae.TemporalSAEConfig(
+            d_in=c.d_in,
+            d_sae=c.width,
+            n_heads=c.n_heads,
+            n_attn_layers=c.n_attn_layers,
+            bottleneck_factor=c.bottleneck_factor,
+            sae_diff_type=c.sae_diff_type,
+            kval_topk=c.k,
+            tied_weights=c.tied,
+            normalize_activations="constant_scalar_rescale",
+            activation_normalization_factor=c.scaling_factor,
+            apply_b_dec_to_input=True,
+        )
+    )
     sd = {k: v for k, v in sae.state_dict().items() if k.startswith("attn_layers.")}
     sd["W_dec"], sd["b_dec"] = sae.D.detach().clone(), sae.b.detach().reshape(-1).clone()
     ref.load_state_dict(sd)
@@ -109,8 +121,10 @@ def test_run_kernel_writes_pages_figures_and_escapes(sources, tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     page = (out / "kernels" / "text-1.html").read_text()
     # the page is a shell of the viewer: no inline script, no data; the data file holds the tokens escaped
-    assert re.findall(r"<script[^>]*>", page) == ['<script src="../assets/temporal.js" defer>',
-                                                  '<script src="data/page-text-1.js" defer>']
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script src="../assets/temporal.js" defer>',
+        '<script src="data/page-text-1.js" defer>',
+    ]
     assert "alert" not in page and "<style" not in page and "unsafe-inline" not in page
     js = (out / "kernels" / "data" / "page-text-1.js").read_text()
     assert "<" not in js and "&" not in js
@@ -138,8 +152,15 @@ def test_run_kernel_writes_pages_figures_and_escapes(sources, tmp_path):
 def test_run_events_on_a_file(sources, tmp_path):
     f = tmp_path / "stories.jsonl"
     f.write_text(
-        json.dumps({"name": "one", "text": TEXT}) + "\n"
-        + json.dumps({"name": "two", "text": "the red house . the green tree || the sea and the whale and the captain ahab ran || the king sat"}) + "\n"
+        json.dumps({"name": "one", "text": TEXT})
+        + "\n"
+        + json.dumps(
+            {
+                "name": "two",
+                "text": "the red house . the green tree || the sea and the whale and the captain ahab ran || the king sat",
+            }
+        )
+        + "\n"
     )
     res = run_events(EventsConfig(file=f, out=tmp_path / "site", pages=False, half_width=3), sources=sources)
     assert res["n_texts"] == 2
@@ -151,7 +172,9 @@ def test_run_events_on_a_file(sources, tmp_path):
         assert s["boundary_auroc_sentences"]["n"] == 0  # lower-case test texts have no detectable sentence starts
     kdir = tmp_path / "site" / "kernels"
     saved = json.loads((kdir / "events.json").read_text())
-    assert saved["summary"]["predicted"]["block_contrast"]["mean"] == pytest.approx(res["summary"]["predicted"]["block_contrast"]["mean"])
+    assert saved["summary"]["predicted"]["block_contrast"]["mean"] == pytest.approx(
+        res["summary"]["predicted"]["block_contrast"]["mean"]
+    )
     assert "| Predicted codes (z_pred) |" in (kdir / "events.md").read_text()
     assert 'data-page="events"' in (kdir / "events.html").read_text()
     events = (kdir / "data" / "events.js").read_text()
@@ -173,7 +196,10 @@ def test_demo_selection():
     from tempolens.temporal.command import texts_from_config
 
     assert [t.name for t in texts_from_config(KernelConfig())][:2] == ["harbour-day", "expedition"]
-    assert [t.name for t in texts_from_config(KernelConfig(demo=["robot-lab"], text=["a b"]))] == ["text-1", "robot-lab"]
+    assert [t.name for t in texts_from_config(KernelConfig(demo=["robot-lab"], text=["a b"]))] == [
+        "text-1",
+        "robot-lab",
+    ]
     with pytest.raises(ConfigError, match="unknown demo story nope; choose from all, harbour-day"):
         texts_from_config(KernelConfig(demo=["nope"]))
 
@@ -191,16 +217,26 @@ def test_load_sources_with_random_specs(tiny_lm_dir):
     from tempolens.temporal.command import load_sources
 
     base = dict(model=str(tiny_lm_dir), layer=1)
-    model, sae, contrast = load_sources(KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="random:topk?width=64&k=8"), progress=None)
+    model, sae, contrast = load_sources(
+        KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="random:topk?width=64&k=8"),
+        progress=None,
+    )
     assert sae.is_temporal and sae.width == 64 and contrast.architecture == "topk" and model.layer == 1
     # the random Temporal SAE is centred on the demo stories' activations (decoder bias = mean · s)
     assert float(sae.b.detach().abs().sum()) > 0
-    _, _, none = load_sources(KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="none"), progress=None)
+    _, _, none = load_sources(
+        KernelConfig(**base, sae="random:temporal?width=64&k=8&n_heads=4", contrast_sae="none"), progress=None
+    )
     assert none is None
     with pytest.raises(ConfigError, match="not a Temporal SAE"):
         load_sources(KernelConfig(**base, sae="random:topk?width=64&k=8", contrast_sae="none"), progress=None)
     with pytest.raises(SourceError, match="d_in=16"):
-        load_sources(KernelConfig(**base, sae="random:temporal?d_in=16&width=64&k=8&n_heads=4&mean=zero&scale=1", contrast_sae="none"), progress=None)
+        load_sources(
+            KernelConfig(
+                **base, sae="random:temporal?d_in=16&width=64&k=8&n_heads=4&mean=zero&scale=1", contrast_sae="none"
+            ),
+            progress=None,
+        )
 
 
 def test_top_direction_share():

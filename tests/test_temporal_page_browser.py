@@ -14,7 +14,13 @@ from tempolens.temporal.page import analysis_payload, write_events_page, write_k
 
 pytestmark = pytest.mark.browser
 
-HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="window.__pwned=1;alert(2)">', "&amp;", " plain", "a\u2028b</script>"]
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="window.__pwned=1;alert(2)">',
+    "&amp;",
+    " plain",
+    "a\u2028b</script>",
+]
 EVIL = "</script><img src=x onerror=alert(1)>"
 QUOTES = "\"'<b>&amp;"
 
@@ -55,12 +61,23 @@ def hostile_analysis() -> TextAnalysis:
     att = torch.rand(2, n, n, generator=g).tril(-1)
     att = att / (att.sum(-1, keepdim=True) + 1.0)
     return TextAnalysis(
-        name="hostile", text="".join(HOSTILE), tokens=["<bos>"] + HOSTILE, token_ids=list(range(n + 1)),
-        kernels={"predicted": k, "novel": torch.eye(n), "sae": k.abs()}, attention=[att], attention_sink=[1 - att.sum(-1)],
-        pred_share=torch.linspace(0, 1, n), top_novel=(torch.tensor([[3, 1, -1]] * n), torch.tensor([[2.5, 0.5, 0.0]] * n)),
-        top_sae=None, labels=torch.tensor([0, 0, 1, 1, 1]),
-        meta={"model_id": "<b>m</b>" + EVIL, "hook_name": "blocks.0.hook_resid_post", "n_tokens": n + 1,
-              "pred_top_direction_share": 0.95},
+        name="hostile",
+        text="".join(HOSTILE),
+        tokens=["<bos>"] + HOSTILE,
+        token_ids=list(range(n + 1)),
+        kernels={"predicted": k, "novel": torch.eye(n), "sae": k.abs()},
+        attention=[att],
+        attention_sink=[1 - att.sum(-1)],
+        pred_share=torch.linspace(0, 1, n),
+        top_novel=(torch.tensor([[3, 1, -1]] * n), torch.tensor([[2.5, 0.5, 0.0]] * n)),
+        top_sae=None,
+        labels=torch.tensor([0, 0, 1, 1, 1]),
+        meta={
+            "model_id": "<b>m</b>" + EVIL,
+            "hook_name": "blocks.0.hook_resid_post",
+            "n_tokens": n + 1,
+            "pred_top_direction_share": 0.95,
+        },
     )
 
 
@@ -116,7 +133,12 @@ def test_kernel_page_from_the_pipeline(browser, tmp_path, tiny_lm_dir):
 
     model = load_subject_model(str(tiny_lm_dir), layer=1, progress=None)
     sources = (model, random_temporal_sae(32, 64, 8, seed=3), random_topk_sae(32, 64, 8, seed=4))
-    run_kernel(KernelConfig(text=["the cat sat on the mat . || the ship sailed & the sea < the whale >"], out=tmp_path, figures=True), sources=sources)
+    run_kernel(
+        KernelConfig(
+            text=["the cat sat on the mat . || the ship sailed & the sea < the whale >"], out=tmp_path, figures=True
+        ),
+        sources=sources,
+    )
     page, ev = open_page(browser, (tmp_path / "kernels" / "text-1.html").as_uri())
     try:
         labels = page.locator("select option").all_text_contents()
@@ -138,9 +160,15 @@ def test_kernel_page_from_the_pipeline(browser, tmp_path, tiny_lm_dir):
 
 
 def test_kernel_index_hostile_titles(browser, tmp_path):
-    entries = [{"name": "one", "title": EVIL, "n_tokens": 12,
-                "scores": {"predicted": {"block_contrast": 0.5, "boundary_auroc": 0.75}}},
-               {"name": "two", "title": QUOTES, "n_tokens": 7, "scores": {}}]
+    entries = [
+        {
+            "name": "one",
+            "title": EVIL,
+            "n_tokens": 12,
+            "scores": {"predicted": {"block_contrast": 0.5, "boundary_auroc": 0.75}},
+        },
+        {"name": "two", "title": QUOTES, "n_tokens": 7, "scores": {}},
+    ]
     path = write_kernel_index(tmp_path, entries, events_summary={"predicted": {}})
     page, ev = open_page(browser, path.as_uri())
     try:
@@ -160,11 +188,17 @@ def test_kernel_index_hostile_titles(browser, tmp_path):
 
 
 def test_events_page_hostile_names(browser, tmp_path):
-    data = {"header": "Event-boundary check: " + EVIL,
-            "summary": {"columns": ["codes", "block contrast"], "rows": [[QUOTES, "0.100 ± 0.020"]]},
-            "texts": {"columns": ["text", "tokens"],
-                      "rows": [[{"text": EVIL, "href": "evil.html"}, "9"],
-                               [{"text": "bad link", "href": "javascript:window.__pwned=1"}, "3"]]}}
+    data = {
+        "header": "Event-boundary check: " + EVIL,
+        "summary": {"columns": ["codes", "block contrast"], "rows": [[QUOTES, "0.100 ± 0.020"]]},
+        "texts": {
+            "columns": ["text", "tokens"],
+            "rows": [
+                [{"text": EVIL, "href": "evil.html"}, "9"],
+                [{"text": "bad link", "href": "javascript:window.__pwned=1"}, "3"],
+            ],
+        },
+    }
     path = write_events_page(tmp_path, data)
     page, ev = open_page(browser, path.as_uri())
     try:
@@ -195,10 +229,25 @@ def test_autointerp_report_hostile_strings(browser, tmp_path):
     from tempolens.dashboards.site import js_call
 
     sc = {"mean": 0.8, "ci_low": 0.7, "ci_high": 0.9, "n": 5, "n_unscored": 0, "chance": 0.5}
-    rep.update(judge=EVIL, embedding_model=QUOTES,
-               saes=[{"label": EVIL, "architecture": QUOTES, "width": 64, "n_alive": 60, "n_latents": 5,
-                      "scores": {"saebench": sc}, "pooled": {}, "parse_failures": {}, "n_llm_calls": 5,
-                      "transport_errors": 0, "tokens": {"prompt": 10, "completion": 2}}])
+    rep.update(
+        judge=EVIL,
+        embedding_model=QUOTES,
+        saes=[
+            {
+                "label": EVIL,
+                "architecture": QUOTES,
+                "width": 64,
+                "n_alive": 60,
+                "n_latents": 5,
+                "scores": {"saebench": sc},
+                "pooled": {},
+                "parse_failures": {},
+                "n_llm_calls": 5,
+                "transport_errors": 0,
+                "tokens": {"prompt": 10, "completion": 2},
+            }
+        ],
+    )
     (tmp_path / "data" / "autointerp.js").write_bytes(js_call("tempolensAutointerp", rep))
     assert "<script" not in (tmp_path / "report.html").read_text().replace('<script src="assets/app.js" defer>', "")
     page, ev = open_page(browser, (tmp_path / "report.html").as_uri())

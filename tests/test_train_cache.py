@@ -36,7 +36,9 @@ def write_corpus(path, n_docs=40, seed=0):
 @pytest.fixture(scope="module")
 def tiny_source(tiny_lm_dir, tmp_path_factory):
     corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "docs.txt")
-    spec = ActivationSpec(model=str(tiny_lm_dir), layer=2, corpus=str(corpus), prompt_len=12, n_prompts=20, n_heldout=4, seed=3)
+    spec = ActivationSpec(
+        model=str(tiny_lm_dir), layer=2, corpus=str(corpus), prompt_len=12, n_prompts=20, n_heldout=4, seed=3
+    )
     return open_lm_source(spec, device="cpu", batch_size=4)
 
 
@@ -107,7 +109,7 @@ def test_fp16_scale_exp_keeps_large_activations_finite():
     x = torch.tensor([[1.0, -70_000.0, 3.0]])
     e = fp16_scale_exp(x)
     assert e >= 2
-    y = (x * 2.0 ** -e).half().float() * 2.0 ** e
+    y = (x * 2.0**-e).half().float() * 2.0**e
     assert torch.isfinite(y).all() and torch.allclose(y, x, rtol=1e-3)
     assert fp16_scale_exp(torch.ones(3)) == 0
 

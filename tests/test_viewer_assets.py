@@ -22,14 +22,15 @@ CSS = (ASSETS_DIR / "style.css").read_text(encoding="utf-8")
 def test_install_viewer_puts_page_at_root_and_assets_below(tmp_path):
     written = install_viewer(tmp_path / "site")
     assert [p.relative_to(tmp_path / "site").as_posix() for p in written] == ["index.html"] + [
-        f"assets/{name}" for name in ASSET_FILES]
+        f"assets/{name}" for name in ASSET_FILES
+    ]
     assert set(ASSET_FILES) == {"app.js", "style.css", "temporal.js"}
     for p in written:
         src = ASSETS_DIR / (PAGE_FILE if p.name == PAGE_FILE else p.name)
         assert p.read_bytes() == src.read_bytes()
     (tmp_path / "site" / "data").mkdir()
     (tmp_path / "site" / "data" / "meta.js").write_text("tempolensMeta({});\n")
-    install_viewer(tmp_path / "site")                       # idempotent; data untouched
+    install_viewer(tmp_path / "site")  # idempotent; data untouched
     assert (tmp_path / "site" / "data" / "meta.js").read_text() == "tempolensMeta({});\n"
     assert sorted(p.name for p in (tmp_path / "site" / "assets").iterdir()) == sorted(ASSET_FILES)
     # the autointerp report folder gets report.html and the same assets; the kernel pages only the assets
@@ -67,12 +68,35 @@ def test_page_loads_only_local_files():
 def test_app_never_parses_data_as_html_or_code():
     code = re.sub(r"/\*.*?\*/", "", APP, flags=re.S)
     code = re.sub(r"//[^\n]*", "", code)
-    for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "fetch(", "XMLHttpRequest",
-                   "DOMParser", "createContextualFragment", "srcdoc"):
+    for banned in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "fetch(",
+        "XMLHttpRequest",
+        "DOMParser",
+        "createContextualFragment",
+        "srcdoc",
+    ):
         assert banned not in code, banned
     temporal = re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", "", TEMPORAL, flags=re.S))
-    for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                   "XMLHttpRequest", "DOMParser", "createContextualFragment", "srcdoc", "setAttribute('on", "cssText"):
+    for banned in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "XMLHttpRequest",
+        "DOMParser",
+        "createContextualFragment",
+        "srcdoc",
+        "setAttribute('on",
+        "cssText",
+    ):
         assert banned not in temporal, banned
     assert temporal.count("fetch(") == 1 and "fetch('/api/analyze'" in temporal  # the live page's one request
     # setAttribute is only ever called with attribute names written in the code (never "on…" from data).
@@ -84,34 +108,51 @@ node = shutil.which("node")
 
 @pytest.mark.skipif(node is None, reason="Node.js not installed (the browser tests cover the same code)")
 def test_pure_helpers_under_node():
-    script = """
+    script = (
+        """
     global.window = {}; global.document = { readyState: 'loading', addEventListener() {} };
-    """ + APP + """
+    """
+        + APP
+        + """
     const v = window.tempolensViewer;
     const out = {
       tok: ['\\n', ' ', '  ', '', '\\t', 'a\\u0001b', ' the', '<b>', '\\r\\n', 'x\\u007f'].map(t => v.showToken(t)),
       fmt: [0, 1, 0.5, 1234.5678, 0.000123, 123456, -2.5, null, NaN, 1/3].map(x => v.fmt(x)),
       oneIn: [0.5, 0.001, 1/3, 1e-7, 0, null].map(x => v.oneIn(x)),
       ticks: [v.niceTicks(0, 1, 4), v.niceTicks(0, 19.78, 4), v.niceTicks(-2, 2, 4), v.niceTicks(3, 3, 4)],
-      num: ['', ' 1e-5 ', '0.1', '2%', 'abc', '1e', '.5', '-3'].map(x => { const r = v.parseUserNumber(x); return Number.isNaN(r) ? 'NaN' : r; }),
-      href: ['kernels/a.html', 'javascript:alert(1)', '/etc/passwd', '../x.html', 'kernels/../../x', 'http://x', 'a b', 'kernels/story-1.html#t'].map(x => v.safeRelativeHref(x)),
+      num: ['', ' 1e-5 ', '0.1', '2%', 'abc', '1e', '.5', '-3'].map(x => { const r = v.parseUserNumber(x); return
+      Number.isNaN(r) ? 'NaN' : r; }),
+      href: ['kernels/a.html', 'javascript:alert(1)', '/etc/passwd', '../x.html', 'kernels/../../x', 'http://x', 'a b',
+      'kernels/story-1.html#t'].map(x => v.safeRelativeHref(x)),
       act: [v.actColor(0, 1), v.actColor(1, 1), v.actColor(0.5, 1), v.actColor(2, 1), v.actColor(1, 0)],
       pred: [v.predColor(0, 1), v.predColor(1, 1), v.predColor(-1, 1)],
     };
     process.stdout.write(JSON.stringify(out));
     """
+    )
     res = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert [t["text"] for t in out["tok"]] == ["⏎", "␣", "␣␣", "∅", "⇥", "a\u2401b", " the", "<b>", "␍⏎", "x␡"]
     assert [t["ws"] for t in out["tok"]] == [True, True, True, True, True, True, False, False, True, True]
     assert out["fmt"] == ["0", "1", "0.5", "1230", "1.23e-4", "1.23e+5", "-2.5", "–", "–", "0.333"]
-    assert out["oneIn"] == ["1 in 2 tokens", "1 in 1,000 tokens", "1 in 3 tokens", "1 in 10,000,000 tokens", "never active", "never active"]
+    assert out["oneIn"] == [
+        "1 in 2 tokens",
+        "1 in 1,000 tokens",
+        "1 in 3 tokens",
+        "1 in 10,000,000 tokens",
+        "never active",
+        "never active",
+    ]
     assert out["ticks"] == [[0, 0.2, 0.4, 0.6, 0.8, 1], [0, 5, 10, 15], [-2, -1, 0, 1, 2], [3]]
-    assert out["num"] == [None, 1e-5, 0.1, 0.02, "NaN", "NaN", 0.5, -3]   # blank → no filter; garbage → invalid
+    assert out["num"] == [None, 1e-5, 0.1, 0.02, "NaN", "NaN", 0.5, -3]  # blank → no filter; garbage → invalid
     assert out["href"] == ["kernels/a.html", None, None, None, None, None, None, "kernels/story-1.html#t"]
     assert out["act"][0] == "" and out["act"][4] == ""
-    assert out["act"][1] == "rgba(234, 88, 12, 0.850)" and out["act"][2] == "rgba(234, 88, 12, 0.475)" and out["act"][3] == out["act"][1]
+    assert (
+        out["act"][1] == "rgba(234, 88, 12, 0.850)"
+        and out["act"][2] == "rgba(234, 88, 12, 0.475)"
+        and out["act"][3] == out["act"][1]
+    )
     assert out["pred"] == ["transparent", "rgba(37, 99, 235, 1.000)", "rgba(220, 38, 38, 1.000)"]
 
 

@@ -54,7 +54,9 @@ def test_index_lists_every_latent_and_sorts_by_each_numeric_column(v, site):
     # Overview: log-density histogram of the alive latents, dead ones counted.
     alive = sum(1 for r in site.index_rows if r[1] > 0)
     assert f"{alive} alive, {250 - alive} dead" in v.page.text_content(".overview figcaption")
-    heights = v.page.eval_on_selector_all(".overview rect", "els => els.map(e => e.querySelector('title').textContent.split(': ')[1])")
+    heights = v.page.eval_on_selector_all(
+        ".overview rect", "els => els.map(e => e.querySelector('title').textContent.split(': ')[1])"
+    )
     assert sum(int(x) for x in heights) == alive
     assert v.rows() == list(range(100))
     v.page.click("button.more")
@@ -62,7 +64,13 @@ def test_index_lists_every_latent_and_sorts_by_each_numeric_column(v, site):
     assert v.rows() == list(range(250))
     assert v.page.is_hidden("button.more")
 
-    for key, label in [("max_act", "Max act"), ("frac_nonzero", "Density"), ("mean_act", "Mean act"), ("score", "Score"), ("pred_share", "Pred. share")]:
+    for key, label in [
+        ("max_act", "Max act"),
+        ("frac_nonzero", "Density"),
+        ("mean_act", "Mean act"),
+        ("score", "Score"),
+        ("pred_share", "Pred. share"),
+    ]:
         v.page.click(f"th[data-col={key}] button")
         wait_hash(v, f"sort={key}&dir=desc")
         assert v.rows() == expected_order(site, key, desc=True)[:100], key
@@ -70,7 +78,7 @@ def test_index_lists_every_latent_and_sorts_by_each_numeric_column(v, site):
         v.page.click(f"th[data-col={key}] button")
         wait_hash(v, f"sort={key}&dir=asc")
         assert v.rows() == expected_order(site, key, desc=False)[:100], key
-    v.page.click("th[data-col=index] button")            # index sorts ascending first (the default order)
+    v.page.click("th[data-col=index] button")  # index sorts ascending first (the default order)
     v.page.wait_for_function("() => location.hash === '#/'")
     assert v.rows() == list(range(100))
     # Values are shown rounded, with the exact stored number on hover.
@@ -116,9 +124,13 @@ def test_filters_and_search(v, site):
     want = [r[0] for r in site.index_rows if "whale" in (r[4] or "") or "whale" in (r[5] or "")]
     assert want and v.rows() == want[:100]
 
-    v.page.fill("#f-q", "mentions KING")          # all words, any case, in tokens or explanation
+    v.page.fill("#f-q", "mentions KING")  # all words, any case, in tokens or explanation
     wait_hash(v, "q=mentions+KING")
-    want = [r[0] for r in site.index_rows if "king" in ((r[4] or "") + "\n" + (r[5] or "")).lower() and "mentions" in (r[5] or "")]
+    want = [
+        r[0]
+        for r in site.index_rows
+        if "king" in ((r[4] or "") + "\n" + (r[5] or "")).lower() and "mentions" in (r[5] or "")
+    ]
     assert want and v.rows() == want[:100]
 
     v.page.fill("#f-q", "#17")
@@ -150,7 +162,7 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert v.page.text_content("article.latent h1") == f"Latent {i}"
     stats = v.page.text_content(".stats")
     f = rec["frac_nonzero"]
-    assert f"Density{float(f'{f:.3g}')}" in stats                   # 3 significant digits on the card ...
+    assert f"Density{float(f'{f:.3g}')}" in stats  # 3 significant digits on the card ...
     assert repr(f) in v.page.get_attribute(".stat >> nth=0", "title")  # ... full precision on hover
     assert f"1 in {round(1 / rec['frac_nonzero']):,} tokens" in stats or "1 in" in stats
 
@@ -161,12 +173,22 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert v.page.locator(".tok.q").count() == 35
     top = rec["activations"][0]
     q = top["qualifying_token_index"]
-    first_tokens = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => e.title)")
+    first_tokens = v.page.eval_on_selector_all(
+        "ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => e.title)"
+    )
     assert first_tokens[q].split(" · ")[1] == f"novel code {top['values'][q]}"
     # Intensity grows with the value: the qualifying (max) token is the most opaque.
-    alphas = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+    alphas = v.page.eval_on_selector_all(
+        "ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => getComputedStyle(e).backgroundColor)"
+    )
+
     def alpha(c):
-        return float(c.rstrip(")").split(",")[3]) if c.startswith("rgba") and c.count(",") == 3 else (1.0 if c.startswith("rgb(") else 0.0)
+        return (
+            float(c.rstrip(")").split(",")[3])
+            if c.startswith("rgba") and c.count(",") == 3
+            else (1.0 if c.startswith("rgb(") else 0.0)
+        )
+
     assert alpha(alphas[q]) == max(alpha(c) for c in alphas)
 
     # Interval headings: range and share of active tokens.
@@ -184,7 +206,9 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert pos == [f'"{t}"' for t in rec["pos_str"]]
 
     # Temporal panels: legend, predicted-code underline, switchable to predicted share.
-    assert "novel code value" in v.page.text_content(".legend") and "predicted by context" in v.page.text_content(".legend")
+    assert "novel code value" in v.page.text_content(".legend") and "predicted by context" in v.page.text_content(
+        ".legend"
+    )
     before = v.page.eval_on_selector(".ex-tokens .tok", "e => getComputedStyle(e).borderBottomColor")
     v.page.select_option("#underline-mode", "share")
     after = v.page.eval_on_selector(".ex-tokens .tok", "e => getComputedStyle(e).borderBottomColor")
@@ -198,7 +222,7 @@ def test_latent_page_shows_highlighted_examples_histograms_logits_and_links(v, s
     assert f"novel code: {float(f'{qv:.3g}')} ({qv})" in tip and "predicted by context" in tip
     v.page.mouse.move(0, 0)
     v.page.wait_for_selector("#tooltip", state="hidden")
-    v.page.focus(".tok.q >> nth=1")                     # keyboard: qualifying tokens are focusable
+    v.page.focus(".tok.q >> nth=1")  # keyboard: qualifying tokens are focusable
     assert v.page.is_visible("#tooltip") and "qualifying token" in v.page.text_content("#tooltip")
 
     # Correlated latents link to their pages; j / k move between latents.
@@ -221,13 +245,25 @@ def test_window_references_decode_to_the_exact_tokens_and_values(v, site, i):
     v.open(f"#/latent/{i}")
     v.page.wait_for_selector("article.latent .tok.q")
     decoded = v.page.evaluate(f"window.tempolensViewer.loadRecord({i})")
-    keys = ("bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index", "prompt_index",
-            "pred_values", "pred_share")
+    keys = (
+        "bin_min",
+        "bin_max",
+        "bin_contains",
+        "tokens",
+        "values",
+        "qualifying_token_index",
+        "prompt_index",
+        "pred_values",
+        "pred_share",
+    )
     want = [{k: a[k] for k in keys} for a in rec["activations"]]
     assert [{k: a[k] for k in keys} for a in decoded["activations"]] == want
-    shown_examples = v.page.eval_on_selector_all("ol.examples li", """lis => lis.map(li => {
+    shown_examples = v.page.eval_on_selector_all(
+        "ol.examples li",
+        """lis => lis.map(li => {
         const b = li.querySelector('button.expand'); if (b) b.click();
-        return [li.querySelector('.ex-rank').title, [...li.querySelectorAll('.tok')].map(e => e.title)]; })""")
+        return [li.querySelector('.ex-rank').title, [...li.querySelectorAll('.tok')].map(e => e.title)]; })""",
+    )
     by_prompt = {a["prompt_index"]: a for a in rec["activations"]}  # the test site gives each example its own prompt
     assert len(shown_examples) == len(by_prompt) == len(rec["activations"])
     for rank_title, titles in shown_examples:
@@ -261,12 +297,14 @@ def test_hostile_token_strings_render_as_literal_text_and_run_nothing(v, site):
     v.open(f"#/latent/{i}")
     v.page.wait_for_selector("article.latent")
     n_scripts = v.page.evaluate("document.scripts.length")
-    toks = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => [e.textContent, e.title])")
+    toks = v.page.eval_on_selector_all(
+        "ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => [e.textContent, e.title])"
+    )
     raw = rec["activations"][0]["tokens"]
     assert len(toks) == len(raw)
     for (text, title), r in zip(toks, raw):
         if r == "\n":
-            assert text == "⏎"                                   # visible, and exact on hover
+            assert text == "⏎"  # visible, and exact on hover
         else:
             assert text == r
         assert title.startswith(json.dumps(r, ensure_ascii=False))
@@ -277,8 +315,15 @@ def test_hostile_token_strings_render_as_literal_text_and_run_nothing(v, site):
     assert v.page.evaluate("document.querySelectorAll('main svg:not(.hist) ').length") == 0
     assert v.page.evaluate("document.scripts.length") == n_scripts
     srcs = v.page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))")
-    assert srcs[:7] == ["assets/app.js", "data/meta.js", "data/index.js", "data/autointerp.js", "data/kernels.js",
-                        "data/features/chunk-0.js", "data/tokens.js"]
+    assert srcs[:7] == [
+        "assets/app.js",
+        "data/meta.js",
+        "data/index.js",
+        "data/autointerp.js",
+        "data/kernels.js",
+        "data/features/chunk-0.js",
+        "data/tokens.js",
+    ]
     prompt_files = {f"data/prompts/prompts-{a['prompt_index'] // PROMPT_CHUNK}.js" for a in rec["activations"]}
     assert sorted(srcs[7:]) == sorted(prompt_files)  # exactly the prompt files of this latent's examples
     assert v.page.text_content(".explanation q") == rec["tempolens"]["explanation"]
@@ -312,7 +357,17 @@ def test_autointerp_report_shows_scores_with_intervals_and_context(v, site):
     v.page.wait_for_selector(".report")
     assert v.page.get_attribute("#nav a[aria-current=page]", "href") == "#/report"
     heads = v.page.eval_on_selector_all(".report-scores th", "els => els.map(e => e.textContent)")
-    assert heads == ["SAE", "architecture", "width", "latents (alive)", "saebench", "embedding", "parse failures", "errors", "tokens"]
+    assert heads == [
+        "SAE",
+        "architecture",
+        "width",
+        "latents (alive)",
+        "saebench",
+        "embedding",
+        "parse failures",
+        "errors",
+        "tokens",
+    ]
     first = v.page.eval_on_selector_all(".report-scores tbody tr:first-child td", "els => els.map(e => e.textContent)")
     assert first[:4] == ["temporal", "temporal", "250", "30 (200)"]
     assert first[4] == "0.810 [0.770, 0.850] n=30" and first[6] == "2"
@@ -365,7 +420,9 @@ def test_missing_chunk_and_missing_data_give_clear_messages(browser, site, tmp_p
     vis = visit(browser, broken)
     vis.open("#/latent/70")
     vis.page.wait_for_selector("#view-page .error")
-    assert "chunk-1.js" in vis.page.text_content("#view-page .error") and "tempolens dashboards" in vis.page.text_content("#view-page .error")
+    assert "chunk-1.js" in vis.page.text_content(
+        "#view-page .error"
+    ) and "tempolens dashboards" in vis.page.text_content("#view-page .error")
     vis.page.context.close()
 
     empty = tmp_path / "empty"
@@ -388,7 +445,10 @@ def test_standard_sae_site_has_no_temporal_panels(browser, tmp_path):  # noqa: F
     vis.go("#/")
     vis.page.wait_for_selector("table.latents")
     assert vis.page.locator("th[data-col=pred_share]").count() == 0
-    assert vis.page.eval_on_selector_all("#nav a", "els => els.map(e => e.textContent)") == ["Latents", "Autointerp report"]
+    assert vis.page.eval_on_selector_all("#nav a", "els => els.map(e => e.textContent)") == [
+        "Latents",
+        "Autointerp report",
+    ]
     # A report of another shape is still shown, as text.
     vis.go("#/report")
     vis.page.wait_for_selector(".report figure table")
@@ -421,7 +481,10 @@ def test_index_of_65k_latents_stays_fast(browser, tmp_path, record_property):  #
     t_search = time.perf_counter() - t0
     assert len(vis.rows()) == 100
     record_property("viewer_65k_seconds", {"write": t_write, "open": t_open, "sort": t_sort, "search": t_search})
-    print(f"\n65,536 latents: open {t_open:.2f}s, sort {t_sort:.2f}s, search {t_search:.2f}s (site written in {t_write:.2f}s)")
+    print(
+        f"\n65,536 latents: open {t_open:.2f}s, sort {t_sort:.2f}s, search {t_search:.2f}s (site written in "
+        f"{t_write:.2f}s)"
+    )
     assert t_open < 10 and t_sort < 5 and t_search < 5
     vis.assert_clean()
     vis.page.context.close()

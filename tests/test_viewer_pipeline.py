@@ -57,9 +57,26 @@ def pipeline_site(tiny_lm_dir, tmp_path_factory) -> Path:
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    collect(CollectConfig(out=root / "store", model=str(lm), layer=1, sae="random:temporal?width=48&k=6&seed=0", corpus=str(corpus),
-                          n_prompts=24, prompt_len=16, batch_size=8, shard_prompts=12, device="cpu", progress=False))
-    res = build_dashboards(DashboardConfig(store=root / "store", out=root / "dash", chunk_size=16, batches=False, bulk=False, progress=False))
+    collect(
+        CollectConfig(
+            out=root / "store",
+            model=str(lm),
+            layer=1,
+            sae="random:temporal?width=48&k=6&seed=0",
+            corpus=str(corpus),
+            n_prompts=24,
+            prompt_len=16,
+            batch_size=8,
+            shard_prompts=12,
+            device="cpu",
+            progress=False,
+        )
+    )
+    res = build_dashboards(
+        DashboardConfig(
+            store=root / "store", out=root / "dash", chunk_size=16, batches=False, bulk=False, progress=False
+        )
+    )
     assert res.site is not None
     return res.site
 
@@ -73,8 +90,11 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
         assert all(int(k) // meta["chunk_size"] == c for k in recs)
     records = {str(k): r for k, r in read_site_records(site).items()}  # windows decoded as the viewer does
     # A latent whose first top example contains a hostile token.
-    pick = next(int(k) for k, r in sorted(records.items(), key=lambda kv: int(kv[0]))
-                if r["activations"] and any(t in HOSTILE_TOKENS for t in r["activations"][0]["tokens"]))
+    pick = next(
+        int(k)
+        for k, r in sorted(records.items(), key=lambda kv: int(kv[0]))
+        if r["activations"] and any(t in HOSTILE_TOKENS for t in r["activations"][0]["tokens"])
+    )
     rec = records[str(pick)]
 
     v = visit(browser, site)
@@ -90,7 +110,9 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
 
         v.go(f"#/latent/{pick}")
         v.page.wait_for_selector(f"article.latent h1:text-is('Latent {pick}')")
-        toks = v.page.eval_on_selector_all("ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => [e.textContent, e.title])")
+        toks = v.page.eval_on_selector_all(
+            "ol.examples >> nth=0 >> li >> nth=0 >> .tok", "els => els.map(e => [e.textContent, e.title])"
+        )
         raw = rec["activations"][0]["tokens"]
         assert len(toks) == len(raw)
         for (text, title), r in zip(toks, raw):
@@ -98,8 +120,10 @@ def test_pipeline_site_opens_and_hostile_tokens_stay_text(browser, pipeline_site
             if r.strip():
                 assert text == r
         assert set(HOSTILE_TOKENS) & {t for t, _ in toks}
-        assert v.page.locator("article.latent svg.hist >> nth=0 >> rect").count() == len(rec["freq_hist_data_bar_heights"])
-        assert v.page.locator(".legend").count() == 1            # Temporal SAE: novel vs predicted legend
+        assert v.page.locator("article.latent svg.hist >> nth=0 >> rect").count() == len(
+            rec["freq_hist_data_bar_heights"]
+        )
+        assert v.page.locator(".legend").count() == 1  # Temporal SAE: novel vs predicted legend
         n_active = v.page.locator("ol.examples .tok.on").count()
         assert n_active > 0
         v.screenshot("viewer-pipeline-latent.png", full_page=True)

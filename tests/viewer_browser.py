@@ -53,7 +53,10 @@ class Visit:
         self.page.evaluate("h => { location.hash = h; }", hash_)
 
     def rows(self) -> list[int]:
-        return [int(x) for x in self.page.eval_on_selector_all("table.latents tbody tr", "els => els.map(e => e.dataset.latent)")]
+        return [
+            int(x)
+            for x in self.page.eval_on_selector_all("table.latents tbody tr", "els => els.map(e => e.dataset.latent)")
+        ]
 
     def screenshot(self, name: str, full_page: bool = False) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)

@@ -46,7 +46,8 @@ class CollectConfig(SourceOptions):
     out: Path = Path("runs/embedded/store")
     """Directory of the code store to write (created; rerun the same command to resume)."""
     corpus: str = "embedded"
-    """Text source: `embedded` (Brown + State of the Union), `embedded:brown`, `embedded:sotu`, a .txt/.jsonl/.parquet file or folder, or `hf:NAME[:CONFIG]:SPLIT[:COLUMN]` (streamed with `datasets`)."""
+    """Text source: `embedded` (Brown + State of the Union), `embedded:brown`, `embedded:sotu`, a .txt/.jsonl/.parquet
+    file or folder, or `hf:NAME[:CONFIG]:SPLIT[:COLUMN]` (streamed with `datasets`)."""
     n_prompts: int = 256
     """Number of prompts to encode."""
     prompt_len: int = 128
@@ -127,7 +128,10 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
     prompts = _build_prompts(cfg, model)
     t_prompts = time.perf_counter()
     sae = load_sae_for_model(
-        cfg.sae, model, device, strict_config=cfg.sae_strict,
+        cfg.sae,
+        model,
+        device,
+        strict_config=cfg.sae_strict,
         activation_sample=lambda: prompt_activation_sample(model, prompts.tokens, device, cfg.batch_size),
     )
     t_sae = time.perf_counter()
@@ -149,8 +153,13 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         seconds=elapsed,
         lm_seconds=timer.lm,
         tokens_per_second=n_new / max(elapsed - (t_sae - t0), 1e-9) if todo else 0.0,
-        timings={"load_model": t_model - t0, "prompts": t_prompts - t_model, "load_sae": t_sae - t_prompts,
-                 "lm_forward": timer.lm, "sae_encode": timer.sae},
+        timings={
+            "load_model": t_model - t0,
+            "prompts": t_prompts - t_model,
+            "load_sae": t_sae - t_prompts,
+            "lm_forward": timer.lm,
+            "sae_encode": timer.sae,
+        },
         model=model,
         sae=sae,
     )
@@ -182,22 +191,36 @@ def _build_prompts(cfg: CollectConfig, model: Any) -> Any:
     """The store's prompts: ``cfg.n_prompts`` seeded prompts of ``cfg.prompt_len`` tokens from the corpus."""
     from tempolens.sources.corpora import build_prompts, iter_documents
 
-    return build_prompts(model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts,
-                         prompt_len=cfg.prompt_len, seed=cfg.seed)
+    return build_prompts(
+        model.tokenizer, iter_documents(cfg.corpus), n_prompts=cfg.n_prompts, prompt_len=cfg.prompt_len, seed=cfg.seed
+    )
 
 
-def _store_meta(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
-                dtype: str) -> dict[str, Any]:
+def _store_meta(
+    cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device, dtype: str
+) -> dict[str, Any]:
     """The store's ``meta.json``; a Temporal SAE first gets its predicted-code rule (``_pred_calibration``)."""
     pred_k = min(cfg.pred_k, int(sae.width)) if getattr(sae, "is_temporal", False) else 0
-    pred_meta = (_pred_calibration(cfg, sae, model, prompts.tokens, prompts.special, device, pred_k)
-                 if pred_k > 0 else None)
+    pred_meta = (
+        _pred_calibration(cfg, sae, model, prompts.tokens, prompts.special, device, pred_k) if pred_k > 0 else None
+    )
     meta = {
-        "model": {"spec": _portable_spec(cfg.model), "model_id": model.model_id, "hook_name": model.hook_name,
-                  "layer": cfg.layer, "hidden_size": model.hidden_size, "dtype": dtype},
+        "model": {
+            "spec": _portable_spec(cfg.model),
+            "model_id": model.model_id,
+            "hook_name": model.hook_name,
+            "layer": cfg.layer,
+            "hidden_size": model.hidden_size,
+            "dtype": dtype,
+        },
         "sae": {"spec": _portable_spec(cfg.sae), **sae.describe()},
-        "prompts": {"n_prompts": cfg.n_prompts, "prompt_len": cfg.prompt_len, "seed": cfg.seed,
-                    "policy": prompts.policy, "corpus": cfg.corpus},
+        "prompts": {
+            "n_prompts": cfg.n_prompts,
+            "prompt_len": cfg.prompt_len,
+            "seed": cfg.seed,
+            "policy": prompts.policy,
+            "corpus": cfg.corpus,
+        },
         "corpus": {"spec": _portable_spec(cfg.corpus)},
         "n_shards": (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts,
         "shard_size": cfg.shard_prompts,
@@ -232,15 +255,28 @@ def _progress_bar(cfg: CollectConfig, todo: list[int], done: list[int], n_shards
     from tqdm.auto import tqdm
 
     desc = f"collect [rank {dist.rank}/{dist.world}]" if dist.active else "collect"
-    bar = tqdm(total=len(todo) * cfg.shard_prompts * cfg.prompt_len, unit="tok", unit_scale=True, desc=desc,
-               disable=not cfg.progress or not (dist.is_main or dist.active))
+    bar = tqdm(
+        total=len(todo) * cfg.shard_prompts * cfg.prompt_len,
+        unit="tok",
+        unit_scale=True,
+        desc=desc,
+        disable=not cfg.progress or not (dist.is_main or dist.active),
+    )
     if done:
         bar.write(f"resuming: {len(done)}/{n_shards} shards already in {cfg.out}")
     return bar
 
 
-def _encode_shards(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device,
-                   writer: StoreWriter, todo: list[int], bar: Any) -> _Timer:
+def _encode_shards(
+    cfg: CollectConfig,
+    model: Any,
+    sae: Any,
+    prompts: Any,
+    device: torch.device,
+    writer: StoreWriter,
+    todo: list[int],
+    bar: Any,
+) -> _Timer:
     """Encode the shards ``todo`` and hand each to a background writer (disk I/O overlaps the next
     forward); returns the time spent in the LM and the SAE."""
     timer = _Timer()
@@ -256,8 +292,9 @@ def _encode_shards(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, devic
     return timer
 
 
-def _encode_shard(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device, si: int,
-                  timer: _Timer, bar: Any) -> dict[str, Any]:
+def _encode_shard(
+    cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device: torch.device, si: int, timer: _Timer, bar: Any
+) -> dict[str, Any]:
     """Shard ``si``'s prompts through the LM and the SAE, batch by batch, merged into one shard payload."""
     tokens, special = prompts.tokens, prompts.special
     lo, hi = si * cfg.shard_prompts, min((si + 1) * cfg.shard_prompts, cfg.n_prompts)
@@ -292,8 +329,11 @@ def _encode_shard(cfg: CollectConfig, model: Any, sae: Any, prompts: Any, device
         bar.update(ids.numel())
     pred_csr = None
     if pred_parts:
-        pred_csr = (_concat_ptrs([p[0] for p in pred_parts]), torch.cat([p[1] for p in pred_parts]),
-                    torch.cat([p[2] for p in pred_parts]))
+        pred_csr = (
+            _concat_ptrs([p[0] for p in pred_parts]),
+            torch.cat([p[1] for p in pred_parts]),
+            torch.cat([p[2] for p in pred_parts]),
+        )
     return dict(
         tokens=tokens[lo:hi],
         prompt_ids=torch.arange(lo, hi),
@@ -319,12 +359,15 @@ def _finish(cfg: CollectConfig, result: CollectResult, timer: _Timer, dist: Any)
         )
 
 
-PRED_RULE = ("per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
-             "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred")
+PRED_RULE = (
+    "per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
+    "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred"
+)
 
 
-def _pred_calibration(cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Tensor, special: torch.Tensor,
-                      device: torch.device, k: int) -> dict[str, Any]:
+def _pred_calibration(
+    cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Tensor, special: torch.Tensor, device: torch.device, k: int
+) -> dict[str, Any]:
     """Set the SAE's predicted-code rule (``pred_slots``, ``pred_center``, ``pred_scale``) and return its
     ``meta.json`` entry. The calibration comes from the first batch of prompts, or from the store's
     ``meta.json`` when resuming (so every shard of a store uses the same rule)."""
@@ -341,8 +384,13 @@ def _pred_calibration(cfg: CollectConfig, sae: Any, model: Any, tokens: torch.Te
             acts = model.hidden_at(ids).float()
             center, scale = sae.pred_calibration(acts, (special[: cfg.batch_size] == 0).to(acts.device))
     sae.pred_slots, sae.pred_center, sae.pred_scale = k, center.to(device), scale.to(device)
-    return {"k": k, "rule": PRED_RULE, "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
-            "center": [float(x) for x in center.tolist()], "scale": [float(x) for x in scale.tolist()]}
+    return {
+        "k": k,
+        "rule": PRED_RULE,
+        "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
+        "center": [float(x) for x in center.tolist()],
+        "scale": [float(x) for x in scale.tolist()],
+    }
 
 
 def _concat_ptrs(ptrs: list[torch.Tensor]) -> torch.Tensor:
@@ -361,7 +409,11 @@ def _portable_spec(spec: str) -> str:
 def _write_log(cfg: CollectConfig, result: CollectResult) -> None:
     from tempolens.fsutil import atomic_write_json
 
-    log = {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(result) if f.name not in ("model", "sae") for v in [getattr(result, f.name)]}
+    log = {
+        f.name: (str(v) if isinstance(v, Path) else v)
+        for f in fields(result)
+        if f.name not in ("model", "sae")
+        for v in [getattr(result, f.name)]
+    }
     log["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     atomic_write_json(Path(cfg.out) / "collect_log.json", log)
-

@@ -66,7 +66,9 @@ def nested_skip(cls: type) -> dict[str, set[str]]:
     return {k: set(v) for k, v in getattr(cls, "NESTED_DERIVED", {}).items()}
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, group_title: str | None = None, skip: set[str] | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, group_title: str | None = None, skip: set[str] | None = None
+) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` to ``parser``.
 
     A field whose type is itself a dataclass contributes its own options (in a group named
@@ -88,8 +90,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type, group_title: str | N
             continue
         seen.add(f.name)
         tp, optional = _unwrap_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
         )
         help_text = docs.get(f.name, "")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
@@ -127,7 +133,11 @@ def options_from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) ->
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     derived = nested_skip(cls)
-    kwargs = {f.name: getattr(ns, f.name) for f in fields if hasattr(ns, f.name) and not dataclasses.is_dataclass(hints[f.name])}
+    kwargs = {
+        f.name: getattr(ns, f.name)
+        for f in fields
+        if hasattr(ns, f.name) and not dataclasses.is_dataclass(hints[f.name])
+    }
     for f in fields:
         if dataclasses.is_dataclass(hints[f.name]) and f.name not in overrides:
             sub = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in derived.get(f.name, set())})

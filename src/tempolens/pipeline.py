@@ -31,7 +31,8 @@ class RunConfig:
     NESTED_DERIVED = {"collect": ["out"], "dashboards": ["store", "out"]}
 
     out: Path = Path("runs/embedded")
-    """Run folder: `store/` (sparse codes), `dashboards/site/index.html` (open this), `dashboards/neuronpedia/` (exports)."""
+    """Run folder: `store/` (sparse codes), `dashboards/site/index.html` (open this), `dashboards/neuronpedia/`
+    (exports)."""
     kernels: bool = True
     """Also draw the similarity kernels of the built-in demo texts into the site (Temporal SAEs only)."""
     pred_dashboards: bool = True
@@ -79,7 +80,10 @@ def run(cfg: RunConfig) -> RunResult:
     site_index = d.site / "index.html" if d.site else None
     seconds = {"collect": t1 - t0, "dashboards": t2 - t1, "kernels": t3 - t2, "total": t3 - t0}
     print()
-    print(f"tempolens run finished in {seconds['total']:.0f} s (collect {seconds['collect']:.0f} s, dashboards {seconds['dashboards']:.0f} s, kernels {seconds['kernels']:.0f} s)")
+    print(
+        f"tempolens run finished in {seconds['total']:.0f} s (collect {seconds['collect']:.0f} s, dashboards "
+        f"{seconds['dashboards']:.0f} s, kernels {seconds['kernels']:.0f} s)"
+    )
     if site_index:
         print(f"  dashboards: open file://{site_index.resolve()}")
     if d.batches:
@@ -103,8 +107,14 @@ def _kernels(cfg: RunConfig, site: Path, c: CollectResult) -> Path | None:
     contrast = "embedded:topk" if cfg.collect.sae.startswith("embedded") else "none"
     try:
         kcfg = KernelConfig(
-            model=cfg.collect.model, layer=cfg.collect.layer, sae=cfg.collect.sae, contrast_sae=contrast,
-            device=cfg.collect.device, dtype=cfg.collect.dtype, out=site, sae_strict=cfg.collect.sae_strict,
+            model=cfg.collect.model,
+            layer=cfg.collect.layer,
+            sae=cfg.collect.sae,
+            contrast_sae=contrast,
+            device=cfg.collect.device,
+            dtype=cfg.collect.dtype,
+            out=site,
+            sae_strict=cfg.collect.sae_strict,
         )
         contrast_sae = None
         if contrast != "none":

@@ -145,12 +145,19 @@ class ServeConfig(TemporalSourceOptions):
         super().__post_init__()
         if self.site is not None:
             self.site = Path(self.site)
-            check(self.site.is_dir(), f"--site {self.site} is not a directory; give the folder that contains index.html")
+            check(
+                self.site.is_dir(), f"--site {self.site} is not a directory; give the folder that contains index.html"
+            )
         check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"--port must be in 0..65535; got {self.port!r}")
-        check(isinstance(self.max_chars, int) and 1 <= self.max_chars <= 200_000, "--max-chars must be between 1 and 200000")
+        check(
+            isinstance(self.max_chars, int) and 1 <= self.max_chars <= 200_000,
+            "--max-chars must be between 1 and 200000",
+        )
         number = isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
-        check(number and 0.1 <= self.timeout <= 3600,
-              f"--timeout must be between 0.1 and 3600 seconds; got {self.timeout!r}")
+        check(
+            number and 0.1 <= self.timeout <= 3600,
+            f"--timeout must be between 0.1 and 3600 seconds; got {self.timeout!r}",
+        )
         check(self.live or self.site is not None, "nothing to serve: give --site, or keep --live")
         check(
             self.allow_remote or is_loopback(self.host),
@@ -201,9 +208,14 @@ def safe_path(root: Path, url_path: str) -> Path | None:
 def _raw_answer(status: HTTPStatus, message: str) -> bytes:
     """A complete JSON error response, for answers sent outside a request handler."""
     body = json.dumps({"error": message}).encode()
-    head = [f"HTTP/1.0 {status.value} {status.phrase}", "Content-Type: application/json; charset=utf-8",
-            "Connection: close", f"Content-Security-Policy: {DATA_CSP}",
-            *(f"{k}: {v}" for k, v in FRAME_HEADERS.items()), f"Content-Length: {len(body)}"]
+    head = [
+        f"HTTP/1.0 {status.value} {status.phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        "Connection: close",
+        f"Content-Security-Policy: {DATA_CSP}",
+        *(f"{k}: {v}" for k, v in FRAME_HEADERS.items()),
+        f"Content-Length: {len(body)}",
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -221,9 +233,16 @@ class TempolensServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int], site: Path | None, analyzer: Analyzer | None,
-                 max_chars: int = 4000, check_host: bool = True, timeout: float = 10.0,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        site: Path | None,
+        analyzer: Analyzer | None,
+        max_chars: int = 4000,
+        check_host: bool = True,
+        timeout: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.site = Path(site).resolve() if site is not None else None
         self.analyzer = analyzer
         self.max_chars = max_chars
@@ -374,7 +393,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, obj: Any) -> None:
         text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
-        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # inert even if sniffed as HTML
+        text = (
+            text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        )  # inert even if sniffed as HTML
         self._send(status, text.encode(), "application/json; charset=utf-8")
 
     def _error(self, status: int, message: str) -> None:
@@ -412,7 +433,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
             return
         if path.startswith(LIVE_ASSETS):
-            name = path[len(LIVE_ASSETS):]
+            name = path[len(LIVE_ASSETS) :]
             if name not in ASSET_FILES:
                 self._error(HTTPStatus.NOT_FOUND, "not found")
                 return
@@ -420,7 +441,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, (ASSETS_DIR / name).read_bytes(), ctype + "; charset=utf-8")
             return
         if path == "/api/health":
-            self._json(HTTPStatus.OK, {"ok": True, "live": self.server.analyzer is not None, "site": self.server.site is not None})
+            self._json(
+                HTTPStatus.OK,
+                {"ok": True, "live": self.server.analyzer is not None, "site": self.server.site is not None},
+            )
             return
         if self.server.site is None:
             if path == "/":
@@ -475,11 +499,13 @@ class Handler(BaseHTTPRequestHandler):
         if not self._path_ok():
             return False
         if urlsplit(self.path).path != "/api/analyze":
-            self._error(HTTPStatus.NOT_FOUND, "unknown endpoint; POST /api/analyze with {\"text\": ...}")
+            self._error(HTTPStatus.NOT_FOUND, 'unknown endpoint; POST /api/analyze with {"text": ...}')
             return False
         if not self._origin_ok():
-            self._error(HTTPStatus.FORBIDDEN,
-                        "cross-origin requests are refused (Origin must be absent or this server's origin)")
+            self._error(
+                HTTPStatus.FORBIDDEN,
+                "cross-origin requests are refused (Origin must be absent or this server's origin)",
+            )
             return False
         if self.server.analyzer is None:
             self._error(HTTPStatus.NOT_FOUND, "live analysis is off (server started with --no-live)")
@@ -490,16 +516,20 @@ class Handler(BaseHTTPRequestHandler):
         """The body when it is declared JSON, has a Content-Length and was within the size limit; otherwise
         answers the error (closing the connection after a too large body) and returns None."""
         if not is_json_content_type(self.headers.get("Content-Type")):
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                        "send JSON: Content-Type: application/json (optionally ; charset=utf-8) with {\"text\": ...}")
+            self._error(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                'send JSON: Content-Type: application/json (optionally ; charset=utf-8) with {"text": ...}',
+            )
             return None
         if length == -1:
             self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
             return None
         if body is None:
             self.close_connection = True
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        f"the request body is larger than {MAX_BODY_BYTES} bytes; send a shorter text")
+            self._error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the request body is larger than {MAX_BODY_BYTES} bytes; send a shorter text",
+            )
             return None
         return body
 
@@ -509,12 +539,14 @@ class Handler(BaseHTTPRequestHandler):
         try:
             raw = body.decode("utf-8")
             if json_depth(raw) > MAX_JSON_DEPTH:
-                self._error(HTTPStatus.BAD_REQUEST,
-                            f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{\"text\": \"...\"}}")
+                self._error(
+                    HTTPStatus.BAD_REQUEST,
+                    f'the JSON body is nested deeper than {MAX_JSON_DEPTH} levels; send {{"text": "..."}}',
+                )
                 return None
             obj = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            self._error(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON; send {\"text\": \"...\"}")
+            self._error(HTTPStatus.BAD_REQUEST, 'the body is not valid UTF-8 JSON; send {"text": "..."}')
             return None
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str):
@@ -524,8 +556,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, "the text is empty; type some words")
             return None
         if len(text) > self.server.max_chars:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        f"the text has {len(text)} characters; the limit is {self.server.max_chars}")
+            self._error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the text has {len(text)} characters; the limit is {self.server.max_chars}",
+            )
             return None
         bad_text = unencodable_text(text)
         if bad_text:
@@ -584,7 +618,9 @@ def make_analyzer(model: Any, sae: Any, contrast: Any, max_tokens: int, top_k: i
 
     def analyze(text: str) -> dict:
         clean, bounds = parse_marked(text) if "||" in text else (text, [])
-        a = analyze_text(model, sae, clean, contrast=contrast, name="live", boundaries=bounds, max_tokens=max_tokens, top_k=top_k)
+        a = analyze_text(
+            model, sae, clean, contrast=contrast, name="live", boundaries=bounds, max_tokens=max_tokens, top_k=top_k
+        )
         from tempolens.temporal.command import kernel_scores
 
         return analysis_payload(a, scores=kernel_scores(a, 8), title="live text")
@@ -595,10 +631,18 @@ def make_analyzer(model: Any, sae: Any, contrast: Any, max_tokens: int, top_k: i
 def make_server(cfg: ServeConfig, analyzer: Analyzer | None = None) -> TempolensServer:
     """Bind the server (no model loading here: pass ``analyzer``, or None for a static-only server)."""
     try:
-        return TempolensServer((cfg.host, cfg.port), cfg.site, analyzer if cfg.live else None,
-                               max_chars=cfg.max_chars, check_host=is_loopback(cfg.host), timeout=cfg.timeout)
+        return TempolensServer(
+            (cfg.host, cfg.port),
+            cfg.site,
+            analyzer if cfg.live else None,
+            max_chars=cfg.max_chars,
+            check_host=is_loopback(cfg.host),
+            timeout=cfg.timeout,
+        )
     except OSError as e:
-        raise TempolensError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}; pick another --port") from None
+        raise TempolensError(
+            f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}; pick another --port"
+        ) from None
 
 
 def start_in_thread(server: TempolensServer) -> threading.Thread:

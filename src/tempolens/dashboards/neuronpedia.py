@@ -172,12 +172,25 @@ def bulk_feature(ids: ExportIds, record: dict[str, Any]) -> dict[str, Any]:
         "topkCosSimValues": [],
     }
     for k in (
-        "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
-        "correlated_neurons_indices", "correlated_neurons_pearson", "correlated_neurons_l1",
-        "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
-        "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
-        "freq_hist_data_bar_heights", "freq_hist_data_bar_values",
-        "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "decoder_weights_dist",
+        "neuron_alignment_indices",
+        "neuron_alignment_values",
+        "neuron_alignment_l1",
+        "correlated_neurons_indices",
+        "correlated_neurons_pearson",
+        "correlated_neurons_l1",
+        "correlated_features_indices",
+        "correlated_features_pearson",
+        "correlated_features_l1",
+        "neg_str",
+        "neg_values",
+        "pos_str",
+        "pos_values",
+        "frac_nonzero",
+        "freq_hist_data_bar_heights",
+        "freq_hist_data_bar_values",
+        "logits_hist_data_bar_heights",
+        "logits_hist_data_bar_values",
+        "decoder_weights_dist",
     ):
         out[k] = f[k]
     return out
@@ -217,30 +230,85 @@ def write_bulk_headers(root: Path, ids: ExportIds) -> list[Path]:
     title = ids.release_title or f"tempolens dashboards: {ids.model_id} {ids.source_id}"
     rows = {
         "release.jsonl": {
-            "name": release_id, "description": title, "descriptionShort": title, "creatorName": ids.creator_name,
-            "creatorNameShort": ids.creator_name, "creatorId": ids.creator_id, "creatorEmail": None, "visibility": "PUBLIC",
-            "isNewUi": False, "featured": False, "urls": [], "defaultSourceSetName": ids.sae_set, "defaultSourceId": ids.source_id,
-            "defaultUmapSourceIds": [], "createdAt": ids.created_at,
+            "name": release_id,
+            "description": title,
+            "descriptionShort": title,
+            "creatorName": ids.creator_name,
+            "creatorNameShort": ids.creator_name,
+            "creatorId": ids.creator_id,
+            "creatorEmail": None,
+            "visibility": "PUBLIC",
+            "isNewUi": False,
+            "featured": False,
+            "urls": [],
+            "defaultSourceSetName": ids.sae_set,
+            "defaultSourceId": ids.source_id,
+            "defaultUmapSourceIds": [],
+            "createdAt": ids.created_at,
         },
         "model.jsonl": {
-            "id": ids.model_id, "instruct": ids.model_id.endswith("-it"), "creatorId": ids.creator_id,
-            "displayNameShort": ids.model_id, "displayName": ids.model_id, "tlensId": None, "dimension": ids.d_model or None,
-            "visibility": "PUBLIC", "defaultSourceSetName": None, "defaultSourceId": None, "inferenceEnabled": False,
-            "layers": ids.n_layers, "neuronsPerLayer": ids.d_model, "createdAt": ids.created_at, "owner": "", "updatedAt": ids.created_at, "website": None,
+            "id": ids.model_id,
+            "instruct": ids.model_id.endswith("-it"),
+            "creatorId": ids.creator_id,
+            "displayNameShort": ids.model_id,
+            "displayName": ids.model_id,
+            "tlensId": None,
+            "dimension": ids.d_model or None,
+            "visibility": "PUBLIC",
+            "defaultSourceSetName": None,
+            "defaultSourceId": None,
+            "inferenceEnabled": False,
+            "layers": ids.n_layers,
+            "neuronsPerLayer": ids.d_model,
+            "createdAt": ids.created_at,
+            "owner": "",
+            "updatedAt": ids.created_at,
+            "website": None,
         },
         "sourceset.jsonl": {
-            "modelId": ids.model_id, "name": ids.sae_set, "creatorId": ids.creator_id, "hasDashboards": True, "visibility": "PUBLIC",
-            "description": ids.description or f"{ids.sae_set} ({ids.width} latents)", "type": "", "creatorName": ids.creator_name,
-            "urls": [], "creatorEmail": None, "releaseName": release_id, "defaultOfModelId": None, "defaultRange": 1,
-            "defaultShowBreaks": True, "showDfa": False, "showCorrelated": True, "showHeadAttribution": False, "showUmap": False,
+            "modelId": ids.model_id,
+            "name": ids.sae_set,
+            "creatorId": ids.creator_id,
+            "hasDashboards": True,
+            "visibility": "PUBLIC",
+            "description": ids.description or f"{ids.sae_set} ({ids.width} latents)",
+            "type": "",
+            "creatorName": ids.creator_name,
+            "urls": [],
+            "creatorEmail": None,
+            "releaseName": release_id,
+            "defaultOfModelId": None,
+            "defaultRange": 1,
+            "defaultShowBreaks": True,
+            "showDfa": False,
+            "showCorrelated": True,
+            "showHeadAttribution": False,
+            "showUmap": False,
             "createdAt": ids.created_at,
         },
         "source.jsonl": {
-            "id": ids.source_id, "modelId": ids.model_id, "setName": ids.sae_set, "creatorId": ids.creator_id, "hasDashboards": True,
-            "inferenceEnabled": False, "inferenceHosts": [], "saelensConfig": None, "saelensRelease": None, "saelensSaeId": None,
-            "hfRepoId": None, "hfFolderId": None, "visibility": "PUBLIC", "defaultOfModelId": None, "hasUmap": False,
-            "hasUmapLogSparsity": False, "hasUmapClusters": False, "num_prompts": ids.n_prompts, "num_tokens_in_prompt": ids.prompt_len,
-            "dataset": ids.dataset, "notes": ids.description or None, "createdAt": ids.created_at,
+            "id": ids.source_id,
+            "modelId": ids.model_id,
+            "setName": ids.sae_set,
+            "creatorId": ids.creator_id,
+            "hasDashboards": True,
+            "inferenceEnabled": False,
+            "inferenceHosts": [],
+            "saelensConfig": None,
+            "saelensRelease": None,
+            "saelensSaeId": None,
+            "hfRepoId": None,
+            "hfFolderId": None,
+            "visibility": "PUBLIC",
+            "defaultOfModelId": None,
+            "hasUmap": False,
+            "hasUmapLogSparsity": False,
+            "hasUmapClusters": False,
+            "num_prompts": ids.n_prompts,
+            "num_tokens_in_prompt": ids.prompt_len,
+            "dataset": ids.dataset,
+            "notes": ids.description or None,
+            "createdAt": ids.created_at,
         },
     }
     paths = []
@@ -259,8 +327,12 @@ def ids_dict(ids: ExportIds) -> dict[str, Any]:
 
 EXPLANATION_TYPES = {"saebench": "tempolens-saebench", "delphi": "tempolens-delphi"}
 """Neuronpedia ``typeName`` per explainer protocol of ``tempolens autointerp``."""
-SCORER_PROTOCOL = {"saebench": "saebench", "embedding": "saebench", "delphi-detection": "delphi",
-                   "delphi-fuzzing": "delphi"}
+SCORER_PROTOCOL = {
+    "saebench": "saebench",
+    "embedding": "saebench",
+    "delphi-detection": "delphi",
+    "delphi-fuzzing": "delphi",
+}
 """Which protocol's explanation a scorer judged (with a shared explanation, the SAEBench one)."""
 
 
@@ -325,8 +397,11 @@ def load_autointerp_export(path: Path) -> AutointerpExport:
         if not expl:
             continue
         scores_in = val.get("scores") if isinstance(val.get("scores"), dict) else {}
-        scores = {k: float(v) for k, v in scores_in.items() if isinstance(k, str) and isinstance(v, (int, float))
-                  and not isinstance(v, bool) and math.isfinite(v)}
+        scores = {
+            k: float(v)
+            for k, v in scores_in.items()
+            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         modes_in = val.get("modes") if isinstance(val.get("modes"), dict) else {}
         modes = {k: v for k, v in modes_in.items() if isinstance(k, str) and isinstance(v, str)}
         out[int(key)] = LatentExplanations(explanations=expl, scores=scores, modes=modes)
@@ -351,29 +426,37 @@ def bulk_explanations(ids: ExportIds, index: int, entry: LatentExplanations, mod
     for protocol, description in sorted(entry.explanations.items()):
         type_name = EXPLANATION_TYPES[protocol]
         judged = [s for s in entry.scores if s in SCORER_PROTOCOL and _judged(s, entry) == protocol]
-        notes = "; ".join(f"{s} {entry.scores[s]:.4g}" + (f" ({entry.modes[s]})" if s in entry.modes else "")
-                          for s in sorted(judged))
-        rows.append({
-            "id": explanation_id(ids, index, type_name),
-            "modelId": ids.model_id,
-            "layer": ids.source_id,
-            "index": str(index),
-            "description": description,
-            "authorId": ids.creator_id,
-            "typeName": type_name,
-            "explanationModelName": model_name,
-            "notes": f"tempolens autointerp scores: {notes}" if notes else None,
-            "createdAt": ids.created_at,
-            "updatedAt": ids.created_at,
-        })
+        notes = "; ".join(
+            f"{s} {entry.scores[s]:.4g}" + (f" ({entry.modes[s]})" if s in entry.modes else "") for s in sorted(judged)
+        )
+        rows.append(
+            {
+                "id": explanation_id(ids, index, type_name),
+                "modelId": ids.model_id,
+                "layer": ids.source_id,
+                "index": str(index),
+                "description": description,
+                "authorId": ids.creator_id,
+                "typeName": type_name,
+                "explanationModelName": model_name,
+                "notes": f"tempolens autointerp scores: {notes}" if notes else None,
+                "createdAt": ids.created_at,
+                "updatedAt": ids.created_at,
+            }
+        )
     return rows
 
 
-def write_bulk_explanations(root: Path, k: int, indices: Sequence[int], export: AutointerpExport,
-                            ids: ExportIds) -> Path | None:
+def write_bulk_explanations(
+    root: Path, k: int, indices: Sequence[int], export: AutointerpExport, ids: ExportIds
+) -> Path | None:
     """Write ``explanations/batch-<k>.jsonl.gz`` for the latents ``indices`` (None when none has one)."""
-    rows = [jsonl_line(r) for i in indices if i in export.latents
-            for r in bulk_explanations(ids, i, export.latents[i], export.model_name)]
+    rows = [
+        jsonl_line(r)
+        for i in indices
+        if i in export.latents
+        for r in bulk_explanations(ids, i, export.latents[i], export.model_name)
+    ]
     if not rows:
         return None
     d = bulk_dir(root, ids) / "explanations"

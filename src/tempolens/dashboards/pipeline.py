@@ -76,7 +76,8 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     sae: str | None = None
     """SAE for the decoder directions (default: the store's `meta.json` SAE spec)."""
     fold_norm: bool = True
-    """Fold the final norm's per-dimension multiplier (e.g. Gemma's 1+w) into the decoder directions before the unembedding when computing logit effects; the dashboard meta says which was used."""
+    """Fold the final norm's per-dimension multiplier (e.g. Gemma's 1+w) into the decoder directions before the
+    unembedding when computing logit effects; the dashboard meta says which was used."""
     latents: tuple[int, ...] = ()
     """Latent ids to export (default: all). Statistics and correlations always cover all latents."""
     n_top: int = 20
@@ -92,19 +93,23 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     n_logits: int = 10
     """Top and bottom logit effects listed per latent."""
     window: int = 128
-    """Tokens per example window: the whole prompt when the prompt has at most this many tokens (Neuronpedia: 128), otherwise this many tokens around the example token. At most 1024 (Neuronpedia's limit)."""
+    """Tokens per example window: the whole prompt when the prompt has at most this many tokens (Neuronpedia: 128),
+    otherwise this many tokens around the example token. At most 1024 (Neuronpedia's limit)."""
     window_after: int = 32
-    """When a prompt is longer than --window: tokens shown after the example token (the rest of the window comes before it)."""
+    """When a prompt is longer than --window: tokens shown after the example token (the rest of the window comes before
+    it)."""
     features_per_batch: int = 128
     """Features per Neuronpedia batch file (Neuronpedia's upload API takes at most 128 per call)."""
     chunk_size: int = 64
     """Latents per site data chunk (`site/data/features/chunk-<latent // chunk_size>.js`)."""
     latents_per_pass: int = 512
-    """Latents whose example windows and records are built per read of the store (bounds memory: about 0.5 GB per 1,000 latents at 45 examples × 128 tokens)."""
+    """Latents whose example windows and records are built per read of the store (bounds memory: about 0.5 GB per 1,000
+    latents at 45 examples × 128 tokens)."""
     model_id: str | None = None
     """Neuronpedia model id (default: the store's model id, e.g. `gemma-3-270m`)."""
     sae_set: str | None = None
-    """Neuronpedia source-set name without the layer (default: `<architecture>-res`, e.g. `temporal-res`); the source id is `<layer>-<sae_set>`."""
+    """Neuronpedia source-set name without the layer (default: `<architecture>-res`, e.g. `temporal-res`); the source
+    id is `<layer>-<sae_set>`."""
     source_id: str | None = None
     """Neuronpedia source id (the `layer` of bulk-import rows; default: `<layer>-<sae_set>`, e.g. `9-temporal-res`)."""
     sae_id_suffix: str | None = None
@@ -120,7 +125,10 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     include_vector: bool = False
     """Write each latent's decoder direction as `vector` (Neuronpedia steering); large for wide SAEs."""
     autointerp: Path | None = None
-    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site — e.g. `<autointerp out>/latents-temporal.json` from `tempolens autointerp`; its `report.json` beside it becomes the site's report page; with --bulk the explanations are also exported as Neuronpedia `explanations/batch-<k>.jsonl.gz`."""
+    """Optional JSON file {"<latent>": {"explanation": str, "scores": {scorer: number}}} shown on the site — e.g.
+    `<autointerp out>/latents-temporal.json` from `tempolens autointerp`; its `report.json` beside it becomes the
+    site's report page; with --bulk the explanations are also exported as Neuronpedia `explanations/batch-<k>.jsonl.gz`.
+    """
     title: str | None = None
     """Site title (default: model id, source id)."""
     batches: bool = True
@@ -132,7 +140,8 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     seed: int = 0
     """Seed of the interval samples."""
     corr_memory_mb: float = 1024
-    """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra store read each."""
+    """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra
+    store read each."""
     codes: Literal["novel", "pred"] = "novel"
     """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
     (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`
@@ -157,19 +166,42 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
             self.autointerp = Path(self.autointerp)
         self.latents = tuple(int(x) for x in self.latents)
         check(all(x >= 0 for x in self.latents), "--latents must be latent ids >= 0")
-        for name in ("n_top", "n_intervals", "n_per_interval", "n_bins", "n_logits", "features_per_batch", "chunk_size", "latents_per_pass"):
+        for name in (
+            "n_top",
+            "n_intervals",
+            "n_per_interval",
+            "n_bins",
+            "n_logits",
+            "features_per_batch",
+            "chunk_size",
+            "latents_per_pass",
+        ):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         check(self.n_correlated >= 0, f"--n-correlated must be >= 0; got {self.n_correlated}")
-        check(1 <= self.window <= 1024, f"--window must be 1..1024 tokens (Neuronpedia's limit per activation); got {self.window}")
-        check(0 <= self.window_after < self.window, f"--window-after must be in 0..{self.window - 1}; got {self.window_after}")
-        check(self.features_per_batch <= 128 or not self.bulk, "--features-per-batch must be <= 128 (Neuronpedia's upload limit)")
+        check(
+            1 <= self.window <= 1024,
+            f"--window must be 1..1024 tokens (Neuronpedia's limit per activation); got {self.window}",
+        )
+        check(
+            0 <= self.window_after < self.window,
+            f"--window-after must be in 0..{self.window - 1}; got {self.window_after}",
+        )
+        check(
+            self.features_per_batch <= 128 or not self.bulk,
+            "--features-per-batch must be <= 128 (Neuronpedia's upload limit)",
+        )
         check(self.corr_memory_mb > 0, "--corr-memory-mb must be > 0")
         check(self.codes in ("novel", "pred"), f"--codes must be novel or pred; got {self.codes!r}")
         check(self.act_units in ACT_UNITS, f"--act-units must be one of {', '.join(ACT_UNITS)}; got {self.act_units!r}")
         for name in ("model_id", "sae_set", "source_id", "sae_id_suffix", "creator_id", "release_id"):
             v = getattr(self, name)
-            check(v is None or re.fullmatch(r"[A-Za-z0-9._-]+", v) is not None, f"--{name.replace('_', '-')} may use letters, digits, '.', '_' and '-' only; got {v!r}")
-        check(self.batches or self.bulk or self.site, "nothing to write: enable at least one of --batches, --bulk, --site")
+            check(
+                v is None or re.fullmatch(r"[A-Za-z0-9._-]+", v) is not None,
+                f"--{name.replace('_', '-')} may use letters, digits, '.', '_' and '-' only; got {v!r}",
+            )
+        check(
+            self.batches or self.bulk or self.site, "nothing to write: enable at least one of --batches, --bulk, --site"
+        )
 
 
 @dataclass
@@ -225,8 +257,9 @@ def build_dashboards(
     timings["statistics"] = time.perf_counter() - t0
     if not run.dist.is_main:  # under torchrun: statistics are merged on every rank; rank 0 writes the exports
         run.dist.barrier()
-        return DashboardResult(out=run.out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0,
-                               timings=timings)
+        return DashboardResult(
+            out=run.out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0, timings=timings
+        )
     t1 = time.perf_counter()
     subject = _load_subject(run, model, W_dec)
     timings["load"] = time.perf_counter() - t1
@@ -282,7 +315,10 @@ def _open_run(cfg: DashboardConfig) -> _Run:
 
     store = CodeStore(cfg.store)
     if not store.complete:
-        raise StoreError(f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens collect` with the same arguments to finish it")
+        raise StoreError(
+            f"{store.root} is incomplete ({len(store.done_shards())}/{store.n_shards} shards); rerun `tempolens "
+            "collect` with the same arguments to finish it"
+        )
     W = store.width
     out = ensure_out_dir(cfg.out)
     if cfg.codes == "pred":
@@ -296,8 +332,9 @@ def _open_run(cfg: DashboardConfig) -> _Run:
     bad = [x for x in latents if x >= W]
     if bad:
         raise ConfigError(f"--latents {bad[:5]} are out of range: the SAE has {W} latents (0..{W - 1})")
-    return _Run(cfg=cfg, store=store, out=out, latents=sorted(set(latents)), autointerp=autointerp,
-                dist=distributed.current())
+    return _Run(
+        cfg=cfg, store=store, out=out, latents=sorted(set(latents)), autointerp=autointerp, dist=distributed.current()
+    )
 
 
 def _statistics(run: _Run) -> FeatureStats:
@@ -307,18 +344,35 @@ def _statistics(run: _Run) -> FeatureStats:
 
     cfg, store, dist = run.cfg, run.store, run.dist
     stats_path = run.out / f"stats{run.suffix}.safetensors"
-    stats_key = _fingerprint((store.root / "meta.json").read_text(), [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
-                             cfg.n_top, cfg.n_bins, cfg.n_intervals, cfg.n_per_interval, cfg.n_correlated, cfg.seed,
-                             cfg.codes)
+    stats_key = _fingerprint(
+        (store.root / "meta.json").read_text(),
+        [json.loads(p.read_text()).get("sha256") for p in sorted(store.shard_dir.glob("shard-*.json"))],
+        cfg.n_top,
+        cfg.n_bins,
+        cfg.n_intervals,
+        cfg.n_per_interval,
+        cfg.n_correlated,
+        cfg.seed,
+        cfg.codes,
+    )
     cached = _cached(stats_path, stats_key, cfg.recompute)
     if dist.active:  # every rank must agree on whether the statistics are recomputed together
         cached = all(dist.gather_all(cached))
     if cached:
         return FeatureStats.load(stats_path)
-    stats = compute_feature_stats(store, n_top=cfg.n_top, n_bins=cfg.n_bins, n_intervals=cfg.n_intervals,
-                                  n_per_interval=cfg.n_per_interval,
-                                  n_correlated=cfg.n_correlated, seed=cfg.seed, corr_memory_mb=cfg.corr_memory_mb,
-                                  progress=cfg.progress and dist.is_main, dist=dist, codes=cfg.codes)
+    stats = compute_feature_stats(
+        store,
+        n_top=cfg.n_top,
+        n_bins=cfg.n_bins,
+        n_intervals=cfg.n_intervals,
+        n_per_interval=cfg.n_per_interval,
+        n_correlated=cfg.n_correlated,
+        seed=cfg.seed,
+        corr_memory_mb=cfg.corr_memory_mb,
+        progress=cfg.progress and dist.is_main,
+        dist=dist,
+        codes=cfg.codes,
+    )
     if dist.is_main:
         stats.save(stats_path)
         atomic_write_bytes(stats_path.with_suffix(".key"), (stats_key + "\n").encode())
@@ -358,13 +412,20 @@ def _load_subject(run: _Run, model: Any, W_dec: torch.Tensor | None) -> _Subject
         from tempolens.sources.open import prompt_activation_sample
 
         cpu = torch.device("cpu")
-        sae = load_sae_for_model(sae_spec, model, cpu, strict_config=cfg.sae_strict,
-                                 activation_sample=lambda: prompt_activation_sample(model, store.all_tokens(), cpu, 8))
+        sae = load_sae_for_model(
+            sae_spec,
+            model,
+            cpu,
+            strict_config=cfg.sae_strict,
+            activation_sample=lambda: prompt_activation_sample(model, store.all_tokens(), cpu, 8),
+        )
         W_dec = sae.W_dec.detach().float().cpu()
     W_dec = W_dec.detach().float().cpu()
     if W_dec.shape[0] != store.width:
-        raise SourceError(f"the SAE has {W_dec.shape[0]} latents but the store {store.root} has {store.width}; "
-                          "pass the --sae the store was collected with")
+        raise SourceError(
+            f"the SAE has {W_dec.shape[0]} latents but the store {store.root} has {store.width}; "
+            "pass the --sae the store was collected with"
+        )
     return _Subject(model=model, W_dec=W_dec, model_spec=model_spec, sae_spec=sae_spec, layer=layer)
 
 
@@ -389,24 +450,55 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
     cfg, W_dec = run.cfg, subject.W_dec
     W_U, mult, norm_kind = subject.model.unembed()
     if W_U.shape[1] != W_dec.shape[1]:
-        raise SourceError(f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the --model the store was collected with")
+        raise SourceError(
+            f"the SAE's decoder has d={W_dec.shape[1]} but the model's unembedding has d={W_U.shape[1]}; pass the "
+            "--model the store was collected with"
+        )
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
     row_norm = decoder_row_norms(W_dec)
     logits_path = run.out / "logits.safetensors"
-    logits_key = _fingerprint(subject.model_spec, subject.sae_spec, bool(use_mult is not None), cfg.n_logits,
-                              float(W_dec.sum(dtype=torch.float64)), float(W_U.sum(dtype=torch.float64)), LOGIT_DIRECTION)
+    logits_key = _fingerprint(
+        subject.model_spec,
+        subject.sae_spec,
+        bool(use_mult is not None),
+        cfg.n_logits,
+        float(W_dec.sum(dtype=torch.float64)),
+        float(W_U.sum(dtype=torch.float64)),
+        LOGIT_DIRECTION,
+    )
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
 
         t = load_file(str(logits_path))
-        logits = LogitEffects(top_ids=t["top_ids"], top_values=t["top_values"], bottom_ids=t["bottom_ids"], bottom_values=t["bottom_values"],
-                              hist_counts=t["hist_counts"], hist_centres=t["hist_centres"], folded_norm=use_mult is not None)
+        logits = LogitEffects(
+            top_ids=t["top_ids"],
+            top_values=t["top_values"],
+            bottom_ids=t["bottom_ids"],
+            bottom_values=t["bottom_values"],
+            hist_counts=t["hist_counts"],
+            hist_centres=t["hist_centres"],
+            folded_norm=use_mult is not None,
+        )
     else:
-        logits = logit_effects(unit_directions(W_dec, row_norm), W_U, use_mult, k=cfg.n_logits,
-                               device=resolve_device(cfg.device), progress=cfg.progress)
+        logits = logit_effects(
+            unit_directions(W_dec, row_norm),
+            W_U,
+            use_mult,
+            k=cfg.n_logits,
+            device=resolve_device(cfg.device),
+            progress=cfg.progress,
+        )
         from safetensors.torch import save
 
-        atomic_write_bytes(logits_path, save({k: getattr(logits, k).contiguous() for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")}))
+        atomic_write_bytes(
+            logits_path,
+            save(
+                {
+                    k: getattr(logits, k).contiguous()
+                    for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")
+                }
+            ),
+        )
         atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
     return _Effects(logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind)
 
@@ -437,9 +529,11 @@ def _export_ids(run: _Run, subject: _Subject) -> npx.ExportIds:
         d_model=int(subject.W_dec.shape[1]),
         n_layers=int(getattr(subject.model, "n_layers", 0) or 0),
         width=W,
-        description=(f"{arch} SAE{' predicted codes z_pred' if run.pred else ''}, {W} latents, {hook}; "
-                     f"prompts of {store.prompt_len} tokens; activations: {ACT_UNITS[cfg.act_units]}; "
-                     f"logit effects: {LOGIT_DIRECTION}"),
+        description=(
+            f"{arch} SAE{' predicted codes z_pred' if run.pred else ''}, {W} latents, {hook}; "
+            f"prompts of {store.prompt_len} tokens; activations: {ACT_UNITS[cfg.act_units]}; "
+            f"logit effects: {LOGIT_DIRECTION}"
+        ),
         source=cfg.source_id,
     )
 
@@ -490,8 +584,9 @@ class _Exports:
         self.explanations = npx.load_autointerp_export(cfg.autointerp) if bulk_explanations else None
         if cfg.bulk:
             npx.write_bulk_headers(self.bulk_root, ids)
-        self.site = (SiteWriter(self.site_dir, cfg.chunk_size, run.store.n_prompts, run.store.prompt_len)
-                     if cfg.site else None)
+        self.site = (
+            SiteWriter(self.site_dir, cfg.chunk_size, run.store.n_prompts, run.store.prompt_len) if cfg.site else None
+        )
         self.site_meta: dict[str, Any] = {}
         """Meta fields of the site's prompt tables (:meth:`SiteWriter.write_prompts`)."""
         if self.site is not None and cfg.autointerp is not None:
@@ -508,6 +603,7 @@ class _Exports:
 
     def _timed(self, part: str, job: Callable[[], object]) -> Callable[[], None]:
         """``job`` counting its thread time into :attr:`cpu` ``[part]``."""
+
         def run() -> None:
             c0 = time.thread_time()
             job()
@@ -563,8 +659,9 @@ class _Exports:
             explanations = self.explanations
             if explanations is not None:
                 idx = [r["feature_index"] for r in recs]
-                self.writes.submit(self._timed(
-                    "bulk", lambda: npx.write_bulk_explanations(self.bulk_root, k, idx, explanations, ids)))
+                self.writes.submit(
+                    self._timed("bulk", lambda: npx.write_bulk_explanations(self.bulk_root, k, idx, explanations, ids))
+                )
         self._batch = []
 
     def flush_chunk(self) -> None:
@@ -600,8 +697,15 @@ def _records_per_pass(
     with exports.writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             c0 = time.thread_time()
-            windows = example_windows(run.store, stats, group, window=cfg.window, after=cfg.window_after,
-                                      progress=cfg.progress, codes=cfg.codes).scaled(act_scale)
+            windows = example_windows(
+                run.store,
+                stats,
+                group,
+                window=cfg.window,
+                after=cfg.window_after,
+                progress=cfg.progress,
+                codes=cfg.codes,
+            ).scaled(act_scale)
             records = feature_records(ctx, group, windows)
             exports.cpu["records"] += time.thread_time() - c0
             n_examples += int(windows.latent.numel())
@@ -634,14 +738,23 @@ def _run_settings(
         "codes": cfg.codes,
         "pred_codes": store.meta.get("pred_codes"),
         "act_units": cfg.act_units,
-        "activations": ("predicted code z_pred (> 0 ranked and counted; negatives shown in windows); "
-                        if run.pred else "")
+        "activations": (
+            "predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if run.pred else ""
+        )
         + ACT_UNITS[cfg.act_units]
         + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
-        "n_top": cfg.n_top, "n_intervals": cfg.n_intervals, "n_per_interval": cfg.n_per_interval, "n_bins": cfg.n_bins,
-        "n_correlated": cfg.n_correlated, "n_logits": cfg.n_logits, "seed": cfg.seed,
-        "window": min(cfg.window, store.prompt_len), "window_after": cfg.window_after if store.prompt_len > cfg.window else None,
-        "prompt_len": store.prompt_len, "n_prompts": store.n_prompts, "n_tokens": stats.n_tokens,
+        "n_top": cfg.n_top,
+        "n_intervals": cfg.n_intervals,
+        "n_per_interval": cfg.n_per_interval,
+        "n_bins": cfg.n_bins,
+        "n_correlated": cfg.n_correlated,
+        "n_logits": cfg.n_logits,
+        "seed": cfg.seed,
+        "window": min(cfg.window, store.prompt_len),
+        "window_after": cfg.window_after if store.prompt_len > cfg.window else None,
+        "prompt_len": store.prompt_len,
+        "n_prompts": store.n_prompts,
+        "n_tokens": stats.n_tokens,
         "excluded_from_statistics": "BOS/EOS/pad positions (shown as context with value 0)",
         "intervals": "equal-width over (0, max], nonzero activations only; bin_contains = share of active tokens",
         "correlated_features": "Pearson over all counted tokens and all latents; correlated_features_l1 = cosine similarity",
@@ -663,30 +776,38 @@ def _finish_exports(run: _Run, exports: _Exports, stats: FeatureStats, settings:
         return
     site.copy_assets()
     site.write_index(exports.index_rows)
-    site.write_meta({
-        "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if run.pred else ""),
-        "codes": cfg.codes,
-        "model_id": ids.model_id,
-        "hook_name": ids.hook_name,
-        "layer": ids.layer,
-        "source_id": ids.source_id,
-        "sae": {**{k: v for k, v in dict(run.store.meta.get("sae", {})).items()
-                   if isinstance(v, (str, int, float, bool)) or v is None}, "width": run.store.width},
-        "is_temporal": bool(stats.is_temporal),
-        "act_units": cfg.act_units,
-        "act_units_label": ACT_UNITS[cfg.act_units],
-        "dataset": ids.dataset,
-        "n_prompts": run.store.n_prompts,
-        "prompt_len": run.store.prompt_len,
-        "n_tokens": stats.n_tokens,
-        "chunk_size": cfg.chunk_size,
-        "window_len": min(cfg.window, run.store.prompt_len),
-        **exports.site_meta,
-        "n_latents": len(run.latents),
-        "created": ids.created_at,
-        "tempolens_version": _version(),
-        "settings": settings,
-    })
+    site.write_meta(
+        {
+            "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if run.pred else ""),
+            "codes": cfg.codes,
+            "model_id": ids.model_id,
+            "hook_name": ids.hook_name,
+            "layer": ids.layer,
+            "source_id": ids.source_id,
+            "sae": {
+                **{
+                    k: v
+                    for k, v in dict(run.store.meta.get("sae", {})).items()
+                    if isinstance(v, (str, int, float, bool)) or v is None
+                },
+                "width": run.store.width,
+            },
+            "is_temporal": bool(stats.is_temporal),
+            "act_units": cfg.act_units,
+            "act_units_label": ACT_UNITS[cfg.act_units],
+            "dataset": ids.dataset,
+            "n_prompts": run.store.n_prompts,
+            "prompt_len": run.store.prompt_len,
+            "n_tokens": stats.n_tokens,
+            "chunk_size": cfg.chunk_size,
+            "window_len": min(cfg.window, run.store.prompt_len),
+            **exports.site_meta,
+            "n_latents": len(run.latents),
+            "created": ids.created_at,
+            "tempolens_version": _version(),
+            "settings": settings,
+        }
+    )
     if not run.pred:
         _carry_over_foreign(exports.site_final, exports.site_dir)
 
@@ -712,10 +833,17 @@ def _log_result(run: _Run, exports: _Exports, n_examples: int, timings: dict[str
     cfg, n_latents = run.cfg, len(run.latents)
     # beside the exports, outside what SHA256SUMS covers: seconds per stage (differ run to run)
     sizes = _export_bytes(run, exports)
-    atomic_write_json(run.out / f"dashboards_log{run.suffix}.json",
-                      {"timings": timings, "n_latents": n_latents, "n_examples": n_examples,
-                       "store": str(run.store.root), "bytes": sizes,
-                       "bytes_per_latent": {k: round(v / max(n_latents, 1), 1) for k, v in sizes.items()}})
+    atomic_write_json(
+        run.out / f"dashboards_log{run.suffix}.json",
+        {
+            "timings": timings,
+            "n_latents": n_latents,
+            "n_examples": n_examples,
+            "store": str(run.store.root),
+            "bytes": sizes,
+            "bytes_per_latent": {k: round(v / max(n_latents, 1), 1) for k, v in sizes.items()},
+        },
+    )
     result = DashboardResult(
         out=run.out,
         site=exports.site_final if exports.site is not None else None,
@@ -734,6 +862,7 @@ def _export_bytes(run: _Run, exports: _Exports) -> dict[str, int]:
     """Bytes each written format takes: ``site_data`` (the site's ``data/`` folder this run wrote: feature
     chunks, prompt tables, token strings, index, meta), ``batches`` (batch files and ``run_settings.json``),
     ``bulk`` (the bulk-import tree, gzipped); a format not written is left out."""
+
     def size(root: Path, skip: tuple[str, ...] = ()) -> int:
         return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name not in skip)
 
@@ -748,7 +877,8 @@ def _export_bytes(run: _Run, exports: _Exports) -> dict[str, int]:
 
 
 FOREIGN_SITE_PATHS = ("kernels", "data/kernels.js", "pred")
-"""Parts of a site that other commands write (`tempolens kernel`, `run`, `dashboards --codes pred`): kept when dashboards rebuild the site."""
+"""Parts of a site that other commands write (`tempolens kernel`, `run`, `dashboards --codes pred`): kept when
+dashboards rebuild the site."""
 
 
 def _carry_over_foreign(old_site: Path, new_site: Path) -> None:

@@ -25,15 +25,29 @@ from tempolens.stats.logits import LogitEffects
 
 FEATURE_KEYS: tuple[str, ...] = (
     "feature_index",
-    "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
-    "correlated_neurons_indices", "correlated_neurons_pearson", "correlated_neurons_l1",
-    "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
-    "neg_str", "neg_values", "pos_str", "pos_values",
+    "neuron_alignment_indices",
+    "neuron_alignment_values",
+    "neuron_alignment_l1",
+    "correlated_neurons_indices",
+    "correlated_neurons_pearson",
+    "correlated_neurons_l1",
+    "correlated_features_indices",
+    "correlated_features_pearson",
+    "correlated_features_l1",
+    "neg_str",
+    "neg_values",
+    "pos_str",
+    "pos_values",
     "frac_nonzero",
-    "freq_hist_data_bar_values", "freq_hist_data_bar_heights",
-    "logits_hist_data_bar_values", "logits_hist_data_bar_heights",
-    "n_prompts_total", "n_tokens_in_prompt", "dataset",
-    "decoder_weights_dist", "vector",
+    "freq_hist_data_bar_values",
+    "freq_hist_data_bar_heights",
+    "logits_hist_data_bar_values",
+    "logits_hist_data_bar_heights",
+    "n_prompts_total",
+    "n_tokens_in_prompt",
+    "dataset",
+    "decoder_weights_dist",
+    "vector",
     "activations",
 )
 """Keys of a feature in a SAEDashboard/Neuronpedia batch file, in SAEDashboard's order."""
@@ -325,8 +339,10 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
         pred_r = round_sig(windows.pred)
         preds = row_fragments(pred_r)  # NaN → null
         fill = _pred_fill(pred_r)
-        site_preds = [orjson.Fragment(b'{"fill":' + (b"null" if f != f else orjson.dumps(f)) + b',"at":' + at + b"}")
-                      for f, at in zip(fill.tolist(), sparse_rows(pred_r, fill))]
+        site_preds = [
+            orjson.Fragment(b'{"fill":' + (b"null" if f != f else orjson.dumps(f)) + b',"at":' + at + b"}")
+            for f, at in zip(fill.tolist(), sparse_rows(pred_r, fill))
+        ]
     shares = row_fragments(_finite_rounded(windows.pred_share)) if windows.pred_share is not None else None
     E = values_r.shape[0]
     if E:
@@ -340,11 +356,21 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
     for e, l in enumerate(windows.latent.tolist()):
         by_latent.setdefault(l, []).append(e)
     return _ExampleRows(
-        tokens=tok_rows, values=values, preds=preds, shares=shares, site_values=site_values, site_preds=site_preds,
+        tokens=tok_rows,
+        values=values,
+        preds=preds,
+        shares=shares,
+        site_values=site_values,
+        site_preds=site_preds,
         starts=windows.start.tolist(),
-        max_value=vmax_l, max_index=vargmax_l, min_value=vmin_l,
-        qualifying=windows.qualifying.tolist(), qualifying_token=q_tok, prompt=windows.prompt.tolist(),
-        group=groups.tolist(), by_latent=by_latent,
+        max_value=vmax_l,
+        max_index=vargmax_l,
+        min_value=vmin_l,
+        qualifying=windows.qualifying.tolist(),
+        qualifying_token=q_tok,
+        prompt=windows.prompt.tolist(),
+        group=groups.tolist(),
+        by_latent=by_latent,
     )
 
 
@@ -423,22 +449,33 @@ def _logit_columns(ctx: RecordContext, lat: Tensor) -> dict[str, list[Any]]:
     """The logit-effect record fields of ``lat`` (``neg_*``, ``pos_*``, ``logits_hist_*``; empty lists
     without logit effects)."""
     G = lat.numel()
-    keys = ("neg_str", "neg_values", "pos_str", "pos_values", "logits_hist_data_bar_values",
-            "logits_hist_data_bar_heights")
+    keys = (
+        "neg_str",
+        "neg_values",
+        "pos_str",
+        "pos_values",
+        "logits_hist_data_bar_values",
+        "logits_hist_data_bar_heights",
+    )
     if ctx.logits is None:
         return {k: [[] for _ in range(G)] for k in keys}
     lg = ctx.logits
     nl = lg.top_ids.shape[1]
     neg_flat = ctx.token_strings(lg.bottom_ids[lat].reshape(-1).tolist())
     pos_flat = ctx.token_strings(lg.top_ids[lat].reshape(-1).tolist())
-    return dict(zip(keys, (
-        [neg_flat[i * nl : (i + 1) * nl] for i in range(G)],
-        rounded(lg.bottom_values[lat]),
-        [pos_flat[i * nl : (i + 1) * nl] for i in range(G)],
-        rounded(lg.top_values[lat]),
-        rounded(lg.hist_centres[lat]),
-        lg.hist_counts[lat].tolist(),
-    )))
+    return dict(
+        zip(
+            keys,
+            (
+                [neg_flat[i * nl : (i + 1) * nl] for i in range(G)],
+                rounded(lg.bottom_values[lat]),
+                [pos_flat[i * nl : (i + 1) * nl] for i in range(G)],
+                rounded(lg.top_values[lat]),
+                rounded(lg.hist_centres[lat]),
+                lg.hist_counts[lat].tolist(),
+            ),
+        )
+    )
 
 
 def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColumns, j: int) -> list[Activation]:
@@ -453,8 +490,12 @@ def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColum
         else:
             bmin, bmax, bcont = edges[g], edges[g + 1], share[g]
         a = Activation(
-            bin_min=bmin, bin_max=bmax, bin_contains=bcont,
-            tokens=rows.tokens[e], values=rows.values[e], qualifying_token_index=rows.qualifying[e],
+            bin_min=bmin,
+            bin_max=bmax,
+            bin_contains=bcont,
+            tokens=rows.tokens[e],
+            values=rows.values[e],
+            qualifying_token_index=rows.qualifying[e],
             prompt_index=rows.prompt[e],
         )
         if rows.preds is not None:
@@ -488,4 +529,13 @@ def index_row(record: dict[str, Any]) -> list[Any]:
     t = record["tempolens"]
     scores = t.get("scores") or {}
     score = scores[sorted(scores)[0]] if scores else None
-    return [record["feature_index"], record["frac_nonzero"], t["max_act"], t["mean_act"], top_tokens(record), t.get("explanation"), score, t.get("pred_share_top")]
+    return [
+        record["feature_index"],
+        record["frac_nonzero"],
+        t["max_act"],
+        t["mean_act"],
+        top_tokens(record),
+        t.get("explanation"),
+        score,
+        t.get("pred_share_top"),
+    ]

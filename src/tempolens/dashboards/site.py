@@ -24,7 +24,16 @@ from tempolens.fsutil import atomic_write_bytes
 if TYPE_CHECKING:
     from torch import Tensor
 
-INDEX_COLUMNS: tuple[str, ...] = ("index", "frac_nonzero", "max_act", "mean_act", "top_tokens", "explanation", "score", "pred_share")
+INDEX_COLUMNS: tuple[str, ...] = (
+    "index",
+    "frac_nonzero",
+    "max_act",
+    "mean_act",
+    "top_tokens",
+    "explanation",
+    "score",
+    "pred_share",
+)
 
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _TABLE = str.maketrans(_ESCAPES)
@@ -111,12 +120,14 @@ def install_viewer(site_dir: Path | str, pages: Sequence[str] = (PAGE_FILE,)) ->
             written.append(dst)
     except OSError as e:
         raise ViewerError(
-            f"cannot write the viewer into {site} ({e.strerror or e}); choose a writable --out folder") from e
+            f"cannot write the viewer into {site} ({e.strerror or e}); choose a writable --out folder"
+        ) from e
     return written
 
 
-def html_shell(title: str, page: str, assets: str, scripts: Sequence[str] = (),
-               attrs: dict[str, str] | None = None) -> str:
+def html_shell(
+    title: str, page: str, assets: str, scripts: Sequence[str] = (), attrs: dict[str, str] | None = None
+) -> str:
     """A page of the temporal views: :data:`PAGE_CSP`, ``<assets>style.css``, ``<assets>temporal.js``, then
     the data ``scripts`` (relative URLs, in order), and ``<body data-page="<page>">`` plus ``attrs`` as
     ``data-*`` attributes. No inline script or style; ``title`` is escaped (the view sets the final title)."""
@@ -124,20 +135,26 @@ def html_shell(title: str, page: str, assets: str, scripts: Sequence[str] = (),
     tags = "".join(f'<script src="{e(src)}" defer></script>\n' for src in [f"{assets}temporal.js", *scripts])
     data_attrs = "".join(f' data-{e(k)}="{e(v)}"' for k, v in (attrs or {}).items())
     return (
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{PAGE_CSP}\">\n"
-        "<meta name=\"referrer\" content=\"no-referrer\">\n"
-        f"<title>{e(title)}</title>\n<link rel=\"stylesheet\" href=\"{e(assets)}style.css\">\n{tags}</head>\n"
-        f"<body data-page=\"{e(page)}\"{data_attrs}>\n<div id=\"page\"></div>\n"
-        "<noscript><p class=\"notice\">This page needs JavaScript (no network access is used: everything is read "
-        "from the files beside this page).</p></noscript>\n<p id=\"loading\" class=\"notice\">Loading…</p>\n"
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{PAGE_CSP}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        f'<title>{e(title)}</title>\n<link rel="stylesheet" href="{e(assets)}style.css">\n{tags}</head>\n'
+        f'<body data-page="{e(page)}"{data_attrs}>\n<div id="page"></div>\n'
+        '<noscript><p class="notice">This page needs JavaScript (no network access is used: everything is read '
+        'from the files beside this page).</p></noscript>\n<p id="loading" class="notice">Loading…</p>\n'
         "</body>\n</html>\n"
     )
 
 
-SITE_ACTIVATION_KEYS: tuple[str, ...] = ("bin_min", "bin_max", "bin_contains", "prompt_index", "start",
-                                          "qualifying_token_index")
+SITE_ACTIVATION_KEYS: tuple[str, ...] = (
+    "bin_min",
+    "bin_max",
+    "bin_contains",
+    "prompt_index",
+    "start",
+    "qualifying_token_index",
+)
 """Keys of an activation in a site chunk, before its ``values`` (and ``pred_values``): the window is
 referenced (prompt, first position; its length is ``meta.window_len``), not copied."""
 
@@ -332,7 +349,10 @@ def load_autointerp(path: Path) -> dict[int, dict[str, Any]]:
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--autointerp {path} is not a readable JSON file ({e}); pass a JSON object {{latent: {{explanation, scores}}}}") from e
+        raise ConfigError(
+            f"--autointerp {path} is not a readable JSON file ({e}); pass a JSON object "
+            f"{{latent: {{explanation, scores}}}}"
+        ) from e
     if not isinstance(raw, dict):
         raise ConfigError(f"--autointerp {path} must hold a JSON object mapping latent ids to {{explanation, scores}}")
     out: dict[int, dict[str, Any]] = {}
@@ -342,12 +362,23 @@ def load_autointerp(path: Path) -> dict[int, dict[str, Any]]:
         except ValueError:
             raise ConfigError(f"--autointerp {path}: key {key!r} is not a latent id (an integer)") from None
         if not isinstance(val, dict):
-            raise ConfigError(f"--autointerp {path}: the entry of latent {latent} must be an object with 'explanation' and 'scores'")
+            raise ConfigError(
+                f"--autointerp {path}: the entry of latent {latent} must be an object with 'explanation' and 'scores'"
+            )
         expl = val.get("explanation")
         if expl is not None and not isinstance(expl, str):
             raise ConfigError(f"--autointerp {path}: the explanation of latent {latent} must be a string")
         scores = val.get("scores") or {}
-        if not isinstance(scores, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") for k, v in scores.items()):
-            raise ConfigError(f"--autointerp {path}: the scores of latent {latent} must map scorer names to finite numbers")
+        if not isinstance(scores, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and v == v
+            and abs(v) != float("inf")
+            for k, v in scores.items()
+        ):
+            raise ConfigError(
+                f"--autointerp {path}: the scores of latent {latent} must map scorer names to finite numbers"
+            )
         out[latent] = {"explanation": expl, "scores": {k: float(v) for k, v in scores.items()}}
     return out

@@ -30,7 +30,9 @@ def cache_dir() -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SourceError(f"cannot create the cache dir {root} ({e.strerror}); set ${ENV_VAR} to a writable folder") from None
+        raise SourceError(
+            f"cannot create the cache dir {root} ({e.strerror}); set ${ENV_VAR} to a writable folder"
+        ) from None
     return root
 
 

@@ -129,10 +129,15 @@ def iter_jsonl(path: Path, text_field: str = "text") -> Iterator[str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SourceError(f"{path.name} line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
+                raise SourceError(
+                    f"{path.name} line {n} is not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
             if not isinstance(rec, dict) or text_field not in rec:
                 keys = ", ".join(sorted(rec)[:8]) if isinstance(rec, dict) else type(rec).__name__
-                raise SourceError(f"{path.name} line {n} has no field {text_field!r} (has: {keys}); choose the field with {path.name}:FIELD")
+                raise SourceError(
+                    f"{path.name} line {n} has no field {text_field!r} (has: {keys}); choose the field with "
+                    f"{path.name}:FIELD"
+                )
             value = rec[text_field]
             if value is None:
                 continue
@@ -154,14 +159,18 @@ def iter_parquet(path: Path, column: str = "text", batch_size: int = 1024) -> It
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SourceError("reading .parquet needs pyarrow: pip install pyarrow (or pip install 'tempolens[datasets]')") from None
+        raise SourceError(
+            "reading .parquet needs pyarrow: pip install pyarrow (or pip install 'tempolens[datasets]')"
+        ) from None
     try:
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot read parquet file {path} ({str(e).splitlines()[0]})") from None
     names = pf.schema_arrow.names
     if column not in names:
-        raise SourceError(f"{path.name} has no column {column!r} (has: {', '.join(names[:12])}); choose it with {path.name}:COLUMN")
+        raise SourceError(
+            f"{path.name} has no column {column!r} (has: {', '.join(names[:12])}); choose it with {path.name}:COLUMN"
+        )
     for batch in pf.iter_batches(batch_size=batch_size, columns=[column]):
         for value in batch.column(0).to_pylist():
             if value is None:
@@ -181,7 +190,9 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str, str]:
     body = spec[3:] if spec.startswith("hf:") else spec
     parts = body.split(":")
     if not parts[0] or len(parts) < 2 or len(parts) > 4 or any(p == "" for i, p in enumerate(parts) if i != 1):
-        raise SourceError(f"bad dataset spec {spec!r}; write hf:NAME:SPLIT, hf:NAME:CONFIG:SPLIT or hf:NAME:CONFIG:SPLIT:COLUMN")
+        raise SourceError(
+            f"bad dataset spec {spec!r}; write hf:NAME:SPLIT, hf:NAME:CONFIG:SPLIT or hf:NAME:CONFIG:SPLIT:COLUMN"
+        )
     if len(parts) == 2:
         name, split = parts
         if not split:
@@ -204,7 +215,9 @@ def iter_hf(spec: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise SourceError("hf: corpora need the `datasets` package: pip install datasets (or pip install 'tempolens[datasets]')") from None
+        raise SourceError(
+            "hf: corpora need the `datasets` package: pip install datasets (or pip install 'tempolens[datasets]')"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # noqa: BLE001 - datasets raises many types (ConnectionError, FileNotFoundError, ValueError ...)
@@ -215,10 +228,16 @@ def iter_hf(spec: str) -> Iterator[str]:
         ) from None
     features = getattr(ds, "features", None)
     if features is not None and column not in features:
-        raise SourceError(f"dataset {name!r} has no column {column!r} (has: {', '.join(list(features)[:12])}); give it as hf:{name}:{config or ''}:{split}:COLUMN")
+        raise SourceError(
+            f"dataset {name!r} has no column {column!r} (has: {', '.join(list(features)[:12])}); give it as "
+            f"hf:{name}:{config or ''}:{split}:COLUMN"
+        )
     for row in ds:
         if column not in row:
-            raise SourceError(f"dataset {name!r} has no column {column!r} (has: {', '.join(list(row)[:12])}); give it as hf:{name}:{config or ''}:{split}:COLUMN")
+            raise SourceError(
+                f"dataset {name!r} has no column {column!r} (has: {', '.join(list(row)[:12])}); give it as "
+                f"hf:{name}:{config or ''}:{split}:COLUMN"
+            )
         value = row[column]
         if value is None:
             continue
@@ -278,9 +297,15 @@ def _documents(spec_s: str, text_field: str) -> Iterator[str]:
         elif path.is_file() and _suffix(path) in (".txt", ".text", ".md"):
             source = iter_txt(path)
         elif path.is_file():
-            raise SourceError(f"cannot tell the format of {path.name}; use .txt, .jsonl, .parquet, a folder of .txt files, hf:NAME:SPLIT or embedded")
+            raise SourceError(
+                f"cannot tell the format of {path.name}; use .txt, .jsonl, .parquet, a folder of .txt files, "
+                "hf:NAME:SPLIT or embedded"
+            )
         else:
-            raise SourceError(f"corpus {spec_s!r} not found; give a .txt/.jsonl/.parquet file, a folder of .txt files, hf:NAME:SPLIT or embedded")
+            raise SourceError(
+                f"corpus {spec_s!r} not found; give a .txt/.jsonl/.parquet file, a folder of .txt files, "
+                "hf:NAME:SPLIT or embedded"
+            )
     for text in source:
         yield _clean(text)
 
@@ -407,8 +432,15 @@ def _special_ids(tokenizer: Any, add_bos: bool) -> tuple[int | None, int | None,
     return bos, eos, pad, sep
 
 
-def _fill_stream(stream: _TokenStream, tokenizer: Any, documents: Iterable[str], corpus_name: str, seed: int,
-                 shuffle_buffer: int, tokenize_batch: int) -> int:
+def _fill_stream(
+    stream: _TokenStream,
+    tokenizer: Any,
+    documents: Iterable[str],
+    corpus_name: str,
+    seed: int,
+    shuffle_buffer: int,
+    tokenize_batch: int,
+) -> int:
     """Tokenize the seeded shuffle of ``documents`` into ``stream`` until it is full; returns the number of
     documents read. Documents are tokenized in small batches bounded in characters (long documents never
     wait for company)."""
@@ -501,6 +533,12 @@ def build_prompts(
         corpus=corpus_name,
         seed=seed,
         n_documents=n_docs,
-        meta={"n_prompts": n_prompts, "prompt_len": prompt_len, "add_bos": add_bos, "bos_id": bos, "eos_id": sep,
-              "pad_id": pad},
+        meta={
+            "n_prompts": n_prompts,
+            "prompt_len": prompt_len,
+            "add_bos": add_bos,
+            "bos_id": bos,
+            "eos_id": sep,
+            "pad_id": pad,
+        },
     )

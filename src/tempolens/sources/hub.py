@@ -47,8 +47,13 @@ def is_connection_error(e: BaseException) -> bool:
         seen.add(id(cur))
         name = type(cur).__name__
         if isinstance(cur, (ConnectionError, TimeoutError)) or name in (
-            "LocalEntryNotFoundError", "IncompleteSnapshotError", "OfflineModeIsEnabled", "ConnectError",
-            "ConnectTimeout", "TimeoutException", "ProxyError",
+            "LocalEntryNotFoundError",
+            "IncompleteSnapshotError",
+            "OfflineModeIsEnabled",
+            "ConnectError",
+            "ConnectTimeout",
+            "TimeoutException",
+            "ProxyError",
         ):
             return True
         text = str(cur).lower()
@@ -68,8 +73,9 @@ def download_command(repo_id: str, include: str | None = None, revision: str | N
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def not_cached_message(what: str, repo_id: str, missing: str, include: str | None = None,
-                       revision: str | None = None) -> str:
+def not_cached_message(
+    what: str, repo_id: str, missing: str, include: str | None = None, revision: str | None = None
+) -> str:
     """One line: ``what`` is not in the local cache (offline or unreachable), which file of which
     repo is missing, and the command that downloads it on a connected machine."""
     why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached from here"

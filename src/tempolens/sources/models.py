@@ -72,12 +72,12 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     """
     n = _num_layers(model)
     candidates = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList) and len(mod) == n and n > 0
+        (name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == n and n > 0
     ]
     if not candidates:
-        raise SourceError(f"cannot find the {n} decoder blocks of {type(model).__name__}; this architecture is not supported yet")
+        raise SourceError(
+            f"cannot find the {n} decoder blocks of {type(model).__name__}; this architecture is not supported yet"
+        )
     candidates.sort(key=lambda nm: (nm[0].count("."), len(nm[0])))
     return candidates[0][1]
 
@@ -89,7 +89,9 @@ def _num_layers(model: nn.Module) -> int:
         n = getattr(cfg, attr, None)
         if isinstance(n, int):
             return n
-    raise SourceError(f"the config of {type(model).__name__} has no number of layers; this architecture is not supported yet")
+    raise SourceError(
+        f"the config of {type(model).__name__} has no number of layers; this architecture is not supported yet"
+    )
 
 
 def find_final_norm(model: nn.Module) -> nn.Module | None:
@@ -99,7 +101,11 @@ def find_final_norm(model: nn.Module) -> nn.Module | None:
         roots.append(model.get_decoder())  # type: ignore[operator]
     except Exception:  # noqa: BLE001 - best effort lookup
         pass
-    roots += [getattr(model, a) for a in ("model", "transformer", "gpt_neox") if isinstance(getattr(model, a, None), nn.Module)]
+    roots += [
+        getattr(model, a)
+        for a in ("model", "transformer", "gpt_neox")
+        if isinstance(getattr(model, a, None), nn.Module)
+    ]
     for root in roots:
         for attr in ("norm", "final_layernorm", "ln_f", "final_layer_norm", "final_norm"):
             mod = getattr(root, attr, None)
@@ -161,7 +167,10 @@ class SubjectModel:
         self._layers = find_decoder_layers(model)
         self.n_layers = len(self._layers)
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
-            raise SourceError(f"layer {layer!r} is out of range for {model_id}: it has {self.n_layers} blocks, so use 0..{self.n_layers - 1}")
+            raise SourceError(
+                f"layer {layer!r} is out of range for {model_id}: it has {self.n_layers} blocks, so use "
+                f"0..{self.n_layers - 1}"
+            )
         self.layer = layer
         self.hook_name = f"blocks.{layer}.hook_resid_post"
         cfg = getattr(model.config, "text_config", None) or model.config
@@ -172,7 +181,11 @@ class SubjectModel:
         self.bos_id: int | None = getattr(tokenizer, "bos_token_id", None)
         self.eos_id: int | None = getattr(tokenizer, "eos_token_id", None)
         self.pad_id: int | None = getattr(tokenizer, "pad_token_id", None)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else len(tokenizer)
+        self.vocab_size = (
+            int(model.get_output_embeddings().weight.shape[0])
+            if model.get_output_embeddings() is not None
+            else len(tokenizer)
+        )
         self._piece_cache: dict[int, str] = {}
 
     def __repr__(self) -> str:
@@ -196,11 +209,17 @@ class SubjectModel:
         The result is an ordinary tensor (not an inference tensor) on ``self.device``.
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise SourceError(f"hidden_at needs token ids of shape [batch, length]; got {getattr(input_ids, 'shape', type(input_ids))}")
+            raise SourceError(
+                "hidden_at needs token ids of shape [batch, length]; got "
+                f"{getattr(input_ids, 'shape', type(input_ids))}"
+            )
         if input_ids.shape[1] == 0:
             raise SourceError("hidden_at got zero-length sequences; give at least one token per row")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-            raise SourceError(f"token ids must be in 0..{self.vocab_size - 1} for {self.model_id}; got {int(input_ids.min())}..{int(input_ids.max())}")
+            raise SourceError(
+                f"token ids must be in 0..{self.vocab_size - 1} for {self.model_id}; got "
+                f"{int(input_ids.min())}..{int(input_ids.max())}"
+            )
         captured: list[torch.Tensor] = []
 
         def stop(_module: nn.Module, _args: Any, output: Any) -> None:
@@ -218,7 +237,10 @@ class SubjectModel:
         finally:
             handle.remove()
         if not captured:
-            raise SourceError(f"block {self.layer} of {self.model_id} never ran in the forward pass; this architecture is not supported yet")
+            raise SourceError(
+                f"block {self.layer} of {self.model_id} never ran in the forward pass; this architecture is not "
+                "supported yet"
+            )
         return captured[0].clone()
 
     def unembed(self) -> tuple[torch.Tensor, torch.Tensor | None, NormKind]:
@@ -301,7 +323,9 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _load_hf_folder_or_hub(name: str, torch_dtype: torch.dtype, device: torch.device, is_hub: bool) -> tuple[nn.Module, Any]:
+def _load_hf_folder_or_hub(
+    name: str, torch_dtype: torch.dtype, device: torch.device, is_hub: bool
+) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -324,9 +348,12 @@ def _load_hf_folder_or_hub(name: str, torch_dtype: torch.dtype, device: torch.de
         if is_hub:
             raise SourceError(
                 f"cannot load {name!r} from the HF hub ({_first_line(e)}); if you are offline, download it once "
-                f"with `hf download {name}` where there is network (gated models need `hf auth login`), or pass a local folder"
+                f"with `hf download {name}` where there is network (gated models need `hf auth login`), or pass a "
+                "local folder"
             ) from None
-        raise SourceError(f"cannot load the model folder {name} ({_first_line(e)}); it needs config.json, weights and a tokenizer") from None
+        raise SourceError(
+            f"cannot load the model folder {name} ({_first_line(e)}); it needs config.json, weights and a tokenizer"
+        ) from None
     return model.to(device), tokenizer
 
 
@@ -512,12 +539,17 @@ def load_hf_model(
         return SubjectModel(model, tok, layer, model_id or neuronpedia_model_id(path.name), source=source or str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SourceError(f"{path} is not an HF model folder (no config.json); give a folder written by save_pretrained, a .gguf file or a hub id")
+            raise SourceError(
+                f"{path} is not an HF model folder (no config.json); give a folder written by save_pretrained, a "
+                ".gguf file or a hub id"
+            )
         model, tok = _load_hf_folder_or_hub(str(path), torch_dtype, dev, is_hub=False)
         name = model_id or neuronpedia_model_id(path.resolve().name)
         return SubjectModel(model, tok, layer, name, source=source or str(path))
     if path.exists():
-        raise SourceError(f"{spec_s} is a file but not a .gguf; give an HF folder, a .gguf file, a hub id or 'embedded'")
+        raise SourceError(
+            f"{spec_s} is a file but not a .gguf; give an HF folder, a .gguf file, a hub id or 'embedded'"
+        )
     if not _HUB_ID.match(spec_s):
         raise SourceError(f"no such model file or folder: {spec_s}")
     model, tok = _load_hf_folder_or_hub(spec_s, torch_dtype, dev, is_hub=True)

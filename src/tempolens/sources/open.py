@@ -60,8 +60,15 @@ def load_subject_model(
     dtype = resolve_dtype(dtype, dev)
     if str(spec) == EMBEDDED:
         folder = ensure_embedded_model(progress=progress)
-        return models.load_hf_model(folder, layer, device=dev, dtype=dtype, model_id=model_id or EMBEDDED_MODEL_ID,
-                             progress=progress, source=EMBEDDED)
+        return models.load_hf_model(
+            folder,
+            layer,
+            device=dev,
+            dtype=dtype,
+            model_id=model_id or EMBEDDED_MODEL_ID,
+            progress=progress,
+            source=EMBEDDED,
+        )
     return models.load_hf_model(spec, layer, device=dev, dtype=dtype, model_id=model_id, progress=progress)
 
 
@@ -84,7 +91,7 @@ def model_context(cfg: Any) -> int | None:
     a multimodal model's ``text_config`` first); None when it has none."""
     get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
     text = get("text_config")
-    for src in ((text, cfg) if text is not None else (cfg,)):
+    for src in (text, cfg) if text is not None else (cfg,):
         key = "max_position_embeddings"
         v = src.get(key) if isinstance(src, dict) else getattr(src, key, None)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:

@@ -39,8 +39,10 @@ class DeviceOptions(_Options):
     """Torch device: `auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:1`, `mps`, ..."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.device, str) and bool(self.device.strip()),
-              f"--device must name a device (auto, cpu, cuda, cuda:N, mps); got {self.device!r}")
+        check(
+            isinstance(self.device, str) and bool(self.device.strip()),
+            f"--device must name a device (auto, cpu, cuda, cuda:N, mps); got {self.device!r}",
+        )
         super().__post_init__()
 
 
@@ -70,8 +72,10 @@ class ModelOptions(DeviceOptions):
     """Decoder block whose output is read (`blocks.L.hook_resid_post`); the forward stops after it."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0,
-              f"--layer must be >= 0; got {self.layer!r}")
+        check(
+            isinstance(self.layer, int) and not isinstance(self.layer, bool) and self.layer >= 0,
+            f"--layer must be >= 0; got {self.layer!r}",
+        )
         check(isinstance(self.model, str) and bool(self.model.strip()), "--model must name a subject model")
         super().__post_init__()
 
@@ -88,8 +92,9 @@ class SourceOptions(ModelOptions, SAELoadOptions):
     """Model dtype: `auto` = bfloat16 on CUDA, float32 on CPU. SAEs always run in float32."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.sae, str) and bool(self.sae.strip()),
-              "--sae must name an SAE (e.g. embedded:temporal or random:temporal)")
-        check(self.dtype in DTYPE_CHOICES,
-              f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+        check(
+            isinstance(self.sae, str) and bool(self.sae.strip()),
+            "--sae must name an SAE (e.g. embedded:temporal or random:temporal)",
+        )
+        check(self.dtype in DTYPE_CHOICES, f"--dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
         super().__post_init__()

@@ -14,6 +14,13 @@ from tempolens.stats.features import FeatureStats, compute_feature_stats, neuron
 from tempolens.stats.logits import LogitEffects, logit_effects
 
 __all__ = [
-    "FeatureStats", "Windows", "compute_feature_stats", "example_windows", "examples_of", "gather_windows",
-    "neuron_alignment", "LogitEffects", "logit_effects",
+    "FeatureStats",
+    "Windows",
+    "compute_feature_stats",
+    "example_windows",
+    "examples_of",
+    "gather_windows",
+    "neuron_alignment",
+    "LogitEffects",
+    "logit_effects",
 ]

@@ -139,7 +139,12 @@ def _shard_codes(shard: Shard, codes: str) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _fill_from_shard(
-    fields: _WindowFields, shard: Shard, latent: Tensor, prompt: Tensor, cols: Tensor, shape: tuple[int, int],
+    fields: _WindowFields,
+    shard: Shard,
+    latent: Tensor,
+    prompt: Tensor,
+    cols: Tensor,
+    shape: tuple[int, int],
     codes: str,
 ) -> None:
     """Fill the windows of the examples whose prompt is in ``shard`` (``cols [E, L]``: each window's
@@ -206,8 +211,14 @@ def gather_windows(
     start = window_starts(pos, T, window, after)
     cols = start.unsqueeze(1) + torch.arange(L)
     f = _WindowFields.empty(latent.numel(), L)
-    for shard in tqdm(store.iter_shards(verify=False), total=store.n_shards, desc="example windows", unit="shard",
-                      disable=not progress, leave=False):
+    for shard in tqdm(
+        store.iter_shards(verify=False),
+        total=store.n_shards,
+        desc="example windows",
+        unit="shard",
+        disable=not progress,
+        leave=False,
+    ):
         _fill_from_shard(f, shard, latent, prompt, cols, (store.width, T), codes)
     if not bool(f.seen.all()):
         raise StoreError(
@@ -222,5 +233,14 @@ def gather_windows(
         values = values.clamp(min=0.0)
     if pred is not None:
         pred = pred.masked_fill(f.special, float("nan"))
-    return Windows(latent=latent, prompt=prompt, start=start, qualifying=pos - start, tokens=f.tokens,
-                   special=f.special, values=values, pred=pred, pred_share=f.pred_share)
+    return Windows(
+        latent=latent,
+        prompt=prompt,
+        start=start,
+        qualifying=pos - start,
+        tokens=f.tokens,
+        special=f.special,
+        values=values,
+        pred=pred,
+        pred_share=f.pred_share,
+    )

@@ -38,11 +38,23 @@ from tempolens.fsutil import atomic_write_bytes
 STATS_VERSION = 1
 
 _TENSOR_FIELDS = (
-    "n_active", "sum", "sum_sq", "max_act",
-    "top_value", "top_gpos", "top_pred", "top_pred_share",
+    "n_active",
+    "sum",
+    "sum_sq",
+    "max_act",
+    "top_value",
+    "top_gpos",
+    "top_pred",
+    "top_pred_share",
     "hist_counts",
-    "int_counts", "int_value", "int_gpos", "int_pred", "int_pred_share",
-    "corr_indices", "corr_pearson", "corr_cosine",
+    "int_counts",
+    "int_value",
+    "int_gpos",
+    "int_pred",
+    "int_pred_share",
+    "corr_indices",
+    "corr_pearson",
+    "corr_cosine",
 )
 
 
@@ -109,7 +121,9 @@ class FeatureStats:
         """Mean predicted share of the tokens of each latent's top examples (NaN if not Temporal or dead)."""
         v = self.top_pred_share
         ok = (self.top_gpos >= 0) & torch.isfinite(v)
-        return torch.where(ok.any(1), (v.nan_to_num(0) * ok).sum(1) / ok.sum(1).clamp(min=1), torch.full((self.width,), float("nan")))
+        return torch.where(
+            ok.any(1), (v.nan_to_num(0) * ok).sum(1) / ok.sum(1).clamp(min=1), torch.full((self.width,), float("nan"))
+        )
 
     def scaled(self, scale: Tensor) -> "FeatureStats":
         """These statistics with every latent's activations multiplied by ``scale[latent]`` (> 0), e.g. the
@@ -128,9 +142,13 @@ class FeatureStats:
         col = s32.unsqueeze(1)
         return replace(
             self,
-            sum=self.sum * s, sum_sq=self.sum_sq * s * s, max_act=self.max_act * s32,
-            top_value=self.top_value * col, top_pred=self.top_pred * col,
-            int_value=self.int_value * col.unsqueeze(2), int_pred=self.int_pred * col.unsqueeze(2),
+            sum=self.sum * s,
+            sum_sq=self.sum_sq * s * s,
+            max_act=self.max_act * s32,
+            top_value=self.top_value * col,
+            top_pred=self.top_pred * col,
+            int_value=self.int_value * col.unsqueeze(2),
+            int_pred=self.int_pred * col.unsqueeze(2),
         )
 
     # -- persistence ------------------------------------------------------------------------------
@@ -140,7 +158,17 @@ class FeatureStats:
         tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
         meta = {
             "stats_version": str(STATS_VERSION),
-            "scalars": json.dumps({"width": self.width, "prompt_len": self.prompt_len, "n_tokens": self.n_tokens, "is_temporal": self.is_temporal, "settings": self.settings, "timings": self.timings}, sort_keys=True),
+            "scalars": json.dumps(
+                {
+                    "width": self.width,
+                    "prompt_len": self.prompt_len,
+                    "n_tokens": self.n_tokens,
+                    "is_temporal": self.is_temporal,
+                    "settings": self.settings,
+                    "timings": self.timings,
+                },
+                sort_keys=True,
+            ),
         }
         from safetensors.torch import save
 
@@ -156,7 +184,15 @@ class FeatureStats:
         if meta.get("stats_version") != str(STATS_VERSION):
             raise StoreError(f"{path} holds statistics of another version; delete it to recompute")
         s = json.loads(meta["scalars"])
-        return cls(width=s["width"], prompt_len=s["prompt_len"], n_tokens=s["n_tokens"], is_temporal=s["is_temporal"], settings=s["settings"], timings=s.get("timings", {}), **tensors)
+        return cls(
+            width=s["width"],
+            prompt_len=s["prompt_len"],
+            n_tokens=s["n_tokens"],
+            is_temporal=s["is_temporal"],
+            settings=s["settings"],
+            timings=s.get("timings", {}),
+            **tensors,
+        )
 
 
 def neuron_alignment(W_dec: Tensor, k: int = 3) -> dict[str, Tensor]:
@@ -191,8 +227,10 @@ def _iter(
 def check_pred_codes(store: CodeStore) -> None:
     """Raise a :class:`StoreError` that says how to fix it when ``store`` keeps no predicted codes."""
     if not store.meta.get("pred_codes"):
-        raise StoreError(f"{store.root} keeps no predicted codes (collected with a standard SAE, --pred-k 0 or an "
-                         "older tempolens); collect again with a Temporal SAE and --pred-k > 0 for --codes pred")
+        raise StoreError(
+            f"{store.root} keeps no predicted codes (collected with a standard SAE, --pred-k 0 or an "
+            "older tempolens); collect again with a Temporal SAE and --pred-k > 0 for --codes pred"
+        )
 
 
 def _merge_ranks(dist: Any, acc: Any) -> Any:
@@ -240,8 +278,13 @@ def compute_feature_stats(
         check_pred_codes(store)
     if verify:
         store.done_shards(verify=True)
-    reader = _Reader(store, dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None,
-                     progress, codes, dist)
+    reader = _Reader(
+        store,
+        dist.split(list(range(store.n_shards))) if dist is not None and dist.active else None,
+        progress,
+        codes,
+        dist,
+    )
     W = store.width
     t0 = time.perf_counter()
     counts, topk, is_temporal = _counts_pass(reader, n_top)
@@ -258,14 +301,33 @@ def compute_feature_stats(
         prompt_len=store.prompt_len,
         n_tokens=counts.n_tokens,
         is_temporal=is_temporal,
-        settings={"n_top": n_top, "n_bins": n_bins, "n_intervals": n_intervals, "n_per_interval": n_per_interval,
-                  "n_correlated": n_correlated, "seed": seed, "correlation_blocks": len(blocks), "codes": codes},
-        n_active=c["n_active"], sum=c["sum"], sum_sq=c["sum_sq"], max_act=c["max"],
-        top_value=tk["value"], top_gpos=tk["gpos"], top_pred=tk["pred"], top_pred_share=tk["pred_share"],
+        settings={
+            "n_top": n_top,
+            "n_bins": n_bins,
+            "n_intervals": n_intervals,
+            "n_per_interval": n_per_interval,
+            "n_correlated": n_correlated,
+            "seed": seed,
+            "correlation_blocks": len(blocks),
+            "codes": codes,
+        },
+        n_active=c["n_active"],
+        sum=c["sum"],
+        sum_sq=c["sum_sq"],
+        max_act=c["max"],
+        top_value=tk["value"],
+        top_gpos=tk["gpos"],
+        top_pred=tk["pred"],
+        top_pred_share=tk["pred_share"],
         hist_counts=h["counts"],
-        int_counts=iv["counts"], int_value=iv["value"], int_gpos=iv["gpos"], int_pred=iv["pred"],
+        int_counts=iv["counts"],
+        int_value=iv["value"],
+        int_gpos=iv["gpos"],
+        int_pred=iv["pred"],
         int_pred_share=iv["pred_share"],
-        corr_indices=corr["indices"], corr_pearson=corr["pearson"], corr_cosine=corr["cosine"],
+        corr_indices=corr["indices"],
+        corr_pearson=corr["pearson"],
+        corr_cosine=corr["cosine"],
         timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
     )
 
@@ -307,7 +369,12 @@ def _counts_pass(reader: _Reader, n_top: int) -> tuple[CountsAccumulator, TopKAc
 
 
 def _distributions_pass(
-    reader: _Reader, counts: CountsAccumulator, n_bins: int, n_intervals: int, n_per_interval: int, seed: int,
+    reader: _Reader,
+    counts: CountsAccumulator,
+    n_bins: int,
+    n_intervals: int,
+    n_per_interval: int,
+    seed: int,
     blocks: list[tuple[int, int]],
 ) -> tuple[HistogramAccumulator, IntervalSampler, CoactAccumulator | None]:
     """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
@@ -324,7 +391,10 @@ def _distributions_pass(
 
 
 def _correlations(
-    reader: _Reader, counts: CountsAccumulator, blocks: list[tuple[int, int]], first: CoactAccumulator | None,
+    reader: _Reader,
+    counts: CountsAccumulator,
+    blocks: list[tuple[int, int]],
+    first: CoactAccumulator | None,
     n_correlated: int,
 ) -> dict[str, Tensor]:
     """The ``n_correlated`` most correlated latents of every latent: ``indices``, ``pearson``, ``cosine``
@@ -343,7 +413,11 @@ def _correlations(
             import torch.distributed as tdist
 
             tdist.all_reduce(coact.sum_xy)  # float64 sums of every rank's shards
-        corr_parts.append(correlations_from_sums(coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated))
+        corr_parts.append(
+            correlations_from_sums(
+                coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated
+            )
+        )
         coact = None
     if corr_parts:
         return {k: torch.cat([p[k] for p in corr_parts]) for k in ("indices", "pearson", "cosine")}

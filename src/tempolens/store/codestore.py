@@ -440,8 +440,15 @@ class StoreWriter:
         """Write shard ``i`` atomically, then its manifest. ``pred_codes``: optional ``(ptr, latent,
         value)`` CSR of the predicted codes (see the module docstring)."""
         tensors = _shard_tensors(
-            tokens=tokens, prompt_ids=prompt_ids, special=special, code_ptr=code_ptr, code_latent=code_latent,
-            code_value=code_value, extras=extras, code_extras=code_extras, pred_codes=pred_codes,
+            tokens=tokens,
+            prompt_ids=prompt_ids,
+            special=special,
+            code_ptr=code_ptr,
+            code_latent=code_latent,
+            code_value=code_value,
+            extras=extras,
+            code_extras=code_extras,
+            pred_codes=pred_codes,
         )
         path = self.store.shard_path(i)
         self._save_atomically(tensors, path)

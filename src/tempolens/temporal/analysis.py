@@ -86,7 +86,9 @@ def tokenize(tokenizer: Any, text: str, bos_id: int | None) -> tuple[list[int], 
         ids = list(enc["input_ids"])
         offsets = [tuple(map(int, o)) for o in enc["offset_mapping"]]
     except (NotImplementedError, TypeError, KeyError, ValueError):
-        raise SourceError("the model's tokenizer gives no character offsets (a 'fast' tokenizer is needed for event labels)") from None
+        raise SourceError(
+            "the model's tokenizer gives no character offsets (a 'fast' tokenizer is needed for event labels)"
+        ) from None
     if bos_id is not None:
         ids = [int(bos_id)] + ids
         offsets = [(0, 0)] + offsets

@@ -73,9 +73,11 @@ class KernelConfig(TemporalSourceOptions):
     text: list[str] | None = None
     """Text(s) to analyse; '||' inside a text marks an event boundary (it is removed before tokenizing)."""
     file: Path | None = None
-    """A .txt file (texts separated by blank lines) or .jsonl file ({"text": ..., "name": ...} per line); '||' marks events."""
+    """A .txt file (texts separated by blank lines) or .jsonl file ({"text": ..., "name": ...} per line); '||' marks
+    events."""
     demo: list[str] | None = None
-    """Names of built-in demo stories to analyse ('all' for every one); the default when no --text/--file is given is all."""
+    """Names of built-in demo stories to analyse ('all' for every one); the default when no --text/--file is given is
+    all."""
     out: Path = Path("tempolens-site")
     """Site directory; pages and figures go to <out>/kernels/ (use your dashboard site to link them from its viewer)."""
     figures: bool = True
@@ -138,7 +140,9 @@ def read_texts(path: Path, marker: str = MARKER) -> list[EventText]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise ConfigError(f"{path} line {n} is not valid JSON; each line must be an object with a 'text' field") from None
+                raise ConfigError(
+                    f"{path} line {n} is not valid JSON; each line must be an object with a 'text' field"
+                ) from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise ConfigError(f"{path} line {n} has no string 'text' field")
             raw.append((str(obj.get("name") or f"{path.stem}-{n}"), obj["text"]))
@@ -171,7 +175,10 @@ def texts_from_config(cfg: KernelConfig) -> list[EventText]:
             by_name = {d.name: d for d in demos}
             unknown = [w for w in wanted if w not in by_name]
             if unknown:
-                raise ConfigError(f"unknown demo stor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; choose from all, {', '.join(by_name)}")
+                raise ConfigError(
+                    f"unknown demo stor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; choose from all, "
+                    f"{', '.join(by_name)}"
+                )
             out.extend(by_name[w] for w in wanted)
     names: dict[str, int] = {}
     for t in out:  # unique names → unique page files
@@ -203,9 +210,15 @@ def load_sources(opts: TemporalSourceOptions, progress: Any = print) -> tuple[An
     sample = cache(lambda: demo_activation_sample(model))  # computed once, only for random-init specs that need it
     sae = load_sae_for_model(opts.sae, model, opts.device, activation_sample=sample, strict_config=opts.sae_strict)
     if not getattr(sae, "is_temporal", False):
-        raise ConfigError(f"--sae {opts.sae} is a {getattr(sae, 'architecture', '?')} SAE, not a Temporal SAE; pass it as --contrast-sae")
-    contrast = (load_sae_for_model(opts.contrast, model, opts.device, activation_sample=sample,
-                                   strict_config=opts.sae_strict) if opts.contrast else None)
+        raise ConfigError(
+            f"--sae {opts.sae} is a {getattr(sae, 'architecture', '?')} SAE, not a Temporal SAE; pass it as "
+            "--contrast-sae"
+        )
+    contrast = (
+        load_sae_for_model(opts.contrast, model, opts.device, activation_sample=sample, strict_config=opts.sae_strict)
+        if opts.contrast
+        else None
+    )
     return model, sae, contrast
 
 
@@ -252,8 +265,14 @@ def _write_text_outputs(cfg: Any, a: TextAnalysis, t: EventText, scores: dict, f
         figs["Predicted vs novel share (PNG)"] = f"figures/{slug}-share.png"
     payload = analysis_payload(a, scores=scores, figures=figs, title=t.title or t.name)
     page = write_kernel_page(cfg.out, payload)
-    return {"name": t.name, "title": t.title or t.name, "n_tokens": len(a.tokens), "page": str(page),
-            "figures": [str(kdir / p) for p in figs.values()], "scores": scores}
+    return {
+        "name": t.name,
+        "title": t.title or t.name,
+        "n_tokens": len(a.tokens),
+        "page": str(page),
+        "figures": [str(kdir / p) for p in figs.values()],
+        "scores": scores,
+    }
 
 
 def _write_index(out: Path, entries: list[dict]) -> Path:
@@ -261,8 +280,13 @@ def _write_index(out: Path, entries: list[dict]) -> Path:
     from tempolens.temporal.page import slugify, write_kernel_index
 
     index = write_kernel_index(out, entries)
-    pages = [{"href": f"kernels/{slugify(e['name'])}.html", "title": e["title"], "description": f"{e['n_tokens']} tokens"} for e in entries]
-    pages.insert(0, {"href": "kernels/index.html", "title": "All kernel pages", "description": "index with event scores"})
+    pages = [
+        {"href": f"kernels/{slugify(e['name'])}.html", "title": e["title"], "description": f"{e['n_tokens']} tokens"}
+        for e in entries
+    ]
+    pages.insert(
+        0, {"href": "kernels/index.html", "title": "All kernel pages", "description": "index with event scores"}
+    )
     (out / "data").mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "data" / "kernels.js", js_call("tempolensKernels", {"pages": pages}))
     return index
@@ -274,7 +298,11 @@ def _merge_entries(out: Path, new: list[dict]) -> list[dict]:
     old: list[dict] = []
     if path.is_file():
         try:
-            old = [e for e in json.loads(path.read_text()) if isinstance(e, dict) and Path(str(e.get("page", ""))).is_file()]
+            old = [
+                e
+                for e in json.loads(path.read_text())
+                if isinstance(e, dict) and Path(str(e.get("page", ""))).is_file()
+            ]
         except (json.JSONDecodeError, OSError):
             old = []
     names = {e["name"] for e in new}
@@ -293,8 +321,16 @@ def run_kernel(cfg: KernelConfig, sources: tuple[Any, Any, Any] | None = None) -
     model, sae, contrast = sources or load_sources(cfg)
     entries = []
     for t in tqdm(texts, desc="kernels", unit="text", disable=len(texts) < 2):
-        a = analyze_text(model, sae, t.text, contrast=contrast, name=t.name, boundaries=t.boundaries,
-                         max_tokens=cfg.max_tokens, top_k=cfg.top_k)
+        a = analyze_text(
+            model,
+            sae,
+            t.text,
+            contrast=contrast,
+            name=t.name,
+            boundaries=t.boundaries,
+            max_tokens=cfg.max_tokens,
+            top_k=cfg.top_k,
+        )
         entries.append(_write_text_outputs(cfg, a, t, kernel_scores(a, cfg.half_width), cfg.figures))
     index = _write_index(cfg.out, _merge_entries(cfg.out, entries))
     print(f"kernel pages: {index}")
@@ -330,9 +366,12 @@ def events_table(summary: dict) -> str:
         bc, au, aus = s["block_contrast"], s["boundary_auroc"], s["boundary_auroc_sentences"]
         po = s.get("pooled", {})
         lines.append(
-            f"| {KERNEL_LABELS.get(kind, kind)} | {_fmt(bc['mean'])} ± {_fmt(bc['std'])} | {_fmt(s['within_mean']['mean'])} | "
-            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])}; {_fmt(po.get('boundary_auroc'))}{_ci(po.get('boundary_auroc_ci95'))} "
-            f"| {_fmt(aus['mean'])} ± {_fmt(aus['std'])}; {_fmt(po.get('boundary_auroc_sentences'))}{_ci(po.get('boundary_auroc_sentences_ci95'))} | {bc['n']} |"
+            f"| {KERNEL_LABELS.get(kind, kind)} | {_fmt(bc['mean'])} ± {_fmt(bc['std'])} | "
+            f"{_fmt(s['within_mean']['mean'])} | "
+            f"{_fmt(s['across_mean']['mean'])} | {_fmt(au['mean'])} ± {_fmt(au['std'])}; "
+            f"{_fmt(po.get('boundary_auroc'))}{_ci(po.get('boundary_auroc_ci95'))} "
+            f"| {_fmt(aus['mean'])} ± {_fmt(aus['std'])}; "
+            f"{_fmt(po.get('boundary_auroc_sentences'))}{_ci(po.get('boundary_auroc_sentences_ci95'))} | {bc['n']} |"
         )
     return "\n".join(lines)
 
@@ -376,10 +415,17 @@ def _score_texts(
             acc["all"].append(novelty_samples(S, a.labels, cfg.half_width))
             if a.sentence_tokens:
                 acc["sentences"].append(novelty_samples(S, a.labels, cfg.half_width, a.sentence_tokens))
-        per_text.append({"name": t.name, "n_tokens": len(a.tokens), "n_events": t.n_events,
-                         "boundaries": a.boundaries, "scores": scores,
-                         "pred_top_direction_share": a.meta.get("pred_top_direction_share"),
-                         "novel_top_direction_share": a.meta.get("novel_top_direction_share")})
+        per_text.append(
+            {
+                "name": t.name,
+                "n_tokens": len(a.tokens),
+                "n_events": t.n_events,
+                "boundaries": a.boundaries,
+                "scores": scores,
+                "pred_top_direction_share": a.meta.get("pred_top_direction_share"),
+                "novel_top_direction_share": a.meta.get("novel_top_direction_share"),
+            }
+        )
         if cfg.pages:
             entries.append(_write_text_outputs(cfg, a, t, scores, figures=True))
     return per_text, entries, pooled
@@ -390,17 +436,26 @@ def _events_summary(per_text: list[dict], pooled: dict[str, dict[str, list]]) ->
     kinds = [k for k in KERNEL_LABELS if any(k in p["scores"] for p in per_text)]
     metrics = ("block_contrast", "boundary_auroc", "boundary_auroc_sentences", "within_mean", "across_mean")
     summary = {
-        k: {m: summarize([p["scores"][k][m] if p["scores"][k][m] is not None else math.nan
-                          for p in per_text if k in p["scores"]]) for m in metrics}
+        k: {
+            m: summarize(
+                [p["scores"][k][m] if p["scores"][k][m] is not None else math.nan for p in per_text if k in p["scores"]]
+            )
+            for m in metrics
+        }
         for k in kinds
     }
     for k in kinds:
         au, n_pos, n_neg = pooled_auroc(pooled[k]["all"])
         aus, _, n_neg_s = pooled_auroc(pooled[k]["sentences"])
-        summary[k]["pooled"] = {"boundary_auroc": au, "boundary_auroc_sentences": aus, "n_boundaries": n_pos,
-                                "n_negatives": n_neg, "n_sentence_negatives": n_neg_s,
-                                "boundary_auroc_ci95": list(bootstrap_auroc_ci(pooled[k]["all"])),
-                                "boundary_auroc_sentences_ci95": list(bootstrap_auroc_ci(pooled[k]["sentences"]))}
+        summary[k]["pooled"] = {
+            "boundary_auroc": au,
+            "boundary_auroc_sentences": aus,
+            "n_boundaries": n_pos,
+            "n_negatives": n_neg,
+            "n_sentence_negatives": n_neg_s,
+            "boundary_auroc_ci95": list(bootstrap_auroc_ci(pooled[k]["all"])),
+            "boundary_auroc_sentences_ci95": list(bootstrap_auroc_ci(pooled[k]["sentences"])),
+        }
     return summary
 
 
@@ -411,11 +466,15 @@ def _write_events(cfg: EventsConfig, result: dict, labels: tuple[str, str], entr
     table = events_table(result["summary"])
     diag = result["diagnostics"]
     d1, d2 = diag["pred_top_direction_share"]["mean"], diag["novel_top_direction_share"]["mean"]
-    diag_line = (f"Variance of the centred codes along their first principal direction (mean over texts): "
-                 f"predicted {_fmt(d1)}, novel {_fmt(d2)} "
-                 "(near 1 = the predicted codes are one vector times a per-token scalar, so their kernel is mostly ±1).")
-    header = (f"Event-boundary check: {result['model']} {result['hook_name']}, Temporal SAE `{labels[0]}`, "
-              f"contrast `{labels[1]}`, {result['n_texts']} texts, novelty half-width {cfg.half_width}.")
+    diag_line = (
+        f"Variance of the centred codes along their first principal direction (mean over texts): "
+        f"predicted {_fmt(d1)}, novel {_fmt(d2)} "
+        "(near 1 = the predicted codes are one vector times a per-token scalar, so their kernel is mostly ±1)."
+    )
+    header = (
+        f"Event-boundary check: {result['model']} {result['hook_name']}, Temporal SAE `{labels[0]}`, "
+        f"contrast `{labels[1]}`, {result['n_texts']} texts, novelty half-width {cfg.half_width}."
+    )
     atomic_write_json(kdir / "events.json", result)
     atomic_write_bytes(kdir / "events.md", (f"{header}\n\n{table}\n\n{diag_line}\n").encode())
     _write_events_html(cfg.out, header + " " + diag_line, result["summary"], result["texts"])
@@ -438,11 +497,17 @@ def run_events(cfg: EventsConfig, sources: tuple[Any, Any, Any] | None = None) -
     diag = {k: summarize([p[k] for p in per_text if p.get(k) is not None]) for k in shares}
     result = {
         "diagnostics": diag,
-        "model": getattr(model, "model_id", cfg.model), "hook_name": getattr(model, "hook_name", ""),
-        "sae_spec": cfg.sae, "sae": sae.describe(), "contrast_sae_spec": cfg.contrast,
+        "model": getattr(model, "model_id", cfg.model),
+        "hook_name": getattr(model, "hook_name", ""),
+        "sae_spec": cfg.sae,
+        "sae": sae.describe(),
+        "contrast_sae_spec": cfg.contrast,
         "contrast_sae": contrast.describe() if contrast is not None else None,
-        "half_width": cfg.half_width, "n_texts": len(per_text), "seconds": round(time.perf_counter() - t0, 1),
-        "summary": summary, "texts": per_text,
+        "half_width": cfg.half_width,
+        "n_texts": len(per_text),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "summary": summary,
+        "texts": per_text,
         "definitions": {k: v.format(half_width=cfg.half_width) for k, v in EVENT_DEFINITIONS.items()},
     }
     if sources is None:
@@ -470,25 +535,45 @@ def _write_events_html(out: Path, header: str, summary: dict, per_text: list[dic
         return f"{_fmt(s.get('pooled', {}).get(key))}{_ci(s.get('pooled', {}).get(key + '_ci95'))}"
 
     rows = [
-        [KERNEL_LABELS.get(k, k), f"{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}",
-         _fmt(s["within_mean"]["mean"]), _fmt(s["across_mean"]["mean"]),
-         f"{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; "
-         f"pooled {pooled(s, 'boundary_auroc')}",
-         f"{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
-         f"{pooled(s, 'boundary_auroc_sentences')}",
-         str(s["block_contrast"]["n"])]
+        [
+            KERNEL_LABELS.get(k, k),
+            f"{_fmt(s['block_contrast']['mean'])} ± {_fmt(s['block_contrast']['std'])}",
+            _fmt(s["within_mean"]["mean"]),
+            _fmt(s["across_mean"]["mean"]),
+            f"{_fmt(s['boundary_auroc']['mean'])} ± {_fmt(s['boundary_auroc']['std'])}; "
+            f"pooled {pooled(s, 'boundary_auroc')}",
+            f"{_fmt(s['boundary_auroc_sentences']['mean'])} ± {_fmt(s['boundary_auroc_sentences']['std'])}; pooled "
+            f"{pooled(s, 'boundary_auroc_sentences')}",
+            str(s["block_contrast"]["n"]),
+        ]
         for k, s in summary.items()
     ]
     kinds = list(summary)
     trows = [
         [{"text": p["name"], "href": f"{slugify(p['name'])}.html"}, str(p["n_tokens"])]
-        + [f"{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])} / "
-           f"{_fmt(p['scores'][k]['boundary_auroc_sentences'])}" for k in kinds]
+        + [
+            f"{_fmt(p['scores'][k]['block_contrast'])} / {_fmt(p['scores'][k]['boundary_auroc'])} / "
+            f"{_fmt(p['scores'][k]['boundary_auroc_sentences'])}"
+            for k in kinds
+        ]
         for p in per_text
     ]
-    write_events_page(out, {
-        "header": header.replace("`", ""),
-        "summary": {"columns": ["codes", "block contrast", "within", "across", "boundary AUROC", "vs sentence starts",
-                                "texts"], "rows": rows},
-        "texts": {"columns": ["text", "tokens", *(KERNEL_LABELS.get(k, k) for k in kinds)], "rows": trows},
-    })
+    write_events_page(
+        out,
+        {
+            "header": header.replace("`", ""),
+            "summary": {
+                "columns": [
+                    "codes",
+                    "block contrast",
+                    "within",
+                    "across",
+                    "boundary AUROC",
+                    "vs sentence starts",
+                    "texts",
+                ],
+                "rows": rows,
+            },
+            "texts": {"columns": ["text", "tokens", *(KERNEL_LABELS.get(k, k) for k in kinds)], "rows": trows},
+        },
+    )

@@ -120,7 +120,8 @@ class LMSource:
     def __init__(self, spec: ActivationSpec, model: Any, tokens: Tensor, special: Tensor, batch_size: int = 8):
         if tokens.shape != (spec.n_prompts, spec.prompt_len):
             raise SourceError(
-                f"the prompt builder returned {tuple(tokens.shape)} tokens for {spec.n_prompts} prompts of {spec.prompt_len}; "
+                f"the prompt builder returned {tuple(tokens.shape)} tokens for {spec.n_prompts} prompts of "
+                f"{spec.prompt_len}; "
                 "the corpus is too small for --n-tokens: lower it or pick a larger corpus"
             )
         self.spec = spec
@@ -166,7 +167,13 @@ def open_lm_source(spec: ActivationSpec, device: str = "auto", batch_size: int =
 
     dev = resolve_device(device)
     model = load_subject_model(spec.model, layer=spec.layer, device=str(dev), dtype=spec.lm_dtype)
-    prompts = build_prompts(model.tokenizer, iter_documents(spec.corpus), n_prompts=spec.n_prompts, prompt_len=spec.prompt_len, seed=spec.seed)
+    prompts = build_prompts(
+        model.tokenizer,
+        iter_documents(spec.corpus),
+        n_prompts=spec.n_prompts,
+        prompt_len=spec.prompt_len,
+        seed=spec.seed,
+    )
     return LMSource(spec, model, prompts.tokens, prompts.special, batch_size=batch_size)
 
 
@@ -185,14 +192,20 @@ class ActivationCache:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
-            raise CacheError(f"{self.root} is not an activation cache (no meta.json); build it with `tempolens train --cache-dir {self.root}`")
+            raise CacheError(
+                f"{self.root} is not an activation cache (no meta.json); build it with `tempolens train --cache-dir "
+                f"{self.root}`"
+            )
         try:
             self.meta = json.loads(meta_path.read_text())
             self.spec = _spec_from_meta(self.meta)
         except (ValueError, TypeError, KeyError) as e:
             raise CacheError(f"{meta_path} is unreadable ({e}); delete {self.root} and rebuild the cache") from None
         if self.meta.get("format") != CACHE_FORMAT:
-            raise CacheError(f"{self.root} has cache format {self.meta.get('format')}, this tempolens reads {CACHE_FORMAT}; delete it and rebuild")
+            raise CacheError(
+                f"{self.root} has cache format {self.meta.get('format')}, this tempolens reads {CACHE_FORMAT}; delete "
+                "it and rebuild"
+            )
         self.d_in = int(self.meta["d_in"])
         self.shard_prompts = int(self.meta["shard_prompts"])
         self._handles: dict[int, Any] = {}
@@ -220,13 +233,17 @@ class ActivationCache:
         for i in range(self.n_shards):
             info = self._done_info(i)
             if sha256_file(self.shard_path(i)) != info["sha256"]:
-                raise CacheError(f"{self.shard_path(i)} does not match its checksum; delete it and rerun to rebuild that shard")
+                raise CacheError(
+                    f"{self.shard_path(i)} does not match its checksum; delete it and rerun to rebuild that shard"
+                )
 
     def _done_info(self, i: int) -> dict:
         try:
             return json.loads(self.done_path(i).read_text())
         except (OSError, ValueError):
-            raise CacheError(f"shard {i} of {self.root} is missing; rerun the same command to finish the cache") from None
+            raise CacheError(
+                f"shard {i} of {self.root} is missing; rerun the same command to finish the cache"
+            ) from None
 
     def _handle(self, i: int) -> Any:
         from safetensors import safe_open
@@ -237,7 +254,9 @@ class ActivationCache:
             try:
                 h = safe_open(str(self.shard_path(i)), framework="pt")
             except Exception as e:  # safetensors raises its own error types
-                raise CacheError(f"cannot read {self.shard_path(i)} ({e}); delete it and rerun to rebuild that shard") from None
+                raise CacheError(
+                    f"cannot read {self.shard_path(i)} ({e}); delete it and rerun to rebuild that shard"
+                ) from None
             self._handles[i] = h
             self._scales[i] = float(2.0 ** int(info.get("scale_exp", 0)))
         return h
@@ -298,17 +317,26 @@ def _shard_bounds(spec: ActivationSpec, shard_prompts: int, i: int) -> tuple[int
     return i * shard_prompts, min((i + 1) * shard_prompts, spec.n_prompts)
 
 
-def _shards_to_write(cache: ActivationCache, spec: ActivationSpec, shard_prompts: int, done: set[int],
-                     start_shard: int) -> list[int]:
+def _shards_to_write(
+    cache: ActivationCache, spec: ActivationSpec, shard_prompts: int, done: set[int], start_shard: int
+) -> list[int]:
     """The unfinished shards in writing order: those holding held-out prompts first (a cache cut short still
     has its evaluation split), then from ``start_shard`` on, then the ones before it."""
     first_heldout = spec.n_train // shard_prompts
-    return sorted((i for i in range(cache.n_shards) if i not in done),
-                  key=lambda i: (i < first_heldout, i < start_shard, i))
+    return sorted(
+        (i for i in range(cache.n_shards) if i not in done), key=lambda i: (i < first_heldout, i < start_shard, i)
+    )
 
 
-def _write_cache_shard(cache: ActivationCache, source: LMSource, spec: ActivationSpec, shard_prompts: int, i: int,
-                       batch_size: int, bar: Any) -> None:
+def _write_cache_shard(
+    cache: ActivationCache,
+    source: LMSource,
+    spec: ActivationSpec,
+    shard_prompts: int,
+    i: int,
+    batch_size: int,
+    bar: Any,
+) -> None:
     """Compute shard ``i``'s activations ``batch_size`` prompts at a time, write it atomically, then its done
     marker (checksum, prompt count, float16 scale)."""
     from safetensors.torch import save
@@ -323,18 +351,26 @@ def _write_cache_shard(cache: ActivationCache, source: LMSource, spec: Activatio
     acts = torch.cat(parts)
     scale_exp = fp16_scale_exp(acts)
     payload = {
-        "acts": (acts * 2.0 ** -scale_exp).to(torch.float16).contiguous(),
+        "acts": (acts * 2.0**-scale_exp).to(torch.float16).contiguous(),
         "tokens": source.tokens[lo:hi].to(torch.int32).contiguous(),
         "special": source.special[lo:hi].to(torch.uint8).contiguous(),
         "prompt_ids": ids.to(torch.int64),
     }
     atomic_write_bytes(cache.shard_path(i), save(payload))
-    atomic_write_json(cache.done_path(i),
-                      {"sha256": sha256_file(cache.shard_path(i)), "n_prompts": hi - lo, "scale_exp": scale_exp})
+    atomic_write_json(
+        cache.done_path(i), {"sha256": sha256_file(cache.shard_path(i)), "n_prompts": hi - lo, "scale_exp": scale_exp}
+    )
 
 
-def _fill_cache(cache: ActivationCache, source: LMSource, spec: ActivationSpec, shard_prompts: int, batch_size: int,
-                progress: bool, start_shard: int) -> None:
+def _fill_cache(
+    cache: ActivationCache,
+    source: LMSource,
+    spec: ActivationSpec,
+    shard_prompts: int,
+    batch_size: int,
+    progress: bool,
+    start_shard: int,
+) -> None:
     """Write every shard of ``cache`` that is not finished, skipping those another process finishes meanwhile."""
     from tqdm.auto import tqdm
 
@@ -343,8 +379,13 @@ def _fill_cache(cache: ActivationCache, source: LMSource, spec: ActivationSpec, 
 
     done = set(cache.done_shards())
     todo = _shards_to_write(cache, spec, shard_prompts, done, start_shard)
-    bar = tqdm(total=sum(n_tokens(i) for i in todo),
-               unit="tok", unit_scale=True, desc="cache activations", disable=not progress)
+    bar = tqdm(
+        total=sum(n_tokens(i) for i in todo),
+        unit="tok",
+        unit_scale=True,
+        desc="cache activations",
+        disable=not progress,
+    )
     if done:
         bar.write(f"resuming the activation cache: {len(done)}/{cache.n_shards} shards already in {cache.root}")
     try:
@@ -432,7 +473,9 @@ def batch_prompt_ids(train_ids: Tensor, batch_prompts: int, seed: int, step: int
     return epoch, train_ids[perm[j * batch_prompts : (j + 1) * batch_prompts]]
 
 
-def iter_batches(source: ActivationSource, batch_prompts: int, seed: int, start_step: int = 0, n_steps: int | None = None) -> Iterator[Batch]:
+def iter_batches(
+    source: ActivationSource, batch_prompts: int, seed: int, start_step: int = 0, n_steps: int | None = None
+) -> Iterator[Batch]:
     """Training batches ``start_step, start_step + 1, …`` (forever unless ``n_steps`` is given)."""
     train_ids = source.spec.split_ids("train")
     step = start_step

@@ -26,6 +26,7 @@ from tempolens.saes.base import SAE, SparseCodes
 from tempolens.fsutil import atomic_write_bytes
 from tempolens.train.activations_cache import ActivationSource, iter_split
 
+
 def summed_mse(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean over unmasked tokens of ‖recon − target‖² (summed over the feature dimension)."""
     err = (recon.float() - target.float()).pow(2).sum(-1)
@@ -83,8 +84,14 @@ def curve_batch(source: ActivationSource, curve_prompts: int) -> tuple[Tensor, T
 
 
 @torch.no_grad()
-def curve_metrics(sae: nn.Module, batch: tuple[Tensor, Tensor], scale: float, norm_threshold: float | None,
-                  dec_init: Tensor, device: torch.device) -> dict[str, float]:
+def curve_metrics(
+    sae: nn.Module,
+    batch: tuple[Tensor, Tensor],
+    scale: float,
+    norm_threshold: float | None,
+    dec_init: Tensor,
+    device: torch.device,
+) -> dict[str, float]:
     """Learning-curve numbers on a fixed held-out batch: summed-MSE loss (scaled units, in-loss tokens),
     the median cosine of the decoder rows to their init, and for a Temporal SAE the mean attention
     entropy (and its uniform reference) and the z_pred top-1 variance share."""
@@ -130,11 +137,16 @@ def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     steps, curves = read_log(log_path)
-    panels = [("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
-              ("D rows: median cos to init", [(curves, "d_cos_init_median", "")], False),
-              ("attention entropy (nats)", [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform",
-                  "uniform")], False),
-              ("z_pred top-1 variance share", [(curves, "zpred_top1_share", "")], False)]
+    panels = [
+        ("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
+        ("D rows: median cos to init", [(curves, "d_cos_init_median", "")], False),
+        (
+            "attention entropy (nats)",
+            [(curves, "attn_entropy", "SAE"), (curves, "attn_entropy_uniform", "uniform")],
+            False,
+        ),
+        ("z_pred top-1 variance share", [(curves, "zpred_top1_share", "")], False),
+    ]
     panels = [p for p in panels if any(any(k in (r.get("curve", r)) for r in rows) for rows, k, _ in p[1])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     axes = [axes] if len(panels) == 1 else list(axes)
@@ -173,8 +185,15 @@ class _ReconSums:
         self.novel_sq = 0.0
         self.share_sum = 0.0
 
-    def update(self, x: Tensor, recon: Tensor, novel: Tensor | None = None, pred: Tensor | None = None,
-               bias: Tensor | None = None, share: Tensor | None = None) -> None:
+    def update(
+        self,
+        x: Tensor,
+        recon: Tensor,
+        novel: Tensor | None = None,
+        pred: Tensor | None = None,
+        bias: Tensor | None = None,
+        share: Tensor | None = None,
+    ) -> None:
         """``x``/``recon`` ``[n, d]`` (model units); Temporal: ``novel``/``pred`` reconstructions without bias."""
         x = x.double()
         self.n += x.shape[0]
@@ -242,8 +261,9 @@ class _SplitSums:
     """``[width]`` bool: latents that fired on at least one regular token."""
 
 
-def _reconstruction_pass(sae: SAE, source: ActivationSource, split: str, batch_prompts: int, threshold: float,
-                         progress: bool) -> _SplitSums:
+def _reconstruction_pass(
+    sae: SAE, source: ActivationSource, split: str, batch_prompts: int, threshold: float, progress: bool
+) -> _SplitSums:
     """Pass 2: encode every prompt of ``split`` and accumulate the reconstruction and sparsity sums."""
     from tqdm.auto import tqdm
 
@@ -251,8 +271,13 @@ def _reconstruction_pass(sae: SAE, source: ActivationSource, split: str, batch_p
     every, trimmed = _ReconSums(sae.d_in), _ReconSums(sae.d_in)
     l0_sum = 0.0
     fired = torch.zeros(sae.width, dtype=torch.bool)
-    bar = tqdm(total=len(source.spec.split_ids(split)), desc=f"evaluate on {split}", unit="prompt",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(source.spec.split_ids(split)),
+        desc=f"evaluate on {split}",
+        unit="prompt",
+        disable=not progress,
+        leave=False,
+    )
     for acts, special in iter_split(source, split, batch_prompts):
         x = acts.to(device)
         m = ~special.to(device)
@@ -267,8 +292,14 @@ def _reconstruction_pass(sae: SAE, source: ActivationSource, split: str, batch_p
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SAE, source: ActivationSource, split: str = "heldout", batch_prompts: int = 8, progress: bool = False,
-                 trim_quantile: float = 0.99) -> dict:
+def evaluate_sae(
+    sae: SAE,
+    source: ActivationSource,
+    split: str = "heldout",
+    batch_prompts: int = 8,
+    progress: bool = False,
+    trim_quantile: float = 0.99,
+) -> dict:
     """Reconstruction and sparsity of ``sae`` on ``split`` of ``source`` (regular tokens only).
 
     Returns (all sums in float64, model units):

@@ -228,19 +228,29 @@ class TrainConfig(ModelOptions):
         check(self.width >= 1, f"--width must be >= 1; got {self.width}")
         check(1 <= self.k <= self.width, f"--k must be in [1, width={self.width}]; got {self.k}")
         if self.arch == "temporal":
-            check(self.n_heads >= 1 and self.n_attn_layers >= 1 and self.bottleneck_factor >= 1,
-                  "--n-heads, --n-attn-layers and --bottleneck-factor must be >= 1")
-            check(self.width % (self.n_heads * self.bottleneck_factor) == 0,
-                  f"--width {self.width} must be divisible by n_heads·bottleneck_factor = {self.n_heads * self.bottleneck_factor}")
+            check(
+                self.n_heads >= 1 and self.n_attn_layers >= 1 and self.bottleneck_factor >= 1,
+                "--n-heads, --n-attn-layers and --bottleneck-factor must be >= 1",
+            )
+            check(
+                self.width % (self.n_heads * self.bottleneck_factor) == 0,
+                f"--width {self.width} must be divisible by n_heads·bottleneck_factor = "
+                f"{self.n_heads * self.bottleneck_factor}",
+            )
         check(self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number; got {self.lr}")
         check(self.lr_rule in ("rms", "single"), f"--lr-rule must be rms or single; got {self.lr_rule!r}")
         check(self.lr_rms_gain > 0 and self.lr_rms_floor > 0, "--lr-rms-gain and --lr-rms-floor must be > 0")
         check(self.attn_init in ("data", "paper"), f"--attn-init must be data or paper; got {self.attn_init!r}")
-        check(self.loss_norm_cap == 0 or self.loss_norm_cap > 1,
-              f"--loss-norm-cap must be 0 (off) or a factor above 1 (e.g. 3); got {self.loss_norm_cap}")
+        check(
+            self.loss_norm_cap == 0 or self.loss_norm_cap > 1,
+            f"--loss-norm-cap must be 0 (off) or a factor above 1 (e.g. 3); got {self.loss_norm_cap}",
+        )
         check(self.direction_penalty >= 0, f"--direction-penalty must be >= 0; got {self.direction_penalty}")
         check(self.curve_every >= 1 and self.curve_prompts >= 1, "--curve-every and --curve-prompts must be >= 1")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"--betas must be two numbers in [0, 1); got {self.betas}")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"--betas must be two numbers in [0, 1); got {self.betas}",
+        )
         check(self.weight_decay >= 0, f"--weight-decay must be >= 0; got {self.weight_decay}")
         check(self.grad_clip >= 0, f"--grad-clip must be >= 0; got {self.grad_clip}")
         check(self.warmup_steps >= 0, f"--warmup-steps must be >= 0; got {self.warmup_steps}")
@@ -250,17 +260,42 @@ class TrainConfig(ModelOptions):
         check(self.dead_window_tokens >= 1, f"--dead-window-tokens must be >= 1; got {self.dead_window_tokens}")
         check(self.temporal_init_std > 0, f"--temporal-init-std must be > 0; got {self.temporal_init_std}")
         check(self.init_batches >= 1, f"--init-batches must be >= 1; got {self.init_batches}")
-        check(self.lm_batch_size >= 1 and self.eval_batch_prompts >= 1, "--lm-batch-size and --eval-batch-prompts must be >= 1")
+        check(
+            self.lm_batch_size >= 1 and self.eval_batch_prompts >= 1,
+            "--lm-batch-size and --eval-batch-prompts must be >= 1",
+        )
         check(self.threads >= 0, f"--threads must be >= 0; got {self.threads}")
         check(self.checkpoint_every >= 1 and self.log_every >= 1, "--checkpoint-every and --log-every must be >= 1")
         check(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other; pick one")
 
     # what must not change between a run and its resumption
     def identity(self) -> dict:
-        keep = ("arch", "model", "layer", "corpus", "n_tokens", "prompt_len", "heldout_fraction", "batch_prompts", "width", "k",
-                "n_heads", "n_attn_layers", "bottleneck_factor", "tied_weights", "temporal_init_std", "init_bias", "seed",
-                "init_batches",
-                "lr_rule", "lr_rms_gain", "lr_rms_floor", "attn_init", "loss_norm_cap", "direction_penalty")
+        keep = (
+            "arch",
+            "model",
+            "layer",
+            "corpus",
+            "n_tokens",
+            "prompt_len",
+            "heldout_fraction",
+            "batch_prompts",
+            "width",
+            "k",
+            "n_heads",
+            "n_attn_layers",
+            "bottleneck_factor",
+            "tied_weights",
+            "temporal_init_std",
+            "init_bias",
+            "seed",
+            "init_batches",
+            "lr_rule",
+            "lr_rms_gain",
+            "lr_rms_floor",
+            "attn_init",
+            "loss_norm_cap",
+            "direction_penalty",
+        )
         d = asdict(self)
         return {k: d[k] for k in keep}
 
@@ -378,7 +413,13 @@ class TopKTrainSAE(SAE):
         return EncodeOutput(codes=codes, recon=recon, extras=token_extras(x, recon))
 
     def describe(self) -> dict:
-        return {"architecture": "topk", "d_in": self.d_in, "width": self.width, "k": self.k, "scaling_factor": self.scaling_factor}
+        return {
+            "architecture": "topk",
+            "d_in": self.d_in,
+            "width": self.width,
+            "k": self.k,
+            "scaling_factor": self.scaling_factor,
+        }
 
     @torch.no_grad()
     def export_saelens(self) -> dict[str, Tensor]:
@@ -427,13 +468,23 @@ def paper_attention_init_(sae: nn.Module) -> None:
     with torch.no_grad():
         for layer in sae.attn_layers:  # type: ignore[attr-defined]
             H = layer.n_heads
-            for lin, size in ((layer.k_ctx, layer.qk_dim // H), (layer.q_target, layer.qk_dim // H),
-                              (layer.v_ctx, layer.width // H), (layer.c_proj, layer.width)):
+            for lin, size in (
+                (layer.k_ctx, layer.qk_dim // H),
+                (layer.q_target, layer.qk_dim // H),
+                (layer.v_ctx, layer.width // H),
+                (layer.c_proj, layer.width),
+            ):
                 w = lin.weight
                 w.copy_(w / (1e-6 + w.norm(dim=1, keepdim=True)) / math.sqrt(size))
 
 
-def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Tensor | None, generator: torch.Generator | None = None) -> nn.Module:
+def make_sae(
+    cfg: TrainConfig,
+    d_in: int,
+    scaling_factor: float,
+    mean_scaled: Tensor | None,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
     """A freshly initialised SAE of ``cfg.arch`` (``mean_scaled``: the mean activation times ``s``)."""
     bias = mean_scaled if cfg.init_bias == "mean" else None
     if cfg.arch == "topk":
@@ -443,8 +494,15 @@ def make_sae(cfg: TrainConfig, d_in: int, scaling_factor: float, mean_scaled: Te
     from tempolens.saes.temporal import TemporalConfig, TemporalSAE
 
     tcfg = TemporalConfig(
-        d_in=d_in, width=cfg.width, k=cfg.k, sae_diff_type="topk", n_heads=cfg.n_heads, n_attn_layers=cfg.n_attn_layers,
-        bottleneck_factor=cfg.bottleneck_factor, tied=cfg.tied_weights, scaling_factor=float(scaling_factor),
+        d_in=d_in,
+        width=cfg.width,
+        k=cfg.k,
+        sae_diff_type="topk",
+        n_heads=cfg.n_heads,
+        n_attn_layers=cfg.n_attn_layers,
+        bottleneck_factor=cfg.bottleneck_factor,
+        tied=cfg.tied_weights,
+        scaling_factor=float(scaling_factor),
     )
     sae = TemporalSAE(tcfg)
     with torch.no_grad():
@@ -485,8 +543,11 @@ def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
             lin.bias.zero_()
         z_in = sae.forward_train(x).z_in[i]  # type: ignore[attr-defined]
         ctx = F.pad(z_in[:, :-1, :], (0, 0, 1, 0))
-        for name, lin, inp in (("q_target", layer.q_target, z_in), ("k_ctx", layer.k_ctx, ctx), ("v_ctx",
-            layer.v_ctx, ctx)):
+        for name, lin, inp in (
+            ("q_target", layer.q_target, z_in),
+            ("k_ctx", layer.k_ctx, ctx),
+            ("v_ctx", layer.v_ctx, ctx),
+        ):
             r = rms(inp @ lin.weight.T)
             f = 1.0 / r if r > 0 else 1.0
             lin.weight.mul_(f)
@@ -515,15 +576,18 @@ def lr_multipliers(sae: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     names = [n for n, _ in sae.named_parameters()]
     if cfg.arch != "temporal" or cfg.lr_rule == "single":
         return {n: 1.0 for n in names}
-    return {n: cfg.lr_rms_gain * max(float(p.detach().float().pow(2).mean().sqrt()), cfg.lr_rms_floor)
-            for n, p in sae.named_parameters()}
+    return {
+        n: cfg.lr_rms_gain * max(float(p.detach().float().pow(2).mean().sqrt()), cfg.lr_rms_floor)
+        for n, p in sae.named_parameters()
+    }
 
 
 def make_optimizer(sae: nn.Module, cfg: TrainConfig, mults: dict[str, float]) -> torch.optim.Optimizer:
     """AdamW with one parameter group per tensor (group order = ``named_parameters`` order); each
     group carries its ``lr_mult``."""
-    groups = [{"params": [p], "lr": cfg.lr * mults[n], "lr_mult": mults[n], "name": n} for n,
-        p in sae.named_parameters()]
+    groups = [
+        {"params": [p], "lr": cfg.lr * mults[n], "lr_mult": mults[n], "name": n} for n, p in sae.named_parameters()
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
@@ -552,8 +616,16 @@ def direction_penalty(directions: list[Tensor], v1: Tensor, mask: Tensor) -> Ten
 
 def activation_spec(cfg: TrainConfig, lm_dtype: str) -> ActivationSpec:
     n_prompts, n_heldout = plan_prompts(cfg.n_tokens, cfg.prompt_len, cfg.heldout_fraction)
-    return ActivationSpec(model=cfg.model, layer=cfg.layer, corpus=cfg.corpus, prompt_len=cfg.prompt_len,
-                          n_prompts=n_prompts, n_heldout=n_heldout, seed=cfg.seed, lm_dtype=lm_dtype)
+    return ActivationSpec(
+        model=cfg.model,
+        layer=cfg.layer,
+        corpus=cfg.corpus,
+        prompt_len=cfg.prompt_len,
+        n_prompts=n_prompts,
+        n_heldout=n_heldout,
+        seed=cfg.seed,
+        lm_dtype=lm_dtype,
+    )
 
 
 def open_source(cfg: TrainConfig, device: torch.device) -> ActivationSource:
@@ -593,9 +665,15 @@ def load_training_state(out: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise TempolensError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); delete it and rerun with --overwrite") from None
+        raise TempolensError(
+            f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); delete it and rerun with "
+            "--overwrite"
+        ) from None
     if state.get("format") != STATE_FORMAT:
-        raise TempolensError(f"{path} has training-state format {state.get('format')}, this tempolens writes {STATE_FORMAT}; rerun with --overwrite")
+        raise TempolensError(
+            f"{path} has training-state format {state.get('format')}, this tempolens writes {STATE_FORMAT}; rerun "
+            "with --overwrite"
+        )
     return state
 
 
@@ -694,8 +772,10 @@ def _saved_state(cfg: TrainConfig) -> dict | None:
     out = cfg.out
     state = load_training_state(out) if out.exists() else None
     if state is not None and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"{out} already holds a run at step {state['step']}; pass --resume to continue it "
-                          "or --overwrite to start over")
+        raise ConfigError(
+            f"{out} already holds a run at step {state['step']}; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
     if state is not None and cfg.overwrite:
         state = None
     if state is not None:
@@ -703,8 +783,9 @@ def _saved_state(cfg: TrainConfig) -> dict | None:
         diff = {k: (saved.get(k), v) for k, v in cfg.identity().items() if saved.get(k) != v}
         if diff:
             k0, (a, b) = next(iter(diff.items()))
-            raise ConfigError(f"--resume with different options: {k0} was {a!r}, now {b!r}; "
-                              "use the original options or --overwrite")
+            raise ConfigError(
+                f"--resume with different options: {k0} was {a!r}, now {b!r}; use the original options or --overwrite"
+            )
     out.mkdir(parents=True, exist_ok=True)
     _truncate_log(out / "train_log.jsonl", int(state["step"]) if state is not None else -1)
     return state
@@ -751,12 +832,20 @@ def _resumed_start(cfg: TrainConfig, state: dict, d_in: int) -> _Start:
     norm_threshold = float(norm_threshold) if norm_threshold is not None else None
     mults = dict(json.loads(state["lr_mult"])) if "lr_mult" in state else lr_multipliers(sae, cfg)
     dec_init = state["decoder_init"] if "decoder_init" in state else decoder_matrix(sae).detach().clone()
-    return _Start(sae, scale, int(state["step"]), state["since_fired"].clone(), norm_threshold,
-                  float(state.get("median_norm", math.nan)), state.get("v1"), mults, dec_init)
+    return _Start(
+        sae,
+        scale,
+        int(state["step"]),
+        state["since_fired"].clone(),
+        norm_threshold,
+        float(state.get("median_norm", math.nan)),
+        state.get("v1"),
+        mults,
+        dec_init,
+    )
 
 
-def _open_run(cfg: TrainConfig, device: torch.device, source: ActivationSource, state: dict | None,
-              t0: float) -> _Run:
+def _open_run(cfg: TrainConfig, device: torch.device, source: ActivationSource, state: dict | None, t0: float) -> _Run:
     """Build or restore the SAE, its optimizer and the RNG, and write ``train_config.json``."""
     per_epoch = batches_per_epoch(source.spec.n_train, cfg.batch_prompts)
     total = cfg.max_steps or cfg.epochs * per_epoch
@@ -766,22 +855,40 @@ def _open_run(cfg: TrainConfig, device: torch.device, source: ActivationSource, 
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
-    run = _Run(cfg=cfg, device=device, source=source, t0=t0, total=total, per_epoch=per_epoch, s=s, opt=opt,
-               prior_seconds=float(state.get("train_seconds", 0.0)) if state is not None else 0.0,
-               loss_ema=float(state.get("loss_ema", float("nan"))) if state is not None else float("nan"))
+    run = _Run(
+        cfg=cfg,
+        device=device,
+        source=source,
+        t0=t0,
+        total=total,
+        per_epoch=per_epoch,
+        s=s,
+        opt=opt,
+        prior_seconds=float(state.get("train_seconds", 0.0)) if state is not None else 0.0,
+        loss_ema=float(state.get("loss_ema", float("nan"))) if state is not None else float("nan"),
+    )
     run.curve_batch = curve_batch(source, cfg.curve_prompts)
     run.meta = run_metadata(cfg, source) | {
-        "loss_norm_cap": cfg.loss_norm_cap, "loss_norm_threshold": s.norm_threshold, "median_token_norm": s.median_norm,
+        "loss_norm_cap": cfg.loss_norm_cap,
+        "loss_norm_threshold": s.norm_threshold,
+        "median_token_norm": s.median_norm,
         "lr_rule": cfg.lr_rule if cfg.arch == "temporal" else "single",
         "attn_init": cfg.attn_init if cfg.arch == "temporal" else None,
         "direction_penalty": cfg.direction_penalty if cfg.arch == "temporal" else 0.0,
     }
-    atomic_write_json(run.out / "train_config.json", {k: (str(v) if isinstance(v, Path) else v) for k,
-        v in asdict(cfg).items()}
-                      | {"total_steps": total, "n_train_prompts": source.spec.n_train,
-                          "n_heldout_prompts": source.spec.n_heldout, "scaling_factor": s.scale,
-                         "median_token_norm": s.median_norm, "loss_norm_threshold": s.norm_threshold,
-                         "lr_multipliers": s.mults})
+    atomic_write_json(
+        run.out / "train_config.json",
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+        | {
+            "total_steps": total,
+            "n_train_prompts": source.spec.n_train,
+            "n_heldout_prompts": source.spec.n_heldout,
+            "scaling_factor": s.scale,
+            "median_token_norm": s.median_norm,
+            "loss_norm_threshold": s.norm_threshold,
+            "lr_multipliers": s.mults,
+        },
+    )
     return run
 
 
@@ -797,8 +904,12 @@ def _save_checkpoint(run: _Run) -> None:
         "optimizer": run.opt.state_dict(),
         "rng": _rng_state(),
         "since_fired": s.since_fired.clone(),
-        "data_position": {"epoch": step // run.per_epoch, "batch_in_epoch": step % run.per_epoch,
-                          "batch_prompts": cfg.batch_prompts, "seed": cfg.seed},
+        "data_position": {
+            "epoch": step // run.per_epoch,
+            "batch_in_epoch": step % run.per_epoch,
+            "batch_prompts": cfg.batch_prompts,
+            "seed": cfg.seed,
+        },
         "loss_ema": run.loss_ema,
         "train_seconds": run.prior_seconds + time.perf_counter() - run.t0,
         "norm_threshold": s.norm_threshold,
@@ -859,8 +970,10 @@ def _train_step(run: _Run, batch: Any) -> _StepStats:
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
         loss, mse, aux, idx, m_tok = _forward_loss(run, x, xs, mask)
     if not torch.isfinite(loss):
-        raise TempolensError(f"the loss became {float(loss)} at step {s.step}; lower --lr or use --precision fp32 "
-                             "(finished checkpoints are kept)")
+        raise TempolensError(
+            f"the loss became {float(loss)} at step {s.step}; lower --lr or use --precision fp32 "
+            "(finished checkpoints are kept)"
+        )
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.arch == "topk":
@@ -900,13 +1013,23 @@ def _train_loop(run: _Run) -> None:
             st = _train_step(run, batch)
             s.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{st.loss:.4g}", nmse=f"{st.nmse:.3f}", L0=f"{st.l0:.1f}", lr=f"{st.lr:.2e}",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{st.loss:.4g}", nmse=f"{st.nmse:.3f}", L0=f"{st.l0:.1f}", lr=f"{st.lr:.2e}", refresh=False
+            )
             if s.step % cfg.log_every == 0 or s.step == total:
                 n_dead = int((s.since_fired >= cfg.dead_window_tokens).sum())
-                line = {"step": s.step, "epoch": batch.epoch, "loss": st.loss, "mse": float(st.mse.detach()),
-                        "aux": float(st.aux.detach()), "nmse_batch_centred": st.nmse, "l0": st.l0, "lr": st.lr,
-                        "dead_window": n_dead, "seconds": round(time.perf_counter() - run.t0, 1)}
+                line = {
+                    "step": s.step,
+                    "epoch": batch.epoch,
+                    "loss": st.loss,
+                    "mse": float(st.mse.detach()),
+                    "aux": float(st.aux.detach()),
+                    "nmse_batch_centred": st.nmse,
+                    "l0": st.l0,
+                    "lr": st.lr,
+                    "dead_window": n_dead,
+                    "seconds": round(time.perf_counter() - run.t0, 1),
+                }
                 _append_log(run.out / "train_log.jsonl", [json.dumps(line)])
             if s.step % cfg.curve_every == 0 or s.step == total:
                 _log_curve(run)
@@ -924,8 +1047,9 @@ def _finish(run: _Run) -> TrainResult:
     train_seconds = run.prior_seconds + time.perf_counter() - run.t0
     run.s.sae.eval()
     try:
-        plot_learning_curves(out / "train_log.jsonl", out / "learning_curves.png",
-            title=f"{cfg.arch} SAE, {cfg.out.name}")
+        plot_learning_curves(
+            out / "train_log.jsonl", out / "learning_curves.png", title=f"{cfg.arch} SAE, {cfg.out.name}"
+        )
     except (OSError, ValueError) as e:  # a figure must never lose a finished run
         print(f"warning: learning-curve figure not written ({e})")
     ev = evaluate_run(cfg, out, run.source, run.s.sae, run.device)
@@ -935,8 +1059,14 @@ def _finish(run: _Run) -> TrainResult:
     atomic_write_json(out / "eval.json", ev)
     if cfg.progress:
         print(_summary(cfg, ev))
-    return TrainResult(out=out, steps=step, tokens_seen=ev["tokens_seen"], seconds=time.perf_counter() - run.t0,
-                       final_loss=run.last_loss, eval=ev)
+    return TrainResult(
+        out=out,
+        steps=step,
+        tokens_seen=ev["tokens_seen"],
+        seconds=time.perf_counter() - run.t0,
+        final_loss=run.last_loss,
+        eval=ev,
+    )
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -956,7 +1086,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def run_metadata(cfg: TrainConfig, source: ActivationSource) -> dict:
     """Provenance written into the checkpoint (SAELens ``metadata`` keys where they exist)."""
-    model_id = getattr(source, "meta", {}).get("model_id") or getattr(getattr(source, "model", None), "model_id", None) or cfg.model
+    model_id = (
+        getattr(source, "meta", {}).get("model_id")
+        or getattr(getattr(source, "model", None), "model_id", None)
+        or cfg.model
+    )
     return {
         "model_name": model_id,
         "hook_name": f"blocks.{cfg.layer}.hook_resid_post",
@@ -997,8 +1131,10 @@ def _append_log(path: Path, lines: list[str]) -> None:
 
 
 def _summary(cfg: TrainConfig, ev: dict) -> str:
-    s = (f"{cfg.arch} SAE → {cfg.out}: held-out NMSE {ev['nmse']:.4f} (mean-centred; FVE {ev['fve']:.4f}), "
-         f"plain NMSE {ev['nmse_plain']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.3f}")
+    s = (
+        f"{cfg.arch} SAE → {cfg.out}: held-out NMSE {ev['nmse']:.4f} (mean-centred; FVE {ev['fve']:.4f}), "
+        f"plain NMSE {ev['nmse_plain']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.3f}"
+    )
     if "trimmed_nmse" in ev:
         s += f"; without the top {1 - ev['trim_quantile']:.0%} token norms: NMSE {ev['trimmed_nmse']:.4f}"
     if "pred_share" in ev:
@@ -1018,6 +1154,12 @@ def evaluate_run(cfg: TrainConfig, out: Path, source: ActivationSource, sae: nn.
     except (ImportError, TempolensError):
         model = _cpu_copy(sae)
         where = "in-memory model"
-    ev = evaluate_sae(model.to(device).float().eval(), source, split="heldout", batch_prompts=cfg.eval_batch_prompts, progress=cfg.progress)
+    ev = evaluate_sae(
+        model.to(device).float().eval(),
+        source,
+        split="heldout",
+        batch_prompts=cfg.eval_batch_prompts,
+        progress=cfg.progress,
+    )
     ev["evaluated"] = where
     return ev
