@@ -32,16 +32,16 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import saedash_offline as sdo  # noqa: E402
 from compare import agreement_report, summarize_agreement  # noqa: E402
 from measure import Measurement, dir_bytes, median, run_measured  # noqa: E402
-import saedash_offline as sdo  # noqa: E402
 
 from tempolens.options import check  # noqa: E402
 
@@ -89,7 +89,8 @@ class BenchConfig:
     temporal_only_run: bool = False
     """Measure the Temporal SAE with `tempolens run` only (skip the two-command collect + dashboards run of it)."""
     quick: bool = False
-    """Smoke run: 16 prompts, one 256-latent SAE, no scaling or Temporal run (about two minutes on an idle 2-core CPU)."""
+    """Smoke run: 16 prompts, one 256-latent SAE, no scaling or Temporal run (about two minutes on an idle 2-core
+    CPU)."""
     model: str = "embedded"
     """Subject model (`tempolens collect --model`)."""
     layer: int = 9
@@ -314,8 +315,8 @@ class Bench:
                 self.errors.append(f"SAEDashboard venv {cfg.saedash_python} missing: SAEDashboard skipped")
                 cfg.skip_saedash = True
             else:
-                from tempolens.sources.open import load_subject_model  # noqa: F401  (import check only)
                 from tempolens.sources.embedded import ensure_embedded_model
+                from tempolens.sources.open import load_subject_model  # noqa: F401  (import check only)
 
                 model_dir = ensure_embedded_model(progress=None) if cfg.model == "embedded" else Path(cfg.model)
                 self.hf_home = self.work / "hf_home"
@@ -669,7 +670,7 @@ class Bench:
                     measure(labels[0], self.sae_for[labels[0]]["tempolens_spec"], sn, rep)
                     self.save_partial()
         agreement = {}
-        for w, label in zip(cfg.widths, labels):
+        for _w, label in zip(cfg.widths, labels):
             tl = next(
                 (
                     r
@@ -796,7 +797,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Host: {host.get('cpus')} CPUs ({host.get('machine')}), torch {host.get('torch')} "
         f"({host.get('torch_threads')} threads)"
         + (f", GPU {host['cuda']}" if host.get("cuda") else ", no GPU")
-        + f"; model `{cfg['model']}` block {cfg['layer']}, {cfg['prompt_len']} tokens per prompt, batch {cfg['batch_size']}, {cfg['dtype']}, "
+        + f"; model `{cfg['model']}` block {cfg['layer']}, {cfg['prompt_len']} tokens per prompt, "
+        f"batch {cfg['batch_size']}, {cfg['dtype']}, "
         f"{cfg['repeats']} repeat(s) (medians).",
         "",
         "Wall time is what a user waits; CPU time (user + sys of the process) is steadier when other jobs share the "

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
 from transformers import AutoTokenizer
 
-from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
 from tempolens.autointerp.llm import LocalBackend, OpenAIBackend
 from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
 from tempolens.autointerp.report import rebuild

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from autointerp_support import ChatServer, RuleLLM
+
 from tempolens.autointerp.llm import LLMError, LLMFatalError, LocalBackend, OpenAIBackend, resolve_local_model
 from tempolens.errors import ConfigError
 

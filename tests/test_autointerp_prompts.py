@@ -18,7 +18,7 @@ def test_saebench_explain_prompt_marks_and_order():
 
 
 def test_saebench_detection_prompt_unmarked_numbered():
-    wins = [[" w%d" % i] for i in range(14)]
+    wins = [[f" w{i}"] for i in range(14)]
     msgs = P.saebench_detection_messages("dogs <<inject>>", wins, [2, 5, 9, 11])
     u = msgs[1]["content"]
     assert "14." in u and "15." not in u and "<<" not in u

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
 from transformers import AutoTokenizer
 
-from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
 from tempolens.autointerp.llm import AnswerFormat, LocalBackend, OpenAIBackend, index_list_state
 from tempolens.autointerp.parsing import ParseFailure, parse_answer_object, parse_detection
 from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from autointerp_support import PLANTED, build_dense, write_store
 from transformers import AutoTokenizer
 
-from autointerp_support import PLANTED, build_dense, write_store
 from tempolens.autointerp.windows import (
     TokenText,
     WindowSpec,

@@ -94,7 +94,8 @@ def test_nonfinite_activations_stop_collect_and_keep_finished_shards(
     out = tmp_path / "store"
     with pytest.raises(
         TempolensError,
-        match=r"NaN/inf activations at prompts 4\.\.7 \(first \[prompt, position\]: \[\[1, 5\]\]\); try --dtype float32",
+        match=r"NaN/inf activations at prompts 4\.\.7 \(first \[prompt, position\]: \[\[1, 5\]\]\); "
+        r"try --dtype float32",
     ) as e:
         collect(_cfg(tiny_lm_dir, corpus, temporal_dir, out))
     assert "\n" not in str(e.value)

@@ -70,7 +70,7 @@ def test_store_reference_matches_dense_brute_force(tmp_path):
     T = dense.shape[1]
     for l in range(dense.shape[-1]):
         col = flat[:, l]
-        order = sorted(((-float(col[i]), i) for i in range(col.numel()) if col[i] > 0))[:4]
+        order = sorted((-float(col[i]), i) for i in range(col.numel()) if col[i] > 0)[:4]
         want = [(i // T, i % T) for _, i in order]
         got = [(p, t) for p, t, _ in ref["top"].get(l, [])]
         assert got == want
@@ -215,10 +215,9 @@ def test_saedash_copy_gives_identical_topk_codes(tmp_path):
     """A trained TopK SAE without decoder-norm rescaling and with non-unit decoder rows: the copy
     for SAEDashboard (rescale flag + normalised rows) encodes to the same codes in SAELens."""
     pytest.importorskip("sae_lens")
+    import bench_dashboards as bd
     from sae_lens import SAE, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
-
-    import bench_dashboards as bd
 
     torch.manual_seed(0)
     md = SAEMetadata(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import assert_close_scaled, save_tiny_temporal_sae, write_word_corpus
 
-from fixtures import save_tiny_temporal_sae, write_word_corpus, assert_close_scaled
 from tempolens.collect import CollectConfig, collect
 from tempolens.errors import ConfigError, SourceError
 from tempolens.store import CodeStore, StoreError

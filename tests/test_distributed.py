@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import safetensors_content, save_tiny_temporal_sae, write_word_corpus
+
 from tempolens.distributed import Dist, current
 from tempolens.store import CodeStore
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_distributed import _collect_args, _env, _torchrun, corpus, temporal_dir  # noqa: F401 (fixtures)
 
 

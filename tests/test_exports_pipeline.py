@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from schema_validation import (
     validate_batch,
     validate_bulk_activation,
@@ -19,6 +18,7 @@ from schema_validation import (
     validate_site_chunk_activation,
 )
 from test_stats_accumulators import make_codes, write_store
+
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 from tempolens.dashboards.site import INDEX_COLUMNS, js_literal, read_site_records
 from tempolens.errors import ConfigError

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import mounted_tmpfs, safetensors_content, save_tiny_temporal_sae, write_word_corpus
+
 from tempolens.collect import CollectConfig, collect
 from tempolens.errors import WriteError
 from tempolens.store import CodeStore, StoreError
@@ -421,9 +421,9 @@ def test_real_full_disk_collect_then_dashboards(
 def test_endpoint_down_records_failures_then_resume_matches(tiny_lm_dir, tmp_path):
     import socket
 
+    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from transformers import AutoTokenizer
 
-    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
@@ -490,9 +490,9 @@ def test_stale_temporaries_of_dead_writers_are_removed(tiny_lm_dir, corpus, temp
 
 
 def test_autointerp_names_a_corrupt_shard_before_any_llm_call(tiny_lm_dir, tmp_path):
+    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from transformers import AutoTokenizer
 
-    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))

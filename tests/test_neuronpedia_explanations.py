@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer
-
 from autointerp_support import ChatServer, RuleLLM, build_dense, write_store
 from schema_validation import SchemaError, validate_bulk_explanation, validate_explanations_file
+from transformers import AutoTokenizer
+
 from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
 from tempolens.dashboards import neuronpedia as npx
 from tempolens.errors import ConfigError

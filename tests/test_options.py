@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -32,7 +32,7 @@ class Outer:
     """Say more."""
     names: tuple[str, ...] = ()
     """Several names."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """An optional limit."""
     inner: Inner = field(default_factory=Inner)
 

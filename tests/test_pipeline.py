@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from test_collect import corpus, temporal_dir  # noqa: F401 (fixtures)
+
 from tempolens.pipeline import RunConfig, run
 from tempolens.store import CodeStore
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import hub_snapshot, research_temporal_sae, write_research_folder, write_word_corpus
+
 from tempolens.cli import main
 from tempolens.errors import ConfigError, SourceError
 from tempolens.saes import TemporalSAE, load_sae, save_temporal_sae

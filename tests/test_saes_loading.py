@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fixtures import assert_close_scaled
 
 from tempolens.errors import ConfigError, SourceError, UnsafeCheckpointError
 from tempolens.saes import (
@@ -23,7 +24,6 @@ from tempolens.saes import (
     save_standard_sae,
     save_temporal_sae,
 )
-from fixtures import assert_close_scaled
 
 torch.set_num_threads(1)
 
@@ -34,7 +34,7 @@ def random_temporal(tied=True, scale=0.25, layers=1, d_in=12, width=48, seed=0) 
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in sae.named_parameters():
+        for _name, p in sae.named_parameters():
             scale_p = 1.0 / math.sqrt(p.shape[-1]) * 3 if p.dim() == 2 else 0.3
             p.copy_(torch.randn(p.shape, generator=g) * scale_p)
     return sae.eval()
@@ -573,5 +573,5 @@ def test_pickle_globals_reads_opcodes_without_running_anything():
 
     for proto in (0, 2, 4):
         assert f"{os.system.__module__}.system" in pickle_globals(pickle.dumps(_Evil("true"), protocol=proto)), proto
-        assert f"builtins.eval" in pickle_globals(pickle.dumps(_EvalEvil("1"), protocol=proto)), proto
+        assert "builtins.eval" in pickle_globals(pickle.dumps(_EvalEvil("1"), protocol=proto)), proto
     assert pickle_globals(b"\x00\x01 not a pickle") == []

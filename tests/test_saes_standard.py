@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures import assert_close_scaled
 
 from tempolens.errors import ConfigError
 from tempolens.saes.standard import StandardConfig, StandardSAE
-from fixtures import assert_close_scaled
 
 torch.set_num_threads(1)
 

@@ -34,7 +34,7 @@ def _reference(tok, docs, n, T, seed, add_bos=True):
     """Brute force: shuffle all, tokenize all, join with EOS, chunk."""
     order = [i for i, _ in seeded_shuffle(docs, seed)]
     stream, owner = [], []
-    for k, i in enumerate(order):
+    for i in order:
         ids = tok(docs[i], add_special_tokens=False)["input_ids"]
         if not ids:
             continue

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tempolens.errors import ConfigError, SourceError
 from tempolens import fsutil
+from tempolens.errors import ConfigError, SourceError
 from tempolens.sources import cache, embedded
 from tempolens.sources.embedded import (
     SetupConfig,
@@ -87,7 +87,9 @@ def sotu_tgz(tmp_path) -> Path:
             "package/lib/index.js": b"module.exports = 1;",
             "package/data/1790_george_washington_n.json": json.dumps(rec).encode(),
             "package/data/1790_george_washington_n.txt": rec["text"].encode(),
-            "package/data/2021_joseph_r_biden_d.txt": "Thank you. (Applause.) Madam Speaker\u2014no President.".encode(),
+            "package/data/2021_joseph_r_biden_d.txt": (
+                "Thank you. (Applause.) Madam Speaker\u2014no President.".encode()
+            ),
             "package/data/bad.json": b"{not json",
         },
     )

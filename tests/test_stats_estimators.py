@@ -22,7 +22,7 @@ def test_auroc_hand_computed_with_ties():
 
 def test_auroc_equals_the_pairwise_count_exactly_for_every_input_type():
     g = torch.Generator().manual_seed(0)
-    for it in range(200):
+    for _ in range(200):
         npos, nneg = (int(x) for x in torch.randint(1, 60, (2,), generator=g))
         pos = (torch.randn(npos, generator=g) * 2).round()  # many ties
         neg = (torch.randn(nneg, generator=g) * 2 + 0.5).round()

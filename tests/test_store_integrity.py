@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fixtures import save_tiny_temporal_sae, write_word_corpus
+
 from tempolens.collect import CollectConfig, collect
 from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
 from tempolens.store.codestore import META_CHECKSUM_KEY, CodeStore, StoreError, meta_checksum
@@ -290,9 +290,9 @@ def test_dashboards_publish_whole_trees_and_keep_kernel_pages(store, tmp_path, m
 
 
 def test_autointerp_checks_the_store_before_writing_or_calling_anything(tiny_lm_dir, tmp_path):
+    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from transformers import AutoTokenizer
 
-    from autointerp_support import ChatServer, RuleLLM, build_dense, hashing_embedder, write_store
     from tempolens.autointerp.pipeline import AutointerpConfig, run_autointerp
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))

@@ -22,7 +22,10 @@ from tempolens.temporal.page import decode_matrix
 
 torch.set_num_threads(1)
 
-TEXT = "the cat sat on the mat . the dog ran fast . || the ship sailed the sea and the captain said no . || the king and queen had a war in the city"
+TEXT = (
+    "the cat sat on the mat . the dog ran fast . || the ship sailed the sea and the captain said no . "
+    "|| the king and queen had a war in the city"
+)
 HOSTILE = "the cat <script>alert(1)</script> sat || <img src=x onerror=alert(1)> & amp ; the dog"
 
 
@@ -157,7 +160,9 @@ def test_run_events_on_a_file(sources, tmp_path):
         + json.dumps(
             {
                 "name": "two",
-                "text": "the red house . the green tree || the sea and the whale and the captain ahab ran || the king sat",
+                "text": (
+                    "the red house . the green tree || the sea and the whale and the captain ahab ran || the king sat"
+                ),
             }
         )
         + "\n"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from viewer_browser import browser  # noqa: F401  (the shared system-Chromium fixture)
 
-from tempolens.temporal.analysis import TextAnalysis
 from tempolens.dashboards.site import PAGE_CSP
+from tempolens.temporal.analysis import TextAnalysis
 from tempolens.temporal.page import analysis_payload, write_events_page, write_kernel_index, write_kernel_page
 
 pytestmark = pytest.mark.browser
@@ -146,7 +146,9 @@ def test_kernel_page_from_the_pipeline(browser, tmp_path, tiny_lm_dir):
         assert sum(lab.startswith("Attention") for lab in labels) == 4
         # the canvas has drawn pixels (not blank)
         lit = page.evaluate("""() => { const c = document.querySelector('canvas'); const d = c.getContext('2d')
-            .getImageData(100, 10, 50, 50).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i+1] + d[i+2]; return s; }""")
+            .getImageData(100, 10, 50, 50).data; let s = 0;
+            for (let i = 0; i < d.length; i += 4) s += d[i] + d[i+1] + d[i+2];
+            return s; }""")
         assert lit > 0
         imgs = page.locator("img.tk-fig")
         assert imgs.count() == 3

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from fixtures import WORDS
+
 from tempolens.train.activations_cache import (
     ActivationCache,
     ActivationSpec,

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from test_train_cache import write_corpus
+
 from tempolens.errors import ConfigError
 from tempolens.train import trainer as T
 from tempolens.train.activations_cache import ActivationCache
@@ -156,7 +156,7 @@ def test_resume_continues_exactly(tiny_lm_dir, corpus, tmp_path, monkeypatch):
         )
         real_lr_at = T.lr_at
 
-        def killed_at_7(step, cfg, total):
+        def killed_at_7(step, cfg, total, real_lr_at=real_lr_at):
             if step == 7:
                 raise KeyboardInterrupt
             return real_lr_at(step, cfg, total)

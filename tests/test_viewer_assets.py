@@ -120,8 +120,12 @@ def test_pure_helpers_under_node():
       fmt: [0, 1, 0.5, 1234.5678, 0.000123, 123456, -2.5, null, NaN, 1/3].map(x => v.fmt(x)),
       oneIn: [0.5, 0.001, 1/3, 1e-7, 0, null].map(x => v.oneIn(x)),
       ticks: [v.niceTicks(0, 1, 4), v.niceTicks(0, 19.78, 4), v.niceTicks(-2, 2, 4), v.niceTicks(3, 3, 4)],
-      num: ['', ' 1e-5 ', '0.1', '2%', 'abc', '1e', '.5', '-3'].map(x => { const r = v.parseUserNumber(x); return Number.isNaN(r) ? 'NaN' : r; }),
-      href: ['kernels/a.html', 'javascript:alert(1)', '/etc/passwd', '../x.html', 'kernels/../../x', 'http://x', 'a b', 'kernels/story-1.html#t'].map(x => v.safeRelativeHref(x)),
+      num: ['', ' 1e-5 ', '0.1', '2%', 'abc', '1e', '.5', '-3'].map(x => {
+        const r = v.parseUserNumber(x);
+        return Number.isNaN(r) ? 'NaN' : r;
+      }),
+      href: ['kernels/a.html', 'javascript:alert(1)', '/etc/passwd', '../x.html', 'kernels/../../x', 'http://x',
+             'a b', 'kernels/story-1.html#t'].map(x => v.safeRelativeHref(x)),
       act: [v.actColor(0, 1), v.actColor(1, 1), v.actColor(0.5, 1), v.actColor(2, 1), v.actColor(1, 0)],
       pred: [v.predColor(0, 1), v.predColor(1, 1), v.predColor(-1, 1)],
     };

@@ -10,10 +10,10 @@ import json
 import time
 
 import pytest
-
-from tempolens.viewer import install_viewer
 from viewer_browser import browser, copy_site, visit  # noqa: F401  (browser is a fixture)
 from viewer_site import COLUMNS, HOSTILE, PROMPT_CHUNK, write_site
+
+from tempolens.viewer import install_viewer
 
 pytestmark = pytest.mark.browser
 
@@ -64,7 +64,7 @@ def test_index_lists_every_latent_and_sorts_by_each_numeric_column(v, site):
     assert v.rows() == list(range(250))
     assert v.page.is_hidden("button.more")
 
-    for key, label in [
+    for key, _label in [
         ("max_act", "Max act"),
         ("frac_nonzero", "Density"),
         ("mean_act", "Mean act"),

@@ -9,7 +9,6 @@ import json
 import re
 
 import pytest
-
 from viewer_browser import browser, visit  # noqa: F401  (browser is a fixture)
 from viewer_site import js_literal, write_site
 
@@ -23,14 +22,19 @@ WIDTHS = (1280, 800)
 MEASURE = """
 () => {
   const box = r => ({left: r.left, right: r.right, top: r.top, bottom: r.bottom, w: r.width, h: r.height});
-  const textBox = el => { const r = document.createRange(); r.selectNodeContents(el); return box(r.getBoundingClientRect()); };
+  const textBox = el => {
+    const r = document.createRange();
+    r.selectNodeContents(el);
+    return box(r.getBoundingClientRect());
+  };
   const out = [];
   const visible = el => el.getClientRects().length > 0;
   document.querySelectorAll('#view-page table tr, #view-index table tr').forEach((tr, k) => {
     if (!visible(tr)) return;
     const cells = Array.from(tr.children).filter(visible);
     out.push({where: (tr.closest('table').className || 'table') + ' row ' + k,
-              cells: cells.map(c => ({text: c.textContent, cell: box(c.getBoundingClientRect()), content: textBox(c)}))});
+              cells: cells.map(c => ({text: c.textContent, cell: box(c.getBoundingClientRect()),
+                                      content: textBox(c)}))});
   });
   document.querySelectorAll('#view-page .stats').forEach(st => {
     out.push({where: 'stat cards', cells: Array.from(st.children).filter(visible).map(c =>
@@ -50,7 +54,8 @@ def problems(rows: list[dict], tol: float = 1.0) -> list[str]:
             cb, tb = c["cell"], c["content"]
             if tb["left"] < cb["left"] - tol or tb["right"] > cb["right"] + tol:
                 bad.append(
-                    f"{row['where']}: text {c['text']!r} ({tb['left']:.0f}..{tb['right']:.0f}) overflows its cell ({cb['left']:.0f}..{cb['right']:.0f})"
+                    f"{row['where']}: text {c['text']!r} ({tb['left']:.0f}..{tb['right']:.0f}) "
+                    f"overflows its cell ({cb['left']:.0f}..{cb['right']:.0f})"
                 )
         for i, a in enumerate(cells):
             for b in cells[i + 1 :]:

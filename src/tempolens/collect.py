@@ -22,6 +22,7 @@ import torch
 
 from tempolens.devices import resolve_device
 from tempolens.errors import TempolensError
+from tempolens.fsutil import BackgroundWriter, ensure_out_dir
 from tempolens.options import check
 from tempolens.saes.fit import load_sae_for_model
 from tempolens.sources.open import (
@@ -34,7 +35,6 @@ from tempolens.sources.open import (
     resolve_dtype,
 )
 from tempolens.sources.options import SourceOptions
-from tempolens.fsutil import BackgroundWriter, ensure_out_dir
 from tempolens.store.codestore import CodeStore, StoreWriter, pack_codes
 
 
@@ -51,7 +51,8 @@ class CollectConfig(SourceOptions):
     n_prompts: int = 256
     """Number of prompts to encode."""
     prompt_len: int = 128
-    """Tokens per prompt including BOS (Neuronpedia uses 128; the published Temporal SAE was trained with context 500)."""
+    """Tokens per prompt including BOS (Neuronpedia uses 128; the published Temporal SAE was trained with context
+    500)."""
     seed: int = 0
     """Seed of the document shuffle; the same seed gives the same prompts and the same store."""
     batch_size: int = 8

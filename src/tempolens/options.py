@@ -15,7 +15,7 @@ import inspect
 import textwrap
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -24,7 +24,7 @@ from tempolens.errors import ConfigError
 T = TypeVar("T")
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """Docstrings written directly under dataclass fields, by field name (base classes included)."""
     docs: dict[str, str] = {}

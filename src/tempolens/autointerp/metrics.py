@@ -8,7 +8,7 @@ are the package's one implementation in ``tempolens.stats.estimators``, re-expor
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,7 +80,8 @@ class AutointerpConfig:
     """Unused since retries are the openai client's own (its backoff is not configurable); kept so that existing
     command lines still parse."""
     budget_tokens: int = 0
-    """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent; 0 = no cap."""
+    """Stop issuing LLM calls once this many tokens (prompt + completion, all runs in this --out) are spent;
+    0 = no cap."""
     structured: Literal["auto", "off"] = "auto"
     """Judges' answers: auto (openai: probe the endpoint once for JSON-schema response_format support, recorded in the
     DB, else strict text; local: label-token probabilities and constrained index lists) or off (free text, parsed
@@ -354,12 +356,10 @@ class _Runner:
             ws = [split.score[i] for i in chunk]
             ls = [labels[i] for i in chunk]
             if marks is None:
-                fn = lambda ws=ws, ls=ls: S.score_delphi_detection_batch(self.llm, explanation, ws, ls, job.text, **kw)  # noqa: E731
+                fn = partial(S.score_delphi_detection_batch, self.llm, explanation, ws, ls, job.text, **kw)
             else:
                 ms = [marks[i] for i in chunk]
-                fn = lambda ws=ws, ls=ls, ms=ms: S.score_delphi_fuzzing_batch(
-                    self.llm, explanation, ws, ms, ls, job.text, **kw
-                )  # noqa: E731
+                fn = partial(S.score_delphi_fuzzing_batch, self.llm, explanation, ws, ms, ls, job.text, **kw)
             row = self._llm_step(job, latent, scorer, f"batch-{b:03d}", fn)
             if row is None:
                 return  # transport error: no score now, retried next run

@@ -16,7 +16,7 @@ Protocols (wording is ours; structure follows the sources):
 from __future__ import annotations
 
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 Messages = list[dict[str, str]]
 

@@ -27,8 +27,9 @@ Scorers and what their score means (per latent; the report averages over latents
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

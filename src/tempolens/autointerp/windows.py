@@ -21,8 +21,9 @@ are used, and BOS/EOS/pad positions are never centres (their activations are rea
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch

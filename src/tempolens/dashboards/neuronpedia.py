@@ -33,9 +33,10 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tempolens.dashboards.records import Activation, dumps_bytes, neuronpedia_feature
 from tempolens.fsutil import atomic_write_bytes

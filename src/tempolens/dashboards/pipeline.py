@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from tempolens.devices import resolve_device
 from tempolens.errors import ConfigError, SourceError
-from tempolens.options import check
 from tempolens.fsutil import atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
+from tempolens.options import check
 from tempolens.sources.options import DeviceOptions, SAELoadOptions
 from tempolens.store.codestore import CodeStore, StoreError
 
@@ -70,7 +70,8 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     store: Path = Path("runs/embedded/store")
     """Code store to read (written by `tempolens collect`)."""
     out: Path = Path("runs/embedded/dashboards")
-    """Output folder: `site/` (open `site/index.html`), `neuronpedia/batches/`, `neuronpedia/bulk/`, cached statistics."""
+    """Output folder: `site/` (open `site/index.html`), `neuronpedia/batches/`, `neuronpedia/bulk/`, cached
+    statistics."""
     model: str | None = None
     """Subject model for the tokenizer and unembedding (default: the store's `meta.json` model spec)."""
     sae: str | None = None
@@ -89,7 +90,8 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     n_bins: int = 50
     """Bins of the activation histogram (nonzero activations over (0, max])."""
     n_correlated: int = 3
-    """Correlated latents listed per latent (Pearson over all latents; cosine similarity in `correlated_features_l1`)."""
+    """Correlated latents listed per latent (Pearson over all latents; cosine similarity in
+    `correlated_features_l1`)."""
     n_logits: int = 10
     """Top and bottom logit effects listed per latent."""
     window: int = 128
@@ -757,7 +759,8 @@ def _run_settings(
         "n_tokens": stats.n_tokens,
         "excluded_from_statistics": "BOS/EOS/pad positions (shown as context with value 0)",
         "intervals": "equal-width over (0, max], nonzero activations only; bin_contains = share of active tokens",
-        "correlated_features": "Pearson over all counted tokens and all latents; correlated_features_l1 = cosine similarity",
+        "correlated_features": "Pearson over all counted tokens and all latents; "
+        "correlated_features_l1 = cosine similarity",
         "correlated_neurons": "not computed (the code store keeps no LM activations)",
         "features_per_batch": cfg.features_per_batch,
         "tempolens_version": _version(),

@@ -11,8 +11,9 @@ which are pre-encoded JSON arrays (:class:`orjson.Fragment`) written as they are
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson

@@ -15,8 +15,9 @@ import html
 import json
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tempolens.errors import TempolensError
 from tempolens.fsutil import atomic_write_bytes

@@ -40,7 +40,7 @@ class SparseCodes:
         return dense
 
     @staticmethod
-    def from_dense(dense: Tensor, k: int | None = None) -> "SparseCodes":
+    def from_dense(dense: Tensor, k: int | None = None) -> SparseCodes:
         """Sparsify dense ``[B, L, width]`` codes, keeping the positive entries.
 
         ``k`` bounds the slots (TopK SAEs); otherwise the slot count is the largest

@@ -70,7 +70,7 @@ class InertPickledObject:
 
     __slots__ = ()
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "InertPickledObject":
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertPickledObject:
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -128,7 +128,7 @@ class StandardSAE(SAE):
     @classmethod
     def from_saelens_weights(
         cls, weights: dict[str, Tensor], architecture: str, k: int | None = None, **config: object
-    ) -> "StandardSAE":
+    ) -> StandardSAE:
         """Build an SAE from SAELens-named weights (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and
         optionally ``threshold``); sizes come from the weights, other options from ``config``."""
         missing = [key for key in ("W_enc", "b_enc", "W_dec", "b_dec") if key not in weights]
@@ -149,7 +149,7 @@ class StandardSAE(SAE):
         return sae
 
     @torch.no_grad()
-    def fold_decoder_norm(self) -> "StandardSAE":
+    def fold_decoder_norm(self) -> StandardSAE:
         """Turn ``rescale_acts_by_decoder_norm`` into plain weights (as SAELens's ``fold_W_dec_norm``):
         ``W_enc·n``, ``b_enc·n``, ``W_dec/n`` (n = ‖W_dec‖ per latent; threshold·n). Codes and
         reconstructions stay the same up to rounding and ``W_dec`` becomes the per-code decoder vector."""

@@ -174,7 +174,7 @@ class SubjectModel:
         self.layer = layer
         self.hook_name = f"blocks.{layer}.hook_resid_post"
         cfg = getattr(model.config, "text_config", None) or model.config
-        self.hidden_size = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        self.hidden_size = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
         p = next(model.parameters())
         self.device = p.device
         self.dtype = p.dtype
@@ -342,7 +342,7 @@ def _load_hf_folder_or_hub(
                     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
             finally:
                 tokenizer = tok_future.result()  # the tokenizer's error first: it names the folder's problem plainly
-    except (OSError, ValueError, KeyError, EnvironmentError) as e:
+    except (OSError, ValueError, KeyError) as e:
         if is_hub and (hub_offline() or is_connection_error(e)):
             _raise_if_not_cached(name, fallback="its weights")
         if is_hub:

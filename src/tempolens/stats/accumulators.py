@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -50,7 +49,7 @@ class CodeBatch:
     """``[n]`` float32 predicted share of the code's token (Temporal SAEs)."""
 
     @classmethod
-    def from_shard(cls, shard: Shard, codes: str = "novel") -> "CodeBatch":
+    def from_shard(cls, shard: Shard, codes: str = "novel") -> CodeBatch:
         """``codes="novel"``: the shard's codes (a Temporal SAE's novel codes). ``codes="pred"``: its
         stored predicted codes, positive values only (``z_pred > 0``: the latent is predicted to
         fire; negative predictions are never ranked or counted), with ``pred = None``."""
@@ -89,7 +88,7 @@ class CodeBatch:
         )
 
 
-ShardLike = Union[Shard, CodeBatch]
+ShardLike = Shard | CodeBatch
 
 
 def as_batch(x: ShardLike) -> CodeBatch:
@@ -197,7 +196,7 @@ class CountsAccumulator:
         self.sum_sq.index_add_(0, b.latent, v * v)
         self.max.scatter_reduce_(0, b.latent, b.value, reduce="amax")
 
-    def merge(self, other: "CountsAccumulator") -> None:
+    def merge(self, other: CountsAccumulator) -> None:
         self.n_tokens += other.n_tokens
         self.n_active += other.n_active
         self.sum += other.sum
@@ -267,7 +266,7 @@ class TopKAccumulator:
             b.pred_share[keep] if b.pred_share is not None else nan,
         )
 
-    def merge(self, other: "TopKAccumulator") -> None:
+    def merge(self, other: TopKAccumulator) -> None:
         m = other.gpos >= 0
         rows = torch.arange(self.width).unsqueeze(1).expand(-1, self.k)[m]
         self._absorb(rows, other.value[m], other.gpos[m], other.pred[m], other.pred_share[m])
@@ -295,7 +294,7 @@ class HistogramAccumulator:
         j = bin_index(b.value, self.max_act[b.latent], self.n_bins)
         self.counts += torch.bincount(b.latent * self.n_bins + j, minlength=self.width * self.n_bins)
 
-    def merge(self, other: "HistogramAccumulator") -> None:
+    def merge(self, other: HistogramAccumulator) -> None:
         if not torch.equal(self.max_act, other.max_act):
             raise ValueError("histograms over different ranges cannot be merged")
         self.counts += other.counts
@@ -369,7 +368,7 @@ class IntervalSampler:
             b.pred_share[keep] if b.pred_share is not None else nan,
         )
 
-    def merge(self, other: "IntervalSampler") -> None:
+    def merge(self, other: IntervalSampler) -> None:
         if not torch.equal(self.max_act, other.max_act) or self.seed != other.seed:
             raise ValueError("interval samplers with different ranges or seeds cannot be merged")
         self.counts += other.counts
@@ -436,7 +435,7 @@ class CoactAccumulator:
             (r * self.width + col.to(torch.int64),), prod.values().to(torch.float64), accumulate=True
         )
 
-    def merge(self, other: "CoactAccumulator") -> None:
+    def merge(self, other: CoactAccumulator) -> None:
         if (self.start, self.stop, self.width) != (other.start, other.stop, other.width):
             raise ValueError("co-activation blocks over different rows cannot be merged")
         self.sum_xy += other.sum_xy

@@ -9,8 +9,8 @@ any set of examples ``(latent, global position)`` and returns their token window
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ class Windows:
     """``[E]`` int64 group each example is shown in: −1 = the top examples, ``i`` ≥ 0 = activation
     interval ``i`` (set by :func:`example_windows`; ``None`` for windows of arbitrary examples)."""
 
-    def scaled(self, scale: Tensor) -> "Windows":
+    def scaled(self, scale: Tensor) -> Windows:
         """These windows with each example's values and predicted codes multiplied by ``scale[latent]``
         (see :meth:`FeatureStats.scaled`); tokens, positions and shares are unchanged."""
         col = scale.detach().to(torch.float32).reshape(-1)[self.latent].unsqueeze(1)
@@ -120,7 +120,7 @@ class _WindowFields:
     pred_share: Tensor | None = None
 
     @classmethod
-    def empty(cls, n_examples: int, length: int) -> "_WindowFields":
+    def empty(cls, n_examples: int, length: int) -> _WindowFields:
         """Zeroed fields of ``n_examples`` windows of ``length`` tokens, none seen."""
         return cls(
             tokens=torch.zeros(n_examples, length, dtype=torch.int64),

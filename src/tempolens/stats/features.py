@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tempolens.fsutil import atomic_write_bytes
 from tempolens.stats.accumulators import (
     CoactAccumulator,
     CodeBatch,
@@ -33,7 +35,6 @@ from tempolens.stats.accumulators import (
     correlations_from_sums,
 )
 from tempolens.store.codestore import CodeStore, Shard, StoreError
-from tempolens.fsutil import atomic_write_bytes
 
 STATS_VERSION = 1
 
@@ -125,7 +126,7 @@ class FeatureStats:
             ok.any(1), (v.nan_to_num(0) * ok).sum(1) / ok.sum(1).clamp(min=1), torch.full((self.width,), float("nan"))
         )
 
-    def scaled(self, scale: Tensor) -> "FeatureStats":
+    def scaled(self, scale: Tensor) -> FeatureStats:
         """These statistics with every latent's activations multiplied by ``scale[latent]`` (> 0), e.g. the
         decoder row norms, turning codes into contribution norms in model units.
 
@@ -175,7 +176,7 @@ class FeatureStats:
         atomic_write_bytes(path, save(tensors, metadata=meta))
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureStats":
+    def load(cls, path: Path) -> FeatureStats:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:

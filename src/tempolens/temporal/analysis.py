@@ -10,8 +10,9 @@ Kernels and attention maps have the BOS row/column dropped after computing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -24,8 +24,8 @@ from typing import Any
 from tqdm import tqdm
 
 from tempolens.errors import ConfigError
-from tempolens.options import check
 from tempolens.fsutil import atomic_write_bytes, atomic_write_json
+from tempolens.options import check
 from tempolens.sources.options import SourceOptions
 from tempolens.temporal.analysis import KERNEL_LABELS, TextAnalysis, analyze_text
 from tempolens.temporal.events import (

@@ -17,8 +17,8 @@ figure/page built from it grow as ``L²``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -41,7 +41,7 @@ class KernelInputError(TempolensError):
     """The codes given to a kernel have the wrong shape or are too long."""
 
 
-Codes = Union[Tensor, SparseCodes]
+Codes = Tensor | SparseCodes
 """Codes of one sequence: dense ``[L, W]``, or sparse ``SparseCodes`` with ``indices/values [L, K]``."""
 
 

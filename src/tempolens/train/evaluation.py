@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempolens.errors import SourceError
-from tempolens.saes.base import SAE, SparseCodes
 from tempolens.fsutil import atomic_write_bytes
+from tempolens.saes.base import SAE, SparseCodes
 from tempolens.train.activations_cache import ActivationSource, iter_split
 
 

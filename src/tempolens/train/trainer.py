@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempolens.errors import ConfigError, SourceError, TempolensError
+from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 from tempolens.options import check
 from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
-from tempolens.fsutil import atomic_write_bytes, atomic_write_json
 from tempolens.sources.open import resolve_dtype
 from tempolens.sources.options import ModelOptions
 from tempolens.train.activations_cache import (
@@ -553,7 +553,7 @@ def data_attention_init_(sae: nn.Module, x: Tensor) -> dict[str, float]:
             lin.weight.mul_(f)
             scales[f"attn_layers.{i}.{name}"] = f
         seen: list[Tensor] = []
-        hook = layer.c_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        hook = layer.c_proj.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0].detach()))
         try:
             sae.forward_train(x)  # type: ignore[attr-defined]
         finally:
@@ -1138,7 +1138,10 @@ def _summary(cfg: TrainConfig, ev: dict) -> str:
     if "trimmed_nmse" in ev:
         s += f"; without the top {1 - ev['trim_quantile']:.0%} token norms: NMSE {ev['trimmed_nmse']:.4f}"
     if "pred_share" in ev:
-        s += f", predicted share {ev['pred_share']:.3f}, novel-only NMSE {ev['nmse_novel_only']:.4f}, pred-only NMSE {ev['nmse_pred_only']:.4f}"
+        s += (
+            f", predicted share {ev['pred_share']:.3f}, novel-only NMSE {ev['nmse_novel_only']:.4f}, "
+            f"pred-only NMSE {ev['nmse_pred_only']:.4f}"
+        )
     return s
 
 
