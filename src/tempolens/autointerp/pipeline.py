@@ -279,45 +279,57 @@ class _Runner:
         shared = cfg.explanation == "shared"
         delphi = any(s in self.scorers for s in ("delphi-detection", "delphi-fuzzing"))
         need_sb = any(s in self.scorers for s in ("saebench", "embedding")) or (shared and delphi)
-        need_dl = delphi and not shared
-        expl_sb = expl_dl = None
-        if need_sb:
-            row = self._llm_step(
-                job,
-                latent,
-                "saebench",
-                "explain",
-                lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=cfg.explainer_demos, **kw),
-            )
-            expl_sb = row and row["explanation"]
-            if row and not row["explanation"] and "saebench" in self.scorers:
-                self.db.set_score(
-                    job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id
-                )
-        if "saebench" in self.scorers and expl_sb:
+        sb_row = self._saebench_steps(job, latent, lw, sb, kw) if need_sb else None
+        expl_sb = sb_row and sb_row["explanation"]
+        if delphi:
+            self._delphi_steps(job, latent, lw, dl, kw, sb_row if shared else None, shared)
+        self._embedding_steps(job, latent, lw, expl_sb)
+
+    def _saebench_steps(self, job: _SaeJob, latent: int, lw: Any, sb: Split, kw: dict[str, Any]) -> Any:
+        """The SAEBench explanation (also the shared one) and, when asked, its detection score; the
+        explanation's DB row (None after a transport error)."""
+        row = self._llm_step(
+            job,
+            latent,
+            "saebench",
+            "explain",
+            lambda: S.explain_saebench(self.llm, sb, job.text, lw.max_act, demos=self.cfg.explainer_demos, **kw),
+        )
+        expl = row and row["explanation"]
+        if row and not row["explanation"] and "saebench" in self.scorers:
+            self.db.set_score(job.sae_id, latent, "saebench", float("nan"), {"failure": "no_explanation"}, self.run_id)
+        if "saebench" in self.scorers and expl:
             self._llm_step(
                 job,
                 latent,
                 "saebench",
                 "detection",
-                lambda: S.score_saebench(self.llm, expl_sb, sb, job.text, latent, **kw),
+                lambda: S.score_saebench(self.llm, expl, sb, job.text, latent, **kw),
             )
-        expl_row = row if need_sb else None
-        if need_dl:
-            row = expl_row = self._llm_step(
+        return row
+
+    def _delphi_steps(
+        self, job: _SaeJob, latent: int, lw: Any, dl: Split, kw: dict[str, Any], sb_row: Any, shared: bool
+    ) -> None:
+        """The delphi explanation (or, with ``--explanation shared``, the SAEBench one in ``sb_row``) and its
+        detection and fuzzing scores; an explanation that did not parse leaves them unscored, counted."""
+        if shared:
+            expl_row = sb_row
+        else:
+            expl_row = self._llm_step(
                 job, latent, "delphi", "explain", lambda: S.explain_delphi(self.llm, dl, job.text, lw.max_act, **kw)
             )
-            expl_dl = row and row["explanation"]
-        elif shared:
-            expl_dl = expl_sb
-        if delphi and expl_row and not expl_row["explanation"]:  # the explanation did not parse: unscored, counted
+        expl_dl = expl_row and expl_row["explanation"]
+        if expl_row and not expl_row["explanation"]:
             for sc in ("delphi-detection", "delphi-fuzzing"):
                 if sc in self.scorers:
                     self.db.set_score(job.sae_id, latent, sc, float("nan"), {"failure": "no_explanation"}, self.run_id)
-        if "delphi-detection" in self.scorers and expl_dl:
-            self._binary_scorer(job, latent, "delphi-detection", dl, expl_dl)
-        if "delphi-fuzzing" in self.scorers and expl_dl:
-            self._binary_scorer(job, latent, "delphi-fuzzing", dl, expl_dl)
+        for sc in ("delphi-detection", "delphi-fuzzing"):
+            if sc in self.scorers and expl_dl:
+                self._binary_scorer(job, latent, sc, dl, expl_dl)
+
+    def _embedding_steps(self, job: _SaeJob, latent: int, lw: Any, expl_sb: Any) -> None:
+        """The embedding score of the SAEBench explanation and the cluster score (no LLM calls)."""
         pos = [S.window_text(w, job.text) for w in lw.quantile]
         neg = [S.window_text(w, job.text) for w in lw.random]
         if "embedding" in self.scorers and expl_sb and not self.db.has_score(job.sae_id, latent, "embedding"):

@@ -223,6 +223,103 @@ def write_bulk_batch(root: Path, k: int, records: list[dict[str, Any]], ids: Exp
     return fp, ap
 
 
+def _release_row(ids: ExportIds, release_id: str, title: str) -> dict[str, Any]:
+    """The bulk import's ``release.jsonl`` row."""
+    return {
+        "name": release_id,
+        "description": title,
+        "descriptionShort": title,
+        "creatorName": ids.creator_name,
+        "creatorNameShort": ids.creator_name,
+        "creatorId": ids.creator_id,
+        "creatorEmail": None,
+        "visibility": "PUBLIC",
+        "isNewUi": False,
+        "featured": False,
+        "urls": [],
+        "defaultSourceSetName": ids.sae_set,
+        "defaultSourceId": ids.source_id,
+        "defaultUmapSourceIds": [],
+        "createdAt": ids.created_at,
+    }
+
+
+def _model_row(ids: ExportIds) -> dict[str, Any]:
+    """The bulk import's ``model.jsonl`` row."""
+    return {
+        "id": ids.model_id,
+        "instruct": ids.model_id.endswith("-it"),
+        "creatorId": ids.creator_id,
+        "displayNameShort": ids.model_id,
+        "displayName": ids.model_id,
+        "tlensId": None,
+        "dimension": ids.d_model or None,
+        "visibility": "PUBLIC",
+        "defaultSourceSetName": None,
+        "defaultSourceId": None,
+        "inferenceEnabled": False,
+        "layers": ids.n_layers,
+        "neuronsPerLayer": ids.d_model,
+        "createdAt": ids.created_at,
+        "owner": "",
+        "updatedAt": ids.created_at,
+        "website": None,
+    }
+
+
+def _sourceset_row(ids: ExportIds, release_id: str) -> dict[str, Any]:
+    """The bulk import's ``sourceset.jsonl`` row."""
+    return {
+        "modelId": ids.model_id,
+        "name": ids.sae_set,
+        "creatorId": ids.creator_id,
+        "hasDashboards": True,
+        "visibility": "PUBLIC",
+        "description": ids.description or f"{ids.sae_set} ({ids.width} latents)",
+        "type": "",
+        "creatorName": ids.creator_name,
+        "urls": [],
+        "creatorEmail": None,
+        "releaseName": release_id,
+        "defaultOfModelId": None,
+        "defaultRange": 1,
+        "defaultShowBreaks": True,
+        "showDfa": False,
+        "showCorrelated": True,
+        "showHeadAttribution": False,
+        "showUmap": False,
+        "createdAt": ids.created_at,
+    }
+
+
+def _source_row(ids: ExportIds) -> dict[str, Any]:
+    """The bulk import's ``source.jsonl`` row."""
+    return {
+        "id": ids.source_id,
+        "modelId": ids.model_id,
+        "setName": ids.sae_set,
+        "creatorId": ids.creator_id,
+        "hasDashboards": True,
+        "inferenceEnabled": False,
+        "inferenceHosts": [],
+        "saelensConfig": None,
+        "saelensRelease": None,
+        "saelensSaeId": None,
+        "hfRepoId": None,
+        "hfFolderId": None,
+        "visibility": "PUBLIC",
+        "defaultOfModelId": None,
+        "hasUmap": False,
+        "hasUmapLogSparsity": False,
+        "hasUmapClusters": False,
+        "num_prompts": ids.n_prompts,
+        "num_tokens_in_prompt": ids.prompt_len,
+        "dataset": ids.dataset,
+        "notes": ids.description or None,
+        "createdAt": ids.created_at,
+    }
+
+
 def write_bulk_headers(root: Path, ids: ExportIds) -> list[Path]:
     """Write ``release.jsonl``, ``model.jsonl``, ``sourceset.jsonl`` and ``source.jsonl``."""
     d = bulk_dir(root, ids)
@@ -230,87 +327,10 @@ def write_bulk_headers(root: Path, ids: ExportIds) -> list[Path]:
     release_id = ids.release_id or ids.sae_set
     title = ids.release_title or f"tempolens dashboards: {ids.model_id} {ids.source_id}"
     rows = {
-        "release.jsonl": {
-            "name": release_id,
-            "description": title,
-            "descriptionShort": title,
-            "creatorName": ids.creator_name,
-            "creatorNameShort": ids.creator_name,
-            "creatorId": ids.creator_id,
-            "creatorEmail": None,
-            "visibility": "PUBLIC",
-            "isNewUi": False,
-            "featured": False,
-            "urls": [],
-            "defaultSourceSetName": ids.sae_set,
-            "defaultSourceId": ids.source_id,
-            "defaultUmapSourceIds": [],
-            "createdAt": ids.created_at,
-        },
-        "model.jsonl": {
-            "id": ids.model_id,
-            "instruct": ids.model_id.endswith("-it"),
-            "creatorId": ids.creator_id,
-            "displayNameShort": ids.model_id,
-            "displayName": ids.model_id,
-            "tlensId": None,
-            "dimension": ids.d_model or None,
-            "visibility": "PUBLIC",
-            "defaultSourceSetName": None,
-            "defaultSourceId": None,
-            "inferenceEnabled": False,
-            "layers": ids.n_layers,
-            "neuronsPerLayer": ids.d_model,
-            "createdAt": ids.created_at,
-            "owner": "",
-            "updatedAt": ids.created_at,
-            "website": None,
-        },
-        "sourceset.jsonl": {
-            "modelId": ids.model_id,
-            "name": ids.sae_set,
-            "creatorId": ids.creator_id,
-            "hasDashboards": True,
-            "visibility": "PUBLIC",
-            "description": ids.description or f"{ids.sae_set} ({ids.width} latents)",
-            "type": "",
-            "creatorName": ids.creator_name,
-            "urls": [],
-            "creatorEmail": None,
-            "releaseName": release_id,
-            "defaultOfModelId": None,
-            "defaultRange": 1,
-            "defaultShowBreaks": True,
-            "showDfa": False,
-            "showCorrelated": True,
-            "showHeadAttribution": False,
-            "showUmap": False,
-            "createdAt": ids.created_at,
-        },
-        "source.jsonl": {
-            "id": ids.source_id,
-            "modelId": ids.model_id,
-            "setName": ids.sae_set,
-            "creatorId": ids.creator_id,
-            "hasDashboards": True,
-            "inferenceEnabled": False,
-            "inferenceHosts": [],
-            "saelensConfig": None,
-            "saelensRelease": None,
-            "saelensSaeId": None,
-            "hfRepoId": None,
-            "hfFolderId": None,
-            "visibility": "PUBLIC",
-            "defaultOfModelId": None,
-            "hasUmap": False,
-            "hasUmapLogSparsity": False,
-            "hasUmapClusters": False,
-            "num_prompts": ids.n_prompts,
-            "num_tokens_in_prompt": ids.prompt_len,
-            "dataset": ids.dataset,
-            "notes": ids.description or None,
-            "createdAt": ids.created_at,
-        },
+        "release.jsonl": _release_row(ids, release_id, title),
+        "model.jsonl": _model_row(ids),
+        "sourceset.jsonl": _sourceset_row(ids, release_id),
+        "source.jsonl": _source_row(ids),
     }
     paths = []
     for name, row in rows.items():

@@ -228,7 +228,8 @@ def load_sae(
             from tempolens.sources.embedded import embedded_sae_path
         except ImportError as e:
             raise SourceError(f"the embedded SAEs are not available in this installation ({first_line(e)})") from None
-        return load_folder(embedded_sae_path(kind), device, dtype, allow_pickled_config, strict_config)  # type: ignore[arg-type]
+        folder = embedded_sae_path(kind)
+        return load_folder(folder, device, dtype, allow_pickled_config, strict_config)  # type: ignore[arg-type]
     if s.startswith("hf://"):
         return load_folder(_download_hf(s), device, dtype, allow_pickled_config, strict_config)
     if s.startswith("saelens://"):

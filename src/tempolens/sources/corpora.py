@@ -218,9 +218,9 @@ def iter_hf(spec: str) -> Iterator[str]:
         raise SourceError(
             "hf: corpora need the `datasets` package: pip install datasets (or pip install 'tempolens[datasets]')"
         ) from None
-    try:
+    try:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError ...): one line for each
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    except Exception as e:  # noqa: BLE001 - datasets raises many types (ConnectionError, FileNotFoundError, ValueError ...)
+    except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SourceError(
             f"cannot open dataset {name!r} (config {config!r}, split {split!r}): {first}; check the name and split, "
@@ -476,6 +476,21 @@ def _check_stream(stream: _TokenStream, corpus_name: str, body: int, prompt_len:
         )
 
 
+def _cut_prompts(
+    stream: _TokenStream, n_prompts: int, body: int, bos: int | None, special_ids: tuple[int | None, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(token ids, document ids, special mask)``, each ``[n_prompts, prompt_len]``: the stream cut into
+    chunks of ``body`` tokens, each prefixed with ``bos`` when given (document id −1); BOS/EOS/pad and
+    positions outside any document are special."""
+    ids = torch.tensor(stream.ids[: n_prompts * body], dtype=torch.int64).view(n_prompts, body)
+    docs = torch.tensor(stream.doc[: n_prompts * body], dtype=torch.int64).view(n_prompts, body)
+    if bos is not None:
+        ids = torch.cat([torch.full((n_prompts, 1), bos, dtype=torch.int64), ids], dim=1)
+        docs = torch.cat([torch.full((n_prompts, 1), -1, dtype=torch.int64), docs], dim=1)
+    known = torch.tensor(sorted({i for i in special_ids if i is not None}), dtype=torch.int64)
+    return ids, docs, torch.isin(ids, known) | (docs < 0)
+
+
 def build_prompts(
     tokenizer: Any,
     documents: Iterable[str],
@@ -512,13 +527,7 @@ def build_prompts(
         if bar is not None:
             bar.close()
     _check_stream(stream, corpus_name, body, prompt_len)
-    ids = torch.tensor(stream.ids[:need], dtype=torch.int64).view(n_prompts, body)
-    docs = torch.tensor(stream.doc[:need], dtype=torch.int64).view(n_prompts, body)
-    if add_bos:
-        ids = torch.cat([torch.full((n_prompts, 1), bos, dtype=torch.int64), ids], dim=1)
-        docs = torch.cat([torch.full((n_prompts, 1), -1, dtype=torch.int64), docs], dim=1)
-    special_ids = torch.tensor(sorted({i for i in (bos, eos, pad) if i is not None}), dtype=torch.int64)
-    special = torch.isin(ids, special_ids) | (docs < 0)
+    ids, docs, special = _cut_prompts(stream, n_prompts, body, bos if add_bos else None, (bos, eos, pad))
     policy = (
         f"documents shuffled with seed {seed} (buffer {shuffle_buffer}), tokenized without special tokens, "
         f"joined with EOS into one stream, cut into consecutive chunks of {body} tokens"

@@ -248,6 +248,47 @@ def _merge_ranks(dist: Any, acc: Any) -> Any:
     return merged
 
 
+def _feature_stats(
+    store: CodeStore,
+    counts: Any,
+    c: dict[str, Tensor],
+    topk: Any,
+    hist: Any,
+    intervals: Any,
+    corr: dict[str, Tensor],
+    is_temporal: bool,
+    settings: dict[str, Any],
+    timings: dict[str, float],
+) -> FeatureStats:
+    """The passes' accumulators (``c``: the counts pass's result), read out into one :class:`FeatureStats`."""
+    tk, h, iv = topk.result(), hist.result(), intervals.result()
+    return FeatureStats(
+        width=store.width,
+        prompt_len=store.prompt_len,
+        n_tokens=counts.n_tokens,
+        is_temporal=is_temporal,
+        settings=settings,
+        n_active=c["n_active"],
+        sum=c["sum"],
+        sum_sq=c["sum_sq"],
+        max_act=c["max"],
+        top_value=tk["value"],
+        top_gpos=tk["gpos"],
+        top_pred=tk["pred"],
+        top_pred_share=tk["pred_share"],
+        hist_counts=h["counts"],
+        int_counts=iv["counts"],
+        int_value=iv["value"],
+        int_gpos=iv["gpos"],
+        int_pred=iv["pred"],
+        int_pred_share=iv["pred_share"],
+        corr_indices=corr["indices"],
+        corr_pearson=corr["pearson"],
+        corr_cosine=corr["cosine"],
+        timings=timings,
+    )
+
+
 def compute_feature_stats(
     store: CodeStore | str | Path,
     *,
@@ -296,41 +337,18 @@ def compute_feature_stats(
     t2 = time.perf_counter()
     corr = _correlations(reader, counts, blocks, coact, n_correlated)
     t3 = time.perf_counter()
-    tk, h, iv = topk.result(), hist.result(), intervals.result()
-    return FeatureStats(
-        width=W,
-        prompt_len=store.prompt_len,
-        n_tokens=counts.n_tokens,
-        is_temporal=is_temporal,
-        settings={
-            "n_top": n_top,
-            "n_bins": n_bins,
-            "n_intervals": n_intervals,
-            "n_per_interval": n_per_interval,
-            "n_correlated": n_correlated,
-            "seed": seed,
-            "correlation_blocks": len(blocks),
-            "codes": codes,
-        },
-        n_active=c["n_active"],
-        sum=c["sum"],
-        sum_sq=c["sum_sq"],
-        max_act=c["max"],
-        top_value=tk["value"],
-        top_gpos=tk["gpos"],
-        top_pred=tk["pred"],
-        top_pred_share=tk["pred_share"],
-        hist_counts=h["counts"],
-        int_counts=iv["counts"],
-        int_value=iv["value"],
-        int_gpos=iv["gpos"],
-        int_pred=iv["pred"],
-        int_pred_share=iv["pred_share"],
-        corr_indices=corr["indices"],
-        corr_pearson=corr["pearson"],
-        corr_cosine=corr["cosine"],
-        timings={"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0},
-    )
+    settings = {
+        "n_top": n_top,
+        "n_bins": n_bins,
+        "n_intervals": n_intervals,
+        "n_per_interval": n_per_interval,
+        "n_correlated": n_correlated,
+        "seed": seed,
+        "correlation_blocks": len(blocks),
+        "codes": codes,
+    }
+    timings = {"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0}
+    return _feature_stats(store, counts, c, topk, hist, intervals, corr, is_temporal, settings, timings)
 
 
 @dataclass(frozen=True)
