@@ -31,8 +31,8 @@ def _analysis() -> TextAnalysis:
 
 def test_kernel_png_is_diverging_centred_at_zero_with_a_labelled_colour_bar(tmp_path, monkeypatch):
     seen = []
-    real_save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: (seen.append(fig), real_save(fig, path, dpi))[1])
+    real_save = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, path, **kw: (seen.append(fig), real_save(fig, path, **kw))[1])
     path = figures.kernel_figure(_analysis(), tmp_path / "k.png")
     assert path.stat().st_size > 0
     fig = seen[0]

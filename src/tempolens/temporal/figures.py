@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -43,9 +44,11 @@ def _label(tok: str, width: int = 12) -> str:
     return t if len(t) <= width else t[: width - 1] + "…"
 
 
-def _save(fig: plt.Figure, path: Path, dpi: int) -> Path:
+def save_png(fig: plt.Figure, path: Path | str, **savefig_kwargs: Any) -> Path:
+    """Render ``fig`` as PNG (``savefig_kwargs`` passed on), close it, and write it atomically (folders
+    created): every figure tempolens draws is saved through here."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", **savefig_kwargs)
     plt.close(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +96,7 @@ def kernel_figure(analysis: TextAnalysis, path: Path, kinds: Sequence[str] | Non
         _decorate(ax, tokens, analysis.boundaries)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity of mean-centred codes (−1 … 0 … +1)")
     fig.suptitle(_title(analysis, "similarity kernels"), fontsize=10)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi=dpi, bbox_inches="tight", facecolor="white")
 
 
 def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path:
@@ -125,7 +128,7 @@ def attention_figure(analysis: TextAnalysis, path: Path, dpi: int = 110) -> Path
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"attention (√ scale, 0 → {vmax:.3g})")
     fig.suptitle(_title(analysis, "Temporal SAE attention: query token (row) → context token (column)"), fontsize=10)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi=dpi, bbox_inches="tight", facecolor="white")
 
 
 SHARE_ROW_TOKENS = 60
@@ -168,7 +171,7 @@ def share_figure(analysis: TextAnalysis, path: Path, dpi: int = 120) -> Path:
         ),
         fontsize=10,
     )
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi=dpi, bbox_inches="tight", facecolor="white")
 
 
 def _title(analysis: TextAnalysis, what: str) -> str:

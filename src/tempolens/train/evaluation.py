@@ -10,7 +10,6 @@ held-out curve reports too.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempolens.errors import SourceError
-from tempolens.fsutil import atomic_write_bytes
 from tempolens.saes.base import SAE, SparseCodes
 from tempolens.train.activations_cache import ActivationSource, iter_split
 
@@ -136,6 +134,8 @@ def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tempolens.temporal.figures import save_png
+
     steps, curves = read_log(log_path)
     panels = [
         ("training loss (summed MSE, scaled)", [(steps, "mse", "train"), (curves, "loss", "held-out")], True),
@@ -164,10 +164,7 @@ def plot_learning_curves(log_path: Path, png: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(Path(png), buf.getvalue())
+    save_png(fig, png, dpi=90)
     return Path(png)
 
 

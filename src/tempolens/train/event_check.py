@@ -127,16 +127,13 @@ def event_check(
 def kernel_images(sae: SAE, twin: SAE | None, seq: EventSequence, png, title: str = "") -> None:
     """One PNG with the predicted, novel, twin and raw kernels of ``seq`` side by side (magma, 0→1
     colour scale as on the kernel pages; dashed lines at the true event boundaries)."""
-    import io
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tempolens.fsutil import atomic_write_bytes
     from tempolens.temporal.events import boundary_positions
+    from tempolens.temporal.figures import save_png
 
     codes, _ = sequence_codes(sae, twin, seq.acts)
     lab = seq.labels[1:]
@@ -159,8 +156,4 @@ def kernel_images(sae: SAE, twin: SAE | None, seq: EventSequence, png, title: st
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(png), buf.getvalue())
+    save_png(fig, png, dpi=80)
