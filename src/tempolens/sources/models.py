@@ -32,8 +32,8 @@ from torch import nn
 
 from tempolens.devices import resolve_device
 from tempolens.errors import SourceError
-from tempolens.fsutil import fresh_tmp_dir, publish_dir
-from tempolens.sources.cache import cache_lock, models_dir
+from tempolens.fsutil import file_lock, fresh_tmp_dir, publish_dir
+from tempolens.sources.cache import models_dir
 from tempolens.sources.hub import first_uncached, hub_offline, is_connection_error, not_cached_message
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -405,7 +405,7 @@ def convert_gguf(
     say = progress or (lambda _m: None)
     if is_converted(final):
         return final
-    with cache_lock(final):
+    with file_lock(final):
         if is_converted(final):
             return final
         try:
