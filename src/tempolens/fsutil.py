@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "atomic_write_with",
     "ensure_out_dir",
     "file_lock",
     "fresh_tmp_dir",
@@ -76,26 +77,35 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def atomic_write_with(path: Path | str, write: Callable[[Path], object]) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills the temporary file beside it, which is then fsynced and
+    renamed over ``path``. On any failure the temporary file is removed and the error raised as it is (callers
+    map it to their own message)."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
 
     Raises :class:`WriteError` (one line) when the disk is full; the temporary file is removed."""
-    path = Path(path)
-    tmp = temporary_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
             raise WriteError(
                 f"disk full while writing {path}; free space and rerun the same command — finished shards are kept"
             ) from e
         raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

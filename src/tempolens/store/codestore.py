@@ -33,9 +33,9 @@ tokens per shard) before it returns, and names the first disagreement.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +51,7 @@ from tempolens.errors import TempolensError
 from tempolens.fsutil import (  # noqa: F401  (re-exported: older import paths)
     atomic_write_bytes,
     atomic_write_json,
+    atomic_write_with,
     ensure_out_dir,
     remove_stale_temporaries,
     sha256_file,
@@ -467,22 +468,16 @@ class StoreWriter:
     def _save_atomically(self, tensors: dict[str, Tensor], path: Path) -> None:
         """Save ``tensors`` to a temporary file beside ``path``, fsync it and rename it over ``path``; on failure
         the temporary file is removed and a full disk or an unwritable folder is a ``StoreError``."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            save_file(tensors, str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno == 28:
+            if e.errno == errno.ENOSPC:
                 raise self._disk_full(path) from e
             raise
         except (
             RuntimeError,
             SafetensorError,
         ) as e:  # safetensors wraps I/O errors (SafetensorError is no RuntimeError)
-            tmp.unlink(missing_ok=True)
             if "os error 28" in str(e) or "No space left" in str(e):
                 raise self._disk_full(path) from e
             raise StoreError(
