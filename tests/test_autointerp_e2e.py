@@ -303,7 +303,8 @@ def test_sigkilled_cli_run_resumes_to_the_same_report(tok, tiny_lm_dir, tmp_path
         "2",
         "--no-progress",
     ]
-    with ChatServer(RuleLLM()) as srv:
+    # after the 15th request every answer takes 0.3 s, so the kill lands mid-run however fast the machine is
+    with ChatServer(RuleLLM(), faults=["none"] * 15 + ["sleep:0.3"] * 40) as srv:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [
