@@ -142,8 +142,8 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     seed: int = 0
     """Seed of the interval samples."""
     corr_memory_mb: float = 1024
-    """Memory for the exact correlation sums (float64 rows × width); wider SAEs are processed in row blocks, one extra
-    store read each."""
+    """Memory for the exact correlation sums, kept only for pairs of latents that fired together (≈ 48 bytes per pair
+    occurrence); when all rows' pairs do not fit, rows go in blocks, one extra store read each."""
     codes: Literal["novel", "pred"] = "novel"
     """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
     (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`

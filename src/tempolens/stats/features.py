@@ -2,10 +2,12 @@
 
 :func:`compute_feature_stats` reads the store in passes (reading is cheap; the LM never runs):
 
-1. counts, sums, max, top-k examples (:class:`CountsAccumulator`, :class:`TopKAccumulator`);
+1. counts, sums, max, top-k examples (:class:`CountsAccumulator`, :class:`TopKAccumulator`) and how many
+   co-activation pairs each latent's row produces (:class:`PairLoad`);
 2. 50-bin histograms and interval samples over ``(0, max]`` (both need the max from pass 1) and
-   the first block of co-activation sums;
-3. one more pass per further block of latent rows when ``width² · 8 bytes`` exceeds ``corr_memory_mb``.
+   the co-activation sums of the first block of latent rows (:class:`PairSums`);
+3. one more pass per further block, when the pairs of all rows exceed ``corr_memory_mb`` (exact at any width;
+   see :mod:`tempolens.stats.correlations`).
 
 The examples dashboards show and their token windows are chosen and read in :mod:`tempolens.stats.examples`.
 """
@@ -25,15 +27,14 @@ from tqdm.auto import tqdm
 
 from tempolens.fsutil import atomic_write_bytes
 from tempolens.stats.accumulators import (
-    CoactAccumulator,
     CodeBatch,
     CountsAccumulator,
     HistogramAccumulator,
     IntervalSampler,
     TopKAccumulator,
     bin_edges,
-    correlations_from_sums,
 )
+from tempolens.stats.correlations import PairLoad, PairSums, correlations_from_pairs, pair_blocks
 from tempolens.store.codestore import CodeStore, Shard, StoreError
 
 STATS_VERSION = 1
@@ -205,17 +206,6 @@ def neuron_alignment(W_dec: Tensor, k: int = 3) -> dict[str, Tensor]:
     return {"indices": i, "values": v, "l1": v.abs() / l1}
 
 
-def correlation_blocks(width: int, memory_mb: float) -> list[tuple[int, int]]:
-    """Row blocks ``[start, stop)`` so that the co-activation sums (float64), the Pearson work space
-    (float64) and its float32 ranking copy — 20 bytes × ``rows × width``, plus slack — fit ``memory_mb``.
-
-    Example: width 16,384 needs 5.4 GiB for one block; with the default 1 GiB it runs in 7 blocks,
-    each one more (cheap) pass over the store."""
-    per_row = 24 * width
-    rows = max(1, min(width, int(memory_mb * 2**20 // per_row)))
-    return [(s, min(width, s + rows)) for s in range(0, width, rows)]
-
-
 def _iter(
     store: CodeStore, desc: str, progress: bool, shard_ids: list[int] | None = None, codes: str = "novel"
 ) -> Iterator[tuple[Shard, CodeBatch]]:
@@ -327,12 +317,11 @@ def compute_feature_stats(
         codes,
         dist,
     )
-    W = store.width
     t0 = time.perf_counter()
-    counts, topk, is_temporal = _counts_pass(reader, n_top)
+    counts, topk, load, is_temporal = _counts_pass(reader, n_top, n_correlated > 0)
     t1 = time.perf_counter()
     c = counts.result()
-    blocks = correlation_blocks(W, corr_memory_mb) if n_correlated > 0 else []
+    blocks = pair_blocks(load.result(), corr_memory_mb) if load is not None else []
     hist, intervals, coact = _distributions_pass(reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks)
     t2 = time.perf_counter()
     corr = _correlations(reader, counts, blocks, coact, n_correlated)
@@ -371,20 +360,27 @@ class _Reader:
         return self.dist is not None and self.dist.active
 
 
-def _counts_pass(reader: _Reader, n_top: int) -> tuple[CountsAccumulator, TopKAccumulator, bool]:
-    """Pass 1: counts, sums, maxima and top-k examples (merged over ranks), and whether the store is
-    of a Temporal SAE (its shards keep the predicted share)."""
+def _counts_pass(
+    reader: _Reader, n_top: int, pair_load: bool
+) -> tuple[CountsAccumulator, TopKAccumulator, PairLoad | None, bool]:
+    """Pass 1: counts, sums, maxima, top-k examples and (``pair_load``) the co-activation load per latent
+    (merged over ranks), and whether the store is of a Temporal SAE (its shards keep the predicted share)."""
     W = reader.store.width
     counts, topk = CountsAccumulator(W), TopKAccumulator(W, n_top)
+    load = PairLoad(W) if pair_load else None
     is_temporal = False
     for shard, b in reader.batches("stats 1/2 (counts, top-k)"):
         is_temporal = is_temporal or "pred_share" in shard.extras
         counts.update(b)
         topk.update(b)
+        if load is not None:
+            load.update(b)
     counts, topk = _merge_ranks(reader.dist, counts), _merge_ranks(reader.dist, topk)
+    if load is not None:
+        load = _merge_ranks(reader.dist, load)
     if reader.distributed:
         is_temporal = any(_merge_flags(reader.dist, is_temporal))
-    return counts, topk, is_temporal
+    return counts, topk, load, is_temporal
 
 
 def _distributions_pass(
@@ -395,12 +391,12 @@ def _distributions_pass(
     n_per_interval: int,
     seed: int,
     blocks: list[tuple[int, int]],
-) -> tuple[HistogramAccumulator, IntervalSampler, CoactAccumulator | None]:
+) -> tuple[HistogramAccumulator, IntervalSampler, PairSums | None]:
     """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
     co-activation sums of the first correlation block (``None`` when no correlations are computed)."""
     hist = HistogramAccumulator(counts.max, n_bins)
     intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
-    coact = CoactAccumulator(reader.store.width, *blocks[0]) if blocks else None
+    coact = PairSums(reader.store.width, *blocks[0]) if blocks else None
     for _, b in reader.batches("stats 2/2 (histograms, intervals, correlations)"):
         hist.update(b)
         intervals.update(b)
@@ -413,7 +409,7 @@ def _correlations(
     reader: _Reader,
     counts: CountsAccumulator,
     blocks: list[tuple[int, int]],
-    first: CoactAccumulator | None,
+    first: PairSums | None,
     n_correlated: int,
 ) -> dict[str, Tensor]:
     """The ``n_correlated`` most correlated latents of every latent: ``indices``, ``pearson``, ``cosine``
@@ -424,17 +420,14 @@ def _correlations(
     coact = first
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
-            coact = CoactAccumulator(W, start, stop)
+            coact = PairSums(W, start, stop)
             for _, b in reader.batches(f"correlations block {bi + 1}/{len(blocks)}"):
                 coact.update(b)
         assert coact is not None
-        if reader.distributed:
-            import torch.distributed as tdist
-
-            tdist.all_reduce(coact.sum_xy)  # float64 sums of every rank's shards
+        coact = _merge_ranks(reader.dist, coact)  # every rank's pairs, in rank order
         corr_parts.append(
-            correlations_from_sums(
-                coact.sum_xy, start, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated
+            correlations_from_pairs(
+                coact.result(), start, stop, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated
             )
         )
         coact = None

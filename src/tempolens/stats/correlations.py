@@ -1,0 +1,241 @@
+"""The most correlated latents of every latent, exact at any width, from sparse co-activation sums.
+
+Pearson over all counted tokens (zeros included) of latents ``i`` and ``j``::
+
+    r_ij = (n·S_ij − Sx_i·Sx_j) / (σ_i·σ_j),   σ_i = sqrt(n·Sxx_i − Sx_i²),   S_ij = Σ_t x_i(t)·x_j(t)
+
+Most pairs never fire together (``S_ij = 0``); their ``r_ij = −a_i·a_j`` with ``a_i = Sx_i/σ_i ≥ 0`` (codes are
+positive). So the top of row ``i`` lies among its co-active partners and, from the latents it never fired with,
+those with the smallest ``a_j``: one short list shared by every row. Nothing ``width × width`` is ever held:
+the sums exist only for pairs that fired together (:class:`PairSums`), in blocks of rows sized by how many
+such pairs they can produce (:func:`pair_blocks`), one pass over the store per block.
+
+Ranking follows the dense definition: values computed in float64 in the dense order of operations, ranked in
+float32, ties broken by the lower index; the reported Pearson is the float64 value. The one approximation: among
+latents whose ``a`` round to the same float32 (e.g. every latent that fired once), the list keeps the lowest
+indices, so a pair whose float32 value differs from its neighbours' by one ulp can be swapped with them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from tempolens.stats.accumulators import ShardLike, as_batch
+
+BYTES_PER_PAIR = 48
+"""Memory per co-activation entry while a block is summed and coalesced (key, value, inverse index, sort space)."""
+SHORTLIST_EXTRA = 64
+"""Never-co-active candidates kept beyond ``k + 1`` in the shared list (rows co-active with more of the list are
+computed in full)."""
+
+
+def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> Tensor:
+    """CSR matrix from unique ``(row, col)`` entries (columns sorted within rows)."""
+    order = torch.argsort(rows * n_cols + cols)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return torch.sparse_csr_tensor(crow, cols[order], vals[order], (n_rows, n_cols), check_invariants=False)
+
+
+def _token_index(b) -> tuple[Tensor, int]:
+    """Consecutive token numbers of a batch's codes (CSR, token-major) and the token count."""
+    _, inv = torch.unique_consecutive(b.gpos, return_inverse=True)
+    return inv, int(inv[-1]) + 1
+
+
+class PairLoad:
+    """Per latent, how many co-activation entries its row produces: ``Σ_t [x_i(t) ≠ 0]·nnz(t)`` (pass 1)."""
+
+    def __init__(self, width: int):
+        self.load = torch.zeros(int(width), dtype=torch.int64)
+
+    def update(self, shard: ShardLike) -> None:
+        b = as_batch(shard)
+        if b.latent.numel() == 0:
+            return
+        inv, n_tok = _token_index(b)
+        nnz = torch.bincount(inv, minlength=n_tok)
+        self.load.index_add_(0, b.latent, nnz[inv])
+
+    def merge(self, other: PairLoad) -> None:
+        self.load += other.load
+
+    def result(self) -> Tensor:
+        return self.load.clone()
+
+
+def pair_blocks(load: Tensor, memory_mb: float) -> list[tuple[int, int]]:
+    """Row blocks ``[start, stop)`` whose co-activation entries (``load``, from :class:`PairLoad`) fit
+    ``memory_mb`` at :data:`BYTES_PER_PAIR` each; a single row heavier than that is a block of its own."""
+    W = load.numel()
+    budget = max(1, int(memory_mb * 2**20 // BYTES_PER_PAIR))
+    cum = torch.cumsum(load, 0)
+    blocks, start = [], 0
+    while start < W:
+        base = int(cum[start - 1]) if start else 0
+        stop = int(torch.searchsorted(cum, torch.tensor(base + budget), right=True))
+        stop = min(W, max(stop, start + 1))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+class PairSums:
+    """Exact co-activation sums ``S[i, j]`` of latent rows ``[start, stop)`` with every latent, only for the pairs
+    that fired together. Per shard a sparse ``Aᵀ·A`` product (``A`` = the shard's codes); ``result()`` coalesces
+    (sums per pair in shard order, float64). Merge = concatenation."""
+
+    def __init__(self, width: int, start: int, stop: int):
+        self.width, self.start, self.stop = int(width), int(start), int(stop)
+        self.keys: list[Tensor] = []
+        self.vals: list[Tensor] = []
+
+    def update(self, shard: ShardLike) -> None:
+        b = as_batch(shard)
+        if b.latent.numel() == 0:
+            return
+        inv, n_tok = _token_index(b)
+        rows = (b.latent >= self.start) & (b.latent < self.stop)
+        if not bool(rows.any()):
+            return
+        R = self.stop - self.start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            left = _csr(b.latent[rows] - self.start, inv[rows], b.value[rows], R, n_tok)
+            right = _csr(inv, b.latent, b.value, n_tok, self.width)
+            prod = torch.sparse.mm(left, right)
+        crow, col = prod.crow_indices(), prod.col_indices()
+        r = torch.repeat_interleave(torch.arange(self.start, self.stop, dtype=torch.int64), crow[1:] - crow[:-1])
+        self.keys.append(r * self.width + col.to(torch.int64))
+        self.vals.append(prod.values().to(torch.float64))
+
+    def merge(self, other: PairSums) -> None:
+        if (self.start, self.stop, self.width) != (other.start, other.stop, other.width):
+            raise ValueError("co-activation sums over different rows cannot be merged")
+        self.keys += other.keys
+        self.vals += other.vals
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, cols, sums)`` of every pair that fired together, sorted by row then column."""
+        if not self.keys:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty.clone(), torch.zeros(0, dtype=torch.float64)
+        keys = torch.cat(self.keys)
+        uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, torch.cat(self.vals))
+        return uniq // self.width, uniq % self.width, sums
+
+
+def _pearson(sxy: Tensor, n: float, sx_i: Tensor, sx_j: Tensor, inv_i: Tensor, inv_j: Tensor) -> Tensor:
+    """float64 Pearson in the dense order of operations: ``((n·S − Sx_i·Sx_j)·inv_i)·inv_j``."""
+    return (sxy * n - sx_i * sx_j) * inv_i * inv_j
+
+
+def shortlist(a: Tensor, alive: Tensor, k: int, extra: int = SHORTLIST_EXTRA) -> Tensor:
+    """The first ``k + 1 + extra`` alive latents in ascending ``a`` at float32 precision, ties by index: for a row
+    with ``a_i > 0`` the order of its never-co-active values, the same rule as the ranking's."""
+    ids = alive.nonzero().squeeze(1)
+    order = ids[torch.argsort(a[ids].to(torch.float32), stable=True)]
+    return order[: k + 1 + extra]
+
+
+def _rank_rows(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> tuple[Tensor, Tensor]:
+    """Per row (``0..R-1``) the positions of the ``k`` best entries by float32 value, ties by column:
+    ``[R, k]`` positions into the inputs (−1 where a row has fewer)."""
+    bits = val32.view(torch.int32).to(torch.int64)
+    # descending float order as a non-negative int: positives in [0, 2³¹), negatives after them
+    desc = torch.where(bits >= 0, (1 << 31) - 1 - bits, bits + (1 << 32))
+    key = (desc << 31) | cols
+    o = torch.argsort(key, stable=True)
+    o = o[torch.argsort(rows[o], stable=True)]
+    counts = torch.bincount(rows, minlength=R)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(o.numel()) - first[rows[o]]
+    keep = rank < k
+    out = torch.full((R, k), -1, dtype=torch.int64)
+    out[rows[o][keep], rank[keep]] = o[keep]
+    return out, counts
+
+
+def correlations_from_pairs(
+    pairs: tuple[Tensor, Tensor, Tensor],
+    start: int,
+    stop: int,
+    n_tokens: int,
+    sum_x: Tensor,
+    sum_sq: Tensor,
+    n_active: Tensor,
+    k: int,
+    extra: int = SHORTLIST_EXTRA,
+) -> dict[str, Tensor]:
+    """Top-``k`` correlated latents of rows ``[start, stop)`` by Pearson, with cosine similarity, from the sums of
+    the pairs that fired together (:meth:`PairSums.result`). The latent itself and dead latents are never
+    listed; a dead row gets no entries (index −1). Equal to ranking the dense ``R × width`` matrix."""
+    rows, cols, sxy = pairs
+    W, R, kk = sum_x.numel(), stop - start, min(k, sum_x.numel())
+    n = float(max(n_tokens, 1))
+    sx, sxx = sum_x.to(torch.float64), sum_sq.to(torch.float64)
+    var = (n * sxx - sx * sx).clamp(min=0)
+    inv_std = torch.where(var > 0, 1.0 / torch.sqrt(var.clamp(min=1e-300)), torch.zeros_like(var))
+    alive = n_active > 0
+    keep = (rows != cols) & alive[cols]
+    rows, cols, sxy = rows[keep], cols[keep], sxy[keep]
+    # never-co-active candidates: one shared list, each row minus itself and its co-active partners
+    short = shortlist(sx * inv_std, alive, kk, extra)
+    c_rows = torch.arange(start, stop).repeat_interleave(short.numel())
+    c_cols = short.repeat(R)
+    W64 = torch.tensor(W, dtype=torch.int64)
+    co_keys = rows * W64 + cols
+    c_keys = c_rows * W64 + c_cols
+    pos = torch.searchsorted(co_keys, c_keys).clamp(max=max(co_keys.numel() - 1, 0))
+    clash = (co_keys[pos] == c_keys) if co_keys.numel() else torch.zeros_like(c_keys, dtype=torch.bool)
+    fresh = ~clash & (c_rows != c_cols)
+    c_rows, c_cols = c_rows[fresh], c_cols[fresh]
+    all_rows = torch.cat([rows, c_rows])
+    all_cols = torch.cat([cols, c_cols])
+    all_s = torch.cat([sxy, torch.zeros(c_rows.numel(), dtype=torch.float64)])
+    p = _pearson(all_s, n, sx[all_rows], sx[all_cols], inv_std[all_rows], inv_std[all_cols])
+    best, _ = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
+    # computed in full: rows whose own list ran short of never-co-active candidates (unless the list holds every
+    # alive latent), and constant latents (σ = 0: every value is 0, so ties go by index, not by a)
+    n_fresh = torch.bincount(c_rows - start, minlength=R)
+    short_rows = ((n_fresh < kk) & (short.numel() < int(alive.sum()))) | (inv_std[start:stop] == 0)
+    short_rows &= alive[start:stop]
+    idx = torch.where(best >= 0, all_cols[best.clamp(min=0)], torch.full_like(best, -1))
+    val = torch.where(best >= 0, p[best.clamp(min=0)], torch.zeros(best.shape, dtype=torch.float64))
+    cos_s = torch.where(best >= 0, all_s[best.clamp(min=0)], torch.zeros(best.shape, dtype=torch.float64))
+    for r in short_rows.nonzero().squeeze(1).tolist():
+        idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, kk)
+    valid = (idx >= 0) & alive[start:stop].unsqueeze(1)
+    safe = idx.clamp(min=0)
+    den = torch.sqrt(sxx[start:stop].unsqueeze(1) * sxx[safe])
+    cosine = torch.where(den > 0, cos_s / den.clamp(min=1e-300), torch.zeros_like(den))
+    return {
+        "indices": torch.where(valid, idx, torch.full_like(idx, -1)),
+        "pearson": torch.where(valid, val, torch.zeros_like(val)).to(torch.float32),
+        "cosine": torch.where(valid, cosine, torch.zeros_like(cosine)).to(torch.float32),
+    }
+
+
+def _dense_row(
+    i: int, rows: Tensor, cols: Tensor, sxy: Tensor, n: float, sx: Tensor, inv_std: Tensor, alive: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row ``i`` ranked over every latent (the rare row co-active with most of the shared list)."""
+    s = torch.zeros(sx.numel(), dtype=torch.float64)
+    mine = rows == i
+    s[cols[mine]] = sxy[mine]
+    p = _pearson(s, n, sx[i], sx, inv_std[i], inv_std)
+    p32 = p.to(torch.float32)
+    p32[~alive] = float("-inf")
+    p32[i] = float("-inf")
+    order = torch.argsort(p32, descending=True, stable=True)[:k]
+    ok = torch.isfinite(p32[order])
+    idx = torch.where(ok, order, torch.full_like(order, -1))
+    return (
+        idx,
+        torch.where(ok, p[order], torch.zeros_like(p[order])),
+        torch.where(ok, s[order], torch.zeros_like(s[order])),
+    )

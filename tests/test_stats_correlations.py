@@ -1,0 +1,133 @@
+"""Sparse top-k correlations (stats.correlations) against the dense definition, on codes built to break them:
+tied values, latents fired once (equal a = Sx/σ), a latent constant on every token (σ = 0), dead latents, a
+latent co-active with most others, and shortlists too short for some rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dense_correlations import CoactAccumulator, correlations_from_sums
+
+from tempolens.stats.accumulators import CodeBatch, CountsAccumulator
+from tempolens.stats.correlations import PairLoad, PairSums, correlations_from_pairs, pair_blocks, shortlist
+
+
+def hostile_batches(W: int = 160, n_tok: int = 400, seed: int = 0) -> list[CodeBatch]:
+    g = torch.Generator().manual_seed(seed)
+    batches, gpos0 = [], 0
+    for part in range(3):
+        lat, val, pos = [], [], []
+        for t in range(n_tok):
+            ids = {0}  # latent 0: on every token with the same value (σ = 0)
+            if t % 2 == 0:
+                ids.add(1)  # latent 1: with half of everything
+            ids |= set(torch.randint(10, W - 20, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist())
+            if t == part * 50 + 7:
+                ids.add(W - 20 + part)  # fired once each: equal a
+            for i in sorted(ids):
+                lat.append(i)
+                val.append(1.0 if i == 0 else float(torch.randint(1, 4, (1,), generator=g)))  # few values: ties
+                pos.append(gpos0 + t)
+        gpos0 += n_tok
+        batches.append(
+            CodeBatch(
+                latent=torch.tensor(lat),
+                value=torch.tensor(val),
+                gpos=torch.tensor(pos, dtype=torch.int64),
+                n_tokens=n_tok,
+            )
+        )
+    return batches  # latents 2..9 and the last 17 but three are dead
+
+
+def dense_reference(batches, W, k):
+    """The definition on the dense W × W matrix: float64 Pearson ranked in float32, ties by the lower index
+    (a full stable sort; ``correlations_from_sums`` takes ``topk`` first, which breaks wide ties arbitrarily)."""
+    c, coact = CountsAccumulator(W), CoactAccumulator(W)
+    for b in batches:
+        c.update(b)
+        coact.update(b)
+    S, n = coact.result(), float(c.n_tokens)
+    sx, sxx = c.sum.double(), c.sum_sq.double()
+    var = (n * sxx - sx * sx).clamp(min=0)
+    inv = torch.where(var > 0, 1 / var.clamp(min=1e-300).sqrt(), torch.zeros_like(var))
+    P = (S * n - sx[:, None] * sx[None, :]) * inv[:, None] * inv[None, :]
+    P32 = P.float() + 0.0
+    alive = c.n_active > 0
+    P32[:, ~alive] = float("-inf")
+    P32.fill_diagonal_(float("-inf"))
+    order = torch.argsort(P32, dim=1, descending=True, stable=True)[:, :k]
+    ok = torch.isfinite(P32.gather(1, order)) & alive[:, None]
+    den = (sxx[:, None] * sxx[order]).sqrt()
+    ref = {
+        "indices": torch.where(ok, order, torch.full_like(order, -1)),
+        "pearson": torch.where(ok, P.gather(1, order), torch.zeros(order.shape, dtype=torch.float64)).float(),
+        "cosine": torch.where(
+            ok & (den > 0), S.gather(1, order) / den.clamp(min=1e-300), torch.zeros_like(den)
+        ).float(),
+    }
+    # the dense implementation agrees wherever no tie is wider than its topk margin
+    old = correlations_from_sums(S, 0, c.n_tokens, c.sum, c.sum_sq, c.n_active, k)
+    same = (old["indices"] == ref["indices"]).all(1)
+    assert same[1:].all(), (~same).nonzero()
+    return c, ref
+
+
+@pytest.mark.parametrize("extra", [0, 2, 64])
+@pytest.mark.parametrize("memory_mb", [1e-3, 1e-2, 1024])
+def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb):
+    W, k = 160, 5
+    batches = hostile_batches(W)
+    counts, ref = dense_reference(batches, W, k)
+    load = PairLoad(W)
+    for b in batches:
+        load.update(b)
+    blocks = pair_blocks(load.result(), memory_mb)
+    assert blocks[0][0] == 0 and blocks[-1][1] == W and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    parts = []
+    for start, stop in blocks:
+        acc = PairSums(W, start, stop)
+        for b in batches:
+            acc.update(b)
+        parts.append(
+            correlations_from_pairs(
+                acc.result(), start, stop, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, k, extra
+            )
+        )
+    got = {key: torch.cat([p[key] for p in parts]) for key in ("indices", "pearson", "cosine")}
+    assert torch.equal(got["indices"], ref["indices"])
+    assert torch.allclose(got["pearson"], ref["pearson"], atol=1e-6, rtol=0)
+    assert torch.allclose(got["cosine"], ref["cosine"], atol=1e-6, rtol=0)
+    assert (got["indices"][2:10] == -1).all()  # dead rows list nothing
+
+
+def test_the_hostile_codes_exercise_every_branch():
+    W = 160
+    batches = hostile_batches(W)
+    counts, _ = dense_reference(batches, W, 5)
+    n = counts.n_tokens
+    sx, sxx = counts.sum.double(), counts.sum_sq.double()
+    var = n * sxx - sx * sx
+    assert var[0] == 0 and counts.n_active[0] == n  # a constant latent
+    a = sx / var.clamp(min=1e-300).sqrt()
+    once = a[W - 20 : W - 17]
+    assert torch.allclose(once, once[0].expand(3))  # equal a: ties at the end of the shortlist
+    alive = counts.n_active > 0
+    assert shortlist(a, alive, 5, 0).numel() >= 6
+    assert not alive[2:10].any()
+
+
+def test_pair_sums_merge_and_empty():
+    W = 40
+    batches = hostile_batches(W, n_tok=60)
+    one, a, b = PairSums(W, 0, W), PairSums(W, 0, W), PairSums(W, 0, W)
+    for i, x in enumerate(batches):
+        one.update(x)
+        (a if i % 2 else b).update(x)
+    b.merge(a)
+    r1, r2 = one.result(), b.result()
+    assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1]) and torch.allclose(r1[2], r2[2], rtol=1e-12)
+    rows, cols, sums = PairSums(W, 0, 5).result()
+    assert rows.numel() == cols.numel() == sums.numel() == 0
+    with pytest.raises(ValueError):
+        one.merge(PairSums(W, 0, 5))
