@@ -157,6 +157,22 @@ def test_dashboards_with_an_sae_of_another_width_is_a_clear_error(tiny_lm_dir, c
     assert "the SAE has 64 latents but the store" in line and "has 96" in line and "--sae" in line
 
 
+def test_an_sae_trained_on_another_block_is_refused_with_the_layer_to_pass(tiny_lm_dir, corpus, tmp_path):
+    """An SAE whose metadata names block 3 must not silently encode block 2's activations."""
+    from tempolens.saes.loading import save_temporal_sae
+    from tempolens.saes.random_init import random_temporal_sae
+
+    sae = random_temporal_sae(32, 96, 8, n_heads=2, seed=1, scaling_factor=0.1)
+    folder = save_temporal_sae(sae, tmp_path / "b3", metadata={"hook_name": "blocks.3.hook_resid_post"})
+    args = ["--model", str(tiny_lm_dir), "--corpus", str(corpus), "--sae", str(folder), "--n-prompts", "4"]
+    args += ["--prompt-len", "16", "--device", "cpu", "--no-progress"]
+    line = _one_line_error(_cli("collect", *args, "--layer", "2", "--out", str(tmp_path / "s2")), "collect")
+    assert "was trained on blocks.3" in line and "read at block 2" in line and "--layer 3" in line
+    assert not (tmp_path / "s2" / "meta.json").exists()
+    r = _cli("collect", *args, "--layer", "3", "--out", str(tmp_path / "s3"))
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 # -- wrong types in a SAELens cfg.json ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "key, value, needle",

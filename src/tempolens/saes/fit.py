@@ -3,7 +3,7 @@
 ``load_sae_for_model(spec, model)`` returns the SAE on the requested device in float32, in eval mode,
 after checking that its ``d_in`` equals the hidden size at the model's hook block and that every
 weight is finite; random-init specs get activation statistics from a sample the caller supplies.
-``check_sae_fits`` is the ``d_in`` check alone, for SAEs handed over as objects (Python API).
+``check_sae_fits`` is the ``d_in`` and block check alone, for SAEs handed over as objects (Python API).
 
 It lives in ``saes`` (not ``sources.open``) because SAEs come after sources in the data flow:
 ``saes.loading`` itself reads ``sources`` (embedded SAEs, the hub cache).
@@ -11,6 +11,7 @@ It lives in ``saes`` (not ``sources.open``) because SAEs come after sources in t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +22,36 @@ from tempolens.errors import SourceError
 
 
 def check_sae_fits(sae: Any, model: Any, name: str = "the SAE") -> None:
-    """Refuse an SAE whose ``d_in`` differs from the hidden size at the model's hook block."""
+    """Refuse an SAE whose ``d_in`` differs from the hidden size at the model's hook block, or whose metadata
+    names another block than the one the model reads."""
     if sae.d_in != model.hidden_size:
         raise SourceError(
             f"{name} expects d_in={sae.d_in} but {getattr(model, 'model_id', 'the model')} block "
             f"{getattr(model, 'layer', '?')} has hidden size {model.hidden_size}; "
             "pick the SAE trained for this model and layer"
+        )
+    check_sae_layer(sae, model, name)
+
+
+def recorded_hook_layer(sae: Any) -> int | None:
+    """The decoder block an SAE says it was trained on (``hook_layer``, or ``blocks.N.`` in ``hook_name``, of
+    its metadata); None when it records neither."""
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None) or {}
+    layer = meta.get("hook_layer")
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        return layer
+    match = re.match(r"blocks\.(\d+)\.", str(meta.get("hook_name", "")))
+    return int(match.group(1)) if match else None
+
+
+def check_sae_layer(sae: Any, model: Any, name: str = "the SAE") -> None:
+    """Refuse an SAE whose metadata names another block than the one the model reads: its codes would be
+    computed from activations it never saw, with no error anywhere else."""
+    trained, reading = recorded_hook_layer(sae), getattr(model, "layer", None)
+    if trained is not None and isinstance(reading, int) and trained != reading:
+        raise SourceError(
+            f"{name} was trained on blocks.{trained} (its metadata says so) but the model is read at block "
+            f"{reading}; pass --layer {trained} (Python: layer={trained})"
         )
 
 
