@@ -86,6 +86,9 @@ class BenchConfig:
     """Python of the venv with sae-dashboard 0.8.0 (torch 2.13 CPU, no torchvision/torchaudio, pyarrow<26)."""
     repeats: int = 1
     """Measure every configuration this many times (medians are reported)."""
+    two_command: bool = True
+    """Also measure the two-command path (`tempolens collect` + `tempolens dashboards`, one model load each); off
+    measures `tempolens run` alone, e.g. at 65,536 latents where each pass takes minutes."""
     temporal_only_run: bool = False
     """Measure the Temporal SAE with `tempolens run` only (skip the two-command collect + dashboards run of it)."""
     quick: bool = False
@@ -124,6 +127,7 @@ class BenchConfig:
         check(self.prompts >= 1, f"--prompts must be >= 1; got {self.prompts}")
         check(all(n >= 1 for n in self.scaling_prompts), "--scaling-prompts must be positive")
         check(len(self.widths) >= 1 and all(w >= self.k for w in self.widths), f"--widths must be >= k={self.k}")
+        check(self.two_command or self.tempolens_run, "--no-two-command needs --tempolens-run")
         check(self.repeats >= 1, f"--repeats must be >= 1; got {self.repeats}")
         check(self.batch_size >= 1 and self.prompt_len >= 2, "--batch-size must be >= 1 and --prompt-len >= 2")
         check(self.saedash_max_features >= 0, "--saedash-max-features must be >= 0")
@@ -176,21 +180,19 @@ def fail_msg(m: Measurement) -> str:
     return f"rc {m.rc}; log {m.log}; last lines:\n{m.tail(15)}"
 
 
-def shipped_topk_twin(width: int) -> Path | None:
-    """The embedded TopK twin folder when it is shipped and has ``width`` latents."""
+def embedded_sae_at(kind: str, layer: int, width: int | None = None) -> Path | None:
+    """The embedded SAE folder of ``kind`` (``topk`` or ``temporal``) when it is shipped, was trained at block
+    ``layer`` and (if given) has ``width`` latents; else None (the benchmark then measures a random-init SAE)."""
     try:
+        from tempolens.saes.fit import recorded_hook_layer
+        from tempolens.saes.loading import load_sae
         from tempolens.sources.embedded import embedded_sae_path
 
-        folder = embedded_sae_path("topk")
+        folder = embedded_sae_path(kind)
+        sae = load_sae(f"embedded:{kind}")
     except Exception:  # noqa: BLE001 - not shipped (yet)
         return None
-    cfg = folder / "cfg.json"
-    if not cfg.is_file():
-        return None
-    try:
-        if int(json.loads(cfg.read_text())["d_sae"]) != width:
-            return None
-    except (KeyError, ValueError):
+    if recorded_hook_layer(sae) != layer or (width is not None and sae.width != width):
         return None
     return folder
 
@@ -300,7 +302,7 @@ class Bench:
                 "alive_in_sample": self.prep["saes"][str(w)]["alive_in_sample"],
             }
             if i == 0 and cfg.topk_sae != "random":
-                twin = Path(cfg.topk_sae) if cfg.topk_sae != "auto" else shipped_topk_twin(w)
+                twin = Path(cfg.topk_sae) if cfg.topk_sae != "auto" else embedded_sae_at("topk", cfg.layer, w)
                 if twin is not None and (twin / "cfg.json").is_file():
                     dst = self.work / "prep" / f"saedash-{twin.name}-{w}"
                     note = saedash_copy(twin, dst, cfg.prompt_len, self.prep["hook_name"])
@@ -624,15 +626,12 @@ class Bench:
     # -- the plan ------------------------------------------------------------------------------------
     def temporal_spec(self) -> str:
         spec = self.cfg.temporal_sae
-        if spec == "embedded:temporal":
-            try:
-                from tempolens.sources.embedded import embedded_sae_path
-
-                embedded_sae_path("temporal")
-            except Exception:  # noqa: BLE001
-                fallback = f"random:temporal?width=2560&k={self.cfg.k}&seed={self.cfg.seed}"
-                self.errors.append(f"embedded Temporal SAE not shipped yet: measured {fallback} instead")
-                return fallback
+        if spec == "embedded:temporal" and embedded_sae_at("temporal", self.cfg.layer) is None:
+            fallback = f"random:temporal?width=2560&k={self.cfg.k}&seed={self.cfg.seed}"
+            self.errors.append(
+                f"the embedded Temporal SAE is not shipped for block {self.cfg.layer}: measured {fallback} instead"
+            )
+            return fallback
         return spec
 
     def run(self) -> dict[str, Any]:
@@ -649,8 +648,9 @@ class Bench:
                 self.save_partial()
             for w, label in zip(cfg.widths, labels):
                 entry = self.sae_for[label]
-                self.tempolens(label, entry["tempolens_spec"], n, rep)
-                self.save_partial()
+                if cfg.two_command:
+                    self.tempolens(label, entry["tempolens_spec"], n, rep)
+                    self.save_partial()
                 if cfg.tempolens_run:
                     self.tempolens_run(label, entry["tempolens_spec"], n, rep)
                     self.save_partial()
@@ -658,7 +658,7 @@ class Bench:
                     self.saedash(label, Path(entry["saedash_dir"]), w, n, rep)
                     self.save_partial()
             if temporal:
-                if not (cfg.temporal_only_run and cfg.tempolens_run):
+                if cfg.two_command and not (cfg.temporal_only_run and cfg.tempolens_run):
                     self.tempolens("temporal", temporal, n, rep)
                     self.save_partial()
                 if cfg.tempolens_run:
