@@ -9,7 +9,7 @@ run on each story; the SAEs' predicted, novel and twin codes and the raw activat
 within/across AUROC, pooled boundary AUROC with a bootstrap CI, z_pred top-1 variance share).
 
     python scripts/embedded_study.py --cache DIR --layer L --sae PATH --twin PATH --out result.json
-    python scripts/embedded_study.py --layer 9 --sae embedded:temporal --twin embedded:topk --out old.json
+    python scripts/embedded_study.py --layer 12 --sae embedded:temporal --twin embedded:topk --out shipped.json
         # (no cache: rebuild the held-out prompts of a run with --n-tokens/--prompt-len/--seed)
     python scripts/embedded_study.py --cache DIR --layers 3,6,9,12 --out layers.json   # raw only, per layer
 """

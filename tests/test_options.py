@@ -86,7 +86,7 @@ def test_source_options_are_defined_once_with_one_default_rule():
     for cls in (CollectConfig, KernelConfig, EventsConfig, ServeConfig):
         assert issubclass(cls, SourceOptions)
         cfg = cls()
-        assert (cfg.device, cfg.dtype, cfg.model, cfg.layer) == ("auto", "auto", "embedded", 9)
+        assert (cfg.device, cfg.dtype, cfg.model, cfg.layer) == ("auto", "auto", "embedded", 12)
         assert field_docs(cls)["sae_strict"] == field_docs(SAELoadOptions)["sae_strict"]
         with pytest.raises(ConfigError, match="--layer must be >= 0"):
             cls(layer=-1)

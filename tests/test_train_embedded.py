@@ -63,3 +63,15 @@ def test_embedded_topk_reads_the_same_in_saelens():
     dense = ours.encode(x[None]).codes.to_dense(1920)[0]
     ref = sl.encode(x)
     assert torch.allclose(ref, dense, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["temporal", "topk"])
+def test_shipped_sae_was_trained_at_the_default_block(kind):
+    """`tempolens run` with no options reads the default block; the shipped pair must have been trained there
+    (the loader refuses an SAE whose metadata names another block)."""
+    from tempolens.saes.fit import recorded_hook_layer
+    from tempolens.saes.loading import load_sae
+    from tempolens.sources.options import ModelOptions
+
+    shipped(kind)
+    assert recorded_hook_layer(load_sae(f"embedded:{kind}")) == ModelOptions().layer

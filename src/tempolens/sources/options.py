@@ -68,7 +68,7 @@ class ModelOptions(DeviceOptions):
     model: str = "embedded"
     """Subject model: `embedded` (Gemma 3 270M, offline), an HF hub id such as `google/gemma-2-2b`, a local HF
     folder, or a `.gguf` file."""
-    layer: int = 9
+    layer: int = 12
     """Decoder block whose output is read (`blocks.L.hook_resid_post`); the forward stops after it."""
 
     def __post_init__(self) -> None:
