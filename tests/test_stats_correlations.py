@@ -75,7 +75,8 @@ def dense_reference(batches, W, k):
 
 @pytest.mark.parametrize("extra", [0, 2, 64])
 @pytest.mark.parametrize("memory_mb", [1e-3, 1e-2, 1024])
-def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb):
+@pytest.mark.parametrize("dense_sums", [False, True])
+def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, dense_sums):
     W, k = 160, 5
     batches = hostile_batches(W)
     counts, ref = dense_reference(batches, W, k)
@@ -86,7 +87,8 @@ def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb):
     assert blocks[0][0] == 0 and blocks[-1][1] == W and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     parts = []
     for start, stop in blocks:
-        acc = PairSums(W, start, stop)
+        acc = PairSums(W, start, stop, memory_mb=1024 if dense_sums else None)
+        assert (acc.buf is not None) == dense_sums
         for b in batches:
             acc.update(b)
         parts.append(
@@ -127,6 +129,18 @@ def test_pair_sums_merge_and_empty():
     b.merge(a)
     r1, r2 = one.result(), b.result()
     assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1]) and torch.allclose(r1[2], r2[2], rtol=1e-12)
+    dense = PairSums(W, 0, W, memory_mb=1)  # 40 × 40 float64 fits: summed in a dense buffer
+    for x in batches:
+        dense.update(x)
+    r3 = dense.result()
+    assert torch.equal(r1[0], r3[0]) and torch.equal(r1[1], r3[1]) and torch.allclose(r1[2], r3[2], rtol=1e-12)
+    sparse_half, dense_half = PairSums(W, 0, W), PairSums(W, 0, W, memory_mb=1)
+    for i, x in enumerate(batches):
+        (sparse_half if i % 2 else dense_half).update(x)
+    dense_half.merge(sparse_half)  # dense + sparse: read out as pairs, then concatenated
+    r4 = dense_half.result()
+    assert dense_half.buf is None
+    assert torch.equal(r1[0], r4[0]) and torch.equal(r1[1], r4[1]) and torch.allclose(r1[2], r4[2], rtol=1e-12)
     rows, cols, sums = PairSums(W, 0, 5).result()
     assert rows.numel() == cols.numel() == sums.numel() == 0
     with pytest.raises(ValueError):

@@ -85,11 +85,14 @@ def pair_blocks(load: Tensor, memory_mb: float) -> list[tuple[int, int]]:
 
 class PairSums:
     """Exact co-activation sums ``S[i, j]`` of latent rows ``[start, stop)`` with every latent, only for the pairs
-    that fired together. Per shard a sparse ``Aᵀ·A`` product (``A`` = the shard's codes); ``result()`` coalesces
-    (sums per pair in shard order, float64). Merge = concatenation."""
+    that fired together. Per shard a sparse ``Aᵀ·A`` product (``A`` = the shard's codes), accumulated in shard
+    order in float64: into a dense ``rows × width`` buffer when it fits ``memory_mb`` (no sort; its nonzeros are
+    read once at the end), else as pair keys coalesced by ``result()``. Merge = addition / concatenation."""
 
-    def __init__(self, width: int, start: int, stop: int):
+    def __init__(self, width: int, start: int, stop: int, memory_mb: float | None = None):
         self.width, self.start, self.stop = int(width), int(start), int(stop)
+        dense = memory_mb is not None and (self.stop - self.start) * self.width * 8 <= memory_mb * 2**20
+        self.buf = torch.zeros(self.stop - self.start, self.width, dtype=torch.float64) if dense else None
         self.keys: list[Tensor] = []
         self.vals: list[Tensor] = []
 
@@ -108,18 +111,36 @@ class PairSums:
             right = _csr(inv, b.latent, b.value, n_tok, self.width)
             prod = torch.sparse.mm(left, right)
         crow, col = prod.crow_indices(), prod.col_indices()
-        r = torch.repeat_interleave(torch.arange(self.start, self.stop, dtype=torch.int64), crow[1:] - crow[:-1])
-        self.keys.append(r * self.width + col.to(torch.int64))
-        self.vals.append(prod.values().to(torch.float64))
+        r = torch.repeat_interleave(torch.arange(R, dtype=torch.int64), crow[1:] - crow[:-1])
+        keys = r * self.width + col.to(torch.int64)
+        if self.buf is not None:  # (row, col) pairs of a CSR product are unique: index_put_ accumulates exactly
+            self.buf.view(-1).index_put_((keys,), prod.values().to(torch.float64), accumulate=True)
+        else:
+            self.keys.append(keys + self.start * self.width)
+            self.vals.append(prod.values().to(torch.float64))
 
     def merge(self, other: PairSums) -> None:
         if (self.start, self.stop, self.width) != (other.start, other.stop, other.width):
             raise ValueError("co-activation sums over different rows cannot be merged")
+        if self.buf is not None and other.buf is not None:
+            self.buf += other.buf
+            return
+        for acc in (self, other):
+            if acc.buf is not None:  # one of them dense: read it out as pairs
+                rows, cols, sums = acc._dense_pairs()
+                acc.keys, acc.vals, acc.buf = [rows * acc.width + cols], [sums], None
         self.keys += other.keys
         self.vals += other.vals
 
+    def _dense_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
+        assert self.buf is not None
+        nz = self.buf.nonzero()  # row-major: sorted by row, then column
+        return nz[:, 0] + self.start, nz[:, 1], self.buf[nz[:, 0], nz[:, 1]]
+
     def result(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(rows, cols, sums)`` of every pair that fired together, sorted by row then column."""
+        if self.buf is not None:
+            return self._dense_pairs()
         if not self.keys:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty.clone(), torch.zeros(0, dtype=torch.float64)
@@ -142,22 +163,26 @@ def shortlist(a: Tensor, alive: Tensor, k: int, extra: int = SHORTLIST_EXTRA) ->
     return order[: k + 1 + extra]
 
 
-def _rank_rows(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> tuple[Tensor, Tensor]:
-    """Per row (``0..R-1``) the positions of the ``k`` best entries by float32 value, ties by column:
-    ``[R, k]`` positions into the inputs (−1 where a row has fewer)."""
-    bits = val32.view(torch.int32).to(torch.int64)
-    # descending float order as a non-negative int: positives in [0, 2³¹), negatives after them
-    desc = torch.where(bits >= 0, (1 << 31) - 1 - bits, bits + (1 << 32))
-    key = (desc << 31) | cols
-    o = torch.argsort(key, stable=True)
-    o = o[torch.argsort(rows[o], stable=True)]
-    counts = torch.bincount(rows, minlength=R)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(o.numel()) - first[rows[o]]
-    keep = rank < k
+def _rank_rows(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> Tensor:
+    """Per row (``0..R-1``) the positions of the ``k`` best entries by float32 value, ties by the lower column:
+    ``[R, k]`` positions into the inputs (−1 where a row has fewer). ``k`` rounds of a per-row maximum and, among
+    the entries equal to it, the lowest column (scatter reductions: no sort of the entries)."""
+    n = rows.numel()
     out = torch.full((R, k), -1, dtype=torch.int64)
-    out[rows[o][keep], rank[keep]] = o[keep]
-    return out, counts
+    if n == 0:
+        return out
+    v = val32.clone()
+    pos = torch.arange(n)
+    big = torch.iinfo(torch.int64).max
+    for j in range(k):
+        best = torch.full((R,), float("-inf")).scatter_reduce(0, rows, v, "amax", include_self=True)
+        hit = (v == best[rows]) & torch.isfinite(v)
+        col = torch.where(hit, cols, torch.full_like(cols, big))
+        low = torch.full((R,), big, dtype=torch.int64).scatter_reduce(0, rows, col, "amin", include_self=True)
+        chosen = hit & (cols == low[rows])
+        out[rows[chosen], j] = pos[chosen]
+        v[chosen] = float("-inf")
+    return out
 
 
 def correlations_from_pairs(
@@ -198,7 +223,7 @@ def correlations_from_pairs(
     all_cols = torch.cat([cols, c_cols])
     all_s = torch.cat([sxy, torch.zeros(c_rows.numel(), dtype=torch.float64)])
     p = _pearson(all_s, n, sx[all_rows], sx[all_cols], inv_std[all_rows], inv_std[all_cols])
-    best, _ = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
+    best = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
     # computed in full: rows whose own list ran short of never-co-active candidates (unless the list holds every
     # alive latent), and constant latents (σ = 0: every value is 0, so ties go by index, not by a)
     n_fresh = torch.bincount(c_rows - start, minlength=R)

@@ -322,9 +322,11 @@ def compute_feature_stats(
     t1 = time.perf_counter()
     c = counts.result()
     blocks = pair_blocks(load.result(), corr_memory_mb) if load is not None else []
-    hist, intervals, coact = _distributions_pass(reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks)
+    hist, intervals, coact = _distributions_pass(
+        reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks, corr_memory_mb
+    )
     t2 = time.perf_counter()
-    corr = _correlations(reader, counts, blocks, coact, n_correlated)
+    corr = _correlations(reader, counts, blocks, coact, n_correlated, corr_memory_mb)
     t3 = time.perf_counter()
     settings = {
         "n_top": n_top,
@@ -391,12 +393,13 @@ def _distributions_pass(
     n_per_interval: int,
     seed: int,
     blocks: list[tuple[int, int]],
+    memory_mb: float,
 ) -> tuple[HistogramAccumulator, IntervalSampler, PairSums | None]:
     """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
     co-activation sums of the first correlation block (``None`` when no correlations are computed)."""
     hist = HistogramAccumulator(counts.max, n_bins)
     intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
-    coact = PairSums(reader.store.width, *blocks[0]) if blocks else None
+    coact = PairSums(reader.store.width, *blocks[0], memory_mb=memory_mb) if blocks else None
     for _, b in reader.batches("stats 2/2 (histograms, intervals, correlations)"):
         hist.update(b)
         intervals.update(b)
@@ -411,6 +414,7 @@ def _correlations(
     blocks: list[tuple[int, int]],
     first: PairSums | None,
     n_correlated: int,
+    memory_mb: float,
 ) -> dict[str, Tensor]:
     """The ``n_correlated`` most correlated latents of every latent: ``indices``, ``pearson``, ``cosine``
     (``[W, n_correlated]``), block by block of rows; ``first`` holds the sums of the first block (pass 2),
@@ -420,7 +424,7 @@ def _correlations(
     coact = first
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
-            coact = PairSums(W, start, stop)
+            coact = PairSums(W, start, stop, memory_mb=memory_mb)
             for _, b in reader.batches(f"correlations block {bi + 1}/{len(blocks)}"):
                 coact.update(b)
         assert coact is not None
