@@ -388,25 +388,25 @@ def test_example_windows_are_the_shown_examples_with_their_groups(stores, stats)
 
 
 def test_histogram_and_coact_merge_equal_one_pass(stores, stats):
-    from dense_correlations import CoactAccumulator, correlations_from_sums
-
     from tempolens.stats.accumulators import HistogramAccumulator
+    from tempolens.stats.correlations import PairSums, correlations_from_pairs
 
     batches = [CodeBatch.from_shard(s) for s in stores[3].iter_shards()]
     hists, coacts = [], []
     for b in batches:
-        h, c = HistogramAccumulator(stats.max_act, 50), CoactAccumulator(24, 4, 17)
+        h, c = HistogramAccumulator(stats.max_act, 50), PairSums(24, 4, 17, memory_mb=1)
         h.update(b), c.update(b)
         hists.append(h), coacts.append(c)
     h, c = hists[0], coacts[0]
     for h2, c2 in zip(hists[1:], coacts[1:]):
         h.merge(h2), c.merge(c2)
     assert torch.equal(h.result()["counts"], stats.hist_counts)
-    one = CoactAccumulator(24, 4, 17)
+    one = PairSums(24, 4, 17, memory_mb=1)
     for b in batches:
         one.update(b)
-    assert torch.allclose(c.result(), one.result(), rtol=1e-12)
-    corr = correlations_from_sums(c.result(), 4, stats.n_tokens, stats.sum, stats.sum_sq, stats.n_active, 3)
+    (r1, c1, s1), (r2, c2, s2) = c.result(), one.result()
+    assert torch.equal(r1, r2) and torch.equal(c1, c2) and torch.allclose(s1, s2, rtol=1e-12)
+    corr = correlations_from_pairs(c.result(), 4, 17, stats.n_tokens, stats.sum, stats.sum_sq, stats.n_active, 3)
     assert torch.equal(corr["indices"], stats.corr_indices[4:17])
     with pytest.raises(ValueError):
-        c.merge(CoactAccumulator(24, 0, 24))
+        c.merge(PairSums(24, 0, 24))

@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from tempolens.stats.accumulators import ShardLike, as_batch
+from tempolens.stats.accumulators import CodeBatch, ShardLike, as_batch
 
 BYTES_PER_PAIR = 48
 """Memory per co-activation entry while a block is summed and coalesced (key, value, inverse index, sort space)."""
@@ -40,7 +40,7 @@ def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> 
     return torch.sparse_csr_tensor(crow, cols[order], vals[order], (n_rows, n_cols), check_invariants=False)
 
 
-def _token_index(b) -> tuple[Tensor, int]:
+def _token_index(b: CodeBatch) -> tuple[Tensor, int]:
     """Consecutive token numbers of a batch's codes (CSR, token-major) and the token count."""
     _, inv = torch.unique_consecutive(b.gpos, return_inverse=True)
     return inv, int(inv[-1]) + 1
