@@ -107,3 +107,88 @@ def test_row_ends_equal_row_topk_with_ties(V, k, group):
     for r in range(X.shape[0]):  # and both agree with a sort by (value, id)
         order = sorted(range(V), key=lambda t: (-float(X[r, t]), t))[: min(k, V)]
         assert ti[r].tolist() == order
+
+
+def _assert_same_ends_up_to_near_ties(ids_a, ids_b, ref, largest, rel=1e-6):
+    """Equal ids, or ids whose float64 logits equal the reference's in sorted order within ``rel`` of the row's
+    scale (a swap of two exact near-ties, where float32 rounding decides the order)."""
+    for r in range(ref.shape[0]):
+        if ids_a[r].tolist() == ids_b[r].tolist():
+            continue
+        va = ref[r, ids_a[r]].sort(descending=largest).values
+        vb = ref[r, ids_b[r]].sort(descending=largest).values
+        assert torch.allclose(va, vb, rtol=0, atol=rel * float(ref[r].abs().max())), (r, ids_a[r], ids_b[r])
+
+
+@pytest.mark.parametrize("V", [5000, 8192])  # a tail shorter than a column group, and none
+def test_bf16_top_and_bottom_equal_float32(V):
+    """The bf16 route's top/bottom-10 ids equal the float64 reference's, also where bf16 cannot tell tokens apart:
+    near-duplicate unembedding rows (1e-4 relative apart, far below bf16's 4e-3) and exact duplicates (ties by id)."""
+    g = torch.Generator().manual_seed(V)
+    d, width = 64, 40
+    W_dec = torch.randn(width, d, generator=g)
+    W_U = torch.randn(V, d, generator=g)
+    W_U[:, 0] *= 5  # a dominant dimension, as real unembeddings have
+    for j in range(20):  # near-duplicates of the strongest tokens of a few latents, and exact duplicates
+        i = int((W_dec[j % 5] @ W_U.T).argmax() if j % 2 else (W_dec[j % 5] @ W_U.T).argmin())
+        W_U[V - 1 - j] = W_U[i] * (1 + 1e-4 * (j + 1)) if j < 16 else W_U[i]
+    mult = 1 + 0.5 * torch.rand(d, generator=g)
+    f32 = logit_effects(W_dec, W_U, mult, k=10, precision="fp32")
+    b16 = logit_effects(W_dec, W_U, mult, k=10, precision="bf16")
+    ref = (W_dec * mult).double() @ W_U.double().T
+    top = torch.stack([torch.tensor(sorted(range(V), key=lambda t: (-float(ref[i, t]), t))[:10]) for i in range(width)])
+    bot = torch.stack([torch.tensor(sorted(range(V), key=lambda t: (float(ref[i, t]), t))[:10]) for i in range(width)])
+    _assert_same_ends_up_to_near_ties(b16.top_ids, top, ref, True)
+    _assert_same_ends_up_to_near_ties(b16.bottom_ids, bot, ref, False)
+    _assert_same_ends_up_to_near_ties(b16.top_ids, f32.top_ids, ref, True)
+    assert (b16.top_ids == top).all(1).float().mean() >= 0.9  # near-ties are rare
+    torch.testing.assert_close(b16.top_values.double(), ref.gather(1, b16.top_ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b16.bottom_values.double(), ref.gather(1, b16.bottom_ids), rtol=1e-5, atol=1e-5)
+    # the histogram: same range (exact min/max), every token counted, few moved to a neighbouring bin
+    torch.testing.assert_close(b16.hist_centres, f32.hist_centres, rtol=1e-5, atol=1e-4)
+    assert (b16.hist_counts.sum(1) == V).all()
+    moved = (b16.hist_counts - f32.hist_counts).abs().sum(1) / 2
+    assert float(moved.max()) <= 0.02 * V
+
+
+def test_bf16_falls_back_to_float32_where_it_cannot_help():
+    """Small vocabularies, and k above a column group, run the float32 route: results identical to fp32."""
+    W_dec, W_U, mult = _setup()
+    a = logit_effects(W_dec, W_U, mult, k=10, precision="bf16")
+    b = logit_effects(W_dec, W_U, mult, k=10, precision="fp32")
+    assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.hist_counts, b.hist_counts)
+    with pytest.raises(ValueError, match="precision"):
+        logit_effects(W_dec, W_U, k=10, precision="fp16")
+
+
+def test_logit_precision_resolution():
+    from tempolens.devices import logit_precision, native_bf16
+    from tempolens.errors import DeviceError
+
+    cpu = torch.device("cpu")
+    assert logit_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert logit_precision("fp32", cpu) == "fp32" and logit_precision("bf16", cpu) == "bf16"
+    assert logit_precision("auto", torch.device("meta")) == "fp32"
+    with pytest.raises(DeviceError, match="CPUs"):
+        logit_precision("bf16", torch.device("meta"))
+
+
+@pytest.mark.slow
+def test_bf16_on_the_real_unembedding():
+    """Gemma 3's 262k-token unembedding with the shipped SAE's decoder directions (final norm folded): the bf16
+    route's top/bottom-10 equal the float32 route's, and the histograms move under 2% of the tokens."""
+    from tempolens.saes import load_sae
+    from tempolens.sources.open import load_subject_model
+
+    torch.set_num_threads(2)
+    sm = load_subject_model("embedded", layer=12, progress=None)
+    W_U, mult, _ = sm.unembed()
+    W = load_sae("embedded:temporal").W_dec.detach()[:48].float()
+    W = W / W.norm(dim=1, keepdim=True)
+    f32 = logit_effects(W, W_U, mult, k=10, precision="fp32")
+    b16 = logit_effects(W, W_U, mult, k=10, precision="bf16")
+    ref = (W * mult).double() @ W_U.double().T
+    _assert_same_ends_up_to_near_ties(b16.top_ids, f32.top_ids, ref, True)
+    _assert_same_ends_up_to_near_ties(b16.bottom_ids, f32.bottom_ids, ref, False)
+    moved = (b16.hist_counts - f32.hist_counts).abs().sum(1) / 2
+    assert float(moved.max()) <= 0.02 * W_U.shape[0]

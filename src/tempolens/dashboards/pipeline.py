@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from tempolens.devices import resolve_device
+from tempolens.devices import logit_precision, resolve_device
 from tempolens.errors import ConfigError, SourceError
 from tempolens.fsutil import atomic_write_bytes, ensure_out_dir, remove_stale_temporaries, write_sha256sums
 from tempolens.options import check
@@ -156,6 +156,11 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     dashboards compare); `code` = the SAE's raw code. Site records keep the row norm
     (`tempolens.decoder_norm`), so either is recoverable. Logit effects are always those of the unit-norm
     decoder direction."""
+    logit_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Matmul precision of the logit effects: `fp32`; `bf16` (CPUs with native bfloat16 matmuls, AMX or
+    AVX512-BF16: ≈4× faster matmuls; the top/bottom logits stay exactly the float32 ones, proven per latent by an
+    error bound, and only the vocabulary histogram is counted from bfloat16 logits, moving ≈0.5% of tokens to a
+    neighbouring bin); `auto` = bf16 where the CPU has native bfloat16, else fp32 (GPUs: fp32 is already fast)."""
     recompute: bool = False
     """Ignore cached statistics and logit effects in --out."""
     progress: bool = True
@@ -194,6 +199,10 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
         )
         check(self.corr_memory_mb > 0, "--corr-memory-mb must be > 0")
         check(self.codes in ("novel", "pred"), f"--codes must be novel or pred; got {self.codes!r}")
+        check(
+            self.logit_precision in ("auto", "fp32", "bf16"),
+            f"--logit-precision must be auto, fp32 or bf16; got {self.logit_precision!r}",
+        )
         check(self.act_units in ACT_UNITS, f"--act-units must be one of {', '.join(ACT_UNITS)}; got {self.act_units!r}")
         for name in ("model_id", "sae_set", "source_id", "sae_id_suffix", "creator_id", "release_id"):
             v = getattr(self, name)
@@ -442,6 +451,8 @@ class _Effects:
     """Whether the final norm's multiplier was folded into the directions."""
     norm_kind: Any
     """The model's final norm, as ``unembed()`` names it."""
+    precision: str
+    """Matmul precision of the logit effects (``fp32`` or ``bf16``)."""
 
 
 def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
@@ -458,6 +469,8 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         )
     use_mult = mult if (cfg.fold_norm and mult is not None) else None
     row_norm = decoder_row_norms(W_dec)
+    device = resolve_device(cfg.device)
+    precision = logit_precision(cfg.logit_precision, device)
     logits_path = run.out / "logits.safetensors"
     logits_key = _fingerprint(
         subject.model_spec,
@@ -467,6 +480,7 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         float(W_dec.sum(dtype=torch.float64)),
         float(W_U.sum(dtype=torch.float64)),
         LOGIT_DIRECTION,
+        precision,
     )
     if _cached(logits_path, logits_key, cfg.recompute):
         from safetensors.torch import load_file
@@ -487,7 +501,8 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
             W_U,
             use_mult,
             k=cfg.n_logits,
-            device=resolve_device(cfg.device),
+            device=device,
+            precision=precision,
             progress=cfg.progress,
         )
         from safetensors.torch import save
@@ -502,7 +517,9 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
             ),
         )
         atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
-    return _Effects(logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind)
+    return _Effects(
+        logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind, precision=precision
+    )
 
 
 def _export_ids(run: _Run, subject: _Subject) -> npx.ExportIds:
@@ -736,7 +753,12 @@ def _run_settings(
         "fold_norm": effects.folded,
         "final_norm": effects.norm_kind,
         "logit_effects": ("W_U·(final-norm multiplier ⊙ u), " if effects.folded else "W_U·u (final norm not folded), ")
-        + f"u = {LOGIT_DIRECTION}",
+        + f"u = {LOGIT_DIRECTION}"
+        + (
+            "; top/bottom exact (float32), histogram counted from bfloat16 matmul logits"
+            if effects.precision == "bf16"
+            else "; float32"
+        ),
         "codes": cfg.codes,
         "pred_codes": store.meta.get("pred_codes"),
         "act_units": cfg.act_units,
