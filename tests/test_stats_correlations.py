@@ -143,3 +143,17 @@ def test_pair_sums_merge_and_empty():
     assert rows.numel() == cols.numel() == sums.numel() == 0
     with pytest.raises(ValueError):
         one.merge(PairSums(W, 0, 5))
+
+
+@pytest.mark.parametrize("n_alive", [0, 1])
+def test_no_candidate_anywhere_gives_empty_lists(n_alive):
+    """At most one alive latent (a tiny predicted-code store can get there): no pair fired together and the shortlist
+    is empty, so every row's list is empty (index −1) instead of an IndexError."""
+    W, n = 6, 10
+    empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64))
+    n_active = torch.zeros(W, dtype=torch.int64)
+    sum_x, sum_sq = torch.zeros(W, dtype=torch.float64), torch.zeros(W, dtype=torch.float64)
+    if n_alive:
+        n_active[2], sum_x[2], sum_sq[2] = 3, 1.5, 1.25
+    out = correlations_from_pairs(empty, 0, W, n, sum_x, sum_sq, n_active, k=3)
+    assert out["indices"].shape == (W, 3) and (out["indices"] == -1).all() and (out["pearson"] == 0).all()

@@ -229,9 +229,11 @@ def correlations_from_pairs(
     n_fresh = torch.bincount(c_rows - start, minlength=R)
     short_rows = ((n_fresh < kk) & (short.numel() < int(alive.sum()))) | (inv_std[start:stop] == 0)
     short_rows &= alive[start:stop]
-    idx = torch.where(best >= 0, all_cols[best.clamp(min=0)], torch.full_like(best, -1))
-    val = torch.where(best >= 0, p[best.clamp(min=0)], torch.zeros(best.shape, dtype=torch.float64))
-    cos_s = torch.where(best >= 0, all_s[best.clamp(min=0)], torch.zeros(best.shape, dtype=torch.float64))
+    # a sentinel at the end stands for "no entry" (best = −1), so this also works when no row has any candidate
+    at = torch.where(best >= 0, best, torch.full_like(best, all_cols.numel()))
+    idx = torch.cat([all_cols, torch.tensor([-1], dtype=all_cols.dtype)])[at]
+    val = torch.cat([p.to(torch.float64), torch.zeros(1, dtype=torch.float64)])[at]
+    cos_s = torch.cat([all_s, torch.zeros(1, dtype=torch.float64)])[at]
     for r in short_rows.nonzero().squeeze(1).tolist():
         idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, kk)
     valid = (idx >= 0) & alive[start:stop].unsqueeze(1)
