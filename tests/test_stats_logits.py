@@ -162,11 +162,11 @@ def test_bf16_falls_back_to_float32_where_it_cannot_help():
 
 
 def test_logit_precision_resolution():
-    from tempolens.devices import logit_precision, native_bf16
+    from tempolens.devices import logit_precision, native_bf16_cpu
     from tempolens.errors import DeviceError
 
     cpu = torch.device("cpu")
-    assert logit_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert logit_precision("auto", cpu) == ("bf16" if native_bf16_cpu() else "fp32")
     assert logit_precision("fp32", cpu) == "fp32" and logit_precision("bf16", cpu) == "bf16"
     assert logit_precision("auto", torch.device("meta")) == "fp32"
     with pytest.raises(DeviceError, match="CPUs"):

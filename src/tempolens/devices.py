@@ -26,13 +26,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls run natively (faster than float32) on ``device``: CUDA with bf16 support, or a
-    CPU with AMX or AVX512-BF16 (oneDNN uses them); plain AVX2 CPUs emulate bf16 and are slower."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
+def native_bf16_cpu() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AMX or AVX512-BF16, which oneDNN uses); plain AVX2 CPUs
+    emulate bf16 and are slower than float32."""
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     try:
@@ -46,7 +42,7 @@ def logit_precision(option: str, device: torch.device) -> str:
     native bfloat16 matmuls, else ``fp32``. ``bf16`` is for CPUs (its error bound assumes float32 accumulation,
     which GPU libraries may skip; GPUs run float32 fast)."""
     if option == "auto":
-        return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+        return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
     if option == "bf16" and device.type != "cpu":
         raise DeviceError(
             f"--logit-precision bf16 runs on CPUs (AMX or AVX512-BF16); on {device.type} float32 is already fast: "

@@ -12,13 +12,13 @@ over vocab chunks and a second sweep recomputes the chunks for the histogram (tw
 memory). Histogram bins follow numpy's convention (closed on the left, the last also on the right).
 
 Precision. ``fp32`` computes every logit in float32. ``bf16`` (for CPUs with native bfloat16 matmuls: AMX or
-AVX512-BF16) computes each block's logits from bfloat16 inputs with float32 accumulation (≈4× faster matmuls on
-an AMX CPU) and keeps the top/bottom-``k`` exact: a rigorous per-token bound on the bfloat16 error (see
-:func:`_exact_end`) limits the tokens that can be in the exact top ``k`` to a few hundred candidates, which are
-recomputed in float32 and ranked. So the top/bottom-``k`` ids are the float32 path's (values may differ in the
-last float32 bits, which can reorder only exact near-ties), the min/max — the histogram's range — are exact, and
-only the histogram counts come from the bfloat16 logits: a token within the bfloat16 rounding (≈0.4% relative)
-of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma 3's 262k tokens per latent).
+AVX512-BF16) computes each block's logits from bfloat16 inputs with float32 accumulation (≈4× faster matmuls on an
+AMX CPU) and keeps the top/bottom-``k`` exact: a rigorous per-token bound on the bfloat16 error (see
+:func:`_exact_end`) limits the tokens that can be in the exact top ``k`` to a few candidates (≈40 per latent on
+Gemma 3), which are recomputed in float32 and ranked. So the top/bottom-``k`` ids are the float32 path's (values
+may differ in the last float32 bits, which can reorder only exact near-ties), the min/max — the histogram's range —
+are exact, and only the histogram counts come from the bfloat16 logits: a token within the bfloat16 rounding (≈0.4%
+relative) of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma 3's 262k tokens per latent).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def _exact_end(w: Tensor, U: Tensor, X: Tensor, vocab: _Bf16Vocab, k: int, large
         et = a * vocab.norms[tail]
         tr, tc = (yt + r * yt.abs() + et >= bound).nonzero(as_tuple=True)
         rows, cols = torch.cat([rows, tr]), torch.cat([cols, tail[tc]])
-    ids = cols
+    ids = cols  # token ids: the columns of X
     vals = (U[ids] * w[rows]).sum(1)  # exact float32
     o = torch.argsort(ids, stable=True)  # order: row, then value (descending for the top), then token id
     o = o[torch.argsort(vals[o] * sign, stable=True, descending=True)]
