@@ -167,6 +167,74 @@ def test_pred_dashboards_rank_positive_predictions(run):
     )  # negatives shown
 
 
+def _flipped_store(res, cfg, root: Path):
+    """The run's store collected again with the SAE's decoder negated and its encoder kept (untied, E = the
+    old Dᵀ). ``z_in`` comes from the encoder, so (p, D) → (−p, −D) leaves every prediction p·z·D unchanged
+    and flips every z_pred: the same predictor, read the other way round."""
+    import dataclasses
+
+    from tempolens.saes.loading import load_sae, save_temporal_sae
+    from tempolens.saes.temporal import TemporalSAE
+
+    tied = load_sae(str(cfg.sae))
+    sae = TemporalSAE(dataclasses.replace(tied.cfg, tied=False))
+    state = {k: v for k, v in tied.state_dict().items()}
+    state["E"] = tied.D.detach().T.clone()
+    state["D"] = -tied.D.detach()
+    sae.load_state_dict(state)
+    flipped = collect(
+        CollectConfig(**{**cfg.__dict__, "sae": str(save_temporal_sae(sae, root / "sae-neg")), "out": root / "store-neg"})
+    )
+    return flipped, sae.W_dec.detach().float().cpu()
+
+
+@pytest.fixture(scope="module")
+def flipped(run, tmp_path_factory):
+    res, cfg, _, _ = run
+    tmp_path = tmp_path_factory.mktemp("flipped")
+    model, W_neg = _flipped_store(res, cfg, tmp_path)
+    build_dashboards(
+        DashboardConfig(store=tmp_path / "store-neg", out=tmp_path / "dash", chunk_size=32, progress=False, codes="pred"),
+        model=model.model,
+        W_dec=W_neg,
+    )
+    return tmp_path
+
+
+def test_pred_dashboards_are_invariant_to_the_sign_of_p(run, flipped):
+    """A predictor whose p is mostly negative writes −D: its codes are read as −z_pred and its directions
+    as −D (the store's ``pred_codes.sign``), so the SAE with D negated — p and z_pred negated, the same
+    predictions — gets the same predicted-code dashboards, logit effects and alignment included."""
+    _, cfg, dash, _ = run
+    tmp_path = flipped
+    a, b = CodeStore(cfg.out), CodeStore(tmp_path / "store-neg")
+    assert a.pred_sign == 1.0 and a.meta["pred_codes"]["sign"] == 1
+    assert b.pred_sign == -1.0 and b.meta["pred_codes"]["sign"] == -1
+    for sa, sb in zip(a.iter_shards(), b.iter_shards()):  # the same tokens and latents, z_pred negated
+        assert torch.equal(sa.pred_latent, sb.pred_latent)
+        torch.testing.assert_close(sb.pred_value, -sa.pred_value, rtol=1e-5, atol=1e-6)
+    want, got = _records(dash / "site" / "pred"), _records(tmp_path / "dash" / "site" / "pred")
+    assert want.keys() == got.keys() and want
+    for i in want:
+        w, g = want[i], got[i]
+        assert g["frac_nonzero"] == pytest.approx(w["frac_nonzero"])
+        for key in ("pos_str", "neg_str", "neuron_alignment_indices"):
+            assert g[key] == w[key], (i, key)
+        for key in ("pos_values", "neg_values", "neuron_alignment_values", "logits_hist_data_bar_values"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-5), (i, key)
+        assert sum(g["logits_hist_data_bar_heights"]) == sum(w["logits_hist_data_bar_heights"])
+        for key in ("values", "pred_values"):
+            flat = [[0.0 if v is None else v for x in r["activations"] for v in x[key]] for r in (g, w)]
+            assert flat[0] == pytest.approx(flat[1], rel=1e-4, abs=1e-6), (i, key)
+    meta = json.loads(
+        re.fullmatch(
+            r"tempolensMeta\((.*)\);\n", (tmp_path / "dash" / "site" / "pred" / "data" / "meta.js").read_text(), re.S
+        ).group(1)
+    )
+    settings = json.loads((tmp_path / "dash" / "neuronpedia-pred" / "batches" / "run_settings.json").read_text())
+    assert meta["pred_sign"] == -1 and settings["pred_sign"] == -1 and "-z_pred" in settings["activations"]
+
+
 def test_pred_site_is_linked_both_ways_and_states_its_codes(run):
     _, _, dash, _ = run
     site = dash / "site"
@@ -236,6 +304,23 @@ def test_latent_pages_link_novel_and_predicted_views_both_ways(run, browser):  #
         v.page.click(".view-switch a:text-is('novel codes')")
         v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i}')")
         assert v.page.url.endswith(f"/site/index.html#/latent/{i}")
+        v.assert_clean()
+    finally:
+        v.page.context.close()
+
+
+@pytest.mark.browser
+def test_flipped_predictor_is_named_on_the_page(flipped, browser):  # noqa: F811
+    from viewer_browser import visit
+
+    site = flipped / "dash" / "site" / "pred"
+    i = next(k for k, r in sorted(_records(site).items()) if r["activations"])
+    v = visit(browser, site, width=1280)
+    try:
+        v.open(f"#/latent/{i}")
+        v.page.wait_for_selector(f"article.latent h1:text-is('Latent {i} · predicted codes')")
+        legend = v.page.text_content(".legend")
+        assert "predicted code −z_pred > 0" in legend and "points along −D" in legend
         v.assert_clean()
     finally:
         v.page.context.close()

@@ -362,7 +362,8 @@ def _finish(cfg: CollectConfig, result: CollectResult, timer: _Timer, dist: Any)
 
 PRED_RULE = (
     "per token, the k latents of largest |z_pred - center| / scale, per-latent center and scale = mean and "
-    "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred"
+    "std of z_pred over the first batch of prompts (counted tokens); stored values are the raw signed z_pred; "
+    "sign = the sign of the summed centre (the orientation the dashboards read the codes in: sign * z_pred)"
 )
 
 
@@ -389,6 +390,7 @@ def _pred_calibration(
         "k": k,
         "rule": PRED_RULE,
         "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
+        "sign": -1 if float(center.double().sum()) < 0 else 1,
         "center": [float(x) for x in center.tolist()],
         "scale": [float(x) for x in scale.tolist()],
     }

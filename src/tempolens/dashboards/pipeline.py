@@ -148,8 +148,10 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     """Which codes the dashboards show: `novel` (the SAE's codes; a Temporal SAE's novel codes) or `pred`
     (a Temporal SAE's predicted codes z_pred, kept by `collect --pred-k`): the site goes to `site/pred/`
     (linked both ways with `site/`), the Neuronpedia files to `neuronpedia-pred/`. Predicted codes are
-    ranked by value: top examples, intervals, density and histogram count z_pred > 0; negative
-    predictions show in the example windows and on hover."""
+    read in the store's orientation, sign · z_pred with sign = the sign of the SAE's typical p (meta.json
+    `pred_codes.sign`; −1 when the predictor writes −D), and ranked by it: top examples, intervals, density and
+    histogram count sign · z_pred > 0, and logit effects are those of sign · D; predictions of the other sign
+    show in the example windows and on hover."""
     act_units: Literal["norm", "code"] = "norm"
     """Units of every activation shown and exported: `norm` (default) = the contribution norm, code × the
     latent's decoder row norm in model units (equals the code for unit-norm decoders, so TopK and Temporal
@@ -316,6 +318,13 @@ class _Run:
     def suffix(self) -> str:
         """Suffix of the cached statistics, Neuronpedia folder and log of this run's codes."""
         return "-pred" if self.pred else ""
+
+    @property
+    def direction_sign(self) -> float:
+        """−1 when the dashboards show predicted codes of a store whose ``p`` is mostly negative
+        (:attr:`CodeStore.pred_sign`): each latent's predicted contribution then points along ``−D_i``, so its
+        logit effects, neuron alignment and exported vector are those of ``−D_i``; else +1."""
+        return self.store.pred_sign if self.pred else 1.0
 
 
 def _open_run(cfg: DashboardConfig) -> _Run:
@@ -517,6 +526,8 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
             ),
         )
         atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
+    if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D
+        logits = logits.negated()
     return _Effects(
         logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind, precision=precision
     )
@@ -568,10 +579,10 @@ def _record_context(
         stats=stats.scaled(act_scale),
         token_strings=subject.model.token_strings,
         logits=effects.logits,
-        alignment=neuron_alignment(subject.W_dec, 3),
+        alignment=neuron_alignment(subject.W_dec * run.direction_sign, 3),
         dataset=ids.dataset,
         n_prompts_total=run.store.n_prompts,
-        vectors=subject.W_dec if run.cfg.include_vector else None,
+        vectors=subject.W_dec * run.direction_sign if run.cfg.include_vector else None,
         autointerp=run.autointerp,
         decoder_norm=effects.row_norm,
         act_units=run.cfg.act_units,
@@ -761,9 +772,13 @@ def _run_settings(
         ),
         "codes": cfg.codes,
         "pred_codes": store.meta.get("pred_codes"),
+        "pred_sign": run.direction_sign if run.pred else None,
         "act_units": cfg.act_units,
         "activations": (
-            "predicted code z_pred (> 0 ranked and counted; negatives shown in windows); " if run.pred else ""
+            f"predicted code {'-' if store.pred_sign < 0 else ''}z_pred (> 0 ranked and counted; negatives shown "
+            "in windows); "
+            if run.pred
+            else ""
         )
         + ACT_UNITS[cfg.act_units]
         + ("; the raw code is value / tempolens.decoder_norm" if cfg.act_units == "norm" else ""),
@@ -805,6 +820,7 @@ def _finish_exports(run: _Run, exports: _Exports, stats: FeatureStats, settings:
         {
             "title": cfg.title or f"{ids.model_id} · {ids.source_id}" + (" · predicted codes" if run.pred else ""),
             "codes": cfg.codes,
+            "pred_sign": run.direction_sign if run.pred else None,
             "model_id": ids.model_id,
             "hook_name": ids.hook_name,
             "layer": ids.layer,

@@ -48,10 +48,11 @@ class CodeBatch:
     """``[n]`` float32 predicted share of the code's token (Temporal SAEs)."""
 
     @classmethod
-    def from_shard(cls, shard: Shard, codes: str = "novel") -> CodeBatch:
+    def from_shard(cls, shard: Shard, codes: str = "novel", pred_sign: float = 1.0) -> CodeBatch:
         """``codes="novel"``: the shard's codes (a Temporal SAE's novel codes). ``codes="pred"``: its
-        stored predicted codes, positive values only (``z_pred > 0``: the latent is predicted to
-        fire; negative predictions are never ranked or counted), with ``pred = None``."""
+        stored predicted codes read in the store's orientation (``pred_sign``, :attr:`CodeStore.pred_sign`),
+        ``pred_sign · z_pred > 0`` only (the latent is predicted along its oriented direction; predictions
+        of the other sign are never ranked or counted), with ``pred = None``."""
         T = shard.prompt_len
         valid_tok = shard.valid_mask().reshape(-1)
         gtok = shard.prompt_ids.to(torch.int64).repeat_interleave(T) * T + torch.arange(T, dtype=torch.int64).repeat(
@@ -61,11 +62,14 @@ class CodeBatch:
         if codes == "pred":
             tok = shard.pred_token()
             assert shard.pred_latent is not None and shard.pred_value is not None
-            keep = valid_tok[tok] & (shard.pred_value > 0)
+            if pred_sign not in (1.0, -1.0):
+                raise ValueError(f"pred_sign must be 1 or -1; got {pred_sign!r}")
+            oriented = shard.pred_value.to(torch.float32) * pred_sign
+            keep = valid_tok[tok] & (oriented > 0)
             tok = tok[keep]
             return cls(
                 latent=shard.pred_latent[keep].to(torch.int64),
-                value=shard.pred_value[keep].to(torch.float32),
+                value=oriented[keep],
                 gpos=gtok[tok],
                 n_tokens=int(valid_tok.sum()),
                 pred=None,

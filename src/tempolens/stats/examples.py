@@ -196,9 +196,10 @@ def gather_windows(
 ) -> Windows:
     """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
 
-    ``codes="pred"``: ``values`` are the latent's stored predicted codes clipped at 0 (what is ranked;
-    0 where the token did not keep this latent among its largest ``|z_pred|``) and ``pred`` the same
-    codes signed (negative predictions included; NaN at BOS/EOS/pad).
+    ``codes="pred"``: ``values`` are the latent's stored predicted codes in the store's orientation,
+    ``sign · z_pred`` clipped at 0 (what is ranked; 0 where the token did not keep this latent among its
+    largest ``|z_pred − center| / scale``; ``sign`` = :attr:`CodeStore.pred_sign`) and ``pred`` the same
+    ``sign · z_pred`` unclipped (predictions of either sign; NaN at BOS/EOS/pad).
 
     Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
     """
@@ -229,8 +230,8 @@ def gather_windows(
     values = f.values.masked_fill(f.special, 0.0)
     pred = f.pred
     if codes == "pred":
-        pred = values.clone()
-        values = values.clamp(min=0.0)
+        pred = values * store.pred_sign
+        values = pred.clamp(min=0.0)
     if pred is not None:
         pred = pred.masked_fill(f.special, float("nan"))
     return Windows(

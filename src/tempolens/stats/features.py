@@ -212,7 +212,7 @@ def _iter(
     ids = list(range(store.n_shards)) if shard_ids is None else shard_ids
     for i in tqdm(ids, desc=desc, unit="shard", disable=not progress, leave=False):
         shard = store.load_shard(i, verify=False)
-        yield shard, CodeBatch.from_shard(shard, codes)
+        yield shard, CodeBatch.from_shard(shard, codes, store.pred_sign if codes == "pred" else 1.0)
 
 
 def check_pred_codes(store: CodeStore) -> None:
@@ -301,8 +301,8 @@ def compute_feature_stats(
     same statistics as a single process (counts, maxima, top-k, histograms and samples exactly;
     float64 sums up to summation order).
 
-    ``codes="pred"``: the statistics of the stored predicted codes ``z_pred > 0`` instead (see
-    :meth:`CodeBatch.from_shard`).
+    ``codes="pred"``: the statistics of the stored predicted codes in the store's orientation,
+    ``sign · z_pred > 0`` instead (see :meth:`CodeBatch.from_shard`, :attr:`CodeStore.pred_sign`).
     """
     if not isinstance(store, CodeStore):
         store = CodeStore(store)

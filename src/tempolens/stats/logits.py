@@ -49,6 +49,20 @@ class LogitEffects:
     folded_norm: bool
     """Whether the final norm's multiplier was folded into the directions."""
 
+    def negated(self) -> LogitEffects:
+        """The effects of the opposite directions ``−w_i`` (the logits are linear in ``w``): top and bottom
+        swap with their values negated, the histogram is mirrored. No matmul; the only difference from
+        computing them anew is at a histogram's interior bin edges (now closed on the right)."""
+        return LogitEffects(
+            top_ids=self.bottom_ids,
+            top_values=-self.bottom_values,
+            bottom_ids=self.top_ids,
+            bottom_values=-self.top_values,
+            hist_counts=self.hist_counts.flip(-1),
+            hist_centres=-self.hist_centres.flip(-1),
+            folded_norm=self.folded_norm,
+        )
+
 
 def _merge_topk(
     vals: Tensor, ids: Tensor, new_vals: Tensor, new_ids: Tensor, k: int, largest: bool

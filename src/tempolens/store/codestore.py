@@ -21,7 +21,8 @@ Tensors of one shard (``P`` prompts of ``T`` tokens, ``N = P*T``):
 - optional (Temporal SAE, ``collect --pred-k K``): the predicted codes as a second CSR,
   ``pred_ptr [N + 1]`` int64, ``pred_latent [npnz]`` int32, ``pred_value [npnz]`` float32 (signed,
   nonzero): each token's ``K`` largest ``|z_pred − center| / scale`` (per-latent calibration);
-  ``meta.json`` ``pred_codes`` states the rule and holds the calibration.
+  ``meta.json`` ``pred_codes`` states the rule and holds the calibration, and its ``sign`` (±1) the
+  orientation of the predicted codes (:attr:`CodeStore.pred_sign`).
 
 Every file is written atomically (temporary file, fsync, rename), so a killed run leaves
 only complete shards, and a resumed run skips them.
@@ -219,6 +220,18 @@ class CodeStore:
     @property
     def n_shards(self) -> int:
         return int(self.meta["n_shards"])
+
+    @property
+    def pred_sign(self) -> float:
+        """Orientation of the predicted codes, +1 or −1: ``z_pred = p·z`` with ``z ≥ 0`` and one scalar ``p``
+        per token, so every predicted code of a token has the sign of its ``p``. An SAE whose ``p`` is mostly
+        negative predicts ``−D``: its predicted codes are read as ``sign · z_pred`` (and its directions as
+        ``sign · D``). ``meta.json``'s ``pred_codes.sign``, else the sign of the calibration's summed
+        centre (stores collected before the sign was recorded), +1 when there is neither."""
+        pc = self.meta.get("pred_codes") or {}
+        if pc.get("sign") in (1, -1, 1.0, -1.0):
+            return float(pc["sign"])
+        return -1.0 if sum(float(c) for c in pc.get("center", [])) < 0 else 1.0
 
     @property
     def shard_dir(self) -> Path:

@@ -265,7 +265,7 @@
         (isNum(meta.n_tokens) ? ' (' + fmtInt(meta.n_tokens) + ' counted, without BOS/EOS/pad)' : '')]);
     }
     if (isNum(meta.prompt_len)) facts.push(['Prompt length', fmtInt(meta.prompt_len) + ' tokens']);
-    if (meta.act_units) facts.push(['Activations', (meta.codes === 'pred' ? 'predicted codes z_pred, ' : '') + unitsText()]);
+    if (meta.act_units) facts.push(['Activations', (meta.codes === 'pred' ? 'predicted codes ' + predName() + ', ' : '') + unitsText()]);
     return facts;
   }
 
@@ -918,17 +918,26 @@
     return root;
   }
 
+  // the predicted codes' orientation: −1 when the SAE's predictor writes −D (its scalar p is mostly negative)
+  function predFlipped() { return !!(data.meta && data.meta.pred_sign === -1); }
+  function predName() { return predFlipped() ? '−z_pred' : 'z_pred'; }
+
   function predLegend() {
-    return h('section', { class: 'card legend', 'aria-label': 'Legend' },
+    var card = h('section', { class: 'card legend', 'aria-label': 'Legend' },
       h('div', { class: 'legend-row' },
         h('span', { class: 'sw sw-act', 'aria-hidden': 'true' }),
-        h('span', null, h('b', { text: 'predicted code z_pred > 0' }), ' — what the context predicts for this latent at the token (background, ∝ value / max)')),
+        h('span', null, h('b', { text: 'predicted code ' + predName() + ' > 0' }), ' — what the context predicts for this latent at the token (background, ∝ value / max)')),
       h('div', { class: 'legend-row' },
         h('span', { class: 'sw sw-neg', 'aria-hidden': 'true' }),
-        h('span', null, h('b', { text: 'z_pred < 0' }), ' — the context predicts against this latent (shown in context and hover; never ranked)')),
+        h('span', null, h('b', { text: predName() + ' < 0' }), ' — the context predicts against this latent (shown in context and hover; never ranked)')),
       h('p', { class: 'hint', text: 'Examples are ranked by the positive predicted code. The store keeps a few predicted codes per token ' +
         '(those most unusual for their latent), so other tokens show 0. ' +
         'Hover a token for exact values.' }));
+    if (predFlipped()) {
+      card.appendChild(h('p', { class: 'hint pred-sign', text: 'This SAE predicts with a negative scale p on most tokens, so its ' +
+        'predicted contribution points along −D: codes are shown as −z_pred, and logit effects are those of −D.' }));
+    }
+    return card;
   }
 
   function temporalLegend(ctx) {
