@@ -183,7 +183,9 @@ def _flipped_store(res, cfg, root: Path):
     state["D"] = -tied.D.detach()
     sae.load_state_dict(state)
     flipped = collect(
-        CollectConfig(**{**cfg.__dict__, "sae": str(save_temporal_sae(sae, root / "sae-neg")), "out": root / "store-neg"})
+        CollectConfig(
+            **{**cfg.__dict__, "sae": str(save_temporal_sae(sae, root / "sae-neg")), "out": root / "store-neg"}
+        )
     )
     return flipped, sae.W_dec.detach().float().cpu()
 
@@ -194,7 +196,9 @@ def flipped(run, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("flipped")
     model, W_neg = _flipped_store(res, cfg, tmp_path)
     build_dashboards(
-        DashboardConfig(store=tmp_path / "store-neg", out=tmp_path / "dash", chunk_size=32, progress=False, codes="pred"),
+        DashboardConfig(
+            store=tmp_path / "store-neg", out=tmp_path / "dash", chunk_size=32, progress=False, codes="pred"
+        ),
         model=model.model,
         W_dec=W_neg,
     )
