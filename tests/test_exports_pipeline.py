@@ -453,6 +453,11 @@ def test_token_table_rows_and_activation_objects():
     assert [json.loads(orjson.dumps(r)) for r in rows] == [[vocab[i] for i in row] for row in ids.tolist()]
     table.row_fragments(torch.tensor([[1, 3]]))
     assert calls == [[0, 1, 2, 3, 4]]  # every id decoded once, in one call
+    # rows keyed as equal (the same window) are encoded once and shared; the output is unchanged
+    many = ids[torch.tensor([1, 0, 1, 1, 0])]
+    shared = table.row_fragments(many, same=torch.tensor([7, 3, 7, 7, 3]))
+    assert [orjson.dumps(r) for r in shared] == [orjson.dumps(r) for r in table.row_fragments(many)]
+    assert shared[0] is shared[2] and shared[1] is shared[4]
     a = records.Activation(tokens=rows[0], values=1.5)
     a.qualifying_token, a.max_value, a.max_index, a.min_value = " a", 1.5, 0, 0.0
     assert json.loads(orjson.dumps({"activations": [a]})) == {

@@ -157,3 +157,29 @@ def test_no_candidate_anywhere_gives_empty_lists(n_alive):
         n_active[2], sum_x[2], sum_sq[2] = 3, 1.5, 1.25
     out = correlations_from_pairs(empty, 0, W, n, sum_x, sum_sq, n_active, k=3)
     assert out["indices"].shape == (W, 3) and (out["indices"] == -1).all() and (out["pearson"] == 0).all()
+
+
+def test_rank_rows_prefilter_keeps_the_exact_top_k():
+    """Rows with many entries are first cut to those at or above a lower bound on their k-th value; the result
+    equals a brute-force ranking (value descending, ties by the lower column), with ties, -inf and NaN entries,
+    a row shorter than k and an empty row."""
+    from tempolens.stats.correlations import _rank_rows
+
+    g = torch.Generator().manual_seed(0)
+    R, k, W = 6, 4, 400
+    rows, cols = [], []
+    for r in range(R - 1):  # the last row is empty
+        n = 3 if r == 2 else 300  # row 2 has fewer than k entries
+        rows += [r] * n
+        cols += torch.randperm(W, generator=g)[:n].tolist()
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    val = torch.randint(0, 40, (len(rows),), generator=g).float() / 8  # many exact ties
+    val[::37] = float("-inf")
+    val[5::53] = float("nan")
+    assert len(rows) > 8 * k * R  # the prefilter runs
+    got = _rank_rows(rows_t, cols_t, val, R, k)
+    for r in range(R):
+        mine = [i for i in range(len(rows)) if rows[i] == r and bool(torch.isfinite(val[i]))]
+        mine.sort(key=lambda i: (-float(val[i]), cols[i]))
+        want = mine[:k] + [-1] * (k - len(mine[:k]))
+        assert got[r].tolist() == want, r

@@ -250,6 +250,14 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _tensor_summary(t: torch.Tensor) -> list[Any]:
+    """A cheap fingerprint of a weight for a cache key: shape, sum and sum of squares in the tensor's float32
+    reduction (≈ 30 ms for Gemma's 262k × 640 unembedding; a float64 sum took 1.7 s). At worst a reduction
+    order that differs between machines or thread counts misses the cache, which recomputes."""
+    x = t.detach().float()
+    return [list(x.shape), float(x.sum()), float(torch.linalg.vector_norm(x))]
+
+
 def _cached(path: Path, key: str, recompute: bool) -> bool:
     keyfile = path.with_suffix(".key")
     return not recompute and path.exists() and keyfile.exists() and keyfile.read_text().strip() == key
@@ -486,8 +494,8 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         subject.sae_spec,
         bool(use_mult is not None),
         cfg.n_logits,
-        float(W_dec.sum(dtype=torch.float64)),
-        float(W_U.sum(dtype=torch.float64)),
+        _tensor_summary(W_dec),
+        _tensor_summary(W_U),
         LOGIT_DIRECTION,
         precision,
     )

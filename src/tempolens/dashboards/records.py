@@ -147,11 +147,25 @@ class TokenTable:
             self.encoded[idx] = [orjson.dumps(t) for t in strs]
             self._known[new] = True
 
-    def row_fragments(self, ids: Tensor) -> list[Any]:
-        """Each row of ``ids [E, L]`` as a JSON array of its token strings (a fragment)."""
+    def row_fragments(self, ids: Tensor, same: Tensor | None = None) -> list[Any]:
+        """Each row of ``ids [E, L]`` as a JSON array of its token strings (a fragment). ``same`` (``[E]`` int64,
+        optional): rows with equal keys hold equal ids (an example window's prompt and start), so each distinct
+        row is encoded once and its fragment shared — many examples of a run show the same window."""
+        if same is not None and ids.shape[0]:
+            keys, first, inverse = _first_of_each(same)
+            unique_rows = self.row_fragments(ids[first])
+            return [unique_rows[i] for i in inverse.tolist()]
         self.add(ids)
         rows = self.encoded[ids.to(torch.int64).numpy()].tolist()
         return [orjson.Fragment(b"[" + b",".join(r) + b"]") for r in rows]
+
+
+def _first_of_each(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(distinct keys, index of each one's first occurrence, inverse)`` of a 1-D tensor."""
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    pos = torch.arange(keys.numel(), dtype=torch.int64)
+    first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.int64).scatter_reduce_(0, inverse, pos, reduce="amin")
+    return uniq, first, inverse
 
 
 @dataclass
@@ -330,7 +344,8 @@ def _finite_rounded(x: Tensor) -> Tensor:
 def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _ExampleRows:
     """Encode the example windows of one group of latents (:class:`_ExampleRows`)."""
     table = ctx.token_table()
-    tok_rows = table.row_fragments(windows.tokens)
+    window_key = windows.prompt.to(torch.int64) * (1 << 32) + windows.start.to(torch.int64)
+    tok_rows = table.row_fragments(windows.tokens, same=window_key)
     values_r = _finite_rounded(windows.values)
     values = row_fragments(values_r)
     zeros = torch.zeros(values_r.shape[0], dtype=torch.float64)

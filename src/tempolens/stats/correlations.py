@@ -171,8 +171,11 @@ def _rank_rows(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> Ten
     out = torch.full((R, k), -1, dtype=torch.int64)
     if n == 0:
         return out
-    v = val32.clone()
     pos = torch.arange(n)
+    if n > 8 * k * R:  # most entries cannot be in their row's top k: drop them first (same result)
+        keep = val32 >= _kth_lower_bound(rows, cols, val32, R, k)[rows]
+        pos, rows, cols, val32 = pos[keep], rows[keep], cols[keep], val32[keep]
+    v = val32.clone()
     big = torch.iinfo(torch.int64).max
     for j in range(k):
         best = torch.full((R,), float("-inf")).scatter_reduce(0, rows, v, "amax", include_self=True)
@@ -183,6 +186,19 @@ def _rank_rows(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> Ten
         out[rows[chosen], j] = pos[chosen]
         v[chosen] = float("-inf")
     return out
+
+
+def _kth_lower_bound(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) -> Tensor:
+    """``[R]`` a value at or below each row's ``k``-th largest entry (−inf where unknown), from one pass: the
+    entries of a row are dealt into ``k`` buckets by column and each bucket's maximum is an entry of the row, so
+    the smallest of ``k`` non-empty bucket maxima is the ``k``-th largest of ``k`` distinct entries, at most the
+    row's ``k``-th largest. Every entry of a row's top ``k``, ties included, is ``≥`` it."""
+    finite = torch.isfinite(val32)
+    bucket = rows * k + cols % k
+    top = torch.full((R * k,), float("-inf")).scatter_reduce(
+        0, bucket[finite], val32[finite], "amax", include_self=True
+    )
+    return top.view(R, k).amin(1)  # −inf when a bucket is empty: keeps the whole row
 
 
 def correlations_from_pairs(
