@@ -475,7 +475,7 @@ class _Effects:
 def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
     """The logit effects of every unit decoder direction, from ``logits.safetensors`` when it was
     computed from the same model, SAE and settings (unless ``--recompute``), else computed and cached."""
-    from tempolens.stats.logits import LogitEffects, logit_effects
+    from tempolens.stats.logits import logit_effects
 
     cfg, W_dec = run.cfg, subject.W_dec
     W_U, mult, norm_kind = subject.model.unembed()
@@ -500,18 +500,7 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         precision,
     )
     if _cached(logits_path, logits_key, cfg.recompute):
-        from safetensors.torch import load_file
-
-        t = load_file(str(logits_path))
-        logits = LogitEffects(
-            top_ids=t["top_ids"],
-            top_values=t["top_values"],
-            bottom_ids=t["bottom_ids"],
-            bottom_values=t["bottom_values"],
-            hist_counts=t["hist_counts"],
-            hist_centres=t["hist_centres"],
-            folded_norm=use_mult is not None,
-        )
+        logits = _read_logits(logits_path, folded=use_mult is not None)
     else:
         logits = logit_effects(
             unit_directions(W_dec, row_norm),
@@ -522,23 +511,33 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
             precision=precision,
             progress=cfg.progress,
         )
-        from safetensors.torch import save
-
-        atomic_write_bytes(
-            logits_path,
-            save(
-                {
-                    k: getattr(logits, k).contiguous()
-                    for k in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")
-                }
-            ),
-        )
-        atomic_write_bytes(logits_path.with_suffix(".key"), (logits_key + "\n").encode())
+        _write_logits(logits_path, logits, logits_key)
     if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D
         logits = logits.negated()
     return _Effects(
         logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind, precision=precision
     )
+
+
+_LOGIT_TENSORS = ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")
+
+
+def _read_logits(path: Path, folded: bool) -> LogitEffects:
+    """The cached logit effects of ``logits.safetensors``."""
+    from safetensors.torch import load_file
+
+    from tempolens.stats.logits import LogitEffects
+
+    t = load_file(str(path))
+    return LogitEffects(**{k: t[k] for k in _LOGIT_TENSORS}, folded_norm=folded)
+
+
+def _write_logits(path: Path, logits: LogitEffects, key: str) -> None:
+    """Cache the logit effects as ``logits.safetensors`` and its key."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: getattr(logits, k).contiguous() for k in _LOGIT_TENSORS}))
+    atomic_write_bytes(path.with_suffix(".key"), (key + "\n").encode())
 
 
 def _export_ids(run: _Run, subject: _Subject) -> npx.ExportIds:

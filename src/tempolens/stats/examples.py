@@ -196,10 +196,9 @@ def gather_windows(
 ) -> Windows:
     """Read the store once and return the windows of the examples ``(latent[e], gpos[e])``.
 
-    ``codes="pred"``: ``values`` are the latent's stored predicted codes in the store's orientation,
-    ``sign · z_pred`` clipped at 0 (what is ranked; 0 where the token did not keep this latent among its
-    largest ``|z_pred − center| / scale``; ``sign`` = :attr:`CodeStore.pred_sign`) and ``pred`` the same
-    ``sign · z_pred`` unclipped (predictions of either sign; NaN at BOS/EOS/pad).
+    ``codes="pred"``: ``values`` = the stored ``sign · z_pred`` clipped at 0 (:attr:`CodeStore.pred_sign`; what is
+    ranked; 0 where the token did not keep this latent among its predicted codes) and ``pred`` the same unclipped
+    (predictions of either sign; NaN at BOS/EOS/pad).
 
     Memory: ``E × L`` per field plus, per shard, ``(distinct (prompt, latent) pairs) × prompt_len``.
     """

@@ -301,8 +301,7 @@ def compute_feature_stats(
     same statistics as a single process (counts, maxima, top-k, histograms and samples exactly;
     float64 sums up to summation order).
 
-    ``codes="pred"``: the statistics of the stored predicted codes in the store's orientation,
-    ``sign · z_pred > 0`` instead (see :meth:`CodeBatch.from_shard`, :attr:`CodeStore.pred_sign`).
+    ``codes="pred"``: those of the stored predicted codes, ``sign · z_pred > 0`` (:meth:`CodeBatch.from_shard`).
     """
     if not isinstance(store, CodeStore):
         store = CodeStore(store)

@@ -24,6 +24,7 @@ relative) of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -309,6 +310,25 @@ def bin_centres(lo: Tensor, hi: Tensor, n_bins: int) -> Tensor:
     return (edges[:, :-1] + edges[:, 1:]) / 2
 
 
+def _block_runner(
+    U: Tensor, block: int, rows: int, k: int, n_bins: int, memory_mb: float, precision: str, vocab_chunk: int
+) -> Callable[[Tensor], BlockEnds]:
+    """The function computing one block of ``block`` directions (buffers for ``rows`` = min(block, width)):
+    bfloat16 when asked, the block's logits fit in ``memory_mb`` and the vocabulary is large enough; float32 in
+    memory (reused buffers); else streamed over vocabulary chunks."""
+    V, dev = U.shape[0], U.device
+    if block * V * 4 > int(memory_mb * 2**20):
+        chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
+        return lambda w: _block_streaming(w, U, k, n_bins, chunks)
+    buf = torch.empty(rows, V, device=dev)
+    ibuf = torch.empty(rows, V, dtype=torch.int32, device=dev)
+    if precision == "bf16" and V >= BF16_MIN_VOCAB and rows > 0 and k <= 256:
+        vocab = _Bf16Vocab.of(U)
+        bbuf = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
+        return lambda w: _block_bf16(w, U, vocab, k, n_bins, buf, bbuf, ibuf)
+    return lambda w: _block_in_memory(w, U, k, n_bins, buf, ibuf)
+
+
 def logit_effects(
     W_dec: Tensor,
     W_U: Tensor,
@@ -341,28 +361,13 @@ def logit_effects(
     U = W_U.detach().to(dev, torch.float32)
     width, V = Wd.shape[0], U.shape[0]
     kk = min(k, V)
-    budget = int(memory_mb * 2**20)
     if block is None:
-        block = max(16, min(1024, budget // max(1, V * 4)))
-    in_memory = block * V * 4 <= budget
-    if in_memory:
-        buf = torch.empty(min(block, width), V, device=dev)
-        ibuf = torch.empty(min(block, width), V, dtype=torch.int32, device=dev)
-    bf16 = precision == "bf16" and in_memory and V >= BF16_MIN_VOCAB and 0 < width and kk <= 256
-    if bf16:
-        vocab = _Bf16Vocab.of(U)
-        bbuf = torch.empty(min(block, width), V, dtype=torch.bfloat16, device=dev)
-    chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
+        block = max(16, min(1024, int(memory_mb * 2**20) // max(1, V * 4)))
+    run_block = _block_runner(U, block, min(block, width), kk, n_bins, memory_mb, precision, vocab_chunk)
     parts: list[BlockEnds] = []
     centres: list[Tensor] = []
     for b0 in tqdm(range(0, width, block), desc="logit effects", unit="block", disable=not progress, leave=False):
-        w = Wd[b0 : b0 + block]
-        if bf16:
-            ends = _block_bf16(w, U, vocab, kk, n_bins, buf, bbuf, ibuf)
-        elif in_memory:
-            ends = _block_in_memory(w, U, kk, n_bins, buf, ibuf)
-        else:
-            ends = _block_streaming(w, U, kk, n_bins, chunks)
+        ends = run_block(Wd[b0 : b0 + block])
         parts.append(tuple(t.cpu() for t in ends))  # type: ignore[arg-type]
         centres.append(bin_centres(ends[2][:, 0], ends[0][:, 0], n_bins).cpu())
     cat = [torch.cat([p[j] for p in parts]) if parts else torch.zeros(0) for j in range(5)]
