@@ -479,3 +479,13 @@ def test_incomplete_store_is_a_one_line_error(store, tmp_path, lm, W_dec):
         build_dashboards(
             DashboardConfig(store=tmp_path / "nothing", out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec
         )
+
+
+def test_jsonl_lines_escape_unicode_line_breaks():
+    from tempolens.dashboards.neuronpedia import jsonl_lines
+
+    objs = [{"t": ["a\u2028b", "c\u2029"], "v": 1.5}, {"t": []}, {"s": "é\n"}]
+    data = jsonl_lines(objs)
+    assert data.endswith(b"\n") and jsonl_lines([]) == b""
+    lines = data.decode("utf-8").splitlines()  # splits at U+2028/U+2029 too: there must be none raw
+    assert [json.loads(x) for x in lines] == objs
