@@ -328,3 +328,13 @@ def test_flipped_predictor_is_named_on_the_page(flipped, browser):  # noqa: F811
         v.assert_clean()
     finally:
         v.page.context.close()
+
+
+def test_pred_orientation_is_the_sign_of_the_summed_centre(run, flipped):
+    """The rule `collect` records and older stores (no `pred_codes.sign`) fall back to."""
+    from tempolens.store.codestore import pred_orientation
+
+    assert pred_orientation([0.2, -0.5, 0.1]) == -1 and pred_orientation([0.5, -0.2]) == 1 and pred_orientation([]) == 1
+    for root in (run[1].out, flipped / "store-neg"):
+        meta = CodeStore(root).meta["pred_codes"]
+        assert meta["sign"] == pred_orientation(meta["center"])

@@ -373,7 +373,7 @@ def _pred_calibration(
     """Set the SAE's predicted-code rule (``pred_slots``, ``pred_center``, ``pred_scale``) and return its
     ``meta.json`` entry. The calibration comes from the first batch of prompts, or from the store's
     ``meta.json`` when resuming (so every shard of a store uses the same rule)."""
-    from tempolens.store.codestore import read_meta
+    from tempolens.store.codestore import pred_orientation, read_meta
 
     prev = None
     if (Path(cfg.out) / "meta.json").exists() and not cfg.overwrite:
@@ -390,7 +390,7 @@ def _pred_calibration(
         "k": k,
         "rule": PRED_RULE,
         "calibration_prompts": int(min(cfg.batch_size, len(tokens))),
-        "sign": -1 if float(center.double().sum()) < 0 else 1,
+        "sign": pred_orientation(center.double().tolist()),
         "center": [float(x) for x in center.tolist()],
         "scale": [float(x) for x in scale.tolist()],
     }

@@ -152,7 +152,7 @@ class TokenTable:
         optional): rows with equal keys hold equal ids (an example window's prompt and start), so each distinct
         row is encoded once and its fragment shared — many examples of a run show the same window."""
         if same is not None and ids.shape[0]:
-            keys, first, inverse = _first_of_each(same)
+            first, inverse = _first_of_each(same)
             unique_rows = self.row_fragments(ids[first])
             return [unique_rows[i] for i in inverse.tolist()]
         self.add(ids)
@@ -160,12 +160,13 @@ class TokenTable:
         return [orjson.Fragment(b"[" + b",".join(r) + b"]") for r in rows]
 
 
-def _first_of_each(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(distinct keys, index of each one's first occurrence, inverse)`` of a 1-D tensor."""
+def _first_of_each(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(index of each distinct key's first occurrence, inverse)`` of a 1-D tensor (distinct keys in ascending
+    order; ``inverse[i]`` = the position of ``keys[i]`` among them)."""
     uniq, inverse = torch.unique(keys, return_inverse=True)
     pos = torch.arange(keys.numel(), dtype=torch.int64)
     first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.int64).scatter_reduce_(0, inverse, pos, reduce="amin")
-    return uniq, first, inverse
+    return first, inverse
 
 
 @dataclass

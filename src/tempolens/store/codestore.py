@@ -38,7 +38,7 @@ import errno
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,13 @@ def meta_checksum(meta: dict[str, Any]) -> str:
 
 
 REDO_META = "restore it, or collect the store again with --overwrite"
+
+
+def pred_orientation(center: Iterable[float]) -> int:
+    """The orientation of a store's predicted codes from their calibration centre (each latent's mean z_pred):
+    −1 when the centres sum below 0 (the SAE's scale p is mostly negative, its prediction points along −D), else
+    +1. ``collect`` records it as ``pred_codes.sign``; :attr:`CodeStore.pred_sign` reads it."""
+    return -1 if sum(float(c) for c in center) < 0 else 1
 
 
 def read_meta(root: Path | str) -> dict[str, Any]:
@@ -229,9 +236,9 @@ class CodeStore:
         ``sign · D``). ``meta.json``'s ``pred_codes.sign``, else the sign of the calibration's summed
         centre (stores collected before the sign was recorded), +1 when there is neither."""
         pc = self.meta.get("pred_codes") or {}
-        if pc.get("sign") in (1, -1, 1.0, -1.0):
+        if pc.get("sign") in (1, -1):
             return float(pc["sign"])
-        return -1.0 if sum(float(c) for c in pc.get("center", [])) < 0 else 1.0
+        return float(pred_orientation(pc.get("center", [])))
 
     @property
     def shard_dir(self) -> Path:
