@@ -192,3 +192,58 @@ def test_bf16_on_the_real_unembedding():
     _assert_same_ends_up_to_near_ties(b16.bottom_ids, f32.bottom_ids, ref, False)
     moved = (b16.hist_counts - f32.hist_counts).abs().sum(1) / 2
     assert float(moved.max()) <= 0.02 * W_U.shape[0]
+
+
+def _torch_only(monkeypatch):
+    """Run the torch reference of the compiled kernels (as on a GPU, or where numba is missing)."""
+    from tempolens.stats import logit_kernels
+
+    monkeypatch.setattr(logit_kernels, "numba", None)
+    assert not logit_kernels.available(torch.zeros(1))
+
+
+def test_compiled_kernels_are_available_on_the_cpu():
+    """numba is a declared dependency: the compiled kernels run here (else the tests below compare torch to torch)."""
+    from tempolens.stats import logit_kernels
+
+    assert logit_kernels.available(torch.zeros(1))
+    assert not logit_kernels.available(torch.zeros(1, device="meta"))
+
+
+def test_compiled_histogram_equals_the_torch_passes(monkeypatch):
+    """Bit-for-bit the same counts, including values on bin edges, a constant row, the max (last bin) and a row
+    whose range is tiny (scale near float32's limits)."""
+    from tempolens.stats.logits import histogram_rows
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(7, 9_001, generator=g).to(torch.bfloat16).float()  # bf16 values: many exact repeats
+    X[1, :1000] = torch.linspace(-2, 2, 51).repeat(20)[:1000]  # exactly on the edges of [-2, 2] / 50
+    X[1, 1000] = -2.0
+    X[1, 1001] = 2.0
+    X[3] = 0.25  # constant
+    X[5] = 1.0 + torch.arange(9_001) * 1e-7  # a tiny span
+    lo, hi = X.amin(1), X.amax(1)
+    for n_bins in (50, 7, 1):
+        compiled = histogram_rows(X.clone(), lo, hi, n_bins)
+        with monkeypatch.context() as m:
+            _torch_only(m)
+            ref = histogram_rows(X.clone(), lo, hi, n_bins)
+        assert torch.equal(compiled, ref), n_bins
+        assert (compiled.sum(1) == X.shape[1]).all()
+
+
+@pytest.mark.parametrize("V", [5000, 8192])  # a tail shorter than a column group, and none
+def test_compiled_bf16_route_equals_the_torch_route(monkeypatch, V):
+    """The whole bf16 route with the compiled histogram and candidate scan gives exactly the torch route's output."""
+    g = torch.Generator().manual_seed(V + 1)
+    W_dec, W_U = torch.randn(300, 64, generator=g), torch.randn(V, 64, generator=g)
+    W_U[:, 0] *= 5
+    W_U[-3:] = W_U[:3]  # exact duplicates: ties by id
+    W_dec[7] = 0.0  # a zero direction: every logit 0, one bin
+    mult = 1 + 0.5 * torch.rand(64, generator=g)
+    compiled = logit_effects(W_dec, W_U, mult, k=10, block=128, precision="bf16")
+    with monkeypatch.context() as m:
+        _torch_only(m)
+        ref = logit_effects(W_dec, W_U, mult, k=10, block=128, precision="bf16")
+    for f in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres"):
+        assert torch.equal(getattr(compiled, f), getattr(ref, f)), f
