@@ -89,6 +89,9 @@ class BenchConfig:
     two_command: bool = True
     """Also measure the two-command path (`tempolens collect` + `tempolens dashboards`, one model load each); off
     measures `tempolens run` alone, e.g. at 65,536 latents where each pass takes minutes."""
+    neuronpedia: bool = False
+    """Have tempolens also write the Neuronpedia formats (`--batches --bulk`, off in tempolens by default), as
+    SAEDashboard's runner does; the default measures what `tempolens run` writes by default (the site)."""
     temporal_only_run: bool = False
     """Measure the Temporal SAE with `tempolens run` only (skip the two-command collect + dashboards run of it)."""
     quick: bool = False
@@ -430,7 +433,9 @@ class Bench:
             self.errors.append(f"tempolens collect {label} n={n}: {fail_msg(m1)}")
             return None
         m2 = run_measured(
-            tempolens_cmd() + ["dashboards", "--store", str(store), "--out", str(dash), "--device", cfg.device],
+            tempolens_cmd()
+            + ["dashboards", "--store", str(store), "--out", str(dash), "--device", cfg.device]
+            + self.format_args,
             env=child_env(),
             log_path=self.logs / f"tempolens-dashboards-{label}-{n}-r{rep}.log",
             timeout_s=cfg.timeout_s,
@@ -471,6 +476,11 @@ class Bench:
         )
         return row
 
+    @property
+    def format_args(self) -> list[str]:
+        """The export flags of every tempolens run: the Neuronpedia formats only with ``--neuronpedia``."""
+        return ["--batches", "--bulk"] if self.cfg.neuronpedia else []
+
     def tempolens_run(self, label: str, spec: str, n: int, rep: int) -> dict[str, Any] | None:
         """``tempolens run`` (one process: collect then dashboards; kernels off)."""
         cfg = self.cfg
@@ -504,7 +514,8 @@ class Bench:
                 cfg.device,
                 "--dtype",
                 cfg.dtype,
-            ],
+            ]
+            + self.format_args,
             env=child_env(),
             log_path=self.logs / f"tempolens-run-{label}-{n}-r{rep}.log",
             timeout_s=cfg.timeout_s,
@@ -799,7 +810,12 @@ def markdown(result: dict[str, Any]) -> str:
         + (f", GPU {host['cuda']}" if host.get("cuda") else ", no GPU")
         + f"; model `{cfg['model']}` block {cfg['layer']}, {cfg['prompt_len']} tokens per prompt, "
         f"batch {cfg['batch_size']}, {cfg['dtype']}, "
-        f"{cfg['repeats']} repeat(s) (medians).",
+        f"{cfg['repeats']} repeat(s) (medians); tempolens writes "
+        + (
+            "the site and the Neuronpedia formats (`--batches --bulk`)."
+            if cfg.get("neuronpedia")
+            else "the site only (its default; the Neuronpedia formats are `--batches --bulk`)."
+        ),
         "",
         "Wall time is what a user waits; CPU time (user + sys of the process) is steadier when other jobs share the "
         "cores. "

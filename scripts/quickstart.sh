@@ -8,6 +8,7 @@ bash scripts/setup_env.sh embedded,autointerp
 . "$VENV/bin/activate"
 echo "[quickstart $(date +%H:%M:%S)] tempolens setup (model conversion and corpus, once per cache)"
 tempolens setup
-echo "[quickstart $(date +%H:%M:%S)] tempolens run $*"
-tempolens run "$@"
+# --batches --bulk: also the Neuronpedia formats (off by default), so the run shows all it can write
+echo "[quickstart $(date +%H:%M:%S)] tempolens run --batches --bulk $*"
+tempolens run --batches --bulk "$@"
 echo "[quickstart $(date +%H:%M:%S)] done"

@@ -272,6 +272,8 @@ def test_odd_unicode_and_control_characters_survive_the_pipeline_exactly(tiny_lm
 
     build_dashboards(
         DashboardConfig(
+            batches=True,
+            bulk=True,
             store=tmp_path / "store",
             out=tmp_path / "dash",
             chunk_size=32,

@@ -60,7 +60,9 @@ def _site_records(out: Path) -> dict[int, dict]:
 
 
 def _build(store, lm, W_dec, out: Path, units: str):
-    cfg = DashboardConfig(store=store.root, out=out, act_units=units, chunk_size=8, progress=False)
+    cfg = DashboardConfig(
+        batches=True, bulk=True, store=store.root, out=out, act_units=units, chunk_size=8, progress=False
+    )
     build_dashboards(cfg, model=lm, W_dec=W_dec)
     return _features(out), _site_records(out)
 
@@ -142,7 +144,9 @@ def test_logit_effects_are_of_the_unit_direction(temporal_pair, lm):
 def test_convention_is_stated_in_settings_meta_and_source(temporal_pair, store, lm, tmp_path):
     W = _rows(WIDTH, ROW_NORMS)
     out = tmp_path / "d"
-    build_dashboards(DashboardConfig(store=store.root, out=out, progress=False), model=lm, W_dec=W)
+    build_dashboards(
+        DashboardConfig(batches=True, bulk=True, store=store.root, out=out, progress=False), model=lm, W_dec=W
+    )
     settings = json.loads((out / "neuronpedia" / "batches" / "run_settings.json").read_text())
     assert settings["act_units"] == "norm" and "decoder row" in settings["activations"]
     assert "unit-norm decoder direction" in settings["logit_effects"]
@@ -179,6 +183,6 @@ def test_scaled_stats_equal_stats_of_scaled_codes(codes, store, tmp_path):
 
 def test_act_units_option_is_validated(store):
     with pytest.raises(ConfigError, match="--act-units"):
-        DashboardConfig(store=store.root, act_units="logits")
+        DashboardConfig(batches=True, bulk=True, store=store.root, act_units="logits")
     with pytest.raises(ConfigError, match="--codes"):
-        DashboardConfig(store=store.root, codes="both")
+        DashboardConfig(batches=True, bulk=True, store=store.root, codes="both")

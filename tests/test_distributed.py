@@ -200,6 +200,8 @@ def test_torchrun_two_ranks_equal_one_process(tiny_lm_dir, corpus, temporal_dir,
     for store in (one, two):
         build_dashboards(
             DashboardConfig(
+                batches=True,
+                bulk=True,
                 store=store,
                 out=tmp_path / f"dash-{store.name}",
                 chunk_size=32,

@@ -40,6 +40,8 @@ def test_torchrun_dashboards_equal_one_process(tiny_lm_dir, corpus, temporal_dir
     assert r.returncode == 0, r.stderr[-3000:]
     dash = [
         "dashboards",
+        "--batches",
+        "--bulk",
         "--store",
         str(store),
         "--chunk-size",

@@ -58,6 +58,8 @@ def autointerp_file(tmp_path_factory):
 def built(store, lm, W_dec, autointerp_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("dash")
     cfg = DashboardConfig(
+        batches=True,
+        bulk=True,
         store=store.root,
         out=out,
         features_per_batch=10,
@@ -229,6 +231,8 @@ def test_site_data(built):
 def test_output_is_deterministic(built, store, lm, W_dec, autointerp_file, tmp_path):
     res, out = built
     cfg = DashboardConfig(
+        batches=True,
+        bulk=True,
         store=store.root,
         out=tmp_path,
         features_per_batch=10,
@@ -267,7 +271,7 @@ def test_cached_stats_are_reused_and_subset_export(built, store, lm, W_dec, tmp_
             out=out,
             latents=(1,),
             site=False,
-            batches=False,
+            bulk=True,
             source_id="12-temporal-res",
             model_id="gemma-2-2b",
             progress=False,
@@ -288,7 +292,16 @@ def test_long_prompts_get_windows(tmp_path, lm):
     codes = make_codes(n_prompts=4, T=40, width=8, k=3, seed=1, temporal=False)
     st = write_store(tmp_path / "s", codes, 4)
     res = build_dashboards(
-        DashboardConfig(store=st.root, out=tmp_path / "o", window=12, window_after=3, n_correlated=2, progress=False),
+        DashboardConfig(
+            batches=True,
+            bulk=True,
+            store=st.root,
+            out=tmp_path / "o",
+            window=12,
+            window_after=3,
+            n_correlated=2,
+            progress=False,
+        ),
         model=lm,
         W_dec=torch.randn(8, D),
     )
@@ -321,19 +334,25 @@ def test_bad_options_are_one_line_errors(store, lm, W_dec, tmp_path):
         DashboardConfig(model_id="a b/c")
     with pytest.raises(ConfigError, match="out of range"):
         build_dashboards(
-            DashboardConfig(store=store.root, out=tmp_path, latents=(99,), progress=False), model=lm, W_dec=W_dec
+            DashboardConfig(batches=True, bulk=True, store=store.root, out=tmp_path, latents=(99,), progress=False),
+            model=lm,
+            W_dec=W_dec,
         )
     bad = tmp_path / "ai.json"
     bad.write_text('{"1": {"explanation": 3}}')
     with pytest.raises(ConfigError, match="explanation"):
         build_dashboards(
-            DashboardConfig(store=store.root, out=tmp_path, autointerp=bad, progress=False), model=lm, W_dec=W_dec
+            DashboardConfig(batches=True, bulk=True, store=store.root, out=tmp_path, autointerp=bad, progress=False),
+            model=lm,
+            W_dec=W_dec,
         )
     from tempolens.errors import SourceError
 
     with pytest.raises(SourceError, match="latents"):
         build_dashboards(
-            DashboardConfig(store=store.root, out=tmp_path, progress=False), model=lm, W_dec=torch.randn(5, D)
+            DashboardConfig(batches=True, bulk=True, store=store.root, out=tmp_path, progress=False),
+            model=lm,
+            W_dec=torch.randn(5, D),
         )
 
 
@@ -474,10 +493,16 @@ def test_incomplete_store_is_a_one_line_error(store, tmp_path, lm, W_dec):
     shutil.copytree(store.root, broken)
     (broken / "shards" / "shard-00001.json").unlink()
     with pytest.raises(StoreError, match="incomplete"):
-        build_dashboards(DashboardConfig(store=broken, out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec)
+        build_dashboards(
+            DashboardConfig(batches=True, bulk=True, store=broken, out=tmp_path / "o", progress=False),
+            model=lm,
+            W_dec=W_dec,
+        )
     with pytest.raises(StoreError, match="meta.json"):
         build_dashboards(
-            DashboardConfig(store=tmp_path / "nothing", out=tmp_path / "o", progress=False), model=lm, W_dec=W_dec
+            DashboardConfig(batches=True, bulk=True, store=tmp_path / "nothing", out=tmp_path / "o", progress=False),
+            model=lm,
+            W_dec=W_dec,
         )
 
 

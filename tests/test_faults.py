@@ -114,6 +114,8 @@ def _one_line_error(r: subprocess.CompletedProcess, command: str) -> str:
 def _dash_args(store: Path, out: Path) -> list[str]:
     return [
         "dashboards",
+        "--batches",
+        "--bulk",
         "--store",
         str(store),
         "--out",
@@ -134,7 +136,15 @@ def _dash_cfg(store: Path, out: Path):
     from tempolens.dashboards.pipeline import DashboardConfig
 
     return DashboardConfig(
-        store=store, out=out, chunk_size=32, features_per_batch=40, latents_per_pass=48, device="cpu", progress=False
+        batches=True,
+        bulk=True,
+        store=store,
+        out=out,
+        chunk_size=32,
+        features_per_batch=40,
+        latents_per_pass=48,
+        device="cpu",
+        progress=False,
     )
 
 

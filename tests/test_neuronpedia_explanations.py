@@ -108,6 +108,8 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
     lm = load_subject_model(tiny_lm_dir, layer=1, progress=None)
     W_dec = torch.randn(dense.shape[-1], 32, generator=torch.Generator().manual_seed(0))
     cfg = DashboardConfig(
+        batches=True,
+        bulk=True,
         store=store,
         out=tmp_path / "dash",
         features_per_batch=4,
@@ -140,7 +142,13 @@ def test_dashboards_export_autointerp_explanations(tiny_lm_dir, tmp_path):
         assert sums[rel] == hashlib.sha256(f.read_bytes()).hexdigest()
     # rerun without --autointerp: stale explanation batches are removed
     cfg2 = DashboardConfig(
-        store=store, out=tmp_path / "dash", features_per_batch=4, model_id="tiny-model", progress=False
+        batches=True,
+        bulk=True,
+        store=store,
+        out=tmp_path / "dash",
+        features_per_batch=4,
+        model_id="tiny-model",
+        progress=False,
     )
     build_dashboards(cfg2, model=lm, W_dec=W_dec)
     assert not list((res.bulk / "explanations").glob("batch-*.jsonl.gz"))

@@ -30,7 +30,7 @@ def test_run_end_to_end_on_tiny_model(tiny_lm_dir, corpus, temporal_dir, tmp_pat
             shard_prompts=4,
             progress=False,
         ),
-        dashboards=DashboardConfig(progress=False, device="cpu"),
+        dashboards=DashboardConfig(batches=True, bulk=True, progress=False, device="cpu"),
     )
     assert cfg.collect.out == tmp_path / "run" / "store" and cfg.dashboards.store == cfg.collect.out
     res = run(cfg)

@@ -72,8 +72,8 @@ def run(tiny_lm_dir, tmp_path_factory):
     dash = root / "dash"
     W_dec = res.sae.W_dec.detach().float().cpu()
     base = dict(store=cfg.out, out=dash, chunk_size=32, progress=False)
-    build_dashboards(DashboardConfig(**base), model=res.model, W_dec=W_dec)
-    build_dashboards(DashboardConfig(**base, codes="pred"), model=res.model, W_dec=W_dec)
+    build_dashboards(DashboardConfig(batches=True, bulk=True, **base), model=res.model, W_dec=W_dec)
+    build_dashboards(DashboardConfig(batches=True, bulk=True, **base, codes="pred"), model=res.model, W_dec=W_dec)
     return res, cfg, dash, W_dec
 
 
@@ -197,7 +197,13 @@ def flipped(run, tmp_path_factory):
     model, W_neg = _flipped_store(res, cfg, tmp_path)
     build_dashboards(
         DashboardConfig(
-            store=tmp_path / "store-neg", out=tmp_path / "dash", chunk_size=32, progress=False, codes="pred"
+            batches=True,
+            bulk=True,
+            store=tmp_path / "store-neg",
+            out=tmp_path / "dash",
+            chunk_size=32,
+            progress=False,
+            codes="pred",
         ),
         model=model.model,
         W_dec=W_neg,
@@ -278,7 +284,9 @@ def test_codes_pred_needs_a_store_with_pred_codes(tiny_lm_dir, tmp_path, run):
     assert not CodeStore(tmp_path / "s0").load_shard(0).has_pred_codes
     with pytest.raises(StoreError, match="--pred-k"):
         build_dashboards(
-            DashboardConfig(store=tmp_path / "s0", out=tmp_path / "d0", codes="pred", progress=False),
+            DashboardConfig(
+                batches=True, bulk=True, store=tmp_path / "s0", out=tmp_path / "d0", codes="pred", progress=False
+            ),
             model=plain.model,
             W_dec=W_dec,
         )

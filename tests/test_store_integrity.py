@@ -52,7 +52,15 @@ def _copy(store: Path, dest: Path) -> Path:
 
 def _dash_cfg(store: Path, out: Path, **kw) -> DashboardConfig:
     return DashboardConfig(
-        store=store, out=out, chunk_size=32, features_per_batch=40, device="cpu", progress=False, **kw
+        batches=True,
+        bulk=True,
+        store=store,
+        out=out,
+        chunk_size=32,
+        features_per_batch=40,
+        device="cpu",
+        progress=False,
+        **kw,
     )
 
 

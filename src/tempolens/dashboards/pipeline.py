@@ -133,10 +133,11 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     """
     title: str | None = None
     """Site title (default: model id, source id)."""
-    batches: bool = True
-    """Write SAEDashboard/Neuronpedia batch files."""
-    bulk: bool = True
-    """Write Neuronpedia's bulk-import layout."""
+    batches: bool = False
+    """Also write SAEDashboard/Neuronpedia batch files (`neuronpedia/batches/`; ≈47 KB per latent at 256 × 128
+    tokens, 7× the site's data): pass --batches --bulk to upload the dashboards to Neuronpedia."""
+    bulk: bool = False
+    """Also write Neuronpedia's bulk-import layout (`neuronpedia/bulk/`, gzipped JSON lines; ≈11 KB per latent)."""
     site: bool = True
     """Write the static site."""
     seed: int = 0
