@@ -247,3 +247,25 @@ def test_compiled_bf16_route_equals_the_torch_route(monkeypatch, V):
         ref = logit_effects(W_dec, W_U, mult, k=10, block=128, precision="bf16")
     for f in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres"):
         assert torch.equal(getattr(compiled, f), getattr(ref, f)), f
+
+
+def test_background_job_equals_logit_effects_and_serves_rows_in_order():
+    """LogitEffectsJob computes exactly logit_effects' output; wait(n) returns with rows < n filled; an error in the
+    thread is raised by wait()."""
+    from tempolens.stats.logits import LogitEffectsJob
+
+    W_dec, W_U, mult = _setup()
+    ref = logit_effects(W_dec, W_U, mult, k=10, block=4)
+    job = LogitEffectsJob(W_dec, W_U, mult, k=10, block=4)
+    first = job.wait(5)
+    assert torch.equal(first.top_ids[:5], ref.top_ids[:5])
+    out = job.result()
+    assert job.complete and job.seconds > 0
+    for f in ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres"):
+        assert torch.equal(getattr(out, f), getattr(ref, f)), f
+    bad = LogitEffectsJob(W_dec, W_U[:, :3], k=10)  # shapes do not match: the matmul fails in the thread
+    with pytest.raises(RuntimeError):
+        bad.wait(1)
+    assert not bad.complete
+    with pytest.raises(TypeError, match="unknown options"):
+        LogitEffectsJob(W_dec, W_U, colour="red")

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from tempolens.dashboards.site import SiteWriter
     from tempolens.stats.examples import Windows
     from tempolens.stats.features import FeatureStats
-    from tempolens.stats.logits import LogitEffects
+    from tempolens.stats.logits import LogitEffects, LogitEffectsJob
 
 
 ACT_UNITS: dict[str, str] = {
@@ -275,27 +275,32 @@ def build_dashboards(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run = _open_run(cfg)
-    stats = _statistics(run)
-    timings["statistics"] = time.perf_counter() - t0
     if not run.dist.is_main:  # under torchrun: statistics are merged on every rank; rank 0 writes the exports
+        _statistics(run)
+        timings["statistics"] = time.perf_counter() - t0
         run.dist.barrier()
         return DashboardResult(
             out=run.out, site=None, batches=[], bulk=None, n_latents=0, n_examples=0, timings=timings
         )
-    t1 = time.perf_counter()
     subject = _load_subject(run, model, W_dec)
-    timings["load"] = time.perf_counter() - t1
+    timings["load"] = time.perf_counter() - t0
+    effects = _logit_effects(run, subject)  # computed in a background thread while statistics and records run
+    t1 = time.perf_counter()
+    stats = _statistics(run)
+    timings["statistics"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    effects = _logit_effects(run, subject)
-    timings["logit_effects"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
     ids = _export_ids(run, subject)
     act_scale = effects.row_norm if cfg.act_units == "norm" else torch.ones_like(effects.row_norm)
     ctx = _record_context(run, stats, subject, effects, ids, act_scale)
     exports = _Exports(run, ids)
-    n_examples = _records_per_pass(run, stats, ctx, act_scale, exports)
-    timings["exports"] = time.perf_counter() - t3
+    try:
+        n_examples = _records_per_pass(run, stats, ctx, act_scale, exports, effects)
+    except Exception:
+        effects.keep_if_done()  # a finished computation is cached even when the exports fail
+        raise
+    timings["exports"] = time.perf_counter() - t2
     timings.update({f"exports_cpu_{part}": v for part, v in exports.cpu.items()})
+    timings.update(effects.finish())
     _finish_exports(run, exports, stats, _run_settings(run, stats, subject, effects, ids))
     _publish(run, exports)
     timings["total"] = time.perf_counter() - t0
@@ -458,11 +463,12 @@ def _load_subject(run: _Run, model: Any, W_dec: torch.Tensor | None) -> _Subject
     return _Subject(model=model, W_dec=W_dec, model_spec=model_spec, sae_spec=sae_spec, layer=layer)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Effects:
     """The logit effects of every latent and what they were computed from."""
 
     logits: LogitEffects
+    """Complete, or being filled in row order by ``pending`` (read rows only after :meth:`ready`)."""
     row_norm: torch.Tensor
     """``[width]`` decoder row norms (model units)."""
     folded: bool
@@ -471,12 +477,44 @@ class _Effects:
     """The model's final norm, as ``unembed()`` names it."""
     precision: str
     """Matmul precision of the logit effects (``fp32`` or ``bf16``)."""
+    pending: LogitEffectsJob | None = None
+    """The background computation still filling ``logits`` (``None`` when read from the cache)."""
+    cache: tuple[Path, str] | None = None
+    """Where the computed effects are cached, and their key."""
+    waited: list[float] = field(default_factory=list)
+    """Seconds the records waited for rows of ``logits``."""
+    seconds: float = 0.0
+    """Wall time of the computation (0 when read from the cache)."""
+
+    def ready(self, n_rows: int) -> None:
+        """Wait until rows ``0 … n_rows − 1`` of ``logits`` are computed (raises the computation's error)."""
+        if self.pending is not None:
+            t0 = time.perf_counter()
+            self.pending.wait(n_rows)
+            self.waited.append(time.perf_counter() - t0)
+
+    def keep_if_done(self) -> None:
+        """Cache the effects if their computation has finished (without waiting for it)."""
+        if self.pending is not None and self.pending.complete:
+            self.finish()
+
+    def finish(self) -> dict[str, float]:
+        """Wait for the whole computation and cache it (once); the timings: the computation's wall time (in the
+        background) and how long the records waited for it."""
+        if self.pending is not None:
+            t0 = time.perf_counter()
+            self.pending.result()
+            self.waited.append(time.perf_counter() - t0)
+            self.seconds, self.pending = self.pending.seconds, None
+            if self.cache is not None:
+                _write_logits(self.cache[0], self.logits, self.cache[1])
+        return {"logit_effects": self.seconds, "logit_effects_wait": sum(self.waited)}
 
 
 def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
     """The logit effects of every unit decoder direction, from ``logits.safetensors`` when it was
     computed from the same model, SAE and settings (unless ``--recompute``), else computed and cached."""
-    from tempolens.stats.logits import logit_effects
+    from tempolens.stats.logits import LogitEffectsJob
 
     cfg, W_dec = run.cfg, subject.W_dec
     W_U, mult, norm_kind = subject.model.unembed()
@@ -500,24 +538,17 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         LOGIT_DIRECTION,
         precision,
     )
+    common = dict(row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind, precision=precision)
     if _cached(logits_path, logits_key, cfg.recompute):
-        logits = _read_logits(logits_path, folded=use_mult is not None)
+        effects = _Effects(logits=_read_logits(logits_path, folded=use_mult is not None), **common)
     else:
-        logits = logit_effects(
-            unit_directions(W_dec, row_norm),
-            W_U,
-            use_mult,
-            k=cfg.n_logits,
-            device=device,
-            precision=precision,
-            progress=cfg.progress,
-        )
-        _write_logits(logits_path, logits, logits_key)
+        directions = unit_directions(W_dec, row_norm)
+        job = LogitEffectsJob(directions, W_U, use_mult, k=cfg.n_logits, device=device, precision=precision)
+        effects = _Effects(logits=job.effects, pending=job, cache=(logits_path, logits_key), **common)
     if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D
-        logits = logits.negated()
-    return _Effects(
-        logits=logits, row_norm=row_norm, folded=use_mult is not None, norm_kind=norm_kind, precision=precision
-    )
+        effects.finish()
+        effects.logits = effects.logits.negated()
+    return effects
 
 
 _LOGIT_TENSORS = ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_counts", "hist_centres")
@@ -722,10 +753,11 @@ def _write_autointerp_report(site: SiteWriter, report_json: Path) -> None:
 
 
 def _records_per_pass(
-    run: _Run, stats: FeatureStats, ctx: RecordContext, act_scale: torch.Tensor, exports: _Exports
+    run: _Run, stats: FeatureStats, ctx: RecordContext, act_scale: torch.Tensor, exports: _Exports, effects: _Effects
 ) -> int:
     """Per group of --latents-per-pass latents, the shown examples' windows (one read of the
-    store), their records, added to ``exports``; waits for every queued write. Returns the number of examples."""
+    store), their records (once the group's logit effects are computed), added to ``exports``; waits for every
+    queued write. Returns the number of examples."""
     from tempolens.dashboards.records import feature_records
     from tempolens.stats.examples import example_windows
 
@@ -744,6 +776,7 @@ def _records_per_pass(
                 progress=cfg.progress,
                 codes=cfg.codes,
             ).scaled(act_scale)
+            effects.ready(max(group) + 1)
             records = feature_records(ctx, group, windows)
             exports.cpu["records"] += time.thread_time() - c0
             n_examples += int(windows.latent.numel())

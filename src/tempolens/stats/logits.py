@@ -24,9 +24,10 @@ relative) of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -376,6 +377,26 @@ def logit_effects(
     ``memory_mb``, between 16 and 1024). ``precision="bf16"`` (module docstring: Precision) applies when a
     block's logits fit in ``memory_mb`` and the vocabulary has at least :data:`BF16_MIN_VOCAB` tokens.
     """
+    blocks, effects = _plan(W_dec, W_U, norm_multiplier, k, n_bins, block, vocab_chunk, memory_mb, device, precision)
+    for b0, ends in tqdm(blocks, desc="logit effects", unit="block", disable=not progress, leave=False):
+        _fill(effects, b0, ends, n_bins)
+    return effects
+
+
+def _plan(
+    W_dec: Tensor,
+    W_U: Tensor,
+    norm_multiplier: Tensor | None,
+    k: int,
+    n_bins: int,
+    block: int | None,
+    vocab_chunk: int,
+    memory_mb: float,
+    device: str | torch.device,
+    precision: str,
+) -> tuple[Sized, LogitEffects]:
+    """The blocks of :func:`logit_effects` (an iterable of ``(first row, BlockEnds)``, computed when iterated) and
+    the :class:`LogitEffects` they fill (allocated, on the CPU)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16; got {precision!r}")
     dev = torch.device(device)
@@ -387,20 +408,109 @@ def logit_effects(
     kk = min(k, V)
     if block is None:
         block = max(16, min(1024, int(memory_mb * 2**20) // max(1, V * 4)))
-    run_block = _block_runner(U, block, min(block, width), kk, n_bins, memory_mb, precision, vocab_chunk)
-    parts: list[BlockEnds] = []
-    centres: list[Tensor] = []
-    for b0 in tqdm(range(0, width, block), desc="logit effects", unit="block", disable=not progress, leave=False):
-        ends = run_block(Wd[b0 : b0 + block])
-        parts.append(tuple(t.cpu() for t in ends))  # type: ignore[arg-type]
-        centres.append(bin_centres(ends[2][:, 0], ends[0][:, 0], n_bins).cpu())
-    cat = [torch.cat([p[j] for p in parts]) if parts else torch.zeros(0) for j in range(5)]
-    return LogitEffects(
-        top_ids=cat[1],
-        top_values=cat[0],
-        bottom_ids=cat[3],
-        bottom_values=cat[2],
-        hist_counts=cat[4],
-        hist_centres=torch.cat(centres) if centres else torch.zeros(0),
+    step = block
+
+    class _Blocks:
+        def __len__(self) -> int:
+            return -(-width // step)
+
+        def __iter__(self) -> Iterator[tuple[int, BlockEnds]]:
+            run_block = _block_runner(U, step, min(step, width), kk, n_bins, memory_mb, precision, vocab_chunk)
+            for b0 in range(0, width, step):
+                yield b0, run_block(Wd[b0 : b0 + step])
+
+    values = torch.zeros(width, kk)
+    ids = torch.zeros(width, kk, dtype=torch.int64)
+    effects = LogitEffects(
+        top_ids=ids,
+        top_values=values,
+        bottom_ids=ids.clone(),
+        bottom_values=values.clone(),
+        hist_counts=torch.zeros(width, n_bins, dtype=torch.int64),
+        hist_centres=torch.zeros(width, n_bins),
         folded_norm=norm_multiplier is not None,
     )
+    return _Blocks(), effects
+
+
+def _fill(effects: LogitEffects, b0: int, ends: BlockEnds, n_bins: int) -> None:
+    """Write one block's ends, histogram and bin centres into rows ``b0…`` of ``effects``."""
+    tv, ti, bv, bi, counts = ends
+    rows = slice(b0, b0 + tv.shape[0])
+    effects.top_values[rows], effects.top_ids[rows] = tv.cpu(), ti.cpu()
+    effects.bottom_values[rows], effects.bottom_ids[rows] = bv.cpu(), bi.cpu()
+    effects.hist_counts[rows] = counts.cpu()
+    effects.hist_centres[rows] = bin_centres(bv[:, 0], tv[:, 0], n_bins).cpu()
+
+
+class LogitEffectsJob:
+    """:func:`logit_effects` computed in a background thread, block by block in row order, so that a caller can
+    read the first rows (:meth:`wait`) while later ones are computed, and do other work meanwhile (torch and the
+    compiled kernels release the GIL: on a 2-core CPU the job fills the core that Python-bound work leaves idle).
+    An error in the thread is raised by the next :meth:`wait` or :meth:`result`."""
+
+    def __init__(self, W_dec: Tensor, W_U: Tensor, norm_multiplier: Tensor | None = None, **options: Any) -> None:
+        """Same arguments as :func:`logit_effects` (``progress`` excepted); starts at once."""
+        n_bins = int(options.pop("n_bins", 50))
+        blocks, self.effects = _plan(
+            W_dec,
+            W_U,
+            norm_multiplier,
+            int(options.pop("k", 10)),
+            n_bins,
+            options.pop("block", None),
+            int(options.pop("vocab_chunk", 32768)),
+            float(options.pop("memory_mb", 256)),
+            options.pop("device", "cpu"),
+            options.pop("precision", "fp32"),
+        )
+        if options:
+            raise TypeError(f"unknown options: {', '.join(sorted(options))}")
+        self.width = self.effects.top_ids.shape[0]
+        self.seconds = 0.0
+        """Wall time the computation took (set when it finishes)."""
+        self._done = 0
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._run, args=(blocks, n_bins), name="tempolens-logit-effects", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, blocks: Sized, n_bins: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            for b0, ends in blocks:  # type: ignore[attr-defined]
+                _fill(self.effects, b0, ends, n_bins)
+                with self._cond:
+                    self._done = b0 + ends[0].shape[0]
+                    self._cond.notify_all()
+        except BaseException as e:  # raised in the caller's thread by wait()
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+        finally:
+            self.seconds = time.perf_counter() - t0
+            with self._cond:
+                self._done = self.width if self._error is None else self._done
+                self._cond.notify_all()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row has been computed (the thread finished without an error)."""
+        return not self._thread.is_alive() and self._error is None
+
+    def wait(self, n_rows: int) -> LogitEffects:
+        """Block until rows ``0 … n_rows − 1`` are computed; the effects (rows past those may still be zeros)."""
+        with self._cond:
+            while self._done < min(n_rows, self.width) and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+        return self.effects
+
+    def result(self) -> LogitEffects:
+        """Every row (waits for the thread to finish)."""
+        effects = self.wait(self.width)
+        self._thread.join()
+        return effects
