@@ -269,3 +269,19 @@ def test_background_job_equals_logit_effects_and_serves_rows_in_order():
     assert not bad.complete
     with pytest.raises(TypeError, match="unknown options"):
         LogitEffectsJob(W_dec, W_U, colour="red")
+
+
+def test_background_job_caches_before_the_last_rows_are_ready_and_can_be_cancelled():
+    from tempolens.stats.logits import LogitEffectsJob
+
+    W_dec, W_U, mult = _setup(width=40)
+    seen: list[int] = []
+    job = LogitEffectsJob(W_dec, W_U, mult, on_complete=lambda e: seen.append(int(e.top_ids.shape[0])), k=5, block=4)
+    job.wait(40)  # the last rows are reported only after on_complete ran
+    assert seen == [40]
+    job.result()
+    slow = LogitEffectsJob(torch.randn(4000, 16), W_U, k=5, block=1)
+    slow.cancel()  # stops after the block in progress; the thread has ended
+    assert not slow._thread.is_alive() and not slow.complete
+    with pytest.raises(RuntimeError, match="cancelled"):
+        slow.wait(4000)

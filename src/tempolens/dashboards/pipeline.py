@@ -285,22 +285,22 @@ def build_dashboards(
     subject = _load_subject(run, model, W_dec)
     timings["load"] = time.perf_counter() - t0
     effects = _logit_effects(run, subject)  # computed in a background thread while statistics and records run
-    t1 = time.perf_counter()
-    stats = _statistics(run)
-    timings["statistics"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    ids = _export_ids(run, subject)
-    act_scale = effects.row_norm if cfg.act_units == "norm" else torch.ones_like(effects.row_norm)
-    ctx = _record_context(run, stats, subject, effects, ids, act_scale)
-    exports = _Exports(run, ids)
     try:
+        t1 = time.perf_counter()
+        stats = _statistics(run)
+        timings["statistics"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        ids = _export_ids(run, subject)
+        act_scale = effects.row_norm if cfg.act_units == "norm" else torch.ones_like(effects.row_norm)
+        ctx = _record_context(run, stats, subject, effects, ids, act_scale)
+        exports = _Exports(run, ids)
         n_examples = _records_per_pass(run, stats, ctx, act_scale, exports, effects)
-    except Exception:
-        effects.keep_if_done()  # a finished computation is cached even when the exports fail
+        timings["exports"] = time.perf_counter() - t2
+        timings.update(effects.finish())
+    except BaseException:
+        effects.cancel()  # what it finished is cached; the thread must end before the process does
         raise
-    timings["exports"] = time.perf_counter() - t2
     timings.update({f"exports_cpu_{part}": v for part, v in exports.cpu.items()})
-    timings.update(effects.finish())
     _finish_exports(run, exports, stats, _run_settings(run, stats, subject, effects, ids))
     _publish(run, exports)
     timings["total"] = time.perf_counter() - t0
@@ -479,8 +479,6 @@ class _Effects:
     """Matmul precision of the logit effects (``fp32`` or ``bf16``)."""
     pending: LogitEffectsJob | None = None
     """The background computation still filling ``logits`` (``None`` when read from the cache)."""
-    cache: tuple[Path, str] | None = None
-    """Where the computed effects are cached, and their key."""
     waited: list[float] = field(default_factory=list)
     """Seconds the records waited for rows of ``logits``."""
     seconds: float = 0.0
@@ -493,21 +491,19 @@ class _Effects:
             self.pending.wait(n_rows)
             self.waited.append(time.perf_counter() - t0)
 
-    def keep_if_done(self) -> None:
-        """Cache the effects if their computation has finished (without waiting for it)."""
-        if self.pending is not None and self.pending.complete:
-            self.finish()
+    def cancel(self) -> None:
+        """Stop a computation still running (on an error in the stages it overlaps)."""
+        if self.pending is not None:
+            self.pending.cancel()
 
     def finish(self) -> dict[str, float]:
-        """Wait for the whole computation and cache it (once); the timings: the computation's wall time (in the
+        """Wait for the whole computation (cached by its thread); the timings: the computation's wall time (in the
         background) and how long the records waited for it."""
         if self.pending is not None:
             t0 = time.perf_counter()
             self.pending.result()
             self.waited.append(time.perf_counter() - t0)
             self.seconds, self.pending = self.pending.seconds, None
-            if self.cache is not None:
-                _write_logits(self.cache[0], self.logits, self.cache[1])
         return {"logit_effects": self.seconds, "logit_effects_wait": sum(self.waited)}
 
 
@@ -543,8 +539,16 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         effects = _Effects(logits=_read_logits(logits_path, folded=use_mult is not None), **common)
     else:
         directions = unit_directions(W_dec, row_norm)
-        job = LogitEffectsJob(directions, W_U, use_mult, k=cfg.n_logits, device=device, precision=precision)
-        effects = _Effects(logits=job.effects, pending=job, cache=(logits_path, logits_key), **common)
+        job = LogitEffectsJob(
+            directions,
+            W_U,
+            use_mult,
+            on_complete=lambda done: _write_logits(logits_path, done, logits_key),  # cached as soon as computed
+            k=cfg.n_logits,
+            device=device,
+            precision=precision,
+        )
+        effects = _Effects(logits=job.effects, pending=job, **common)
     if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D
         effects.finish()
         effects.logits = effects.logits.negated()

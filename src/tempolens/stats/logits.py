@@ -449,8 +449,17 @@ class LogitEffectsJob:
     compiled kernels release the GIL: on a 2-core CPU the job fills the core that Python-bound work leaves idle).
     An error in the thread is raised by the next :meth:`wait` or :meth:`result`."""
 
-    def __init__(self, W_dec: Tensor, W_U: Tensor, norm_multiplier: Tensor | None = None, **options: Any) -> None:
-        """Same arguments as :func:`logit_effects` (``progress`` excepted); starts at once."""
+    def __init__(
+        self,
+        W_dec: Tensor,
+        W_U: Tensor,
+        norm_multiplier: Tensor | None = None,
+        on_complete: Callable[[LogitEffects], None] | None = None,
+        **options: Any,
+    ) -> None:
+        """Same arguments as :func:`logit_effects` (``progress`` excepted); starts at once. ``on_complete(effects)``
+        runs in the thread once every row is computed, before the last rows are reported ready (e.g. to cache
+        them: whoever waits for the last rows then finds them cached); its error is raised like the computation's."""
         n_bins = int(options.pop("n_bins", 50))
         blocks, self.effects = _plan(
             W_dec,
@@ -470,6 +479,8 @@ class LogitEffectsJob:
         self.seconds = 0.0
         """Wall time the computation took (set when it finishes)."""
         self._done = 0
+        self._on_complete = on_complete
+        self._cancelled = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._thread = threading.Thread(
@@ -481,10 +492,17 @@ class LogitEffectsJob:
         t0 = time.perf_counter()
         try:
             for b0, ends in blocks:  # type: ignore[attr-defined]
+                if self._cancelled:
+                    raise RuntimeError("logit effects cancelled")
                 _fill(self.effects, b0, ends, n_bins)
+                n = b0 + ends[0].shape[0]
+                if n >= self.width and self._on_complete is not None:
+                    self._on_complete(self.effects)
                 with self._cond:
-                    self._done = b0 + ends[0].shape[0]
+                    self._done = n
                     self._cond.notify_all()
+            if self.width == 0 and self._on_complete is not None:
+                self._on_complete(self.effects)
         except BaseException as e:  # raised in the caller's thread by wait()
             with self._cond:
                 self._error = e
@@ -508,6 +526,12 @@ class LogitEffectsJob:
             if self._error is not None:
                 raise self._error
         return self.effects
+
+    def cancel(self) -> None:
+        """Stop after the block being computed and wait for the thread (a process must not exit while torch or
+        the compiled kernels still run in it)."""
+        self._cancelled = True
+        self._thread.join()
 
     def result(self) -> LogitEffects:
         """Every row (waits for the thread to finish)."""
