@@ -185,13 +185,13 @@ BlockEnds = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 """``(top values, top ids, bottom values, bottom ids, histogram counts)`` of one block of latents."""
 
 
-def _block_in_memory(w: Tensor, U: Tensor, k: int, n_bins: int, buf: Tensor, ibuf: Tensor) -> BlockEnds:
+def _block_in_memory(w: Tensor, U: Tensor, k: int, n_bins: int, buf: Tensor, ibuf: Tensor | None) -> BlockEnds:
     """The block's ``[B, vocab]`` logits fit in memory: one matmul (into the reused ``buf``: fresh 100 MB
     allocations cost page faults every block), one top-k pass per end, one histogram pass."""
     B = w.shape[0]
     X = torch.mm(w, U.T, out=buf[:B])
     tv, ti, bv, bi = row_ends(X, k)
-    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=ibuf[:B])
+    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=None if ibuf is None else ibuf[:B])
     return tv, ti, bv, bi, counts
 
 
@@ -296,7 +296,7 @@ def _end_candidates(
 
 
 def _block_bf16(
-    w: Tensor, U: Tensor, vocab: _Bf16Vocab, k: int, n_bins: int, buf: Tensor, bbuf: Tensor, ibuf: Tensor
+    w: Tensor, U: Tensor, vocab: _Bf16Vocab, k: int, n_bins: int, buf: Tensor, bbuf: Tensor, ibuf: Tensor | None
 ) -> BlockEnds:
     """Like :func:`_block_in_memory`, the ``[B, vocab]`` logits from a bfloat16 matmul and the top/bottom ``k``
     recomputed exactly in float32 (module docstring: Precision)."""
@@ -304,7 +304,7 @@ def _block_bf16(
     X = buf[:B].copy_(torch.mm(w.to(torch.bfloat16), vocab.UbT, out=bbuf[:B]))  # exact upcast
     tv, ti = _exact_end(w, U, X, vocab, k, largest=True)
     bv, bi = _exact_end(w, U, X, vocab, k, largest=False)
-    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=ibuf[:B])
+    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=None if ibuf is None else ibuf[:B])
     return tv, ti, bv, bi, counts
 
 
@@ -346,7 +346,8 @@ def _block_runner(
         chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
         return lambda w: _block_streaming(w, U, k, n_bins, chunks)
     buf = torch.empty(rows, V, device=dev)
-    ibuf = torch.empty(rows, V, dtype=torch.int32, device=dev)
+    compiled = logit_kernels.available(U)  # the compiled histogram needs no buffer for bin ids
+    ibuf = None if compiled else torch.empty(rows, V, dtype=torch.int32, device=dev)
     if precision == "bf16" and V >= BF16_MIN_VOCAB and rows > 0 and k <= 256:
         vocab = _Bf16Vocab.of(U)
         bbuf = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
