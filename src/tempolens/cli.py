@@ -59,9 +59,9 @@ COMMANDS: tuple[Command, ...] = (
         "tempolens.dashboards.pipeline",
         "DashboardConfig",
         "build_dashboards",
-        "feature statistics from a code store → Neuronpedia/SAEDashboard exports + static site",
+        "feature statistics from a code store → static site (+ Neuronpedia/SAEDashboard exports)",
         "Reads a code store (never re-running the model), computes every latent's statistics and\n"
-        "writes the Neuronpedia batch files, the bulk-import layout and a static site.",
+        "writes a static site; --batches --bulk also write the Neuronpedia batch files and bulk-import layout.",
     ),
     Command(
         "autointerp",
