@@ -267,7 +267,7 @@ def test_background_job_equals_logit_effects_and_serves_rows_in_order():
     with pytest.raises(RuntimeError):
         bad.wait(1)
     assert not bad.complete
-    with pytest.raises(TypeError, match="unknown options"):
+    with pytest.raises(TypeError, match="colour"):
         LogitEffectsJob(W_dec, W_U, colour="red")
 
 

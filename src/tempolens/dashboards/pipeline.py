@@ -547,6 +547,7 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
             k=cfg.n_logits,
             device=device,
             precision=precision,
+            progress=cfg.progress,
         )
         effects = _Effects(logits=job.effects, pending=job, **common)
     if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D

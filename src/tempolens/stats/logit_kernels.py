@@ -34,8 +34,9 @@ _LANES = 8
 
 
 def available(*tensors: Tensor) -> bool:
-    """Whether the compiled kernels can run on ``tensors``: numba is importable and every tensor is on the CPU."""
-    return numba is not None and all(t.device.type == "cpu" for t in tensors)
+    """Whether the compiled kernels can run on ``tensors``: numba is importable and every tensor is a float32 CPU
+    tensor."""
+    return numba is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 def _threads() -> None:

@@ -23,11 +23,12 @@ relative) of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -172,7 +173,7 @@ def histogram_rows(X: Tensor, lo: Tensor, hi: Tensor, n_bins: int, work: Tensor 
     that overwrite ``X``, with ``work`` (int32, shaped like ``X``) an optional reused buffer for the bin ids."""
     B = X.shape[0]
     scale = bin_scale(lo, hi, n_bins).unsqueeze(1)
-    if logit_kernels.available(X) and X.dtype == torch.float32:
+    if logit_kernels.available(X):
         return logit_kernels.histogram_rows(X, lo, scale.squeeze(1), n_bins)
     X.sub_(lo.unsqueeze(1)).mul_(scale)  # (x - lo)·n/(hi - lo): subtract first (x·s - lo·s cancels badly far from 0)
     idx = work.copy_(X) if work is not None else X.to(torch.int32)  # truncation toward 0 = floor here
@@ -259,7 +260,7 @@ def _exact_end(w: Tensor, U: Tensor, X: Tensor, vocab: _Bf16Vocab, k: int, large
     bound = (y - r * y.abs() - a * vocab.norms[c]).amin(1, keepdim=True)  # L
     slack = a * vocab.group_norms  # [B, n_groups]: the largest e − r·|X| of each group
     tail_slack = a * vocab.norms[n_full * g :]  # the tail columns, each with its own bound
-    if logit_kernels.available(X) and X.dtype == torch.float32:
+    if logit_kernels.available(X):
         rows, cols = logit_kernels.end_candidates(
             X, sign, r, gy[:, :n_full], slack[:, :n_full], tail_slack, bound.squeeze(1), g
         )
@@ -346,8 +347,8 @@ def _block_runner(
         chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
         return lambda w: _block_streaming(w, U, k, n_bins, chunks)
     buf = torch.empty(rows, V, device=dev)
-    compiled = logit_kernels.available(U)  # the compiled histogram needs no buffer for bin ids
-    ibuf = None if compiled else torch.empty(rows, V, dtype=torch.int32, device=dev)
+    # the compiled histogram needs no buffer for bin ids
+    ibuf = None if logit_kernels.available(U) else torch.empty(rows, V, dtype=torch.int32, device=dev)
     if precision == "bf16" and V >= BF16_MIN_VOCAB and rows > 0 and k <= 256:
         vocab = _Bf16Vocab.of(U)
         bbuf = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
@@ -378,10 +379,30 @@ def logit_effects(
     ``memory_mb``, between 16 and 1024). ``precision="bf16"`` (module docstring: Precision) applies when a
     block's logits fit in ``memory_mb`` and the vocabulary has at least :data:`BF16_MIN_VOCAB` tokens.
     """
-    blocks, effects = _plan(W_dec, W_U, norm_multiplier, k, n_bins, block, vocab_chunk, memory_mb, device, precision)
-    for b0, ends in tqdm(blocks, desc="logit effects", unit="block", disable=not progress, leave=False):
-        _fill(effects, b0, ends, n_bins)
-    return effects
+    plan = _plan(W_dec, W_U, norm_multiplier, k, n_bins, block, vocab_chunk, memory_mb, device, precision)
+    for b0, ends in plan.blocks(progress):
+        _fill(plan.effects, b0, ends)
+    return plan.effects
+
+
+@dataclass
+class _Plan:
+    """The blocks of one logit-effects computation and the :class:`LogitEffects` (allocated, on the CPU) they fill."""
+
+    effects: LogitEffects
+    rows: Tensor
+    """``[width, d]`` float32 directions on the device, the norm multiplier folded in."""
+    run_block: Callable[[], Callable[[Tensor], BlockEnds]]
+    """Makes the block kernel (and its buffers) when the computation starts."""
+    block: int
+
+    def blocks(self, progress: bool = False) -> Iterator[tuple[int, BlockEnds]]:
+        """``(first row, BlockEnds)`` of each block in row order, computed as they are iterated."""
+        width = self.rows.shape[0]
+        starts = range(0, width, self.block)
+        run_block = self.run_block()
+        for b0 in tqdm(starts, desc="logit effects", unit="block", disable=not progress, leave=False):
+            yield b0, run_block(self.rows[b0 : b0 + self.block])
 
 
 def _plan(
@@ -395,9 +416,8 @@ def _plan(
     memory_mb: float,
     device: str | torch.device,
     precision: str,
-) -> tuple[Sized, LogitEffects]:
-    """The blocks of :func:`logit_effects` (an iterable of ``(first row, BlockEnds)``, computed when iterated) and
-    the :class:`LogitEffects` they fill (allocated, on the CPU)."""
+) -> _Plan:
+    """What :func:`logit_effects` computes (arguments as there), before any block is computed."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16; got {precision!r}")
     dev = torch.device(device)
@@ -407,19 +427,7 @@ def _plan(
     U = W_U.detach().to(dev, torch.float32)
     width, V = Wd.shape[0], U.shape[0]
     kk = min(k, V)
-    if block is None:
-        block = max(16, min(1024, int(memory_mb * 2**20) // max(1, V * 4)))
-    step = block
-
-    class _Blocks:
-        def __len__(self) -> int:
-            return -(-width // step)
-
-        def __iter__(self) -> Iterator[tuple[int, BlockEnds]]:
-            run_block = _block_runner(U, step, min(step, width), kk, n_bins, memory_mb, precision, vocab_chunk)
-            for b0 in range(0, width, step):
-                yield b0, run_block(Wd[b0 : b0 + step])
-
+    step = block or max(16, min(1024, int(memory_mb * 2**20) // max(1, V * 4)))
     values = torch.zeros(width, kk)
     ids = torch.zeros(width, kk, dtype=torch.int64)
     effects = LogitEffects(
@@ -431,12 +439,14 @@ def _plan(
         hist_centres=torch.zeros(width, n_bins),
         folded_norm=norm_multiplier is not None,
     )
-    return _Blocks(), effects
+    kernel = functools.partial(_block_runner, U, step, min(step, width), kk, n_bins, memory_mb, precision, vocab_chunk)
+    return _Plan(effects=effects, rows=Wd, run_block=kernel, block=step)
 
 
-def _fill(effects: LogitEffects, b0: int, ends: BlockEnds, n_bins: int) -> None:
+def _fill(effects: LogitEffects, b0: int, ends: BlockEnds) -> None:
     """Write one block's ends, histogram and bin centres into rows ``b0…`` of ``effects``."""
     tv, ti, bv, bi, counts = ends
+    n_bins = effects.hist_counts.shape[1]
     rows = slice(b0, b0 + tv.shape[0])
     effects.top_values[rows], effects.top_ids[rows] = tv.cpu(), ti.cpu()
     effects.bottom_values[rows], effects.bottom_ids[rows] = bv.cpu(), bi.cpu()
@@ -455,27 +465,22 @@ class LogitEffectsJob:
         W_dec: Tensor,
         W_U: Tensor,
         norm_multiplier: Tensor | None = None,
+        *,
         on_complete: Callable[[LogitEffects], None] | None = None,
-        **options: Any,
+        k: int = 10,
+        n_bins: int = 50,
+        block: int | None = None,
+        vocab_chunk: int = 32768,
+        memory_mb: float = 256,
+        device: str | torch.device = "cpu",
+        precision: Literal["fp32", "bf16"] = "fp32",
+        progress: bool = False,
     ) -> None:
-        """Same arguments as :func:`logit_effects` (``progress`` excepted); starts at once. ``on_complete(effects)``
-        runs in the thread once every row is computed, before the last rows are reported ready (e.g. to cache
-        them: whoever waits for the last rows then finds them cached); its error is raised like the computation's."""
-        n_bins = int(options.pop("n_bins", 50))
-        blocks, self.effects = _plan(
-            W_dec,
-            W_U,
-            norm_multiplier,
-            int(options.pop("k", 10)),
-            n_bins,
-            options.pop("block", None),
-            int(options.pop("vocab_chunk", 32768)),
-            float(options.pop("memory_mb", 256)),
-            options.pop("device", "cpu"),
-            options.pop("precision", "fp32"),
-        )
-        if options:
-            raise TypeError(f"unknown options: {', '.join(sorted(options))}")
+        """Same arguments as :func:`logit_effects`; starts at once. ``on_complete(effects)`` runs in the thread once
+        every row is computed, before the last rows are reported ready (e.g. to cache them: whoever waits for the
+        last rows then finds them cached); its error is raised like the computation's."""
+        plan = _plan(W_dec, W_U, norm_multiplier, k, n_bins, block, vocab_chunk, memory_mb, device, precision)
+        self.effects = plan.effects
         self.width = self.effects.top_ids.shape[0]
         self.seconds = 0.0
         """Wall time the computation took (set when it finishes)."""
@@ -485,17 +490,17 @@ class LogitEffectsJob:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._thread = threading.Thread(
-            target=self._run, args=(blocks, n_bins), name="tempolens-logit-effects", daemon=True
+            target=self._run, args=(plan.blocks(progress),), name="tempolens-logit-effects", daemon=True
         )
         self._thread.start()
 
-    def _run(self, blocks: Sized, n_bins: int) -> None:
+    def _run(self, blocks: Iterator[tuple[int, BlockEnds]]) -> None:
         t0 = time.perf_counter()
         try:
-            for b0, ends in blocks:  # type: ignore[attr-defined]
+            for b0, ends in blocks:
                 if self._cancelled:
                     raise RuntimeError("logit effects cancelled")
-                _fill(self.effects, b0, ends, n_bins)
+                _fill(self.effects, b0, ends)
                 n = b0 + ends[0].shape[0]
                 if n >= self.width and self._on_complete is not None:
                     self._on_complete(self.effects)
