@@ -232,6 +232,39 @@ def test_compiled_histogram_equals_the_torch_passes(monkeypatch):
         assert (compiled.sum(1) == X.shape[1]).all()
 
 
+@pytest.mark.parametrize("V", [5000, 8192])
+def test_compiled_passes_read_bfloat16_logits_as_their_float32_widening(V):
+    """The compiled passes on bfloat16 logits give exactly what they give on the same values widened to float32
+    (the bf16 route never makes that copy); the group extremes are torch's amax/amin per group, NaN included."""
+    from tempolens.stats import logit_kernels
+    from tempolens.stats.logits import _group_max
+
+    g = torch.Generator().manual_seed(V)
+    Xb = (torch.randn(5, V, generator=g) * 3).to(torch.bfloat16)
+    Xb[2] = 0.5  # constant row
+    Xb[3, 17] = float("nan")  # NaN propagates to its group's extremes only
+    Xb[4, -1] = float("inf")
+    Xf = Xb.float()
+    gmax, gmin = logit_kernels.group_extremes(Xb, 256)
+    assert torch.allclose(gmax, _group_max(Xf, 256), rtol=0, atol=0, equal_nan=True)
+    assert torch.allclose(gmin, _group_max(Xf, 256, largest=False), rtol=0, atol=0, equal_nan=True)
+    assert gmax[3].isnan().sum() == 1 and gmax[3, 0].isnan()
+    assert torch.allclose(logit_kernels.group_extremes(Xf, 256)[0], gmax, rtol=0, atol=0, equal_nan=True)
+    rows = torch.tensor([0, 1, 2])
+    lo, hi = Xf[rows].amin(1), Xf[rows].amax(1)
+    scale = torch.where(hi > lo, 50 / (hi - lo), torch.zeros_like(lo))
+    assert torch.equal(
+        logit_kernels.histogram_rows(Xb[rows], lo, scale, 50), logit_kernels.histogram_rows(Xf[rows], lo, scale, 50)
+    )
+    gy, slack = gmax[rows, : V // 256], torch.full((3, V // 256), 0.01)
+    tail, bound = torch.full((3, V % 256), 0.01), hi - 1.0
+    for sign in (1.0, -1.0):
+        got = logit_kernels.end_candidates(Xb[rows], sign, 2.0**-8, gy * sign, slack, tail, bound, 256)
+        ref = logit_kernels.end_candidates(Xf[rows], sign, 2.0**-8, gy * sign, slack, tail, bound, 256)
+        assert all(torch.equal(a, b) for a, b in zip(got, ref))
+        assert got[0].numel() > 0
+
+
 @pytest.mark.parametrize("V", [5000, 8192])  # a tail shorter than a column group, and none
 def test_compiled_bf16_route_equals_the_torch_route(monkeypatch, V):
     """The whole bf16 route with the compiled histogram and candidate scan gives exactly the torch route's output."""

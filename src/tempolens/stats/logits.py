@@ -229,9 +229,12 @@ def _group_max(x: Tensor, group: int, largest: bool = True) -> Tensor:
     return torch.cat([g, f(x[..., n * group :], -1, keepdim=True)], -1) if V > n * group else g
 
 
-def _exact_end(w: Tensor, U: Tensor, X: Tensor, vocab: _Bf16Vocab, k: int, largest: bool) -> tuple[Tensor, Tensor]:
+def _exact_end(
+    w: Tensor, U: Tensor, X: Tensor, vocab: _Bf16Vocab, k: int, gx: Tensor, largest: bool
+) -> tuple[Tensor, Tensor]:
     """Exact float32 top (bottom) ``k`` of ``U·w`` (values, token ids) for every row of ``w [B, d]``, from the
-    bfloat16 logits ``X``.
+    bfloat16 logits ``X`` (bfloat16, or widened to float32) and ``gx``, the maxima (minima) of ``X`` over groups of
+    ``vocab.group`` tokens (the tail is one more group).
 
     With ``Y = ±X`` and ``e_v`` a rigorous bound on ``|X_v − ℓ_v|`` (below), the exact ``k``-th value is at least
     ``L = min over the k largest Y of (Y_v − e_v)``, so only tokens with ``Y_v + e_v ≥ L`` can be in the exact top
@@ -251,10 +254,10 @@ def _exact_end(w: Tensor, U: Tensor, X: Tensor, vocab: _Bf16Vocab, k: int, large
 
     g = vocab.group
     n_full = V // g
-    gy = _group_max(X, g, largest) * sign  # [B, n_groups]: each group's largest Y (the tail is the last group)
+    gy = gx * sign  # [B, n_groups]: each group's largest Y (the tail is the last group)
     top_groups = torch.topk(gy, min(k, gy.shape[1]), dim=1).indices  # they hold the k largest Y
     cols = (top_groups.unsqueeze(2) * g + torch.arange(g, device=X.device)).reshape(B, -1)
-    y = torch.where(cols < V, X.gather(1, cols.clamp(max=V - 1)) * sign, -torch.inf)  # the tail group is shorter
+    y = torch.where(cols < V, X.gather(1, cols.clamp(max=V - 1)).float() * sign, -torch.inf)  # tail group: shorter
     y, j = torch.topk(y, k, dim=1)
     c = cols.gather(1, j)
     bound = (y - r * y.abs() - a * vocab.norms[c]).amin(1, keepdim=True)  # L
@@ -297,14 +300,20 @@ def _end_candidates(
 
 
 def _block_bf16(
-    w: Tensor, U: Tensor, vocab: _Bf16Vocab, k: int, n_bins: int, buf: Tensor, bbuf: Tensor, ibuf: Tensor | None
+    w: Tensor, U: Tensor, vocab: _Bf16Vocab, k: int, n_bins: int, buf: Tensor | None, bbuf: Tensor, ibuf: Tensor | None
 ) -> BlockEnds:
     """Like :func:`_block_in_memory`, the ``[B, vocab]`` logits from a bfloat16 matmul and the top/bottom ``k``
-    recomputed exactly in float32 (module docstring: Precision)."""
+    recomputed exactly in float32 (module docstring: Precision). The compiled passes read the bfloat16 logits as they
+    are; the torch passes read them widened to float32 (exactly) into ``buf``."""
     B = w.shape[0]
-    X = buf[:B].copy_(torch.mm(w.to(torch.bfloat16), vocab.UbT, out=bbuf[:B]))  # exact upcast
-    tv, ti = _exact_end(w, U, X, vocab, k, largest=True)
-    bv, bi = _exact_end(w, U, X, vocab, k, largest=False)
+    X = torch.mm(w.to(torch.bfloat16), vocab.UbT, out=bbuf[:B])
+    if buf is None:
+        gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
+    else:
+        X = buf[:B].copy_(X)
+        gmax, gmin = _group_max(X, vocab.group), _group_max(X, vocab.group, largest=False)
+    tv, ti = _exact_end(w, U, X, vocab, k, gmax, largest=True)
+    bv, bi = _exact_end(w, U, X, vocab, k, gmin, largest=False)
     counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=None if ibuf is None else ibuf[:B])
     return tv, ti, bv, bi, counts
 
@@ -346,13 +355,14 @@ def _block_runner(
     if block * V * 4 > int(memory_mb * 2**20):
         chunks = [(s, min(V, s + vocab_chunk)) for s in range(0, V, vocab_chunk)]
         return lambda w: _block_streaming(w, U, k, n_bins, chunks)
-    buf = torch.empty(rows, V, device=dev)
-    # the compiled histogram needs no buffer for bin ids
-    ibuf = None if logit_kernels.available(U) else torch.empty(rows, V, dtype=torch.int32, device=dev)
+    compiled = logit_kernels.available(U)  # the compiled passes need no int32 bin ids, nor bfloat16 widened
+    ibuf = None if compiled else torch.empty(rows, V, dtype=torch.int32, device=dev)
     if precision == "bf16" and V >= BF16_MIN_VOCAB and rows > 0 and k <= 256:
         vocab = _Bf16Vocab.of(U)
         bbuf = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
-        return lambda w: _block_bf16(w, U, vocab, k, n_bins, buf, bbuf, ibuf)
+        wide = None if compiled else torch.empty(rows, V, device=dev)
+        return lambda w: _block_bf16(w, U, vocab, k, n_bins, wide, bbuf, ibuf)
+    buf = torch.empty(rows, V, device=dev)
     return lambda w: _block_in_memory(w, U, k, n_bins, buf, ibuf)
 
 
