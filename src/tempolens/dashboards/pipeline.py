@@ -630,6 +630,7 @@ def _record_context(
         autointerp=run.autointerp,
         decoder_norm=effects.row_norm,
         act_units=run.cfg.act_units,
+        dense=run.cfg.batches or run.cfg.bulk,
     )
 
 

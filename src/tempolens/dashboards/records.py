@@ -192,6 +192,10 @@ class RecordContext:
     """Units of the statistics and windows passed in (``norm``: contribution norms; ``code``: raw codes)."""
     tokens: TokenTable | None = None
     """Decoded and JSON-encoded token strings, shared by every group of one export (made on first use)."""
+    dense: bool = True
+    """Give every activation its dense ``tokens`` and ``values`` (and ``pred_values``, ``pred_share``): what the
+    Neuronpedia formats write. ``False`` when only the site is written: it reads the sparse values and references
+    the window (most of the records' encoding time at 16k latents is the dense rows)."""
 
     def token_table(self) -> TokenTable:
         if self.tokens is None:
@@ -312,10 +316,11 @@ class _ExampleRows:
     encoded to JSON once, as whole arrays, and spliced as fragments into the batch files, the bulk import
     and the site (never converted to Python floats or encoded three times)."""
 
-    tokens: list[Any]
-    values: list[Any]
+    tokens: list[Any] | None
+    """Token-string rows, or ``None`` when the records are not dense (:attr:`RecordContext.dense`)."""
+    values: list[Any] | None
     preds: list[Any] | None
-    """Predicted codes (NaN → ``null``), or ``None`` when the windows have none."""
+    """Predicted codes (NaN → ``null``), or ``None`` when the windows have none or the records are not dense."""
     shares: list[Any] | None
     """Predicted shares, or ``None`` when the windows have none."""
     site_values: list[Any]
@@ -345,22 +350,25 @@ def _finite_rounded(x: Tensor) -> Tensor:
 def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _ExampleRows:
     """Encode the example windows of one group of latents (:class:`_ExampleRows`)."""
     table = ctx.token_table()
+    dense = ctx.dense
     window_key = windows.prompt.to(torch.int64) * (1 << 32) + windows.start.to(torch.int64)
-    tok_rows = table.row_fragments(windows.tokens, same=window_key)
+    tok_rows = table.row_fragments(windows.tokens, same=window_key) if dense else None
     values_r = _finite_rounded(windows.values)
-    values = row_fragments(values_r)
+    values = row_fragments(values_r) if dense else None
     zeros = torch.zeros(values_r.shape[0], dtype=torch.float64)
     site_values = [orjson.Fragment(r) for r in sparse_rows(values_r, zeros)]
     preds = site_preds = None
     if windows.pred is not None:
         pred_r = round_sig(windows.pred)
-        preds = row_fragments(pred_r)  # NaN → null
+        preds = row_fragments(pred_r) if dense else None  # NaN → null
         fill = _pred_fill(pred_r)
         site_preds = [
             orjson.Fragment(b'{"fill":' + (b"null" if f != f else orjson.dumps(f)) + b',"at":' + at + b"}")
             for f, at in zip(fill.tolist(), sparse_rows(pred_r, fill))
         ]
-    shares = row_fragments(_finite_rounded(windows.pred_share)) if windows.pred_share is not None else None
+    shares = row_fragments(_finite_rounded(windows.pred_share)) if dense and windows.pred_share is not None else None
+    if not dense:
+        table.add(windows.tokens)  # the site's token table and the qualifying tokens read the strings
     E = values_r.shape[0]
     if E:
         vmax, vargmax = values_r.max(1)
@@ -506,15 +514,24 @@ def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColum
             bmin, bmax, bcont = -1.0, mx, -1.0
         else:
             bmin, bmax, bcont = edges[g], edges[g + 1], share[g]
-        a = Activation(
-            bin_min=bmin,
-            bin_max=bmax,
-            bin_contains=bcont,
-            tokens=rows.tokens[e],
-            values=rows.values[e],
-            qualifying_token_index=rows.qualifying[e],
-            prompt_index=rows.prompt[e],
-        )
+        if rows.tokens is not None and rows.values is not None:
+            a = Activation(
+                bin_min=bmin,
+                bin_max=bmax,
+                bin_contains=bcont,
+                tokens=rows.tokens[e],
+                values=rows.values[e],
+                qualifying_token_index=rows.qualifying[e],
+                prompt_index=rows.prompt[e],
+            )
+        else:  # the site's records: the window is referenced (start, prompt), the values are sparse
+            a = Activation(
+                bin_min=bmin,
+                bin_max=bmax,
+                bin_contains=bcont,
+                qualifying_token_index=rows.qualifying[e],
+                prompt_index=rows.prompt[e],
+            )
         if rows.preds is not None:
             a["pred_values"] = rows.preds[e]
         if rows.shares is not None:
