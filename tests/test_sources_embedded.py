@@ -262,3 +262,33 @@ def test_real_embedded_model():
     W_U, mult, kind = sm.unembed()
     assert W_U.shape == (262144, 640) and kind == "rmsnorm"
     torch.testing.assert_close(mult, 1 + sm.model.model.norm.weight.detach().float())
+
+
+@pytest.mark.slow
+def test_converted_tokenizer_loads_from_its_tokenizer_json_and_equals_autotokenizer():
+    """Our conversions' tokenizer is built straight from tokenizer.json (Rust, no GIL-bound JSON parse in Python);
+    it must be AutoTokenizer's in everything tempolens uses: ids (with and without special tokens, special tokens
+    split), offsets, token strings of the whole vocabulary, decoding, special tokens, padding side."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tempolens.sources.embedded import ensure_embedded_model
+    from tempolens.sources.models import load_hf_tokenizer
+
+    folder = ensure_embedded_model(progress=None)
+    ref, fast = AutoTokenizer.from_pretrained(str(folder)), load_hf_tokenizer(folder)
+    assert type(fast).__name__ == "TokenizersBackend" and type(ref).__name__ != type(fast).__name__
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids", "padding_side"):
+        assert getattr(fast, attr) == getattr(ref, attr), attr
+    assert len(fast) == len(ref) and fast.added_tokens_decoder == ref.added_tokens_decoder
+    ids = list(range(len(ref)))
+    assert fast.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
+    assert json.loads(fast.backend_tokenizer.to_str()) == json.loads(ref.backend_tokenizer.to_str())
+    texts = ["The cat sat.", "<bos>hi <eos> <start_of_turn>user\nyo<end_of_turn>", "  two\n\n\ttab", "é 🙂 中"]
+    for kw in ({}, {"add_special_tokens": False}, {"add_special_tokens": False, "split_special_tokens": True}):
+        assert fast(texts, **kw)["input_ids"] == ref(texts, **kw)["input_ids"], kw
+    kw = {"add_special_tokens": False, "return_offsets_mapping": True}
+    assert fast(texts, **kw)["offset_mapping"] == ref(texts, **kw)["offset_mapping"]
+    enc = ref(texts)["input_ids"]
+    assert [fast.decode(x) for x in enc] == [ref.decode(x) for x in enc]

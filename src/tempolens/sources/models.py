@@ -326,7 +326,7 @@ def _first_line(e: BaseException) -> str:
 def _load_hf_folder_or_hub(
     name: str, torch_dtype: torch.dtype, device: torch.device, is_hub: bool
 ) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
     if is_hub and hub_offline():
@@ -335,7 +335,7 @@ def _load_hf_folder_or_hub(
         # the tokenizer (a large tokenizer.json parsed in Rust) loads in a second thread while the weights load
         # (memory-mapped from safetensors by from_pretrained): on Gemma 3 each takes seconds of CPU
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempolens-tokenizer") as pool:
-            tok_future = pool.submit(AutoTokenizer.from_pretrained, name)
+            tok_future = pool.submit(_load_tokenizer, name)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -355,6 +355,37 @@ def _load_hf_folder_or_hub(
             f"cannot load the model folder {name} ({_first_line(e)}); it needs config.json, weights and a tokenizer"
         ) from None
     return model.to(device), tokenizer
+
+
+_CONVERTED_TOKENIZER_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token", "model_max_length")
+"""The ``tokenizer_config.json`` fields of a conversion that :func:`_load_tokenizer` passes on (the rest name the
+class and where the folder came from)."""
+
+
+def _load_tokenizer(name: str) -> Any:
+    """The tokenizer of an HF folder or hub id (``AutoTokenizer``); for a folder converted by :func:`convert_gguf`,
+    the same tokenizer built straight from its ``tokenizer.json`` by the ``tokenizers`` backend.
+
+    ``AutoTokenizer`` rebuilds Gemma's tokenizer from the vocabulary and merges it reads with Python's ``json``
+    (twice, 33 MB, ≈ 3.5 s of CPU that holds the GIL, so it does not overlap the weights and imports of the main
+    thread); ``tokenizers`` parses the file in Rust without the GIL (≈ 1.2 s). Only our own conversions take this
+    path: their ``tokenizer.json`` is the full pipeline ``save_pretrained`` wrote, and the test suite checks that
+    both give the same ids, token strings, offsets and special tokens on the embedded model."""
+    from transformers import AutoTokenizer
+
+    folder = Path(name)
+    if not (is_converted(folder) and (folder / "tokenizer.json").is_file()):
+        return AutoTokenizer.from_pretrained(name)
+    import transformers
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    kwargs = {k: config[k] for k in _CONVERTED_TOKENIZER_KEYS if k in config}
+    saved_as = getattr(transformers, str(config.get("tokenizer_class")), None)  # e.g. GemmaTokenizer: pads on the left
+    for attr in ("padding_side", "truncation_side", "model_input_names"):
+        if saved_as is not None and hasattr(saved_as, attr):
+            kwargs[attr] = getattr(saved_as, attr)
+    return TokenizersBackend(tokenizer_file=str(folder / "tokenizer.json"), name_or_path=name, **kwargs)
 
 
 def _raise_if_not_cached(repo_id: str, fallback: str | None = None) -> None:
@@ -489,10 +520,10 @@ def load_hf_tokenizer(spec: str | Path) -> Any:
                 raise SourceError(f"GGUF file {spec_s} does not exist")
             folder = converted_gguf_dir(path)
             if is_converted(folder):
-                return AutoTokenizer.from_pretrained(str(folder))
+                return _load_tokenizer(str(folder))
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         if path.is_dir():
-            return AutoTokenizer.from_pretrained(str(path))
+            return _load_tokenizer(str(path))
         if path.exists() or not _HUB_ID.match(spec_s):
             raise SourceError(f"no tokenizer for {spec_s!r}: give an HF folder, a .gguf file, a hub id or 'embedded'")
         if hub_offline():

@@ -1,13 +1,15 @@
-"""Compiled CPU kernels (numba) for the two passes of the logit effects that torch can only do as several
-whole-array passes: the per-latent vocabulary histogram and the scan for top/bottom-``k`` candidates.
+"""Compiled CPU kernels (numba) for the passes of the logit effects that torch can only do as several whole-array
+passes: the per-latent vocabulary histogram and the scan for top/bottom-``k`` candidates.
 
 Each is a single pass over a block's ``[B, vocab]`` logits, rows in parallel, that computes exactly what the torch
 reference in :mod:`tempolens.stats.logits` computes (same float32 operations in the same order; the tests compare
 them bit for bit). The logits may be float32 or bfloat16: bfloat16 values are read as their bit patterns and
 widened to float32 exactly, chunk by chunk, so the bf16 route never makes a float32 copy of its logits (a third
-pass, :func:`group_extremes`, gives the per-group maxima and minima the candidate scan needs). On a 2-core AMX Xeon, for 256 latents × Gemma 3's 262,144 tokens: the histogram
-≈45 ms instead of ≈190 ms (torch needs six passes over a 268 MB buffer, and its ``bincount`` is single-threaded),
-the candidate scan a few ms instead of ≈60 ms per end.
+pass, :func:`group_extremes`, gives the per-group maxima and minima the candidate scan needs). On a 2-core AMX
+Xeon, for 256 latents × Gemma 3's 262,144 tokens: the histogram ≈45 ms instead of ≈190 ms (torch needs six passes
+over a 268 MB buffer, and its ``bincount`` is single-threaded), the candidate scan a few ms instead of ≈60 ms per
+end. On a 2-core AVX512-BF16 EPYC (no AMX), reading bfloat16 took a block from 537 to 437 ms, of which the matmul
+is 225 ms.
 
 :func:`available` says whether they can run (numba importable, tensors on the CPU); otherwise callers use the
 torch reference. The first call compiles them (a few seconds, once: numba caches the machine code beside this
