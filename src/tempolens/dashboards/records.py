@@ -484,17 +484,17 @@ def _logit_columns(ctx: RecordContext, lat: Tensor) -> dict[str, list[Any]]:
     )
     if ctx.logits is None:
         return {k: [[] for _ in range(G)] for k in keys}
-    lg = ctx.logits
-    nl = lg.top_ids.shape[1]
-    neg_flat = ctx.token_strings(lg.bottom_ids[lat].reshape(-1).tolist())
-    pos_flat = ctx.token_strings(lg.top_ids[lat].reshape(-1).tolist())
+    lg, table = ctx.logits, ctx.token_table()
+    bottom, top = lg.bottom_ids[lat], lg.top_ids[lat]
+    table.add(bottom)  # each distinct token decoded once per export, looked up as arrays
+    table.add(top)
     return dict(
         zip(
             keys,
             (
-                [neg_flat[i * nl : (i + 1) * nl] for i in range(G)],
+                table.strings[bottom.numpy()].tolist(),
                 rounded(lg.bottom_values[lat]),
-                [pos_flat[i * nl : (i + 1) * nl] for i in range(G)],
+                table.strings[top.numpy()].tolist(),
                 rounded(lg.top_values[lat]),
                 rounded(lg.hist_centres[lat]),
                 lg.hist_counts[lat].tolist(),
