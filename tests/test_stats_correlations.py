@@ -159,6 +159,54 @@ def test_no_candidate_anywhere_gives_empty_lists(n_alive):
     assert out["indices"].shape == (W, 3) and (out["indices"] == -1).all() and (out["pearson"] == 0).all()
 
 
+def test_compiled_ranking_equals_the_torch_ranking(monkeypatch):
+    """The compiled pass (Pearson + per-row top k) gives the torch reference's indices, Pearson and cosine bit for
+    bit, on the hostile codes (ties, dead and constant latents, rows computed in full)."""
+    from tempolens.stats import pair_kernels
+
+    assert pair_kernels.available(torch.zeros(1))
+    W, k = 160, 5
+    batches = hostile_batches(W)
+    counts, _ = dense_reference(batches, W, k)
+
+    def correlations() -> dict[str, torch.Tensor]:
+        acc = PairSums(W, 0, W)
+        for b in batches:
+            acc.update(b)
+        return correlations_from_pairs(
+            acc.result(), 0, W, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, k
+        )
+
+    compiled = correlations()
+    monkeypatch.setattr(pair_kernels, "numba", None)
+    assert not pair_kernels.available(torch.zeros(1))
+    ref = correlations()
+    for key in ("indices", "pearson", "cosine"):
+        assert torch.equal(compiled[key], ref[key]), key
+
+
+def test_compiled_rank_pairs_orders_by_value_then_column():
+    """With sx = 0 and inv = 1 the Pearson value is the sum itself: the compiled ranking then equals a brute-force
+    ranking (float32 value descending, ties by the lower column; -inf and NaN never listed) and _rank_rows."""
+    from tempolens.stats import pair_kernels
+    from tempolens.stats.correlations import _rank_rows
+
+    g = torch.Generator().manual_seed(1)
+    R, k, W, start = 5, 4, 300, 7
+    rows = torch.cat([torch.full((n,), start + r) for r, n in enumerate((200, 3, 0, 150, 90))])
+    cols = torch.cat([torch.randperm(W, generator=g)[:n] for n in (200, 3, 0, 150, 90)])
+    val = (torch.randint(0, 30, (rows.numel(),), generator=g).double() / 8).to(torch.float64)
+    val[::29], val[3::41] = float("-inf"), float("nan")
+    ones = torch.ones(W + start, dtype=torch.float64)
+    best, best_p = pair_kernels.rank_pairs(rows, cols, val, 1.0, ones * 0, ones, start, R, k)
+    assert torch.equal(best, _rank_rows(rows - start, cols, val.float(), R, k))
+    for r in range(R):
+        mine = [i for i in range(rows.numel()) if int(rows[i]) == start + r and bool(torch.isfinite(val[i]))]
+        mine.sort(key=lambda i: (-float(val[i]), int(cols[i])))
+        assert best[r].tolist() == mine[:k] + [-1] * (k - len(mine[:k])), r
+        assert torch.equal(best_p[r], torch.where(best[r] >= 0, val[best[r].clamp(min=0)], 0.0))
+
+
 def test_rank_rows_prefilter_keeps_the_exact_top_k():
     """Rows with many entries are first cut to those at or above a lower bound on their k-th value; the result
     equals a brute-force ranking (value descending, ties by the lower column), with ties, -inf and NaN entries,

@@ -7,6 +7,8 @@
 - :mod:`tempolens.stats.examples` — which examples dashboards show (:func:`examples_of`) and their token
   windows (:func:`gather_windows`, :func:`example_windows`, :class:`Windows`);
 - :mod:`tempolens.stats.logits` — :func:`logit_effects` (streaming top/bottom-k and vocabulary histograms).
+- :mod:`tempolens.stats.logit_kernels`, :mod:`tempolens.stats.pair_kernels` — compiled (numba) CPU passes, bit-identical
+  to their torch references (vocabulary histograms and top-k candidates; correlated-latent ranking).
 """
 
 from tempolens.stats.examples import Windows, example_windows, examples_of, gather_windows

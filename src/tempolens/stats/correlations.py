@@ -23,6 +23,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from tempolens.stats import pair_kernels
 from tempolens.stats.accumulators import CodeBatch, ShardLike, as_batch
 
 BYTES_PER_PAIR = 48
@@ -238,8 +239,12 @@ def correlations_from_pairs(
     all_rows = torch.cat([rows, c_rows])
     all_cols = torch.cat([cols, c_cols])
     all_s = torch.cat([sxy, torch.zeros(c_rows.numel(), dtype=torch.float64)])
-    p = _pearson(all_s, n, sx[all_rows], sx[all_cols], inv_std[all_rows], inv_std[all_cols])
-    best = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
+    if pair_kernels.available(all_s):  # one compiled pass: Pearson and the per-row top k (no gathers, no rounds)
+        best, best_p = pair_kernels.rank_pairs(all_rows, all_cols, all_s, n, sx, inv_std, start, R, kk)
+    else:
+        p = _pearson(all_s, n, sx[all_rows], sx[all_cols], inv_std[all_rows], inv_std[all_cols])
+        best = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
+        best_p = torch.cat([p, torch.zeros(1, dtype=torch.float64)])[torch.where(best >= 0, best, -1)]
     # computed in full: rows whose own list ran short of never-co-active candidates (unless the list holds every
     # alive latent), and constant latents (σ = 0: every value is 0, so ties go by index, not by a)
     n_fresh = torch.bincount(c_rows - start, minlength=R)
@@ -248,7 +253,7 @@ def correlations_from_pairs(
     # a sentinel at the end stands for "no entry" (best = −1), so this also works when no row has any candidate
     at = torch.where(best >= 0, best, torch.full_like(best, all_cols.numel()))
     idx = torch.cat([all_cols, torch.tensor([-1], dtype=all_cols.dtype)])[at]
-    val = torch.cat([p.to(torch.float64), torch.zeros(1, dtype=torch.float64)])[at]
+    val = torch.where(best >= 0, best_p, 0.0)
     cos_s = torch.cat([all_s, torch.zeros(1, dtype=torch.float64)])[at]
     for r in short_rows.nonzero().squeeze(1).tolist():
         idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, kk)
