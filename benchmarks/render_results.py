@@ -26,9 +26,12 @@ RESULTS = HERE / "results"
 
 
 def newest_results(folder: Path = RESULTS) -> Path:
-    """The newest complete ``bench-*.json`` (partial and quick runs are skipped)."""
+    """The newest complete ``bench-*.json`` of the current code (partial and quick runs, and ``-before-`` runs of an
+    earlier commit kept for comparison, are skipped)."""
     files = sorted(
-        p for p in folder.glob("bench-*.json") if not p.name.endswith(".partial.json") and "quick" not in p.name
+        p
+        for p in folder.glob("bench-*.json")
+        if not p.name.endswith(".partial.json") and "quick" not in p.name and "-before-" not in p.name
     )
     if not files:
         raise SystemExit(f"render_results: no bench-*.json in {folder}")

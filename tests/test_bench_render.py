@@ -87,7 +87,12 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_newest_results_skips_partial_and_quick(tmp_path):
-    names = ("bench-20260101-000000.json", "bench-20260102-000000-quick.json", "bench-20260103-000000.partial.json")
+    names = (
+        "bench-20260101-000000.json",
+        "bench-20260102-000000-quick.json",
+        "bench-20260103-000000.partial.json",
+        "bench-20260104-000000-before-abc1234.json",  # an earlier commit's run, kept for comparison
+    )
     for name in names:
         (tmp_path / name).write_text(json.dumps({}))
     assert rr.newest_results(tmp_path).name == "bench-20260101-000000.json"
