@@ -514,24 +514,10 @@ def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColum
             bmin, bmax, bcont = -1.0, mx, -1.0
         else:
             bmin, bmax, bcont = edges[g], edges[g + 1], share[g]
-        if rows.tokens is not None and rows.values is not None:
-            a = Activation(
-                bin_min=bmin,
-                bin_max=bmax,
-                bin_contains=bcont,
-                tokens=rows.tokens[e],
-                values=rows.values[e],
-                qualifying_token_index=rows.qualifying[e],
-                prompt_index=rows.prompt[e],
-            )
-        else:  # the site's records: the window is referenced (start, prompt), the values are sparse
-            a = Activation(
-                bin_min=bmin,
-                bin_max=bmax,
-                bin_contains=bcont,
-                qualifying_token_index=rows.qualifying[e],
-                prompt_index=rows.prompt[e],
-            )
+        a = Activation(bin_min=bmin, bin_max=bmax, bin_contains=bcont)
+        if rows.tokens is not None and rows.values is not None:  # dense rows: what the Neuronpedia formats write
+            a["tokens"], a["values"] = rows.tokens[e], rows.values[e]
+        a["qualifying_token_index"], a["prompt_index"] = rows.qualifying[e], rows.prompt[e]
         if rows.preds is not None:
             a["pred_values"] = rows.preds[e]
         if rows.shares is not None:

@@ -239,12 +239,7 @@ def correlations_from_pairs(
     all_rows = torch.cat([rows, c_rows])
     all_cols = torch.cat([cols, c_cols])
     all_s = torch.cat([sxy, torch.zeros(c_rows.numel(), dtype=torch.float64)])
-    if pair_kernels.available(all_s):  # one compiled pass: Pearson and the per-row top k (no gathers, no rounds)
-        best, best_p = pair_kernels.rank_pairs(all_rows, all_cols, all_s, n, sx, inv_std, start, R, kk)
-    else:
-        p = _pearson(all_s, n, sx[all_rows], sx[all_cols], inv_std[all_rows], inv_std[all_cols])
-        best = _rank_rows(all_rows - start, all_cols, p.to(torch.float32) + 0.0, R, kk)  # + 0.0: no −0.0
-        best_p = torch.cat([p, torch.zeros(1, dtype=torch.float64)])[torch.where(best >= 0, best, -1)]
+    best, best_p = _ranked(all_rows, all_cols, all_s, n, sx, inv_std, start, R, kk)
     # computed in full: rows whose own list ran short of never-co-active candidates (unless the list holds every
     # alive latent), and constant latents (σ = 0: every value is 0, so ties go by index, not by a)
     n_fresh = torch.bincount(c_rows - start, minlength=R)
@@ -266,6 +261,18 @@ def correlations_from_pairs(
         "pearson": torch.where(valid, val, torch.zeros_like(val)).to(torch.float32),
         "cosine": torch.where(valid, cosine, torch.zeros_like(cosine)).to(torch.float32),
     }
+
+
+def _ranked(
+    rows: Tensor, cols: Tensor, sxy: Tensor, n: float, sx: Tensor, inv_std: Tensor, start: int, R: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """``(positions [R, k], float64 Pearson [R, k])`` of each row's ``k`` best entries (−1 / 0 where a row has fewer):
+    one compiled pass (:mod:`.pair_kernels`: no gathers, no rounds) on the CPU, else the torch reference."""
+    if pair_kernels.available(sxy):
+        return pair_kernels.rank_pairs(rows, cols, sxy, n, sx, inv_std, start, R, k)
+    p = _pearson(sxy, n, sx[rows], sx[cols], inv_std[rows], inv_std[cols])
+    best = _rank_rows(rows - start, cols, p.to(torch.float32) + 0.0, R, k)  # + 0.0: no −0.0
+    return best, torch.cat([p, torch.zeros(1, dtype=torch.float64)])[torch.where(best >= 0, best, -1)]
 
 
 def _dense_row(
