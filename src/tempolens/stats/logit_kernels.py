@@ -46,8 +46,9 @@ def available(*tensors: Tensor) -> bool:
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _threads() -> None:
-    """Use as many threads as torch (never more than numba was started with)."""
+def match_torch_threads() -> None:
+    """Run the compiled kernels (these and :mod:`.pair_kernels`) on as many threads as torch (never more than numba was
+    started with). Needs numba."""
     assert numba is not None
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -183,7 +184,7 @@ def histogram_rows(X: Tensor, lo: Tensor, scale: Tensor, n_bins: int) -> Tensor:
     """``[B, n_bins]`` int64 counts of each row of ``X [B, N]`` (float32 or bfloat16) in the bins
     ``int(clamp((x − lo)·scale, 0, n_bins − 1))`` computed in float32 (``lo``, ``scale``: float32 ``[B]``). ``X`` is
     only read."""
-    _threads()
+    match_torch_threads()
     data, bits = _logits(X)
     return torch.from_numpy(_histogram_rows(data, bits, _np(lo), _np(scale), n_bins))
 
@@ -192,7 +193,7 @@ def group_extremes(X: Tensor, group: int) -> tuple[Tensor, Tensor]:
     """``(maxima, minima)`` ``[B, ⌈V / group⌉]`` float32 of each group of ``group`` columns of ``X [B, V]`` (float32
     or bfloat16; the last ``V mod group`` columns are one more group), NaN when the group holds one: what
     ``amax``/``amin`` over the groups give."""
-    _threads()
+    match_torch_threads()
     data, bits = _logits(X)
     gmax, gmin = _group_extremes(data, bits, group)
     return torch.from_numpy(gmax), torch.from_numpy(gmin)
@@ -205,7 +206,7 @@ def end_candidates(
     ``y = sign·x``, ``s`` its group's ``slack`` (``[B, V // group]``), or for the last ``V mod group`` columns its own
     ``tail_slack``; a whole group is skipped when its largest ``y`` (``gy``) fails the test. Row-major order; float32
     arithmetic."""
-    _threads()
+    match_torch_threads()
     f32 = np.float32
     data, bits = _logits(X)
     args = (f32(sign), f32(r), _np(gy), _np(slack), _np(tail_slack), _np(bound), group)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tempolens.stats.logit_kernels import match_torch_threads
+
 try:  # a declared dependency; the torch reference keeps working where no numba wheel exists
     import numba
     from numba import njit, prange
@@ -89,7 +91,7 @@ def rank_pairs(
     ``rows, cols, sxy``; −1 where a row has fewer finite values) of its ``k`` largest Pearson values
     ``((n·sxy − sx_i·sx_j)·inv_i)·inv_j`` (float64, ``inv`` = ``inv_std``) ranked in float32, ties by the lower
     column, and those float64 values (0 at −1). The entries' rows must lie in the block."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_torch_threads()
     i64, f64 = torch.int64, torch.float64
     best, best_p = _rank_pairs(
         rows.to(i64).contiguous().numpy(),
