@@ -248,7 +248,7 @@ def correlations_from_pairs(
     # a sentinel at the end stands for "no entry" (best = −1), so this also works when no row has any candidate
     at = torch.where(best >= 0, best, torch.full_like(best, all_cols.numel()))
     idx = torch.cat([all_cols, torch.tensor([-1], dtype=all_cols.dtype)])[at]
-    val = torch.where(best >= 0, best_p, 0.0)
+    val = best_p  # 0 where a row has no entry
     cos_s = torch.cat([all_s, torch.zeros(1, dtype=torch.float64)])[at]
     for r in short_rows.nonzero().squeeze(1).tolist():
         idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, kk)
