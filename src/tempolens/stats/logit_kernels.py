@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tempolens.bf16 import match_torch_threads
+
 try:  # a declared dependency; the torch reference keeps working where no numba wheel exists
     import numba
     from numba import njit, prange
@@ -44,13 +46,6 @@ def available(*tensors: Tensor) -> bool:
 
 
 _DTYPES = (torch.float32, torch.bfloat16)
-
-
-def match_torch_threads() -> None:
-    """Run the compiled kernels (these and :mod:`.pair_kernels`) on as many threads as torch (never more than numba was
-    started with). Needs numba."""
-    assert numba is not None
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 if numba is not None:

@@ -15,8 +15,9 @@ Precision. ``fp32`` computes every logit in float32. ``bf16`` (for CPUs with nat
 AVX512-BF16) computes each block's logits from bfloat16 inputs with float32 accumulation (≈4× faster matmuls on an
 AMX CPU) and keeps the top/bottom-``k`` exact: a rigorous per-token bound on the bfloat16 error (see
 :func:`_exact_end`) limits the tokens that can be in the exact top ``k`` to a few candidates (≈40 per latent on
-Gemma 3), which are recomputed in float32 and ranked. So the top/bottom-``k`` ids are the float32 path's (values
-may differ in the last float32 bits, which can reorder only exact near-ties), the min/max — the histogram's range —
+Gemma 3), which are recomputed exactly (float64 sums of the float32 products, rounded once) and ranked. So the
+top/bottom-``k`` ids are the float32 path's (values may differ in its last float32 bits, which can reorder only exact
+near-ties), the min/max — the histogram's range —
 are exact, and only the histogram counts come from the bfloat16 logits: a token within the bfloat16 rounding (≈0.4%
 relative) of a bin edge may be counted in the neighbouring bin (≈0.5% of Gemma 3's 262k tokens per latent).
 """
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tempolens.bf16 import OUTPUT_ROUND, exact_dots, input_slack
 from tempolens.stats import logit_kernels
 
 
@@ -199,9 +201,6 @@ def _block_in_memory(w: Tensor, U: Tensor, k: int, n_bins: int, buf: Tensor, ibu
 BF16_MIN_VOCAB = 4096
 """Smaller vocabularies always run in float32 (nothing to gain)."""
 
-BF16_ROUND = 2.0**-8
-"""Unit roundoff of bfloat16 (8 significant bits): rounding to nearest changes a value by at most this fraction."""
-
 
 @dataclass
 class _Bf16Vocab:
@@ -239,18 +238,15 @@ def _exact_end(
     With ``Y = ±X`` and ``e_v`` a rigorous bound on ``|X_v − ℓ_v|`` (below), the exact ``k``-th value is at least
     ``L = min over the k largest Y of (Y_v − e_v)``, so only tokens with ``Y_v + e_v ≥ L`` can be in the exact top
     ``k`` (``Y + e`` grows with ``Y``, so a group's largest ``Y`` and largest norms bound it over the group);
-    groups whose bound is below ``L`` are skipped whole. The candidates are recomputed in float32
-    and ranked as :func:`row_topk` does (by value, then token id).
+    groups whose bound is below ``L`` are skipped whole. The candidates are recomputed exactly (float64 sums rounded
+    once to float32, :func:`tempolens.bf16.exact_dots`) and ranked as :func:`row_topk` does (by value, then token id).
 
-    ``e_v = (‖δw‖ + 2⁻⁸‖ŵ‖ + 2d·2⁻²⁴‖w‖)·‖u_v‖ + 2⁻⁸/(1 − 2⁻⁸)·|X_v|``: the inputs' bfloat16 rounding
-    (``w·u − ŵ·û = δw·u + ŵ·δu``, Cauchy–Schwarz, with ``δw`` known exactly and ``‖δu‖ ≤ 2⁻⁸‖u‖``), the float32
-    sums of the bfloat16 matmul and of the float32 recomputation, and the output's rounding to bfloat16."""
+    ``e_v = a(w)·‖u_v‖ + r·|X_v|`` is the bound of :mod:`tempolens.bf16`: the inputs' bfloat16 rounding, the float32
+    sums of the bfloat16 matmul and the output's rounding to bfloat16."""
     B, V = X.shape
     sign = 1.0 if largest else -1.0
-    wb = w.to(torch.bfloat16).float()
-    a = (w - wb).norm(dim=1, keepdim=True) + BF16_ROUND * wb.norm(dim=1, keepdim=True)
-    a = a + 2 * w.shape[1] * 2.0**-24 * w.norm(dim=1, keepdim=True)  # e_v = a·‖u_v‖ + r·|X_v|
-    r = BF16_ROUND / (1 - BF16_ROUND)
+    a = input_slack(w)  # e_v = a·‖u_v‖ + r·|X_v|
+    r = OUTPUT_ROUND
 
     g = vocab.group
     n_full = V // g
@@ -270,7 +266,7 @@ def _exact_end(
     else:
         rows, cols = _end_candidates(X, sign, r, gy, slack, tail_slack, bound, g)
     ids = cols  # token ids: the columns of X
-    vals = (U[ids] * w[rows]).sum(1)  # exact float32
+    vals = exact_dots(U, w, ids, rows)  # float64 sums, rounded once
     o = torch.argsort(ids, stable=True)  # order: row, then value (descending for the top), then token id
     o = o[torch.argsort(vals[o] * sign, stable=True, descending=True)]
     o = o[torch.argsort(rows[o], stable=True)]

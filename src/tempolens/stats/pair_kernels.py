@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempolens.stats.logit_kernels import match_torch_threads
+from tempolens.bf16 import match_torch_threads
 
 try:  # a declared dependency; the torch reference keeps working where no numba wheel exists
     import numba
