@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from tempolens.devices import resolve_device
+from tempolens.devices import matmul_precision, resolve_device
 from tempolens.errors import TempolensError
 from tempolens.fsutil import BackgroundWriter, ensure_out_dir
 from tempolens.options import check
@@ -63,6 +63,12 @@ class CollectConfig(SourceOptions):
     """Temporal SAEs: also keep `pred_k` predicted codes z_pred per token (signed), for `tempolens
     dashboards --codes pred`: the largest |z_pred − mean| / std, each latent's mean and std of z_pred
     taken from the first batch; 0 keeps none."""
+    encode_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Matmul precision of the SAE encode: `fp32`; `bf16` (CPUs with native bfloat16 matmuls, AMX or AVX512-BF16;
+    TopK SAEs of at least 8,192 latents, other SAEs encode in fp32): each token's top k is screened from a bfloat16
+    matmul with a proven error bound and recomputed exactly, so the codes are the exact top k with correctly rounded
+    values (a float32 matmul differs from them in its last bits, and so at near-ties); ≈1.5× faster encode at 16k
+    latents, ≈2× at 65k; `auto` = bf16 where the CPU has native bfloat16, else fp32."""
     overwrite: bool = False
     """Replace an existing store of a different run instead of refusing."""
     progress: bool = True
@@ -76,6 +82,10 @@ class CollectConfig(SourceOptions):
         check(self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}")
         check(self.shard_prompts >= 1, f"--shard-prompts must be >= 1; got {self.shard_prompts}")
         check(self.pred_k >= 0, f"--pred-k must be >= 0; got {self.pred_k}")
+        check(
+            self.encode_precision in ("auto", "fp32", "bf16"),
+            f"--encode-precision must be auto, fp32 or bf16; got {self.encode_precision!r}",
+        )
 
 
 @dataclass
@@ -135,6 +145,7 @@ def collect(cfg: CollectConfig, *, model: Any = None) -> CollectResult:
         strict_config=cfg.sae_strict,
         activation_sample=lambda: prompt_activation_sample(model, prompts.tokens, device, cfg.batch_size),
     )
+    sae.encode_precision = matmul_precision(cfg.encode_precision, device, "--encode-precision")
     t_sae = time.perf_counter()
     meta = _store_meta(cfg, model, sae, prompts, device, dtype)
     writer = _open_writer(cfg, meta, dist)
@@ -223,6 +234,7 @@ def _store_meta(
             "corpus": cfg.corpus,
         },
         "corpus": {"spec": _portable_spec(cfg.corpus)},
+        "encode_precision": sae.encode_precision,
         "n_shards": (cfg.n_prompts + cfg.shard_prompts - 1) // cfg.shard_prompts,
         "shard_size": cfg.shard_prompts,
         "versions": _versions(),

@@ -37,15 +37,20 @@ def native_bf16_cpu() -> bool:
         return False
 
 
-def logit_precision(option: str, device: torch.device) -> str:
-    """The logit-effect matmul precision for ``--logit-precision`` on ``device``: ``auto`` → ``bf16`` on a CPU with
-    native bfloat16 matmuls, else ``fp32``. ``bf16`` is for CPUs (its error bound assumes float32 accumulation,
-    which GPU libraries may skip; GPUs run float32 fast)."""
+def matmul_precision(option: str, device: torch.device, flag: str) -> str:
+    """The precision a bfloat16-capable stage runs at for option ``flag`` (``auto``, ``fp32`` or ``bf16``) on
+    ``device``: ``auto`` → ``bf16`` on a CPU with native bfloat16 matmuls, else ``fp32``. ``bf16`` is for CPUs (its
+    error bounds assume float32 accumulation, which GPU libraries may skip; GPUs run float32 fast)."""
     if option == "auto":
         return "bf16" if device.type == "cpu" and native_bf16_cpu() else "fp32"
     if option == "bf16" and device.type != "cpu":
         raise DeviceError(
-            f"--logit-precision bf16 runs on CPUs (AMX or AVX512-BF16); on {device.type} float32 is already fast: "
-            "use --logit-precision auto or fp32"
+            f"{flag} bf16 runs on CPUs (AMX or AVX512-BF16); on {device.type} float32 is already fast: "
+            f"use {flag} auto or fp32"
         )
     return option
+
+
+def logit_precision(option: str, device: torch.device) -> str:
+    """The logit-effect matmul precision for ``--logit-precision`` on ``device`` (:func:`matmul_precision`)."""
+    return matmul_precision(option, device, "--logit-precision")

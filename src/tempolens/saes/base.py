@@ -86,6 +86,9 @@ class SAE(nn.Module):
     width: int
     architecture: str = "sae"
     is_temporal: bool = False
+    encode_precision: str = "fp32"
+    """Matmul precision of ``encode`` on a CPU: ``fp32``, or ``bf16`` — TopK SAEs of at least 8,192 latents take the
+    exact top ``k`` from a bfloat16 screen (:mod:`tempolens.saes.bf16_encode`); other SAEs ignore it."""
 
     @property
     def W_dec(self) -> Tensor:  # noqa: N802 - SAELens naming

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from tempolens.errors import ConfigError
 from tempolens.options import check, check_choice
+from tempolens.saes import bf16_encode
 from tempolens.saes.base import SAE, EncodeOutput, SparseCodes, token_extras
-from tempolens.saes.temporal import sparse_decode, topk_codes
+from tempolens.saes.temporal import relu_codes, sparse_decode, topk_codes
 
 Architecture = Literal["topk", "batchtopk", "relu", "jumprelu"]
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -114,6 +115,7 @@ class StandardSAE(SAE):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         if cfg.has_threshold:
             self.threshold = nn.Parameter(torch.zeros(cfg.width))
+        self._bf16: bf16_encode.Bf16Encoder | None = None  # built on the first bf16 encode
         nn.init.kaiming_uniform_(self.W_dec)
         with torch.no_grad():
             self.W_enc.copy_(self.W_dec.T)
@@ -228,13 +230,39 @@ class StandardSAE(SAE):
                 "(check that the hook layer/model matches the SAE)"
             )
 
-    def pre_activations(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """``x·W_enc + b_enc`` after normalisation and b_dec subtraction, and the normalisation state."""
+    def _centred(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The encoder's input: ``x`` normalised, minus ``b_dec`` when applied; and the normalisation state."""
         x = x.to(self.W_enc.dtype)
         x, state = self._norm_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc, state
+        return x, state
+
+    def pre_activations(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """``x·W_enc + b_enc`` after normalisation and b_dec subtraction, and the normalisation state."""
+        xc, state = self._centred(x)
+        return xc @ self.W_enc + self.b_enc, state
+
+    def _screens(self, xc: Tensor) -> bool:
+        """Whether this encode takes the top k from a bfloat16 screen (``encode_precision`` bf16, TopK, CPU, wide)."""
+        c = self.cfg
+        return self.encode_precision == "bf16" and c.uses_topk and bf16_encode.available(xc, self.W_enc, int(c.k or 0))
+
+    def _screened_codes(self, xc: Tensor) -> SparseCodes:
+        """TopK codes with the exact top k from a bfloat16 screen; rows it cannot take (a non-finite score, too many
+        candidates) are redone in float32."""
+        k, rescale = int(self.cfg.k or 0), self.cfg.rescale_acts_by_decoder_norm
+        key = tuple((p.data_ptr(), p._version) for p in (self.W_enc, self.b_enc, self.W_dec))
+        if self._bf16 is None or self._bf16.key != key:
+            mult = self.W_dec.norm(dim=-1) if rescale else None
+            self._bf16 = bf16_encode.Bf16Encoder.of(self.W_enc, self.b_enc, mult, key)
+        flat = xc.reshape(-1, self.d_in).contiguous()
+        vals, idx, n_cand = bf16_encode.topk_scores(flat, self._bf16, k)
+        redo = (n_cand < 0).nonzero().squeeze(1)
+        if redo.numel():
+            pre = flat[redo] @ self.W_enc + self.b_enc
+            vals[redo], idx[redo] = (pre * self._bf16.mult if rescale else pre).topk(k, dim=-1, sorted=True)
+        return relu_codes(vals.view(*xc.shape[:-1], k), idx.view(*xc.shape[:-1], k))
 
     def codes_from_pre(self, pre: Tensor) -> SparseCodes:
         """Sparse codes from pre-activations (the activation function of the architecture)."""
@@ -252,8 +280,8 @@ class StandardSAE(SAE):
     def encode(self, x: Tensor) -> EncodeOutput:
         """Sparse codes, reconstruction (model units) and ``sq_err``/``sq_norm`` of ``x [B, L, d_in]``."""
         self._check_input(x)
-        pre, state = self.pre_activations(x)
-        codes = self.codes_from_pre(pre)
+        xc, state = self._centred(x)
+        codes = self._screened_codes(xc) if self._screens(xc) else self.codes_from_pre(xc @ self.W_enc + self.b_enc)
         recon = self._norm_out(sparse_decode(codes, self.decoder_vectors()) + self.b_dec, state).to(x.dtype)
         return EncodeOutput(codes=codes, recon=recon, extras=token_extras(x, recon))
 

@@ -216,6 +216,11 @@ def sparse_decode(codes: SparseCodes, weight: Tensor) -> Tensor:
 def topk_codes(pre: Tensor, k: int) -> SparseCodes:
     """TopK of ``ReLU(pre)`` as sparse codes: the ``k`` largest entries, minus any that are ≤ 0."""
     vals, idx = pre.topk(min(k, pre.shape[-1]), dim=-1, sorted=True)
+    return relu_codes(vals, idx)
+
+
+def relu_codes(vals: Tensor, idx: Tensor) -> SparseCodes:
+    """Sparse codes from the top values and their latents, minus any value ≤ 0 (index −1, value 0)."""
     keep = vals > 0
     return SparseCodes(
         indices=torch.where(keep, idx, torch.full_like(idx, -1)),
