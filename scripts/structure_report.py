@@ -20,7 +20,7 @@ from pathlib import Path
 
 # Data-flow order: a module may import from its own stage or earlier ones. Shared utilities come first.
 STAGES: list[tuple[str, ...]] = [
-    ("errors", "options", "fsutil", "progress", "version", "_"),
+    ("errors", "options", "fsutil", "devices", "bf16", "progress", "version", "_"),
     ("sources",),
     ("saes",),
     ("store",),
