@@ -4,14 +4,16 @@ A TopK SAE's encode is one ``[tokens, d] × [d, width]`` matmul and a top-``k`` 
 float32 matmul is as long as the LM forward on a CPU. With native bfloat16 matmuls (AMX, AVX512-BF16) the bfloat16
 product is ≈2.5× faster, and it is only used to screen: each entry's error is bounded (:mod:`tempolens.bf16`), so
 ``L``, the smallest lower bound among a token's ``k`` best screened scores, is at most the exact ``k``-th score, and
-only the latents whose upper bound reaches ``L`` can be in the exact top ``k`` (≈1.5k per token). Those are
-recomputed exactly (float64 sums of the float32 products plus ``b_enc``, rounded once) and ranked.
+only the latents whose upper bound reaches ``L`` can be in the exact top ``k`` (≈150 per token for ``k = 64`` of 16,384
+random latents, d = 640). Those are recomputed exactly (float64 sums of the float32 products plus ``b_enc``, rounded
+once) and ranked.
 
 So the selected latents are the exact top ``k`` of the pre-activations (a float32 matmul can differ from them only
 at near-ties within its own rounding), and every value is the correctly rounded pre-activation, which may differ from
-a float32 matmul's in its last bits. One compiled pass per token row (rows in parallel): a running top ``k`` of the
-screened scores, then the candidates' exact values and their top ``k``. A row holding a non-finite score is redone
-in float32 by the caller.
+a float32 matmul's in its last bits. Three compiled passes: each token row screened (a running top ``k`` of the screened
+scores, then its candidates), the candidates' exact values latent by latent (each encoder column is read once per
+batch, not once per token), and each row's top ``k`` among them. A row holding a non-finite score, or more candidates
+than the screen keeps, is redone in float32 by the caller.
 """
 
 from __future__ import annotations
