@@ -50,6 +50,8 @@ def test_screened_topk_is_the_exact_topk(rescale):
     assert torch.equal(ids, ref_ids)  # also at the near-duplicates and the exact ties (lower latent first)
     assert torch.equal(vals, ref_vals.float())  # correctly rounded (float64 sums rounded once)
     assert (n_cand >= k).all() and float(n_cand.float().mean()) < width / 8  # a screen, not a full recomputation
+    again = bf16_encode.topk_scores(xc.clone().requires_grad_(), enc, k)  # an input that needs grad is only read
+    assert torch.equal(again[1], ids) and torch.equal(again[0], vals)
     # through the SAE: the codes drop values <= 0 as the float32 encode does, the reconstruction agrees
     fp32 = sae.encode(x[None])
     sae.encode_precision = "bf16"

@@ -98,6 +98,7 @@ def topk_scores(xc: Tensor, enc: Bf16Encoder, k: int) -> tuple[Tensor, Tensor, T
     computed exactly (module docstring), and how many latents were recomputed; ``−1`` candidates marks a row with a
     non-finite screened score or more than ``max(8k, 1024)`` candidates (its values are not computed: redo it in
     float32)."""
+    xc = xc.detach()
     Y = enc.screened(xc)
     a = input_slack(xc).squeeze(1).double()
     match_torch_threads()
