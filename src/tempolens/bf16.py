@@ -69,12 +69,12 @@ def exact_dots(A: Tensor, B: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
     the rows), else in torch (the same float64 products, summed in torch's order)."""
     if compiled(A, B) and A.dtype == B.dtype == torch.float32:
         match_torch_threads()
-        out = _exact_dots(_np(A), _np(B), ia.contiguous().numpy(), ib.contiguous().numpy())
+        out = _exact_dots(float32_numpy(A), float32_numpy(B), ia.contiguous().numpy(), ib.contiguous().numpy())
         return torch.from_numpy(out)
     return (A[ia].double() * B[ib].double()).sum(1).float()
 
 
-def _np(t: Tensor) -> np.ndarray:
+def float32_numpy(t: Tensor) -> np.ndarray:
     """A C-contiguous float32 numpy view (a copy only when ``t`` is not already one)."""
     return t.detach().to(torch.float32).contiguous().numpy()
 

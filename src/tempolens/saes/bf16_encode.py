@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempolens.bf16 import OUTPUT_ROUND, compiled, input_slack, match_torch_threads
+from tempolens.bf16 import OUTPUT_ROUND, compiled, float32_numpy, input_slack, match_torch_threads
 
 try:  # a declared dependency; without it the SAEs encode in float32
     from numba import njit, prange
@@ -105,7 +105,7 @@ def topk_scores(xc: Tensor, enc: Bf16Encoder, k: int) -> tuple[Tensor, Tensor, T
     bits = Y.view(torch.int16).numpy().view(np.uint16)
     vals, idx, n_cand = _topk_rows(
         bits,
-        xc.contiguous().numpy(),
+        float32_numpy(xc),
         enc.W_t.numpy(),
         enc.b_enc.numpy(),
         enc.mult.numpy(),

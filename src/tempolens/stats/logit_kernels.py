@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempolens.bf16 import match_torch_threads
+from tempolens.bf16 import float32_numpy, match_torch_threads
 
 try:  # a declared dependency; the torch reference keeps working where no numba wheel exists
     import numba
@@ -181,7 +181,7 @@ def histogram_rows(X: Tensor, lo: Tensor, scale: Tensor, n_bins: int) -> Tensor:
     only read."""
     match_torch_threads()
     data, bits = _logits(X)
-    return torch.from_numpy(_histogram_rows(data, bits, _np(lo), _np(scale), n_bins))
+    return torch.from_numpy(_histogram_rows(data, bits, float32_numpy(lo), float32_numpy(scale), n_bins))
 
 
 def group_extremes(X: Tensor, group: int) -> tuple[Tensor, Tensor]:
@@ -204,7 +204,8 @@ def end_candidates(
     match_torch_threads()
     f32 = np.float32
     data, bits = _logits(X)
-    args = (f32(sign), f32(r), _np(gy), _np(slack), _np(tail_slack), _np(bound), group)
+    arrays = (float32_numpy(t) for t in (gy, slack, tail_slack, bound))
+    args = (f32(sign), f32(r), *arrays, group)
     rows, cols = _end_candidates(data, bits, *args)
     return torch.from_numpy(rows), torch.from_numpy(cols)
 
@@ -214,9 +215,4 @@ def _logits(X: Tensor) -> tuple[np.ndarray, bool]:
     has no bfloat16; ``bits`` tells the kernels to widen them), else as float32."""
     if X.dtype == torch.bfloat16:
         return X.detach().contiguous().view(torch.int16).numpy().view(np.uint16), True
-    return _np(X), False
-
-
-def _np(t: Tensor) -> np.ndarray:
-    """A C-contiguous float32 numpy view (a copy only when ``t`` is not already one)."""
-    return t.detach().to(torch.float32).contiguous().numpy()
+    return float32_numpy(X), False
