@@ -251,18 +251,20 @@ class StandardSAE(SAE):
     def _screened_codes(self, xc: Tensor) -> SparseCodes:
         """TopK codes with the exact top k from a bfloat16 screen; rows it cannot take (a non-finite score, too many
         candidates) are redone in float32."""
-        k, rescale = int(self.cfg.k or 0), self.cfg.rescale_acts_by_decoder_norm
+        k = int(self.cfg.k or 0)
         key = tuple((p.data_ptr(), p._version) for p in (self.W_enc, self.b_enc, self.W_dec))
         if self._bf16 is None or self._bf16.key != key:
-            mult = self.W_dec.norm(dim=-1) if rescale else None
+            mult = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
             self._bf16 = bf16_encode.Bf16Encoder.of(self.W_enc, self.b_enc, mult, key)
         flat = xc.reshape(-1, self.d_in).contiguous()
         vals, idx, n_cand = bf16_encode.topk_scores(flat, self._bf16, k)
+        codes = relu_codes(vals, idx)
         redo = (n_cand < 0).nonzero().squeeze(1)
-        if redo.numel():
-            pre = flat[redo] @ self.W_enc + self.b_enc
-            vals[redo], idx[redo] = (pre * self._bf16.mult if rescale else pre).topk(k, dim=-1, sorted=True)
-        return relu_codes(vals.view(*xc.shape[:-1], k), idx.view(*xc.shape[:-1], k))
+        if redo.numel():  # the float32 encode of those rows
+            fp32 = self.codes_from_pre(flat[redo] @ self.W_enc + self.b_enc)
+            codes.indices[redo], codes.values[redo] = fp32.indices, fp32.values
+        shape = (*xc.shape[:-1], k)
+        return SparseCodes(indices=codes.indices.view(shape), values=codes.values.view(shape))
 
     def codes_from_pre(self, pre: Tensor) -> SparseCodes:
         """Sparse codes from pre-activations (the activation function of the architecture)."""
