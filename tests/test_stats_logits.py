@@ -265,6 +265,40 @@ def test_compiled_passes_read_bfloat16_logits_as_their_float32_widening(V):
         assert got[0].numel() > 0
 
 
+@pytest.mark.parametrize("V", [5000, 70000])  # a tail shorter than a column group; a vocabulary wider than the table
+def test_counts_of_bfloat16_values_give_the_histogram_and_extremes_of_one_read(V):
+    """The extremes read with the bfloat16 values' counts equal group_extremes, and the histogram binned from those
+    counts equals the per-value histogram, with NaN (bin 0, as in the torch reference), ±inf, a constant row and -0.0
+    among the values."""
+    from tempolens.stats import logit_kernels
+
+    g = torch.Generator().manual_seed(V + 7)
+    Xb = (torch.randn(6, V, generator=g) * 3).to(torch.bfloat16)
+    Xb[2] = 0.5
+    Xb[3, 17] = float("nan")
+    Xb[4, -1] = float("inf")
+    Xb[5, :100] = -0.0
+    Xb[5, 100] = float("-inf")
+    table = torch.full((8, logit_kernels.BF16_PATTERNS), 7, dtype=torch.int32)  # stale counts are overwritten
+    gmax, gmin = logit_kernels.extremes_and_counts(Xb, 256, table)
+    ref_max, ref_min = logit_kernels.group_extremes(Xb, 256)
+    assert torch.equal(gmax.nan_to_num(1234.0), ref_max.nan_to_num(1234.0))
+    assert torch.equal(gmin.nan_to_num(1234.0), ref_min.nan_to_num(1234.0))
+    assert torch.equal(table[:6].sum(1), torch.full((6,), V, dtype=torch.int64))
+    Xf = Xb.float()
+    lo, hi = Xf.nan_to_num(0.0, 0.0, 0.0).amin(1), Xf.nan_to_num(0.0, 0.0, 0.0).amax(1)
+    for n_bins in (1, 50):
+        scale = torch.where(hi > lo, n_bins / (hi - lo), torch.zeros_like(lo))
+        got = logit_kernels.histogram_of_counts(table[:6], lo, scale, n_bins)
+        assert torch.equal(got, logit_kernels.histogram_rows(Xb, lo, scale, n_bins))
+        assert torch.equal(got.sum(1), torch.full((6,), V, dtype=torch.int64))
+        v = (Xf - lo.unsqueeze(1)) * scale.unsqueeze(1)  # the definition: clamped in float32, truncated, NaN in bin 0
+        idx = torch.where(v.isnan(), 0.0, v.clamp(0, n_bins - 1)).to(torch.int64)
+        assert torch.equal(got, torch.stack([torch.bincount(r, minlength=n_bins) for r in idx]))
+    with pytest.raises(ValueError, match="bfloat16"):
+        logit_kernels.extremes_and_counts(Xf, 256, table)
+
+
 @pytest.mark.parametrize("V", [5000, 8192])  # a tail shorter than a column group, and none
 def test_compiled_bf16_route_equals_the_torch_route(monkeypatch, V):
     """The whole bf16 route with the compiled histogram and candidate scan gives exactly the torch route's output."""

@@ -62,6 +62,13 @@ if numba is not None:
             for j in range(n):
                 out[j] = row[c0 + j]
 
+    @njit(inline="always", nogil=True, boundscheck=False)
+    def _bin(x: Any, low: Any, s: Any, zero: Any, top: Any) -> int:  # pragma: no cover - compiled
+        """Bin ``int(clamp((x − lo)·scale, 0, n_bins − 1))`` in float32; NaN goes to bin 0, where the torch reference's
+        integer conversion and clamp put it (and never outside the counts)."""
+        v = (x - low) * s
+        return np.int64(min(max(v, zero), top)) if v == v else 0
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _histogram_rows(X: Any, bits: bool, lo: Any, scale: Any, n_bins: int) -> Any:  # pragma: no cover - compiled
         B, V = X.shape
@@ -78,7 +85,7 @@ if numba is not None:
                 n = min(_CHUNK, V - c0)
                 _load(row, c0, n, bits, vals)
                 for j in range(n):  # (x - lo)·scale, clamped to the bins, truncated: as the torch reference
-                    idx[j] = np.int64(min(max((vals[j] - low) * s, zero), top))
+                    idx[j] = _bin(vals[j], low, s, zero, top)
                 for j in range(n):
                     counts[(j % _LANES) * n_bins + idx[j]] += 1
             for j in range(n_bins):
@@ -112,6 +119,56 @@ if numba is not None:
                     hi = lo = np.float32(np.nan)
                 gmax[b, g], gmin[b, g] = hi, lo
         return gmax, gmin
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _extremes_and_counts(X: Any, group: int, table: Any) -> Any:  # pragma: no cover - compiled
+        """:func:`_group_extremes` of bfloat16 bit patterns ``X``, and in the same read each row's count of every bit
+        pattern into ``table [B, 65536]`` (int32: a row has fewer than 2³¹ tokens)."""
+        B, V = X.shape
+        n_full = V // group
+        n_groups = n_full + (1 if V > n_full * group else 0)
+        gmax = np.empty((B, n_groups), dtype=np.float32)
+        gmin = np.empty((B, n_groups), dtype=np.float32)
+        for b in prange(B):
+            counts = table[b]
+            counts[:] = 0
+            vals = np.empty(group, dtype=np.float32)
+            row = X[b]
+            for g in range(n_groups):
+                c0 = g * group
+                n = min(group, V - c0)
+                _load(row, c0, n, True, vals)
+                hi = lo = vals[0]
+                nan = False
+                for j in range(1, n):
+                    x = vals[j]
+                    hi = x if x > hi else hi
+                    lo = x if x < lo else lo
+                    nan |= x != x
+                if nan or hi != hi:  # NaN propagates, as in torch.amax/amin
+                    hi = lo = np.float32(np.nan)
+                gmax[b, g], gmin[b, g] = hi, lo
+                for j in range(n):  # the group is in L1 by now
+                    counts[row[c0 + j]] += 1
+        return gmax, gmin
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _histogram_of_counts(table: Any, lo: Any, scale: Any, n_bins: int) -> Any:  # pragma: no cover - compiled
+        B = table.shape[0]
+        out = np.zeros((B, n_bins), dtype=np.int64)
+        top = np.float32(n_bins - 1)
+        zero = np.float32(0.0)
+        for b in prange(B):
+            counts = table[b]
+            low, s = lo[b], scale[b]
+            x = np.empty(1, dtype=np.float32)
+            u = x.view(np.uint32)
+            for bits in range(65536):
+                c = counts[bits]
+                if c:  # the same float32 operations as _histogram_rows, once per distinct value
+                    u[0] = np.uint32(bits) << np.uint32(16)
+                    out[b, _bin(x[0], low, s, zero, top)] += c
+        return out
 
     @njit(nogil=True, boundscheck=False)
     def _scan_row(
@@ -192,6 +249,30 @@ def group_extremes(X: Tensor, group: int) -> tuple[Tensor, Tensor]:
     data, bits = _logits(X)
     gmax, gmin = _group_extremes(data, bits, group)
     return torch.from_numpy(gmax), torch.from_numpy(gmin)
+
+
+BF16_PATTERNS = 65536
+"""Distinct bfloat16 bit patterns: the width of the count tables of :func:`extremes_and_counts`."""
+
+
+def extremes_and_counts(X: Tensor, group: int, table: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`group_extremes` of bfloat16 logits ``X [B, V]`` and, from the same read, how often each bfloat16 value
+    occurs in each row, into ``table`` (int32 ``[≥ B, 65536]``, overwritten; index = bit pattern). Its
+    :func:`histogram_of_counts` is :func:`histogram_rows` of ``X``, computed once per distinct value."""
+    if X.dtype != torch.bfloat16 or table.dtype != torch.int32 or table.shape[1] != BF16_PATTERNS:
+        raise ValueError("extremes_and_counts reads bfloat16 logits into an int32 [rows, 65536] table")
+    match_torch_threads()
+    data, _ = _logits(X)
+    gmax, gmin = _extremes_and_counts(data, group, table[: X.shape[0]].numpy())
+    return torch.from_numpy(gmax), torch.from_numpy(gmin)
+
+
+def histogram_of_counts(table: Tensor, lo: Tensor, scale: Tensor, n_bins: int) -> Tensor:
+    """:func:`histogram_rows` of the logits whose bit-pattern counts ``table [B, 65536]`` holds
+    (:func:`extremes_and_counts`): the same bins, each value's count added at once."""
+    match_torch_threads()
+    out = _histogram_of_counts(table.numpy(), float32_numpy(lo), float32_numpy(scale), n_bins)
+    return torch.from_numpy(out)
 
 
 def end_candidates(

@@ -296,21 +296,37 @@ def _end_candidates(
 
 
 def _block_bf16(
-    w: Tensor, U: Tensor, vocab: _Bf16Vocab, k: int, n_bins: int, buf: Tensor | None, bbuf: Tensor, ibuf: Tensor | None
+    w: Tensor,
+    U: Tensor,
+    vocab: _Bf16Vocab,
+    k: int,
+    n_bins: int,
+    buf: Tensor | None,
+    bbuf: Tensor,
+    ibuf: Tensor | None,
+    table: Tensor | None,
 ) -> BlockEnds:
     """Like :func:`_block_in_memory`, the ``[B, vocab]`` logits from a bfloat16 matmul and the top/bottom ``k``
     recomputed exactly in float32 (module docstring: Precision). The compiled passes read the bfloat16 logits as they
-    are; the torch passes read them widened to float32 (exactly) into ``buf``."""
+    are; with ``table`` (int32 ``[rows, 65536]``) they count how often each bfloat16 value occurs in a row in the same
+    read as the group extremes, and the histogram bins each distinct value once. The torch passes read the logits
+    widened to float32 (exactly) into ``buf``."""
     B = w.shape[0]
     X = torch.mm(w.to(torch.bfloat16), vocab.UbT, out=bbuf[:B])
-    if buf is None:
-        gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
-    else:
+    if buf is not None:
         X = buf[:B].copy_(X)
         gmax, gmin = _group_max(X, vocab.group), _group_max(X, vocab.group, largest=False)
+    elif table is not None:
+        gmax, gmin = logit_kernels.extremes_and_counts(X, vocab.group, table)
+    else:
+        gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
     tv, ti = _exact_end(w, U, X, vocab, k, gmax, largest=True)
     bv, bi = _exact_end(w, U, X, vocab, k, gmin, largest=False)
-    counts = histogram_rows(X, bv[:, 0].clone(), tv[:, 0].clone(), n_bins, work=None if ibuf is None else ibuf[:B])
+    lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
+    if buf is None and table is not None:
+        counts = logit_kernels.histogram_of_counts(table[:B], lo, bin_scale(lo, hi, n_bins), n_bins)
+    else:
+        counts = histogram_rows(X, lo, hi, n_bins, work=None if ibuf is None else ibuf[:B])
     return tv, ti, bv, bi, counts
 
 
@@ -357,7 +373,10 @@ def _block_runner(
         vocab = _Bf16Vocab.of(U)
         bbuf = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
         wide = None if compiled else torch.empty(rows, V, device=dev)
-        return lambda w: _block_bf16(w, U, vocab, k, n_bins, wide, bbuf, ibuf)
+        table = None  # counts of each bfloat16 value per row (256 KB a row): for vocabularies at least that wide
+        if compiled and V >= logit_kernels.BF16_PATTERNS:
+            table = torch.empty(rows, logit_kernels.BF16_PATTERNS, dtype=torch.int32, device=dev)
+        return lambda w: _block_bf16(w, U, vocab, k, n_bins, wide, bbuf, ibuf, table)
     buf = torch.empty(rows, V, device=dev)
     return lambda w: _block_in_memory(w, U, k, n_bins, buf, ibuf)
 
