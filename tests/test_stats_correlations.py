@@ -73,8 +73,8 @@ def dense_reference(batches, W, k):
 
 @pytest.mark.parametrize("extra", [0, 2, 64])
 @pytest.mark.parametrize("memory_mb", [1e-3, 1e-2, 1024])
-@pytest.mark.parametrize("dense_sums", [False, True])
-def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, dense_sums):
+@pytest.mark.parametrize("mode", ["compiled", "sparse", "dense"])
+def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, mode):
     W, k = 160, 5
     batches = hostile_batches(W)
     counts, ref = dense_reference(batches, W, k)
@@ -85,8 +85,8 @@ def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, dense_sum
     assert blocks[0][0] == 0 and blocks[-1][1] == W and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     parts = []
     for start, stop in blocks:
-        acc = PairSums(W, start, stop, memory_mb=1024 if dense_sums else None)
-        assert (acc.buf is not None) == dense_sums
+        acc = PairSums(W, start, stop, memory_mb=1024 if mode == "dense" else None, compiled=mode == "compiled")
+        assert (acc.buf is not None) == (mode == "dense")
         for b in batches:
             acc.update(b)
         parts.append(
@@ -120,19 +120,26 @@ def test_the_hostile_codes_exercise_every_branch():
 def test_pair_sums_merge_and_empty():
     W = 40
     batches = hostile_batches(W, n_tok=60)
-    one, a, b = PairSums(W, 0, W), PairSums(W, 0, W), PairSums(W, 0, W)
+    one, a, b = (PairSums(W, 0, W, compiled=False) for _ in range(3))
     for i, x in enumerate(batches):
         one.update(x)
         (a if i % 2 else b).update(x)
     b.merge(a)
     r1, r2 = one.result(), b.result()
     assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1]) and torch.allclose(r1[2], r2[2], rtol=1e-12)
-    dense = PairSums(W, 0, W, memory_mb=1)  # 40 × 40 float64 fits: summed in a dense buffer
+    c_one, c_a, c_b = (PairSums(W, 0, W, compiled=True) for _ in range(3))  # the compiled entries, merged too
+    for i, x in enumerate(batches):
+        c_one.update(x)
+        (c_a if i % 2 else c_b).update(x)
+    c_b.merge(c_a)
+    for r in (c_one.result(), c_b.result()):
+        assert torch.equal(r1[0], r[0]) and torch.equal(r1[1], r[1]) and torch.allclose(r1[2], r[2], rtol=1e-12)
+    dense = PairSums(W, 0, W, memory_mb=1, compiled=False)  # 40 × 40 float64 fits: summed in a dense buffer
     for x in batches:
         dense.update(x)
     r3 = dense.result()
     assert torch.equal(r1[0], r3[0]) and torch.equal(r1[1], r3[1]) and torch.allclose(r1[2], r3[2], rtol=1e-12)
-    sparse_half, dense_half = PairSums(W, 0, W), PairSums(W, 0, W, memory_mb=1)
+    sparse_half, dense_half = PairSums(W, 0, W, compiled=False), PairSums(W, 0, W, memory_mb=1, compiled=False)
     for i, x in enumerate(batches):
         (sparse_half if i % 2 else dense_half).update(x)
     dense_half.merge(sparse_half)  # dense + sparse: read out as pairs, then concatenated
@@ -231,3 +238,38 @@ def test_rank_rows_prefilter_keeps_the_exact_top_k():
         mine.sort(key=lambda i: (-float(val[i]), cols[i]))
         want = mine[:k] + [-1] * (k - len(mine[:k]))
         assert got[r].tolist() == want, r
+
+
+@pytest.mark.parametrize("width", [40, 5000])  # columns scanned from the bitmap, and sorted (few per row)
+def test_compiled_pair_sums_equal_float64_sums_in_entry_order(width):
+    """The compiled coalescing: every distinct (row, column) once, sorted by row then column, each sum the float64 sum
+    of its products in entry order (checked against a Python loop), with fractional values that round differently in
+    another order."""
+    from tempolens.stats import pair_kernels
+
+    g = torch.Generator().manual_seed(width)
+    n_tok, start, stop = 300, 3, 31
+    lat, val, pos = [], [], []
+    for t in range(n_tok):
+        ids = sorted(set(torch.randint(0, 40, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()))
+        lat += [i * (width // 40) for i in ids]
+        val += (torch.rand(len(ids), generator=g) * 3 + 1e-3).tolist()
+        pos += [t] * len(ids)
+    latent, value, gpos = torch.tensor(lat), torch.tensor(val, dtype=torch.float32), torch.tensor(pos)
+    lo, hi = start * (width // 40), stop * (width // 40)
+    keys, prods = pair_kernels.pair_entries(latent, value, gpos, lo, hi, width)
+    expect: dict[int, float] = {}
+    for t in range(n_tok):
+        at = (gpos == t).nonzero().squeeze(1).tolist()
+        for e in at:
+            if lo <= lat[e] < hi:
+                for f in at:
+                    key = lat[e] * width + lat[f]
+                    expect[key] = expect.get(key, 0.0) + float(value[e]) * float(value[f])
+    assert keys.numel() == sum(1 for _ in prods) and len(expect) <= keys.numel()
+    rows, cols, sums = pair_kernels.coalesce_pairs(keys, prods, lo, hi - lo, width)
+    order = sorted(expect)
+    assert (rows * width + cols).tolist() == order
+    assert sums.tolist() == [expect[k] for k in order]  # bit for bit: the same float64 additions in the same order
+    empty = pair_kernels.coalesce_pairs(keys[:0], prods[:0], lo, hi - lo, width)
+    assert all(x.numel() == 0 for x in empty)

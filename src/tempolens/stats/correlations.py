@@ -86,13 +86,22 @@ def pair_blocks(load: Tensor, memory_mb: float) -> list[tuple[int, int]]:
 
 class PairSums:
     """Exact co-activation sums ``S[i, j]`` of latent rows ``[start, stop)`` with every latent, only for the pairs
-    that fired together. Per shard a sparse ``Aᵀ·A`` product (``A`` = the shard's codes), accumulated in shard
-    order in float64: into a dense ``rows × width`` buffer when it fits ``memory_mb`` (no sort; its nonzeros are
-    read once at the end), else as pair keys coalesced by ``result()``. Merge = addition / concatenation."""
+    that fired together, accumulated in float64 in shard order. Compiled (numba on the CPU, the default where it
+    can run): every product ``x_i·x_j`` of a shard as a pair key (:func:`.pair_kernels.pair_entries`), coalesced once
+    by ``result()`` without a sort of the entries (:func:`.pair_kernels.coalesce_pairs`). Else per shard a sparse
+    ``Aᵀ·A`` product (``A`` = the shard's codes), into a dense ``rows × width`` buffer when it fits ``memory_mb`` (no
+    sort; its nonzeros are read once at the end), else as pair keys coalesced by ``result()``. Merge = addition /
+    concatenation."""
 
-    def __init__(self, width: int, start: int, stop: int, memory_mb: float | None = None):
+    def __init__(self, width: int, start: int, stop: int, memory_mb: float | None = None, compiled: bool | None = None):
         self.width, self.start, self.stop = int(width), int(start), int(stop)
-        dense = memory_mb is not None and (self.stop - self.start) * self.width * 8 <= memory_mb * 2**20
+        self.compiled = pair_kernels.available() if compiled is None else compiled
+        """Whether the compiled kernels gather and coalesce the pairs (``None``: where numba can run)."""
+        dense = (
+            not self.compiled
+            and memory_mb is not None
+            and (self.stop - self.start) * self.width * 8 <= memory_mb * 2**20
+        )
         self.buf = torch.zeros(self.stop - self.start, self.width, dtype=torch.float64) if dense else None
         self.keys: list[Tensor] = []
         self.vals: list[Tensor] = []
@@ -100,6 +109,12 @@ class PairSums:
     def update(self, shard: ShardLike) -> None:
         b = as_batch(shard)
         if b.latent.numel() == 0:
+            return
+        if self.compiled:
+            keys, vals = pair_kernels.pair_entries(b.latent, b.value, b.gpos, self.start, self.stop, self.width)
+            if keys.numel():
+                self.keys.append(keys)
+                self.vals.append(vals)
             return
         inv, n_tok = _token_index(b)
         rows = (b.latent >= self.start) & (b.latent < self.stop)
@@ -146,6 +161,12 @@ class PairSums:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty.clone(), torch.zeros(0, dtype=torch.float64)
         keys = torch.cat(self.keys)
+        if self.compiled:
+            vals = torch.cat(self.vals)
+            self.keys, self.vals = [], []  # the entries are freed as the sums are made
+            rows, cols, sums = pair_kernels.coalesce_pairs(keys, vals, self.start, self.stop - self.start, self.width)
+            self.keys, self.vals = [rows * self.width + cols], [sums]  # one entry per pair: the same sums again
+            return rows, cols, sums
         uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
         sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, torch.cat(self.vals))
         return uniq // self.width, uniq % self.width, sums

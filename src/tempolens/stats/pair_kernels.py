@@ -83,6 +83,181 @@ if numba is not None:
                 vals[pos], cs[pos], best[r, pos], best_p[r, pos] = v, j, e, p
         return best, best_p
 
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _pair_entries(latent: Any, value: Any, gpos: Any, start: int, stop: int, width: int) -> Any:  # pragma: no cover
+        N = latent.shape[0]
+        n = 0  # first pass: how many entries (per token: its codes in the block × all its codes)
+        a = 0
+        while a < N:
+            b = a + 1
+            while b < N and gpos[b] == gpos[a]:
+                b += 1
+            inside = 0
+            for e in range(a, b):
+                inside += 1 if start <= latent[e] < stop else 0
+            n += inside * (b - a)
+            a = b
+        keys = np.empty(n, dtype=np.int64)
+        vals = np.empty(n, dtype=np.float64)
+        q = 0
+        a = 0
+        while a < N:
+            b = a + 1
+            while b < N and gpos[b] == gpos[a]:
+                b += 1
+            for e in range(a, b):
+                i = latent[e]
+                if start <= i < stop:
+                    vi = np.float64(value[e])
+                    for f in range(a, b):
+                        keys[q] = i * width + latent[f]
+                        vals[q] = vi * np.float64(value[f])  # exact: a float64 product of two float32 values
+                        q += 1
+            a = b
+        return keys, vals
+
+    @njit(inline="always")
+    def _low_bit(word: Any, debruijn: Any) -> int:  # pragma: no cover - compiled
+        """Index of the lowest set bit of a nonzero uint64 (de Bruijn multiplication)."""
+        low = word & (~word + np.uint64(1))
+        return debruijn[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _coalesce_pairs(
+        keys: Any, vals: Any, start: int, R: int, width: int, threads: int, debruijn: Any
+    ) -> Any:  # pragma: no cover - compiled
+        N = keys.shape[0]
+        T = max(1, min(threads, N // 65536 + 1))  # a stable counting sort by row, in T slices of the entries
+        per_e = (N + T - 1) // T
+        hist = np.zeros((T, R), dtype=np.int64)
+        for t in prange(T):
+            for e in range(t * per_e, min(N, (t + 1) * per_e)):
+                hist[t, keys[e] // width - start] += 1
+        first = np.zeros(R + 1, dtype=np.int64)
+        for r in range(R):  # slice t's entries of row r follow those of slices 0 … t − 1
+            acc = first[r]
+            for t in range(T):
+                c = hist[t, r]
+                hist[t, r] = acc
+                acc += c
+            first[r + 1] = acc
+        cols = np.empty(N, dtype=np.int64)
+        sv = np.empty(N, dtype=np.float64)
+        for t in prange(T):
+            fill = hist[t]
+            for e in range(t * per_e, min(N, (t + 1) * per_e)):
+                row = keys[e] // width
+                q = fill[row - start]
+                cols[q], sv[q] = keys[e] - row * width, vals[e]
+                fill[row - start] = q + 1
+        n_words = (width + 63) // 64
+        U = max(1, min(threads, R))
+        per = (R + U - 1) // U
+        distinct = np.zeros(R, dtype=np.int64)
+        for t in prange(U):  # each row's distinct columns (a bitmap per thread)
+            bits = np.zeros(n_words, dtype=np.uint64)
+            for r in range(t * per, min(R, (t + 1) * per)):
+                m = 0
+                for q in range(first[r], first[r + 1]):
+                    w, bit = cols[q] >> 6, np.uint64(1) << np.uint64(cols[q] & 63)
+                    if not bits[w] & bit:
+                        bits[w] |= bit
+                        m += 1
+                distinct[r] = m
+                for q in range(first[r], first[r + 1]):
+                    bits[cols[q] >> 6] = 0
+        out_first = np.zeros(R + 1, dtype=np.int64)
+        for r in range(R):
+            out_first[r + 1] = out_first[r] + distinct[r]
+        M = out_first[R]
+        out_rows = np.empty(M, dtype=np.int64)
+        out_cols = np.empty(M, dtype=np.int64)
+        out_sums = np.empty(M, dtype=np.float64)
+        for t in prange(U):  # sums in entry order, emitted in column order
+            bits = np.zeros(n_words, dtype=np.uint64)
+            acc = np.zeros(width, dtype=np.float64)
+            touched = np.empty(0, dtype=np.int64)
+            for r in range(t * per, min(R, (t + 1) * per)):
+                for q in range(first[r], first[r + 1]):
+                    j = cols[q]
+                    bits[j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+                    acc[j] += sv[q]
+                o = out_first[r]
+                if 8 * distinct[r] >= n_words:  # dense enough: scan the bitmap
+                    for w in range(n_words):
+                        word = bits[w]
+                        while word:
+                            j = w * 64 + _low_bit(word, debruijn)
+                            word &= word - np.uint64(1)
+                            out_rows[o], out_cols[o], out_sums[o] = r + start, j, acc[j]
+                            acc[j] = 0.0
+                            o += 1
+                        bits[w] = 0
+                else:  # a few columns: sort them
+                    if touched.shape[0] < distinct[r]:
+                        touched = np.empty(2 * distinct[r], dtype=np.int64)
+                    m = 0
+                    for q in range(first[r], first[r + 1]):
+                        j = cols[q]
+                        w, bit = j >> 6, np.uint64(1) << np.uint64(j & 63)
+                        if bits[w] & bit:
+                            bits[w] &= ~bit
+                            touched[m] = j
+                            m += 1
+                    srt = np.sort(touched[:m])
+                    for x in range(m):
+                        j = srt[x]
+                        out_rows[o], out_cols[o], out_sums[o] = r + start, j, acc[j]
+                        acc[j] = 0.0
+                        o += 1
+        return out_rows, out_cols, out_sums
+
+
+def _debruijn_table() -> np.ndarray:
+    """``table[(b · 0x03F79D71B4CB0A89 mod 2⁶⁴) >> 58] = i`` for ``b = 2ⁱ``: a lowest set bit's index by a multiply."""
+    table = np.zeros(64, dtype=np.int64)
+    for i in range(64):
+        table[((1 << i) * 0x03F79D71B4CB0A89 % 2**64) >> 58] = i
+    return table
+
+
+_DEBRUIJN = _debruijn_table()
+
+
+def pair_entries(
+    latent: Tensor, value: Tensor, gpos: Tensor, start: int, stop: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """``(keys, products)`` of every co-activation of a batch's codes (token-major: each token's codes consecutive,
+    ``gpos`` its position) whose first latent lies in ``[start, stop)``: per token, each of its codes in the block with
+    each of its codes, itself included, in token order; ``key = i · width + j``, ``product = x_i · x_j`` in float64
+    (exact). Nothing is coalesced."""
+    keys, vals = _pair_entries(
+        latent.to(torch.int64).contiguous().numpy(),
+        value.to(torch.float32).contiguous().numpy(),
+        gpos.to(torch.int64).contiguous().numpy(),
+        int(start),
+        int(stop),
+        int(width),
+    )
+    return torch.from_numpy(keys), torch.from_numpy(vals)
+
+
+def coalesce_pairs(keys: Tensor, vals: Tensor, start: int, R: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, cols, sums)`` of the distinct keys ``row · width + col`` (rows in ``[start, start + R)``), sorted by row
+    then column, each sum taken in float64 in the entries' order: a counting sort by row and, per row, a dense
+    accumulator with a bitmap of its columns (no sort of the entries)."""
+    match_torch_threads()
+    rows, cols, sums = _coalesce_pairs(
+        keys.to(torch.int64).contiguous().numpy(),
+        vals.to(torch.float64).contiguous().numpy(),
+        int(start),
+        int(R),
+        int(width),
+        numba.get_num_threads(),
+        _DEBRUIJN,
+    )
+    return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(sums)
+
 
 def rank_pairs(
     rows: Tensor, cols: Tensor, sxy: Tensor, n: float, sx: Tensor, inv_std: Tensor, start: int, R: int, k: int
