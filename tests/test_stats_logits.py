@@ -299,9 +299,10 @@ def test_counts_of_bfloat16_values_give_the_histogram_and_extremes_of_one_read(V
         logit_kernels.extremes_and_counts(Xf, 256, table)
 
 
-@pytest.mark.parametrize("V", [5000, 8192])  # a tail shorter than a column group, and none
+@pytest.mark.parametrize("V", [5000, 8192, 70000])  # a tail shorter than a column group, none; the counts table
 def test_compiled_bf16_route_equals_the_torch_route(monkeypatch, V):
-    """The whole bf16 route with the compiled histogram and candidate scan gives exactly the torch route's output."""
+    """The whole bf16 route with the compiled passes (extremes with the values' counts, fused exact ends, histogram)
+    gives exactly the torch route's output."""
     g = torch.Generator().manual_seed(V + 1)
     W_dec, W_U = torch.randn(300, 64, generator=g), torch.randn(V, 64, generator=g)
     W_U[:, 0] *= 5
@@ -352,3 +353,35 @@ def test_background_job_caches_before_the_last_rows_are_ready_and_can_be_cancell
     assert not slow._thread.is_alive() and not slow.complete
     with pytest.raises(RuntimeError, match="cancelled"):
         slow.wait(4000)
+
+
+def test_fused_exact_ends_equal_the_torch_ends_and_flag_non_finite_rows():
+    """exact_ends gives, row by row, what _exact_end gives in torch (ids and values, ties by id included); a row whose
+    logits hold a NaN is flagged (not ok) and the others are unaffected."""
+    from tempolens.bf16 import OUTPUT_ROUND, input_slack
+    from tempolens.stats import logit_kernels
+    from tempolens.stats.logits import _Bf16Vocab, _exact_end
+
+    g = torch.Generator().manual_seed(11)
+    V, d, k = 6000, 48, 10
+    U = torch.randn(V, d, generator=g)
+    U[-4:] = U[:4]  # duplicate tokens: equal exact values, ranked by id
+    w = torch.randn(9, d, generator=g)
+    w[3] = 0.0  # every logit 0: the k lowest ids at both ends
+    vocab = _Bf16Vocab.of(U)
+    X = torch.mm(w.to(torch.bfloat16), vocab.UbT)
+    X[5, 100] = float("nan")
+    gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
+    a = input_slack(w)
+    tv, ti, bv, bi, ok = logit_kernels.exact_ends(
+        X, U, w, OUTPUT_ROUND, a, vocab.norms, vocab.group_norms, gmax, gmin, k, 256
+    )
+    assert ok.tolist() == [i != 5 for i in range(9)]
+    fine = ok.nonzero().squeeze(1)
+    rv, ri = _exact_end(w[fine], U, X[fine], vocab, k, gmax[fine], largest=True)
+    assert torch.equal(ti[fine], ri) and torch.equal(tv[fine], rv)
+    rv, ri = _exact_end(w[fine], U, X[fine], vocab, k, gmin[fine], largest=False)
+    assert torch.equal(bi[fine], ri) and torch.equal(bv[fine], rv)
+    assert ti[3].tolist() == list(range(k)) and bi[3].tolist() == list(range(k))
+    with pytest.raises(ValueError, match="bfloat16"):
+        logit_kernels.exact_ends(X.float(), U, w, OUTPUT_ROUND, a, vocab.norms, vocab.group_norms, gmax, gmin, k, 256)

@@ -49,6 +49,7 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 if numba is not None:
+    from tempolens.bf16 import dot64
 
     @njit(inline="always", nogil=True, boundscheck=False)
     def _load(row: Any, c0: int, n: int, bits: bool, out: Any) -> None:  # pragma: no cover - compiled
@@ -230,6 +231,153 @@ if numba is not None:
             _scan_row(X[b], bits, sign, r, gy[b], slack[b], tail_slack[b], bound[b], group, cols, offsets[b], vals)
             rows[offsets[b] : offsets[b + 1]] = b
         return rows, cols
+
+    @njit(inline="always")
+    def _ahead(key: Any, col: Any, key2: Any, col2: Any) -> bool:  # pragma: no cover - compiled
+        return key > key2 or (key == key2 and col < col2)
+
+    @njit(nogil=True, boundscheck=False)
+    def _one_end(
+        row: Any,
+        U: Any,
+        w: Any,
+        sign: Any,
+        r: Any,
+        a: Any,
+        norms: Any,
+        group_norms: Any,
+        gx: Any,
+        k: int,
+        group: int,
+        vals: Any,
+        out_v: Any,
+        out_i: Any,
+    ) -> bool:  # pragma: no cover - compiled
+        """One end of one row (the torch :func:`tempolens.stats.logits._exact_end`, fused): ``False`` when a value is
+        not finite or the row has fewer than ``k`` tokens (the caller redoes the row)."""
+        V = row.shape[0]
+        n_groups = gx.shape[0]
+        n_full = V // group
+        kg = min(k, n_groups)
+        gv = np.full(kg, -np.inf, dtype=np.float32)  # the kg groups with the largest Y = sign · group extreme
+        gi = np.full(kg, -1, dtype=np.int64)
+        for g in range(n_groups):
+            y = sign * gx[g]
+            if y != y:
+                return False
+            if gi[kg - 1] < 0 or y > gv[kg - 1]:
+                p = kg - 1
+                while p > 0 and (gi[p - 1] < 0 or y > gv[p - 1]):
+                    gv[p], gi[p] = gv[p - 1], gi[p - 1]
+                    p -= 1
+                gv[p], gi[p] = y, g
+        ty = np.full(k, -np.inf, dtype=np.float32)  # the k largest Y in those groups
+        tc = np.full(k, -1, dtype=np.int64)
+        m = 0
+        for q in range(kg):
+            c0 = gi[q] * group
+            n = min(group, V - c0)
+            _load(row, c0, n, True, vals)
+            for t in range(n):
+                y = sign * vals[t]
+                if m < k:
+                    p = m
+                    m += 1
+                elif y > ty[k - 1]:
+                    p = k - 1
+                else:
+                    continue
+                while p > 0 and y > ty[p - 1]:
+                    ty[p], tc[p] = ty[p - 1], tc[p - 1]
+                    p -= 1
+                ty[p], tc[p] = y, c0 + t
+        if m < k:
+            return False
+        bound = np.float32(np.inf)  # L: at most the exact k-th value (float32, as the torch reference)
+        for i in range(k):
+            bound = min(bound, ty[i] - r * abs(ty[i]) - a * norms[tc[i]])
+        if not np.isfinite(bound):
+            return False
+        gy = np.empty(n_full, dtype=np.float32)
+        slack = np.empty(n_full, dtype=np.float32)
+        for g in range(n_full):
+            gy[g] = sign * gx[g]
+            slack[g] = a * group_norms[g]
+        tail = np.empty(V - n_full * group, dtype=np.float32)
+        for t in range(tail.shape[0]):
+            tail[t] = a * norms[n_full * group + t]
+        none = np.empty(0, dtype=np.int64)
+        n = _scan_row(row, True, sign, r, gy, slack, tail, bound, group, none, 0, vals)
+        cand = np.empty(n, dtype=np.int64)
+        _scan_row(row, True, sign, r, gy, slack, tail, bound, group, cand, 0, vals)
+        bk = np.empty(k, dtype=np.float32)  # ranked by sign · exact value, then token id
+        m = 0
+        for q in range(n):
+            c = cand[q]
+            v = np.float32(dot64(U[c], w))
+            if v != v:
+                return False
+            key = sign * v
+            if m < k:
+                p = m
+                m += 1
+            elif _ahead(key, c, bk[k - 1], out_i[k - 1]):
+                p = k - 1
+            else:
+                continue
+            while p > 0 and _ahead(key, c, bk[p - 1], out_i[p - 1]):
+                bk[p], out_v[p], out_i[p] = bk[p - 1], out_v[p - 1], out_i[p - 1]
+                p -= 1
+            bk[p], out_v[p], out_i[p] = key, v, c
+        return m == k
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _exact_ends(
+        X: Any, U: Any, w: Any, r: Any, a: Any, norms: Any, group_norms: Any, gmax: Any, gmin: Any, k: int, group: int
+    ) -> Any:  # pragma: no cover - compiled
+        B, V = X.shape
+        tv = np.zeros((B, k), dtype=np.float32)
+        ti = np.zeros((B, k), dtype=np.int64)
+        bv = np.zeros((B, k), dtype=np.float32)
+        bi = np.zeros((B, k), dtype=np.int64)
+        ok = np.zeros(B, dtype=np.bool_)
+        one, minus = np.float32(1.0), np.float32(-1.0)
+        for b in prange(B):
+            vals = np.empty(max(group, V % group), dtype=np.float32)
+            top = _one_end(X[b], U, w[b], one, r, a[b], norms, group_norms, gmax[b], k, group, vals, tv[b], ti[b])
+            bot = _one_end(X[b], U, w[b], minus, r, a[b], norms, group_norms, gmin[b], k, group, vals, bv[b], bi[b])
+            ok[b] = top and bot
+        return tv, ti, bv, bi, ok
+
+
+def exact_ends(
+    X: Tensor,
+    U: Tensor,
+    w: Tensor,
+    r: float,
+    a: Tensor,
+    norms: Tensor,
+    group_norms: Tensor,
+    gmax: Tensor,
+    gmin: Tensor,
+    k: int,
+    group: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(top values, top ids, bottom values, bottom ids, ok)``: both exact ends of every row of the bfloat16 logits
+    ``X [B, V]`` of ``w [B, d]`` through ``U [V, d]``, in one compiled pass per row: what
+    :func:`tempolens.stats.logits._exact_end` computes in torch (the same float32 bound and candidate tests, the same
+    float64 dot products, ranked by value then token id), without its whole-block gathers and sorts. ``a [B]``: each
+    row's input slack; ``norms [V]``, ``group_norms``: the tokens' norms and each column group's largest;
+    ``gmax``/``gmin``: the group extremes of ``X``. Rows with ``ok`` false (a non-finite value) hold no answer."""
+    if X.dtype != torch.bfloat16:
+        raise ValueError("exact_ends reads bfloat16 logits")
+    match_torch_threads()
+    data, _ = _logits(X)
+    U_, w_, a_, norms_, gn_, gmax_, gmin_ = (
+        float32_numpy(t) for t in (U, w, a.reshape(-1), norms, group_norms, gmax, gmin)
+    )
+    tv, ti, bv, bi, ok = _exact_ends(data, U_, w_, np.float32(r), a_, norms_, gn_, gmax_, gmin_, int(k), int(group))
+    return torch.from_numpy(tv), torch.from_numpy(ti), torch.from_numpy(bv), torch.from_numpy(bi), torch.from_numpy(ok)
 
 
 def histogram_rows(X: Tensor, lo: Tensor, scale: Tensor, n_bins: int) -> Tensor:

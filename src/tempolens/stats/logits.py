@@ -320,8 +320,17 @@ def _block_bf16(
         gmax, gmin = logit_kernels.extremes_and_counts(X, vocab.group, table)
     else:
         gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
-    tv, ti = _exact_end(w, U, X, vocab, k, gmax, largest=True)
-    bv, bi = _exact_end(w, U, X, vocab, k, gmin, largest=False)
+    if buf is None:  # both ends of each row in one compiled pass; rows it cannot take (non-finite) in torch
+        args = (OUTPUT_ROUND, input_slack(w), vocab.norms, vocab.group_norms, gmax, gmin, k, vocab.group)
+        tv, ti, bv, bi, ok = logit_kernels.exact_ends(X, U, w, *args)
+        if not bool(ok.all()):
+            redo = (~ok).nonzero().squeeze(1)
+            Xr, wr = X[redo], w[redo]
+            tv[redo], ti[redo] = _exact_end(wr, U, Xr, vocab, k, gmax[redo], largest=True)
+            bv[redo], bi[redo] = _exact_end(wr, U, Xr, vocab, k, gmin[redo], largest=False)
+    else:
+        tv, ti = _exact_end(w, U, X, vocab, k, gmax, largest=True)
+        bv, bi = _exact_end(w, U, X, vocab, k, gmin, largest=False)
     lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
     if buf is None and table is not None:
         counts = logit_kernels.histogram_of_counts(table[:B], lo, bin_scale(lo, hi, n_bins), n_bins)
