@@ -8,7 +8,8 @@ Most pairs never fire together (``S_ij = 0``); their ``r_ij = −a_i·a_j`` with
 positive). So the top of row ``i`` lies among its co-active partners and, from the latents it never fired with,
 those with the smallest ``a_j``: one short list shared by every row. Nothing ``width × width`` is ever held:
 the sums exist only for pairs that fired together (:class:`PairSums`), in blocks of rows sized by how many
-such pairs they can produce (:func:`pair_blocks`), one pass over the store per block.
+such pairs they can produce (:func:`pair_blocks`), one pass over the store per block. On the CPU with numba the
+sums are float64 sums of the exact float64 products, coalesced without a sort (:mod:`.pair_kernels`).
 
 Ranking follows the dense definition: values computed in float64 in the dense order of operations, ranked in
 float32, ties broken by the lower index; the reported Pearson is the float64 value. The one approximation: among

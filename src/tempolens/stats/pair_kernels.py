@@ -1,5 +1,12 @@
-"""Compiled CPU kernel (numba) for the ranking of the correlated latents: per row of a block, the ``k`` largest
-Pearson values over the pairs that fired together (and the never-co-active candidates), from one pass over them.
+"""Compiled CPU kernels (numba) for the correlated latents: the co-activation sums of the pairs that fired together
+(:func:`pair_entries`, :func:`coalesce_pairs`), and their ranking: per row of a block, the ``k`` largest Pearson values
+over those pairs (and the never-co-active candidates), from one pass over them.
+
+The sums: each shard's products ``x_i·x_j`` (exact in float64) are kept as pair keys; at the end a counting sort by
+row and, per row, a float64 accumulator over the width with a bitmap of the columns it touched give each pair's sum in
+the entries' order, emitted in column order. No sort of the tens of millions of entries (torch's ``unique``), no dense
+``rows × width`` buffer (0.7–1 GB at 16,384 latents). At 16,384 latents × 32,768 tokens (33M entries in two blocks):
+1.8 → 1.5 s for the sums.
 
 The torch reference in :mod:`tempolens.stats.correlations` gathers four float64 columns per pair, computes every
 Pearson value, and ranks them with ``k`` rounds of scatter reductions: at 16,384 latents × 32,768 tokens that is tens
