@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from tempolens.stats.accumulators import CodeBatch, CountsAccumulator
-from tempolens.stats.correlations import PairLoad, PairSums, correlations_from_pairs, pair_blocks, shortlist
+from tempolens.stats.correlations import (
+    PairLoad,
+    PairSums,
+    correlations_from_pairs,
+    correlations_of_sums,
+    pair_blocks,
+    shortlist,
+)
 
 
 def hostile_batches(W: int = 160, n_tok: int = 400, seed: int = 0) -> list[CodeBatch]:
@@ -73,7 +80,7 @@ def dense_reference(batches, W, k):
 
 @pytest.mark.parametrize("extra", [0, 2, 64])
 @pytest.mark.parametrize("memory_mb", [1e-3, 1e-2, 1024])
-@pytest.mark.parametrize("mode", ["compiled", "sparse", "dense"])
+@pytest.mark.parametrize("mode", ["fused", "compiled", "sparse", "dense"])
 def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, mode):
     W, k = 160, 5
     batches = hostile_batches(W)
@@ -85,15 +92,16 @@ def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, mode):
     assert blocks[0][0] == 0 and blocks[-1][1] == W and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     parts = []
     for start, stop in blocks:
-        acc = PairSums(W, start, stop, memory_mb=1024 if mode == "dense" else None, compiled=mode == "compiled")
+        compiled = mode in ("fused", "compiled")
+        acc = PairSums(W, start, stop, memory_mb=1024 if mode == "dense" else None, compiled=compiled)
         assert (acc.buf is not None) == (mode == "dense")
         for b in batches:
             acc.update(b)
-        parts.append(
-            correlations_from_pairs(
-                acc.result(), start, stop, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, k, extra
-            )
-        )
+        moments = (counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, k, extra)
+        if mode == "fused":  # ranked straight from the entries
+            parts.append(correlations_of_sums(acc, *moments))
+        else:
+            parts.append(correlations_from_pairs(acc.result(), start, stop, *moments))
     got = {key: torch.cat([p[key] for p in parts]) for key in ("indices", "pearson", "cosine")}
     assert torch.equal(got["indices"], ref["indices"])
     assert torch.allclose(got["pearson"], ref["pearson"], atol=1e-6, rtol=0)

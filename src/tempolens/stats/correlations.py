@@ -224,6 +224,17 @@ def _kth_lower_bound(rows: Tensor, cols: Tensor, val32: Tensor, R: int, k: int) 
     return top.view(R, k).amin(1)  # −inf when a bucket is empty: keeps the whole row
 
 
+def _moments(
+    n_tokens: int, sum_x: Tensor, sum_sq: Tensor, n_active: Tensor
+) -> tuple[float, Tensor, Tensor, Tensor, Tensor]:
+    """``(n, Sx, Sxx, 1/σ, alive)`` in float64 (``1/σ = 0`` for a constant latent)."""
+    n = float(max(n_tokens, 1))
+    sx, sxx = sum_x.to(torch.float64), sum_sq.to(torch.float64)
+    var = (n * sxx - sx * sx).clamp(min=0)
+    inv_std = torch.where(var > 0, 1.0 / torch.sqrt(var.clamp(min=1e-300)), torch.zeros_like(var))
+    return n, sx, sxx, inv_std, n_active > 0
+
+
 def correlations_from_pairs(
     pairs: tuple[Tensor, Tensor, Tensor],
     start: int,
@@ -240,11 +251,7 @@ def correlations_from_pairs(
     listed; a dead row gets no entries (index −1). Equal to ranking the dense ``R × width`` matrix."""
     rows, cols, sxy = pairs
     W, R, kk = sum_x.numel(), stop - start, min(k, sum_x.numel())
-    n = float(max(n_tokens, 1))
-    sx, sxx = sum_x.to(torch.float64), sum_sq.to(torch.float64)
-    var = (n * sxx - sx * sx).clamp(min=0)
-    inv_std = torch.where(var > 0, 1.0 / torch.sqrt(var.clamp(min=1e-300)), torch.zeros_like(var))
-    alive = n_active > 0
+    n, sx, sxx, inv_std, alive = _moments(n_tokens, sum_x, sum_sq, n_active)
     keep = (rows != cols) & alive[cols]
     rows, cols, sxy = rows[keep], cols[keep], sxy[keep]
     # never-co-active candidates: one shared list, each row minus itself and its co-active partners
@@ -270,10 +277,51 @@ def correlations_from_pairs(
     # a sentinel at the end stands for "no entry" (best = −1), so this also works when no row has any candidate
     at = torch.where(best >= 0, best, torch.full_like(best, all_cols.numel()))
     idx = torch.cat([all_cols, torch.tensor([-1], dtype=all_cols.dtype)])[at]
-    val = best_p  # 0 where a row has no entry
     cos_s = torch.cat([all_s, torch.zeros(1, dtype=torch.float64)])[at]
+    ranked = (idx, best_p, cos_s)  # best_p: 0 where a row has no entry
+    return _finish(ranked, short_rows, (rows, cols, sxy), start, stop, n, sx, sxx, inv_std, alive, kk)
+
+
+def correlations_of_sums(
+    sums: PairSums, n_tokens: int, sum_x: Tensor, sum_sq: Tensor, n_active: Tensor, k: int, extra: int = SHORTLIST_EXTRA
+) -> dict[str, Tensor]:
+    """:func:`correlations_from_pairs` of ``sums``' rows; with the compiled sums, coalesced and ranked in one pass per
+    row (:func:`.pair_kernels.rank_entries`: no array of every pair, no search for the shortlist's clashes), which
+    gives the same lists and values."""
+    start, stop = sums.start, sums.stop
+    if not sums.compiled:
+        return correlations_from_pairs(sums.result(), start, stop, n_tokens, sum_x, sum_sq, n_active, k, extra)
+    kk = min(k, sum_x.numel())
+    n, sx, sxx, inv_std, alive = _moments(n_tokens, sum_x, sum_sq, n_active)
+    short = shortlist(sx * inv_std, alive, kk, extra)
+    keys = torch.cat(sums.keys) if sums.keys else torch.zeros(0, dtype=torch.int64)
+    vals = torch.cat(sums.vals) if sums.vals else torch.zeros(0, dtype=torch.float64)
+    idx, val, cos_s, short_rows, full_pairs = pair_kernels.rank_entries(
+        keys, vals, start, stop - start, sum_x.numel(), n, sx, inv_std, alive, short, kk
+    )
+    return _finish((idx, val, cos_s), short_rows, full_pairs, start, stop, n, sx, sxx, inv_std, alive, kk)
+
+
+def _finish(
+    ranked: tuple[Tensor, Tensor, Tensor],
+    short_rows: Tensor,
+    pairs: tuple[Tensor, Tensor, Tensor],
+    start: int,
+    stop: int,
+    n: float,
+    sx: Tensor,
+    sxx: Tensor,
+    inv_std: Tensor,
+    alive: Tensor,
+    k: int,
+) -> dict[str, Tensor]:
+    """The lists of rows ``[start, stop)`` from each row's ranked ``(indices, Pearson, S_ij)`` (−1 / 0 / 0 where a row
+    has fewer), the ``short_rows`` ranked over every latent instead (from ``pairs``: at least their co-active pairs,
+    self and dead partners excluded), dead rows emptied, and the cosine similarities."""
+    idx, val, cos_s = ranked
+    rows, cols, sxy = pairs
     for r in short_rows.nonzero().squeeze(1).tolist():
-        idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, kk)
+        idx[r], val[r], cos_s[r] = _dense_row(start + r, rows, cols, sxy, n, sx, inv_std, alive, k)
     valid = (idx >= 0) & alive[start:stop].unsqueeze(1)
     safe = idx.clamp(min=0)
     den = torch.sqrt(sxx[start:stop].unsqueeze(1) * sxx[safe])

@@ -34,7 +34,7 @@ from tempolens.stats.accumulators import (
     TopKAccumulator,
     bin_edges,
 )
-from tempolens.stats.correlations import PairLoad, PairSums, correlations_from_pairs, pair_blocks
+from tempolens.stats.correlations import PairLoad, PairSums, correlations_of_sums, pair_blocks
 from tempolens.store.codestore import CodeStore, Shard, StoreError
 
 STATS_VERSION = 1
@@ -429,9 +429,7 @@ def _correlations(
         assert coact is not None
         coact = _merge_ranks(reader.dist, coact)  # every rank's pairs, in rank order
         corr_parts.append(
-            correlations_from_pairs(
-                coact.result(), start, stop, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated
-            )
+            correlations_of_sums(coact, counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, n_correlated)
         )
         coact = None
     if corr_parts:

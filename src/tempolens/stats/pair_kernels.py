@@ -130,11 +130,11 @@ if numba is not None:
         return debruijn[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
 
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-    def _coalesce_pairs(
-        keys: Any, vals: Any, start: int, R: int, width: int, threads: int, debruijn: Any
-    ) -> Any:  # pragma: no cover - compiled
+    def _by_row(keys: Any, vals: Any, start: int, R: int, width: int, threads: int) -> Any:  # pragma: no cover
+        """``(first [R + 1], cols, values)``: the entries grouped by row, each row's in entry order (a stable counting
+        sort, in ``threads`` slices of the entries)."""
         N = keys.shape[0]
-        T = max(1, min(threads, N // 65536 + 1))  # a stable counting sort by row, in T slices of the entries
+        T = max(1, min(threads, N // 65536 + 1))
         per_e = (N + T - 1) // T
         hist = np.zeros((T, R), dtype=np.int64)
         for t in prange(T):
@@ -157,6 +157,13 @@ if numba is not None:
                 q = fill[row - start]
                 cols[q], sv[q] = keys[e] - row * width, vals[e]
                 fill[row - start] = q + 1
+        return first, cols, sv
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _coalesce_pairs(
+        keys: Any, vals: Any, start: int, R: int, width: int, threads: int, debruijn: Any
+    ) -> Any:  # pragma: no cover - compiled
+        first, cols, sv = _by_row(keys, vals, start, R, width, threads)
         n_words = (width + 63) // 64
         U = max(1, min(threads, R))
         per = (R + U - 1) // U
@@ -218,6 +225,166 @@ if numba is not None:
                         acc[j] = 0.0
                         o += 1
         return out_rows, out_cols, out_sums
+
+    @njit(inline="always")
+    def _keep_best(p: Any, j: Any, sxy: Any, m: int, k: int, vals: Any, best: Any, best_p: Any, best_s: Any) -> int:
+        """Insert ``(Pearson p, column j, S_ij)`` into a row's top ``k`` (float32 value, then the lower column);
+        returns the row's new length."""  # pragma: no cover - compiled
+        v = np.float32(p)
+        if not np.isfinite(v):
+            return m
+        if m < k:
+            pos = m
+            m += 1
+        elif _better(v, j, vals[k - 1], best[k - 1]):
+            pos = k - 1
+        else:
+            return m
+        while pos > 0 and _better(v, j, vals[pos - 1], best[pos - 1]):
+            vals[pos], best[pos], best_p[pos], best_s[pos] = (
+                vals[pos - 1],
+                best[pos - 1],
+                best_p[pos - 1],
+                best_s[pos - 1],
+            )
+            pos -= 1
+        vals[pos], best[pos], best_p[pos], best_s[pos] = v, j, p, sxy
+        return m
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _rank_entries(
+        keys: Any,
+        vals: Any,
+        start: int,
+        R: int,
+        width: int,
+        threads: int,
+        n: float,
+        sx: Any,
+        inv: Any,
+        alive: Any,
+        short: Any,
+        k: int,
+        partial: bool,
+    ) -> Any:  # pragma: no cover - compiled
+        first, cols, sv = _by_row(keys, vals, start, R, width, threads)
+        best = np.full((R, k), -1, dtype=np.int64)
+        best_p = np.zeros((R, k), dtype=np.float64)
+        best_s = np.zeros((R, k), dtype=np.float64)
+        flagged = np.zeros(R, dtype=np.bool_)
+        distinct = np.zeros(R, dtype=np.int64)
+        n_words = (width + 63) // 64
+        U = max(1, min(threads, R))
+        per = (R + U - 1) // U
+        for t in prange(U):
+            bits = np.zeros(n_words, dtype=np.uint64)
+            acc = np.zeros(width, dtype=np.float64)
+            v32 = np.empty(k, dtype=np.float32)
+            for r in range(t * per, min(R, (t + 1) * per)):
+                i = r + start
+                for q in range(first[r], first[r + 1]):  # the row's sums, in entry order
+                    j = cols[q]
+                    bits[j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+                    acc[j] += sv[q]
+                m = 0
+                fresh = 0
+                for c in short:  # never co-active (S = 0): the shared list, less the row and its partners
+                    if c == i or bits[c >> 6] & (np.uint64(1) << np.uint64(c & 63)):
+                        continue
+                    fresh += 1
+                    m = _keep_best(
+                        ((0.0 * n - sx[i] * sx[c]) * inv[i]) * inv[c], c, 0.0, m, k, v32, best[r], best_p[r], best_s[r]
+                    )
+                d = 0
+                for q in range(first[r], first[r + 1]):  # each partner once: its bit is cleared when it is ranked
+                    j = cols[q]
+                    w, bit = j >> 6, np.uint64(1) << np.uint64(j & 63)
+                    if not bits[w] & bit:
+                        continue
+                    bits[w] &= ~bit
+                    d += 1
+                    sxy = acc[j]
+                    acc[j] = 0.0
+                    if j != i and alive[j]:
+                        m = _keep_best(
+                            ((sxy * n - sx[i] * sx[j]) * inv[i]) * inv[j],
+                            j,
+                            sxy,
+                            m,
+                            k,
+                            v32,
+                            best[r],
+                            best_p[r],
+                            best_s[r],
+                        )
+                distinct[r] = d
+                flagged[r] = alive[i] and ((fresh < k and partial) or inv[i] == 0)
+        n_out = 0  # the rows ranked over every latent by the caller get their pairs
+        for r in range(R):
+            if flagged[r]:
+                n_out += distinct[r]
+        f_rows = np.empty(n_out, dtype=np.int64)
+        f_cols = np.empty(n_out, dtype=np.int64)
+        f_sums = np.empty(n_out, dtype=np.float64)
+        acc = np.zeros(width, dtype=np.float64)
+        seen = np.zeros(width, dtype=np.bool_)
+        o = 0
+        for r in range(R):
+            if not flagged[r]:
+                continue
+            for q in range(first[r], first[r + 1]):
+                acc[cols[q]] += sv[q]
+            for q in range(first[r], first[r + 1]):
+                j = cols[q]
+                if not seen[j]:
+                    seen[j] = True
+                    f_rows[o], f_cols[o], f_sums[o] = r + start, j, acc[j]
+                    o += 1
+            for q in range(first[r], first[r + 1]):
+                acc[cols[q]] = 0.0
+                seen[cols[q]] = False
+        return best, best_p, best_s, flagged, f_rows, f_cols, f_sums
+
+
+def rank_entries(
+    keys: Tensor,
+    vals: Tensor,
+    start: int,
+    R: int,
+    width: int,
+    n: float,
+    sx: Tensor,
+    inv_std: Tensor,
+    alive: Tensor,
+    short: Tensor,
+    k: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The ranking of :func:`tempolens.stats.correlations.correlations_from_pairs`, straight from the uncoalesced
+    entries of :func:`pair_entries` (keys ``row · width + col``, rows ``start … start + R − 1``): per row its pair sums
+    (as :func:`coalesce_pairs` makes them), Pearson over its co-active partners (self and dead latents left out) and
+    over the ``short`` list's latents it never fired with (``S = 0``), the ``k`` best kept as :func:`rank_pairs` keeps
+    them. Returns ``(indices [R, k], Pearson [R, k], S_ij [R, k], flagged [R], pairs)``: −1 / 0 / 0 where a row has
+    fewer; ``flagged``: alive rows to rank over every latent instead (fewer than ``k`` of the list left when it does
+    not hold every alive latent, or a constant latent), with their coalesced ``pairs`` ``(rows, cols, sums)``."""
+    match_torch_threads()
+    f64 = torch.float64
+    out = _rank_entries(
+        keys.to(torch.int64).contiguous().numpy(),
+        vals.to(f64).contiguous().numpy(),
+        int(start),
+        int(R),
+        int(width),
+        numba.get_num_threads(),
+        float(n),
+        sx.to(f64).contiguous().numpy(),
+        inv_std.to(f64).contiguous().numpy(),
+        alive.to(torch.bool).contiguous().numpy(),
+        short.to(torch.int64).contiguous().numpy(),
+        int(k),
+        bool(short.numel() < int(alive.sum())),
+    )
+    best, best_p, best_s, flagged, f_rows, f_cols, f_sums = (torch.from_numpy(x) for x in out)
+    return best, best_p, best_s, flagged, (f_rows, f_cols, f_sums)
 
 
 def _debruijn_table() -> np.ndarray:
