@@ -80,7 +80,7 @@ def dense_reference(batches, W, k):
 
 @pytest.mark.parametrize("extra", [0, 2, 64])
 @pytest.mark.parametrize("memory_mb", [1e-3, 1e-2, 1024])
-@pytest.mark.parametrize("mode", ["fused", "compiled", "sparse", "dense"])
+@pytest.mark.parametrize("mode", ["fused", "compiled", "dense-compiled", "sparse", "dense"])
 def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, mode):
     W, k = 160, 5
     batches = hostile_batches(W)
@@ -92,9 +92,10 @@ def test_sparse_correlations_equal_the_dense_ranking(extra, memory_mb, mode):
     assert blocks[0][0] == 0 and blocks[-1][1] == W and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     parts = []
     for start, stop in blocks:
-        compiled = mode in ("fused", "compiled")
-        acc = PairSums(W, start, stop, memory_mb=1024 if mode == "dense" else None, compiled=compiled)
-        assert (acc.buf is not None) == (mode == "dense")
+        compiled = mode in ("fused", "compiled", "dense-compiled")
+        dense = mode.startswith("dense")
+        acc = PairSums(W, start, stop, memory_mb=1024 if dense else None, compiled=compiled, entries=10**9)
+        assert (acc.buf is not None) == dense
         for b in batches:
             acc.update(b)
         moments = (counts.n_tokens, counts.sum, counts.sum_sq, counts.n_active, k, extra)
@@ -281,3 +282,29 @@ def test_compiled_pair_sums_equal_float64_sums_in_entry_order(width):
     assert sums.tolist() == [expect[k] for k in order]  # bit for bit: the same float64 additions in the same order
     empty = pair_kernels.coalesce_pairs(keys[:0], prods[:0], lo, hi - lo, width)
     assert all(x.numel() == 0 for x in empty)
+
+
+def test_compiled_dense_and_entry_sums_are_the_same_sums():
+    """Compiled, the dense buffer (narrow SAEs: smaller than the entries) and the coalesced entries hold bit-identical
+    float64 sums; the form follows the sizes."""
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for part in range(2):
+        gpos = torch.arange(200).repeat_interleave(6) + 200 * part
+        batches.append(
+            CodeBatch(
+                latent=torch.stack([torch.randperm(30, generator=g)[:6] for _ in range(200)]).reshape(-1),
+                value=torch.rand(1200, generator=g) + 0.01,
+                gpos=gpos,
+                n_tokens=200,
+            )
+        )
+    dense = PairSums(30, 2, 25, memory_mb=1, compiled=True, entries=10**6)
+    entries = PairSums(30, 2, 25, memory_mb=1, compiled=True, entries=10)  # the buffer would be the larger form
+    assert dense.buf is not None and entries.buf is None
+    assert PairSums(30, 2, 25, memory_mb=1, compiled=True).buf is None  # entries unknown: the entries form
+    for b in batches:
+        dense.update(b)
+        entries.update(b)
+    (r1, c1, s1), (r2, c2, s2) = dense.result(), entries.result()
+    assert torch.equal(r1, r2) and torch.equal(c1, c2) and torch.equal(s1, s2)

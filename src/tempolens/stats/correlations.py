@@ -87,22 +87,31 @@ def pair_blocks(load: Tensor, memory_mb: float) -> list[tuple[int, int]]:
 
 class PairSums:
     """Exact co-activation sums ``S[i, j]`` of latent rows ``[start, stop)`` with every latent, only for the pairs
-    that fired together, accumulated in float64 in shard order. Compiled (numba on the CPU, the default where it
-    can run): every product ``x_i·x_j`` of a shard as a pair key (:func:`.pair_kernels.pair_entries`), coalesced once
-    by ``result()`` without a sort of the entries (:func:`.pair_kernels.coalesce_pairs`). Else per shard a sparse
-    ``Aᵀ·A`` product (``A`` = the shard's codes), into a dense ``rows × width`` buffer when it fits ``memory_mb`` (no
-    sort; its nonzeros are read once at the end), else as pair keys coalesced by ``result()``. Merge = addition /
-    concatenation."""
+    that fired together, accumulated in shard order in float64. Into a dense ``rows × width`` buffer when it fits
+    ``memory_mb`` (and, compiled, is no larger than the ``entries`` the rows produce, 16 bytes each: narrow SAEs);
+    its nonzeros are read once at the end. Otherwise as pair keys: compiled (numba on the CPU, the default where it
+    can run), every product of a shard (:func:`.pair_kernels.pair_entries`), coalesced by ``result()`` without a
+    sort of the entries (:func:`.pair_kernels.coalesce_pairs`) or ranked straight from them
+    (:func:`correlations_of_sums`); in torch, a sparse ``Aᵀ·A`` product per shard (``A`` = its codes), coalesced by
+    ``result()``. Compiled, each product ``x_i·x_j`` is exact in float64 and summed in token order in either form, so
+    both give the same sums. Merge = addition / concatenation."""
 
-    def __init__(self, width: int, start: int, stop: int, memory_mb: float | None = None, compiled: bool | None = None):
+    def __init__(
+        self,
+        width: int,
+        start: int,
+        stop: int,
+        memory_mb: float | None = None,
+        compiled: bool | None = None,
+        entries: int | None = None,
+    ):
         self.width, self.start, self.stop = int(width), int(start), int(stop)
         self.compiled = pair_kernels.available() if compiled is None else compiled
-        """Whether the compiled kernels gather and coalesce the pairs (``None``: where numba can run)."""
-        dense = (
-            not self.compiled
-            and memory_mb is not None
-            and (self.stop - self.start) * self.width * 8 <= memory_mb * 2**20
-        )
+        """Whether the compiled kernels make the sums (``None``: where numba can run)."""
+        dense_bytes = (self.stop - self.start) * self.width * 8
+        dense = memory_mb is not None and dense_bytes <= memory_mb * 2**20
+        if self.compiled:  # the entries are the other form: the smaller one
+            dense = dense and entries is not None and dense_bytes <= 16 * entries
         self.buf = torch.zeros(self.stop - self.start, self.width, dtype=torch.float64) if dense else None
         self.keys: list[Tensor] = []
         self.vals: list[Tensor] = []
@@ -110,6 +119,9 @@ class PairSums:
     def update(self, shard: ShardLike) -> None:
         b = as_batch(shard)
         if b.latent.numel() == 0:
+            return
+        if self.compiled and self.buf is not None:
+            pair_kernels.add_products(self.buf, b.latent, b.value, b.gpos, self.start, self.stop)
             return
         if self.compiled:
             keys, vals = pair_kernels.pair_entries(b.latent, b.value, b.gpos, self.start, self.stop, self.width)
@@ -289,7 +301,7 @@ def correlations_of_sums(
     row (:func:`.pair_kernels.rank_entries`: no array of every pair, no search for the shortlist's clashes), which
     gives the same lists and values."""
     start, stop = sums.start, sums.stop
-    if not sums.compiled:
+    if not sums.compiled or sums.buf is not None:
         return correlations_from_pairs(sums.result(), start, stop, n_tokens, sum_x, sum_sq, n_active, k, extra)
     kk = min(k, sum_x.numel())
     n, sx, sxx, inv_std, alive = _moments(n_tokens, sum_x, sum_sq, n_active)

@@ -320,12 +320,14 @@ def compute_feature_stats(
     counts, topk, load, is_temporal = _counts_pass(reader, n_top, n_correlated > 0)
     t1 = time.perf_counter()
     c = counts.result()
-    blocks = pair_blocks(load.result(), corr_memory_mb) if load is not None else []
+    loads = load.result() if load is not None else None
+    blocks = pair_blocks(loads, corr_memory_mb) if loads is not None else []
+    entries = [int(loads[a:b].sum()) for a, b in blocks] if loads is not None else []
     hist, intervals, coact = _distributions_pass(
-        reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks, corr_memory_mb
+        reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks, entries, corr_memory_mb
     )
     t2 = time.perf_counter()
-    corr = _correlations(reader, counts, blocks, coact, n_correlated, corr_memory_mb)
+    corr = _correlations(reader, counts, blocks, entries, coact, n_correlated, corr_memory_mb)
     t3 = time.perf_counter()
     settings = {
         "n_top": n_top,
@@ -392,13 +394,16 @@ def _distributions_pass(
     n_per_interval: int,
     seed: int,
     blocks: list[tuple[int, int]],
+    entries: list[int],
     memory_mb: float,
 ) -> tuple[HistogramAccumulator, IntervalSampler, PairSums | None]:
     """Pass 2 (needs the maxima of pass 1): histograms and interval samples (merged over ranks), and the
-    co-activation sums of the first correlation block (``None`` when no correlations are computed)."""
+    co-activation sums of the first correlation block (``None`` when no correlations are computed; ``entries``: the
+    co-activation entries of each block)."""
     hist = HistogramAccumulator(counts.max, n_bins)
     intervals = IntervalSampler(counts.max, n_intervals, n_per_interval, seed)
-    coact = PairSums(reader.store.width, *blocks[0], memory_mb=memory_mb) if blocks else None
+    W = reader.store.width
+    coact = PairSums(W, *blocks[0], memory_mb=memory_mb, entries=entries[0]) if blocks else None
     for _, b in reader.batches("stats 2/2 (histograms, intervals, correlations)"):
         hist.update(b)
         intervals.update(b)
@@ -411,6 +416,7 @@ def _correlations(
     reader: _Reader,
     counts: CountsAccumulator,
     blocks: list[tuple[int, int]],
+    entries: list[int],
     first: PairSums | None,
     n_correlated: int,
     memory_mb: float,
@@ -423,7 +429,7 @@ def _correlations(
     coact = first
     for bi, (start, stop) in enumerate(blocks):
         if bi > 0:
-            coact = PairSums(W, start, stop, memory_mb=memory_mb)
+            coact = PairSums(W, start, stop, memory_mb=memory_mb, entries=entries[bi])
             for _, b in reader.batches(f"correlations block {bi + 1}/{len(blocks)}"):
                 coact.update(b)
         assert coact is not None

@@ -123,6 +123,22 @@ if numba is not None:
             a = b
         return keys, vals
 
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _add_products(buf: Any, latent: Any, value: Any, gpos: Any, start: int, stop: int) -> None:  # pragma: no cover
+        N = latent.shape[0]
+        a = 0
+        while a < N:
+            b = a + 1
+            while b < N and gpos[b] == gpos[a]:
+                b += 1
+            for e in range(a, b):
+                i = latent[e]
+                if start <= i < stop:
+                    vi = np.float64(value[e])
+                    for f in range(a, b):
+                        buf[i - start, latent[f]] += vi * np.float64(value[f])
+            a = b
+
     @njit(inline="always")
     def _low_bit(word: Any, debruijn: Any) -> int:  # pragma: no cover - compiled
         """Index of the lowest set bit of a nonzero uint64 (de Bruijn multiplication)."""
@@ -414,6 +430,19 @@ def pair_entries(
         int(width),
     )
     return torch.from_numpy(keys), torch.from_numpy(vals)
+
+
+def add_products(buf: Tensor, latent: Tensor, value: Tensor, gpos: Tensor, start: int, stop: int) -> None:
+    """Add the products of :func:`pair_entries` into the dense float64 ``buf [stop − start, width]`` (row ``i − start``,
+    column ``j``), in the same order: each pair's sum is the one :func:`coalesce_pairs` makes of the entries."""
+    _add_products(
+        buf.numpy(),
+        latent.to(torch.int64).contiguous().numpy(),
+        value.to(torch.float32).contiguous().numpy(),
+        gpos.to(torch.int64).contiguous().numpy(),
+        int(start),
+        int(stop),
+    )
 
 
 def coalesce_pairs(keys: Tensor, vals: Tensor, start: int, R: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
