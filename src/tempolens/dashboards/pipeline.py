@@ -104,11 +104,11 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
     """Features per Neuronpedia batch file (Neuronpedia's upload API takes at most 128 per call)."""
     chunk_size: int = 64
     """Latents per site data chunk (`site/data/features/chunk-<latent // chunk_size>.js`)."""
-    latents_per_pass: int = 2048
-    """Latents whose example windows and records are built per read of the store. Each pass reads every shard, so fewer
-    passes are faster (16,384 latents × 256 prompts: ≈ 4 CPU s less at 2,048 than at 512). Each pass holds its
-    examples' windows and records: measured there, ≈ 0.19 GB per 1,000 latents at 27 examples of 128 tokens each;
-    it grows with the examples per latent and the window."""
+    latents_per_pass: int = 0
+    """Latents whose example windows and records are built per read of the store. Each pass reads every shard, so
+    fewer passes are faster; each holds its examples' windows and records (measured: ≈ 7 KB per example of 128
+    tokens). 0 (default): as many as keep that near 512 MB, from the statistics' example counts (16,384 latents ×
+    256 prompts: ≈ 2,700 per pass, 4 CPU s less than 512 per pass)."""
     model_id: str | None = None
     """Neuronpedia model id (default: the store's model id, e.g. `gemma-3-270m`)."""
     sae_set: str | None = None
@@ -186,10 +186,12 @@ class DashboardConfig(DeviceOptions, SAELoadOptions):
             "n_logits",
             "features_per_batch",
             "chunk_size",
-            "latents_per_pass",
         ):
             check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         check(self.n_correlated >= 0, f"--n-correlated must be >= 0; got {self.n_correlated}")
+        check(
+            self.latents_per_pass >= 0, f"--latents-per-pass must be >= 0 (0: automatic); got {self.latents_per_pass}"
+        )
         check(
             1 <= self.window <= 1024,
             f"--window must be 1..1024 tokens (Neuronpedia's limit per activation); got {self.window}",
@@ -771,7 +773,8 @@ def _records_per_pass(
 
     cfg, latents = run.cfg, run.latents
     n_examples = 0
-    groups = [latents[i : i + cfg.latents_per_pass] for i in range(0, len(latents), cfg.latents_per_pass)]
+    per = cfg.latents_per_pass or latents_per_pass(stats, latents, min(cfg.window, run.store.prompt_len))
+    groups = [latents[i : i + per] for i in range(0, len(latents), per)]
     with exports.writes:  # waits for the queued writes; the first failed write is raised here
         for group in tqdm(groups, desc="dashboards", unit="pass", disable=not cfg.progress or len(groups) < 2):
             c0 = time.thread_time()
@@ -796,6 +799,23 @@ def _records_per_pass(
         exports.flush_chunk()
     exports.write_prompts(ctx)
     return n_examples
+
+
+PASS_BYTES = 512 * 2**20
+"""What the automatic ``--latents-per-pass`` lets one pass's example windows and records hold."""
+BYTES_PER_WINDOW_TOKEN = 56
+"""Memory of a pass per example token (windows, records and their encoded rows; measured ≈ 52 at 16,384 latents)."""
+
+
+def latents_per_pass(stats: FeatureStats, latents: list[int], length: int) -> int:
+    """How many latents keep a pass near :data:`PASS_BYTES`: their mean number of examples (top and interval
+    samples) × ``length`` tokens × :data:`BYTES_PER_WINDOW_TOKEN`; at least 64."""
+    if not latents:
+        return 1
+    idx = torch.as_tensor(latents, dtype=torch.int64)
+    n = int((stats.top_gpos[idx] >= 0).sum()) + int((stats.int_gpos[idx] >= 0).sum())
+    per_latent = max(1.0, n / len(latents)) * length * BYTES_PER_WINDOW_TOKEN
+    return max(64, int(PASS_BYTES // per_latent))
 
 
 def _run_settings(
