@@ -320,9 +320,7 @@ def compute_feature_stats(
     counts, topk, load, is_temporal = _counts_pass(reader, n_top, n_correlated > 0)
     t1 = time.perf_counter()
     c = counts.result()
-    loads = load.result() if load is not None else None
-    blocks = pair_blocks(loads, corr_memory_mb) if loads is not None else []
-    entries = [int(loads[a:b].sum()) for a, b in blocks] if loads is not None else []
+    blocks, entries = _pair_plan(load, corr_memory_mb)
     hist, intervals, coact = _distributions_pass(
         reader, counts, n_bins, n_intervals, n_per_interval, seed, blocks, entries, corr_memory_mb
     )
@@ -341,6 +339,15 @@ def compute_feature_stats(
     }
     timings = {"pass1": t1 - t0, "pass2": t2 - t1, "correlations_extra": t3 - t2, "total": t3 - t0}
     return _feature_stats(store, counts, c, topk, hist, intervals, corr, is_temporal, settings, timings)
+
+
+def _pair_plan(load: PairLoad | None, memory_mb: float) -> tuple[list[tuple[int, int]], list[int]]:
+    """The correlation blocks of rows (:func:`pair_blocks`) and the co-activation entries each produces."""
+    if load is None:
+        return [], []
+    loads = load.result()
+    blocks = pair_blocks(loads, memory_mb)
+    return blocks, [int(loads[a:b].sum()) for a, b in blocks]
 
 
 @dataclass(frozen=True)

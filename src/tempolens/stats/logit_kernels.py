@@ -244,34 +244,20 @@ if numba is not None:
         return key > key2 or (key == key2 and col < col2)
 
     @njit(nogil=True, boundscheck=False)
-    def _one_end(
-        row: Any,
-        U: Any,
-        w: Any,
-        sign: Any,
-        r: Any,
-        a: Any,
-        norms: Any,
-        group_norms: Any,
-        gx: Any,
-        k: int,
-        group: int,
-        vals: Any,
-        out_v: Any,
-        out_i: Any,
-    ) -> bool:  # pragma: no cover - compiled
-        """One end of one row (the torch :func:`tempolens.stats.logits._exact_end`, fused): ``False`` when a value is
-        not finite or the row has fewer than ``k`` tokens (the caller redoes the row)."""
+    def _end_bound(
+        row: Any, sign: Any, r: Any, a: Any, norms: Any, gx: Any, k: int, group: int, vals: Any
+    ) -> Any:  # pragma: no cover - compiled
+        """``L`` of :func:`tempolens.stats.logits._exact_end` for one row (float32): the smallest ``Y − r·|Y| − a·‖u‖``
+        over the ``k`` largest ``Y`` of the ``k`` groups with the largest extremes. NaN when a value is NaN or the row
+        has fewer than ``k`` tokens."""
         V = row.shape[0]
-        n_groups = gx.shape[0]
-        n_full = V // group
-        kg = min(k, n_groups)
+        kg = min(k, gx.shape[0])
         gv = np.full(kg, -np.inf, dtype=np.float32)  # the kg groups with the largest Y = sign · group extreme
         gi = np.full(kg, -1, dtype=np.int64)
-        for g in range(n_groups):
+        for g in range(gx.shape[0]):
             y = sign * gx[g]
             if y != y:
-                return False
+                return np.float32(np.nan)
             if gi[kg - 1] < 0 or y > gv[kg - 1]:
                 p = kg - 1
                 while p > 0 and (gi[p - 1] < 0 or y > gv[p - 1]):
@@ -299,10 +285,34 @@ if numba is not None:
                     p -= 1
                 ty[p], tc[p] = y, c0 + t
         if m < k:
-            return False
-        bound = np.float32(np.inf)  # L: at most the exact k-th value (float32, as the torch reference)
+            return np.float32(np.nan)
+        bound = np.float32(np.inf)  # at most the exact k-th value
         for i in range(k):
             bound = min(bound, ty[i] - r * abs(ty[i]) - a * norms[tc[i]])
+        return bound
+
+    @njit(nogil=True, boundscheck=False)
+    def _one_end(
+        row: Any,
+        U: Any,
+        w: Any,
+        sign: Any,
+        r: Any,
+        a: Any,
+        norms: Any,
+        group_norms: Any,
+        gx: Any,
+        k: int,
+        group: int,
+        vals: Any,
+        out_v: Any,
+        out_i: Any,
+    ) -> bool:  # pragma: no cover - compiled
+        """One end of one row (the torch :func:`tempolens.stats.logits._exact_end`, fused): ``False`` when a value is
+        not finite or the row has fewer than ``k`` tokens (the caller redoes the row)."""
+        V = row.shape[0]
+        n_full = V // group
+        bound = _end_bound(row, sign, r, a, norms, gx, k, group, vals)
         if not np.isfinite(bound):
             return False
         gy = np.empty(n_full, dtype=np.float32)

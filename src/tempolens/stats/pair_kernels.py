@@ -175,16 +175,48 @@ if numba is not None:
                 fill[row - start] = q + 1
         return first, cols, sv
 
-    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-    def _coalesce_pairs(
-        keys: Any, vals: Any, start: int, R: int, width: int, threads: int, debruijn: Any
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _pairs_of_rows(
+        first: Any, cols: Any, sv: Any, chosen: Any, distinct: Any, start: int, width: int
     ) -> Any:  # pragma: no cover - compiled
-        first, cols, sv = _by_row(keys, vals, start, R, width, threads)
+        """``(rows, cols, sums)`` of the ``chosen`` rows' pairs (``distinct`` per row), each row's in first-touch order,
+        summed in entry order."""
+        R = chosen.shape[0]
+        n_out = 0
+        for r in range(R):
+            if chosen[r]:
+                n_out += distinct[r]
+        f_rows = np.empty(n_out, dtype=np.int64)
+        f_cols = np.empty(n_out, dtype=np.int64)
+        f_sums = np.empty(n_out, dtype=np.float64)
+        acc = np.zeros(width, dtype=np.float64)
+        seen = np.zeros(width, dtype=np.bool_)
+        o = 0
+        for r in range(R):
+            if not chosen[r]:
+                continue
+            for q in range(first[r], first[r + 1]):
+                acc[cols[q]] += sv[q]
+            for q in range(first[r], first[r + 1]):
+                j = cols[q]
+                if not seen[j]:
+                    seen[j] = True
+                    f_rows[o], f_cols[o], f_sums[o] = r + start, j, acc[j]
+                    o += 1
+            for q in range(first[r], first[r + 1]):
+                acc[cols[q]] = 0.0
+                seen[cols[q]] = False
+        return f_rows, f_cols, f_sums
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _distinct_per_row(first: Any, cols: Any, width: int, threads: int) -> Any:  # pragma: no cover - compiled
+        """Each row's number of distinct columns (a bitmap per thread)."""
+        R = first.shape[0] - 1
         n_words = (width + 63) // 64
         U = max(1, min(threads, R))
         per = (R + U - 1) // U
         distinct = np.zeros(R, dtype=np.int64)
-        for t in prange(U):  # each row's distinct columns (a bitmap per thread)
+        for t in prange(U):
             bits = np.zeros(n_words, dtype=np.uint64)
             for r in range(t * per, min(R, (t + 1) * per)):
                 m = 0
@@ -196,6 +228,17 @@ if numba is not None:
                 distinct[r] = m
                 for q in range(first[r], first[r + 1]):
                     bits[cols[q] >> 6] = 0
+        return distinct
+
+    @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def _coalesce_pairs(
+        keys: Any, vals: Any, start: int, R: int, width: int, threads: int, debruijn: Any
+    ) -> Any:  # pragma: no cover - compiled
+        first, cols, sv = _by_row(keys, vals, start, R, width, threads)
+        n_words = (width + 63) // 64
+        U = max(1, min(threads, R))
+        per = (R + U - 1) // U
+        distinct = _distinct_per_row(first, cols, width, threads)
         out_first = np.zeros(R + 1, dtype=np.int64)
         for r in range(R):
             out_first[r + 1] = out_first[r] + distinct[r]
@@ -267,6 +310,53 @@ if numba is not None:
         vals[pos], best[pos], best_p[pos], best_s[pos] = v, j, p, sxy
         return m
 
+    @njit(nogil=True, boundscheck=False)
+    def _rank_row(
+        i: int,
+        lo: int,
+        hi: int,
+        cols: Any,
+        sv: Any,
+        bits: Any,
+        acc: Any,
+        n: float,
+        sx: Any,
+        inv: Any,
+        alive: Any,
+        short: Any,
+        k: int,
+        v32: Any,
+        best: Any,
+        best_p: Any,
+        best_s: Any,
+    ) -> Any:  # pragma: no cover - compiled
+        """Row ``i`` of :func:`_rank_entries` from its entries ``lo … hi − 1`` (``bits``, ``acc``: a zeroed column
+        bitmap and accumulator, left zeroed): ``(never-co-active candidates ranked, distinct partners)``."""
+        for q in range(lo, hi):  # the row's sums, in entry order
+            j = cols[q]
+            bits[j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+            acc[j] += sv[q]
+        m = 0
+        fresh = 0
+        for c in short:  # never co-active (S = 0): the shared list, less the row and its partners
+            if c == i or bits[c >> 6] & (np.uint64(1) << np.uint64(c & 63)):
+                continue
+            fresh += 1
+            m = _keep_best(((0.0 * n - sx[i] * sx[c]) * inv[i]) * inv[c], c, 0.0, m, k, v32, best, best_p, best_s)
+        d = 0
+        for q in range(lo, hi):  # each partner once: its bit is cleared when it is ranked
+            j = cols[q]
+            w, bit = j >> 6, np.uint64(1) << np.uint64(j & 63)
+            if not bits[w] & bit:
+                continue
+            bits[w] &= ~bit
+            d += 1
+            sxy = acc[j]
+            acc[j] = 0.0
+            if j != i and alive[j]:
+                m = _keep_best(((sxy * n - sx[i] * sx[j]) * inv[i]) * inv[j], j, sxy, m, k, v32, best, best_p, best_s)
+        return fresh, d
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _rank_entries(
         keys: Any,
@@ -298,67 +388,27 @@ if numba is not None:
             v32 = np.empty(k, dtype=np.float32)
             for r in range(t * per, min(R, (t + 1) * per)):
                 i = r + start
-                for q in range(first[r], first[r + 1]):  # the row's sums, in entry order
-                    j = cols[q]
-                    bits[j >> 6] |= np.uint64(1) << np.uint64(j & 63)
-                    acc[j] += sv[q]
-                m = 0
-                fresh = 0
-                for c in short:  # never co-active (S = 0): the shared list, less the row and its partners
-                    if c == i or bits[c >> 6] & (np.uint64(1) << np.uint64(c & 63)):
-                        continue
-                    fresh += 1
-                    m = _keep_best(
-                        ((0.0 * n - sx[i] * sx[c]) * inv[i]) * inv[c], c, 0.0, m, k, v32, best[r], best_p[r], best_s[r]
-                    )
-                d = 0
-                for q in range(first[r], first[r + 1]):  # each partner once: its bit is cleared when it is ranked
-                    j = cols[q]
-                    w, bit = j >> 6, np.uint64(1) << np.uint64(j & 63)
-                    if not bits[w] & bit:
-                        continue
-                    bits[w] &= ~bit
-                    d += 1
-                    sxy = acc[j]
-                    acc[j] = 0.0
-                    if j != i and alive[j]:
-                        m = _keep_best(
-                            ((sxy * n - sx[i] * sx[j]) * inv[i]) * inv[j],
-                            j,
-                            sxy,
-                            m,
-                            k,
-                            v32,
-                            best[r],
-                            best_p[r],
-                            best_s[r],
-                        )
-                distinct[r] = d
+                fresh, distinct[r] = _rank_row(
+                    i,
+                    first[r],
+                    first[r + 1],
+                    cols,
+                    sv,
+                    bits,
+                    acc,
+                    n,
+                    sx,
+                    inv,
+                    alive,
+                    short,
+                    k,
+                    v32,
+                    best[r],
+                    best_p[r],
+                    best_s[r],
+                )
                 flagged[r] = alive[i] and ((fresh < k and partial) or inv[i] == 0)
-        n_out = 0  # the rows ranked over every latent by the caller get their pairs
-        for r in range(R):
-            if flagged[r]:
-                n_out += distinct[r]
-        f_rows = np.empty(n_out, dtype=np.int64)
-        f_cols = np.empty(n_out, dtype=np.int64)
-        f_sums = np.empty(n_out, dtype=np.float64)
-        acc = np.zeros(width, dtype=np.float64)
-        seen = np.zeros(width, dtype=np.bool_)
-        o = 0
-        for r in range(R):
-            if not flagged[r]:
-                continue
-            for q in range(first[r], first[r + 1]):
-                acc[cols[q]] += sv[q]
-            for q in range(first[r], first[r + 1]):
-                j = cols[q]
-                if not seen[j]:
-                    seen[j] = True
-                    f_rows[o], f_cols[o], f_sums[o] = r + start, j, acc[j]
-                    o += 1
-            for q in range(first[r], first[r + 1]):
-                acc[cols[q]] = 0.0
-                seen[cols[q]] = False
+        f_rows, f_cols, f_sums = _pairs_of_rows(first, cols, sv, flagged, distinct, start, width)
         return best, best_p, best_s, flagged, f_rows, f_cols, f_sums
 
 
