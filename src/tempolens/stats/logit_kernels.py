@@ -103,6 +103,20 @@ if numba is not None:
                 out[b, j] = t
         return out
 
+    @njit(inline="always", nogil=True, boundscheck=False)
+    def _extremes(vals: Any, n: int) -> Any:  # pragma: no cover - compiled
+        """``(max, min)`` of ``vals[:n]``; both NaN when one is NaN, as in torch.amax/amin."""
+        hi = lo = vals[0]
+        nan = False
+        for j in range(1, n):
+            x = vals[j]
+            hi = x if x > hi else hi
+            lo = x if x < lo else lo
+            nan |= x != x
+        if nan or hi != hi:
+            hi = lo = np.float32(np.nan)
+        return hi, lo
+
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def _group_extremes(X: Any, bits: bool, group: int) -> Any:  # pragma: no cover - compiled
         B, V = X.shape
@@ -116,16 +130,7 @@ if numba is not None:
             for g in range(n_groups):
                 n = min(group, V - g * group)
                 _load(row, g * group, n, bits, vals)
-                hi = lo = vals[0]
-                nan = False
-                for j in range(1, n):
-                    x = vals[j]
-                    hi = x if x > hi else hi
-                    lo = x if x < lo else lo
-                    nan |= x != x
-                if nan or hi != hi:  # NaN propagates, as in torch.amax/amin
-                    hi = lo = np.float32(np.nan)
-                gmax[b, g], gmin[b, g] = hi, lo
+                gmax[b, g], gmin[b, g] = _extremes(vals, n)
         return gmax, gmin
 
     @njit(parallel=True, cache=True, nogil=True, boundscheck=False)
@@ -146,16 +151,7 @@ if numba is not None:
                 c0 = g * group
                 n = min(group, V - c0)
                 _load(row, c0, n, True, vals)
-                hi = lo = vals[0]
-                nan = False
-                for j in range(1, n):
-                    x = vals[j]
-                    hi = x if x > hi else hi
-                    lo = x if x < lo else lo
-                    nan |= x != x
-                if nan or hi != hi:  # NaN propagates, as in torch.amax/amin
-                    hi = lo = np.float32(np.nan)
-                gmax[b, g], gmin[b, g] = hi, lo
+                gmax[b, g], gmin[b, g] = _extremes(vals, n)
                 for j in range(n):  # the group is in L1 by now
                     counts[row[c0 + j]] += 1
         return gmax, gmin

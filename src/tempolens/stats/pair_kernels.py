@@ -90,15 +90,21 @@ if numba is not None:
                 vals[pos], cs[pos], best[r, pos], best_p[r, pos] = v, j, e, p
         return best, best_p
 
+    @njit(inline="always", nogil=True, boundscheck=False)
+    def _token_end(gpos: Any, a: int) -> int:  # pragma: no cover - compiled
+        """The end of the run of codes of the token at ``a`` (token-major codes: each token's consecutive)."""
+        b = a + 1
+        while b < gpos.shape[0] and gpos[b] == gpos[a]:
+            b += 1
+        return b
+
     @njit(cache=True, nogil=True, boundscheck=False)
     def _pair_entries(latent: Any, value: Any, gpos: Any, start: int, stop: int, width: int) -> Any:  # pragma: no cover
         N = latent.shape[0]
         n = 0  # first pass: how many entries (per token: its codes in the block × all its codes)
         a = 0
         while a < N:
-            b = a + 1
-            while b < N and gpos[b] == gpos[a]:
-                b += 1
+            b = _token_end(gpos, a)
             inside = 0
             for e in range(a, b):
                 inside += 1 if start <= latent[e] < stop else 0
@@ -109,9 +115,7 @@ if numba is not None:
         q = 0
         a = 0
         while a < N:
-            b = a + 1
-            while b < N and gpos[b] == gpos[a]:
-                b += 1
+            b = _token_end(gpos, a)
             for e in range(a, b):
                 i = latent[e]
                 if start <= i < stop:
@@ -128,9 +132,7 @@ if numba is not None:
         N = latent.shape[0]
         a = 0
         while a < N:
-            b = a + 1
-            while b < N and gpos[b] == gpos[a]:
-                b += 1
+            b = _token_end(gpos, a)
             for e in range(a, b):
                 i = latent[e]
                 if start <= i < stop:
