@@ -132,6 +132,31 @@ def test_sae_with_nan_weights_is_refused_by_collect_and_dashboards(tiny_lm_dir, 
     assert "NaN/inf weights in D" in line
 
 
+def test_a_model_with_nan_in_its_unembedding_is_a_clear_error_and_keeps_the_store(small_store, tiny_lm_dir, tmp_path):
+    from tempolens.dashboards.pipeline import DashboardConfig, build_dashboards
+    from tempolens.sources.open import load_subject_model
+
+    meta = json.loads((small_store / "meta.json").read_text())
+    real = load_subject_model(tiny_lm_dir, int(meta["model"]["layer"]), progress=None)
+
+    class Damaged:  # the real model, its unembedding with a NaN (a checkpoint written by a diverged run)
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def unembed(self):
+            W_U, mult, kind = real.unembed()
+            W_U = W_U.clone()
+            W_U[5, 1] = float("nan")
+            return W_U, mult, kind
+
+    before = sorted(p.name for p in (small_store / "shards").iterdir())
+    cfg = DashboardConfig(store=small_store, out=tmp_path / "dash", device="cpu", progress=False)
+    with pytest.raises(SourceError, match=r"unembedding \(W_U\) has 1 NaN or infinite values \(rows 5\)") as e:
+        build_dashboards(cfg, model=Damaged())
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in (small_store / "shards").iterdir()) == before  # the store is untouched
+
+
 # -- mismatched shapes -------------------------------------------------------------------------------------
 def test_dashboards_with_an_sae_of_another_width_is_a_clear_error(tiny_lm_dir, corpus, temporal_dir, tmp_path):
     from tempolens.saes.loading import save_temporal_sae

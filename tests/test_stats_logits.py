@@ -385,3 +385,26 @@ def test_fused_exact_ends_equal_the_torch_ends_and_flag_non_finite_rows():
     assert ti[3].tolist() == list(range(k)) and bi[3].tolist() == list(range(k))
     with pytest.raises(ValueError, match="bfloat16"):
         logit_kernels.exact_ends(X.float(), U, w, OUTPUT_ROUND, a, vocab.norms, vocab.group_norms, gmax, gmin, k, 256)
+
+
+def test_non_finite_weights_are_refused_with_what_and_where():
+    from tempolens.stats.logits import LogitEffectsJob, require_finite
+
+    g = torch.Generator().manual_seed(0)
+    W, U = torch.randn(12, 8, generator=g), torch.randn(300, 8, generator=g)
+    for bad, what, where in (("W", "decoder directions", "rows 3, 9"), ("U", "unembedding", "rows 7")):
+        Wb, Ub = W.clone(), U.clone()
+        if bad == "W":
+            Wb[3, 0], Wb[9, 5] = float("nan"), float("-inf")
+        else:
+            Ub[7, 2] = float("inf")
+        with pytest.raises(ValueError, match=rf"{what} \(W_\w+\) has \d NaN or infinite values \({where}\)"):
+            logit_effects(Wb, Ub)
+        with pytest.raises(ValueError, match=what):
+            LogitEffectsJob(Wb, Ub)  # refused before its thread starts
+    m = torch.ones(8)
+    m[4] = float("nan")
+    with pytest.raises(ValueError, match=r"final norm's multiplier has 1 NaN or infinite values \(at 4\)"):
+        logit_effects(W, U, m)
+    huge = torch.full((4, 3), 3e38)  # finite values whose float32 sum overflows: accepted
+    assert require_finite(huge, "x") is huge

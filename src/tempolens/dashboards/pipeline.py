@@ -543,16 +543,19 @@ def _logit_effects(run: _Run, subject: _Subject) -> _Effects:
         effects = _Effects(logits=_read_logits(logits_path, folded=use_mult is not None), **common)
     else:
         directions = unit_directions(W_dec, row_norm)
-        job = LogitEffectsJob(
-            directions,
-            W_U,
-            use_mult,
-            on_complete=lambda done: _write_logits(logits_path, done, logits_key),  # cached as soon as computed
-            k=cfg.n_logits,
-            device=device,
-            precision=precision,
-            progress=cfg.progress,
-        )
+        try:
+            job = LogitEffectsJob(
+                directions,
+                W_U,
+                use_mult,
+                on_complete=lambda done: _write_logits(logits_path, done, logits_key),  # cached as soon as computed
+                k=cfg.n_logits,
+                device=device,
+                precision=precision,
+                progress=cfg.progress,
+            )
+        except ValueError as e:  # NaN or infinite weights (the store is kept: rerun with finite ones)
+            raise SourceError(f"SAE {subject.sae_spec}, model {subject.model_spec}: {e}") from None
         effects = _Effects(logits=job.effects, pending=job, **common)
     if run.direction_sign < 0:  # computed and cached for D (shared with the novel codes), read for −D
         effects.finish()

@@ -299,19 +299,31 @@ def correlations_of_sums(
 ) -> dict[str, Tensor]:
     """:func:`correlations_from_pairs` of ``sums``' rows; with the compiled sums, coalesced and ranked in one pass per
     row (:func:`.pair_kernels.rank_entries`: no array of every pair, no search for the shortlist's clashes), which
-    gives the same lists and values."""
+    gives the same lists and values. Compiled entries are consumed (moved into one array each, never held twice)."""
     start, stop = sums.start, sums.stop
     if not sums.compiled or sums.buf is not None:
         return correlations_from_pairs(sums.result(), start, stop, n_tokens, sum_x, sum_sq, n_active, k, extra)
     kk = min(k, sum_x.numel())
     n, sx, sxx, inv_std, alive = _moments(n_tokens, sum_x, sum_sq, n_active)
     short = shortlist(sx * inv_std, alive, kk, extra)
-    keys = torch.cat(sums.keys) if sums.keys else torch.zeros(0, dtype=torch.int64)
-    vals = torch.cat(sums.vals) if sums.vals else torch.zeros(0, dtype=torch.float64)
+    keys, vals = _concat_releasing(sums.keys, torch.int64), _concat_releasing(sums.vals, torch.float64)
     idx, val, cos_s, short_rows, full_pairs = pair_kernels.rank_entries(
         keys, vals, start, stop - start, sum_x.numel(), n, sx, inv_std, alive, short, kk
     )
     return _finish((idx, val, cos_s), short_rows, full_pairs, start, stop, n, sx, sxx, inv_std, alive, kk)
+
+
+def _concat_releasing(parts: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """The concatenation of ``parts``, which is emptied as it is copied: at most one part is held twice."""
+    out = torch.empty(sum(p.numel() for p in parts), dtype=dtype)
+    at = 0
+    parts.reverse()
+    while parts:
+        p = parts.pop()
+        out[at : at + p.numel()] = p
+        at += p.numel()
+        del p
+    return out
 
 
 def _finish(

@@ -320,7 +320,7 @@ def _block_bf16(
         gmax, gmin = logit_kernels.extremes_and_counts(X, vocab.group, table)
     else:
         gmax, gmin = logit_kernels.group_extremes(X, vocab.group)
-    if buf is None:  # both ends of each row in one compiled pass; rows it cannot take (non-finite) in torch
+    if buf is None:  # both ends of each row in one compiled pass; rows it cannot take (a float32 overflow) in torch
         args = (OUTPUT_ROUND, input_slack(w), vocab.norms, vocab.group_norms, gmax, gmin, k, vocab.group)
         tv, ti, bv, bi, ok = logit_kernels.exact_ends(X, U, w, *args)
         if not bool(ok.all()):
@@ -332,7 +332,7 @@ def _block_bf16(
         tv, ti = _exact_end(w, U, X, vocab, k, gmax, largest=True)
         bv, bi = _exact_end(w, U, X, vocab, k, gmin, largest=False)
     lo, hi = bv[:, 0].clone(), tv[:, 0].clone()
-    if buf is None and table is not None:
+    if table is not None:  # the table exists only on the compiled route (no float32 buffer)
         counts = logit_kernels.histogram_of_counts(table[:B], lo, bin_scale(lo, hi, n_bins), n_bins)
     else:
         counts = histogram_rows(X, lo, hi, n_bins, work=None if ibuf is None else ibuf[:B])
@@ -455,10 +455,11 @@ def _plan(
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16; got {precision!r}")
     dev = torch.device(device)
-    Wd = W_dec.detach().to(dev, torch.float32)
+    Wd = require_finite(W_dec.detach().to(dev, torch.float32), "the decoder directions (W_dec)")
     if norm_multiplier is not None:
-        Wd = Wd * norm_multiplier.detach().to(dev, torch.float32).unsqueeze(0)
-    U = W_U.detach().to(dev, torch.float32)
+        m = require_finite(norm_multiplier.detach().to(dev, torch.float32), "the final norm's multiplier")
+        Wd = Wd * m.unsqueeze(0)
+    U = require_finite(W_U.detach().to(dev, torch.float32), "the unembedding (W_U)")
     width, V = Wd.shape[0], U.shape[0]
     kk = min(k, V)
     step = block or max(16, min(1024, int(memory_mb * 2**20) // max(1, V * 4)))
@@ -475,6 +476,23 @@ def _plan(
     )
     kernel = functools.partial(_block_runner, U, step, min(step, width), kk, n_bins, memory_mb, precision, vocab_chunk)
     return _Plan(effects=effects, rows=Wd, run_block=kernel, block=step)
+
+
+def require_finite(t: Tensor, what: str) -> Tensor:
+    """``t`` itself; ``ValueError`` naming ``what``, how many values are NaN or infinite and the first rows holding
+    them when any is (the logit effects of such weights are undefined). The common case costs one float32 sum: it is
+    finite unless a value is not (or the sum overflows, which the exact check then clears)."""
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return t
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return t
+    rows = bad.reshape(bad.shape[0], -1).any(1).nonzero().squeeze(1) if t.dim() > 1 else bad.nonzero().squeeze(1)
+    where = ", ".join(str(r) for r in rows[:5].tolist()) + (", …" if rows.numel() > 5 else "")
+    raise ValueError(
+        f"{what} has {int(bad.sum())} NaN or infinite values ({'rows' if t.dim() > 1 else 'at'} {where}); their logit "
+        "effects are undefined. A training run that diverged writes such weights: use a checkpoint from before it"
+    )
 
 
 def _fill(effects: LogitEffects, b0: int, ends: BlockEnds) -> None:
