@@ -514,3 +514,38 @@ def test_jsonl_lines_escape_unicode_line_breaks():
     assert data.endswith(b"\n") and jsonl_lines([]) == b""
     lines = data.decode("utf-8").splitlines()  # splits at U+2028/U+2029 too: there must be none raw
     assert [json.loads(x) for x in lines] == objs
+
+
+def test_records_wait_for_logits_only_for_their_columns_and_without_the_cyclic_collector(
+    store, lm, W_dec, tmp_path, monkeypatch
+):
+    """Each pass builds its activations before it waits for its rows of logit effects and reads the logit columns
+    after; the cyclic collector is paused for the passes and restored after (the output is the same: see
+    test_output_is_deterministic, which builds with other pass sizes)."""
+    import gc
+
+    from tempolens.dashboards import pipeline, records
+
+    log: list[tuple[str, bool]] = []
+
+    def logged(name, f):
+        def g(*a, **k):
+            log.append((name, gc.isenabled()))
+            return f(*a, **k)
+
+        return g
+
+    monkeypatch.setattr(records, "_activations", logged("activations", records._activations))
+    monkeypatch.setattr(records, "_logit_columns", logged("logit_columns", records._logit_columns))
+    monkeypatch.setattr(pipeline._Effects, "ready", logged("ready", pipeline._Effects.ready))
+    assert gc.isenabled()
+    cfg = DashboardConfig(store=store.root, out=tmp_path, latents_per_pass=9, recompute=True, progress=False)
+    build_dashboards(cfg, model=lm, W_dec=W_dec)
+    assert gc.isenabled()  # restored
+    names = [n for n, _ in log]
+    passes = -(-WIDTH // 9)
+    assert names.count("ready") == names.count("logit_columns") == passes
+    for p in range(passes):  # per pass: activations …, then ready, then the logit columns
+        r = [i for i, n in enumerate(names) if n == "ready"][p]
+        assert names[r - 1] == "activations" and names[r + 1] == "logit_columns"
+    assert not any(enabled for _, enabled in log)

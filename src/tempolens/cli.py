@@ -7,6 +7,7 @@ it. Modules are imported only when their subcommand runs, so ``tempolens --help`
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -134,9 +135,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+"""Python's cyclic collector runs after 50,000 net allocations instead of 700 (full collections after 20 × 20 of those,
+instead of 10 × 10). A command imports torch and transformers and builds exports: millions of small objects that live
+on, which the default thresholds make the collector walk again and again (≈ 1 s of each command's start-up on a 2-core
+CPU). Reference cycles are still collected, less often."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from tempolens.options import options_from_args
 
+    gc.set_threshold(*GC_THRESHOLDS)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     known = {c.name for c in COMMANDS}

@@ -261,11 +261,17 @@ def _pred_fill(pred: Tensor) -> Tensor:
     return torch.where(torch.isnan(pred).sum(1) >= (pred == 0).sum(1), float("nan"), 0.0).to(torch.float64)
 
 
-def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows) -> list[dict[str, Any]]:
+def feature_records(
+    ctx: RecordContext,
+    latents: Sequence[int],
+    windows: Windows,
+    before_logits: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
     """Site records (Neuronpedia feature objects + ``tempolens`` block) of ``latents``.
 
     ``windows`` are the examples of exactly these latents, in display order, with the group each is
-    shown in (:func:`tempolens.stats.examples.example_windows`).
+    shown in (:func:`tempolens.stats.examples.example_windows`). ``before_logits`` runs before ``ctx.logits`` is
+    first read, after everything else is computed (e.g. to wait for logit effects computed in the background).
     """
     if windows.group is None:
         raise ValueError("feature_records needs windows with their example groups (stats.examples.example_windows)")
@@ -274,6 +280,9 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
     lat = torch.as_tensor([int(x) for x in latents], dtype=torch.int64)
     stats = _statistic_columns(ctx.stats, lat)
     correlations = _correlation_columns(ctx.stats, lat)
+    acts = [_activations(rows, rows.by_latent.get(l, []), stats, j) for j, l in enumerate(lat.tolist())]
+    if before_logits is not None:
+        before_logits()
     columns = {  # in the order they are computed; each record takes them in SAEDashboard's order
         **correlations,
         **_alignment_columns(ctx, lat),
@@ -292,7 +301,7 @@ def feature_records(ctx: RecordContext, latents: Sequence[int], windows: Windows
     for j, l in enumerate(lat.tolist()):
         rec: dict[str, Any] = {"feature_index": l}
         rec.update((k, columns[k][j]) for k in FEATURE_KEYS[1:-1])  # SAEDashboard's order
-        rec["activations"] = _activations(rows, rows.by_latent.get(l, []), stats, j)
+        rec["activations"] = acts[j]
         ai = ctx.autointerp.get(l, {})
         rec["tempolens"] = {
             "max_act": stats.max_act[j],
@@ -507,25 +516,31 @@ def _activations(rows: _ExampleRows, examples: list[int], stats: _StatisticColum
     """The activation records of the latent at position ``j`` of the group, from its ``examples``: the
     top group's bin is ``(-1, max_act]`` with ``bin_contains = -1``, an interval's its edges and share."""
     mx, edges, share = stats.max_act[j], stats.int_edges[j], stats.int_share[j]
+    group, qualifying, prompt, q_token = rows.group, rows.qualifying, rows.prompt, rows.qualifying_token
+    max_value, max_index, min_value, starts = rows.max_value, rows.max_index, rows.min_value, rows.starts
+    site_values, site_preds, preds, shares = rows.site_values, rows.site_preds, rows.preds, rows.shares
+    tokens, values = rows.tokens, rows.values
+    dense = tokens is not None and values is not None  # dense rows: what the Neuronpedia formats write
     acts = []
     for e in examples:
-        g = rows.group[e]
+        g = group[e]
         if g < 0:
             bmin, bmax, bcont = -1.0, mx, -1.0
         else:
             bmin, bmax, bcont = edges[g], edges[g + 1], share[g]
-        a = Activation(bin_min=bmin, bin_max=bmax, bin_contains=bcont)
-        if rows.tokens is not None and rows.values is not None:  # dense rows: what the Neuronpedia formats write
-            a["tokens"], a["values"] = rows.tokens[e], rows.values[e]
-        a["qualifying_token_index"], a["prompt_index"] = rows.qualifying[e], rows.prompt[e]
-        if rows.preds is not None:
-            a["pred_values"] = rows.preds[e]
-        if rows.shares is not None:
-            a["pred_share"] = rows.shares[e]
-        a.qualifying_token, a.max_value = rows.qualifying_token[e], rows.max_value[e]
-        a.max_index, a.min_value = rows.max_index[e], rows.min_value[e]
-        a.start, a.site_values = rows.starts[e], rows.site_values[e]
-        a.site_pred = rows.site_preds[e] if rows.site_preds is not None else None
+        if dense:
+            a = Activation(bin_min=bmin, bin_max=bmax, bin_contains=bcont, tokens=tokens[e], values=values[e])
+            a["qualifying_token_index"], a["prompt_index"] = qualifying[e], prompt[e]
+        else:
+            q, p = qualifying[e], prompt[e]
+            a = Activation(bin_min=bmin, bin_max=bmax, bin_contains=bcont, qualifying_token_index=q, prompt_index=p)
+        if preds is not None:
+            a["pred_values"] = preds[e]
+        if shares is not None:
+            a["pred_share"] = shares[e]
+        a.qualifying_token, a.max_value, a.max_index, a.min_value = q_token[e], max_value[e], max_index[e], min_value[e]
+        a.start, a.site_values = starts[e], site_values[e]
+        a.site_pred = site_preds[e] if site_preds is not None else None
         acts.append(a)
     return acts
 

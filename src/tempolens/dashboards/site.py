@@ -273,8 +273,15 @@ class SiteWriter:
 def site_activation(a: Any) -> dict[str, Any]:
     """The site form of one activation of a record (a :class:`tempolens.dashboards.records.Activation`):
     :data:`SITE_ACTIVATION_KEYS`, the sparse ``values`` and, when the windows have them, ``pred_values``."""
-    out = {k: (a.start if k == "start" else a[k]) for k in SITE_ACTIVATION_KEYS}
-    out["values"] = a.site_values
+    out = {  # the keys of SITE_ACTIVATION_KEYS, in order, as a literal (≈ 450k of these at 16k latents)
+        "bin_min": a["bin_min"],
+        "bin_max": a["bin_max"],
+        "bin_contains": a["bin_contains"],
+        "prompt_index": a["prompt_index"],
+        "start": a.start,
+        "qualifying_token_index": a["qualifying_token_index"],
+        "values": a.site_values,
+    }
     if a.site_pred is not None:
         out["pred_values"] = a.site_pred
     return out
