@@ -292,3 +292,20 @@ def test_converted_tokenizer_loads_from_its_tokenizer_json_and_equals_autotokeni
     assert fast(texts, **kw)["offset_mapping"] == ref(texts, **kw)["offset_mapping"]
     enc = ref(texts)["input_ids"]
     assert [fast.decode(x) for x in enc] == [ref.decode(x) for x in enc]
+
+
+@pytest.mark.slow
+def test_embedded_token_strings_batched_equal_one_by_one_over_the_whole_vocabulary():
+    """Gemma's 262,144 tokens (byte pieces, ▁ pieces, specials, unused slots) read the same decoded in one batch."""
+    from transformers import AutoTokenizer
+
+    from tempolens.sources.embedded import ensure_embedded_model
+    from tempolens.sources.models import SubjectModel
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_embedded_model(progress=lambda _m: None)))
+    sm = object.__new__(SubjectModel)
+    sm.tokenizer, sm._piece_cache = tok, {}
+    ids = list(range(len(tok)))
+    one = [sm._token_string(i) for i in ids]
+    assert sm.token_strings(ids) == one
+    assert one[2] == "<bos>" and one[ids[-1]] != ""

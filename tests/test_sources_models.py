@@ -207,6 +207,26 @@ def test_token_strings_spaces_and_bytes(tiny):
     assert sm.token_strings([3, 4, 5, 6, 7, 8, 99]) == [" the", "cat", "\n", "<0xE2>", " ", " dog", "<99>"]
 
 
+def _one_by_one_and_batched(tokenizer, ids):
+    from tempolens.sources.models import BATCH_DECODE_MIN
+
+    sm = object.__new__(SubjectModel)
+    sm.tokenizer, sm._piece_cache = tokenizer, {}
+    one = [sm._token_string(i) for i in ids]
+    assert len(ids) >= BATCH_DECODE_MIN
+    return one, sm.token_strings(ids)  # the cache is empty: every id goes through the batched decode
+
+
+def test_batched_token_strings_equal_one_by_one_over_the_whole_vocabulary(tiny):
+    from tempolens.sources.models import _decodes_like_its_backend
+
+    assert _decodes_like_its_backend(tiny.tokenizer)
+    assert not _decodes_like_its_backend(_PieceTokenizer())  # a tokenizer without a backend: one by one
+    V = len(tiny.tokenizer)
+    one, batched = _one_by_one_and_batched(tiny.tokenizer, list(range(V)) + [V + 3, 5, 5])
+    assert batched == one and batched[V] == f"<{V + 3}>"
+
+
 def test_neuronpedia_model_id():
     assert neuronpedia_model_id("google/gemma-2-2b") == "gemma-2-2b"
     assert neuronpedia_model_id("gemma-3-270m-q4_k_m.gguf") == "gemma-3-270m"

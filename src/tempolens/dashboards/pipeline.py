@@ -294,7 +294,8 @@ def build_dashboards(
     effects = _logit_effects(run, subject)  # computed in a background thread while statistics and records run
     try:
         t1 = time.perf_counter()
-        stats = _statistics(run)
+        with _no_cyclic_gc():
+            stats = _statistics(run)
         timings["statistics"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ids = _export_ids(run, subject)
@@ -319,10 +320,10 @@ def build_dashboards(
 
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (as it was before, after). The records of a pass are millions of
-    small acyclic objects (dicts, lists, JSON fragments), freed by reference counting; while they live, every
-    full collection walks all of them again. At 16,384 latents that was ≈ 3 of the ≈ 10 CPU s of the records
-    and the site."""
+    """Python's cyclic garbage collector paused (as it was before, after), for the statistics and the records. The
+    records of a pass are millions of small acyclic objects (dicts, lists, JSON fragments), freed by reference
+    counting; while they live, every full collection walks all of them again. At 16,384 latents that was ≈ 3 of
+    the ≈ 10 CPU s of the records and the site."""
     enabled = gc.isenabled()
     gc.disable()
     try:

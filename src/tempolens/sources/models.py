@@ -272,14 +272,27 @@ class SubjectModel:
         """
         if isinstance(ids, torch.Tensor):
             ids = ids.reshape(-1).tolist()
-        result = []
-        for i in ids:
-            i = int(i)
-            s = self._piece_cache.get(i)
-            if s is None:
-                s = self._piece_cache[i] = self._token_string(i)
-            result.append(s)
-        return result
+        ids = [int(i) for i in ids]
+        cache = self._piece_cache
+        missing = list(dict.fromkeys(i for i in ids if i not in cache))
+        if len(missing) >= BATCH_DECODE_MIN and _decodes_like_its_backend(self.tokenizer):
+            try:
+                cache.update(zip(missing, self._token_strings_batch(missing)))
+            except Exception:  # noqa: BLE001 - e.g. an id the backend refuses: one by one below, as always
+                pass
+        for i in missing:
+            if i not in cache:
+                cache[i] = self._token_string(i)
+        return [cache[i] for i in ids]
+
+    def _token_strings_batch(self, ids: list[int]) -> list[str]:
+        """:meth:`_token_string` of each of ``ids``, with one call into the tokenizer's backend for the pieces and
+        one for the texts (≈ 7 µs a token one by one: 50,000 distinct tokens took 0.36 s, against 0.07 s)."""
+        tok = self.tokenizer
+        pieces = tok.convert_ids_to_tokens(ids)
+        plain = [i for i, p in zip(ids, pieces) if p is not None and not _BYTE_PIECE.match(p)]
+        texts = dict(zip(plain, tok.backend_tokenizer.decode_batch([[i] for i in plain], skip_special_tokens=False)))
+        return [_display_string(i, p, texts.get(i)) for i, p in zip(ids, pieces)]
 
     def _token_string(self, i: int) -> str:
         tok = self.tokenizer
@@ -287,18 +300,42 @@ class SubjectModel:
             piece = tok.convert_ids_to_tokens(i)
         except Exception:  # noqa: BLE001 - ids beyond the tokenizer's vocabulary
             piece = None
-        if piece is None:
-            return f"<{i}>"
-        m = _BYTE_PIECE.match(piece)
-        if m:
-            b = int(m.group(1), 16)
-            return chr(b) if b < 0x80 else piece
+        if piece is None or _BYTE_PIECE.match(piece):
+            return _display_string(i, piece, None)
         text = tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if "\ufffd" in text and "\ufffd" not in piece:
-            return piece
-        if piece[:1] in ("▁", "Ġ") and not text.startswith(" "):
-            text = " " + text.lstrip(" ") if text.strip(" ") else " " * max(1, len(text))
-        return text
+        return _display_string(i, piece, text)
+
+
+BATCH_DECODE_MIN = 64
+"""Uncached tokens from which :meth:`SubjectModel.token_strings` decodes them in one backend call."""
+
+
+def _decodes_like_its_backend(tok: Any) -> bool:
+    """Whether ``tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)`` is its Rust backend's
+    ``decode`` (a fast tokenizer whose class keeps transformers' own ``_decode``), so a batch decode gives the same."""
+    if getattr(tok, "backend_tokenizer", None) is None:
+        return False
+    owner = next((c for c in type(tok).__mro__ if "_decode" in c.__dict__), None)
+    return owner is not None and owner.__module__ in (
+        "transformers.tokenization_utils_tokenizers",
+        "transformers.tokenization_utils_fast",
+    )
+
+
+def _display_string(i: int, piece: str | None, text: str | None) -> str:
+    """A token's display string from its piece and its decoded text (see :meth:`SubjectModel.token_strings`)."""
+    if piece is None:
+        return f"<{i}>"
+    m = _BYTE_PIECE.match(piece)
+    if m:
+        b = int(m.group(1), 16)
+        return chr(b) if b < 0x80 else piece
+    assert text is not None
+    if "\ufffd" in text and "\ufffd" not in piece:
+        return piece
+    if piece[:1] in ("▁", "Ġ") and not text.startswith(" "):
+        text = " " + text.lstrip(" ") if text.strip(" ") else " " * max(1, len(text))
+    return text
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
