@@ -376,8 +376,8 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
             for f, at in zip(fill.tolist(), sparse_rows(pred_r, fill))
         ]
     shares = row_fragments(_finite_rounded(windows.pred_share)) if dense and windows.pred_share is not None else None
-    if not dense:
-        table.add(windows.tokens)  # the site's token table and the qualifying tokens read the strings
+    if not dense:  # the site's token table and the qualifying tokens read the strings (each distinct window once)
+        table.add(windows.tokens[_first_of_each(window_key)[0]] if windows.tokens.shape[0] else windows.tokens)
     E = values_r.shape[0]
     if E:
         vmax, vargmax = values_r.max(1)

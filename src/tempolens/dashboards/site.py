@@ -202,8 +202,16 @@ class SiteWriter:
             self._tokens = torch.full((self.n_prompts, self.prompt_len), -1, dtype=torch.int64)
         if tokens.numel() == 0:
             return
-        rows = prompt.to(torch.int64).unsqueeze(1)
-        cols = start.to(torch.int64).unsqueeze(1) + torch.arange(tokens.shape[1])
+        prompt, start = prompt.to(torch.int64), start.to(torch.int64)
+        key = prompt * (self.prompt_len + 1) + start
+        if key.numel() > 1:  # many examples show the same window: write each distinct one once
+            uniq, inverse = torch.unique(key, return_inverse=True)
+            first = torch.full((uniq.numel(),), key.numel(), dtype=torch.int64)
+            first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
+            prompt, start, tokens = prompt[first], start[first], tokens[first]
+            pred_share = None if pred_share is None else pred_share[first]
+        rows = prompt.unsqueeze(1)
+        cols = start.unsqueeze(1) + torch.arange(tokens.shape[1])
         self._tokens[rows, cols] = tokens.to(torch.int64)
         if pred_share is not None:
             if self._share is None:
