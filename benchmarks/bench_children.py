@@ -101,7 +101,13 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def floor(args: argparse.Namespace) -> dict:
-    """Time ``hidden_at`` over ``n`` prompts in batches (the forward stops after block L)."""
+    """Time ``hidden_at`` over ``n`` prompts in batches (the forward stops after block L), with the garbage collector's
+    thresholds the tempolens CLI sets (its forward loop must not be faster for a setting the floor lacks)."""
+    import gc
+
+    from tempolens.cli import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
