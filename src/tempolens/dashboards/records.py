@@ -20,7 +20,7 @@ import orjson
 import torch
 from torch import Tensor
 
-from tempolens.stats.examples import Windows
+from tempolens.stats.examples import Windows, first_of_each
 from tempolens.stats.features import FeatureStats
 from tempolens.stats.logits import LogitEffects
 
@@ -152,21 +152,12 @@ class TokenTable:
         optional): rows with equal keys hold equal ids (an example window's prompt and start), so each distinct
         row is encoded once and its fragment shared — many examples of a run show the same window."""
         if same is not None and ids.shape[0]:
-            first, inverse = _first_of_each(same)
+            first, inverse = first_of_each(same)
             unique_rows = self.row_fragments(ids[first])
             return [unique_rows[i] for i in inverse.tolist()]
         self.add(ids)
         rows = self.encoded[ids.to(torch.int64).numpy()].tolist()
         return [orjson.Fragment(b"[" + b",".join(r) + b"]") for r in rows]
-
-
-def _first_of_each(keys: Tensor) -> tuple[Tensor, Tensor]:
-    """``(index of each distinct key's first occurrence, inverse)`` of a 1-D tensor (distinct keys in ascending
-    order; ``inverse[i]`` = the position of ``keys[i]`` among them)."""
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    pos = torch.arange(keys.numel(), dtype=torch.int64)
-    first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.int64).scatter_reduce_(0, inverse, pos, reduce="amin")
-    return first, inverse
 
 
 @dataclass
@@ -377,7 +368,7 @@ def _example_rows(ctx: RecordContext, windows: Windows, groups: Tensor) -> _Exam
         ]
     shares = row_fragments(_finite_rounded(windows.pred_share)) if dense and windows.pred_share is not None else None
     if not dense:  # the site's token table and the qualifying tokens read the strings (each distinct window once)
-        table.add(windows.tokens[_first_of_each(window_key)[0]] if windows.tokens.shape[0] else windows.tokens)
+        table.add(windows.tokens[first_of_each(window_key)[0]] if windows.tokens.shape[0] else windows.tokens)
     E = values_r.shape[0]
     if E:
         vmax, vargmax = values_r.max(1)

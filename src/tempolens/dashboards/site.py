@@ -198,6 +198,8 @@ class SiteWriter:
         for :meth:`write_prompts`. The same position always holds the same token and share (one store)."""
         import torch
 
+        from tempolens.stats.examples import first_of_each
+
         if self._tokens is None:
             self._tokens = torch.full((self.n_prompts, self.prompt_len), -1, dtype=torch.int64)
         if tokens.numel() == 0:
@@ -205,9 +207,7 @@ class SiteWriter:
         prompt, start = prompt.to(torch.int64), start.to(torch.int64)
         key = prompt * (self.prompt_len + 1) + start
         if key.numel() > 1:  # many examples show the same window: write each distinct one once
-            uniq, inverse = torch.unique(key, return_inverse=True)
-            first = torch.full((uniq.numel(),), key.numel(), dtype=torch.int64)
-            first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
+            first = first_of_each(key)[0]
             prompt, start, tokens = prompt[first], start[first], tokens[first]
             pred_share = None if pred_share is None else pred_share[first]
         rows = prompt.unsqueeze(1)

@@ -97,6 +97,15 @@ def example_windows(
     return replace(windows, group=group)
 
 
+def first_of_each(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(index of each distinct key's first occurrence, inverse)`` of a 1-D tensor (distinct keys in ascending
+    order; ``inverse[i]`` = the position of ``keys[i]`` among them): e.g. each distinct window of many examples."""
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    pos = torch.arange(keys.numel(), dtype=torch.int64)
+    first = torch.full((uniq.numel(),), keys.numel(), dtype=torch.int64).scatter_reduce_(0, inverse, pos, reduce="amin")
+    return first, inverse
+
+
 def window_starts(pos: Tensor, prompt_len: int, window: int, after: int) -> Tensor:
     """First position of each window: the whole prompt when it fits in ``window``; otherwise
     ``window`` tokens with up to ``after`` tokens after the example token (more before it, since a
